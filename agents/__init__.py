@@ -1,0 +1,1 @@
+"""The m2mesh agent program: runtime, services, profiles and the `mesh` CLI."""
