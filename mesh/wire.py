@@ -119,7 +119,9 @@ def decode(data: bytes) -> Frame:
     except msgpack.ExtraData:
         raise RemoteProtocolError("frame", "trailing bytes after the frame") from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise RemoteProtocolError("frame", f"not valid MessagePack ({exc or type(exc).__name__})") from None
+        raise RemoteProtocolError(
+            "frame", f"not valid MessagePack ({exc or type(exc).__name__})"
+        ) from None
     if not isinstance(raw, tuple) or not raw:
         raise RemoteProtocolError("frame", "expected a non-empty array [tag, ...]")
     tag = raw[0]
