@@ -1,0 +1,618 @@
+"""The Trio shell that carries sessions over nng.
+
+Each node has one inbound mailbox, a `Pull0` listener, and one outbound `Push0`
+dialer per remote mailbox (shared by every session to that mailbox). A session
+spans a pair of connections: our Push to the peer's mailbox and the peer's Push
+to ours. All protocol decisions live in `mesh.session`; this module only moves
+packets, keeps tables, and enforces resource limits:
+
+* sockets are driven by fd polling (`wait_readable` on nng's recv/send fds plus
+  non-blocking calls), several times faster under Trio than `asend`/`arecv`;
+* every session has a bounded send queue (backpressure, never unbounded memory)
+  and one sender task that coalesces whatever is queued into one packet;
+* `recv_max_size` on every socket; a handshake deadline and a cap on handshakes
+  in progress, so slow or garbage peers cannot tie the node up;
+* nng redials dropped connections with exponential backoff; `connect` retries a
+  handshake that timed out, with backoff;
+* heartbeats on idle sessions; a silent peer's session is closed.
+
+A peer's bad input ends that peer's session (logged with the peer and reason)
+and never the node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pynng
+import trio
+
+from mesh.errors import LocalProtocolError, MeshError, RemoteProtocolError
+from mesh.identity import Identity
+from mesh.session import (
+    DATA,
+    HS1,
+    HS2,
+    HS3,
+    INDEX_LEN,
+    MAX_PACKET_SIZE,
+    REJECT,
+    Handshake,
+    LocalIdentity,
+    PeerInfo,
+    Session,
+    packet_kind,
+    receiver_index,
+    reject_packet,
+    reject_reason,
+)
+from mesh.wire import Close, Error, Frame, Heartbeat, ProfileSummary, encode
+
+log = logging.getLogger("mesh.transport")
+
+
+class ConnectError(MeshError):
+    """A session could not be established (timeout, refusal, bad identity)."""
+
+
+class SessionClosed(MeshError):
+    """The session is closed; nothing more can be sent on it."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Limits and timers of a node; the defaults suit a LAN of machines."""
+
+    handshake_timeout: float = 5.0
+    max_pending_handshakes: int = 64
+    send_queue_frames: int = 1024
+    coalesce_bytes: int = 60_000
+    incoming_queue_frames: int = 4096
+    heartbeat_interval: float = 5.0
+    dead_after: float = 15.0
+    connect_attempts: int = 3
+    reconnect_min_ms: int = 100
+    reconnect_max_ms: int = 5_000
+    close_grace: float = 0.5
+
+
+@dataclass(frozen=True)
+class NodeStatistics:
+    """A snapshot of a node's counters."""
+
+    sessions: int
+    pending_handshakes: int
+    outboxes: int
+    handshakes_completed: int
+    handshakes_failed: int
+    handshakes_evicted: int
+    handshakes_timed_out: int
+    sessions_failed: int
+    packets_dropped: int
+    packets_received: int
+
+
+@dataclass
+class _Counters:
+    handshakes_completed: int = 0
+    handshakes_failed: int = 0
+    handshakes_evicted: int = 0
+    handshakes_timed_out: int = 0
+    sessions_failed: int = 0
+    packets_dropped: int = 0
+    packets_received: int = 0
+
+
+class _Outbox:
+    """One Push0 dialer to a remote mailbox, shared by the sessions to it."""
+
+    def __init__(self, mailbox: str, config: NodeConfig) -> None:
+        self.mailbox = mailbox
+        self.users = 0
+        self._lock = trio.Lock()
+        self._sock = pynng.Push0(
+            send_buffer_size=64,
+            recv_max_size=MAX_PACKET_SIZE,
+            reconnect_time_min=config.reconnect_min_ms,
+            reconnect_time_max=config.reconnect_max_ms,
+        )
+        self._sock.dial(mailbox, block=False)
+
+    async def write(self, packet: bytes) -> None:
+        """Queue one packet on the socket, waiting (by fd) while it is full."""
+        async with self._lock:
+            while True:
+                try:
+                    self._sock.send(packet, block=False)
+                except pynng.TryAgain:
+                    await trio.lowlevel.wait_readable(self._sock.send_fd)
+                else:
+                    return
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class PeerSession:
+    """A live session with one peer, as the application sees it."""
+
+    def __init__(self, node: Node, core: Session, outbox: _Outbox) -> None:
+        """Wrap a core session; `Node` creates these."""
+        self._node = node
+        self.core = core
+        self.outbox = outbox
+        self.closed = trio.Event()
+        self.confirmed = trio.Event()
+        self.close_reason = ""
+        self._send, self._queue = trio.open_memory_channel[bytes](node.config.send_queue_frames)
+        self._scope = trio.CancelScope()
+        now = trio.current_time()
+        self.last_received = now
+        self.last_sent = now
+
+    @property
+    def peer(self) -> PeerInfo:
+        """Who the peer proved to be, and what it claimed."""
+        return self.core.peer
+
+    @property
+    def peer_id(self) -> str:
+        """The peer's id (compressed identity key, hex)."""
+        return self.core.peer.peer_id
+
+    async def send(self, frame: Frame) -> None:
+        """Queue a frame; waits while the session's send queue is full."""
+        data = encode(frame)
+        try:
+            await self._send.send(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise SessionClosed(
+                f"session with {self.peer_id} closed: {self.close_reason}"
+            ) from None
+
+    def send_nowait(self, frame: Frame) -> bool:
+        """Queue a frame if there is room; False if the queue is full or closed."""
+        try:
+            self._send.send_nowait(encode(frame))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    async def aclose(self, reason: str = "closed by application") -> None:
+        """Say goodbye and end the session; frames already queued are sent first."""
+        if self.closed.is_set():
+            return
+        self.send_nowait(Close(reason))
+        await self._send.aclose()
+        with trio.move_on_after(self._node.config.close_grace):
+            await self.closed.wait()
+        self._node._drop(self, reason)
+
+    async def run_sender(self, first_packet: bytes | None) -> None:
+        """Drain the send queue into packets, coalescing under load."""
+        limit = self._node.config.coalesce_bytes
+        with self._scope:
+            if first_packet is not None:
+                await self.outbox.write(first_packet)
+            async for data in self._queue:
+                batch, size = [data], len(data)
+                while size < limit:
+                    try:
+                        more = self._queue.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    batch.append(more)
+                    size += len(more)
+                try:
+                    packet = self.core.seal_encoded(batch)
+                except LocalProtocolError:
+                    break
+                self.last_sent = trio.current_time()
+                await self.outbox.write(packet)
+            self.closed.set()
+
+    def _stop(self, reason: str) -> None:
+        if not self.closed.is_set():
+            self.close_reason = reason
+        self._scope.cancel()
+        self._send.close()
+        self.closed.set()
+
+
+class Node:
+    """An agent's messaging endpoint: one mailbox, many authenticated sessions.
+
+    Create with `open_node`. Frames from every peer arrive through `incoming()`
+    as ``(peer_id, frame)``; heartbeats and goodbyes are handled here.
+    """
+
+    def __init__(
+        self,
+        local: LocalIdentity,
+        pull: pynng.Pull0,
+        nursery: trio.Nursery,
+        config: NodeConfig,
+        allow: Collection[str] | None,
+    ) -> None:
+        """Use `open_node` instead."""
+        self.local = local
+        self.config = config
+        self._pull = pull
+        self._nursery = nursery
+        self._allow = allow
+        self._outboxes: dict[str, _Outbox] = {}
+        self._sessions: dict[bytes, PeerSession] = {}
+        self._by_peer: dict[str, PeerSession] = {}
+        self._responding: dict[bytes, tuple[Handshake, float, _Outbox]] = {}
+        self._initiating: dict[
+            bytes, tuple[Handshake, _Outbox, trio.MemorySendChannel[object]]
+        ] = {}
+        self._counters = _Counters()
+        self._in_send, self._in_recv = trio.open_memory_channel[tuple[str, Frame]](
+            config.incoming_queue_frames
+        )
+        self._heartbeat_seq = 0
+
+    @property
+    def address(self) -> str:
+        """This node's mailbox address, to give to peers."""
+        return self.local.mailbox
+
+    @property
+    def peer_id(self) -> str:
+        """This node's peer id."""
+        return self.local.identity.peer_id
+
+    def statistics(self) -> NodeStatistics:
+        """A frozen snapshot of the node's counters and table sizes."""
+        c = self._counters
+        return NodeStatistics(
+            sessions=len(self._sessions),
+            pending_handshakes=len(self._responding) + len(self._initiating),
+            outboxes=len(self._outboxes),
+            handshakes_completed=c.handshakes_completed,
+            handshakes_failed=c.handshakes_failed,
+            handshakes_evicted=c.handshakes_evicted,
+            handshakes_timed_out=c.handshakes_timed_out,
+            sessions_failed=c.sessions_failed,
+            packets_dropped=c.packets_dropped,
+            packets_received=c.packets_received,
+        )
+
+    def session(self, peer_id: str) -> PeerSession | None:
+        """The newest live session with `peer_id`, if any."""
+        return self._by_peer.get(peer_id)
+
+    def sessions(self) -> list[PeerSession]:
+        """Every live session."""
+        return list(self._sessions.values())
+
+    async def incoming(self) -> AsyncIterator[tuple[str, Frame]]:
+        """Application frames from every peer, in arrival order per peer."""
+        async for item in self._in_recv:
+            yield item
+
+    async def receive(self) -> tuple[str, Frame]:
+        """The next application frame and the peer id that sent it."""
+        return await self._in_recv.receive()
+
+    async def connect(
+        self,
+        mailbox: str,
+        *,
+        expect_peer: str | None = None,
+        attempts: int | None = None,
+    ) -> PeerSession:
+        """Handshake with the node at `mailbox` and return the live session.
+
+        `expect_peer` pins the identity we must meet (e.g. the id a discovery
+        announcement claimed). Timeouts are retried with backoff; an identity or
+        protocol failure is not, and raises `ConnectError` at once.
+        """
+        attempts = attempts or self.config.connect_attempts
+        delay = self.config.reconnect_min_ms / 1000
+        for attempt in range(1, attempts + 1):
+            result = await self._connect_once(mailbox, expect_peer)
+            if isinstance(result, PeerSession):
+                return result
+            if attempt == attempts or not isinstance(result, TimeoutError):
+                raise ConnectError(f"{mailbox}: {result}")
+            log.info("handshake with %s timed out (attempt %d); retrying", mailbox, attempt)
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.config.reconnect_max_ms / 1000)
+        raise AssertionError("unreachable")
+
+    async def _connect_once(self, mailbox: str, expect_peer: str | None) -> object:
+        handshake = Handshake(
+            self.local, initiator=True, allow=self._allow, expect_peer=expect_peer
+        )
+        outbox = self._acquire(mailbox)
+        done_send, done_recv = trio.open_memory_channel[object](1)
+        self._initiating[handshake.index] = (handshake, outbox, done_send)
+        result: object = TimeoutError("handshake timed out")
+        try:
+            await outbox.write(handshake.start())
+            with trio.move_on_after(self.config.handshake_timeout):
+                result = await done_recv.receive()
+                if isinstance(result, PeerSession):
+                    # XX puts our proof in the last message: wait for the
+                    # responder's first authenticated packet (or its REJECT).
+                    result = await self._confirmation(result)
+        finally:
+            self._initiating.pop(handshake.index, None)
+            if not isinstance(result, PeerSession):
+                self._release(outbox)
+        if isinstance(result, TimeoutError):
+            self._counters.handshakes_timed_out += 1
+        return result
+
+    async def _confirmation(self, peer: PeerSession) -> object:
+        async with trio.open_nursery() as nursery:
+
+            async def wait_closed() -> None:
+                await peer.closed.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait_closed)
+            await peer.confirmed.wait()
+            nursery.cancel_scope.cancel()
+        if peer.confirmed.is_set():
+            return peer
+        return ConnectionRefusedError(peer.close_reason)
+
+    # ------------------------------------------------------------------ receive side
+
+    async def run_receiver(self) -> None:
+        """Read the mailbox until cancelled, dispatching every packet."""
+        fd = self._pull.recv_fd
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            for _ in range(256):
+                try:
+                    message = self._pull.recv_msg(block=False)
+                except pynng.TryAgain:
+                    break
+                self._counters.packets_received += 1
+                await self._dispatch(message.bytes)
+            await trio.lowlevel.checkpoint()
+
+    async def _dispatch(self, packet: bytes) -> None:
+        kind = packet_kind(packet)
+        if kind != HS1 and len(packet) < 1 + INDEX_LEN:
+            kind = 0  # too short to name a receiver: garbage
+        if kind == DATA:
+            await self._on_data(packet)
+        elif kind == HS1:
+            self._on_hs1(packet)
+        elif kind == HS2:
+            self._on_hs2(packet)
+        elif kind == HS3:
+            self._on_hs3(packet)
+        elif kind == REJECT:
+            self._on_reject(packet)
+        else:
+            self._counters.packets_dropped += 1
+
+    async def _on_data(self, packet: bytes) -> None:
+        peer = self._sessions.get(receiver_index(packet))
+        if peer is None:
+            self._counters.packets_dropped += 1
+            return
+        try:
+            frames = peer.core.open(packet)
+        except RemoteProtocolError as exc:
+            self._counters.sessions_failed += 1
+            log.warning("session with %s ended: %s", peer.peer_id, exc)
+            self._drop(peer, f"protocol error: {exc}")
+            return
+        except LocalProtocolError:
+            self._counters.packets_dropped += 1  # a straggler for a session we killed
+            return
+        peer.last_received = trio.current_time()
+        peer.confirmed.set()
+        for frame in frames:
+            if isinstance(frame, Heartbeat):
+                if not frame.reply:
+                    peer.send_nowait(Heartbeat(frame.seq, reply=True))
+            elif isinstance(frame, Close):
+                self._drop(peer, f"peer closed: {frame.reason}")
+                return
+            else:
+                await self._in_send.send((peer.peer_id, frame))
+                if isinstance(frame, Error) and frame.fatal:
+                    self._drop(peer, f"peer error {frame.code}: {frame.reason}")
+                    return
+
+    def _on_hs1(self, packet: bytes) -> None:
+        try:
+            handshake, hs2, reply_to = Handshake.respond(self.local, packet, allow=self._allow)
+        except RemoteProtocolError as exc:
+            self._fail_handshake("HS1", exc)
+            return
+        if len(self._responding) >= self.config.max_pending_handshakes:
+            # Evict the oldest rather than refuse the newest: a flood of stalled
+            # handshakes then has to outpace a real peer's round trip to starve it.
+            oldest = next(iter(self._responding))
+            self._release(self._responding.pop(oldest)[2])
+            self._counters.handshakes_evicted += 1
+        outbox = self._acquire(reply_to)
+        deadline = trio.current_time() + self.config.handshake_timeout
+        self._responding[handshake.index] = (handshake, deadline, outbox)
+        self._nursery.start_soon(self._write_before, deadline, outbox, hs2)
+
+    def _on_hs2(self, packet: bytes) -> None:
+        entry = self._initiating.pop(receiver_index(packet), None)
+        if entry is None:
+            self._counters.packets_dropped += 1
+            return
+        handshake, outbox, done = entry
+        try:
+            hs3, core = handshake.on_hs2(packet)
+        except RemoteProtocolError as exc:
+            self._fail_handshake(outbox.mailbox, exc)
+            done.send_nowait(exc)
+            return
+        peer = self._register(core, outbox, first_packet=hs3)
+        done.send_nowait(peer)
+
+    def _on_hs3(self, packet: bytes) -> None:
+        entry = self._responding.pop(receiver_index(packet), None)
+        if entry is None:
+            self._counters.packets_dropped += 1
+            return
+        handshake, deadline, outbox = entry
+        try:
+            core = handshake.on_hs3(packet)
+        except RemoteProtocolError as exc:
+            self._fail_handshake(outbox.mailbox, exc)
+            refusal = reject_packet(handshake.remote_index, str(exc))
+            self._nursery.start_soon(self._send_and_release, deadline, outbox, refusal)
+            return
+        peer = self._register(core, outbox, first_packet=None)
+        peer.confirmed.set()
+        peer.send_nowait(Heartbeat(0, reply=True))  # confirms the session to the initiator
+
+    def _on_reject(self, packet: bytes) -> None:
+        peer = self._sessions.get(receiver_index(packet))
+        if peer is None or peer.confirmed.is_set():
+            self._counters.packets_dropped += 1
+            return
+        self._counters.handshakes_failed += 1
+        reason = f"refused by peer: {reject_reason(packet)}"
+        log.warning("handshake with %s failed: %s", peer.outbox.mailbox, reason)
+        self._drop(peer, reason)
+
+    def _fail_handshake(self, where: str, exc: RemoteProtocolError) -> None:
+        self._counters.handshakes_failed += 1
+        log.warning("handshake with %s failed: %s", where, exc)
+
+    async def _write_before(self, deadline: float, outbox: _Outbox, packet: bytes) -> None:
+        with trio.move_on_at(deadline):
+            await outbox.write(packet)
+
+    async def _send_and_release(self, deadline: float, outbox: _Outbox, packet: bytes) -> None:
+        try:
+            await self._write_before(deadline, outbox, packet)
+        finally:
+            self._release(outbox)
+
+    # ------------------------------------------------------------------ tables
+
+    def _acquire(self, mailbox: str) -> _Outbox:
+        outbox = self._outboxes.get(mailbox)
+        if outbox is None:
+            outbox = self._outboxes[mailbox] = _Outbox(mailbox, self.config)
+        outbox.users += 1
+        return outbox
+
+    def _release(self, outbox: _Outbox) -> None:
+        outbox.users -= 1
+        if outbox.users <= 0 and self._outboxes.get(outbox.mailbox) is outbox:
+            del self._outboxes[outbox.mailbox]
+            outbox.close()
+
+    def _register(self, core: Session, outbox: _Outbox, first_packet: bytes | None) -> PeerSession:
+        peer = PeerSession(self, core, outbox)
+        self._sessions[core.index] = peer
+        self._by_peer[peer.peer_id] = peer
+        self._counters.handshakes_completed += 1
+        self._nursery.start_soon(self._run_session, peer, first_packet)
+        log.info("session with %s (%s) established", peer.peer_id, core.peer.mailbox)
+        return peer
+
+    async def _run_session(self, peer: PeerSession, first_packet: bytes | None) -> None:
+        await peer.run_sender(first_packet)
+        self._drop(peer, peer.close_reason or "sender finished")
+
+    def _drop(self, peer: PeerSession, reason: str) -> None:
+        if self._sessions.pop(peer.core.index, None) is None:
+            return
+        if self._by_peer.get(peer.peer_id) is peer:
+            del self._by_peer[peer.peer_id]
+        peer._stop(reason)
+        self._release(peer.outbox)
+        log.info("session with %s closed: %s", peer.peer_id, reason)
+
+    # ------------------------------------------------------------------ timers
+
+    async def run_timers(self) -> None:
+        """Expire stalled handshakes, send heartbeats, close silent sessions."""
+        tick = min(self.config.heartbeat_interval, self.config.handshake_timeout) / 4
+        while True:
+            await trio.sleep(tick)
+            self.handle_timer(trio.current_time())
+
+    def handle_timer(self, now: float) -> None:
+        """One pass of the timer work at time `now` (also called by tests)."""
+        for index, (_, deadline, outbox) in list(self._responding.items()):
+            if now >= deadline:
+                del self._responding[index]
+                self._counters.handshakes_timed_out += 1
+                self._release(outbox)
+        for peer in list(self._sessions.values()):
+            if now - peer.last_received >= self.config.dead_after:
+                log.warning(
+                    "session with %s silent for %.1f s; closing",
+                    peer.peer_id,
+                    now - peer.last_received,
+                )
+                self._drop(peer, "peer silent (no heartbeat)")
+            elif now - peer.last_sent >= self.config.heartbeat_interval:
+                self._heartbeat_seq += 1
+                if peer.send_nowait(Heartbeat(self._heartbeat_seq, reply=False)):
+                    peer.last_sent = now
+
+    async def _close_all(self) -> None:
+        with trio.move_on_after(self.config.close_grace) as scope:
+            scope.shield = True
+            async with trio.open_nursery() as nursery:
+                for peer in list(self._sessions.values()):
+                    nursery.start_soon(peer.aclose, "node shutting down")
+
+
+@asynccontextmanager
+async def open_node(
+    identity: Identity,
+    listen: str = "tcp://127.0.0.1:0",
+    *,
+    profile: ProfileSummary | None = None,
+    allow: Collection[str] | None = None,
+    config: NodeConfig | None = None,
+    advertise: str | None = None,
+) -> AsyncIterator[Node]:
+    """Run a node listening on `listen` for the duration of the block.
+
+    `allow` restricts sessions to these peer ids (``"*"`` for anyone); None
+    allows anyone. `advertise` is the mailbox peers should dial when it differs
+    from the listen address (port forwarding, a relay). On exit every session
+    is closed politely and every socket is closed.
+    """
+    config = config or NodeConfig()
+    pull = pynng.Pull0(recv_max_size=MAX_PACKET_SIZE, recv_buffer_size=128)
+    try:
+        listener = pull.listen(listen)
+        mailbox = advertise or _resolved(listen, str(listener.local_address))
+        local = LocalIdentity.create(identity, mailbox, profile)
+        async with trio.open_nursery() as nursery:
+            node = Node(local, pull, nursery, config, allow)
+            nursery.start_soon(node.run_receiver)
+            nursery.start_soon(node.run_timers)
+            try:
+                yield node
+            finally:
+                await node._close_all()
+                nursery.cancel_scope.cancel()
+        for outbox in list(node._outboxes.values()):
+            outbox.close()
+    finally:
+        pull.close()
+
+
+def _resolved(listen: str, bound: str) -> str:
+    """The dialable mailbox URL for a listen address (resolves port 0)."""
+    if listen.startswith("tcp://") and listen.endswith(":0"):
+        return f"tcp://{bound}"
+    return listen

@@ -1,0 +1,74 @@
+"""A hostile neighbour: 200 connections of garbage against one mailbox.
+
+Usage: hostile_proc.py MAILBOX [--rounds N]. Each round opens 200 connections:
+garbage packets, truncated handshakes, oversized messages, stalled handshakes
+(a valid HS1, never finished) and raw TCP bytes that are not nng at all.
+Prints one JSON line with what it sent, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import time
+
+import pynng
+
+from mesh.identity import Identity
+from mesh.session import DATA, HS1, HS3, MAX_PACKET_SIZE, Handshake, LocalIdentity
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mailbox")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    host, port = args.mailbox.removeprefix("tcp://").rsplit(":", 1)
+    rng = random.Random(7)
+    sink = pynng.Pull0(recv_max_size=1024)
+    sink.listen("tcp://127.0.0.1:0")
+    # A real identity for stalled handshakes, so they pass HS1 checks.
+    me = LocalIdentity.create(Identity.generate(), "tcp://127.0.0.1:9")
+    sent = {"garbage": 0, "truncated": 0, "oversized": 0, "stalled": 0, "raw_tcp": 0}
+    for _ in range(args.rounds):
+        sockets: list[pynng.Push0] = []
+        raw: list[socket.socket] = []
+
+        def push(packet: bytes, kind: str, sockets: list[pynng.Push0] = sockets) -> None:
+            sock = pynng.Push0(send_buffer_size=2)
+            sock.dial(args.mailbox, block=False)
+            try:
+                sock.send(packet, block=False)
+                sent[kind] += 1
+            except pynng.TryAgain:
+                pass
+            sockets.append(sock)
+
+        for _ in range(60):
+            first = rng.choice([0, HS1, 2, HS3, DATA, 5, 9, 255])
+            push(bytes([first]) + rng.randbytes(rng.randint(0, 300)), "garbage")
+        for _ in range(40):
+            hs1 = Handshake(me, initiator=True).start()
+            push(hs1[: rng.randint(0, len(hs1) - 1)], "truncated")
+        for _ in range(20):
+            push(bytes([DATA]) + bytes(MAX_PACKET_SIZE + 100), "oversized")
+        for _ in range(60):
+            push(Handshake(me, initiator=True).start(), "stalled")
+        for _ in range(20):
+            conn = socket.create_connection((host, int(port)))
+            conn.sendall(rng.randbytes(200))
+            sent["raw_tcp"] += 1
+            raw.append(conn)
+        time.sleep(0.3)
+        for sock in sockets:
+            sock.close()
+        for conn in raw:
+            conn.close()
+    sink.close()
+    print(json.dumps(sent), flush=True)
+
+
+if __name__ == "__main__":
+    main()

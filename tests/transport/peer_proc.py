@@ -1,0 +1,94 @@
+"""A node in its own process, driven by the transport tests.
+
+Prints one JSON line {"address", "peer_id"} once listening, then plays a role:
+  echo    answer every Message with the same Message; exit after --count of them
+  stream  connect to --connect, send --count numbered Messages, read the echoes
+and prints one JSON result line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import trio
+
+from mesh.identity import Identity
+from mesh.transport import open_node
+from mesh.wire import Message
+
+
+def emit(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+async def echo(count: int, listen: str) -> None:
+    async with open_node(Identity.generate(), listen) as node:
+        emit(address=node.address, peer_id=node.peer_id)
+        expected = 0
+        in_order = True
+        async for peer_id, frame in node.incoming():
+            if not isinstance(frame, Message):
+                continue
+            in_order &= int(frame.topic) == expected
+            expected += 1
+            session = node.session(peer_id)
+            assert session is not None
+            await session.send(frame)
+            if expected == count:
+                break
+        stats = node.statistics()
+        emit(
+            received=expected,
+            in_order=in_order,
+            sessions_failed=stats.sessions_failed,
+            handshakes_failed=stats.handshakes_failed,
+            dropped=stats.packets_dropped,
+        )
+        await trio.sleep(0.5)  # let the last echoes leave
+
+
+async def stream(count: int, size: int, target: str, expect: str) -> None:
+    async with open_node(Identity.generate()) as node:
+        emit(address=node.address, peer_id=node.peer_id)
+        session = await node.connect(target, expect_peer=expect)
+        started = time.perf_counter()
+        received = 0
+        in_order = True
+
+        async def read_echoes() -> None:
+            nonlocal received, in_order
+            async for _, frame in node.incoming():
+                assert isinstance(frame, Message)
+                in_order &= int(frame.topic) == received
+                received += 1
+                if received == count:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_echoes)
+            body = bytes(size)
+            for i in range(count):
+                await session.send(Message(str(i), body))
+        emit(sent=count, echoed=received, in_order=in_order, seconds=time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["echo", "stream"])
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--listen", default="tcp://127.0.0.1:0")
+    parser.add_argument("--connect")
+    parser.add_argument("--expect")
+    args = parser.parse_args()
+    if args.role == "echo":
+        trio.run(echo, args.count, args.listen)
+    else:
+        trio.run(stream, args.count, args.size, args.connect, args.expect)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

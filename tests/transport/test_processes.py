@@ -1,0 +1,71 @@
+"""Two nodes in separate processes over real nng sockets on loopback."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from tests.transport.procs import Proc, hostile
+
+
+async def test_two_processes_exchange_10000_frames_in_order_both_ways() -> None:
+    echo = Proc("echo", "--count", "10000")
+    streamer: Proc | None = None
+    try:
+        hello = await trio.to_thread.run_sync(echo.line)
+        streamer = Proc(
+            "stream",
+            "--count",
+            "10000",
+            "--connect",
+            hello["address"],
+            "--expect",
+            hello["peer_id"],
+        )
+        await trio.to_thread.run_sync(streamer.line)  # its own address line
+        result = await trio.to_thread.run_sync(streamer.line)
+        assert result == {**result, "sent": 10_000, "echoed": 10_000, "in_order": True}
+        done = await trio.to_thread.run_sync(echo.line)
+        assert done["received"] == 10_000 and done["in_order"]
+        assert done["sessions_failed"] == 0 and done["handshakes_failed"] == 0
+    finally:
+        echo.stop()
+        if streamer is not None:
+            streamer.stop()
+
+
+async def test_legitimate_stream_completes_under_200_hostile_connections() -> None:
+    echo = Proc("echo", "--count", "10000")
+    streamer: Proc | None = None
+    attacker = None
+    try:
+        hello = await trio.to_thread.run_sync(echo.line)
+        attacker = hostile(hello["address"], rounds=4)
+        await trio.sleep(0.5)  # the flood is under way before the real peer arrives
+        streamer = Proc(
+            "stream",
+            "--count",
+            "10000",
+            "--connect",
+            hello["address"],
+            "--expect",
+            hello["peer_id"],
+        )
+        await trio.to_thread.run_sync(streamer.line)
+        result = await trio.to_thread.run_sync(streamer.line)
+        assert result == {**result, "sent": 10_000, "echoed": 10_000, "in_order": True}
+        done = await trio.to_thread.run_sync(echo.line)
+        assert done["received"] == 10_000 and done["in_order"]
+        assert done["sessions_failed"] == 0
+        out, err = await trio.to_thread.run_sync(lambda: attacker.communicate(timeout=60))
+        sent = json.loads(out)
+        assert sum(sent.values()) >= 800, (sent, err)
+        # The node saw the garbage and refused it.
+        assert done["dropped"] + done["handshakes_failed"] > 50
+    finally:
+        echo.stop()
+        if streamer is not None:
+            streamer.stop()
+        if attacker is not None and attacker.poll() is None:
+            attacker.kill()
