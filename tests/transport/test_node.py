@@ -1,0 +1,114 @@
+"""Node behaviour over real loopback sockets: reconnects, heartbeats, limits, logs."""
+
+from __future__ import annotations
+
+import socket
+
+import pynng
+import pytest
+import trio
+
+from mesh.identity import Identity
+from mesh.session import Handshake, LocalIdentity
+from mesh.transport import ConnectError, NodeConfig, SessionClosed, open_node
+from mesh.wire import Error, Heartbeat, Message
+
+FAST = NodeConfig(handshake_timeout=1.0, connect_attempts=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_connect_before_the_peer_listens_succeeds_once_it_does() -> None:
+    """nng redials with backoff and connect() retries the handshake."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    config = NodeConfig(handshake_timeout=0.5, connect_attempts=6)
+    bob = Identity.generate()
+    async with open_node(Identity.generate(), config=config) as alice, trio.open_nursery() as n:
+
+        async def late_listener() -> None:
+            await trio.sleep(0.8)
+            async with open_node(bob, address) as node:
+                assert await node.receive() == (alice.peer_id, Message("late", b""))
+
+        n.start_soon(late_listener)
+        session = await alice.connect(address, expect_peer=bob.peer_id)
+        await session.send(Message("late", b""))
+
+
+async def test_unreachable_peer_gives_a_clear_error() -> None:
+    async with open_node(Identity.generate(), config=FAST) as alice:
+        with pytest.raises(ConnectError, match="timed out"):
+            await alice.connect(f"tcp://127.0.0.1:{free_port()}")
+        assert alice.statistics().outboxes == 0  # nothing left dialing
+
+
+async def test_heartbeats_keep_a_session_and_silence_ends_it() -> None:
+    async with open_node(Identity.generate()) as alice, open_node(Identity.generate()) as bob:
+        session = await alice.connect(bob.address)
+        now = trio.current_time()
+        # Idle past the heartbeat interval: alice pings, bob answers.
+        alice.handle_timer(now + alice.config.heartbeat_interval + 0.1)
+        with trio.fail_after(2):
+            while session.last_received <= now:
+                await trio.sleep(0.01)
+        # Seen from bob, alice goes silent for longer than dead_after.
+        bob.handle_timer(trio.current_time() + bob.config.dead_after + 1)
+        assert bob.session(alice.peer_id) is None
+        assert bob.sessions() == []
+
+
+async def test_fatal_error_frame_is_delivered_then_ends_the_session() -> None:
+    async with open_node(Identity.generate()) as alice, open_node(Identity.generate()) as bob:
+        session = await alice.connect(bob.address)
+        await session.send(Error("bad-channel", "no such channel", fatal=True))
+        assert await bob.receive() == (alice.peer_id, Error("bad-channel", "no such channel", True))
+        assert bob.session(alice.peer_id) is None
+
+
+async def test_close_is_seen_by_the_peer_and_send_after_close_fails() -> None:
+    async with open_node(Identity.generate()) as alice, open_node(Identity.generate()) as bob:
+        session = await alice.connect(bob.address)
+        with trio.fail_after(2):
+            while bob.session(alice.peer_id) is None:
+                await trio.sleep(0.01)
+        await session.aclose("done for today")
+        with trio.fail_after(2):
+            while bob.session(alice.peer_id) is not None:
+                await trio.sleep(0.01)
+        with pytest.raises(SessionClosed):
+            await session.send(Message("late", b""))
+
+
+async def test_pending_handshakes_are_capped_and_expire() -> None:
+    config = NodeConfig(max_pending_handshakes=8, handshake_timeout=1.0)
+    async with open_node(Identity.generate(), config=config) as bob:
+        stalled = LocalIdentity.create(Identity.generate(), "tcp://127.0.0.1:9")
+        with pynng.Push0() as push:
+            push.dial(bob.address, block=True)
+            for _ in range(30):
+                push.send(Handshake(stalled, initiator=True).start())
+            with trio.fail_after(3):
+                while bob.statistics().handshakes_evicted < 22:
+                    await trio.sleep(0.01)
+        assert bob.statistics().pending_handshakes == 8
+        bob.handle_timer(trio.current_time() + 2)
+        assert bob.statistics().pending_handshakes == 0
+        assert bob.statistics().outboxes == 0
+
+
+async def test_bad_input_is_logged_with_peer_and_reason(caplog: pytest.LogCaptureFixture) -> None:
+    async with open_node(Identity.generate()) as alice, open_node(Identity.generate()) as bob:
+        session = await alice.connect(bob.address)
+        # Corrupt alice's sending cipher: her next packet fails authentication at bob.
+        session.core._send._k = bytes(32)
+        await session.send(Heartbeat(1, False))
+        with trio.fail_after(2):
+            while bob.session(alice.peer_id) is not None:
+                await trio.sleep(0.01)
+    assert f"session with {alice.peer_id} ended" in caplog.text
+    assert "failed authentication" in caplog.text
