@@ -22,6 +22,7 @@ and never the node.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
@@ -107,11 +108,16 @@ class _Counters:
 
 
 class _Outbox:
-    """One Push0 dialer to a remote mailbox, shared by the sessions to it."""
+    """One Push0 dialer to a remote mailbox, shared by the sessions to it.
+
+    Reference counted by its users (pending handshakes, sessions, in-flight
+    handshake writes); the socket closes when the last one lets go.
+    """
 
     def __init__(self, mailbox: str, config: NodeConfig) -> None:
         self.mailbox = mailbox
         self.users = 0
+        self._closed = False
         self._lock = trio.Lock()
         self._sock = pynng.Push0(
             send_buffer_size=64,
@@ -119,20 +125,34 @@ class _Outbox:
             reconnect_time_min=config.reconnect_min_ms,
             reconnect_time_max=config.reconnect_max_ms,
         )
+        self._send_fd: int = self._sock.send_fd
         self._sock.dial(mailbox, block=False)
 
     async def write(self, packet: bytes) -> None:
-        """Queue one packet on the socket, waiting (by fd) while it is full."""
+        """Queue one packet on the socket, waiting (by fd) while it is full.
+
+        Raises `SessionClosed` if the outbox is closed meanwhile.
+        """
         async with self._lock:
             while True:
+                if self._closed:
+                    raise SessionClosed(f"outbox to {self.mailbox} is closed")
                 try:
                     self._sock.send(packet, block=False)
                 except pynng.TryAgain:
-                    await trio.lowlevel.wait_readable(self._sock.send_fd)
+                    try:
+                        await trio.lowlevel.wait_readable(self._send_fd)
+                    except trio.ClosedResourceError:
+                        raise SessionClosed(f"outbox to {self.mailbox} is closed") from None
                 else:
                     return
 
     def close(self) -> None:
+        """Close the socket, waking any writer first (Trio must hear of it)."""
+        if self._closed:
+            return
+        self._closed = True
+        trio.lowlevel.notify_closing(self._send_fd)
         self._sock.close()
 
 
@@ -420,11 +440,14 @@ class Node:
             elif isinstance(frame, Close):
                 self._drop(peer, f"peer closed: {frame.reason}")
                 return
+            elif isinstance(frame, Error) and frame.fatal:
+                # End the session first: the application sees the error with
+                # the session already gone, never a window where it looks alive.
+                self._drop(peer, f"peer error {frame.code}: {frame.reason}")
+                await self._in_send.send((peer.peer_id, frame))
+                return
             else:
                 await self._in_send.send((peer.peer_id, frame))
-                if isinstance(frame, Error) and frame.fatal:
-                    self._drop(peer, f"peer error {frame.code}: {frame.reason}")
-                    return
 
     def _on_hs1(self, packet: bytes) -> None:
         try:
@@ -441,7 +464,8 @@ class Node:
         outbox = self._acquire(reply_to)
         deadline = trio.current_time() + self.config.handshake_timeout
         self._responding[handshake.index] = (handshake, deadline, outbox)
-        self._nursery.start_soon(self._write_before, deadline, outbox, hs2)
+        self._acquire(reply_to)  # the write below holds its own reference
+        self._nursery.start_soon(self._send_and_release, deadline, outbox, hs2)
 
     def _on_hs2(self, packet: bytes) -> None:
         entry = self._initiating.pop(receiver_index(packet), None)
@@ -489,13 +513,13 @@ class Node:
         self._counters.handshakes_failed += 1
         log.warning("handshake with %s failed: %s", where, exc)
 
-    async def _write_before(self, deadline: float, outbox: _Outbox, packet: bytes) -> None:
-        with trio.move_on_at(deadline):
-            await outbox.write(packet)
-
     async def _send_and_release(self, deadline: float, outbox: _Outbox, packet: bytes) -> None:
+        """Write a handshake packet by `deadline`, then drop our reference."""
         try:
-            await self._write_before(deadline, outbox, packet)
+            with trio.move_on_at(deadline):
+                await outbox.write(packet)
+        except SessionClosed:
+            pass  # node shutting down
         finally:
             self._release(outbox)
 
@@ -524,7 +548,8 @@ class Node:
         return peer
 
     async def _run_session(self, peer: PeerSession, first_packet: bytes | None) -> None:
-        await peer.run_sender(first_packet)
+        with contextlib.suppress(SessionClosed):  # outbox closed: node shutting down
+            await peer.run_sender(first_packet)
         self._drop(peer, peer.close_reason or "sender finished")
 
     def _drop(self, peer: PeerSession, reason: str) -> None:

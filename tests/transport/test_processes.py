@@ -59,8 +59,9 @@ async def test_legitimate_stream_completes_under_200_hostile_connections() -> No
         assert done["received"] == 10_000 and done["in_order"]
         assert done["sessions_failed"] == 0
         out, err = await trio.to_thread.run_sync(lambda: attacker.communicate(timeout=60))
-        sent = json.loads(out)
-        assert sum(sent.values()) >= 800, (sent, err)
+        assert out, err
+        sent = json.loads(out.splitlines()[-1])
+        assert sum(sent.values()) >= 600, (sent, err)  # at least three rounds of 200
         # The node saw the garbage and refused it.
         assert done["dropped"] + done["handshakes_failed"] > 50
     finally:
