@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agents.ledger_cli import add_ledger_commands
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity, save_identity
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a small factory of agents on this machine")
     demo.set_defaults(func=cmd_demo)
+    add_ledger_commands(sub)
     return parser
 
 

@@ -1,0 +1,213 @@
+"""`mesh ledger …`: drive the embedded local ledger from the command line.
+
+    mesh ledger init   [--db FILE] [--fee-rate SAT_PER_KB]
+    mesh ledger fund   [--db FILE] ADDRESS SATOSHIS [--mine]
+    mesh ledger mine   [--db FILE] [COUNT] [--interval SECONDS]
+    mesh ledger show   [--db FILE] [--address ADDRESS] [--json]
+    mesh ledger tx     [--db FILE] TXID            (status, block, fee, proof, hex as JSON)
+    mesh ledger tx     [--db FILE] --send HEX|-    (submit; prints the txid)
+    mesh ledger export [--db FILE] --json
+
+The ledger file defaults to ``$M2MESH_LEDGER`` or ``$M2MESH_HOME/ledger.db`` (home:
+``~/.m2mesh``); every agent on the host shares it. Each handler returns an exit code;
+expected failures (no ledger, a rejected transaction) are `MeshError`s that `mesh`
+prints as one line. This module only parses arguments and prints; the ledger does
+the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mesh.chain.errors import LedgerError
+from mesh.chain.ledger import LocalLedger
+from mesh.chain.local import LocalChain
+from mesh.chain.rules import Policy
+from mesh.chain.tx import address_to_pkh, p2pkh_script
+
+_HOME = Path(os.environ.get("M2MESH_HOME", Path.home() / ".m2mesh"))
+DEFAULT_LEDGER = Path(os.environ.get("M2MESH_LEDGER", _HOME / "ledger.db"))
+
+
+def _script_for(address: str) -> bytes:
+    try:
+        address_to_pkh(address)
+    except ValueError as exc:
+        raise LedgerError(str(exc)) from None
+    return p2pkh_script(address)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create a ledger file with its genesis block."""
+    args.db.parent.mkdir(parents=True, exist_ok=True)
+    with LocalLedger.create(args.db, policy=Policy(fee_rate=args.fee_rate)) as ledger:
+        genesis = ledger.headers()[0].hash_hex
+        print(f"initialised {args.db}: genesis {genesis}, fee rate {args.fee_rate} sat/kB")
+    return 0
+
+
+def cmd_fund(args: argparse.Namespace) -> int:
+    """Mint test coins to an address; print the new outpoint."""
+    script = _script_for(args.address)
+    with LocalLedger.open(args.db) as ledger:
+        outpoint = ledger.faucet(script, args.satoshis)
+        if args.mine:
+            ledger.mine()
+    print(outpoint)
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    """Mine COUNT blocks now, or one every --interval seconds until interrupted."""
+    if args.interval is not None:
+        if args.interval <= 0:
+            raise LedgerError("--interval must be positive")
+        trio.run(_mine_forever, args.db, args.interval)
+        return 0
+    with LocalLedger.open(args.db) as ledger:
+        for block in ledger.mine(args.count):
+            print(f"{block.height} {block.hash} {block.tx_count} tx")
+    return 0
+
+
+async def _mine_forever(db: Path, interval: float) -> None:
+    chain = LocalChain.open(db)
+    try:
+        print(f"mining a block every {interval} s into {db}; Ctrl-C stops", file=sys.stderr)
+        await chain.run_miner(interval)
+    finally:
+        chain.close()
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Summarise the ledger, or list an address's unspent outputs."""
+    with LocalLedger.open(args.db) as ledger:
+        if args.address:
+            utxos = ledger.utxos(_script_for(args.address))
+            rows = [
+                {
+                    "txid": u.txid,
+                    "vout": u.vout,
+                    "satoshis": u.satoshis,
+                    "block_height": u.block_height,
+                }
+                for u in utxos
+            ]
+            if args.json:
+                print(json.dumps(rows, indent=1))
+            else:
+                for row in rows:
+                    mined = row["block_height"] if row["block_height"] is not None else "mempool"
+                    print(f"{row['txid']}:{row['vout']} {row['satoshis']} sat ({mined})")
+                print(f"{len(rows)} outputs, {sum(u.satoshis for u in utxos)} sat")
+            return 0
+        summary = ledger.summary()
+    if args.json:
+        print(json.dumps(asdict(summary), indent=1))
+        return 0
+    b = summary.balance
+    print(f"ledger    {summary.path} (id {summary.ledger_id})")
+    print(f"height    {summary.height}  tip {summary.tip}")
+    print(f"mempool   {summary.mempool} of {summary.transactions} transactions")
+    print(f"fee rate  {summary.fee_rate} sat/kB")
+    print(f"supply    minted {b.minted}, fees {b.fees}, burned {b.burned} sat")
+    print(f"unspent   {b.unspent} sat in {b.unspent_outputs} outputs (balanced: {b.balanced})")
+    return 0
+
+
+def cmd_tx(args: argparse.Namespace) -> int:
+    """Show one transaction as JSON, or submit one with --send."""
+    with LocalLedger.open(args.db) as ledger:
+        if args.send is not None:
+            text = sys.stdin.read() if args.send == "-" else args.send
+            try:
+                raw = bytes.fromhex(text.strip())
+            except ValueError:
+                raise LedgerError("--send takes a transaction in hex") from None
+            print(ledger.submit(raw))
+            return 0
+        if not args.txid:
+            raise LedgerError("give a TXID to show, or --send HEX to submit")
+        raw_tx = ledger.raw_tx(args.txid)
+        if raw_tx is None:
+            raise LedgerError(f"no transaction {args.txid} in {args.db}")
+        status = ledger.status(args.txid)
+        proof = ledger.merkle_proof(args.txid)
+    document: dict[str, Any] = {
+        "txid": args.txid,
+        "state": status.state.value,
+        "block_height": status.block_height,
+        "block_hash": status.block_hash,
+        "merkle_path": None if proof is None else proof.to_hex(),
+        "hex": raw_tx.hex(),
+    }
+    print(json.dumps(document, indent=1))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Print every block and transaction (JSON with --json, else a readable list)."""
+    with LocalLedger.open(args.db) as ledger:
+        document = ledger.export()
+    if args.json:
+        json.dump(document, sys.stdout)
+        print()
+        return 0
+    for block in document["blocks"]:
+        print(f"block {block['height']} {block['hash']} root {block['merkle_root']}")
+        for txid in block["txids"]:
+            print(f"  {txid}")
+    unmined = [t["txid"] for t in document["transactions"] if t["block_height"] is None]
+    print(f"mempool: {len(unmined)} transactions")
+    for txid in unmined:
+        print(f"  {txid}")
+    return 0
+
+
+def add_ledger_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``ledger`` and its actions to the `mesh` parser's subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--db", type=Path, default=DEFAULT_LEDGER, help=f"ledger file (default {DEFAULT_LEDGER})"
+    )
+    ledger = subparsers.add_parser(
+        "ledger", help="the embedded local BSV ledger: test coins, blocks, proofs"
+    )
+    actions = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+
+    init = actions.add_parser("init", parents=[common], help="create a ledger file")
+    init.add_argument("--fee-rate", type=int, default=1, help="minimum fee, sat/kB (default 1)")
+    init.set_defaults(func=cmd_init)
+
+    fund = actions.add_parser("fund", parents=[common], help="mint test coins to an address")
+    fund.add_argument("address", help="P2PKH address to pay")
+    fund.add_argument("satoshis", type=int, help="amount in satoshis")
+    fund.add_argument("--mine", action="store_true", help="mine a block right after")
+    fund.set_defaults(func=cmd_fund)
+
+    mine = actions.add_parser("mine", parents=[common], help="mine blocks")
+    mine.add_argument("count", type=int, nargs="?", default=1, help="blocks to mine (default 1)")
+    mine.add_argument("--interval", type=float, help="keep mining one block every SECONDS")
+    mine.set_defaults(func=cmd_mine)
+
+    show = actions.add_parser("show", parents=[common], help="summary, or an address's coins")
+    show.add_argument("--address", help="list this address's unspent outputs")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=cmd_show)
+
+    tx = actions.add_parser("tx", parents=[common], help="show or submit a transaction")
+    tx.add_argument("txid", nargs="?", help="transaction to show")
+    tx.add_argument("--send", metavar="HEX", help="submit this transaction ('-': read stdin)")
+    tx.set_defaults(func=cmd_tx)
+
+    export = actions.add_parser("export", parents=[common], help="dump blocks and transactions")
+    export.add_argument("--json", action="store_true", help="print JSON")
+    export.set_defaults(func=cmd_export)

@@ -1,0 +1,63 @@
+"""The chain layer: one `Chain` interface, an embedded ledger, ARC, SPV and a wallet.
+
+- `Chain` (`base`): broadcast, status, merkle_proof, height, utxos, is_valid_root.
+- `LocalLedger` (`ledger`): the embedded SQLite ledger that enforces a node's rules;
+  `LocalChain` (`local`) is its `Chain` face for Trio code.
+- `ArcChain` (`arc`): the BSV network through ARC and WhatsOnChain.
+- `verify_spv` and the `ChainTracker`s (`spv`): SPV that rejects fabricated ancestry.
+- `Wallet` (`wallet`): the agent's own coins, with reservations.
+- `rules`, `merkle`, `tx`: the pure parts (validation rules, Merkle/BUMP/headers, codecs).
+
+Only the `Chain` shells (`local`, `arc`) use Trio; the rest is synchronous.
+"""
+
+from mesh.chain.arc import ArcChain, ArcSettings
+from mesh.chain.base import Chain, TxState, TxStatus, Utxo
+from mesh.chain.errors import (
+    RULES,
+    ChainError,
+    ChainUnavailable,
+    InsufficientFunds,
+    LedgerError,
+    SpvFailed,
+    TxRejected,
+    WalletError,
+)
+from mesh.chain.ledger import Balance, BlockInfo, LocalLedger
+from mesh.chain.local import LocalChain
+from mesh.chain.rules import Policy
+from mesh.chain.spv import ChainBackedTracker, HeaderTracker, parse_beef_exact, verify_spv
+from mesh.chain.tx import Outpoint, parse_exact, txid_of
+from mesh.chain.wallet import Coin, Draft, Wallet
+
+__all__ = [
+    "RULES",
+    "ArcChain",
+    "ArcSettings",
+    "Balance",
+    "BlockInfo",
+    "Chain",
+    "ChainBackedTracker",
+    "ChainError",
+    "ChainUnavailable",
+    "Coin",
+    "Draft",
+    "HeaderTracker",
+    "InsufficientFunds",
+    "LedgerError",
+    "LocalChain",
+    "LocalLedger",
+    "Outpoint",
+    "Policy",
+    "SpvFailed",
+    "TxRejected",
+    "TxState",
+    "TxStatus",
+    "Utxo",
+    "Wallet",
+    "WalletError",
+    "parse_beef_exact",
+    "parse_exact",
+    "txid_of",
+    "verify_spv",
+]

@@ -1,0 +1,198 @@
+"""The transaction rules a BSV node enforces for our transactions, as pure functions.
+
+Both the local ledger (with outputs looked up in its UTXO set) and the SPV verifier
+(with outputs taken from proven or verified parents) call these. Each check raises
+`TxRejected` naming its rule (see `mesh.chain.errors.RULES`). Whether an input's output
+exists and is unspent is the caller's question — only it knows the UTXO set — so here the
+spent outputs arrive as a mapping.
+
+Decisions:
+- Fee: ``max(min_fee, ceil(size * fee_rate / 1000))`` on the actual serialised size, in
+  integers (bsv-sdk's `SatoshisPerKilobyte` computes the same on its size estimate).
+- Finality is Bitcoin's IsFinalTx: nLockTime 0, or below the height of the block the
+  transaction would enter (``next_height``) — or, from 500 000 000 on, below the median
+  time past — or every input's nSequence is 0xFFFFFFFF. Non-final transactions are
+  rejected, not held (Teranode rejects them; DESIGN §4).
+- Zero-satoshi outputs are allowed only as data outputs (``OP_FALSE OP_RETURN``).
+- Scripts run in bsv-sdk's interpreter (`Spend`), which applies the version-1
+  malleability rules (push-only, low-S, NULLFAIL, clean stack).
+
+Nothing here does I/O or reads the clock: heights and times come in as arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bsv.fee_models import SatoshisPerKilobyte
+from bsv.script.spend import Spend
+from bsv.transaction import Transaction
+
+from mesh.chain.errors import TxRejected
+from mesh.chain.tx import SEQUENCE_FINAL, Outpoint, is_data_script, script_of
+
+LOCKTIME_THRESHOLD = 500_000_000
+MAX_MONEY = 21_000_000 * 100_000_000
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a transaction must meet beyond consensus: fee rate, minimum fee, size."""
+
+    fee_rate: int = 1  # satoshis per 1000 bytes
+    min_fee: int = 1
+    max_tx_size: int = 10_000_000
+
+    def __post_init__(self) -> None:
+        if self.fee_rate < 0 or self.min_fee < 0 or self.max_tx_size <= 0:
+            raise ValueError("policy values must be non-negative (size positive)")
+
+    def fee_model(self) -> SatoshisPerKilobyte:
+        """The bsv-sdk fee model for this policy (always pass one: DESIGN §5)."""
+        return SatoshisPerKilobyte(self.fee_rate)
+
+    def required_fee(self, size: int) -> int:
+        """The smallest fee a transaction of `size` bytes may pay."""
+        return max(self.min_fee, -(-size * self.fee_rate // 1000))
+
+
+@dataclass(frozen=True)
+class Prevout:
+    """The output an input spends: its amount and locking script."""
+
+    satoshis: int
+    locking_script: bytes
+
+
+@dataclass(frozen=True)
+class Tip:
+    """Where the transaction would be mined: the next block's height and the MTP."""
+
+    next_height: int
+    median_time_past: int
+
+
+def check_structure(tx: Transaction, size: int, policy: Policy) -> None:
+    """Context-free rules: empty, oversize, output values, duplicate inputs."""
+    if not tx.inputs or not tx.outputs:
+        raise TxRejected("empty", f"{len(tx.inputs)} inputs, {len(tx.outputs)} outputs")
+    if size > policy.max_tx_size:
+        raise TxRejected("oversize", f"{size} bytes > {policy.max_tx_size}")
+    total = 0
+    for index, output in enumerate(tx.outputs):
+        value = int(output.satoshis)
+        script: bytes = output.locking_script.serialize()
+        if not 0 <= value <= MAX_MONEY:
+            raise TxRejected("output-value", f"output {index} is {value} sat")
+        if value == 0 and not is_data_script(script):
+            raise TxRejected("output-value", f"output {index} is a 0-sat spendable output")
+        total += value
+    if total > MAX_MONEY:
+        raise TxRejected("output-value", f"outputs total {total} sat")
+    seen: set[Outpoint] = set()
+    for inp in tx.inputs:
+        outpoint = Outpoint(str(inp.source_txid), int(inp.source_output_index))
+        if outpoint in seen:
+            raise TxRejected("duplicate-input", f"{outpoint} is spent twice")
+        seen.add(outpoint)
+
+
+def outpoints(tx: Transaction) -> list[Outpoint]:
+    """The outpoints `tx` spends, in input order."""
+    return [Outpoint(str(i.source_txid), int(i.source_output_index)) for i in tx.inputs]
+
+
+def check_amounts(
+    tx: Transaction, size: int, prevouts: Mapping[Outpoint, Prevout], policy: Policy
+) -> int:
+    """Outputs must not exceed inputs and the fee must meet the policy; returns the fee."""
+    value_in = sum(prevouts[o].satoshis for o in outpoints(tx))
+    value_out = sum(int(o.satoshis) for o in tx.outputs)
+    if value_out > value_in:
+        raise TxRejected("outputs-exceed-inputs", f"outputs {value_out} sat > inputs {value_in}")
+    fee = value_in - value_out
+    required = policy.required_fee(size)
+    if fee < required:
+        raise TxRejected(
+            "fee",
+            f"fee {fee} sat < {required} required for {size} bytes at {policy.fee_rate} sat/kB",
+        )
+    return fee
+
+
+def is_final(tx: Transaction, tip: Tip) -> bool:
+    """Bitcoin's IsFinalTx for a transaction entering the block after the tip."""
+    locktime = int(tx.locktime)
+    if locktime == 0:
+        return True
+    limit = tip.next_height if locktime < LOCKTIME_THRESHOLD else tip.median_time_past
+    if locktime < limit:
+        return True
+    return all(int(i.sequence) == SEQUENCE_FINAL for i in tx.inputs)
+
+
+def check_final(tx: Transaction, tip: Tip) -> None:
+    """Reject a transaction that could not enter the next block."""
+    if not is_final(tx, tip):
+        locktime = int(tx.locktime)
+        if locktime < LOCKTIME_THRESHOLD:
+            when = f"height {locktime}; the next block is {tip.next_height}"
+        else:
+            when = f"time {locktime}; median time past is {tip.median_time_past}"
+        raise TxRejected("non-final", f"locked until {when}, and an nSequence is not final")
+
+
+def check_scripts(tx: Transaction, prevouts: Mapping[Outpoint, Prevout]) -> None:
+    """Run every unlocking script against the output it spends (bsv-sdk `Spend`).
+
+    Sets each input's `locking_script` and `satoshis` on `tx` (the interpreter's sighash
+    needs them for the other inputs); that does not change the serialisation.
+    """
+    spent = outpoints(tx)
+    for inp, outpoint in zip(tx.inputs, spent, strict=True):
+        prev = prevouts[outpoint]
+        inp.locking_script = script_of(prev.locking_script)
+        inp.satoshis = prev.satoshis
+    for index, inp in enumerate(tx.inputs):
+        unlocking = inp.unlocking_script
+        if unlocking is None:
+            raise TxRejected("script", f"input {index} has no unlocking script")
+        params = {
+            "sourceTXID": inp.source_txid,
+            "sourceOutputIndex": inp.source_output_index,
+            "sourceSatoshis": inp.satoshis,
+            "lockingScript": inp.locking_script,
+            "transactionVersion": tx.version,
+            "otherInputs": [other for j, other in enumerate(tx.inputs) if j != index],
+            "inputIndex": index,
+            "unlockingScript": unlocking,
+            "outputs": tx.outputs,
+            "inputSequence": inp.sequence,
+            "lockTime": tx.locktime,
+        }
+        try:
+            ok = bool(Spend(params).validate())
+        except (RuntimeError, ValueError, TypeError, IndexError, OverflowError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise TxRejected("script", f"input {index} ({spent[index]}): {first_line}") from None
+        if not ok:
+            raise TxRejected("script", f"input {index} ({spent[index]}) evaluated to false")
+
+
+def check_transaction(
+    tx: Transaction,
+    size: int,
+    prevouts: Mapping[Outpoint, Prevout],
+    tip: Tip,
+    policy: Policy,
+) -> int:
+    """Every rule that needs the spent outputs, cheapest first; returns the fee.
+
+    The caller has already run `check_structure` and established that each input's
+    output exists and is unspent.
+    """
+    fee = check_amounts(tx, size, prevouts, policy)
+    check_final(tx, tip)
+    check_scripts(tx, prevouts)
+    return fee

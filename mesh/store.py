@@ -1,0 +1,236 @@
+"""The agent's SQLite store: one database file, WAL, busy timeout, versioned schemas.
+
+This module owns how m2mesh opens SQLite and how each component's tables come into
+being. A component (the wallet, the channel manager, the local ledger) describes its
+tables as a `Schema`: a name and an ordered tuple of migrations, where version N means
+"the first N migrations have run". `Store.register(schema)` applies whatever is missing,
+inside one write transaction, and records the new version in ``schema_versions``; several
+processes opening the same file at once apply each migration exactly once, because the
+version is read and advanced under SQLite's write lock.
+
+Pragmas, and why: ``journal_mode=WAL`` so readers never block the writer and a crash at
+any point leaves the last committed state; ``busy_timeout`` so concurrent writers queue
+instead of failing; ``foreign_keys=ON``; ``synchronous`` is FULL by default (a commit
+survives power loss, DESIGN §7) and may be NORMAL where losing the last commits on power
+loss is acceptable (the local test ledger).
+
+It must never: know any component's tables, swallow an SQLite error, or let a caller
+hold a write transaction open across anything but SQLite work.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mesh.errors import MeshError
+
+Synchronous = Literal["FULL", "NORMAL"]
+DEFAULT_BUSY_TIMEOUT = 30.0
+
+
+class StoreError(MeshError):
+    """The database cannot be used as asked (newer schema, broken migration, bad file)."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A component's tables as ordered migrations.
+
+    `migrations[i]` is an SQL script (one or more statements) taking the component from
+    version i to i + 1. Published migrations are never edited, only appended to.
+    """
+
+    component: str
+    migrations: tuple[str, ...]
+
+    @property
+    def version(self) -> int:
+        """The version this code expects: the number of migrations."""
+        return len(self.migrations)
+
+
+_VERSIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_versions ("
+    " component TEXT PRIMARY KEY,"
+    " version INTEGER NOT NULL)"
+)
+
+
+def split_statements(script: str) -> list[str]:
+    """Split an SQL script into complete statements (triggers included).
+
+    `sqlite3.Connection.executescript` would commit the surrounding transaction, so
+    migrations run statement by statement inside our own.
+    """
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise StoreError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
+    return statements
+
+
+class Store:
+    """One SQLite connection with m2mesh's pragmas, schema registry and transactions.
+
+    A `Store` is not shared between threads unless opened with
+    ``check_same_thread=False``, and then the caller serialises its use.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        synchronous: Synchronous = "FULL",
+        check_same_thread: bool = True,
+    ) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._busy_ms = int(busy_timeout * 1000)
+        try:
+            self._db = sqlite3.connect(
+                path,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=check_same_thread,
+            )
+            self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            self._db.execute(f"PRAGMA synchronous = {synchronous}")
+            self._db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open as an SQLite database ({exc})") from None
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{path}: SQLite refused WAL mode (got {mode!r})")
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Close the connection; uncommitted work is rolled back by SQLite."""
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- schemas
+
+    def register(self, schema: Schema) -> int:
+        """Bring `schema.component` up to `schema.version`; return the version.
+
+        Pending migrations run in order inside one write transaction, so either all of
+        them are applied or none is. A database written by newer code (a higher version
+        than this code knows) is refused rather than guessed at.
+        """
+        with self.write() as db:
+            db.execute(_VERSIONS_TABLE)
+            row = db.execute(
+                "SELECT version FROM schema_versions WHERE component = ?", (schema.component,)
+            ).fetchone()
+            current = int(row[0]) if row else 0
+            if current > schema.version:
+                raise StoreError(
+                    f"{self.path}: {schema.component} schema is version {current}, newer than "
+                    f"this m2mesh understands ({schema.version}); upgrade m2mesh"
+                )
+            for number in range(current, schema.version):
+                try:
+                    for statement in split_statements(schema.migrations[number]):
+                        db.execute(statement)
+                except sqlite3.Error as exc:
+                    raise StoreError(
+                        f"{schema.component} migration {number + 1} failed: {exc}"
+                    ) from exc
+            db.execute(
+                "INSERT INTO schema_versions (component, version) VALUES (?, ?)"
+                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (schema.component, schema.version),
+            )
+        return schema.version
+
+    def version(self, component: str) -> int:
+        """The recorded schema version of `component` (0 when never registered)."""
+        exists = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_versions'"
+        ).fetchone()
+        if not exists:
+            return 0
+        row = self._db.execute(
+            "SELECT version FROM schema_versions WHERE component = ?", (component,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    # ---------------------------------------------------------------- transactions
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE): the write lock is taken up front.
+
+        Taking the lock at BEGIN means the reads inside see the state the writes will be
+        applied to — no other writer can slip in between (the basis of first-seen
+        double-spend rejection across processes). Commits on normal exit, rolls back on
+        any exception, which propagates.
+        """
+        self._begin_immediate()
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _begin_immediate(self) -> None:
+        """Take the write lock, polling every 0.2-2 ms until the busy timeout.
+
+        SQLite's own busy handler backs off to 100 ms sleeps, so under contention one
+        process can starve another for hundreds of milliseconds; polling briefly keeps
+        writers from several processes interleaved (and latency low).
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.0002
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            f"{self.path}: write lock still busy after {self._busy_timeout} s"
+                        ) from exc
+                else:
+                    return
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 1.5, 0.002)
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one consistent snapshot."""
+        self._db.execute("BEGIN")
+        try:
+            yield self._db
+        finally:
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        """Run one read-only statement outside any explicit transaction."""
+        return [tuple(row) for row in self._db.execute(sql, params).fetchall()]
