@@ -294,3 +294,150 @@ class Message(Frame):
 
     topic: str
     body: bytes
+
+
+# --------------------------------------------------------------------------- channels
+# A Spilman channel between a payer and a payee (mesh/channel). Amounts are
+# satoshis; `channel_id` is 32 random bytes chosen by the payer.
+
+
+@frame(20)
+@dataclass(frozen=True, slots=True)
+class ChannelOpen(Frame):
+    """Payer -> payee: proposed terms. Only the funding outpoint is revealed, never
+    the signed funding transaction, until the payee's refund signature is back."""
+
+    channel_id: bytes
+    service: str
+    capacity: int
+    close_fee: int
+    refund_fee: int
+    expiry_height: int
+    funding_txid: str
+    funding_vout: int
+    payer_payout: bytes
+
+
+@frame(21)
+@dataclass(frozen=True, slots=True)
+class ChannelRefundSigned(Frame):
+    """Payee -> payer: the payee's signature on the time-locked refund, and the
+    P2PKH script the payee wants its payments paid to."""
+
+    channel_id: bytes
+    signature: bytes
+    payee_payout: bytes
+
+
+@frame(22)
+@dataclass(frozen=True, slots=True)
+class ChannelFunded(Frame):
+    """Payer -> payee: the funding transaction, now broadcast."""
+
+    channel_id: bytes
+    funding_tx: bytes
+
+
+@frame(23)
+@dataclass(frozen=True, slots=True)
+class ChannelPay(Frame):
+    """Payer -> payee: the new total and the payer's signature over that state."""
+
+    channel_id: bytes
+    seq: int
+    total: int
+    signature: bytes
+
+
+@frame(24)
+@dataclass(frozen=True, slots=True)
+class ChannelAck(Frame):
+    """Payee -> payer: everything up to `seq` (cumulative) is persisted.
+
+    seq 0 means the channel is open: the funding was seen on chain.
+    """
+
+    channel_id: bytes
+    seq: int
+    total: int
+
+
+@frame(25)
+@dataclass(frozen=True, slots=True)
+class ChannelClose(Frame):
+    """Either side asks the payee to close with the latest state."""
+
+    channel_id: bytes
+
+
+@frame(26)
+@dataclass(frozen=True, slots=True)
+class ChannelClosed(Frame):
+    """Payee -> payer: the close transaction was broadcast."""
+
+    channel_id: bytes
+    close_txid: str
+    total: int
+
+
+@frame(27)
+@dataclass(frozen=True, slots=True)
+class ChannelError(Frame):
+    """A channel-level refusal naming its rule (`code`); the channel state is unchanged."""
+
+    channel_id: bytes
+    code: str
+    reason: str
+
+
+# --------------------------------------------------------------------------- services
+# Orders for a provider's service (agents/services), paid through the channel
+# named in the order. `order_id` is 16 random bytes chosen by the buyer.
+
+
+@frame(30)
+@dataclass(frozen=True, slots=True)
+class ServiceOrder(Frame):
+    """Buyer -> provider: deliver up to `units` of `service`, paid on `channel_id`."""
+
+    order_id: bytes
+    service: str
+    channel_id: bytes
+    units: int
+    price: int
+    request: bytes
+
+
+@frame(31)
+@dataclass(frozen=True, slots=True)
+class ServiceDelivery(Frame):
+    """Provider -> buyer: `units` more delivered (a tick, a reading, a call result).
+
+    For a data feed, `payload` is the signed reading and `signature` the device
+    key's signature over it; for tool time both may be empty.
+    """
+
+    order_id: bytes
+    seq: int
+    units: int
+    payload: bytes
+    signature: bytes
+
+
+@frame(32)
+@dataclass(frozen=True, slots=True)
+class ServiceStop(Frame):
+    """Buyer -> provider: stop after what is already paid for."""
+
+    order_id: bytes
+    reason: str
+
+
+@frame(33)
+@dataclass(frozen=True, slots=True)
+class ServiceDone(Frame):
+    """Provider -> buyer: the order is over; `delivered` units in all."""
+
+    order_id: bytes
+    delivered: int
+    reason: str

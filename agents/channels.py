@@ -1,0 +1,723 @@
+"""The channel manager: drives payer and payee channel cores over sessions and a chain.
+
+This is the shell around `mesh.channel`: it opens channels on demand, funds them from
+the wallet, moves channel frames over the node's sessions, persists every state before
+it sends or acknowledges it, broadcasts funding, closes and refunds, watches expiry,
+and reloads everything after a restart.
+
+Durability (DESIGN §7), by group commit: state changes mark their channel dirty and a
+single committer task writes every dirty record in one SQLite transaction (in a worker
+thread, so verification and signing go on meanwhile); only then are the payer's
+`ChannelPay` frames sent and the payee's cumulative `ChannelAck`s (and payment
+callbacks) issued. Anything irreversible -- a funding or close transaction -- is
+recorded before it is broadcast and its outcome after.
+
+A payee answers bad input with a `ChannelError` naming the rule and no state change;
+a peer that keeps doing it loses its session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import trio
+
+from mesh.chain.base import Chain, TxState, Utxo
+from mesh.chain.errors import ChainError, TxRejected
+from mesh.chain.tx import p2pkh_script, parse_exact, txid_of
+from mesh.chain.wallet import Wallet
+from mesh.channel.keys import derive_channel_keys
+from mesh.channel.state import (
+    ChannelStateError,
+    Payee,
+    Payer,
+    PaymentRejected,
+    Record,
+    Role,
+    State,
+)
+from mesh.channel.store import ChannelStore
+from mesh.channel.txs import Terms, is_p2pkh, multisig_script
+from mesh.errors import MeshError
+from mesh.identity import Identity, parse_peer_id
+from mesh.transport import Node, SessionClosed
+from mesh.wire import (
+    ChannelAck,
+    ChannelClose,
+    ChannelClosed,
+    ChannelError,
+    ChannelFunded,
+    ChannelOpen,
+    ChannelPay,
+    ChannelRefundSigned,
+    Frame,
+)
+
+log = logging.getLogger("agents.channels")
+T = TypeVar("T")
+CHANNEL_FRAMES = (
+    ChannelOpen,
+    ChannelRefundSigned,
+    ChannelFunded,
+    ChannelPay,
+    ChannelAck,
+    ChannelClose,
+    ChannelClosed,
+    ChannelError,
+)
+PaidCallback = Callable[[bytes, str, str, int], None]
+"""on_paid(channel_id, peer_id, service, total): a payee's durable new total."""
+AckedCallback = Callable[[bytes, int], None]
+"""on_acked(channel_id, seq): the payer received the payee's ack up to `seq`."""
+
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """Counters of a channel manager (a snapshot)."""
+
+    channels: int
+    commits: int
+    records_committed: int
+    commit_seconds: float
+    payments_signed: int
+    payments_accepted: int
+    acks_sent: int
+    acks_received: int
+    rejections: int
+
+
+class ChannelFailure(MeshError):
+    """A channel could not be opened, paid on or closed; the message says why."""
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Channel policy: windows, fees, lifetimes, limits."""
+
+    window: int = 64
+    close_fee: int = 10
+    refund_fee: int = 10
+    min_close_fee: int = 1
+    max_fee: int = 10_000
+    min_lifetime_blocks: int = 6
+    close_margin_blocks: int = 2
+    max_capacity: int = 100_000_000
+    open_timeout: float = 15.0
+    watch_interval: float = 1.0
+    max_violations: int = 3
+    commit_gather: int = 16
+
+
+class ChannelManager:
+    """Every channel of one agent, both roles."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        node: Node,
+        chain: Chain,
+        wallet: Wallet,
+        channels: ChannelStore,
+        db_limiter: trio.CapacityLimiter,
+        config: ChannelConfig | None = None,
+        on_paid: PaidCallback | None = None,
+    ) -> None:
+        """`db_limiter` serialises every use of the SQLite connection shared by the
+        wallet and the channel store (it has capacity 1)."""
+        self.identity = identity
+        self.node = node
+        self.chain = chain
+        self.wallet = wallet
+        self.config = config or ChannelConfig()
+        self.on_paid = on_paid
+        self.on_acked: AckedCallback | None = None
+        self._channels = channels
+        self._db = db_limiter
+        self._ends: dict[bytes, Payer | Payee] = {}
+        self._service: dict[bytes, str] = {}
+        self._funding: dict[bytes, bytes] = {}
+        self._dirty: dict[bytes, None] = {}
+        self._outbox: list[tuple[str, Frame]] = []
+        self._wake = trio.Event()
+        self._generation = 0
+        self._committed_generation = 0
+        self._committed = trio.Event()
+        self._acked: dict[bytes, trio.Event] = {}
+        self._replies: dict[bytes, trio.MemorySendChannel[Frame]] = {}
+        self._violations: dict[str, int] = {}
+        self._reack: set[bytes] = set()
+        self._counts = dict.fromkeys(
+            (
+                "commits",
+                "records_committed",
+                "payments_signed",
+                "payments_accepted",
+                "acks_sent",
+                "acks_received",
+                "rejections",
+            ),
+            0,
+        )
+        self._commit_seconds = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the committer, reload stored channels, then watch expiry."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._committer)
+            await self._reload()
+            nursery.start_soon(self._watcher)
+            task_status.started()
+
+    async def _reload(self) -> None:
+        stored = await self._thread(self._channels.load)
+        for item in stored:
+            record = item.record
+            keys = derive_channel_keys(
+                self.identity,
+                parse_peer_id(record.peer_id),
+                record.terms.channel_id,
+                record.role,
+            )
+            end: Payer | Payee = (
+                Payer(record, keys.own) if record.role is Role.PAYER else Payee(record, keys.own)
+            )
+            cid = record.terms.channel_id
+            self._ends[cid] = end
+            self._service[cid] = item.service
+            if item.funding_raw is not None:
+                self._funding[cid] = item.funding_raw
+            log.info(
+                "reloaded %s channel %s in state %s",
+                record.role.value,
+                cid.hex()[:16],
+                record.state.value,
+            )
+            if record.state is State.REFUND_SIGNED and isinstance(end, Payer):
+                if cid in self._funding:
+                    await self._broadcast_funding(end)  # idempotent if it went out
+                else:  # crashed before recording the funding: it never went out
+                    end.event("fail")
+                    await self._flush(cid)
+                    await self._thread(self.wallet.release, cid.hex())
+            if record.state is State.CLOSING and item.close_raw is not None:
+                await self._finish_close(end, item.close_raw)
+
+    # ------------------------------------------------------------------ queries
+
+    def statistics(self) -> ChannelStatistics:
+        """A frozen snapshot of the manager's counters."""
+        return ChannelStatistics(
+            channels=len(self._ends), commit_seconds=self._commit_seconds, **self._counts
+        )
+
+    def records(self) -> list[tuple[Record, str]]:
+        """Every channel this manager holds, with its service."""
+        return [(end.record(), self._service[cid]) for cid, end in self._ends.items()]
+
+    def record(self, channel_id: bytes) -> Record:
+        """One channel's current record."""
+        return self._end(channel_id).record()
+
+    def _end(self, channel_id: bytes) -> Payer | Payee:
+        end = self._ends.get(channel_id)
+        if end is None:
+            raise ChannelFailure(f"no channel {channel_id.hex()}")
+        return end
+
+    # ------------------------------------------------------------------ payer side
+
+    async def open(self, peer_id: str, service: str, capacity: int, lifetime_blocks: int) -> bytes:
+        """Open a funded channel to `peer_id`; returns its id once the payee says open."""
+        channel_id = secrets.token_bytes(32)
+        keys = derive_channel_keys(self.identity, parse_peer_id(peer_id), channel_id, Role.PAYER)
+        expiry = await self.chain.height() + lifetime_blocks
+        payer_payout = await self._thread(self._new_payout)
+        funding_script = multisig_script(keys.payer_key, keys.payee_key)
+        draft = await self._thread(
+            lambda: self.wallet.fund([(funding_script, capacity)], reservation=channel_id.hex())
+        )
+        replies_send, replies = trio.open_memory_channel[Frame](4)
+        self._replies[channel_id] = replies_send
+        try:
+            await self._send(
+                peer_id,
+                ChannelOpen(
+                    channel_id,
+                    service,
+                    capacity,
+                    self.config.close_fee,
+                    self.config.refund_fee,
+                    expiry,
+                    draft.txid,
+                    0,
+                    payer_payout,
+                ),
+            )
+            with trio.fail_after(self.config.open_timeout):
+                reply = await replies.receive()
+                if not isinstance(reply, ChannelRefundSigned):
+                    raise ChannelFailure(f"payee refused the channel: {_describe(reply)}")
+                terms = Terms(
+                    channel_id,
+                    keys.payer_key,
+                    keys.payee_key,
+                    capacity,
+                    self.config.close_fee,
+                    self.config.refund_fee,
+                    expiry,
+                    draft.txid,
+                    0,
+                    payer_payout,
+                    reply.payee_payout,
+                )
+                payer = Payer(Record(Role.PAYER, State.PROPOSED, terms, peer_id), keys.own)
+                payer.accept_refund_signature(reply.signature)
+                # Record the refund and the signed funding before it can reach the chain.
+                self._ends[channel_id] = payer
+                self._service[channel_id] = service
+                self._funding[channel_id] = draft.raw
+                await self._flush(channel_id)
+                await self._thread(lambda: self._channels.save_raw(channel_id, funding=draft.raw))
+                await self._broadcast_funding(payer)
+                ack = await replies.receive()
+                if not (isinstance(ack, ChannelAck) and ack.seq == 0):
+                    raise ChannelFailure(f"payee did not open the channel: {_describe(ack)}")
+                payer.event("opened")
+                await self._flush(channel_id)
+        except (TimeoutError, ChannelFailure, PaymentRejected, ChainError) as exc:
+            await self._abandon_open(channel_id, draft.txid)
+            raise ChannelFailure(f"opening a channel to {peer_id[:16]}…: {exc}") from None
+        finally:
+            del self._replies[channel_id]
+        log.info(
+            "channel %s to %s open: %d sat until height %d",
+            channel_id.hex()[:16],
+            peer_id[:16],
+            capacity,
+            expiry,
+        )
+        return channel_id
+
+    async def _abandon_open(self, channel_id: bytes, funding_txid: str) -> None:
+        end = self._ends.get(channel_id)
+        if end is not None and end.state is not State.PROPOSED:
+            if end.state is State.REFUND_SIGNED:
+                end.event("fail")
+                await self._flush(channel_id)
+                await self._thread(self.wallet.abandon, funding_txid)
+            return  # funded: the refund (or a later close) settles it
+        self._ends.pop(channel_id, None)
+        await self._thread(self.wallet.release, channel_id.hex())
+
+    async def _broadcast_funding(self, payer: Payer) -> None:
+        cid = payer.terms.channel_id
+        raw = self._funding[cid]
+        await self.chain.broadcast(parse_exact(raw))
+        await self._thread(self.wallet.mark_broadcast, payer.terms.funding_txid)
+        payer.event("funding-accepted")
+        await self._flush(cid)
+        await self._send(payer.record().peer_id, ChannelFunded(cid, raw))
+
+    async def pay(self, channel_id: bytes, amount: int) -> Record:
+        """Sign and send a payment of `amount` more; waits while the window is full.
+
+        Returns the signed record; the frame goes out once it is persisted.
+        """
+        payer = self._end(channel_id)
+        if not isinstance(payer, Payer):
+            raise ChannelFailure("only the payer pays on a channel")
+        while payer.record().seq - payer.record().acked_seq >= self.config.window:
+            await self._ack_event(channel_id).wait()
+        record = payer.pay(amount)
+        self._counts["payments_signed"] += 1
+        self._outbox.append(
+            (record.peer_id, ChannelPay(channel_id, record.seq, record.total, record.payer_sig))
+        )
+        self._mark(channel_id)
+        # Let the committer persist and send what is signed so far while we sign on:
+        # signing here and verifying at the payee then overlap instead of alternating.
+        await trio.lowlevel.checkpoint()
+        return record
+
+    async def wait_acked(self, channel_id: bytes, seq: int | None = None) -> Record:
+        """Wait until the payee acknowledged `seq` (default: everything signed)."""
+        payer = self._end(channel_id)
+        target = payer.record().seq if seq is None else seq
+        while payer.record().acked_seq < target:
+            if payer.state in (State.CLOSED, State.REFUNDED, State.FAILED):
+                raise ChannelFailure(f"channel is {payer.state.value}")
+            await self._ack_event(channel_id).wait()
+        return payer.record()
+
+    def _ack_event(self, channel_id: bytes) -> trio.Event:
+        event = self._acked.get(channel_id)
+        if event is None:
+            event = self._acked[channel_id] = trio.Event()
+        return event
+
+    def _notify_ack(self, channel_id: bytes) -> None:
+        event = self._acked.pop(channel_id, None)
+        if event is not None:
+            event.set()
+
+    async def close(self, channel_id: bytes) -> Record:
+        """Close cooperatively: the payee co-signs the latest state and broadcasts it."""
+        end = self._end(channel_id)
+        if isinstance(end, Payee):
+            await self._close_as_payee(end)
+            return end.record()
+        if end.state is State.OPEN:
+            end.event("close")
+            await self._flush(channel_id)
+        await self._send(end.record().peer_id, ChannelClose(channel_id))
+        with trio.fail_after(self.config.open_timeout):
+            while end.state is State.CLOSING:
+                await self._ack_event(channel_id).wait()
+        return end.record()
+
+    # ------------------------------------------------------------------ frames
+
+    async def handle(self, peer_id: str, frame: Frame) -> bool:
+        """Handle a channel frame from `peer_id`; False when it is not one."""
+        if not isinstance(frame, CHANNEL_FRAMES):
+            return False
+        reply_to = self._replies.get(frame.channel_id)
+        if reply_to is not None and isinstance(frame, ChannelRefundSigned | ChannelError):
+            reply_to.send_nowait(frame)
+            return True
+        if isinstance(frame, ChannelPay):
+            await self._on_pay(peer_id, frame)
+        elif isinstance(frame, ChannelAck):
+            self._on_ack(peer_id, frame)
+        elif isinstance(frame, ChannelOpen):
+            await self._on_open(peer_id, frame)
+        elif isinstance(frame, ChannelFunded):
+            await self._on_funded(peer_id, frame)
+        elif isinstance(frame, ChannelClose):
+            end = self._owned(peer_id, frame.channel_id)
+            if isinstance(end, Payee):
+                await self._close_as_payee(end)
+        elif isinstance(frame, ChannelClosed):
+            await self._on_closed(peer_id, frame)
+        elif isinstance(frame, ChannelError):
+            log.warning(
+                "peer %s: channel %s error %s: %s",
+                peer_id[:16],
+                frame.channel_id.hex()[:16],
+                frame.code,
+                frame.reason,
+            )
+        return True
+
+    def _owned(self, peer_id: str, channel_id: bytes) -> Payer | Payee | None:
+        end = self._ends.get(channel_id)
+        return end if end is not None and end.record().peer_id == peer_id else None
+
+    async def _reject(self, peer_id: str, channel_id: bytes, code: str, reason: str) -> None:
+        log.warning(
+            "peer %s: channel %s rejected (%s): %s",
+            peer_id[:16],
+            channel_id.hex()[:16],
+            code,
+            reason,
+        )
+        self._counts["rejections"] += 1
+        await self._send(peer_id, ChannelError(channel_id, code, reason))
+        count = self._violations[peer_id] = self._violations.get(peer_id, 0) + 1
+        if count >= self.config.max_violations:
+            session = self.node.session(peer_id)
+            if session is not None:
+                await session.aclose("repeated channel violations")
+
+    async def _on_open(self, peer_id: str, frame: ChannelOpen) -> None:
+        cid = frame.channel_id
+        problem = await self._check_open(frame)
+        if cid in self._ends:
+            problem = ("duplicate-channel", "channel id already in use")
+        if problem is not None:
+            await self._reject(peer_id, cid, *problem)
+            return
+        keys = derive_channel_keys(self.identity, parse_peer_id(peer_id), cid, Role.PAYEE)
+        payee_payout = await self._thread(self._new_payout)
+        terms = Terms(
+            cid,
+            keys.payer_key,
+            keys.payee_key,
+            frame.capacity,
+            frame.close_fee,
+            frame.refund_fee,
+            frame.expiry_height,
+            frame.funding_txid,
+            frame.funding_vout,
+            frame.payer_payout,
+            payee_payout,
+        )
+        payee = Payee(Record(Role.PAYEE, State.PROPOSED, terms, peer_id), keys.own)
+        _, signature = payee.sign_refund()
+        self._ends[cid] = payee
+        self._service[cid] = frame.service
+        await self._flush(cid)
+        await self._send(peer_id, ChannelRefundSigned(cid, signature, payee_payout))
+
+    async def _check_open(self, frame: ChannelOpen) -> tuple[str, str] | None:
+        c = self.config
+        if len(frame.channel_id) != 32:
+            return "bad-terms", "channel id must be 32 bytes"
+        if not 0 < frame.capacity <= c.max_capacity:
+            return "capacity", f"capacity must be 1..{c.max_capacity}"
+        if not c.min_close_fee <= frame.close_fee <= c.max_fee:
+            return "fee", f"close fee must be {c.min_close_fee}..{c.max_fee}"
+        if not 0 <= frame.refund_fee <= c.max_fee or frame.close_fee >= frame.capacity:
+            return "fee", "fees out of range"
+        if not is_p2pkh(frame.payer_payout) or len(frame.funding_txid) != 64:
+            return "bad-terms", "payout must be P2PKH and the funding txid 64 hex digits"
+        height = await self.chain.height()
+        if frame.expiry_height < height + c.min_lifetime_blocks:
+            return "expiry", f"expiry {frame.expiry_height} is too soon (height {height})"
+        return None
+
+    async def _on_funded(self, peer_id: str, frame: ChannelFunded) -> None:
+        payee = self._owned(peer_id, frame.channel_id)
+        if not isinstance(payee, Payee):
+            await self._reject(peer_id, frame.channel_id, "unknown-channel", "no such channel")
+            return
+        if payee.state is State.OPEN:
+            await self._send(peer_id, ChannelAck(frame.channel_id, 0, 0))  # a resend
+            return
+        terms = payee.terms
+        try:
+            tx = parse_exact(frame.funding_tx)
+            if txid_of(frame.funding_tx) != terms.funding_txid:
+                raise TxRejected("funding", "txid differs from the agreed outpoint")
+            out = tx.outputs[terms.funding_vout]
+            if out.satoshis != terms.capacity or out.locking_script.serialize() != (
+                terms.funding_script
+            ):
+                raise TxRejected("funding", "output does not pay the capacity to the 2-of-2")
+            await self.chain.broadcast(tx)  # idempotent; proves the chain accepted it
+        except (TxRejected, IndexError, ChainError) as exc:
+            await self._reject(peer_id, frame.channel_id, "funding", str(exc))
+            return
+        payee.event("funding-accepted")
+        await self._flush(frame.channel_id)
+        await self._send(peer_id, ChannelAck(frame.channel_id, 0, 0))
+
+    async def _on_pay(self, peer_id: str, frame: ChannelPay) -> None:
+        payee = self._owned(peer_id, frame.channel_id)
+        if not isinstance(payee, Payee):
+            await self._reject(peer_id, frame.channel_id, "unknown-channel", "no such channel")
+            return
+        try:
+            fresh = payee.accept_payment(frame.seq, frame.total, frame.signature)
+        except PaymentRejected as exc:
+            await self._reject(peer_id, frame.channel_id, exc.code, exc.reason)
+            return
+        self._counts["payments_accepted"] += fresh
+        if not fresh:
+            # A resend after a reconnect: acknowledge again once it is surely durable.
+            self._reack.add(frame.channel_id)
+        self._mark(frame.channel_id)
+
+    def _on_ack(self, peer_id: str, frame: ChannelAck) -> None:
+        payer = self._owned(peer_id, frame.channel_id)
+        if not isinstance(payer, Payer):
+            return
+        if frame.seq == 0:
+            reply_to = self._replies.get(frame.channel_id)
+            if reply_to is not None:
+                reply_to.send_nowait(frame)
+            return
+        try:
+            payer.accept_ack(frame.seq, frame.total)
+        except PaymentRejected as exc:
+            log.warning("peer %s: %s", peer_id[:16], exc)
+            return
+        # Not persisted at once: the ack is the payee's promise, ours to remember lazily.
+        self._counts["acks_received"] += 1
+        self._notify_ack(frame.channel_id)
+        if self.on_acked is not None:
+            self.on_acked(frame.channel_id, frame.seq)
+
+    async def _on_closed(self, peer_id: str, frame: ChannelClosed) -> None:
+        payer = self._owned(peer_id, frame.channel_id)
+        if not isinstance(payer, Payer) or payer.state not in (State.OPEN, State.CLOSING):
+            return
+        status = await self.chain.status(frame.close_txid)
+        if status.state not in (TxState.PENDING, TxState.MINED):
+            log.warning(
+                "peer %s claims close %s, unknown to the chain", peer_id[:16], frame.close_txid
+            )
+            return
+        payer.mark_closed(frame.close_txid)
+        await self._flush(frame.channel_id)
+        rest = payer.terms.max_total - frame.total
+        if rest > 0:
+            coin = Utxo(frame.close_txid, 1, rest, payer.terms.payer_payout)
+            await self._thread(self.wallet.add_utxos, [coin])
+        self._notify_ack(frame.channel_id)
+
+    # ------------------------------------------------------------------ closing
+
+    async def _close_as_payee(self, payee: Payee) -> None:
+        cid = payee.terms.channel_id
+        if payee.state is not State.OPEN:
+            return
+        if payee.record().total == 0:
+            return  # nothing to claim: the payer's refund settles it
+        payee.event("close")
+        raw = payee.closing_tx()
+        await self._flush(cid)
+        await self._thread(lambda: self._channels.save_raw(cid, close=raw))
+        await self._finish_close(payee, raw)
+
+    async def _finish_close(self, end: Payer | Payee, raw: bytes) -> None:
+        txid = await self.chain.broadcast(parse_exact(raw))
+        end.mark_closed(txid)
+        cid = end.terms.channel_id
+        await self._flush(cid)
+        record = end.record()
+        if isinstance(end, Payee):
+            coin = Utxo(txid, 0, record.total, end.terms.payee_payout)
+            await self._thread(self.wallet.add_utxos, [coin])
+            await self._send(record.peer_id, ChannelClosed(cid, txid, record.total))
+        log.info("channel %s closed by %s: %d sat paid", cid.hex()[:16], txid[:16], record.total)
+
+    async def _watcher(self) -> None:
+        while True:
+            await trio.sleep(self.config.watch_interval)
+            await self.check_expiry(await self.chain.height())
+
+    async def check_expiry(self, height: int) -> None:
+        """Close (payee) or refund (payer) every channel whose expiry is near or past."""
+        for end in list(self._ends.values()):
+            expiry = end.terms.expiry_height
+            if isinstance(end, Payee):
+                if end.state is State.OPEN and height >= expiry - self.config.close_margin_blocks:
+                    log.info("channel %s near expiry: closing", end.terms.channel_id.hex()[:16])
+                    await self._close_as_payee(end)
+            elif end.state in (State.FUNDED, State.OPEN, State.CLOSING) and height >= expiry:
+                await self._refund(end)
+
+    async def _refund(self, payer: Payer) -> None:
+        cid = payer.terms.channel_id
+        raw = payer.signed_refund()
+        try:
+            txid = await self.chain.broadcast(parse_exact(raw))
+        except TxRejected as exc:
+            if exc.rule in ("double-spend", "spent-input"):
+                payer.mark_closed("")  # the payee closed it first
+                await self._flush(cid)
+                self._notify_ack(cid)
+            else:
+                log.warning("refund of channel %s not accepted yet: %s", cid.hex()[:16], exc)
+            return
+        payer.mark_refunded(txid)
+        await self._flush(cid)
+        coin = Utxo(
+            txid, 0, payer.terms.capacity - payer.terms.refund_fee, payer.terms.payer_payout
+        )
+        await self._thread(self.wallet.add_utxos, [coin])
+        self._notify_ack(cid)
+        log.info("channel %s refunded by %s", cid.hex()[:16], txid[:16])
+
+    # ------------------------------------------------------------------ resume
+
+    async def peer_connected(self, peer_id: str) -> None:
+        """A (new) session with `peer_id`: resend what may have been lost."""
+        for cid, end in list(self._ends.items()):
+            record = end.record()
+            if record.peer_id != peer_id:
+                continue
+            if isinstance(end, Payer):
+                if record.state is State.FUNDED and cid in self._funding:
+                    await self._send(peer_id, ChannelFunded(cid, self._funding[cid]))
+                elif record.state in (State.OPEN, State.CLOSING) and record.seq > record.acked_seq:
+                    frame = ChannelPay(cid, record.seq, record.total, record.payer_sig)
+                    await self._send(peer_id, frame)
+            elif record.state in (State.OPEN, State.CLOSING) and record.seq:
+                self._reack.add(cid)  # the committer acks what is durable
+                self._mark(cid)
+
+    # ------------------------------------------------------------------ persistence
+
+    def _mark(self, channel_id: bytes) -> None:
+        self._dirty[channel_id] = None
+        self._wake.set()
+
+    async def _flush(self, channel_id: bytes) -> None:
+        """Persist `channel_id` now (through the committer) and wait for the commit."""
+        self._mark(channel_id)
+        target = self._generation + 1
+        while self._committed_generation < target:
+            await self._committed.wait()
+
+    async def _committer(self) -> None:
+        while True:
+            await self._wake.wait()
+            # Group commit: let the tasks that are runnable now (verifying or signing
+            # the rest of a burst) add to this batch before it is written.
+            for _ in range(self.config.commit_gather):
+                await trio.lowlevel.checkpoint()
+            self._wake = trio.Event()
+            dirty, self._dirty = self._dirty, {}
+            outbox, self._outbox = self._outbox, []
+            reack, self._reack = self._reack, set()
+            self._generation += 1
+            batch = [(self._ends[cid].record(), self._service[cid]) for cid in dirty]
+            started = trio.current_time()
+            async with self._db:
+                # Inline, not in a worker thread: a WAL commit takes ~10 us here, while
+                # handing it to a thread costs up to the GIL switch interval (5 ms)
+                # whenever this thread is busy verifying -- that capped throughput.
+                self._channels.save(batch)
+            self._commit_seconds += trio.current_time() - started
+            self._counts["commits"] += 1
+            self._counts["records_committed"] += len(batch)
+            self._committed_generation = self._generation
+            self._committed.set()
+            self._committed = trio.Event()
+            for record, service in batch:
+                cid = record.terms.channel_id
+                if record.role is Role.PAYEE and (
+                    record.seq > record.acked_seq or (cid in reack and record.seq > 0)
+                ):
+                    payee = self._ends[cid]
+                    assert isinstance(payee, Payee)
+                    payee.acknowledged(record.seq, record.total)
+                    outbox.append((record.peer_id, ChannelAck(cid, record.seq, record.total)))
+                    self._counts["acks_sent"] += 1
+                    if self.on_paid is not None:
+                        self.on_paid(cid, record.peer_id, service, record.total)
+            for peer_id, frame in outbox:
+                await self._send(peer_id, frame)
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _send(self, peer_id: str, frame: Frame) -> None:
+        session = self.node.session(peer_id)
+        if session is None:
+            return  # resent by peer_connected() when a session is back
+        with contextlib.suppress(SessionClosed):
+            await session.send(frame)
+
+    def _new_payout(self) -> bytes:
+        return p2pkh_script(self.wallet.new_address())
+
+    async def _thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
+
+
+def _describe(frame: Frame) -> str:
+    if isinstance(frame, ChannelError):
+        return f"{frame.code}: {frame.reason}"
+    return type(frame).__name__
+
+
+__all__ = ["ChannelConfig", "ChannelFailure", "ChannelManager", "ChannelStateError"]

@@ -1,0 +1,286 @@
+"""Payer and payee channel state machines: transition tables, rules, no I/O.
+
+A channel goes ``proposed -> refund-signed -> funded -> open -> closing -> closed``,
+or ends ``refunded`` or ``failed``. Allowed transitions are data (`PAYER_TABLE`,
+`PAYEE_TABLE`); an event that is not in the table for the current state is a
+`ChannelStateError`. The objects here hold the channel's state and check every
+rule; the shell (the channel manager) persists `record()` after every call that
+changes it and only then sends or acknowledges (DESIGN §7).
+
+The payee's checks on a payment, in order (each rejection leaves the state
+untouched and names its code): ``not-open`` (not yet funded, or closing),
+``seq-reused`` (same seq, other total), ``stale-seq``, ``total-not-growing``,
+``above-capacity``, ``bad-signature`` (wrong key, malleated, or over other
+outputs -- including another fee, since the payee rebuilds the outputs from the
+agreed terms).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+from bsv.keys import PrivateKey
+
+from mesh.channel.txs import (
+    PaymentSigner,
+    Terms,
+    payment_tx,
+    refund_tx,
+    sighash_of,
+    sign_digest,
+    two_of_two_unlock,
+)
+from mesh.errors import LocalProtocolError, RemoteProtocolError
+from mesh.identity import verify_digest
+
+
+class State(enum.Enum):
+    """Where a channel stands."""
+
+    PROPOSED = "proposed"
+    REFUND_SIGNED = "refund-signed"
+    FUNDED = "funded"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    REFUNDED = "refunded"
+    FAILED = "failed"
+
+
+class Role(enum.Enum):
+    """Which end of the channel we are."""
+
+    PAYER = "payer"
+    PAYEE = "payee"
+
+
+S = State
+PAYER_TABLE: dict[tuple[State, str], State] = {
+    (S.PROPOSED, "refund-signed"): S.REFUND_SIGNED,
+    (S.PROPOSED, "fail"): S.FAILED,
+    (S.REFUND_SIGNED, "funding-accepted"): S.FUNDED,
+    (S.REFUND_SIGNED, "fail"): S.FAILED,
+    (S.FUNDED, "opened"): S.OPEN,
+    (S.FUNDED, "close"): S.CLOSING,
+    (S.FUNDED, "closed"): S.CLOSED,
+    (S.OPEN, "close"): S.CLOSING,
+    (S.OPEN, "closed"): S.CLOSED,
+    (S.CLOSING, "closed"): S.CLOSED,
+    (S.FUNDED, "refunded"): S.REFUNDED,
+    (S.OPEN, "refunded"): S.REFUNDED,
+    (S.CLOSING, "refunded"): S.REFUNDED,
+}
+PAYEE_TABLE: dict[tuple[State, str], State] = {
+    (S.PROPOSED, "refund-signed"): S.REFUND_SIGNED,
+    (S.REFUND_SIGNED, "funding-accepted"): S.OPEN,
+    (S.REFUND_SIGNED, "fail"): S.FAILED,
+    (S.OPEN, "close"): S.CLOSING,
+    (S.OPEN, "closed"): S.CLOSED,
+    (S.CLOSING, "closed"): S.CLOSED,
+    (S.OPEN, "refunded"): S.REFUNDED,
+    (S.CLOSING, "refunded"): S.REFUNDED,
+}
+TABLES = {Role.PAYER: PAYER_TABLE, Role.PAYEE: PAYEE_TABLE}
+FINAL_STATES = frozenset({S.CLOSED, S.REFUNDED, S.FAILED})
+
+
+class ChannelStateError(LocalProtocolError):
+    """An event that the transition table does not allow in the current state."""
+
+
+class PaymentRejected(RemoteProtocolError):
+    """The payer sent a payment or signature the payee must refuse.
+
+    `code` is one of the codes in this module's docstring; the state is unchanged.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"ChannelPay.{code}", reason)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Record:
+    """Everything a channel end must persist; enough to resume after a crash.
+
+    `seq`/`total`/`payer_sig` are the latest signed payment (payer: the latest it
+    signed; payee: the latest it verified). `acked_seq`/`acked_total` are the
+    latest the payee acknowledged (payer: the latest ack received).
+    """
+
+    role: Role
+    state: State
+    terms: Terms
+    peer_id: str
+    seq: int = 0
+    total: int = 0
+    payer_sig: bytes = b""
+    acked_seq: int = 0
+    acked_total: int = 0
+    refund_sig: bytes = b""
+    close_txid: str = ""
+
+
+def _step(record: Record, event: str) -> Record:
+    table = TABLES[record.role]
+    target = table.get((record.state, event))
+    if target is None:
+        raise ChannelStateError(
+            f"{record.role.value} channel in state {record.state.value} cannot '{event}'"
+        )
+    return replace(record, state=target)
+
+
+class _ChannelEnd:
+    """What payer and payee share: the record, the transition step, the signer."""
+
+    def __init__(self, record: Record, key: PrivateKey) -> None:
+        self._record = record
+        self._key = key
+        self._signer = PaymentSigner(record.terms)
+        own = bytes(key.public_key().serialize(compressed=True))
+        expected = record.terms.payer_key if record.role is Role.PAYER else record.terms.payee_key
+        if own != expected:
+            raise LocalProtocolError("channel key does not match the terms")
+
+    def record(self) -> Record:
+        """The state to persist (frozen)."""
+        return self._record
+
+    @property
+    def state(self) -> State:
+        """The current state."""
+        return self._record.state
+
+    @property
+    def terms(self) -> Terms:
+        """The agreed terms."""
+        return self._record.terms
+
+    def event(self, name: str) -> Record:
+        """Apply a lifecycle event from the table (e.g. "funding-accepted")."""
+        self._record = _step(self._record, name)
+        return self._record
+
+    def mark_closed(self, close_txid: str) -> Record:
+        """The close transaction is on chain ("" when only its effect is known)."""
+        self._record = replace(_step(self._record, "closed"), close_txid=close_txid)
+        return self._record
+
+    def mark_refunded(self, refund_txid: str) -> Record:
+        """The refund transaction is on chain."""
+        self._record = replace(_step(self._record, "refunded"), close_txid=refund_txid)
+        return self._record
+
+
+class Payer(_ChannelEnd):
+    """The paying end: signs refunds' counterpart, payments and nothing else."""
+
+    def accept_refund_signature(self, signature: bytes) -> Record:
+        """Check the payee's signature on the refund; only then may funding go out."""
+        digest = sighash_of(refund_tx(self.terms))
+        if not verify_digest(self.terms.payee_key, digest, signature):
+            raise PaymentRejected("bad-refund-signature", "payee's refund signature is invalid")
+        self._record = replace(_step(self._record, "refund-signed"), refund_sig=signature)
+        return self._record
+
+    def signed_refund(self) -> bytes:
+        """The fully signed refund transaction (valid once the expiry height is reached)."""
+        record = self._record
+        if not record.refund_sig:
+            raise LocalProtocolError("no refund signature from the payee yet")
+        ours = sign_digest(self._key, sighash_of(refund_tx(self.terms)))
+        raw: bytes = refund_tx(self.terms, two_of_two_unlock(ours, record.refund_sig)).serialize()
+        return raw
+
+    def pay(self, amount: int) -> Record:
+        """Sign the next state paying `amount` more; persist the record, then send it."""
+        record = self._record
+        if record.state is not State.OPEN:
+            raise ChannelStateError(f"cannot pay on a channel in state {record.state.value}")
+        if amount <= 0:
+            raise LocalProtocolError("payment amount must be positive")
+        total = record.total + amount
+        if total > self.terms.max_total:
+            raise LocalProtocolError(
+                f"paying {amount} would exceed the channel ({total} > {self.terms.max_total})"
+            )
+        signature = sign_digest(self._key, self._signer.sighash(total))
+        self._record = replace(record, seq=record.seq + 1, total=total, payer_sig=signature)
+        return self._record
+
+    def remaining(self) -> int:
+        """How much more this channel can pay."""
+        return self.terms.max_total - self._record.total
+
+    def accept_ack(self, seq: int, total: int) -> Record:
+        """A cumulative acknowledgement from the payee."""
+        record = self._record
+        if seq > record.seq or total > record.total:
+            raise PaymentRejected("bad-ack", f"ack {seq}/{total} beyond what we signed")
+        if seq < record.acked_seq:
+            return record  # an old ack overtaken by a newer one
+        self._record = replace(record, acked_seq=seq, acked_total=total)
+        return self._record
+
+
+class Payee(_ChannelEnd):
+    """The paid end: signs the refund, verifies payments, closes."""
+
+    def sign_refund(self) -> tuple[Record, bytes]:
+        """Sign the refund for the payer; returns the new record and the signature."""
+        signature = sign_digest(self._key, sighash_of(refund_tx(self.terms)))
+        self._record = replace(_step(self._record, "refund-signed"), refund_sig=signature)
+        return self._record, signature
+
+    def check_payment(self, seq: int, total: int, signature: bytes) -> bool:
+        """Verify a payment without changing state.
+
+        Returns False for an exact duplicate of the latest payment (harmless after a
+        reconnect), True for a new valid payment; raises `PaymentRejected` otherwise.
+        """
+        record = self._record
+        if record.state is not State.OPEN:
+            raise PaymentRejected("not-open", f"channel is {record.state.value}")
+        if seq == record.seq and record.seq > 0:
+            if total == record.total and signature == record.payer_sig:
+                return False
+            raise PaymentRejected("seq-reused", f"seq {seq} already paid {record.total}")
+        if seq < record.seq:
+            raise PaymentRejected("stale-seq", f"seq {seq} is older than {record.seq}")
+        if total <= record.total:
+            raise PaymentRejected("total-not-growing", f"total {total} <= {record.total}")
+        if total > self.terms.max_total:
+            raise PaymentRejected("above-capacity", f"total {total} > {self.terms.max_total}")
+        if not verify_digest(self.terms.payer_key, self._signer.sighash(total), signature):
+            raise PaymentRejected("bad-signature", f"signature for seq {seq} does not verify")
+        return True
+
+    def accept_payment(self, seq: int, total: int, signature: bytes) -> bool:
+        """Verify and take a payment; True if it was new (False: exact duplicate).
+
+        The caller persists `record()` before acknowledging or delivering against it.
+        """
+        fresh = self.check_payment(seq, total, signature)
+        if fresh:
+            self._record = replace(self._record, seq=seq, total=total, payer_sig=signature)
+        return fresh
+
+    def acknowledged(self, seq: int, total: int) -> Record:
+        """Note that the persisted state (`seq`, `total`) was acknowledged to the payer."""
+        record = self._record
+        if seq > record.acked_seq:
+            self._record = replace(record, acked_seq=seq, acked_total=total)
+        return self._record
+
+    def closing_tx(self) -> bytes:
+        """Co-sign the latest payment into the close transaction (raw bytes)."""
+        record = self._record
+        if record.total == 0:
+            raise LocalProtocolError("nothing was paid; the payer's refund settles this channel")
+        tx = payment_tx(self.terms, record.total)
+        ours = sign_digest(self._key, sighash_of(tx))
+        closing = payment_tx(self.terms, record.total, two_of_two_unlock(record.payer_sig, ours))
+        raw: bytes = closing.serialize()
+        return raw

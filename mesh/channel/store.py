@@ -1,0 +1,209 @@
+"""Channel records in the agent's SQLite store.
+
+Owns the ``channels`` table and the mapping between a `Record` and its row. One
+`save` call writes any number of records in one transaction (group commit); the
+channel manager calls it before it sends or acknowledges anything (DESIGN §7).
+Blocking SQLite: call from a worker thread (`trio.to_thread`), one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mesh.channel.state import FINAL_STATES, Record, Role, State
+from mesh.channel.txs import Terms
+from mesh.store import Schema, Store
+
+CHANNEL_SCHEMA = Schema(
+    "channels",
+    (
+        """
+        CREATE TABLE channels (
+            channel_id BLOB PRIMARY KEY,
+            role TEXT NOT NULL,
+            state TEXT NOT NULL,
+            peer_id TEXT NOT NULL,
+            service TEXT NOT NULL,
+            payer_key BLOB NOT NULL,
+            payee_key BLOB NOT NULL,
+            capacity INTEGER NOT NULL,
+            close_fee INTEGER NOT NULL,
+            refund_fee INTEGER NOT NULL,
+            expiry_height INTEGER NOT NULL,
+            funding_txid TEXT NOT NULL,
+            funding_vout INTEGER NOT NULL,
+            payer_payout BLOB NOT NULL,
+            payee_payout BLOB NOT NULL,
+            seq INTEGER NOT NULL,
+            total INTEGER NOT NULL,
+            payer_sig BLOB NOT NULL,
+            acked_seq INTEGER NOT NULL,
+            acked_total INTEGER NOT NULL,
+            refund_sig BLOB NOT NULL,
+            close_txid TEXT NOT NULL,
+            funding_raw BLOB,
+            close_raw BLOB
+        );
+        CREATE INDEX channels_by_state ON channels (state);
+        """,
+    ),
+)
+
+_COLUMNS = (
+    "channel_id, role, state, peer_id, service, payer_key, payee_key, capacity, close_fee,"
+    " refund_fee, expiry_height, funding_txid, funding_vout, payer_payout, payee_payout,"
+    " seq, total, payer_sig, acked_seq, acked_total, refund_sig, close_txid"
+)
+
+
+@dataclass(frozen=True)
+class StoredChannel:
+    """A record as stored, with the service it pays for and the raw transactions."""
+
+    record: Record
+    service: str
+    funding_raw: bytes | None
+    close_raw: bytes | None
+
+
+def _row(record: Record, service: str) -> tuple[object, ...]:
+    t = record.terms
+    return (
+        t.channel_id,
+        record.role.value,
+        record.state.value,
+        record.peer_id,
+        service,
+        t.payer_key,
+        t.payee_key,
+        t.capacity,
+        t.close_fee,
+        t.refund_fee,
+        t.expiry_height,
+        t.funding_txid,
+        t.funding_vout,
+        t.payer_payout,
+        t.payee_payout,
+        record.seq,
+        record.total,
+        record.payer_sig,
+        record.acked_seq,
+        record.acked_total,
+        record.refund_sig,
+        record.close_txid,
+    )
+
+
+def _record(row: Sequence[Any]) -> tuple[Record, str]:
+    (
+        cid,
+        role,
+        state,
+        peer,
+        service,
+        pk1,
+        pk2,
+        cap,
+        cfee,
+        rfee,
+        expiry,
+        ftxid,
+        fvout,
+        out1,
+        out2,
+        seq,
+        total,
+        psig,
+        aseq,
+        atotal,
+        rsig,
+        ctxid,
+    ) = row
+    terms = Terms(
+        channel_id=bytes(cid),
+        payer_key=bytes(pk1),
+        payee_key=bytes(pk2),
+        capacity=int(cap),
+        close_fee=int(cfee),
+        refund_fee=int(rfee),
+        expiry_height=int(expiry),
+        funding_txid=str(ftxid),
+        funding_vout=int(fvout),
+        payer_payout=bytes(out1),
+        payee_payout=bytes(out2),
+    )
+    record = Record(
+        role=Role(role),
+        state=State(state),
+        terms=terms,
+        peer_id=str(peer),
+        seq=int(seq),
+        total=int(total),
+        payer_sig=bytes(psig),
+        acked_seq=int(aseq),
+        acked_total=int(atotal),
+        refund_sig=bytes(rsig),
+        close_txid=str(ctxid),
+    )
+    return record, str(service)
+
+
+class ChannelStore:
+    """Persist and reload channel records."""
+
+    def __init__(self, store: Store) -> None:
+        """Register the channel schema in `store`."""
+        self._store = store
+        store.register(CHANNEL_SCHEMA)
+
+    def save(self, records: Iterable[tuple[Record, str]]) -> None:
+        """Write (record, service) pairs in one transaction; raw txs are kept."""
+        rows = [_row(record, service) for record, service in records]
+        if not rows:
+            return
+        placeholders = ", ".join("?" * len(rows[0]))
+        updates = ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _COLUMNS.split(",")[1:])
+        with self._store.write() as db:
+            db.executemany(
+                f"INSERT INTO channels ({_COLUMNS}) VALUES ({placeholders})"
+                f" ON CONFLICT (channel_id) DO UPDATE SET {updates}",
+                rows,
+            )
+
+    def save_raw(
+        self, channel_id: bytes, *, funding: bytes | None = None, close: bytes | None = None
+    ) -> None:
+        """Record a funding or close transaction (before it is broadcast)."""
+        with self._store.write() as db:
+            if funding is not None:
+                db.execute(
+                    "UPDATE channels SET funding_raw = ? WHERE channel_id = ?",
+                    (funding, channel_id),
+                )
+            if close is not None:
+                db.execute(
+                    "UPDATE channels SET close_raw = ? WHERE channel_id = ?", (close, channel_id)
+                )
+
+    def load(self, *, include_final: bool = False) -> list[StoredChannel]:
+        """Every channel (by default only those not yet closed, refunded or failed)."""
+        with self._store.read() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS}, funding_raw, close_raw FROM channels ORDER BY rowid"
+            ).fetchall()
+        result = []
+        for row in rows:
+            record, service = _record(tuple(row[:-2]))
+            if include_final or record.state not in FINAL_STATES:
+                funding, close = row[-2], row[-1]
+                result.append(
+                    StoredChannel(
+                        record,
+                        service,
+                        None if funding is None else bytes(funding),
+                        None if close is None else bytes(close),
+                    )
+                )
+        return result

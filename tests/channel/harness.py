@@ -1,0 +1,99 @@
+"""A minimal agent for channel tests: identity, store, wallet, node, manager.
+
+Used in-process by the manager tests and as a real process by channel_proc.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from agents.channels import ChannelConfig, ChannelManager
+from mesh.chain.base import Utxo
+from mesh.chain.ledger import LocalLedger
+from mesh.chain.local import LocalChain
+from mesh.chain.tx import p2pkh_script
+from mesh.chain.wallet import Wallet
+from mesh.channel.store import ChannelStore
+from mesh.identity import Identity, load_identity, save_identity
+from mesh.store import Store
+from mesh.transport import Node, NodeConfig, open_node
+
+
+@dataclass
+class Agentlet:
+    identity: Identity
+    node: Node
+    chain: LocalChain
+    wallet: Wallet
+    manager: ChannelManager
+    db: trio.CapacityLimiter
+
+    async def fund(self, ledger_path: Path, satoshis: int) -> None:
+        """Mint test coins to a fresh wallet address."""
+
+        def mint() -> None:
+            address = self.wallet.new_address()
+            script = p2pkh_script(address)
+            with LocalLedger.open(ledger_path) as ledger:
+                outpoint = ledger.faucet(script, satoshis)
+            self.wallet.add_utxos([Utxo(outpoint.txid, outpoint.vout, satoshis, script)])
+
+        await trio.to_thread.run_sync(mint, limiter=self.db)
+
+
+def identity_at(path: Path) -> Identity:
+    """Load the identity at `path`, creating it the first time."""
+    if path.exists():
+        return load_identity(path)
+    identity = Identity.generate()
+    save_identity(identity, path)
+    return identity
+
+
+@asynccontextmanager
+async def agentlet(
+    data_dir: Path,
+    ledger_path: Path,
+    *,
+    listen: str = "tcp://127.0.0.1:0",
+    config: ChannelConfig | None = None,
+    on_paid: object = None,
+) -> AsyncIterator[Agentlet]:
+    """Run one agentlet: its node, its manager, and a frame dispatcher."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    identity = identity_at(data_dir / "identity.key")
+    store = Store(data_dir / "agent.db", check_same_thread=False, synchronous="NORMAL")
+    chain = LocalChain.open(ledger_path)
+    db = trio.CapacityLimiter(1)
+    try:
+        wallet = Wallet(store, identity)
+        channels = ChannelStore(store)
+        async with open_node(identity, listen, config=NodeConfig(dead_after=60)) as node:
+            manager = ChannelManager(
+                identity,
+                node,
+                chain,
+                wallet,
+                channels,
+                db,
+                config,
+                on_paid,  # type: ignore[arg-type]
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(manager.run)
+
+                async def dispatch() -> None:
+                    async for peer_id, frame in node.incoming():
+                        await manager.handle(peer_id, frame)
+
+                nursery.start_soon(dispatch)
+                yield Agentlet(identity, node, chain, wallet, manager, db)
+                nursery.cancel_scope.cancel()
+    finally:
+        chain.close()
+        store.close()

@@ -1,0 +1,233 @@
+"""The channel core: tx shapes, fast sighash, transition tables, payee rules."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.chain.errors import TxRejected
+from mesh.channel import (
+    ChannelStateError,
+    PaymentRejected,
+    PaymentSigner,
+    State,
+    Terms,
+    payment_tx,
+)
+from mesh.channel.state import PAYEE_TABLE, PAYER_TABLE, Payee, Payer, Record, Role
+from mesh.channel.txs import hash256, sign_digest
+from tests.channel.helpers import CAPACITY, CLOSE_FEE, EXPIRY, check_spends_funding, make_pair
+
+
+@pytest.mark.parametrize(
+    "total", [1, 2, 546, 50_000, CAPACITY - CLOSE_FEE - 1, CAPACITY - CLOSE_FEE]
+)
+def test_fast_sighash_matches_bsv_sdk_preimage_byte_for_byte(total: int) -> None:
+    payer, _, _, _ = make_pair()
+    signer = PaymentSigner(payer.terms)
+    tx = payment_tx(payer.terms, total)
+    assert signer.preimage(total) == tx.preimage(0)
+    assert signer.sighash(total) == hash256(tx.preimage(0))
+
+
+def test_payment_outputs_follow_the_terms() -> None:
+    payer, _, _, _ = make_pair()
+    terms = payer.terms
+    assert terms.payment_outputs(10) == [
+        (terms.payee_payout, 10),
+        (terms.payer_payout, CAPACITY - CLOSE_FEE - 10),
+    ]
+    # Paying everything leaves no payer output (no zero-value output on chain).
+    assert terms.payment_outputs(terms.max_total) == [(terms.payee_payout, terms.max_total)]
+
+
+def test_close_tx_passes_the_interpreter_and_pays_to_the_satoshi() -> None:
+    payer, payee, _, _ = make_pair()
+    for amount in (5, 10, 1000, 3):
+        payee.accept_payment(*_frame(payer.pay(amount)))
+    tx = check_spends_funding(payee.closing_tx(), payee.terms)
+    assert [o.satoshis for o in tx.outputs] == [1018, CAPACITY - CLOSE_FEE - 1018]
+    assert sum(o.satoshis for o in tx.outputs) == CAPACITY - CLOSE_FEE
+
+
+def test_refund_passes_the_interpreter_and_is_time_locked() -> None:
+    payer, _, _, _ = make_pair()
+    tx = check_spends_funding(payer.signed_refund(), payer.terms)
+    assert tx.locktime == EXPIRY and tx.inputs[0].sequence == 0xFFFFFFFE
+    assert tx.outputs[0].locking_script.serialize() == payer.terms.payer_payout
+
+
+def test_close_with_a_forged_payer_signature_fails_the_interpreter() -> None:
+    payer, payee, _, _ = make_pair()
+    payee.accept_payment(*_frame(payer.pay(100)))
+    # The payee tries to close for more than the payer signed.
+    forged = Payee(dataclasses.replace(payee.record(), total=5_000), payee._key)
+    with pytest.raises(TxRejected, match="script"):
+        check_spends_funding(forged.closing_tx(), payee.terms)
+
+
+def _frame(record: Record) -> tuple[int, int, bytes]:
+    return record.seq, record.total, record.payer_sig
+
+
+def test_payee_accepts_in_order_and_duplicates_are_harmless() -> None:
+    payer, payee, _, _ = make_pair()
+    first = _frame(payer.pay(10))
+    assert payee.accept_payment(*first) is True
+    assert payee.record().total == 10
+    assert payee.accept_payment(*first) is False  # exact duplicate: no change
+    second = _frame(payer.pay(10))
+    assert payee.accept_payment(*second) is True
+    assert payee.record().seq == 2
+
+
+def rejected(payee: Payee, frame: tuple[int, int, bytes], code: str) -> None:
+    before = payee.record()
+    with pytest.raises(PaymentRejected) as info:
+        payee.accept_payment(*frame)
+    assert info.value.code == code
+    assert payee.record() == before  # no state change
+
+
+def test_total_that_does_not_grow_is_rejected() -> None:
+    payer, payee, _, _ = make_pair()
+    payee.accept_payment(*_frame(payer.pay(100)))
+    signer = PaymentSigner(payer.terms)
+    sig = sign_digest(payer._key, signer.sighash(100))
+    rejected(payee, (2, 100, sig), "total-not-growing")
+    sig = sign_digest(payer._key, signer.sighash(50))
+    rejected(payee, (3, 50, sig), "total-not-growing")
+
+
+def test_reused_seq_with_another_amount_is_rejected() -> None:
+    payer, payee, _, _ = make_pair()
+    payee.accept_payment(*_frame(payer.pay(100)))
+    sig = sign_digest(payer._key, PaymentSigner(payer.terms).sighash(200))
+    rejected(payee, (1, 200, sig), "seq-reused")
+
+
+def test_older_seq_is_rejected() -> None:
+    payer, payee, _, _ = make_pair()
+    payee.accept_payment(*_frame(payer.pay(100)))
+    payee.accept_payment(*_frame(payer.pay(100)))
+    sig = sign_digest(payer._key, PaymentSigner(payer.terms).sighash(300))
+    rejected(payee, (1, 300, sig), "stale-seq")
+
+
+def test_wrong_signature_is_rejected() -> None:
+    payer, payee, _, _ = make_pair()
+    seq, total, sig = _frame(payer.pay(100))
+    other_sig = sign_digest(make_pair()[0]._key, PaymentSigner(payer.terms).sighash(total))
+    rejected(payee, (seq, total, other_sig), "bad-signature")
+    rejected(payee, (seq, total, sig[:-1]), "bad-signature")
+    rejected(payee, (seq, total, b""), "bad-signature")
+
+
+def test_malleated_high_s_signature_is_rejected() -> None:
+    order = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    payer, payee, _, _ = make_pair()
+    seq, total, sig = _frame(payer.pay(100))
+    r_len = sig[3]
+    r = sig[4 : 4 + r_len]
+    s = int.from_bytes(sig[6 + r_len :], "big")
+    high = (order - s).to_bytes(33, "big").lstrip(b"\x00")
+    if high[0] & 0x80:
+        high = b"\x00" + high
+    body = b"\x02" + bytes([len(r)]) + r + b"\x02" + bytes([len(high)]) + high
+    rejected(payee, (seq, total, b"\x30" + bytes([len(body)]) + body), "bad-signature")
+
+
+def test_signature_over_other_outputs_is_rejected() -> None:
+    payer, payee, _, _ = make_pair()
+    # A signature over a tx that pays the payee's share to someone else.
+    stolen_terms = dataclasses.replace(payer.terms, payee_payout=payer.terms.payer_payout)
+    sig = sign_digest(payer._key, PaymentSigner(stolen_terms).sighash(100))
+    rejected(payee, (1, 100, sig), "bad-signature")
+
+
+def test_fee_different_from_the_agreed_one_is_rejected() -> None:
+    payer, payee, _, _ = make_pair()
+    other_fee = dataclasses.replace(payer.terms, close_fee=CLOSE_FEE + 500)
+    sig = sign_digest(payer._key, PaymentSigner(other_fee).sighash(100))
+    rejected(payee, (1, 100, sig), "bad-signature")
+
+
+def test_amount_above_capacity_is_rejected() -> None:
+    payer, payee, _, _ = make_pair()
+    rejected(payee, (1, CAPACITY - CLOSE_FEE + 1, b"\x30"), "above-capacity")
+    with pytest.raises(Exception, match="exceed"):
+        payer.pay(CAPACITY)
+
+
+def test_payment_before_funding_or_while_closing_is_rejected() -> None:
+    payer, payee, _, _ = make_pair()
+    frame = _frame(payer.pay(10))
+    unfunded = Payee(dataclasses.replace(payee.record(), state=State.REFUND_SIGNED), payee._key)
+    rejected(unfunded, frame, "not-open")
+    payee.event("close")
+    rejected(payee, frame, "not-open")
+
+
+def test_transition_tables_reject_illegal_events() -> None:
+    payer, payee, _, _ = make_pair()
+    with pytest.raises(ChannelStateError):
+        payer.event("funding-accepted")  # already open
+    with pytest.raises(ChannelStateError):
+        payee.event("opened")  # payee never takes this event
+    payee.event("close")
+    payee.mark_closed("ab" * 32)
+    for event in ("close", "refunded", "funding-accepted"):
+        with pytest.raises(ChannelStateError):
+            payee.event(event)
+
+
+def test_tables_only_leave_final_states_never() -> None:
+    for table in (PAYER_TABLE, PAYEE_TABLE):
+        for source, _ in table:
+            assert source not in {State.CLOSED, State.REFUNDED, State.FAILED}
+
+
+def test_a_bad_refund_signature_stops_the_payer() -> None:
+    payer, _, _, _ = make_pair()
+    fresh = Payer(Record(Role.PAYER, State.PROPOSED, payer.terms, "peer"), payer._key)
+    with pytest.raises(PaymentRejected, match="refund"):
+        fresh.accept_refund_signature(b"\x30\x06\x02\x01\x01\x02\x01\x01")
+    assert fresh.state is State.PROPOSED
+
+
+def test_terms_validate_their_numbers() -> None:
+    payer, _, _, _ = make_pair()
+    for bad in (
+        {"capacity": 0},
+        {"close_fee": CAPACITY},
+        {"expiry_height": 600_000_000},
+        {"channel_id": b"short"},
+        {"payee_payout": b"\x51"},
+    ):
+        with pytest.raises(ValueError):
+            dataclasses.replace(payer.terms, **bad)  # type: ignore[arg-type]
+    assert isinstance(payer.terms, Terms)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 2_000), min_size=1, max_size=30), st.data())
+def test_payee_total_is_the_last_verified_total(amounts: list[int], data: st.DataObject) -> None:
+    """Whatever subset of payments arrives (in order), the payee holds a valid close."""
+    payer, payee, _, _ = make_pair()
+    frames = []
+    for amount in amounts:
+        if payer.remaining() < amount:
+            break
+        frames.append(_frame(payer.pay(amount)))
+    delivered = [f for f in frames if data.draw(st.booleans())]
+    for frame in delivered:
+        payee.accept_payment(*frame)
+    expected = delivered[-1][1] if delivered else 0
+    assert payee.record().total == expected
+    assert payer.record().total >= expected
+    if expected:
+        tx = check_spends_funding(payee.closing_tx(), payee.terms)
+        assert tx.outputs[0].satoshis == expected

@@ -1,0 +1,153 @@
+"""The channel manager over real sockets, a real ledger file and real SQLite stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from agents.channels import ChannelConfig, ChannelFailure
+from mesh.chain.ledger import LocalLedger
+from mesh.chain.tx import parse_exact
+from mesh.channel import State
+from mesh.channel.store import ChannelStore
+from mesh.store import Store
+from tests.channel.harness import agentlet
+from tests.channel.helpers import check_spends_funding
+
+CAPACITY = 200_000
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.db"
+    LocalLedger.create(path).close()
+    return path
+
+
+def ledger_value(ledger_path: Path, script: bytes) -> int:
+    with LocalLedger.open(ledger_path) as ledger:
+        return sum(u.satoshis for u in ledger.utxos(script))
+
+
+async def test_open_pay_close_settles_to_the_satoshi(tmp_path: Path, ledger_path: Path) -> None:
+    paid: list[int] = []
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path) as buyer,
+        agentlet(
+            tmp_path / "seller", ledger_path, on_paid=lambda c, p, s, total: paid.append(total)
+        ) as seller,
+    ):
+        await buyer.fund(ledger_path, 1_000_000)
+        await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
+        cid = await buyer.manager.open(seller.node.peer_id, "spindle-time", CAPACITY, 20)
+        assert seller.manager.record(cid).state is State.OPEN
+        for _ in range(500):
+            await buyer.manager.pay(cid, 7)
+        final = await buyer.manager.wait_acked(cid)
+        assert final.total == 3_500 and final.acked_total == 3_500
+        assert paid[-1] == 3_500 and paid == sorted(paid)
+        closed = await buyer.manager.close(cid)
+        assert closed.state is State.CLOSED
+        seller_record = seller.manager.record(cid)
+        assert seller_record.state is State.CLOSED and seller_record.total == 3_500
+        terms = seller_record.terms
+        await buyer.chain.mine()
+    assert ledger_value(ledger_path, terms.payee_payout) == 3_500
+    assert ledger_value(ledger_path, terms.payer_payout) == CAPACITY - terms.close_fee - 3_500
+    with LocalLedger.open(ledger_path) as ledger:
+        assert ledger.balance().balanced
+        close_raw = ledger.raw_tx(seller_record.close_txid)
+    assert close_raw is not None
+    check_spends_funding(close_raw, terms)  # bsv-sdk's interpreter agrees
+
+
+async def test_payee_refuses_bad_terms_and_buyer_gets_coins_back(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    strict = ChannelConfig(max_capacity=1_000)
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path) as buyer,
+        agentlet(tmp_path / "seller", ledger_path, config=strict) as seller,
+    ):
+        await buyer.fund(ledger_path, 1_000_000)
+        await buyer.node.connect(seller.node.address)
+        with pytest.raises(ChannelFailure, match="capacity"):
+            await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 20)
+        balance = await trio.to_thread.run_sync(buyer.wallet.balance, limiter=buyer.db)
+        assert balance.available == 1_000_000 and balance.reserved == 0
+
+
+async def test_payer_refund_after_expiry_when_payee_vanishes(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    async with agentlet(tmp_path / "buyer", ledger_path) as buyer:
+        await buyer.fund(ledger_path, 1_000_000)
+        async with agentlet(tmp_path / "seller", ledger_path) as seller:
+            await buyer.node.connect(seller.node.address)
+            cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 8)
+        # The seller is gone (no payment was ever made, so it had nothing to close).
+        record = buyer.manager.record(cid)
+        refund = parse_exact(buyer.manager._end(cid).signed_refund())  # type: ignore[union-attr]
+        with pytest.raises(Exception, match="non-final"):
+            await buyer.chain.broadcast(refund)
+        # One block short of the expiry the refund is still non-final: nothing happens.
+        await buyer.chain.mine(record.terms.expiry_height - await buyer.chain.height() - 1)
+        await buyer.manager.check_expiry(await buyer.chain.height())
+        assert buyer.manager.record(cid).state is State.OPEN
+        with pytest.raises(Exception, match="non-final"):
+            await buyer.chain.broadcast(refund)
+        await buyer.chain.mine()
+        await buyer.manager.check_expiry(await buyer.chain.height())
+        assert buyer.manager.record(cid).state is State.REFUNDED
+        await buyer.chain.mine()
+        terms = record.terms
+    assert ledger_value(ledger_path, terms.payer_payout) == CAPACITY - terms.refund_fee
+
+
+async def test_payee_watcher_closes_before_expiry(tmp_path: Path, ledger_path: Path) -> None:
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path) as buyer,
+        agentlet(tmp_path / "seller", ledger_path) as seller,
+    ):
+        await buyer.fund(ledger_path, 1_000_000)
+        await buyer.node.connect(seller.node.address)
+        cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 10)
+        await buyer.manager.pay(cid, 1_234)
+        await buyer.manager.wait_acked(cid)
+        expiry = seller.manager.record(cid).terms.expiry_height
+        # The payer goes quiet; one block before the safety margin nothing happens...
+        margin = seller.manager.config.close_margin_blocks
+        await buyer.chain.mine(expiry - margin - 1 - await buyer.chain.height())
+        await seller.manager.check_expiry(await seller.chain.height())
+        assert seller.manager.record(cid).state is State.OPEN
+        # ...and within the margin (still before expiry) the payee closes.
+        await buyer.chain.mine()
+        await seller.manager.check_expiry(await seller.chain.height())
+        assert seller.manager.record(cid).state is State.CLOSED
+        terms = seller.manager.record(cid).terms
+        await buyer.chain.mine()
+    assert ledger_value(ledger_path, terms.payee_payout) == 1_234
+
+
+async def test_channels_survive_a_restart(tmp_path: Path, ledger_path: Path) -> None:
+    async with agentlet(tmp_path / "seller", ledger_path) as seller:
+        async with agentlet(tmp_path / "buyer", ledger_path) as buyer:
+            await buyer.fund(ledger_path, 1_000_000)
+            await buyer.node.connect(seller.node.address)
+            cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 20)
+            for _ in range(10):
+                await buyer.manager.pay(cid, 100)
+            await buyer.manager.wait_acked(cid)
+        # The buyer restarts from its data dir and continues the same channel.
+        async with agentlet(tmp_path / "buyer", ledger_path) as buyer:
+            assert buyer.manager.record(cid).total == 1_000
+            await buyer.node.connect(seller.node.address)
+            await buyer.manager.pay(cid, 1)
+            assert (await buyer.manager.wait_acked(cid)).acked_total == 1_001
+            assert (await buyer.manager.close(cid)).state is State.CLOSED
+    store = Store(tmp_path / "seller" / "agent.db")
+    [stored] = ChannelStore(store).load(include_final=True)
+    store.close()
+    assert stored.record.state is State.CLOSED and stored.record.total == 1_001
