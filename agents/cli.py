@@ -8,11 +8,14 @@ as one clear line on stderr with exit code 1; only bugs give a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agents.agent_cli import add_agent_commands
+from agents.demo import add_demo_command
 from agents.ledger_cli import add_ledger_commands
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity, save_identity
@@ -52,20 +55,17 @@ def cmd_id(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the small-factory demo."""
-    print(
-        "mesh demo: not built yet. The demo needs the agent runtime (sessions, discovery,\n"
-        "chain, channels); so far m2mesh has identity keys (`mesh keygen`) and the wire schema.",
-    )
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every `mesh` subcommand."""
     parser = argparse.ArgumentParser(
         prog="mesh",
         description="m2mesh: machine-to-machine micropayments and messaging over BSV.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log on stderr (default warning)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -86,15 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     ident.add_argument("--passphrase-env", metavar="VAR", help="passphrase from variable VAR")
     ident.set_defaults(func=cmd_id)
 
-    demo = sub.add_parser("demo", help="run a small factory of agents on this machine")
-    demo.set_defaults(func=cmd_demo)
+    add_demo_command(sub)
     add_ledger_commands(sub)
+    add_agent_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mesh` console script."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     func: Command = args.func
     try:
         return func(args)

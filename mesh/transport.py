@@ -81,6 +81,15 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class SessionEvent:
+    """A session with `peer` came up, or the last session with it went down."""
+
+    up: bool
+    peer: PeerInfo
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class NodeStatistics:
     """A snapshot of a node's counters."""
 
@@ -275,6 +284,7 @@ class Node:
             config.incoming_queue_frames
         )
         self._heartbeat_seq = 0
+        self._watchers: list[trio.MemorySendChannel[SessionEvent]] = []
 
     @property
     def address(self) -> str:
@@ -301,6 +311,21 @@ class Node:
             packets_dropped=c.packets_dropped,
             packets_received=c.packets_received,
         )
+
+    def watch_sessions(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SessionEvent]:
+        """A channel of `SessionEvent`s (sessions up and down) from now on."""
+        send, receive = trio.open_memory_channel[SessionEvent](buffer)
+        self._watchers.append(send)
+        return receive
+
+    def _announce(self, event: SessionEvent) -> None:
+        for watcher in list(self._watchers):
+            try:
+                watcher.send_nowait(event)
+            except trio.WouldBlock:
+                log.warning("a session watcher is not keeping up; event dropped")
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                self._watchers.remove(watcher)
 
     def session(self, peer_id: str) -> PeerSession | None:
         """The newest live session with `peer_id`, if any."""
@@ -545,6 +570,7 @@ class Node:
         self._counters.handshakes_completed += 1
         self._nursery.start_soon(self._run_session, peer, first_packet)
         log.info("session with %s (%s) established", peer.peer_id, core.peer.mailbox)
+        self._announce(SessionEvent(up=True, peer=core.peer))
         return peer
 
     async def _run_session(self, peer: PeerSession, first_packet: bytes | None) -> None:
@@ -560,6 +586,8 @@ class Node:
         peer._stop(reason)
         self._release(peer.outbox)
         log.info("session with %s closed: %s", peer.peer_id, reason)
+        if peer.peer_id not in self._by_peer:
+            self._announce(SessionEvent(up=False, peer=peer.peer, reason=reason))
 
     # ------------------------------------------------------------------ timers
 

@@ -1,0 +1,178 @@
+"""`mesh run`, `mesh status`, `mesh buy`, `mesh channels`: run an agent and talk to it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agents.control import request
+from agents.profile import load_profile
+from agents.runtime import Agent
+from mesh.errors import MeshError
+
+
+class AgentCliError(MeshError):
+    """A usage problem with an agent command."""
+
+
+def default_ledger(data_dir: Path) -> Path:
+    """Where an agent looks for the LocalLedger file when none is given."""
+    return Path(os.environ.get("M2MESH_LEDGER", data_dir / "ledger.db"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run an agent from a profile until SIGINT/SIGTERM."""
+    data_dir: Path = args.data_dir
+    profile = load_profile(args.profile, data_dir=data_dir)
+    ledger = args.ledger or default_ledger(data_dir)
+    if not ledger.exists():
+        raise AgentCliError(
+            f"no ledger at {ledger}: create one with `mesh ledger init --db {ledger}`"
+        )
+    passphrase = None
+    if profile.passphrase_env:
+        value = os.environ.get(profile.passphrase_env)
+        if value is None:
+            raise AgentCliError(f"the profile wants the passphrase in ${profile.passphrase_env}")
+        passphrase = value.encode()
+    agent = Agent(profile, data_dir, ledger, passphrase=passphrase)
+    trio.run(_run_until_signal, agent)
+    return 0
+
+
+async def _run_until_signal(agent: Agent) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            peer_id = agent.identity.peer_id if agent.identity else "?"
+            mailbox = agent.node.address if agent.node else "?"
+            print(
+                f"{agent.profile.name}: running as {peer_id} at {mailbox} (Ctrl-C to stop)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    print(
+                        f"{agent.profile.name}: {signal.Signals(signum).name}, stopping",
+                        file=sys.stderr,
+                    )
+                    agent.request_stop()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+
+
+def cmd_address(args: argparse.Namespace) -> int:
+    """Print a receive address of the agent's wallet (to fund it)."""
+    from mesh.chain.wallet import Wallet
+    from mesh.identity import load_identity
+    from mesh.store import Store
+
+    key = args.key or args.data_dir / "identity.key"
+    identity = load_identity(key)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    with Store(args.data_dir / "agent.db") as store:
+        print(Wallet(store, identity).new_address())
+    return 0
+
+
+def _ask(data_dir: Path, command: dict[str, Any]) -> dict[str, Any]:
+    return request(data_dir / "control.sock", command)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show a running agent's peers, sessions, channels, meters and wallet."""
+    status = _ask(args.data_dir, {"cmd": "status"})
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"{status['agent']}  {status['peer_id']}  {status['mailbox']}")
+    wallet = status.get("wallet", {})
+    print(
+        f"wallet: {wallet.get('available', 0)} sat available, {wallet.get('reserved', 0)} reserved"
+    )
+    print(f"peers ({len(status['peers'])}):")
+    for peer in status["peers"]:
+        live = "session" if peer["peer_id"] in status["sessions"] else "-"
+        print(f"  {peer['name'] or '?':<20} {peer['peer_id'][:16]}  {live:<7} {peer['services']}")
+    print(f"channels ({len(status['channels'])}):")
+    for ch in status["channels"]:
+        print(
+            f"  {ch['channel_id'][:16]} {ch['role']:<5} {ch['service']:<16} {ch['state']:<8}"
+            f" paid {ch['total']}/{ch['capacity']}"
+        )
+    for want in status["wants"]:
+        print(
+            f"  want {want['service']}: {want['state']}, "
+            f"{want['delivered']}/{want['units']} units, paid {want['paid']}"
+        )
+    return 0
+
+
+def cmd_buy(args: argparse.Namespace) -> int:
+    """Ask a running agent to buy units of a service and wait for the result."""
+    command: dict[str, Any] = {"cmd": "buy", "service": args.service, "units": args.units}
+    if args.peer:
+        command["peer"] = args.peer
+    if args.max_price:
+        command["max_price"] = args.max_price
+    print(f"buying {args.units} unit(s) of {args.service}…", file=sys.stderr)
+    print(json.dumps(_ask(args.data_dir, command)))
+    return 0
+
+
+def cmd_channels(args: argparse.Namespace) -> int:
+    """List a running agent's channels, or close one."""
+    if args.action == "close":
+        if not args.channel_id:
+            raise AgentCliError("channels close needs a CHANNEL_ID")
+        print(json.dumps(_ask(args.data_dir, {"cmd": "close", "channel_id": args.channel_id})))
+        return 0
+    print(json.dumps(_ask(args.data_dir, {"cmd": "status"})["channels"], indent=1))
+    return 0
+
+
+def add_agent_commands(sub: Any) -> None:
+    """Register run/status/buy/channels on the `mesh` parser."""
+    run = sub.add_parser("run", help="run an agent from a profile (until Ctrl-C / SIGTERM)")
+    run.add_argument("profile", type=Path, help="the agent's profile (TOML)")
+    run.add_argument("--data-dir", type=Path, required=True, help="the agent's data directory")
+    run.add_argument(
+        "--ledger",
+        type=Path,
+        help="LocalLedger file (default: $M2MESH_LEDGER or DATA_DIR/ledger.db)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    address = sub.add_parser("address", help="print a receive address of an agent's wallet")
+    address.add_argument("--data-dir", type=Path, required=True)
+    address.add_argument("--key", type=Path, help="identity key (default DATA_DIR/identity.key)")
+    address.set_defaults(func=cmd_address)
+
+    status = sub.add_parser("status", help="show a running agent's state")
+    status.add_argument("--data-dir", type=Path, required=True)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    buy = sub.add_parser("buy", help="ask a running agent to buy a service")
+    buy.add_argument("service", help="service id, e.g. spindle-time")
+    buy.add_argument("--units", type=int, required=True)
+    buy.add_argument("--peer", help="buy from this peer id only")
+    buy.add_argument("--max-price", type=int, help="refuse offers above this price per unit")
+    buy.add_argument("--data-dir", type=Path, required=True)
+    buy.set_defaults(func=cmd_buy)
+
+    channels = sub.add_parser("channels", help="list a running agent's channels, or close one")
+    channels.add_argument("action", nargs="?", choices=["list", "close"], default="list")
+    channels.add_argument("channel_id", nargs="?")
+    channels.add_argument("--data-dir", type=Path, required=True)
+    channels.set_defaults(func=cmd_channels)

@@ -1,0 +1,85 @@
+"""The agent's control socket: `mesh status`, `mesh buy`, `mesh channels` talk to a
+running agent through a Unix socket in its data dir (mode 0600, one JSON request
+per connection, one JSON answer). Only the local user who owns the data dir can
+reach it; nothing listens on the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mesh.errors import MeshError
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+MAX_REQUEST = 64 * 1024
+
+
+class ControlError(MeshError):
+    """The agent is not running (no socket) or answered with an error."""
+
+
+async def serve_control(
+    path: Path, handler: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve control requests on a Unix socket at `path` until cancelled."""
+    path.unlink(missing_ok=True)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+    task_status.started()
+
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                data += chunk
+            try:
+                request = json.loads(data)
+                if not isinstance(request, dict):
+                    raise TypeError("request must be a JSON object")
+                reply = await handler(request)
+            except (ValueError, TypeError, KeyError, MeshError) as exc:
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+    try:
+        await trio.serve_listeners(answer, [listener])
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def request(path: Path, command: dict[str, Any], timeout: float = 70.0) -> dict[str, Any]:
+    """Send one command to the agent listening at `path` (blocking; for the CLI)."""
+    if not path.exists():
+        raise ControlError(f"no agent is running with this data dir ({path} does not exist)")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except OSError as exc:
+            raise ControlError(f"cannot reach the agent at {path}: {exc}") from None
+        sock.sendall(json.dumps(command).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply: dict[str, Any] = json.loads(data)
+    if "error" in reply:
+        raise ControlError(str(reply["error"]))
+    return reply

@@ -1,0 +1,449 @@
+"""The agent: one Trio nursery that wires discovery, sessions, channels and services.
+
+`Agent.run` opens the agent's store, wallet and chain, its node (mailbox), its
+discovery, the channel manager and the services of its profile, then:
+
+* connects to every discovered peer (the one with the lower peer id dials, so a
+  pair makes one session) and to every static peer, pinning the announced id;
+* dispatches frames: channel frames to the manager, orders to the provider,
+  deliveries to the buyer;
+* buys what the profile wants from the cheapest provider within its price limit;
+* freezes a peer's meters the moment its session is lost (heartbeats run in the
+  node), and thaws them when it is back;
+* serves `mesh status` on a control socket in the data dir.
+
+`request_stop()` (SIGINT/SIGTERM in `mesh run`) shuts down in order: stop buying
+(providers finish what is paid), close every channel cooperatively, then leave the
+nursery, which sends mDNS goodbyes and closes the sockets -- within 10 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
+from agents.control import serve_control
+from agents.profile import Profile, ProfileError, WantSpec
+from agents.services.orders import Buyer, OrderResult, Provider
+from agents.services.vendor import Handler, HandlerError, resolve
+from mesh.chain.local import LocalChain
+from mesh.chain.wallet import Wallet
+from mesh.channel.state import Role, State
+from mesh.channel.store import ChannelStore
+from mesh.discovery import Peer, open_discovery
+from mesh.errors import MeshError
+from mesh.identity import Identity, load_identity
+from mesh.store import Store
+from mesh.transport import ConnectError, Node, NodeConfig, SessionClosed, open_node
+from mesh.wire import Frame, ProfileSummary
+
+log = logging.getLogger("agents.runtime")
+SHUTDOWN_SECONDS = 8.0
+
+
+def parse_offer(summary: str, service: str) -> int | None:
+    """The price of `service` in an mDNS ``svc`` summary (``id=price/unit,...``)."""
+    for item in summary.split(","):
+        sid, _, rest = item.partition("=")
+        if sid.strip() == service:
+            price = rest.split("/", 1)[0].strip()
+            return int(price) if price.isdigit() else None
+    return None
+
+
+@dataclass
+class WantProgress:
+    """How one of the profile's wants is going."""
+
+    want: WantSpec
+    delivered: int = 0
+    paid: int = 0
+    orders: list[OrderResult] = field(default_factory=list)
+    state: str = "looking"
+
+
+class Agent:
+    """One machine's agent, built from a validated profile."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        data_dir: Path,
+        ledger: Path,
+        *,
+        passphrase: bytes | None = None,
+    ) -> None:
+        """Prepare (nothing runs until `run`)."""
+        self.profile = profile
+        self.data_dir = data_dir
+        self.ledger = ledger
+        self._passphrase = passphrase
+        self._stop = trio.Event()
+        self._buying_stop = trio.Event()
+        self.node: Node | None = None
+        self.manager: ChannelManager | None = None
+        self.provider: Provider | None = None
+        self.buyer: Buyer | None = None
+        self.wallet: Wallet | None = None
+        self.identity: Identity | None = None
+        self.wants = [WantProgress(w) for w in profile.wants]
+        self._peers: dict[str, Peer] = {}
+        self._db = trio.CapacityLimiter(1)
+        self._handlers: dict[str, tuple[Any, Handler]] = {}
+        for i, spec in enumerate(profile.services):
+            try:
+                self._handlers[spec.id] = (spec, resolve(spec.handler, spec.kind))
+            except HandlerError as exc:
+                raise ProfileError(profile.path, f"services[{i}].handler", str(exc)) from None
+
+    def request_stop(self) -> None:
+        """Begin a clean shutdown."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until `request_stop()`, then shut down cleanly."""
+        profile = self.profile
+        identity = self.identity = load_identity(self.data_dir / profile.key_file, self._passphrase)
+        store = Store(self.data_dir / "agent.db", check_same_thread=False, synchronous="NORMAL")
+        chain = LocalChain.open(self.ledger)
+        try:
+            self.wallet = Wallet(store, identity)
+            channels = ChannelStore(store)
+            config = NodeConfig(heartbeat_interval=profile.heartbeat, dead_after=profile.dead_after)
+            summary = ProfileSummary(profile.name, tuple(s.id for s in profile.services))
+            async with (
+                open_node(identity, profile.mailbox, profile=summary, config=config) as node,
+                open_discovery(
+                    identity,
+                    interfaces=profile.interfaces,
+                    mailbox=node.address,
+                    name=profile.name,
+                    services=profile.summary(),
+                    ttl=profile.discovery_ttl,
+                ) as discovery,
+                trio.open_nursery() as nursery,
+            ):
+                self.node = node
+                sessions = node.watch_sessions()
+                self.provider = Provider(
+                    identity, self._handlers, self._send, self._check_channel, nursery
+                )
+                self.manager = ChannelManager(
+                    identity,
+                    node,
+                    chain,
+                    self.wallet,
+                    channels,
+                    self._db,
+                    ChannelConfig(window=profile.window),
+                    on_paid=self.provider.on_paid,
+                )
+                self.buyer = Buyer(self._send, self._pay)
+                await self._sync_wallet(chain)
+                await nursery.start(self.manager.run)
+                nursery.start_soon(self._keep_wallet_synced, chain)
+                nursery.start_soon(self._dispatch, node)
+                nursery.start_soon(self._watch_sessions, sessions)
+                nursery.start_soon(self._connector, node, discovery.table)
+                await nursery.start(serve_control, self.data_dir / "control.sock", self.control)
+                for progress in self.wants:
+                    nursery.start_soon(self._buy, progress, discovery.table)
+                task_status.started()
+                log.info("%s up: %s at %s", profile.name, identity.peer_id[:16], node.address)
+                await self._stop.wait()
+                with trio.move_on_after(SHUTDOWN_SECONDS) as budget:
+                    await self._shutdown()
+                if budget.cancelled_caught:
+                    log.warning("shutdown took longer than %.0f s; leaving", SHUTDOWN_SECONDS)
+                nursery.cancel_scope.cancel()
+        finally:
+            chain.close()
+            store.close()
+            (self.data_dir / "control.sock").unlink(missing_ok=True)
+
+    async def _shutdown(self) -> None:
+        """Stop buying, let orders settle, close every channel."""
+        self._buying_stop.set()
+        with trio.move_on_after(SHUTDOWN_SECONDS / 2):
+            while any(p.state in ("buying", "looking") for p in self.wants):
+                await trio.sleep(0.05)
+        assert self.manager is not None
+        async with trio.open_nursery() as nursery:
+            for record, _ in self.manager.records():
+                if record.state is State.OPEN:
+                    nursery.start_soon(self._close_quietly, record.terms.channel_id)
+
+    async def _close_quietly(self, channel_id: bytes) -> None:
+        assert self.manager is not None
+        try:
+            await self.manager.close(channel_id)
+        except (ChannelFailure, MeshError, TimeoutError) as exc:
+            log.warning("channel %s not closed at shutdown: %s", channel_id.hex()[:16], exc)
+
+    # ------------------------------------------------------------------ wiring
+
+    async def _sync_wallet(self, chain: LocalChain) -> None:
+        """Add coins paying any of our addresses that the wallet does not know yet."""
+        assert self.wallet is not None
+        wallet = self.wallet
+        addresses = await trio.to_thread.run_sync(wallet.addresses, limiter=self._db)
+        if not addresses:
+            addresses = [await trio.to_thread.run_sync(wallet.new_address, limiter=self._db)]
+        for address in addresses:
+            coins = await chain.utxos(address)
+            if coins:
+                await trio.to_thread.run_sync(wallet.add_utxos, coins, limiter=self._db)
+
+    async def _keep_wallet_synced(self, chain: LocalChain) -> None:
+        while True:
+            await trio.sleep(5.0)
+            await self._sync_wallet(chain)
+
+    async def _dispatch(self, node: Node) -> None:
+        assert self.manager and self.provider and self.buyer
+        async for peer_id, frame in node.incoming():
+            if not (
+                await self.manager.handle(peer_id, frame)
+                or await self.provider.handle(peer_id, frame)
+                or await self.buyer.handle(peer_id, frame)
+            ):
+                log.info("peer %s sent %s; ignored", peer_id[:16], type(frame).__name__)
+
+    async def _watch_sessions(self, events: trio.MemoryReceiveChannel[Any]) -> None:
+        assert self.provider and self.manager
+        async for event in events:
+            if event.up:
+                self.provider.peer_back(event.peer.peer_id)
+                await self.manager.peer_connected(event.peer.peer_id)
+            else:
+                log.info("peer %s lost (%s): meters frozen", event.peer.peer_id[:16], event.reason)
+                self.provider.peer_lost(event.peer.peer_id)
+
+    async def _connector(self, node: Node, table: Any) -> None:
+        """Keep a session with every peer we should talk to."""
+        for mailbox in self.profile.static_peers:
+            table.add_static(mailbox)
+        while True:
+            snapshot: dict[str, Peer] = dict(table.snapshot())
+            self._peers = snapshot
+            for peer in snapshot.values():
+                if node.session(peer.peer_id) is None and node.peer_id < peer.peer_id:
+                    await self._dial(node, table, peer.mailbox, peer.peer_id)
+            for mailbox in table.pending_static():
+                await self._dial(node, table, mailbox, None)
+            await trio.sleep(0.5)
+
+    async def _dial(self, node: Node, table: Any, mailbox: str, expect: str | None) -> None:
+        try:
+            session = await node.connect(mailbox, expect_peer=expect, attempts=1)
+        except ConnectError as exc:
+            log.info("could not reach %s: %s", mailbox, exc)
+            return
+        table.confirm(
+            session.peer_id, mailbox, now=trio.current_time(), name=session.peer.profile.name
+        )
+
+    async def _send(self, peer_id: str, frame: Frame) -> None:
+        assert self.node is not None
+        session = self.node.session(peer_id)
+        if session is None:
+            return
+        try:
+            await session.send(frame)
+        except SessionClosed:
+            log.info("peer %s: session closed while sending %s", peer_id[:16], type(frame).__name__)
+
+    async def _pay(self, channel_id: bytes, amount: int) -> None:
+        assert self.manager is not None
+        await self.manager.pay(channel_id, amount)
+
+    def _check_channel(self, peer_id: str, channel_id: bytes, service: str) -> str | None:
+        assert self.manager is not None
+        for record, svc in self.manager.records():
+            if record.terms.channel_id == channel_id:
+                if record.role is not Role.PAYEE or record.peer_id != peer_id:
+                    return "not a channel paying us from this peer"
+                if svc != service:
+                    return f"channel pays for {svc}, not {service}"
+                if record.state is not State.OPEN:
+                    return f"channel is {record.state.value}"
+                return None
+        return "unknown channel"
+
+    # ------------------------------------------------------------------ buying
+
+    async def _buy(self, progress: WantProgress, table: Any, peer: str | None = None) -> None:
+        want = progress.want
+        assert self.manager and self.buyer and self.node
+        while not self._buying_stop.is_set() and progress.delivered < want.units:
+            offer = self._best_offer(want, peer)
+            if offer is None:
+                with trio.move_on_after(0.5):
+                    await self._buying_stop.wait()
+                continue
+            provider, price = offer
+            progress.state = "buying"
+            try:
+                channel_id = await self._channel_for(provider, want, price)
+                remaining = replace(
+                    want, units=want.units - progress.delivered, budget=want.budget - progress.paid
+                )
+                result = await self.buyer.buy(
+                    provider, remaining, price, channel_id, stop=self._buying_stop
+                )
+            except (ChannelFailure, MeshError) as exc:
+                log.warning("buying %s from %s failed: %s", want.service, provider[:16], exc)
+                progress.state = "looking"
+                with trio.move_on_after(1.0):
+                    await self._buying_stop.wait()
+                continue
+            progress.orders.append(result)
+            progress.delivered += result.delivered
+            progress.paid += result.paid
+            if result.delivered == 0 and not self._buying_stop.is_set():
+                progress.state = "looking"
+                await trio.sleep(1.0)
+        progress.state = "done" if progress.delivered >= want.units else "stopped"
+
+    def _best_offer(self, want: WantSpec, only: str | None = None) -> tuple[str, int] | None:
+        assert self.node is not None
+        offers = []
+        for peer in self._peers.values():
+            if only is not None and peer.peer_id != only:
+                continue
+            price = parse_offer(peer.services, want.service)
+            if price is not None and price <= want.max_price and self.node.session(peer.peer_id):
+                offers.append((price, peer.peer_id))
+        return (min(offers)[1], min(offers)[0]) if offers else None
+
+    async def _channel_for(self, provider: str, want: WantSpec, price: int) -> bytes:
+        assert self.manager is not None
+        need = min(want.budget, want.units * price)
+        for record, service in self.manager.records():
+            if (
+                record.role is Role.PAYER
+                and record.peer_id == provider
+                and service == want.service
+                and record.state is State.OPEN
+                and record.terms.max_total - record.total >= need
+            ):
+                return record.terms.channel_id
+        capacity = max(self.profile.capacity, need + self.manager.config.close_fee)
+        return await self.manager.open(
+            provider, want.service, capacity, self.profile.lifetime_blocks
+        )
+
+    # ------------------------------------------------------------------ control
+
+    async def control(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Answer a control-socket command: status, buy, close."""
+        cmd = command.get("cmd")
+        if cmd == "status":
+            status = self.status()
+            if self.wallet is not None:
+                balance = await trio.to_thread.run_sync(self.wallet.balance, limiter=self._db)
+                status["wallet"] = {"available": balance.available, "reserved": balance.reserved}
+            return status
+        if cmd == "buy":
+            want = WantSpec(
+                service=str(command["service"]),
+                max_price=int(command.get("max_price", 10**9)),
+                units=int(command["units"]),
+                budget=int(command.get("budget", 10**12)),
+                prepay=int(command.get("prepay", 1)),
+            )
+            progress = WantProgress(want)
+            self.wants.append(progress)
+            assert self.node is not None
+            with trio.move_on_after(float(command.get("timeout", 60))):
+                await self._buy(progress, None, peer=command.get("peer"))
+            return {
+                "service": want.service,
+                "state": progress.state,
+                "delivered": progress.delivered,
+                "paid": progress.paid,
+            }
+        if cmd == "close":
+            assert self.manager is not None
+            record = await self.manager.close(bytes.fromhex(str(command["channel_id"])))
+            return {
+                "channel_id": record.terms.channel_id.hex(),
+                "state": record.state.value,
+                "total": record.total,
+                "close_txid": record.close_txid,
+            }
+        return {"error": f"unknown command {cmd!r}"}
+
+    def status(self) -> dict[str, Any]:
+        """Everything `mesh status` shows, as JSON-ready data."""
+        node, manager = self.node, self.manager
+        channels = []
+        if manager is not None:
+            for record, service in manager.records():
+                channels.append(
+                    {
+                        "channel_id": record.terms.channel_id.hex(),
+                        "role": record.role.value,
+                        "peer": record.peer_id,
+                        "service": service,
+                        "state": record.state.value,
+                        "capacity": record.terms.capacity,
+                        "total": record.total,
+                        "acked_total": record.acked_total,
+                        "close_txid": record.close_txid,
+                    }
+                )
+        meters = []
+        if self.provider is not None:
+            for cid, meter in self.provider.meters().items():
+                meters.append(
+                    {
+                        "channel_id": cid.hex(),
+                        "role": "provider",
+                        "price": meter.price,
+                        "delivered_units": meter.delivered_units,
+                        "paid": meter.paid,
+                        "frozen": meter.frozen,
+                    }
+                )
+        return {
+            "agent": self.profile.name,
+            "peer_id": self.identity.peer_id if self.identity else None,
+            "mailbox": node.address if node else None,
+            "pid": os.getpid(),
+            "peers": [
+                {
+                    "peer_id": p.peer_id,
+                    "name": p.name,
+                    "mailbox": p.mailbox,
+                    "services": p.services,
+                    "confirmed": p.confirmed,
+                }
+                for p in self._peers.values()
+            ],
+            "sessions": [s.peer_id for s in node.sessions()] if node else [],
+            "services": [
+                {"id": s.id, "kind": s.kind, "unit": s.unit, "price": s.price}
+                for s in self.profile.services
+            ],
+            "channels": channels,
+            "meters": meters,
+            "wants": [
+                {
+                    "service": p.want.service,
+                    "state": p.state,
+                    "delivered": p.delivered,
+                    "paid": p.paid,
+                    "units": p.want.units,
+                }
+                for p in self.wants
+            ],
+        }

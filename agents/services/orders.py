@@ -1,0 +1,354 @@
+"""Orders: running a service for a buyer (provider side) and buying one (buyer side).
+
+The provider delivers a unit only when its meter allows it (paid + credit window),
+calls the vendor's handler to produce it, and stops the tool when payment stops
+arriving. The buyer pays through its channel for what arrived plus its prepay
+window, never above the price it agreed or its budget. On a stop request the
+provider still delivers what is already paid for, so at the end of every order
+``paid == delivered x price`` on both sides.
+
+Meters live here, one per channel (buyer, provider, service), fed by the channel
+manager's durable totals; a dead peer's meters freeze at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import trio
+
+from agents.profile import ServiceSpec, WantSpec
+from agents.services.vendor import (
+    CallHandler,
+    FeedHandler,
+    Handler,
+    ServiceContext,
+    ToolHandler,
+)
+from mesh.identity import Identity, verify_digest
+from mesh.metering import BuyerMeter, ProviderMeter
+from mesh.wire import Frame, ServiceDelivery, ServiceDone, ServiceOrder, ServiceStop
+
+log = logging.getLogger("agents.services")
+Send = Callable[[str, Frame], Awaitable[None]]
+Pay = Callable[[bytes, int], Awaitable[None]]
+
+
+def reading_digest(payload: bytes) -> bytes:
+    """What a device key signs for a data-feed reading."""
+    return hashlib.sha256(b"m2mesh-reading:" + payload).digest()
+
+
+@dataclass
+class _MeterCell:
+    """A provider meter and the event that wakes deliveries when payment arrives."""
+
+    meter: ProviderMeter
+    peer_id: str
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def update(self, meter: ProviderMeter) -> None:
+        self.meter = meter
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+@dataclass
+class _ProviderOrder:
+    order: ServiceOrder
+    peer_id: str
+    stopping: bool = False
+    delivered: int = 0
+
+
+class Provider:
+    """Runs orders for the services of a profile."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        services: dict[str, tuple[ServiceSpec, Handler]],
+        send: Send,
+        channel_check: Callable[[str, bytes, str], str | None],
+        nursery: trio.Nursery,
+        stall_ticks: float = 3.0,
+    ) -> None:
+        """`channel_check(peer, channel_id, service)` returns a problem or None."""
+        self.identity = identity
+        self.services = services
+        self._send = send
+        self._channel_check = channel_check
+        self._nursery = nursery
+        self._stall_ticks = stall_ticks
+        self._meters: dict[bytes, _MeterCell] = {}
+        self._orders: dict[bytes, _ProviderOrder] = {}
+        self.state: dict[str, dict[str, Any]] = {sid: {} for sid in services}
+        self.on_reading: Callable[[str, bytes, bytes], None] | None = None
+
+    def meters(self) -> dict[bytes, ProviderMeter]:
+        """Every meter by channel id (snapshots)."""
+        return {cid: cell.meter for cid, cell in self._meters.items()}
+
+    def on_paid(self, channel_id: bytes, peer_id: str, service: str, total: int) -> None:
+        """The channel manager's durable new total for a channel we are paid on."""
+        cell = self._meters.get(channel_id)
+        if cell is None:
+            spec = self.services.get(service)
+            if spec is None:
+                return
+            cell = self._meters[channel_id] = _MeterCell(
+                ProviderMeter(price=spec[0].price, credit=spec[0].credit * spec[0].price),
+                peer_id,
+            )
+        if total > cell.meter.paid:
+            cell.update(cell.meter.paid_up_to(total))
+
+    def peer_lost(self, peer_id: str) -> None:
+        """The buyer is gone: its meters freeze, its orders stop."""
+        for cell in self._meters.values():
+            if cell.peer_id == peer_id and not cell.meter.frozen:
+                cell.update(cell.meter.freeze())
+
+    def peer_back(self, peer_id: str) -> None:
+        """The buyer has a session again."""
+        for cell in self._meters.values():
+            if cell.peer_id == peer_id and cell.meter.frozen:
+                cell.update(cell.meter.thaw())
+
+    async def handle(self, peer_id: str, frame: Frame) -> bool:
+        """Handle an order-related frame from a buyer; False if it is not one."""
+        if isinstance(frame, ServiceOrder):
+            await self._start(peer_id, frame)
+        elif isinstance(frame, ServiceStop):
+            running = self._orders.get(frame.order_id)
+            if running is not None and running.peer_id == peer_id:
+                running.stopping = True
+                cell = self._meters.get(running.order.channel_id)
+                if cell is not None:
+                    cell.update(cell.meter)  # wake the delivery loop
+        else:
+            return False
+        return True
+
+    async def _start(self, peer_id: str, order: ServiceOrder) -> None:
+        entry = self.services.get(order.service)
+        problem = None
+        if entry is None:
+            problem = f"no service {order.service!r} here"
+        elif not entry[0].may_buy(peer_id):
+            problem = f"{peer_id[:16]}… may not buy {order.service}"
+        elif order.price != entry[0].price:
+            problem = f"price is {entry[0].price}, not {order.price}"
+        elif order.units <= 0 or order.order_id in self._orders:
+            problem = "bad order"
+        else:
+            problem = self._channel_check(peer_id, order.channel_id, order.service)
+        if problem is not None or entry is None:
+            await self._send(peer_id, ServiceDone(order.order_id, 0, f"refused: {problem}"))
+            return
+        spec, handler = entry
+        cell = self._meters.get(order.channel_id)
+        if cell is None:
+            cell = self._meters[order.channel_id] = _MeterCell(
+                ProviderMeter(price=spec.price, credit=spec.credit * spec.price), peer_id
+            )
+        running = self._orders[order.order_id] = _ProviderOrder(order, peer_id)
+        self._nursery.start_soon(self._run, running, spec, handler, cell)
+
+    async def _run(
+        self, running: _ProviderOrder, spec: ServiceSpec, handler: Handler, cell: _MeterCell
+    ) -> None:
+        order = running.order
+        ctx = ServiceContext(
+            spec.id, running.peer_id, order.order_id, 0, spec.tick, spec.price, self.state[spec.id]
+        )
+        reason = "complete"
+        try:
+            while running.delivered < order.units:
+                meter = cell.meter
+                allowed = meter.deliverable_units()
+                if running.stopping:  # finish only what is paid for, no more credit
+                    allowed = min(allowed, max(0, meter.paid - meter.delivered_value) // spec.price)
+                if allowed == 0:
+                    if running.stopping or meter.frozen:
+                        reason = "stopped by buyer" if running.stopping else "buyer lost"
+                        break
+                    with trio.move_on_after(self._stall_ticks * spec.tick) as waited:
+                        await cell.changed.wait()
+                    if waited.cancelled_caught:
+                        reason = "payment stopped"
+                        break
+                    continue
+                ctx.seq = running.delivered
+                payload, signature = await self._produce(handler, ctx, order)
+                if cell.meter.deliverable_units() == 0:  # frozen while producing
+                    reason = "buyer lost"
+                    break
+                cell.update(cell.meter.deliver(1))
+                running.delivered += 1
+                await self._send(
+                    running.peer_id,
+                    ServiceDelivery(order.order_id, running.delivered, 1, payload, signature),
+                )
+        finally:
+            with trio.CancelScope(shield=True):
+                if isinstance(handler, ToolHandler) and handler.stop is not None:
+                    await handler.stop(ctx)
+                del self._orders[order.order_id]
+        log.info(
+            "order %s for %s: %d unit(s), %s",
+            order.order_id.hex()[:8],
+            spec.id,
+            running.delivered,
+            reason,
+        )
+        await self._send(running.peer_id, ServiceDone(order.order_id, running.delivered, reason))
+
+    async def _produce(
+        self, handler: Handler, ctx: ServiceContext, order: ServiceOrder
+    ) -> tuple[bytes, bytes]:
+        if isinstance(handler, ToolHandler):
+            await handler.run(ctx)
+            return b"", b""
+        if isinstance(handler, FeedHandler):
+            payload = await handler.read(ctx)
+            signature = self.identity.sign_digest(reading_digest(payload))
+            if self.on_reading is not None:
+                self.on_reading(ctx.service_id, payload, signature)
+            return payload, signature
+        assert isinstance(handler, CallHandler)
+        return await handler.handle(ctx, order.request), b""
+
+
+@dataclass
+class OrderResult:
+    """How a bought order ended, as the buyer saw it."""
+
+    order_id: bytes
+    service: str
+    provider: str
+    channel_id: bytes
+    price: int
+    delivered: int
+    paid: int
+    reason: str
+    readings: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class _BuyerOrder:
+    deliveries: trio.MemorySendChannel[Frame]
+    provider: str
+
+
+class Buyer:
+    """Buys services: orders, verifies deliveries, pays as they arrive."""
+
+    def __init__(self, send: Send, pay: Pay) -> None:
+        """`pay(channel_id, amount)` pays through the channel manager."""
+        self._send = send
+        self._pay = pay
+        self._orders: dict[bytes, _BuyerOrder] = {}
+        self.meters: dict[bytes, BuyerMeter] = {}
+
+    async def handle(self, peer_id: str, frame: Frame) -> bool:
+        """Route a delivery or done frame to its order; False if it is not one."""
+        if not isinstance(frame, ServiceDelivery | ServiceDone):
+            return False
+        running = self._orders.get(frame.order_id)
+        if running is not None and running.provider == peer_id:
+            try:
+                running.deliveries.send_nowait(frame)
+            except trio.WouldBlock:
+                log.warning("order %s: deliveries arriving faster than handled", frame.order_id)
+        return True
+
+    async def buy(
+        self,
+        provider: str,
+        want: WantSpec,
+        price: int,
+        channel_id: bytes,
+        *,
+        stop: trio.Event | None = None,
+        keep_readings: bool = True,
+    ) -> OrderResult:
+        """Order `want` from `provider` at `price` and pay as units arrive.
+
+        Setting `stop` asks the provider to finish what is paid for and end.
+        """
+        order_id = secrets.token_bytes(16)
+        budget = min(want.budget, want.units * price)
+        meter = BuyerMeter(price=price, prepay=want.prepay * price, budget=budget)
+        send, receive = trio.open_memory_channel[Frame](want.units + 16)
+        self._orders[order_id] = _BuyerOrder(send, provider)
+        result = OrderResult(order_id, want.service, provider, channel_id, price, 0, 0, "")
+        try:
+            order = ServiceOrder(
+                order_id, want.service, channel_id, want.units, price, want.request.encode()
+            )
+            await self._send(provider, order)
+            meter = await self._settle(meter, channel_id)
+            stop_sent = False
+            while True:
+                if stop is not None and stop.is_set() and not stop_sent:
+                    await self._send(provider, ServiceStop(order_id, "buyer stopping"))
+                    stop_sent = True
+                    meter = replace(meter, prepay=0)
+                frame = await self._next(receive, stop if not stop_sent else None)
+                if frame is None:
+                    continue
+                if isinstance(frame, ServiceDone):
+                    result.reason = frame.reason
+                    break
+                assert isinstance(frame, ServiceDelivery)
+                if frame.signature and not verify_digest(
+                    bytes.fromhex(provider), reading_digest(frame.payload), frame.signature
+                ):
+                    result.reason = "bad reading signature"
+                    await self._send(provider, ServiceStop(order_id, result.reason))
+                    break
+                meter = meter.receive(frame.units)
+                result.delivered += frame.units
+                if keep_readings and frame.payload:
+                    result.readings.append((frame.payload, frame.signature))
+                meter = await self._settle(meter, channel_id)
+            # Pay what is owed for what arrived, and nothing ahead.
+            meter = await self._settle(replace(meter, prepay=0), channel_id)
+        finally:
+            del self._orders[order_id]
+            self.meters[order_id] = meter
+        result.paid = meter.paid
+        return result
+
+    async def _settle(self, meter: BuyerMeter, channel_id: bytes) -> BuyerMeter:
+        amount = meter.due()
+        if amount:
+            await self._pay(channel_id, amount)
+            meter = meter.pay(amount)
+        return meter
+
+    async def _next(
+        self, receive: trio.MemoryReceiveChannel[Frame], stop: trio.Event | None
+    ) -> Frame | None:
+        if stop is None:
+            return await receive.receive()
+        async with trio.open_nursery() as nursery:
+            got: list[Frame] = []
+
+            async def read() -> None:
+                got.append(await receive.receive())
+                nursery.cancel_scope.cancel()
+
+            async def stopped() -> None:
+                await stop.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read)
+            nursery.start_soon(stopped)
+        return got[0] if got else None

@@ -1,0 +1,105 @@
+"""The agent as users run it: `mesh demo`, `mesh run`, `mesh status`, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mesh.chain.ledger import LocalLedger
+from mesh.identity import Identity, save_identity
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mesh(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agents.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
+    result = mesh("demo", "--seconds", "10", "--json", "--data-dir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    ids = {a["peer_id"] for a in summary["agents"]}
+    assert len(ids) == 4
+    for agent in summary["agents"]:  # everyone met everyone
+        assert set(agent["met"]) == ids - {agent["peer_id"]}, agent
+    services = {c["service"] for c in summary["channels"]}
+    assert services == {"spindle-time", "vibration", "inspection"}
+    for channel in summary["channels"]:
+        assert channel["state"] == "closed" and channel["close_mined"], channel
+        assert channel["total"] > 0
+        assert channel["payee_on_ledger"] == channel["total"] == channel["delivered_value"]
+    for meter in summary["meters"]:
+        assert meter["paid"] == meter["delivered_units"] * meter["price"]
+    assert summary["ledger_balanced"] and summary["reconciled"]
+
+
+def test_status_reflects_a_running_agent_and_sigterm_stops_it(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.db"
+    LocalLedger.create(ledger).close()
+    data = tmp_path / "mill"
+    identity = Identity.generate()
+    save_identity(identity, data / "identity.key")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agents.cli",
+            "run",
+            str(ROOT / "profiles" / "cnc-mill.toml"),
+            "--data-dir",
+            str(data),
+            "--ledger",
+            str(ledger),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline:
+            result = mesh("status", "--data-dir", str(data), "--json", timeout=30)
+            if result.returncode == 0:
+                status = json.loads(result.stdout)
+                break
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.2)
+        assert status is not None
+        assert status["peer_id"] == identity.peer_id and status["pid"] == proc.pid
+        assert status["services"][0]["id"] == "spindle-time"
+        assert status["wallet"] == {"available": 0, "reserved": 0}
+        human = mesh("status", "--data-dir", str(data))
+        assert "CNC Mill 3" in human.stdout
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 10
+        assert not (data / "control.sock").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    gone = mesh("status", "--data-dir", str(data))
+    assert gone.returncode == 1 and "no agent is running" in gone.stderr
+
+
+def test_run_with_a_bad_profile_is_one_clear_line(tmp_path: Path) -> None:
+    profile = tmp_path / "bad.toml"
+    profile.write_text('[agent]\nname = "x"\nprice = -1\n')
+    result = mesh("run", str(profile), "--data-dir", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{profile}: agent.price: unknown key" in result.stderr

@@ -1,0 +1,199 @@
+"""Provider and buyer order engines joined over an in-memory link (STYLE §9).
+
+The channel is simulated by its one observable effect: the payee's durable total
+(`Provider.on_paid`). Time is Trio's autojump clock, so ticks cost nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from agents.profile import ServiceSpec, WantSpec
+from agents.services.orders import Buyer, OrderResult, Provider
+from agents.services.vendor import Handler, Registry, ServiceContext, resolve
+from mesh.identity import Identity
+from mesh.wire import Frame
+
+CHANNEL = secrets.token_bytes(32)
+
+
+def spec(kind: str, price: int = 10, credit: int = 1, tick: float = 1.0) -> ServiceSpec:
+    return ServiceSpec("svc", kind, "unit", price, tick, credit, "builtin:x", ("*",))
+
+
+class Link:
+    """Buyer and provider in one process; frames cross without a network."""
+
+    def __init__(self, nursery: trio.Nursery, service: ServiceSpec, handler: Handler) -> None:
+        self.provider_identity = Identity.generate()
+        self.buyer_id = Identity.generate().peer_id
+        self.paid_total = 0
+        self.payments_blocked = False
+        self.provider = Provider(
+            self.provider_identity,
+            {service.id: (service, handler)},
+            self._to_buyer,
+            lambda peer, cid, svc: None,
+            nursery,
+        )
+        self.buyer = Buyer(self._to_provider, self._pay)
+
+    async def _to_provider(self, _: str, frame: Frame) -> None:
+        await self.provider.handle(self.buyer_id, frame)
+
+    async def _to_buyer(self, _: str, frame: Frame) -> None:
+        await self.buyer.handle(self.provider_identity.peer_id, frame)
+
+    async def _pay(self, channel_id: bytes, amount: int) -> None:
+        if self.payments_blocked:
+            return  # signed but never arrives: the provider sees no new total
+        self.paid_total += amount
+        self.provider.on_paid(channel_id, self.buyer_id, "svc", self.paid_total)
+
+    async def buy(self, units: int, price: int = 10, prepay: int = 1, **kw: object) -> OrderResult:
+        want = WantSpec("svc", max_price=price, units=units, budget=10**9, prepay=prepay)
+        return await self.buyer.buy(
+            self.provider_identity.peer_id,
+            want,
+            price,
+            CHANNEL,
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+def registry_with(kind: str, fn: Callable[..., object]) -> Handler:
+    registry = Registry()
+    maker = {"tool-time": registry.tool, "data-feed": registry.feed, "call": registry.call}[kind]
+    return maker("x")(fn)  # type: ignore[arg-type]
+
+
+async def tick(ctx: ServiceContext) -> None:
+    await trio.sleep(ctx.tick)
+
+
+async def test_tool_time_paid_exactly_for_what_was_delivered(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("tool-time"), resolve("builtin:spindle", "tool-time"))
+        result = await link.buy(units=12)
+    assert result.delivered == 12 and result.reason == "complete"
+    assert result.paid == 12 * 10 == link.paid_total
+    meter = next(iter(link.provider.meters().values()))
+    assert meter.delivered_units == 12 and meter.paid == 120
+    assert link.provider.state["svc"]["stops"] == 1  # the lease ended: spindle stopped
+
+
+async def test_data_feed_readings_are_signed_and_verified(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        link = Link(
+            nursery, spec("data-feed", price=1, credit=2), resolve("builtin:vibration", "data-feed")
+        )
+        result = await link.buy(units=20, price=1, prepay=2)
+    assert result.delivered == 20 and result.paid == 20
+    assert len(result.readings) == 20 and all(sig for _, sig in result.readings)
+
+
+async def test_a_forged_reading_stops_the_order(autojump_clock: object) -> None:
+    async def read(ctx: ServiceContext) -> bytes:
+        await trio.sleep(ctx.tick)
+        return b"reading"
+
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("data-feed", price=1), registry_with("data-feed", read))
+        link.provider.identity = Identity.generate()  # signs with someone else's key
+        result = await link.buy(units=5, price=1)
+    assert result.reason == "bad reading signature" and result.delivered == 0
+
+
+async def test_calls_are_paid_before_they_run(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        link = Link(
+            nursery, spec("call", price=50, credit=0), resolve("builtin:inspection", "call")
+        )
+        result = await link.buy(units=3, price=50)
+    assert result.delivered == 3 and result.paid == 150
+    assert all(b"verdict" in payload for payload, _ in result.readings)
+
+
+async def test_provider_that_stops_delivering_stops_being_paid(autojump_clock: object) -> None:
+    async def stuck(ctx: ServiceContext) -> None:
+        if ctx.seq >= 3:
+            await trio.sleep_forever()  # the machine jams
+        await trio.sleep(ctx.tick)
+
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("tool-time"), registry_with("tool-time", stuck))
+        with trio.move_on_after(60):
+            await link.buy(units=10, prepay=1)
+        # 3 delivered; the buyer paid for those plus its one-unit prepay window, no more.
+        assert link.paid_total == (3 + 1) * 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_buyer_that_stops_paying_stops_receiving_within_one_tick(
+    autojump_clock: object,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("tool-time", credit=1), resolve("builtin:spindle", "tool-time"))
+        stopped_at: list[float] = []
+
+        async def cut_payments() -> None:
+            await trio.sleep(4.5)
+            link.payments_blocked = True
+            stopped_at.append(trio.current_time())
+
+        nursery.start_soon(cut_payments)
+        result = await link.buy(units=100)
+    meter = next(iter(link.provider.meters().values()))
+    # Paid units plus at most the one-unit credit window, then the tool stops.
+    assert meter.delivered_value <= meter.paid + 10
+    assert result.reason == "payment stopped"
+    assert link.provider.state["svc"]["stops"] == 1
+
+
+async def test_killed_peer_freezes_the_meter_at_once(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("tool-time", credit=5), resolve("builtin:spindle", "tool-time"))
+        results: list[OrderResult] = []
+
+        async def buy() -> None:
+            results.append(await link.buy(units=100, prepay=5))
+
+        nursery.start_soon(buy)
+        await trio.sleep(3.5)
+        delivered_before = next(iter(link.provider.meters().values())).delivered_units
+        link.provider.peer_lost(link.buyer_id)
+        await trio.sleep(10)
+        meter = next(iter(link.provider.meters().values()))
+        assert meter.frozen and meter.delivered_units <= delivered_before + 1
+        assert results and results[0].reason == "buyer lost"
+
+
+async def test_stop_request_finishes_only_what_is_paid(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("tool-time", credit=2), resolve("builtin:spindle", "tool-time"))
+        stop = trio.Event()
+
+        async def stop_later() -> None:
+            await trio.sleep(5.2)
+            stop.set()
+
+        nursery.start_soon(stop_later)
+        result = await link.buy(units=100, prepay=3, stop=stop)
+    assert result.reason == "stopped by buyer"
+    assert result.paid == result.delivered * 10 == link.paid_total
+
+
+@pytest.mark.parametrize("reason", ["price", "unknown"])
+async def test_orders_are_refused_with_a_reason(reason: str, autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("tool-time"), resolve("builtin:spindle", "tool-time"))
+        if reason == "price":
+            result = await link.buy(units=3, price=9)  # the provider charges 10
+        else:
+            want = WantSpec("nothing-here", 10, 3, 100, 1)
+            result = await link.buyer.buy(link.provider_identity.peer_id, want, 10, CHANNEL)
+    assert result.delivered == 0 and result.reason.startswith("refused")
