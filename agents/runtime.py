@@ -414,6 +414,9 @@ class Agent:
                         "frozen": meter.frozen,
                     }
                 )
+        live: dict[str, list[OrderResult]] = {p.want.service: [] for p in self.wants}
+        for order in self.buyer.in_flight() if self.buyer is not None else []:
+            live.setdefault(order.service, []).append(order)
         return {
             "agent": self.profile.name,
             "peer_id": self.identity.peer_id if self.identity else None,
@@ -440,8 +443,8 @@ class Agent:
                 {
                     "service": p.want.service,
                     "state": p.state,
-                    "delivered": p.delivered,
-                    "paid": p.paid,
+                    "delivered": p.delivered + sum(o.delivered for o in live[p.want.service]),
+                    "paid": p.paid + sum(o.paid for o in live[p.want.service]),
                     "units": p.want.units,
                 }
                 for p in self.wants

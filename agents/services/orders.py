@@ -244,6 +244,7 @@ class OrderResult:
 class _BuyerOrder:
     deliveries: trio.MemorySendChannel[Frame]
     provider: str
+    result: OrderResult
 
 
 class Buyer:
@@ -255,6 +256,10 @@ class Buyer:
         self._pay = pay
         self._orders: dict[bytes, _BuyerOrder] = {}
         self.meters: dict[bytes, BuyerMeter] = {}
+
+    def in_flight(self) -> list[OrderResult]:
+        """Orders still running, with what they have delivered and paid so far."""
+        return [order.result for order in self._orders.values()]
 
     async def handle(self, peer_id: str, frame: Frame) -> bool:
         """Route a delivery or done frame to its order; False if it is not one."""
@@ -285,9 +290,9 @@ class Buyer:
         order_id = secrets.token_bytes(16)
         budget = min(want.budget, want.units * price)
         meter = BuyerMeter(price=price, prepay=want.prepay * price, budget=budget)
-        send, receive = trio.open_memory_channel[Frame](want.units + 16)
-        self._orders[order_id] = _BuyerOrder(send, provider)
+        send, receive = trio.open_memory_channel[Frame](min(want.units, 4096) + 16)
         result = OrderResult(order_id, want.service, provider, channel_id, price, 0, 0, "")
+        self._orders[order_id] = _BuyerOrder(send, provider, result)
         try:
             order = ServiceOrder(
                 order_id, want.service, channel_id, want.units, price, want.request.encode()
@@ -318,6 +323,7 @@ class Buyer:
                 if keep_readings and frame.payload:
                     result.readings.append((frame.payload, frame.signature))
                 meter = await self._settle(meter, channel_id)
+                result.paid = meter.paid
             # Pay what is owed for what arrived, and nothing ahead.
             meter = await self._settle(replace(meter, prepay=0), channel_id)
         finally:

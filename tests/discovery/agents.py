@@ -1,0 +1,109 @@
+"""Real `mesh run` agents for the discovery+session tests, optionally in a netns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agents.control import ControlError, request
+from mesh.chain.ledger import LocalLedger
+from mesh.chain.tx import p2pkh_script
+from mesh.chain.wallet import Wallet
+from mesh.identity import Identity, save_identity
+from mesh.store import Store
+
+FEED = """
+[[services]]
+id = "vibration"
+kind = "data-feed"
+unit = "reading"
+price = 1
+tick = 0.05
+credit = 2
+handler = "builtin:vibration"
+"""
+WANT = """
+[[wants]]
+service = "vibration"
+max_price = 2
+units = 1000000
+budget = 1000000
+prepay = 2
+"""
+
+
+class RunningAgent:
+    """One `mesh run` process and its data dir."""
+
+    def __init__(self, root: Path, ledger: Path, name: str, interface: str, mailbox: str,
+                 body: str, netns: str | None = None, funds: int = 0) -> None:  # fmt: skip
+        self.data = root / name
+        identity = Identity.generate()
+        save_identity(identity, self.data / "identity.key")
+        self.peer_id = identity.peer_id
+        profile = self.data / "profile.toml"
+        profile.write_text(
+            f'[agent]\nname = "{name}"\nmailbox = "{mailbox}"\nheartbeat = 0.5\n'
+            f'dead_after = 2.0\n\n[discovery]\ninterfaces = ["{interface}"]\nttl = 3\n'
+            f"\n[channels]\ncapacity = 2000000\n{body}"
+        )
+        if funds:
+            with Store(self.data / "agent.db") as store:
+                address = Wallet(store, identity).new_address()
+            with LocalLedger.open(ledger) as chain:
+                chain.faucet(p2pkh_script(address), funds)
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.log = open(self.data / "agent.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.spawned = time.monotonic()
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "agents.cli", "--log-level", "info", "run",
+             str(profile), "--data-dir", str(self.data), "--ledger", str(ledger)],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def status(self) -> dict[str, Any] | None:
+        """The agent's status, or None while it is not answering."""
+        if self.proc.poll() is not None:
+            tail = (self.data / "agent.log").read_text()[-3000:]
+            raise AssertionError(f"{self.data.name} exited {self.proc.returncode}:\n{tail}")
+        try:
+            return request(self.data / "control.sock", {"cmd": "status"}, timeout=5)
+        except (ControlError, OSError, json.JSONDecodeError):
+            return None
+
+    def wait(self, predicate: Any, timeout: float, what: str) -> float:
+        """Poll status until `predicate(status)`; returns when it held (monotonic)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status is not None and predicate(status):
+                return time.monotonic()
+            time.sleep(0.05)
+        raise AssertionError(f"{self.data.name}: {what} not within {timeout} s: {self.status()}")
+
+    def stop(self) -> None:
+        """SIGTERM, then kill if needed."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=12)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def sessions(status: dict[str, Any]) -> set[str]:
+    return set(status["sessions"])
+
+
+def peers(status: dict[str, Any]) -> set[str]:
+    return {p["peer_id"] for p in status["peers"]}
+
+
+def delivered(status: dict[str, Any]) -> int:
+    return sum(w["delivered"] for w in status["wants"])
