@@ -151,6 +151,7 @@ class ChannelManager:
         self._replies: dict[bytes, trio.MemorySendChannel[Frame]] = {}
         self._violations: dict[str, int] = {}
         self._reack: set[bytes] = set()
+        self._marks = 0
         self._counts = dict.fromkeys(
             (
                 "commits",
@@ -649,6 +650,7 @@ class ChannelManager:
 
     def _mark(self, channel_id: bytes) -> None:
         self._dirty[channel_id] = None
+        self._marks += 1
         self._wake.set()
 
     async def _flush(self, channel_id: bytes) -> None:
@@ -661,10 +663,14 @@ class ChannelManager:
     async def _committer(self) -> None:
         while True:
             await self._wake.wait()
-            # Group commit: let the tasks that are runnable now (verifying or signing
-            # the rest of a burst) add to this batch before it is written.
+            # Group commit: while the tasks that are runnable now (verifying or signing
+            # the rest of a burst) keep adding to this batch, let them; as soon as a
+            # pass adds nothing, write it -- a lone payment is not held back.
             for _ in range(self.config.commit_gather):
+                marks = self._marks
                 await trio.lowlevel.checkpoint()
+                if self._marks == marks:
+                    break
             self._wake = trio.Event()
             dirty, self._dirty = self._dirty, {}
             outbox, self._outbox = self._outbox, []

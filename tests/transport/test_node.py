@@ -112,3 +112,25 @@ async def test_bad_input_is_logged_with_peer_and_reason(caplog: pytest.LogCaptur
                 await trio.sleep(0.01)
     assert f"session with {alice.peer_id} ended" in caplog.text
     assert "failed authentication" in caplog.text
+
+
+async def test_frames_keep_their_order_across_the_inline_and_queued_send_paths() -> None:
+    """An idle session writes inline; a busy one queues. Mixing the two (bursts after
+    pauses longer than IDLE_FAST_PATH, and send_nowait) must never reorder frames --
+    the payee would reject the overtaken payment as stale."""
+    import random
+
+    rng = random.Random(5)
+    async with open_node(Identity.generate()) as alice, open_node(Identity.generate()) as bob:
+        session = await alice.connect(bob.address)
+        for i in range(600):
+            if rng.random() < 0.1:
+                await trio.sleep(0.002)  # idle long enough for the inline path
+            if rng.random() < 0.2:
+                assert session.send_nowait(Message(str(i), b""))
+            else:
+                await session.send(Message(str(i), b""))
+        for i in range(600):
+            with trio.fail_after(5):
+                _, frame = await bob.receive()
+            assert frame == Message(str(i), b"")
