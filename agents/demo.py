@@ -32,7 +32,15 @@ from mesh.channel.store import ChannelStore
 from mesh.identity import Identity, load_identity, save_identity
 from mesh.store import Store
 
-PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+def _profiles_dir() -> Path:
+    """The shipped profiles: beside the source tree, or where `pip install` put them."""
+    beside = Path(__file__).resolve().parent.parent / "profiles"
+    installed = Path(sys.prefix) / "share" / "m2mesh" / "profiles"
+    return beside if (beside / "robot-cell.toml").exists() else installed
+
+
+PROFILES = _profiles_dir()
 AGENTS = ("cnc-mill", "vibration-sensor", "quality-lab", "robot-cell")
 BUYER = "robot-cell"
 FUNDS = 1_000_000
