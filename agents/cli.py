@@ -17,6 +17,7 @@ from pathlib import Path
 from agents.agent_cli import add_agent_commands
 from agents.demo import add_demo_command
 from agents.ledger_cli import add_ledger_commands
+from agents.proof_cli import add_proof_commands
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity, save_identity
 
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(sub)
     add_ledger_commands(sub)
     add_agent_commands(sub)
+    add_proof_commands(sub)
     return parser
 
 

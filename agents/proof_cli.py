@@ -1,0 +1,168 @@
+"""`mesh proof …` and `mesh verify …`: export and check proofs of anchored records.
+
+    mesh proof --data-dir DIR --stream S --seq N [--agent ID] [--out FILE]
+    mesh proof --data-dir DIR --list
+    mesh proof --export-headers FILE [--ledger FILE]
+    mesh verify PROOF [--ledger FILE | --headers FILE]
+
+`proof` reads the agent store ``DIR/agent.db`` (a running agent may keep writing to
+it): one record's proof as JSON (`mesh.anchoring.proof` documents every field), or
+the streams it holds with their anchored seq ranges. ``--agent`` picks whose record
+when the store holds the same stream of several agents (a buyer's kept records).
+``--export-headers`` writes a ledger's header chain as a headers file
+(`mesh.anchoring.headers`) for verifiers that do not have the ledger.
+
+`verify` needs nothing but the proof and a header chain it trusts: ``--ledger`` (default
+``$M2MESH_LEDGER`` or ``$M2MESH_HOME/ledger.db``) or ``--headers``. It prints ``VALID``
+with the block height and time and exits 0, or ``INVALID <reason>: <detail>`` naming
+the first link that failed (`mesh.anchoring.errors.REASONS`) and exits 1. An unusable
+header source is an error (exit 1). Nothing here prints a traceback for a bad file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agents.ledger_cli import DEFAULT_LEDGER
+from mesh.anchoring.errors import AnchoringError, ProofFailed
+from mesh.anchoring.headers import HeaderChain, write_headers
+from mesh.anchoring.proof import load_proof, verify_proof
+from mesh.anchoring.store import ANCHORING_SCHEMA, AnchorStore
+from mesh.chain.errors import LedgerError
+from mesh.chain.ledger import LocalLedger
+from mesh.identity import parse_peer_id
+from mesh.store import Store
+
+
+class ProofCliError(AnchoringError):
+    """A usage problem with `mesh proof` / `mesh verify`."""
+
+
+def _iso(seconds: float, timespec: str = "seconds") -> str:
+    """UTC time as ISO 8601 with a Z, e.g. 2023-11-14T22:13:20Z."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def _open_records(data_dir: Path | None) -> tuple[Store, AnchorStore]:
+    if data_dir is None:
+        raise ProofCliError("--data-dir DIR is required (the agent's data directory)")
+    path = data_dir / "agent.db"
+    if not path.is_file():
+        raise ProofCliError(f"{path}: no agent store here (is --data-dir an agent's data dir?)")
+    store = Store(path)
+    if store.version(ANCHORING_SCHEMA.component) == 0:
+        store.close()
+        raise ProofCliError(f"{data_dir}: this agent has logged no records")
+    return store, AnchorStore(store)
+
+
+def cmd_proof(args: argparse.Namespace) -> int:
+    """Export one proof, list streams, or export a ledger's headers."""
+    if args.export_headers is not None:
+        ledger_path = args.ledger or DEFAULT_LEDGER
+        try:
+            with LocalLedger.open(ledger_path) as ledger:
+                tip = write_headers(ledger, args.export_headers)
+        except LedgerError as exc:
+            raise ProofCliError(f"--ledger {ledger_path}: {exc}") from None
+        print(f"wrote {args.export_headers}: headers 0..{tip} of {ledger_path}", file=sys.stderr)
+        return 0
+    store, records = _open_records(args.data_dir)
+    with store:
+        if args.list:
+            streams = [s.to_json() for s in records.streams()]
+            print(json.dumps({"streams": streams}, indent=1))
+            return 0
+        if args.stream is None or args.seq is None:
+            raise ProofCliError("give --stream S and --seq N (or --list)")
+        if args.agent is not None:
+            try:
+                agent = parse_peer_id(args.agent)
+            except ValueError as exc:
+                raise ProofCliError(f"--agent: {exc}") from None
+        else:
+            agents = records.agents_for(args.stream)
+            if not agents:
+                raise ProofCliError(f"no records of stream {args.stream!r} in {args.data_dir}")
+            if len(agents) > 1:
+                ids = ", ".join(a.hex() for a in agents)
+                raise ProofCliError(
+                    f"stream {args.stream!r} has several agents; pick --agent: {ids}"
+                )
+            agent = agents[0]
+        proof = records.proof(agent, args.stream, args.seq)
+    text = proof.to_json()
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a proof file offline; VALID (0) or INVALID naming the failed link (1)."""
+    if args.headers is not None:
+        headers = HeaderChain.load(args.headers)
+    else:
+        ledger = args.ledger or DEFAULT_LEDGER
+        if not ledger.exists():
+            raise ProofCliError(
+                f"no ledger at {ledger}: give --ledger FILE or --headers FILE to verify against"
+            )
+        headers = HeaderChain.from_ledger_file(ledger)
+    try:
+        verified = verify_proof(load_proof(args.proof), headers)
+    except ProofFailed as exc:
+        print(f"INVALID {exc.reason}: {exc.detail}")
+        return 1
+    record, anchor = verified.record, verified.anchor
+    print(
+        f"VALID block {verified.block_height} time {_iso(verified.block_time)}"
+        f" stream {record.stream} seq {record.seq}"
+    )
+    print(f"  agent     {record.agent.hex()}")
+    signed_at = _iso(record.timestamp_ms / 1000, "milliseconds")
+    print(f"  record    {verified.record_hash.hex()}, signed at {signed_at}")
+    print(f"            (agent's clock), payload {len(record.payload)} bytes")
+    print(f"  batch     {anchor.stream} seq {anchor.first_seq}..{anchor.last_seq}")
+    print(f"  anchor    {verified.txid} output {verified.vout}")
+    print(f"  block     {verified.block_height} {verified.block_hash}")
+    print(f"  checked   against {headers.source}")
+    return 0
+
+
+def add_proof_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``proof`` and ``verify`` to the `mesh` parser's subcommands."""
+    proof = subparsers.add_parser(
+        "proof", help="export a proof that a record was anchored, or list anchored streams"
+    )
+    proof.add_argument("--data-dir", type=Path, help="the agent's data directory")
+    mode = proof.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--seq", type=int, help="the record's seq (with --stream)")
+    mode.add_argument("--list", action="store_true", help="print streams and anchored ranges")
+    mode.add_argument(
+        "--export-headers", type=Path, metavar="FILE", help="write a ledger's headers file"
+    )
+    proof.add_argument("--stream", help="the record's stream")
+    proof.add_argument("--agent", help="whose record, when several agents share the stream")
+    proof.add_argument("--out", type=Path, help="write the proof here (default: stdout)")
+    proof.add_argument(
+        "--ledger", type=Path, help=f"ledger for --export-headers (default {DEFAULT_LEDGER})"
+    )
+    proof.set_defaults(func=cmd_proof)
+
+    verify = subparsers.add_parser(
+        "verify", help="check a proof offline against a ledger or a headers file"
+    )
+    verify.add_argument("proof", type=Path, help="the proof file (JSON)")
+    source = verify.add_mutually_exclusive_group()
+    source.add_argument(
+        "--ledger", type=Path, help=f"trust this ledger's headers (default {DEFAULT_LEDGER})"
+    )
+    source.add_argument("--headers", type=Path, help="trust this headers file")
+    verify.set_defaults(func=cmd_verify)

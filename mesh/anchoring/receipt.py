@@ -1,0 +1,155 @@
+"""Anchor receipts: what a producer tells a buyer so the buyer can prove its readings.
+
+A data-feed buyer keeps the signed records it was delivered (`mesh.anchoring.archive`).
+To turn one into a proof it also needs what only the producer has: the Merkle path of
+that record in its batch, the anchor transaction, and where it was mined. Once a batch
+is mined, the producer sends each buyer one or more receipts for the records that buyer
+holds (or answers a buyer's request with them). One message type, `AnchorReceipt`:
+
+==============  =======================  ==========================================
+field           type                     meaning
+==============  =======================  ==========================================
+anchor_tx       bytes                    the serialised anchor transaction; its anchor
+                                         output names agent, stream, seq range, root
+block_height    int                      the block that mined it
+block_hash      str (64 hex, display)    that block's hash
+bump            bytes                    BUMP (BRC-74) of the anchor txid in the block
+paths           tuple[ReceiptPath, ...]  one per record: ``ReceiptPath(seq, path)``
+==============  =======================  ==========================================
+
+``ReceiptPath.path`` is the record's Merkle path as concatenated 32-byte entries
+(`mesh.anchoring.batch`), ``32 * ceil(log2(count))`` bytes. A receipt holds at most
+`MAX_RECEIPT_PATHS` paths, so that it fits one wire frame (< 64 KiB) even for batches
+of 10 000; `make_receipts` splits larger sets. Nothing in it needs to be trusted: the
+buyer checks every path against the anchor's root (`check_receipt`) and the block link
+is checked again by whoever verifies the exported proof.
+
+This module owns the receipt's content and its consistency rules; it does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from bsv.merkle_path import MerklePath
+
+from mesh.anchoring.batch import batch_path, path_depth, root_from_path
+from mesh.anchoring.errors import ReceiptRejected
+from mesh.anchoring.payload import AnchorFormatError, AnchorPayload, find_anchor
+from mesh.chain.errors import TxRejected
+from mesh.chain.tx import parse_exact, txid_of
+
+MAX_RECEIPT_PATHS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptPath:
+    """One record's place in the batch: its seq and its Merkle path (32-byte entries)."""
+
+    seq: int
+    path: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorReceipt:
+    """Producer -> buyer: a mined batch and the paths of the buyer's records in it."""
+
+    anchor_tx: bytes
+    block_height: int
+    block_hash: str
+    bump: bytes
+    paths: tuple[ReceiptPath, ...]
+
+
+def split_path(path: bytes) -> list[bytes]:
+    """Concatenated path entries back into a list of 32-byte hashes."""
+    if len(path) % 32:
+        raise ValueError(f"a path is whole 32-byte entries, not {len(path)} bytes")
+    return [path[i : i + 32] for i in range(0, len(path), 32)]
+
+
+def make_receipts(
+    anchor_tx: bytes,
+    block_height: int,
+    block_hash: str,
+    bump: bytes,
+    first_seq: int,
+    levels: Sequence[Sequence[bytes]],
+    seqs: Iterable[int],
+) -> list[AnchorReceipt]:
+    """Receipts for `seqs` of one mined batch whose tree is `levels` (split as needed).
+
+    Seqs outside the batch are skipped; each seq is included once.
+    """
+    count = len(levels[0])
+    wanted = sorted({s for s in seqs if first_seq <= s < first_seq + count})
+    paths = [ReceiptPath(s, b"".join(batch_path(levels, s - first_seq))) for s in wanted]
+    return [
+        AnchorReceipt(
+            anchor_tx, block_height, block_hash, bump, tuple(paths[i : i + MAX_RECEIPT_PATHS])
+        )
+        for i in range(0, len(paths), MAX_RECEIPT_PATHS)
+    ]
+
+
+@dataclass(frozen=True)
+class CheckedReceipt:
+    """A receipt whose paths lead to its anchor's root for the records we hold."""
+
+    txid: str
+    anchor: AnchorPayload
+    paths: dict[int, bytes]
+
+
+HeldLookup = Callable[[str, Sequence[int]], Mapping[int, bytes]]
+
+
+def check_receipt(receipt: AnchorReceipt, producer: bytes, held: HeldLookup) -> CheckedReceipt:
+    """Check `receipt` from `producer` against the records we hold.
+
+    ``held(stream, seqs)`` returns the record hashes we hold among `seqs` of `stream`
+    (seq -> hash). Every path for a record we hold must lead to the anchor's root; paths
+    for records we do not hold are ignored. Raises `ReceiptRejected` naming the field.
+    """
+    try:
+        _, anchor = find_anchor(parse_exact(receipt.anchor_tx))
+    except (TxRejected, AnchorFormatError) as exc:
+        raise ReceiptRejected("AnchorReceipt.anchor_tx", str(exc)) from None
+    if anchor.agent != producer:
+        raise ReceiptRejected("AnchorReceipt.anchor_tx", "the anchor is another agent's")
+    txid = txid_of(receipt.anchor_tx)
+    try:
+        bump = MerklePath.from_binary(receipt.bump)
+        bump.compute_root(txid)
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise ReceiptRejected(
+            "AnchorReceipt.bump", f"not a BUMP of the anchor txid ({exc})"
+        ) from None
+    if bump.block_height != receipt.block_height:
+        raise ReceiptRejected("AnchorReceipt.bump", "the BUMP is for another block height")
+    try:
+        if len(bytes.fromhex(receipt.block_hash)) != 32:
+            raise ValueError
+    except ValueError:
+        raise ReceiptRejected("AnchorReceipt.block_hash", "not a 32-byte hash in hex") from None
+    depth = path_depth(anchor.count)
+    hashes = held(anchor.stream, [item.seq for item in receipt.paths])
+    proven: dict[int, bytes] = {}
+    for i, item in enumerate(receipt.paths):
+        digest = hashes.get(item.seq)
+        if digest is None:
+            continue
+        where = f"AnchorReceipt.paths[{i}]"
+        if len(item.path) != 32 * depth:
+            raise ReceiptRejected(where, f"a path in this batch is {32 * depth} bytes")
+        try:
+            root = root_from_path(
+                digest, item.seq - anchor.first_seq, anchor.count, split_path(item.path)
+            )
+        except ValueError as exc:
+            raise ReceiptRejected(where, str(exc)) from None
+        if root != anchor.root:
+            raise ReceiptRejected(where, f"seq {item.seq}: the path does not lead to the root")
+        proven[item.seq] = item.path
+    return CheckedReceipt(txid, anchor, proven)

@@ -1,0 +1,435 @@
+"""`Anchorer`: the agent's record log and anchoring task, a thin Trio shell over the core.
+
+What it does, in one nursery (`run`):
+
+- **log**: `log(stream, payload)` signs the next record of the stream (`StreamWriter`),
+  queues it, and returns once it is committed to the agent store. Records logged while
+  a commit is running share the next commit (group commit), so a burst of records costs
+  one SQLite transaction, not one each. Deliver a record to anyone only after `log`
+  returned: a record signed but lost in a crash would be signed again, differently, at
+  the same seq — a fork.
+- **batch**: committed records wait in a `Batcher`; when a stream reaches
+  ``max_records`` or its oldest record has waited ``max_age`` seconds of Trio time, the
+  batch is cut: its root computed, the batch recorded (``planned``), the anchor
+  transaction funded by the agent's `Wallet` (explicit fee, change back to the wallet),
+  recorded (``built``), broadcast through the `Chain`, and marked (``broadcast``).
+- **confirm**: every ``confirm_interval`` seconds, broadcast anchors are looked up; a
+  mined one gets its BUMP and block stored (``mined``), from which proofs and receipts
+  are made. An anchor the chain has forgotten is broadcast again.
+- `anchor_now()` cuts every waiting record into batches at once and anchors them,
+  raising if that cannot be done; `wait_mined()` waits until every broadcast anchor is
+  mined. The demo calls both before it ends.
+
+Restart: `run` reloads stream heads, waiting records and unfinished batches; a
+``planned`` batch releases any reservation a crash left and is funded again, a
+``built`` one is broadcast again (a chain accepts a transaction it already holds).
+
+Failures to fund or broadcast (no coins, a rejection, the chain unreachable) are
+logged, counted in `statistics()` and retried every ``retry_interval`` seconds; records
+keep being logged meanwhile. A failing store write ends the task (and every waiting
+`log` raises): the log must not pretend to be durable.
+
+Time: record timestamps come from the injected wall ``clock``; batching deadlines and
+retries from Trio's clock (a `MockClock` in tests). The store, wallet and chain do the
+I/O; every store or wallet call runs in a worker thread behind ``db_limiter`` (share it
+with everything else that uses the same `Store`).
+
+It must never broadcast a transaction it has not recorded first, return a record
+before it is committed, or swallow a store error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+import trio
+
+from mesh.anchoring.batch import Batcher, BatchPolicy, batch_root
+from mesh.anchoring.errors import AnchoringError, RecordError
+from mesh.anchoring.hashchain import StreamWriter
+from mesh.anchoring.payload import AnchorPayload
+from mesh.anchoring.proof import Proof, single_tx_bump
+from mesh.anchoring.receipt import AnchorReceipt
+from mesh.anchoring.record import MAX_PAYLOAD, SignedRecord, check_stream
+from mesh.anchoring.store import AnchorStore, BatchInfo
+from mesh.chain.base import Chain, TxState
+from mesh.chain.errors import ChainUnavailable, TxRejected, WalletError
+from mesh.chain.tx import parse_exact
+from mesh.chain.wallet import Wallet
+from mesh.errors import LocalProtocolError
+from mesh.identity import Identity
+from mesh.store import Store, StoreError
+
+log = logging.getLogger("mesh.anchoring")
+T = TypeVar("T")
+_RETRYABLE = (WalletError, TxRejected, ChainUnavailable)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Batching and retry settings (a profile's ``anchoring`` section)."""
+
+    batch: BatchPolicy = field(default_factory=BatchPolicy)
+    confirm_interval: float = 2.0
+    retry_interval: float = 10.0
+    anchor_satoshis: int = 1  # `Wallet.fund` refuses 0-sat outputs; this 1 sat is burned
+
+    def __post_init__(self) -> None:
+        if self.confirm_interval <= 0 or self.retry_interval <= 0 or self.anchor_satoshis < 1:
+            raise ValueError("intervals must be positive and the anchor output at least 1 sat")
+
+
+@dataclass(frozen=True)
+class AnchorStatistics:
+    """A snapshot of the anchoring task."""
+
+    records_logged: int
+    records_waiting: int
+    batches_anchored: int
+    batches_unanchored: int
+    batches_unconfirmed: int
+    batches_mined: int
+    fees_paid: int
+    bytes_on_chain: int
+    last_error: str
+
+
+@dataclass
+class _Commit:
+    """One group commit: set when its records are stored (or failed to be)."""
+
+    event: trio.Event = field(default_factory=trio.Event)
+    error: str | None = None
+
+
+class Anchorer:
+    """An agent's signed-record log and its anchoring task (see the module docstring)."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        store: Store,
+        wallet: Wallet,
+        chain: Chain,
+        *,
+        config: AnchorConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        db_limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.identity = identity
+        self.config = config or AnchorConfig()
+        self.records = AnchorStore(store)
+        self._agent = identity.public_key
+        self._wallet = wallet
+        self._chain = chain
+        self._clock = clock
+        self._limiter = db_limiter or trio.CapacityLimiter(1)
+        self._writer: StreamWriter | None = None
+        self._batcher = Batcher(self.config.batch)
+        self._queue: list[SignedRecord] = []
+        self._next_commit = _Commit()
+        self._in_flight: _Commit | None = None
+        self._commit_wake = trio.Event()
+        self._batch_wake = trio.Event()
+        self._anchor_lock = trio.Lock()
+        self._confirm_lock = trio.Lock()
+        self._failure: str | None = None
+        self._planned: dict[int, BatchInfo] = {}
+        self._unconfirmed: dict[int, BatchInfo] = {}
+        self._retry_at = math.inf
+        self._logged = 0
+        self._anchored = 0
+        self._mined = 0
+        self._fees = 0
+        self._bytes = 0
+        self._last_error = ""
+
+    # ---------------------------------------------------------------- running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load state, then log, batch, anchor and confirm until cancelled.
+
+        May be run again after it ended (state is reloaded from the store).
+        """
+        state = await self._thread(self.records.load_state, self._agent)
+        self._batcher = Batcher(self.config.batch)
+        self._queue, self._planned, self._unconfirmed = [], {}, {}
+        self._retry_at = math.inf
+        now = trio.current_time()
+        for stream, seq, digest in state.pending:
+            self._batcher.add(stream, seq, digest, now)
+        for batch in state.unfinished:
+            if batch.state == "broadcast":
+                self._unconfirmed[batch.id] = batch
+            else:
+                self._planned[batch.id] = batch
+        if self._planned:
+            self._retry_at = now
+        self._failure = None
+        self._next_commit = _Commit()
+        self._writer = StreamWriter(self.identity, state.heads)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._committer)
+                nursery.start_soon(self._batch_loop)
+                nursery.start_soon(self._confirm_loop)
+                task_status.started()
+        finally:
+            self._writer = None
+            self._fail("the anchorer stopped")
+
+    def _fail(self, why: str) -> None:
+        """Refuse new records and wake every `log` waiting for a commit, with an error."""
+        if self._failure is None:
+            self._failure = why
+        self._next_commit.error = why
+        self._next_commit.event.set()
+
+    async def _thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
+
+    # ---------------------------------------------------------------- logging
+
+    async def log(self, stream: str, payload: bytes) -> SignedRecord:
+        """Sign the next record of `stream` and return it once it is stored."""
+        return (await self.log_many(stream, [payload]))[0]
+
+    async def log_many(self, stream: str, payloads: Sequence[bytes]) -> list[SignedRecord]:
+        """Sign and store several records of `stream` (one commit); returns them."""
+        writer = self._writer
+        if writer is None or self._failure is not None:
+            raise LocalProtocolError(
+                f"the anchorer is not running{f' ({self._failure})' if self._failure else ''}"
+            )
+        check_stream(stream)
+        if not payloads:
+            return []
+        for payload in payloads:
+            if type(payload) is not bytes or len(payload) > MAX_PAYLOAD:
+                raise RecordError("payload", f"bytes of at most {MAX_PAYLOAD}")
+        timestamp_ms = int(self._clock() * 1000)
+        records = [writer.append(stream, payload, timestamp_ms) for payload in payloads]
+        commit = self._next_commit
+        self._queue.extend(records)
+        self._commit_wake.set()
+        await commit.event.wait()
+        if commit.error is not None:
+            raise AnchoringError(f"records not stored: {commit.error}")
+        return records
+
+    async def _committer(self) -> None:
+        while True:
+            await self._commit_wake.wait()
+            self._commit_wake = trio.Event()
+            while self._queue:
+                records, self._queue = self._queue, []
+                commit, self._next_commit = self._next_commit, _Commit()
+                self._in_flight = commit
+                try:
+                    await self._thread(self.records.insert_own, records)
+                except (sqlite3.Error, StoreError) as exc:
+                    commit.error = f"store write failed: {exc}"
+                    commit.event.set()
+                    self._fail(commit.error)
+                    raise AnchoringError(f"the record log cannot be stored: {exc}") from exc
+                except BaseException:
+                    commit.error = "the anchorer stopped during the commit"
+                    commit.event.set()
+                    raise
+                now = trio.current_time()
+                full = False
+                for record in records:
+                    full = self._batcher.add(record.stream, record.seq, record.hash, now) or full
+                self._logged += len(records)
+                commit.event.set()
+                self._in_flight = None
+                if full:
+                    self._batch_wake.set()
+
+    # ---------------------------------------------------------------- batching
+
+    async def _batch_loop(self) -> None:
+        while True:
+            deadline = self._batcher.next_deadline()
+            wake_at = min(math.inf if deadline is None else deadline, self._retry_at)
+            with trio.move_on_at(wake_at):
+                await self._batch_wake.wait()
+            self._batch_wake = trio.Event()
+            async with self._anchor_lock:
+                await self._cut(force=False)
+                if self._planned and trio.current_time() >= self._retry_at:
+                    await self._anchor_planned(raise_errors=False)
+
+    async def _cut(self, *, force: bool) -> None:
+        """Turn due (or, forced, all) waiting records into planned batches."""
+        now = trio.current_time()
+        streams = self._batcher.streams() if force else self._batcher.due(now)
+        cut = False
+        for stream in streams:
+            while self._batcher.waiting(stream) and (force or stream in self._batcher.due(now)):
+                pending = self._batcher.take(stream, now)
+                assert pending is not None
+                root = batch_root(pending.hashes)
+                batch = await self._thread(
+                    self.records.plan_batch, self._agent, pending, root, self._clock()
+                )
+                self._planned[batch.id] = batch
+                cut = True
+        if cut:
+            self._retry_at = now
+
+    async def anchor_now(self) -> list[BatchInfo]:
+        """Anchor every record logged so far, now; returns the batches broadcast.
+
+        Raises `AnchoringError` when a batch cannot be funded or broadcast (it stays
+        planned, and the task keeps retrying it).
+        """
+        if self._writer is None:
+            raise LocalProtocolError("the anchorer is not running")
+        while self._queue or self._in_flight is not None:
+            await (self._in_flight or self._next_commit).event.wait()
+        async with self._anchor_lock:
+            before = set(self._unconfirmed)
+            await self._cut(force=True)
+            await self._anchor_planned(raise_errors=True)
+            return [b for i, b in self._unconfirmed.items() if i not in before]
+
+    async def _anchor_planned(self, *, raise_errors: bool) -> None:
+        for batch_id in sorted(self._planned):
+            batch = self._planned[batch_id]
+            try:
+                await self._anchor(batch)
+            except _RETRYABLE as exc:
+                self._last_error = (
+                    f"batch {batch.stream} {batch.first_seq}..{batch.last_seq}: {exc}"
+                )
+                self._retry_at = trio.current_time() + self.config.retry_interval
+                self._batch_wake.set()  # the batch loop re-reads its deadline
+                log.warning("anchoring delayed: %s", self._last_error)
+                if raise_errors:
+                    raise AnchoringError(f"cannot anchor {self._last_error}") from exc
+                return
+        self._retry_at = math.inf
+
+    async def _anchor(self, batch: BatchInfo) -> None:
+        """Fund (if needed), record, broadcast and mark one batch's anchor."""
+        if batch.state == "planned":
+            # A crash between funding and recording the draft leaves coins reserved.
+            await self._thread(self._wallet.release, batch.reservation)
+            script = AnchorPayload(
+                batch.agent, batch.stream, batch.first_seq, batch.last_seq, batch.root
+            ).script()
+            draft = await trio.to_thread.run_sync(
+                functools.partial(
+                    self._wallet.fund,
+                    [(script, self.config.anchor_satoshis)],
+                    reservation=batch.reservation,
+                ),
+                limiter=self._limiter,
+            )
+            await self._thread(
+                self.records.record_draft, batch.id, draft.txid, draft.raw, draft.fee
+            )
+            batch = replace(batch, state="built", txid=draft.txid, raw=draft.raw, fee=draft.fee)
+            self._planned[batch.id] = batch
+        assert batch.raw is not None and batch.txid is not None
+        try:
+            await self._chain.broadcast(parse_exact(batch.raw))
+        except TxRejected:
+            await self._thread(self._wallet.abandon, batch.txid)
+            await self._thread(self.records.clear_draft, batch.id)
+            self._planned[batch.id] = replace(batch, state="planned", txid=None, raw=None, fee=None)
+            raise
+        await self._thread(self._wallet.mark_broadcast, batch.txid)
+        await self._thread(self.records.mark_broadcast, batch.id)
+        del self._planned[batch.id]
+        self._unconfirmed[batch.id] = replace(batch, state="broadcast")
+        self._anchored += 1
+        self._fees += batch.fee or 0
+        self._bytes += len(batch.raw)
+        log.info(
+            "anchored %s %d..%d in %s", batch.stream, batch.first_seq, batch.last_seq, batch.txid
+        )
+
+    # ---------------------------------------------------------------- confirming
+
+    async def _confirm_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.confirm_interval)
+            await self._confirm_once()
+
+    async def _confirm_once(self) -> None:
+        async with self._confirm_lock:
+            for batch in list(self._unconfirmed.values()):
+                assert batch.txid is not None and batch.raw is not None
+                try:
+                    status = await self._chain.status(batch.txid)
+                    if status.state is TxState.UNKNOWN:
+                        await self._chain.broadcast(parse_exact(batch.raw))
+                        continue
+                    if status.state is TxState.REJECTED:
+                        self._last_error = f"anchor {batch.txid} rejected: {status.detail}"
+                        log.error("%s", self._last_error)
+                        continue
+                    if status.state is not TxState.MINED:
+                        continue
+                    bump = await self._chain.merkle_proof(batch.txid)
+                except (ChainUnavailable, TxRejected) as exc:
+                    self._last_error = f"confirming {batch.txid}: {exc}"
+                    log.warning("%s", self._last_error)
+                    continue
+                if bump is None or status.block_height is None or status.block_hash is None:
+                    continue
+                try:
+                    minimal = single_tx_bump(bump, batch.txid)
+                except ValueError as exc:
+                    self._last_error = f"the chain's proof of {batch.txid} is unusable: {exc}"
+                    log.warning("%s", self._last_error)
+                    continue
+                await self._thread(
+                    self.records.mark_mined,
+                    batch.id,
+                    status.block_height,
+                    status.block_hash,
+                    minimal,
+                )
+                del self._unconfirmed[batch.id]
+                self._mined += 1
+
+    async def wait_mined(self) -> None:
+        """Return once every broadcast anchor is mined (someone must mine)."""
+        while self._unconfirmed:
+            await self._confirm_once()
+            if self._unconfirmed:
+                await trio.sleep(self.config.confirm_interval)
+
+    # ---------------------------------------------------------------- reading
+
+    async def proof(self, stream: str, seq: int) -> Proof:
+        """A proof of our record `stream`/`seq` (`NotAnchored` until it is mined)."""
+        return await self._thread(self.records.proof, self._agent, stream, seq)
+
+    async def receipts(self, stream: str, seqs: Sequence[int]) -> list[AnchorReceipt]:
+        """Receipts for a buyer holding `seqs` of `stream` (mined batches only)."""
+        return await self._thread(self.records.receipts, self._agent, stream, list(seqs))
+
+    def statistics(self) -> AnchorStatistics:
+        """A snapshot of counters and the last anchoring error."""
+        return AnchorStatistics(
+            records_logged=self._logged,
+            records_waiting=self._batcher.waiting() + len(self._queue),
+            batches_anchored=self._anchored,
+            batches_unanchored=len(self._planned),
+            batches_unconfirmed=len(self._unconfirmed),
+            batches_mined=self._mined,
+            fees_paid=self._fees,
+            bytes_on_chain=self._bytes,
+            last_error=self._last_error,
+        )

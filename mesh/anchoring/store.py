@@ -1,0 +1,568 @@
+"""The anchoring tables in the agent's store, and every query on them.
+
+Component ``anchoring`` of `mesh.store.Store` (one SQLite file per agent, WAL):
+
+- ``anchor_records``: every signed record the agent holds — its own (``origin='own'``)
+  and those it kept as a buyer (``'kept'``, signed by a producer) — keyed by (agent,
+  stream, seq), with the batch it was anchored in and, for kept records, the Merkle path
+  the producer's receipt gave;
+- ``anchor_batches``: one row per batch: seq range, root, and how far anchoring got:
+  ``planned`` (records assigned, no transaction yet) → ``built`` (the wallet's signed
+  draft is recorded) → ``broadcast`` → ``mined`` (block height, hash, BUMP). A kept
+  batch is recorded ``mined`` straight from a checked receipt.
+
+A batch's transaction is recorded (``built``) before it is broadcast and marked after,
+so a restart can always tell which anchors may be on chain (DESIGN §7).
+
+Methods are synchronous SQLite work, each in one transaction; from Trio call them
+through `trio.to_thread` with the store's limiter. This module never signs, broadcasts
+or reads a clock (times come in as arguments).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mesh.anchoring.batch import PendingBatch, batch_levels, batch_path
+from mesh.anchoring.errors import AnchoringError, NotAnchored, RecordNotFound
+from mesh.anchoring.hashchain import Head
+from mesh.anchoring.proof import Proof, make_proof
+from mesh.anchoring.receipt import AnchorReceipt, CheckedReceipt, make_receipts, split_path
+from mesh.anchoring.record import SignedRecord, decode_record, record_hash
+from mesh.store import Schema, Store
+
+ANCHORING_SCHEMA = Schema(
+    "anchoring",
+    (
+        """
+        CREATE TABLE anchor_batches (
+            id INTEGER PRIMARY KEY,
+            agent BLOB NOT NULL,
+            stream TEXT NOT NULL,
+            first_seq INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            root BLOB NOT NULL,
+            origin TEXT NOT NULL CHECK (origin IN ('own', 'kept')),
+            state TEXT NOT NULL CHECK (state IN ('planned', 'built', 'broadcast', 'mined')),
+            txid TEXT,
+            raw BLOB,
+            fee INTEGER,
+            block_height INTEGER,
+            block_hash TEXT,
+            bump BLOB,
+            created_at REAL NOT NULL,
+            UNIQUE (agent, stream, first_seq)
+        );
+        CREATE INDEX anchor_batches_by_state ON anchor_batches (state);
+        CREATE TABLE anchor_records (
+            agent BLOB NOT NULL,
+            stream TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            body BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            origin TEXT NOT NULL CHECK (origin IN ('own', 'kept')),
+            batch INTEGER REFERENCES anchor_batches (id),
+            path BLOB,
+            PRIMARY KEY (agent, stream, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX anchor_records_by_batch ON anchor_records (batch, seq);
+        """,
+    ),
+)
+
+_BATCH_COLUMNS = (
+    "id, agent, stream, first_seq, last_seq, root, origin, state, txid, raw, fee,"
+    " block_height, block_hash, bump"
+)
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A batch row: its records, root, and how far anchoring got."""
+
+    id: int
+    agent: bytes
+    stream: str
+    first_seq: int
+    last_seq: int
+    root: bytes
+    origin: str
+    state: str
+    txid: str | None
+    raw: bytes | None
+    fee: int | None
+    block_height: int | None
+    block_hash: str | None
+    bump: bytes | None
+
+    @property
+    def count(self) -> int:
+        """How many records the batch holds."""
+        return self.last_seq - self.first_seq + 1
+
+    @property
+    def reservation(self) -> str:
+        """The wallet reservation id used to fund this batch's anchor."""
+        return f"anchor:{self.agent.hex()[:16]}:{self.stream}:{self.first_seq}"
+
+
+def _batch(row: Any) -> BatchInfo:
+    return BatchInfo(
+        int(row[0]),
+        bytes(row[1]),
+        str(row[2]),
+        int(row[3]),
+        int(row[4]),
+        bytes(row[5]),
+        str(row[6]),
+        str(row[7]),
+        None if row[8] is None else str(row[8]),
+        None if row[9] is None else bytes(row[9]),
+        None if row[10] is None else int(row[10]),
+        None if row[11] is None else int(row[11]),
+        None if row[12] is None else str(row[12]),
+        None if row[13] is None else bytes(row[13]),
+    )
+
+
+@dataclass(frozen=True)
+class LoadedState:
+    """What the anchoring task needs after a restart."""
+
+    heads: dict[str, Head]
+    pending: list[tuple[str, int, bytes]]
+    unfinished: list[BatchInfo]
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """A stream as `mesh proof --list` shows it."""
+
+    agent: str
+    stream: str
+    origin: str
+    records: int
+    anchored: list[tuple[int, int]]
+    unanchored: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "agent": self.agent,
+            "stream": self.stream,
+            "origin": self.origin,
+            "records": self.records,
+            "anchored": [list(r) for r in self.anchored],
+            "unanchored": self.unanchored,
+        }
+
+
+def _ranges(seqs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge sorted (first, last) ranges that touch."""
+    merged: list[tuple[int, int]] = []
+    for first, last in seqs:
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+class AnchorStore:
+    """The anchoring tables of one agent store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        store.register(ANCHORING_SCHEMA)
+
+    @property
+    def store(self) -> Store:
+        """The underlying agent store."""
+        return self._store
+
+    # ---------------------------------------------------------------- own records
+
+    def insert_own(self, records: Sequence[SignedRecord]) -> None:
+        """Persist our own freshly signed records (one commit for all of them)."""
+        with self._store.write() as db:
+            db.executemany(
+                "INSERT INTO anchor_records (agent, stream, seq, hash, body, signature, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'own')",
+                [(r.agent, r.stream, r.seq, r.hash, r.body, r.signature) for r in records],
+            )
+
+    def load_state(self, agent: bytes) -> LoadedState:
+        """Stream heads, records not yet in a batch, and batches not yet mined."""
+        with self._store.read() as db:
+            heads = {
+                str(stream): Head(int(seq), bytes(digest))
+                for stream, seq, digest in db.execute(
+                    "SELECT r.stream, r.seq, r.hash FROM anchor_records r"
+                    " JOIN (SELECT stream, MAX(seq) AS top FROM anchor_records"
+                    "       WHERE agent = ? GROUP BY stream) m"
+                    " ON r.stream = m.stream AND r.seq = m.top WHERE r.agent = ?",
+                    (agent, agent),
+                )
+            }
+            pending = [
+                (str(s), int(q), bytes(h))
+                for s, q, h in db.execute(
+                    "SELECT stream, seq, hash FROM anchor_records"
+                    " WHERE agent = ? AND batch IS NULL ORDER BY stream, seq",
+                    (agent,),
+                )
+            ]
+            unfinished = [
+                _batch(row)
+                for row in db.execute(
+                    f"SELECT {_BATCH_COLUMNS} FROM anchor_batches"
+                    " WHERE agent = ? AND origin = 'own' AND state != 'mined' ORDER BY id",
+                    (agent,),
+                )
+            ]
+        return LoadedState(heads, pending, unfinished)
+
+    def plan_batch(self, agent: bytes, pending: PendingBatch, root: bytes, now: float) -> BatchInfo:
+        """Record a new batch (``planned``) and assign its records to it."""
+        with self._store.write() as db:
+            cursor = db.execute(
+                "INSERT INTO anchor_batches (agent, stream, first_seq, last_seq, root, origin,"
+                " state, created_at) VALUES (?, ?, ?, ?, ?, 'own', 'planned', ?)",
+                (agent, pending.stream, pending.first_seq, pending.last_seq, root, now),
+            )
+            batch_id = int(cursor.lastrowid or 0)
+            updated = db.execute(
+                "UPDATE anchor_records SET batch = ? WHERE agent = ? AND stream = ?"
+                " AND seq BETWEEN ? AND ? AND batch IS NULL",
+                (batch_id, agent, pending.stream, pending.first_seq, pending.last_seq),
+            ).rowcount
+            if updated != len(pending.hashes):
+                raise AnchoringError(  # rolls the batch back: the store disagrees with us
+                    f"batch {pending.stream} {pending.first_seq}..{pending.last_seq}:"
+                    f" only {updated} of {len(pending.hashes)} records are stored and unbatched"
+                )
+            return self._get(db, batch_id)
+
+    def record_draft(self, batch_id: int, txid: str, raw: bytes, fee: int) -> None:
+        """The anchor transaction is built and signed: record it before broadcasting."""
+        with self._store.write() as db:
+            db.execute(
+                "UPDATE anchor_batches SET state = 'built', txid = ?, raw = ?, fee = ?"
+                " WHERE id = ? AND state = 'planned'",
+                (txid, raw, fee, batch_id),
+            )
+
+    def clear_draft(self, batch_id: int) -> None:
+        """Forget a draft that was never broadcast (it was abandoned): back to planned."""
+        with self._store.write() as db:
+            db.execute(
+                "UPDATE anchor_batches SET state = 'planned', txid = NULL, raw = NULL, fee = NULL"
+                " WHERE id = ? AND state = 'built'",
+                (batch_id,),
+            )
+
+    def mark_broadcast(self, batch_id: int) -> None:
+        """The chain accepted the anchor transaction."""
+        with self._store.write() as db:
+            db.execute(
+                "UPDATE anchor_batches SET state = 'broadcast' WHERE id = ? AND state = 'built'",
+                (batch_id,),
+            )
+
+    def mark_mined(self, batch_id: int, height: int, block_hash: str, bump: bytes) -> None:
+        """The anchor transaction is in block `height`; keep its BUMP."""
+        with self._store.write() as db:
+            db.execute(
+                "UPDATE anchor_batches SET state = 'mined', block_height = ?, block_hash = ?,"
+                " bump = ? WHERE id = ? AND state = 'broadcast'",
+                (height, block_hash, bump, batch_id),
+            )
+
+    def batch(self, batch_id: int) -> BatchInfo:
+        """One batch by id."""
+        with self._store.read() as db:
+            return self._get(db, batch_id)
+
+    def batches(self, *, state: str | None = None, stream: str | None = None) -> list[BatchInfo]:
+        """Batches, oldest first, optionally only in `state` or of `stream`."""
+        sql = f"SELECT {_BATCH_COLUMNS} FROM anchor_batches WHERE 1"
+        params: list[object] = []
+        if state is not None:
+            sql += " AND state = ?"
+            params.append(state)
+        if stream is not None:
+            sql += " AND stream = ?"
+            params.append(stream)
+        with self._store.read() as db:
+            return [_batch(row) for row in db.execute(sql + " ORDER BY id", params)]
+
+    def batch_leaves(self, batch_id: int) -> list[bytes]:
+        """The record hashes of a batch, in seq order (the tree's leaves)."""
+        with self._store.read() as db:
+            return [
+                bytes(r[0])
+                for r in db.execute(
+                    "SELECT hash FROM anchor_records WHERE batch = ? ORDER BY seq", (batch_id,)
+                )
+            ]
+
+    @staticmethod
+    def _get(db: sqlite3.Connection, batch_id: int) -> BatchInfo:
+        row = db.execute(
+            f"SELECT {_BATCH_COLUMNS} FROM anchor_batches WHERE id = ?", (batch_id,)
+        ).fetchone()
+        if row is None:
+            raise RecordNotFound(f"no batch {batch_id}")
+        return _batch(row)
+
+    # ---------------------------------------------------------------- proofs
+
+    def proof(self, agent: bytes, stream: str, seq: int) -> Proof:
+        """A proof for one record; `NotAnchored` until its batch is mined."""
+        with self._store.read() as db:
+            row = db.execute(
+                "SELECT body, signature, batch, path, origin FROM anchor_records"
+                " WHERE agent = ? AND stream = ? AND seq = ?",
+                (agent, stream, seq),
+            ).fetchone()
+            if row is None:
+                raise RecordNotFound(f"no record {stream}/{seq} of agent {agent.hex()}")
+            body, signature, batch_id, stored_path, origin = row
+            if batch_id is None:
+                raise NotAnchored(f"record {stream}/{seq} is not in a batch yet")
+            batch = self._get(db, int(batch_id))
+            if origin == "kept" and stored_path is None:
+                raise NotAnchored(f"record {stream}/{seq}: no receipt from the producer yet")
+            leaves = None
+            if stored_path is None:
+                leaves = [
+                    bytes(r[0])
+                    for r in db.execute(
+                        "SELECT hash FROM anchor_records WHERE batch = ? ORDER BY seq",
+                        (batch.id,),
+                    )
+                ]
+        signed = _signed(bytes(body), bytes(signature))
+        if leaves is None:
+            path = split_path(bytes(stored_path))
+        else:
+            path = batch_path(batch_levels(leaves), seq - batch.first_seq)
+        return self._assemble(signed, batch, path)
+
+    def batch_proofs(self, batch_id: int) -> Iterator[Proof]:
+        """A proof for every record of one of our mined batches (one tree build)."""
+        with self._store.read() as db:
+            batch = self._get(db, batch_id)
+            rows = db.execute(
+                "SELECT body, signature FROM anchor_records WHERE batch = ? ORDER BY seq",
+                (batch_id,),
+            ).fetchall()
+        signed = [_signed(bytes(b), bytes(s)) for b, s in rows]
+        levels = batch_levels([r.hash for r in signed])
+        for index, record in enumerate(signed):
+            yield self._assemble(record, batch, batch_path(levels, index))
+
+    @staticmethod
+    def _assemble(signed: SignedRecord, batch: BatchInfo, path: Sequence[bytes]) -> Proof:
+        if (
+            batch.state != "mined"
+            or batch.raw is None
+            or batch.bump is None
+            or batch.block_height is None
+            or batch.block_hash is None
+        ):
+            raise NotAnchored(
+                f"record {signed.stream}/{signed.seq}: its batch"
+                f" {batch.first_seq}..{batch.last_seq} is {batch.state}, not mined yet"
+            )
+        return make_proof(
+            signed, batch.root, path, batch.raw, batch.block_height, batch.block_hash, batch.bump
+        )
+
+    def agents_for(self, stream: str) -> list[bytes]:
+        """The agents whose records of `stream` this store holds."""
+        with self._store.read() as db:
+            return [
+                bytes(r[0])
+                for r in db.execute(
+                    "SELECT DISTINCT agent FROM anchor_records WHERE stream = ?", (stream,)
+                )
+            ]
+
+    def streams(self) -> list[StreamSummary]:
+        """Every stream held, with its anchored (mined) seq ranges."""
+        out: list[StreamSummary] = []
+        with self._store.read() as db:
+            groups = db.execute(
+                "SELECT agent, stream, origin, COUNT(*) FROM anchor_records"
+                " GROUP BY agent, stream, origin ORDER BY origin DESC, stream, agent"
+            ).fetchall()
+            for agent, stream, origin, count in groups:
+                if origin == "own":
+                    spans = db.execute(
+                        "SELECT first_seq, last_seq FROM anchor_batches WHERE agent = ?"
+                        " AND stream = ? AND state = 'mined' ORDER BY first_seq",
+                        (agent, stream),
+                    ).fetchall()
+                    ranges = _ranges([(int(a), int(b)) for a, b in spans])
+                else:
+                    seqs = db.execute(
+                        "SELECT r.seq FROM anchor_records r JOIN anchor_batches b"
+                        " ON b.id = r.batch WHERE r.agent = ? AND r.stream = ?"
+                        " AND b.state = 'mined' AND r.path IS NOT NULL ORDER BY r.seq",
+                        (agent, stream),
+                    ).fetchall()
+                    ranges = _ranges([(int(s), int(s)) for (s,) in seqs])
+                anchored = sum(last - first + 1 for first, last in ranges)
+                out.append(
+                    StreamSummary(
+                        bytes(agent).hex(),
+                        str(stream),
+                        str(origin),
+                        int(count),
+                        ranges,
+                        int(count) - anchored,
+                    )
+                )
+        return out
+
+    # ---------------------------------------------------------------- receipts
+
+    def receipts(self, agent: bytes, stream: str, seqs: Sequence[int]) -> list[AnchorReceipt]:
+        """Receipts for those of `seqs` whose batch is mined (other seqs are skipped)."""
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return []
+        with self._store.read() as db:
+            spans = [
+                _batch(row)
+                for row in db.execute(
+                    f"SELECT {_BATCH_COLUMNS} FROM anchor_batches WHERE agent = ? AND stream = ?"
+                    " AND origin = 'own' AND state = 'mined' AND last_seq >= ? AND first_seq <= ?"
+                    " ORDER BY first_seq",
+                    (agent, stream, wanted[0], wanted[-1]),
+                )
+            ]
+        out: list[AnchorReceipt] = []
+        for batch in spans:
+            inside = [s for s in wanted if batch.first_seq <= s <= batch.last_seq]
+            if not inside:
+                continue
+            assert batch.raw is not None and batch.bump is not None
+            assert batch.block_height is not None and batch.block_hash is not None
+            levels = batch_levels(self.batch_leaves(batch.id))
+            out.extend(
+                make_receipts(
+                    batch.raw,
+                    batch.block_height,
+                    batch.block_hash,
+                    batch.bump,
+                    batch.first_seq,
+                    levels,
+                    inside,
+                )
+            )
+        return out
+
+    # ---------------------------------------------------------------- kept records
+
+    def keep(self, signed: SignedRecord) -> bytes | None:
+        """Store a producer's record; returns the hash already held at that seq, if any.
+
+        Nothing is written when a record is already held at (agent, stream, seq): the
+        caller tells a duplicate (same hash) from a fork (another hash).
+        """
+        with self._store.write() as db:
+            row = db.execute(
+                "SELECT hash FROM anchor_records WHERE agent = ? AND stream = ? AND seq = ?",
+                (signed.agent, signed.stream, signed.seq),
+            ).fetchone()
+            if row is not None:
+                return bytes(row[0])
+            db.execute(
+                "INSERT INTO anchor_records (agent, stream, seq, hash, body, signature, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'kept')",
+                (
+                    signed.agent,
+                    signed.stream,
+                    signed.seq,
+                    signed.hash,
+                    signed.body,
+                    signed.signature,
+                ),
+            )
+        return None
+
+    def last_kept(self, agent: bytes, stream: str) -> int | None:
+        """The highest seq held of a producer's stream."""
+        with self._store.read() as db:
+            row = db.execute(
+                "SELECT MAX(seq) FROM anchor_records WHERE agent = ? AND stream = ?",
+                (agent, stream),
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def held_hashes(self, agent: bytes, stream: str, seqs: Sequence[int]) -> dict[int, bytes]:
+        """Hashes of the records held among `seqs` of a producer's stream."""
+        wanted = set(seqs)
+        if not wanted:
+            return {}
+        with self._store.read() as db:
+            rows = db.execute(
+                "SELECT seq, hash FROM anchor_records WHERE agent = ? AND stream = ?"
+                " AND seq BETWEEN ? AND ?",
+                (agent, stream, min(wanted), max(wanted)),
+            ).fetchall()
+        return {int(s): bytes(h) for s, h in rows if int(s) in wanted}
+
+    def store_receipt(self, receipt: AnchorReceipt, checked: CheckedReceipt, now: float) -> int:
+        """Record a checked receipt's batch (mined) and its paths; returns records proven.
+
+        A batch already known with another anchor transaction keeps the first one.
+        """
+        anchor = checked.anchor
+        with self._store.write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO anchor_batches (agent, stream, first_seq, last_seq, root,"
+                " origin, state, txid, raw, block_height, block_hash, bump, created_at)"
+                " VALUES (?, ?, ?, ?, ?, 'kept', 'mined', ?, ?, ?, ?, ?, ?)",
+                (
+                    anchor.agent,
+                    anchor.stream,
+                    anchor.first_seq,
+                    anchor.last_seq,
+                    anchor.root,
+                    checked.txid,
+                    receipt.anchor_tx,
+                    receipt.block_height,
+                    receipt.block_hash,
+                    receipt.bump,
+                    now,
+                ),
+            )
+            row = db.execute(
+                "SELECT id, txid FROM anchor_batches WHERE agent = ? AND stream = ?"
+                " AND first_seq = ?",
+                (anchor.agent, anchor.stream, anchor.first_seq),
+            ).fetchone()
+            if row is None or str(row[1]) != checked.txid:
+                return 0
+            batch_id = int(row[0])
+            db.executemany(
+                "UPDATE anchor_records SET batch = ?, path = ? WHERE agent = ? AND stream = ?"
+                " AND seq = ? AND origin = 'kept'",
+                [
+                    (batch_id, path, anchor.agent, anchor.stream, seq)
+                    for seq, path in checked.paths.items()
+                ],
+            )
+        return len(checked.paths)
+
+
+def _signed(body: bytes, signature: bytes) -> SignedRecord:
+    """A stored record (its signature was checked when it was stored or signed)."""
+    return SignedRecord(decode_record(body), body, record_hash(body), signature)

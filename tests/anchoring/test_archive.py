@@ -1,0 +1,140 @@
+"""A data-feed buyer keeps signed readings and proves them with the producer's receipts."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from mesh.anchoring.archive import BuyerArchive
+from mesh.anchoring.batch import BatchPolicy, batch_levels
+from mesh.anchoring.errors import NotAnchored, ReceiptRejected, RecordNotFound, RecordRejected
+from mesh.anchoring.hashchain import StreamWriter
+from mesh.anchoring.proof import verify_proof
+from mesh.anchoring.receipt import MAX_RECEIPT_PATHS, AnchorReceipt, ReceiptPath, make_receipts
+from mesh.anchoring.record import Record, sign_record
+from mesh.anchoring.service import AnchorConfig
+from mesh.wire import MAX_FRAME_SIZE
+from tests.anchoring.helpers import BUYER, PRODUCER, create_ledger, open_store, running_anchorer
+
+P = PRODUCER.public_key
+
+
+async def test_a_buyer_proves_the_readings_it_kept_without_the_producer(tmp_path: Path) -> None:
+    ledger = create_ledger(tmp_path / "ledger.db")
+    config = AnchorConfig(batch=BatchPolicy(max_records=10, max_age=1e9))
+    with open_store(tmp_path / "buyer") as buyer_store:
+        archive = BuyerArchive(buyer_store)
+        async with running_anchorer(tmp_path / "producer", ledger, config=config) as run:
+            records = await run.anchorer.log_many("vibration", [b"rms=%d" % i for i in range(30)])
+            delivered = records[::3]  # this buyer got every third reading
+            for record in delivered:
+                kept = archive.keep(record.body, record.signature, producer=P)
+                assert kept.stored and kept.findings == ()
+            with pytest.raises(NotAnchored, match="not in a batch"):
+                archive.proof(P, "vibration", 0)
+            await run.anchorer.anchor_now()
+            await run.chain.mine()
+            await run.anchorer.wait_mined()
+            seqs = [r.seq for r in delivered]
+            receipts = await run.anchorer.receipts("vibration", seqs)
+            headers = run.headers()
+        assert len(receipts) == 3  # one per batch
+        assert sum(archive.accept_receipt(P, r) for r in receipts) == len(delivered)
+        for seq in seqs:
+            verified = verify_proof(archive.proof(P, "vibration", seq), headers)
+            assert verified.record.seq == seq and verified.record.agent == P
+        with pytest.raises(RecordNotFound):  # never delivered to this buyer
+            archive.proof(P, "vibration", 1)
+        summary = {s.stream: s for s in archive.records.streams()}["vibration"]
+        assert summary.origin == "kept" and summary.records == len(delivered)
+        assert summary.anchored == [(s, s) for s in seqs] and summary.unanchored == 0
+
+
+def test_keep_names_duplicates_forks_and_reorders(tmp_path: Path) -> None:
+    writer = StreamWriter(PRODUCER)
+    records = [writer.append("vibration", b"r%d" % i, i) for i in range(4)]
+    fork = sign_record(PRODUCER, Record(P, "vibration", 2, 9, b"another story", records[1].hash))
+    with open_store(tmp_path / "buyer") as store:
+        archive = BuyerArchive(store)
+        archive.keep(records[0].body, records[0].signature)
+        archive.keep(records[2].body, records[2].signature)
+        late = archive.keep(records[1].body, records[1].signature)
+        assert late.stored and [f.kind for f in late.findings] == ["reorder"]
+        again = archive.keep(records[2].body, records[2].signature)
+        assert not again.stored and [f.kind for f in again.findings] == ["duplicate"]
+        forked = archive.keep(fork.body, fork.signature)
+        assert not forked.stored and [f.kind for f in forked.findings] == ["fork"]
+        assert records[2].hash.hex() in forked.findings[0].detail
+
+
+def test_keep_refuses_bad_records_as_remote_errors(tmp_path: Path) -> None:
+    record = StreamWriter(PRODUCER).append("vibration", b"r", 0)
+    theirs = StreamWriter(BUYER).append("vibration", b"r", 0)
+    with open_store(tmp_path / "buyer") as store:
+        archive = BuyerArchive(store)
+        for body, signature, producer, field in [
+            (record.body, theirs.signature, None, "record.signature"),
+            (record.body[:-1], record.signature, None, "record.body"),
+            (theirs.body, theirs.signature, P, "record.agent"),
+        ]:
+            with pytest.raises(RecordRejected) as caught:
+                archive.keep(body, signature, producer=producer)
+            assert caught.value.field == field
+
+
+async def test_forged_receipts_are_rejected(tmp_path: Path) -> None:
+    ledger = create_ledger(tmp_path / "ledger.db")
+    with open_store(tmp_path / "buyer") as buyer_store:
+        archive = BuyerArchive(buyer_store)
+        async with running_anchorer(tmp_path / "producer", ledger) as run:
+            records = await run.anchorer.log_many("vibration", [b"x%d" % i for i in range(9)])
+            for record in records[:4]:
+                archive.keep(record.body, record.signature, producer=P)
+            await run.anchorer.anchor_now()
+            await run.chain.mine()
+            await run.anchorer.wait_mined()
+            (receipt,) = await run.anchorer.receipts("vibration", range(9))
+            headers = run.headers()
+        assert len(receipt.paths) == 9
+        bad_path = receipt.paths[1].path[:-1] + bytes([receipt.paths[1].path[-1] ^ 1])
+        forged = AnchorReceipt(
+            receipt.anchor_tx,
+            receipt.block_height,
+            receipt.block_hash,
+            receipt.bump,
+            (receipt.paths[0], ReceiptPath(1, bad_path)),
+        )
+        with pytest.raises(ReceiptRejected, match="does not lead to the root"):
+            archive.accept_receipt(P, forged)
+        with pytest.raises(ReceiptRejected, match="another agent"):
+            archive.accept_receipt(BUYER.public_key, receipt)
+        with pytest.raises(ReceiptRejected) as caught:
+            archive.accept_receipt(P, AnchorReceipt(receipt.anchor_tx[:-1], 1, "00" * 32, b"", ()))
+        assert caught.value.field == "AnchorReceipt.anchor_tx"
+        assert archive.accept_receipt(P, receipt) == 4  # only what we hold
+        verify_proof(archive.proof(P, "vibration", 3), headers)
+
+
+def test_receipts_split_to_fit_a_wire_frame() -> None:
+    leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(10_000)]
+    levels = batch_levels(leaves)
+    anchor_tx, bump = b"\x01" * 320, b"\x02" * 400
+    receipts = make_receipts(anchor_tx, 7, "ab" * 32, bump, 5_000, levels, range(5_000, 5_300))
+    assert [len(r.paths) for r in receipts] == [MAX_RECEIPT_PATHS, MAX_RECEIPT_PATHS, 44]
+    for receipt in receipts:
+        encoded = msgpack.packb(
+            [
+                34,  # a frame tag
+                receipt.anchor_tx,
+                receipt.block_height,
+                receipt.block_hash,
+                receipt.bump,
+                [[p.seq, p.path] for p in receipt.paths],
+            ],
+            use_bin_type=True,
+        )
+        assert len(encoded) < MAX_FRAME_SIZE
+    assert make_receipts(anchor_tx, 7, "ab" * 32, bump, 5_000, levels, [1, 20_000]) == []
