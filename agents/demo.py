@@ -20,13 +20,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from agents.control import ControlError, request
+from mesh.anchoring import AnchorStore
 from mesh.chain.ledger import LocalLedger
-from mesh.chain.tx import p2pkh_script
+from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.chain.wallet import Wallet
 from mesh.channel.store import ChannelStore
 from mesh.identity import Identity, load_identity, save_identity
@@ -119,6 +123,24 @@ class Demo:
                 proc.wait()
         return proc.returncode
 
+    @contextmanager
+    def mining(self, interval: float = 0.3) -> Iterator[None]:
+        """Mine a block every `interval` seconds while the block runs."""
+        done = threading.Event()
+
+        def miner() -> None:
+            with LocalLedger.open(self.ledger) as ledger:
+                while not done.wait(interval):
+                    ledger.mine()
+
+        thread = threading.Thread(target=miner, name="demo-miner", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def kill_all(self) -> None:
         """Make sure nothing is left running."""
         for proc in self.procs.values():
@@ -182,11 +204,12 @@ def run_demo(
             name: sorted(p["peer_id"] for p in (st or {}).get("peers", []))
             for name, st in statuses.items()
         }
-        demo.stop(BUYER)
-        provider_status = {name: demo.status(name) for name in AGENTS if name != BUYER}
-        for name in AGENTS:
-            if name != BUYER:
-                demo.stop(name)
+        with demo.mining():  # anchors broadcast at shutdown get mined meanwhile
+            demo.stop(BUYER)
+            provider_status = {name: demo.status(name) for name in AGENTS if name != BUYER}
+            for name in AGENTS:
+                if name != BUYER:
+                    demo.stop(name)
         summary = reconcile(demo, provider_status)
         for agent in summary["agents"]:
             agent["met"] = met.get(agent["name"], [])
@@ -220,7 +243,9 @@ def reconcile(demo: Demo, provider_status: dict[str, dict[str, Any] | None]) -> 
                 record = item.record
                 cid = record.terms.channel_id.hex()
                 close = ledger.status(record.close_txid) if record.close_txid else None
-                on_ledger = sum(u.satoshis for u in ledger.utxos(record.terms.payee_payout))
+                # What the close transaction paid the payee (the coin may be spent since,
+                # e.g. on anchoring fees, so look at the transaction, not the UTXO set).
+                on_ledger = _paid_to(ledger, record.close_txid, record.terms.payee_payout)
                 meter = meter_by_channel.get(cid)
                 delivered_value = (
                     meter["delivered_units"] * meter["price"] if meter is not None else None
@@ -243,6 +268,11 @@ def reconcile(demo: Demo, provider_status: dict[str, dict[str, Any] | None]) -> 
                 if meter is not None:
                     meters.append({"provider": name, "service": item.service, **meter})
         balance = ledger.balance()
+    streams: list[dict[str, Any]] = []
+    for name in AGENTS:
+        with Store(demo.root / name / "agent.db") as store:
+            for summary_row in AnchorStore(store).streams():
+                streams.append({**summary_row.to_json(), "holder": name})
     ok = bool(channels) and all(
         c["state"] == "closed"
         and c["close_mined"]
@@ -260,8 +290,21 @@ def reconcile(demo: Demo, provider_status: dict[str, dict[str, Any] | None]) -> 
         "channels": channels,
         "meters": meters,
         "ledger_balanced": balance.balanced,
+        "records": streams,
+        # Every agent's own records are anchored and mined; copies a buyer keeps of a
+        # producer's readings ("kept") are provable from the producer's batches.
+        "all_records_anchored": bool(streams)
+        and all(s["unanchored"] == 0 for s in streams if s["origin"] == "own"),
         "reconciled": ok and balance.balanced,
     }
+
+
+def _paid_to(ledger: LocalLedger, txid: str, script: bytes) -> int:
+    raw = ledger.raw_tx(txid) if txid else None
+    if raw is None:
+        return 0
+    tx = parse_exact(raw)
+    return sum(o.satoshis for o in tx.outputs if o.locking_script.serialize() == script)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -276,6 +319,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(
         f"\non-ledger balances and meters {verdict}; ledger balanced: {summary['ledger_balanced']}"
     )
+    print("\nsigned records, anchored on the ledger (prove any with `mesh proof`):")
+    for row in summary["records"]:
+        print(
+            f"  {row['holder']:<17} {row['origin']:<4} {row['stream']:<19} {row['records']:>5}"
+            f" records, anchored {row['anchored']}, unanchored {row['unanchored']}"
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,16 @@ import trio
 from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
 from agents.control import serve_control
 from agents.profile import Profile, ProfileError, WantSpec
-from agents.services.orders import Buyer, OrderResult, Provider
+from agents.services.orders import Buyer, OrderResult, Provider, statement
 from agents.services.vendor import Handler, HandlerError, resolve
+from mesh.anchoring import (
+    AnchorConfig,
+    Anchorer,
+    AnchoringError,
+    BatchPolicy,
+    BuyerArchive,
+    SignedRecord,
+)
 from mesh.chain.local import LocalChain
 from mesh.chain.wallet import Wallet
 from mesh.channel.state import Role, State
@@ -55,6 +63,24 @@ def parse_offer(summary: str, service: str) -> int | None:
             price = rest.split("/", 1)[0].strip()
             return int(price) if price.isdigit() else None
     return None
+
+
+class Archive:
+    """The readings this agent bought, kept with their signatures for later proofs."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._archive = BuyerArchive(store)
+
+    def keep_signed(self, signed: SignedRecord) -> None:
+        """Keep a verified record; a gap or fork in the producer's stream is logged."""
+        kept = self._archive.keep(signed.body, signed.signature, producer=signed.agent)
+        for finding in kept.findings:
+            log.warning("reading from %s: %s", signed.agent.hex()[:16], finding)
+
+    def close(self) -> None:
+        """Close its store connection."""
+        self._store.close()
 
 
 @dataclass
@@ -92,6 +118,7 @@ class Agent:
         self.buyer: Buyer | None = None
         self.wallet: Wallet | None = None
         self.identity: Identity | None = None
+        self.anchorer: Anchorer | None = None
         self.wants = [WantProgress(w) for w in profile.wants]
         self._peers: dict[str, Peer] = {}
         self._db = trio.CapacityLimiter(1)
@@ -113,6 +140,9 @@ class Agent:
         profile = self.profile
         identity = self.identity = load_identity(self.data_dir / profile.key_file, self._passphrase)
         store = Store(self.data_dir / "agent.db", check_same_thread=False, synchronous="NORMAL")
+        # The buyer's archive writes from the Trio thread: its own connection, so it
+        # never shares one with the worker threads that use `store`.
+        archive = Archive(Store(self.data_dir / "agent.db", synchronous="NORMAL"))
         chain = LocalChain.open(self.ledger)
         try:
             self.wallet = Wallet(store, identity)
@@ -149,6 +179,20 @@ class Agent:
                 self.buyer = Buyer(self._send, self._pay)
                 await self._sync_wallet(chain)
                 await nursery.start(self.manager.run)
+                self.anchorer = Anchorer(
+                    identity,
+                    store,
+                    self.wallet,
+                    chain,
+                    db_limiter=self._db,
+                    config=AnchorConfig(
+                        batch=BatchPolicy(profile.anchor_every, profile.anchor_seconds),
+                        confirm_interval=0.5,
+                    ),
+                )
+                await nursery.start(self.anchorer.run)
+                self.provider.log_record = self._log_record
+                self.buyer.keep_record = archive.keep_signed
                 nursery.start_soon(self._keep_wallet_synced, chain)
                 nursery.start_soon(self._dispatch, node)
                 nursery.start_soon(self._watch_sessions, sessions)
@@ -166,6 +210,7 @@ class Agent:
                 nursery.cancel_scope.cancel()
         finally:
             chain.close()
+            archive.close()
             store.close()
             (self.data_dir / "control.sock").unlink(missing_ok=True)
 
@@ -180,6 +225,20 @@ class Agent:
             for record, _ in self.manager.records():
                 if record.state is State.OPEN:
                     nursery.start_soon(self._close_quietly, record.terms.channel_id)
+        await self._anchor_everything()
+
+    async def _anchor_everything(self) -> None:
+        """Anchor what was logged and wait (while the shutdown budget lasts) to see it
+        mined, so every record can be proven; what is not mined yet is confirmed at the
+        next start."""
+        if self.anchorer is None or self.anchorer.statistics().records_logged == 0:
+            return
+        try:
+            await self.anchorer.anchor_now()
+        except AnchoringError as exc:
+            log.warning("anchoring at shutdown failed: %s", exc)
+            return
+        await self.anchorer.wait_mined()
 
     async def _close_quietly(self, channel_id: bytes) -> None:
         assert self.manager is not None
@@ -261,6 +320,11 @@ class Agent:
         except SessionClosed:
             log.info("peer %s: session closed while sending %s", peer_id[:16], type(frame).__name__)
 
+    async def _log_record(self, stream: str, payload: bytes) -> tuple[bytes, bytes]:
+        assert self.anchorer is not None
+        signed = await self.anchorer.log(stream, payload)
+        return signed.body, signed.signature
+
     async def _pay(self, channel_id: bytes, amount: int) -> None:
         assert self.manager is not None
         await self.manager.pay(channel_id, amount)
@@ -308,6 +372,19 @@ class Agent:
             progress.orders.append(result)
             progress.delivered += result.delivered
             progress.paid += result.paid
+            await self._log_record(
+                "meters",
+                statement(
+                    "buyer",
+                    result.order_id,
+                    result.service,
+                    result.provider,
+                    result.channel_id,
+                    result.delivered,
+                    result.price,
+                    result.paid,
+                ),
+            )
             if result.delivered == 0 and not self._buying_stop.is_set():
                 progress.state = "looking"
                 await trio.sleep(1.0)
@@ -371,6 +448,10 @@ class Agent:
                 "delivered": progress.delivered,
                 "paid": progress.paid,
             }
+        if cmd == "anchor":
+            assert self.anchorer is not None
+            batches = await self.anchorer.anchor_now()
+            return {"batches": len(batches)}
         if cmd == "close":
             assert self.manager is not None
             record = await self.manager.close(bytes.fromhex(str(command["channel_id"])))
@@ -439,6 +520,7 @@ class Agent:
             ],
             "channels": channels,
             "meters": meters,
+            "anchoring": asdict(self.anchorer.statistics()) if self.anchorer else None,
             "wants": [
                 {
                     "service": p.want.service,

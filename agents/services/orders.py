@@ -13,7 +13,7 @@ manager's durable totals; a dead peer's meters freeze at once.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -30,7 +30,10 @@ from agents.services.vendor import (
     ServiceContext,
     ToolHandler,
 )
-from mesh.identity import Identity, verify_digest
+from mesh.anchoring.errors import RecordError
+from mesh.anchoring.record import Record as AnchorRecord
+from mesh.anchoring.record import SignedRecord, open_record, sign_record
+from mesh.identity import Identity
 from mesh.metering import BuyerMeter, ProviderMeter
 from mesh.wire import Frame, ServiceDelivery, ServiceDone, ServiceOrder, ServiceStop
 
@@ -39,9 +42,44 @@ Send = Callable[[str, Frame], Awaitable[None]]
 Pay = Callable[[bytes, int], Awaitable[None]]
 
 
-def reading_digest(payload: bytes) -> bytes:
-    """What a device key signs for a data-feed reading."""
-    return hashlib.sha256(b"m2mesh-reading:" + payload).digest()
+LogRecord = Callable[[str, bytes], Awaitable[tuple[bytes, bytes]]]
+"""log_record(stream, payload) -> (record body, signature): the agent's signed log."""
+
+
+def statement(
+    role: str,
+    order_id: bytes,
+    service: str,
+    peer: str,
+    channel_id: bytes,
+    units: int,
+    price: int,
+    paid: int,
+) -> bytes:
+    """A meter statement: what one order delivered and what was paid, as JSON."""
+    fields = {
+        "role": role,
+        "order": order_id.hex(),
+        "service": service,
+        "peer": peer,
+        "channel": channel_id.hex(),
+        "units": units,
+        "price": price,
+        "paid": paid,
+    }
+    return json.dumps(fields, sort_keys=True).encode()
+
+
+def _standalone(identity: Identity, ctx: ServiceContext, reading: bytes) -> AnchorRecord:
+    """A reading as a record outside any log (when the agent keeps no log)."""
+    return AnchorRecord(
+        agent=identity.public_key,
+        stream=f"readings/{ctx.service_id}",
+        seq=ctx.seq,
+        timestamp_ms=0,
+        payload=reading,
+        prev=bytes(32),
+    )
 
 
 @dataclass
@@ -88,7 +126,8 @@ class Provider:
         self._meters: dict[bytes, _MeterCell] = {}
         self._orders: dict[bytes, _ProviderOrder] = {}
         self.state: dict[str, dict[str, Any]] = {sid: {} for sid in services}
-        self.on_reading: Callable[[str, bytes, bytes], None] | None = None
+        self.log_record: LogRecord | None = None
+        """Set by the runtime: readings and meter statements go into the signed log."""
 
     def meters(self) -> dict[bytes, ProviderMeter]:
         """Every meter by channel id (snapshots)."""
@@ -207,6 +246,18 @@ class Provider:
             running.delivered,
             reason,
         )
+        if self.log_record is not None:
+            meter_statement = statement(
+                "provider",
+                order.order_id,
+                spec.id,
+                running.peer_id,
+                order.channel_id,
+                running.delivered,
+                spec.price,
+                cell.meter.paid,
+            )
+            await self.log_record("meters", meter_statement)
         await self._send(running.peer_id, ServiceDone(order.order_id, running.delivered, reason))
 
     async def _produce(
@@ -216,11 +267,11 @@ class Provider:
             await handler.run(ctx)
             return b"", b""
         if isinstance(handler, FeedHandler):
-            payload = await handler.read(ctx)
-            signature = self.identity.sign_digest(reading_digest(payload))
-            if self.on_reading is not None:
-                self.on_reading(ctx.service_id, payload, signature)
-            return payload, signature
+            reading = await handler.read(ctx)
+            if self.log_record is not None:  # a signed, hash-chained, anchored record
+                return await self.log_record(f"readings/{ctx.service_id}", reading)
+            signed = sign_record(self.identity, _standalone(self.identity, ctx, reading))
+            return signed.body, signed.signature
         assert isinstance(handler, CallHandler)
         return await handler.handle(ctx, order.request), b""
 
@@ -256,6 +307,8 @@ class Buyer:
         self._pay = pay
         self._orders: dict[bytes, _BuyerOrder] = {}
         self.meters: dict[bytes, BuyerMeter] = {}
+        self.keep_record: Callable[[SignedRecord], None] | None = None
+        """Set by the runtime: readings the buyer paid for, kept for later proofs."""
 
     def in_flight(self) -> list[OrderResult]:
         """Orders still running, with what they have delivered and paid so far."""
@@ -312,9 +365,7 @@ class Buyer:
                     result.reason = frame.reason
                     break
                 assert isinstance(frame, ServiceDelivery)
-                if frame.signature and not verify_digest(
-                    bytes.fromhex(provider), reading_digest(frame.payload), frame.signature
-                ):
+                if frame.signature and not self._reading_ok(provider, frame):
                     result.reason = "bad reading signature"
                     await self._send(provider, ServiceStop(order_id, result.reason))
                     break
@@ -331,6 +382,18 @@ class Buyer:
             self.meters[order_id] = meter
         result.paid = meter.paid
         return result
+
+    def _reading_ok(self, provider: str, frame: ServiceDelivery) -> bool:
+        """A reading is the provider's own signed record; keep it for proofs."""
+        try:
+            signed = open_record(frame.payload, frame.signature)
+        except RecordError:
+            return False
+        if signed.agent.hex() != provider:
+            return False
+        if self.keep_record is not None:
+            self.keep_record(signed)
+        return True
 
     async def _settle(self, meter: BuyerMeter, channel_id: bytes) -> BuyerMeter:
         amount = meter.due()

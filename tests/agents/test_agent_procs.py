@@ -43,6 +43,32 @@ def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
     for meter in summary["meters"]:
         assert meter["paid"] == meter["delivered_units"] * meter["price"]
     assert summary["ledger_balanced"] and summary["reconciled"]
+    # Every agent's readings and meter statements are anchored, mined and provable.
+    assert summary["all_records_anchored"]
+    own = {(r["holder"], r["stream"]) for r in summary["records"] if r["origin"] == "own"}
+    assert ("vibration-sensor", "readings/vibration") in own
+    assert {holder for holder, stream in own if stream == "meters"} == {
+        "cnc-mill",
+        "vibration-sensor",
+        "quality-lab",
+        "robot-cell",
+    }
+    sensor = Path(summary["data_dir"]) / "vibration-sensor"
+    proof = tmp_path / "reading.json"
+    exported = mesh(
+        "proof",
+        "--data-dir",
+        str(sensor),
+        "--stream",
+        "readings/vibration",
+        "--seq",
+        "0",
+        "--out",
+        str(proof),
+    )
+    assert exported.returncode == 0, exported.stderr
+    verified = mesh("verify", str(proof), "--ledger", summary["ledger"])
+    assert verified.returncode == 0 and verified.stdout.startswith("VALID"), verified.stdout
 
 
 def test_status_reflects_a_running_agent_and_sigterm_stops_it(tmp_path: Path) -> None:
