@@ -8,6 +8,7 @@ as one clear line on stderr with exit code 1; only bugs give a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_ledger_commands(sub)
     add_agent_commands(sub)
     add_proof_commands(sub)
+    if importlib.util.find_spec("bench") is not None:  # bench/ is in the source tree, not the wheel
+        from bench.cli import add_bench_command
+
+        add_bench_command(sub)
     return parser
 
 

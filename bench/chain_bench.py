@@ -1,6 +1,6 @@
-"""Chain benchmark: LocalLedger accepts/s and Merkle proofs/s beside bare `Spend.validate`.
+"""Chain scenario: LocalLedger accepts/s and Merkle proofs/s beside bare `Spend.validate`.
 
-    python -m bench.chain_bench [--quick] [--txs N] [--out results.json]
+    python -m bench chain [--quick]
 
 Measured in one run, on one core:
 
@@ -21,8 +21,7 @@ more about the machine than about the code.
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,10 +37,13 @@ from bsv.transaction import Transaction
 from bsv.transaction_input import TransactionInput
 from bsv.transaction_output import TransactionOutput
 
+from bench.report import Row
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.local import LocalChain
 from mesh.chain.spv import HeaderTracker
 from mesh.chain.tx import tx_id
+
+SCENARIO = "chain"
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -100,8 +102,8 @@ def spend_validate_rate(tx: Transaction, count: int) -> float:
     return _timed(count, lambda: Spend(params).validate())
 
 
-def run(txs: int, validations: int) -> list[dict[str, Any]]:
-    """Measure everything once; return one row per measurement."""
+def measure(txs: int, validations: int) -> list[dict[str, Any]]:
+    """Measure everything once; return one dict per measurement."""
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.db"
         ledger = LocalLedger.create(path)
@@ -164,24 +166,26 @@ async def _verify_rates(
     return offline_rate, live_rate
 
 
-def main() -> None:
-    """Parse arguments, run, print the table, optionally write JSON."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
-    parser.add_argument("--txs", type=int, help="transactions to accept and prove")
-    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
-    args = parser.parse_args()
-    txs = args.txs or (200 if args.quick else 3_000)
-    validations = 500 if args.quick else 10_000
-    rows = run(txs, validations)
-    print(f"chain benchmark: {txs} transactions, {validations} bare validations")
-    print(f"{'measurement':<42} {'per second':>12} {'x Spend.validate':>17}")
-    for row in rows:
-        print(f"{row['what']:<42} {row['per_s']:>12,.0f} {row['ratio_to_spend_validate']:>17.3f}")
-    if args.out:
-        with args.out.open("w") as out:
-            json.dump(rows, out, indent=1)
+def run(quick: bool) -> list[Row]:
+    """The chain rates beside bare `Spend.validate`; returns the result rows."""
+    txs, validations = (200, 500) if quick else (3_000, 10_000)
+    rows = measure(txs, validations)
+    baseline = rows[0]["per_s"]
+    return [
+        Row(
+            SCENARIO,
+            row["what"],
+            row["per_s"],
+            "/s",
+            None if row["name"] == "spend_validate" else baseline,
+            "" if row["name"] == "spend_validate" else "Spend.validate",
+            params={"transactions": txs},
+        )
+        for row in rows
+    ]
 
 
 if __name__ == "__main__":
-    main()
+    from bench.cli import main
+
+    sys.exit(main([SCENARIO, *sys.argv[1:]]))

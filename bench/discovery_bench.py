@@ -1,5 +1,6 @@
-"""Discovery benchmark: time until N agents on one host have all found each other.
+"""Discovery scenario: time until N agents on one host have all found each other.
 
+    python -m bench discovery [--quick]             (in the suite: 2, 8, 32 agents)
     python -m bench.discovery_bench [--sizes 2,8,32] [--repeat 1] [--out results.json]
 
 For each N it starts N ``python -m mesh.discovery`` processes on the loopback
@@ -40,6 +41,10 @@ from typing import Any
 
 import trio
 
+from bench.procs import ROOT
+from bench.report import Row, Target
+
+SCENARIO = "discovery"
 PORT_BASE = 31000
 TARGET_32_S = 5.0
 
@@ -110,7 +115,9 @@ async def _run_once(kind: str, n: int, timeout: float) -> dict[str, float]:
     async with trio.open_nursery() as nursery:
         try:
             for command in _commands(kind, n):
-                process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+                process = await trio.lowlevel.open_process(
+                    command, stdout=subprocess.PIPE, cwd=ROOT
+                )
                 proc = _Proc(process)
                 procs.append(proc)
                 nursery.start_soon(proc.read, changed)
@@ -232,6 +239,38 @@ def _baseline_child(index: int) -> int:
     browser.cancel()
     zc.close()
     return 0
+
+
+def run(quick: bool) -> list[Row]:
+    """Time to full mesh for 2 and 8 agents (quick) or 2, 8 and 32; returns result rows."""
+    sizes = [2, 8] if quick else [2, 8, 32]
+    results = trio.run(_bench, sizes, 1, 120.0)
+    rows: list[Row] = []
+    for n in sizes:
+        row = results["sizes"][str(n)]
+        mesh, base = row["m2mesh"], row["baseline"]
+        rows += [
+            Row(
+                SCENARIO,
+                f"full mesh after last agent up, {n} agents",
+                mesh["mesh_s"],
+                "s",
+                base["mesh_s"],
+                "bare zeroconf",
+                Target(max_value=TARGET_32_S) if n == 32 else None,
+                {"agents": n},
+            ),
+            Row(
+                SCENARIO,
+                f"full mesh from first spawn, {n} agents",
+                mesh["spawn_s"],
+                "s",
+                base["spawn_s"],
+                "bare zeroconf",
+                params={"agents": n},
+            ),
+        ]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

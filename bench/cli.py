@@ -1,0 +1,199 @@
+"""The one benchmark tool: ``python -m bench [SCENARIO ...] [--quick] [--out DIR]``.
+
+Also ``mesh bench`` from a source checkout (`add_bench_command`). It runs the
+chosen scenarios one after the other, prints the table (scenario, metric, value,
+baseline, ratio, target, pass/short), and writes ``results.json``,
+``results.md`` (the table as Markdown, for the README) and PNG plots to DIR.
+
+A scenario is a module with ``run(quick: bool) -> list[Row]``. One that fails is
+reported with its traceback and the run goes on with the next; the exit status
+is then 1. A scenario whose bench/ module is not there (``anchoring`` without
+bench/anchoring.py) is reported as missing, which is not a failure.
+The exit status never depends on a target being met: speeds are reported, not
+asserted, on a machine shared with other people's work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.procs import ROOT
+from bench.report import Row, markdown_table, text_table
+
+SCENARIOS: dict[str, str] = {
+    "primitives": "bench.primitives",
+    "chain": "bench.chain_bench",
+    "messaging": "bench.messaging",
+    "payments": "bench.payments",
+    "fan-in": "bench.fanin",
+    "discovery": "bench.discovery_bench",
+    "anchoring": "bench.anchoring_scenario",
+}
+"""Scenario name -> module, in the order a run takes them (cheap ones first)."""
+
+DEFAULT_OUT = ROOT / "bench" / "out"
+
+
+class ScenarioMissing(Exception):
+    """The scenario's module does not exist (yet)."""
+
+
+def load(name: str) -> Any:
+    """Import a scenario's module; raises `ScenarioMissing` if a bench/ file is not there."""
+    try:
+        return importlib.import_module(SCENARIOS[name])
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.startswith("bench."):
+            raise ScenarioMissing(f"{exc.name.replace('.', '/')}.py does not exist") from None
+        raise
+
+
+def run_scenario(name: str, quick: bool) -> dict[str, Any]:
+    """Run one scenario; returns its status, duration, load averages and rows."""
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    outcome: dict[str, Any] = {"status": "ok", "error": None, "rows": []}
+    try:
+        rows = load(name).run(quick)
+        if not isinstance(rows, list) or not all(isinstance(r, Row) for r in rows):
+            raise TypeError(f"{name}: run() must return a list of bench.report.Row")
+        outcome["rows"] = rows
+    except ScenarioMissing as exc:
+        outcome.update(status="missing", error=str(exc))
+    # A failed scenario must not throw away the others' minutes of measurement:
+    # it is reported in full (traceback on stderr, status "failed", exit code 1).
+    except Exception as exc:
+        traceback.print_exc()
+        outcome.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    outcome["seconds"] = time.perf_counter() - started
+    outcome["load_before"] = load_before
+    outcome["load_after"] = os.getloadavg()
+    return outcome
+
+
+def _host() -> dict[str, Any]:
+    try:
+        import bsv
+
+        native = str(bsv.native_status())
+    except (ImportError, AttributeError) as exc:
+        native = f"unknown ({exc})"
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "bsv_native": native,
+    }
+
+
+def write_results(out: Path, quick: bool, outcomes: dict[str, dict[str, Any]]) -> Path:
+    """Write results.json (every row, status and load) and results.md; returns the json path."""
+    out.mkdir(parents=True, exist_ok=True)
+    document = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "host": _host(),
+        "note": "shared 2-core machine: compare ratios, not absolute values",
+        "scenarios": {
+            name: {**o, "rows": [r.to_json() for r in o["rows"]]} for name, o in outcomes.items()
+        },
+    }
+    path = out / "results.json"
+    path.write_text(json.dumps(document, indent=1) + "\n")
+    rows = [r for o in outcomes.values() for r in o["rows"]]
+    (out / "results.md").write_text(markdown_table(rows) + "\n")
+    return path
+
+
+def run(names: Sequence[str], quick: bool, out: Path, plots: bool = True) -> int:
+    """Run `names` in registry order, report, write files; returns the exit code."""
+    wanted = [n for n in SCENARIOS if n in names]
+    outcomes: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    for name in wanted:
+        print(f"[bench] {name} ...", flush=True)
+        outcomes[name] = outcome = run_scenario(name, quick)
+        print(
+            f"[bench] {name}: {outcome['status']}, {len(outcome['rows'])} rows, "
+            f"{outcome['seconds']:.1f} s, load {outcome['load_after'][0]:.2f}",
+            flush=True,
+        )
+    rows: list[Row] = [r for o in outcomes.values() for r in o["rows"]]
+    print()
+    print(text_table(rows))
+    print()
+    for name, outcome in outcomes.items():
+        if outcome["status"] != "ok":
+            print(f"{name}: {outcome['status']}: {outcome['error']}")
+    verdicts = [r.verdict for r in rows if r.verdict]
+    print(
+        f"targets: {verdicts.count('pass')} pass, {verdicts.count('short')} short; "
+        f"{len(wanted)} scenarios in {time.perf_counter() - started:.0f} s"
+        f"{' (quick: numbers are not meaningful)' if quick else ''}"
+    )
+    print("values are from a shared 2-core machine: read the ratios, not the absolute numbers")
+    path = write_results(out, quick, outcomes)
+    print(f"wrote {path} and {out / 'results.md'}")
+    if plots:
+        from bench.plots import write_plots
+
+        for line in write_plots(rows, out):
+            print(line)
+    return 1 if any(o["status"] == "failed" for o in outcomes.values()) else 0
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a brief run of each scenario (CI smoke test)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"directory for results.json, results.md and plots (default {DEFAULT_OUT})",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+
+
+def _command(args: argparse.Namespace) -> int:
+    unknown = [n for n in args.scenarios if n not in SCENARIOS]
+    if unknown:
+        print(
+            f"bench: unknown scenario {', '.join(unknown)} (known: {', '.join(SCENARIOS)})",
+            file=sys.stderr,
+        )
+        return 2
+    return run(args.scenarios or list(SCENARIOS), args.quick, args.out, not args.no_plots)
+
+
+def add_bench_command(sub: Any) -> None:
+    """Register ``mesh bench`` on the `mesh` CLI's subparsers."""
+    parser = sub.add_parser("bench", help="run the benchmark suite (from a source checkout)")
+    _configure(parser)
+    parser.set_defaults(func=_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m bench``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=(__doc__ or "").split("\n\n")[0]
+    )
+    _configure(parser)
+    return _command(parser.parse_args(argv))

@@ -1,0 +1,212 @@
+"""Primitives scenario: the physical limits every other scenario is measured against.
+
+In this process, on one core, best of three short repeats (the least disturbed by
+neighbours on a shared machine):
+
+- bsv-sdk ECDSA sign and verify of a 32-byte digest, and the two back to back
+  (the payments scenario's ceiling: a payment costs one of each);
+- the payment sighash: `mesh.channel.txs.PaymentSigner` (cached BIP143 head)
+  against bsv-sdk's ``tx.preimage`` + hash256 on a prebuilt payment tx, checked
+  byte for byte first;
+- ChaCha20-Poly1305 seal/open through `mesh.noise.CipherState` against the raw
+  libsodium binding it wraps, for 100 B and 4 KiB;
+- `mesh.wire` encode/decode of a `ChannelPay` frame against raw msgpack
+  packb/unpackb of the same array (the schema checks are the difference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import struct
+import time
+from collections.abc import Callable
+
+import msgpack
+import nacl.bindings
+from bsv.keys import PrivateKey
+
+from bench.report import Row
+from mesh.channel.txs import PaymentSigner, Terms, hash256, p2pkh_for_key, payment_tx
+from mesh.noise import CipherState
+from mesh.wire import ChannelPay, decode, encode
+
+SCENARIO = "primitives"
+_NONCE = struct.Struct("<4xQ")
+
+
+def best_rate(count: int, body: Callable[[int], object], repeat: int = 3) -> float:
+    """Calls per second of ``body(i)`` for i in range(count), best of `repeat`."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for i in range(count):
+            body(i)
+        best = min(best, time.perf_counter() - start)
+    return count / best if best > 0 else float("inf")
+
+
+def _fresh_best(count: int, make: Callable[[], Callable[[int], object]]) -> float:
+    """Like `best_rate`, with a body made afresh for every repeat."""
+    return max(best_rate(count, make(), repeat=1) for _ in range(3))
+
+
+def _seal_with(state: CipherState, plain: bytes) -> Callable[[int], object]:
+    return lambda _: state.encrypt(plain)
+
+
+def _open_with(state: CipherState, sealed: list[bytes]) -> Callable[[int], object]:
+    return lambda i: state.decrypt(sealed[i])
+
+
+def sign_verify_ceiling(count: int) -> float:
+    """sign + verify of a 32-byte digest, back to back, in this process."""
+    key = PrivateKey()
+    public = key.public_key()
+    digests = [hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(count)]
+
+    def both(i: int) -> None:
+        digest = digests[i]
+        if not public.verify(key.sign(digest, hasher=None), digest, hasher=None):
+            raise RuntimeError("a fresh signature does not verify")
+
+    return best_rate(count, both)
+
+
+def _terms() -> Terms:
+    return Terms(
+        channel_id=secrets.token_bytes(32),
+        payer_key=PrivateKey().public_key().serialize(),
+        payee_key=PrivateKey().public_key().serialize(),
+        capacity=10_000_000,
+        close_fee=100,
+        refund_fee=100,
+        expiry_height=1_000,
+        funding_txid=secrets.token_hex(32),
+        funding_vout=0,
+        payer_payout=p2pkh_for_key(PrivateKey().public_key().serialize()),
+        payee_payout=p2pkh_for_key(PrivateKey().public_key().serialize()),
+    )
+
+
+def _ecdsa(count: int) -> list[Row]:
+    key = PrivateKey()
+    public = key.public_key()
+    digests = [hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(count)]
+    signatures = [key.sign(d, hasher=None) for d in digests]
+    sign = best_rate(count, lambda i: key.sign(digests[i], hasher=None))
+    verify = best_rate(count, lambda i: public.verify(signatures[i], digests[i], hasher=None))
+    both = sign_verify_ceiling(count)
+    return [
+        Row(SCENARIO, "ECDSA sign, bsv-sdk (libsecp256k1)", sign, "/s"),
+        Row(SCENARIO, "ECDSA verify, bsv-sdk", verify, "/s"),
+        Row(SCENARIO, "sign + verify back to back (payments ceiling)", both, "/s"),
+    ]
+
+
+def _sighash(count: int) -> list[Row]:
+    terms = _terms()
+    signer = PaymentSigner(terms)
+    total = 12_345
+    tx = payment_tx(terms, total)
+    if signer.sighash(total) != hash256(tx.preimage(0)):
+        raise RuntimeError("PaymentSigner disagrees with bsv-sdk's preimage")
+    sdk = best_rate(count, lambda _: hash256(tx.preimage(0)))
+    cached = best_rate(count, lambda i: signer.sighash(1 + i))
+    return [
+        Row(
+            SCENARIO,
+            "payment sighash, cached PaymentSigner",
+            cached,
+            "/s",
+            sdk,
+            "tx.preimage",
+        )
+    ]
+
+
+def _aead(count: int, size: int) -> list[Row]:
+    key = os.urandom(32)
+    plain = os.urandom(size)
+    sealer = CipherState(key)
+    sealed = [sealer.encrypt(plain) for _ in range(count)]
+    raw_seal = best_rate(
+        count,
+        lambda i: nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
+            plain, b"", _NONCE.pack(i), key
+        ),
+    )
+    raw_open = best_rate(
+        count,
+        lambda i: nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
+            sealed[i], b"", _NONCE.pack(i), key
+        ),
+    )
+    # A fresh state per repeat: each starts at nonce 0, as `sealed` was made.
+    seal = _fresh_best(count, lambda: _seal_with(CipherState(key), plain))
+    opened = _fresh_best(count, lambda: _open_with(CipherState(key), sealed))
+    label = "100 B" if size == 100 else "4 KiB"
+    return [
+        Row(
+            SCENARIO,
+            f"ChaCha20-Poly1305 seal {label}, CipherState",
+            seal,
+            "/s",
+            raw_seal,
+            "raw libsodium",
+            params={"size": size},
+        ),
+        Row(
+            SCENARIO,
+            f"ChaCha20-Poly1305 open {label}, CipherState",
+            opened,
+            "/s",
+            raw_open,
+            "raw libsodium",
+            params={"size": size},
+        ),
+    ]
+
+
+def _wire(count: int) -> list[Row]:
+    key = PrivateKey()
+    frame = ChannelPay(
+        secrets.token_bytes(32), 1_000, 123_456, key.sign(secrets.token_bytes(32), hasher=None)
+    )
+    fields = [ChannelPay.TAG, frame.channel_id, frame.seq, frame.total, frame.signature]
+    data = encode(frame)
+    if msgpack.packb(fields, use_bin_type=True) != data or decode(data) != frame:
+        raise RuntimeError("mesh.wire and raw msgpack disagree on ChannelPay")
+    raw_pack = best_rate(count, lambda _: msgpack.packb(fields, use_bin_type=True))
+    raw_unpack = best_rate(count, lambda _: msgpack.unpackb(data, use_list=False))
+    return [
+        Row(
+            SCENARIO,
+            "wire encode ChannelPay, mesh.wire",
+            best_rate(count, lambda _: encode(frame)),
+            "/s",
+            raw_pack,
+            "raw msgpack",
+        ),
+        Row(
+            SCENARIO,
+            "wire decode ChannelPay, mesh.wire",
+            best_rate(count, lambda _: decode(data)),
+            "/s",
+            raw_unpack,
+            "raw msgpack",
+        ),
+    ]
+
+
+def run(quick: bool) -> list[Row]:
+    """Measure every primitive; returns one row per measurement."""
+    scale = 1 if quick else 10
+    return [
+        *_ecdsa(500 * scale),
+        *_sighash(2_000 * scale),
+        *_aead(2_000 * scale, 100),
+        *_aead(2_000 * scale, 4096),
+        *_wire(5_000 * scale),
+    ]

@@ -1,0 +1,179 @@
+"""Result rows, targets and tables: what every scenario returns and how it is shown.
+
+A scenario measures and returns `Row`s; this module holds, judges and formats them.
+It never measures anything and never starts a process.
+
+Every row states a value beside a baseline measured in the same run and their
+ratio (value / baseline), because this 2-core machine is shared and noisy:
+absolute numbers say more about the neighbours than about the code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Param = int | float | str
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal from issue 9: bounds on the value and/or the ratio; all given must hold."""
+
+    min_value: float | None = None
+    max_value: float | None = None
+    min_ratio: float | None = None
+    max_ratio: float | None = None
+
+    def met(self, value: float, ratio: float | None) -> bool:
+        """Whether `value` (and `ratio`, where the target bounds it) meet the goal."""
+        if self.min_value is not None and not value >= self.min_value:
+            return False
+        if self.max_value is not None and not value <= self.max_value:
+            return False
+        if self.min_ratio is not None and (ratio is None or not ratio >= self.min_ratio):
+            return False
+        return self.max_ratio is None or (ratio is not None and ratio <= self.max_ratio)
+
+    def describe(self, unit: str) -> str:
+        """The goal as a short phrase, e.g. ``>= 15 000 /s, >= 1.00x``."""
+        parts = []
+        if self.min_value is not None:
+            parts.append(f">= {fmt(self.min_value)} {unit}")
+        if self.max_value is not None:
+            parts.append(f"<= {fmt(self.max_value)} {unit}")
+        if self.min_ratio is not None:
+            parts.append(f">= {self.min_ratio:.2f}x")
+        if self.max_ratio is not None:
+            parts.append(f"<= {self.max_ratio:.2f}x")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured number, its same-run baseline, and the goal it is held to.
+
+    `params` carries what the plots need (frame size, window, buyers, kind);
+    `cdfs` maps a label to the quantiles (0, 1, ..., 100 %) of a latency
+    distribution, in `unit`, for the latency CDF plot.
+    """
+
+    scenario: str
+    metric: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    baseline_name: str = ""
+    target: Target | None = None
+    params: Mapping[str, Param] = field(default_factory=dict)
+    cdfs: Mapping[str, Sequence[float]] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        """value / baseline, or None without a (non-zero) baseline."""
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+    @property
+    def verdict(self) -> str:
+        """``pass`` or ``short`` against the target; empty without one."""
+        if self.target is None:
+            return ""
+        return "pass" if self.target.met(self.value, self.ratio) else "short"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict with the derived ratio and verdict."""
+        return {
+            "scenario": self.scenario,
+            "metric": self.metric,
+            "value": self.value,
+            "unit": self.unit,
+            "baseline": self.baseline,
+            "baseline_name": self.baseline_name,
+            "ratio": self.ratio,
+            "target": self.target.describe(self.unit) if self.target else None,
+            "verdict": self.verdict or None,
+            "params": dict(self.params),
+            "cdfs": {label: list(q) for label, q in self.cdfs.items()},
+        }
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    """The `fraction` quantile (nearest rank) of an already sorted sequence."""
+    if not ordered:
+        raise ValueError("no samples")
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def quantiles(samples: Sequence[float], scale: float = 1.0) -> list[float]:
+    """The 0 %, 1 %, ..., 100 % quantiles of `samples`, multiplied by `scale`."""
+    ordered = sorted(samples)
+    return [percentile(ordered, i / 100) * scale for i in range(101)]
+
+
+def fmt(x: float) -> str:
+    """A number for people: thousands separated by spaces, three significant digits."""
+    if math.isnan(x) or math.isinf(x):
+        return str(x)
+    if abs(x) >= 100:
+        return f"{x:,.0f}".replace(",", " ")
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    if abs(x) >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+HEADER = ("scenario", "metric", "value", "baseline", "ratio", "target", "result")
+
+
+def cells(row: Row) -> tuple[str, ...]:
+    """The table cells of one row."""
+    baseline = "-"
+    if row.baseline is not None:
+        baseline = f"{fmt(row.baseline)} {row.unit}"
+        if row.baseline_name:
+            baseline += f" ({row.baseline_name})"
+    ratio = row.ratio
+    return (
+        row.scenario,
+        row.metric,
+        f"{fmt(row.value)} {row.unit}",
+        baseline,
+        "-" if ratio is None else f"{ratio:.2f}x",
+        row.target.describe(row.unit) if row.target else "-",
+        row.verdict or "-",
+    )
+
+
+def text_table(rows: Sequence[Row]) -> str:
+    """A fixed-width table for the terminal."""
+    table = [HEADER, *(cells(r) for r in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
+    right = {2, 3, 4}
+    lines = []
+    for line in table:
+        lines.append(
+            "  ".join(
+                cell.rjust(w) if i in right else cell.ljust(w)
+                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+            ).rstrip()
+        )
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """A GitHub-flavoured Markdown table (what the README shows)."""
+    lines = [
+        "| " + " | ".join(HEADER) + " |",
+        "|---|---|--:|--:|--:|---|---|",
+    ]
+    for row in rows:
+        line = cells(row)
+        verdict = f"**{line[-1]}**" if line[-1] == "short" else line[-1]
+        lines.append("| " + " | ".join([*line[:-1], verdict]) + " |")
+    return "\n".join(lines)
