@@ -38,6 +38,7 @@ SCENARIOS: dict[str, str] = {
     "payments": "bench.payments",
     "fan-in": "bench.fanin",
     "discovery": "bench.discovery_bench",
+    "mesh": "bench.mesh_bench",
     "anchoring": "bench.anchoring_scenario",
 }
 """Scenario name -> module, in the order a run takes them (cheap ones first)."""
