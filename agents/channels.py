@@ -19,6 +19,7 @@ a peer that keeps doing it loses its session.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from typing import TypeVar
 
 import trio
 
-from mesh.chain.base import Chain, TxState, Utxo
+from mesh.chain.base import Chain, Utxo
 from mesh.chain.errors import ChainError, TxRejected
 from mesh.chain.tx import p2pkh_script, parse_exact, txid_of
 from mesh.chain.wallet import Wallet
@@ -70,6 +71,8 @@ CHANNEL_FRAMES = (
     ChannelClosed,
     ChannelError,
 )
+MAX_LOCKTIME_HEIGHT = 500_000_000
+"""nLockTime values from here on are times, not heights: no refund can expire there."""
 PaidCallback = Callable[[bytes, str, str, int], None]
 """on_paid(channel_id, peer_id, service, total): a payee's durable new total."""
 AckedCallback = Callable[[bytes, int], None]
@@ -207,8 +210,12 @@ class ChannelManager:
                     end.event("fail")
                     await self._flush(cid)
                     await self._thread(self.wallet.release, cid.hex())
-            if record.state is State.CLOSING and item.close_raw is not None:
-                await self._finish_close(end, item.close_raw)
+            if record.state is State.CLOSING and isinstance(end, Payee):
+                raw = item.close_raw
+                if raw is None:  # crashed after recording CLOSING, before the close tx
+                    raw = end.closing_tx()
+                    await self._thread(functools.partial(self._channels.save_raw, cid, close=raw))
+                await self._finish_close(end, raw)
 
     # ------------------------------------------------------------------ queries
 
@@ -292,7 +299,7 @@ class ChannelManager:
                     raise ChannelFailure(f"payee did not open the channel: {_describe(ack)}")
                 payer.event("opened")
                 await self._flush(channel_id)
-        except (TimeoutError, ChannelFailure, PaymentRejected, ChainError) as exc:
+        except (trio.TooSlowError, ChannelFailure, PaymentRejected, ChainError) as exc:
             await self._abandon_open(channel_id, draft.txid)
             raise ChannelFailure(f"opening a channel to {peer_id[:16]}…: {exc}") from None
         finally:
@@ -378,9 +385,12 @@ class ChannelManager:
             end.event("close")
             await self._flush(channel_id)
         await self._send(end.record().peer_id, ChannelClose(channel_id))
-        with trio.fail_after(self.config.open_timeout):
-            while end.state is State.CLOSING:
-                await self._ack_event(channel_id).wait()
+        try:
+            with trio.fail_after(self.config.open_timeout):
+                while end.state is State.CLOSING:
+                    await self._ack_event(channel_id).wait()
+        except trio.TooSlowError:  # not TimeoutError: callers expect a ChannelFailure
+            raise ChannelFailure(f"channel {channel_id.hex()[:16]} not closed in time") from None
         return end.record()
 
     # ------------------------------------------------------------------ frames
@@ -403,7 +413,12 @@ class ChannelManager:
             await self._on_funded(peer_id, frame)
         elif isinstance(frame, ChannelClose):
             end = self._owned(peer_id, frame.channel_id)
-            if isinstance(end, Payee):
+            if isinstance(end, Payee) and end.state is State.CLOSED:
+                # Closed while the payer was away (watcher, restart): tell it again.
+                record = end.record()
+                closed = ChannelClosed(frame.channel_id, record.close_txid, record.total)
+                await self._send(peer_id, closed)
+            elif isinstance(end, Payee):
                 await self._close_as_payee(end)
         elif isinstance(frame, ChannelClosed):
             await self._on_closed(peer_id, frame)
@@ -477,11 +492,17 @@ class ChannelManager:
             return "fee", f"close fee must be {c.min_close_fee}..{c.max_fee}"
         if not 0 <= frame.refund_fee <= c.max_fee or frame.close_fee >= frame.capacity:
             return "fee", "fees out of range"
-        if not is_p2pkh(frame.payer_payout) or len(frame.funding_txid) != 64:
+        if frame.refund_fee >= frame.capacity:
+            return "fee", "the refund fee must be below the capacity"
+        if not is_p2pkh(frame.payer_payout) or not _is_txid(frame.funding_txid):
             return "bad-terms", "payout must be P2PKH and the funding txid 64 hex digits"
+        if not 0 <= frame.funding_vout <= 0xFFFFFFFF:
+            return "bad-terms", "funding vout must fit in 32 bits"
         height = await self.chain.height()
         if frame.expiry_height < height + c.min_lifetime_blocks:
             return "expiry", f"expiry {frame.expiry_height} is too soon (height {height})"
+        if frame.expiry_height >= MAX_LOCKTIME_HEIGHT:
+            return "expiry", f"expiry {frame.expiry_height} is not a block height"
         return None
 
     async def _on_funded(self, peer_id: str, frame: ChannelFunded) -> None:
@@ -534,6 +555,10 @@ class ChannelManager:
             reply_to = self._replies.get(frame.channel_id)
             if reply_to is not None:
                 reply_to.send_nowait(frame)
+            elif payer.state is State.FUNDED:  # restarted after funding: open it now
+                payer.event("opened")
+                self._mark(frame.channel_id)
+                self._notify_ack(frame.channel_id)
             return
         try:
             payer.accept_ack(frame.seq, frame.total)
@@ -550,18 +575,29 @@ class ChannelManager:
         payer = self._owned(peer_id, frame.channel_id)
         if not isinstance(payer, Payer) or payer.state not in (State.OPEN, State.CLOSING):
             return
-        status = await self.chain.status(frame.close_txid)
-        if status.state not in (TxState.PENDING, TxState.MINED):
+        # A payee's word is not a close. Believe it only when the chain holds our part of
+        # a close we signed: once marked closed we stop watching, and the refund at the
+        # expiry is what protects our coins from a payee that never really closes. With
+        # nothing left for us (rest 0) there is nothing to look up: the expiry settles it.
+        record = payer.record()
+        rest = payer.terms.max_total - frame.total
+        if not (
+            record.acked_total <= frame.total <= record.total
+            and rest > 0
+            and await self._holds(frame.close_txid, 1, rest, payer.terms.payer_payout)
+        ):
             log.warning(
-                "peer %s claims close %s, unknown to the chain", peer_id[:16], frame.close_txid
+                "peer %s claims close %s of channel %s paying %d; the chain does not show it",
+                peer_id[:16],
+                frame.close_txid,
+                frame.channel_id.hex()[:16],
+                frame.total,
             )
             return
         payer.mark_closed(frame.close_txid)
         await self._flush(frame.channel_id)
-        rest = payer.terms.max_total - frame.total
-        if rest > 0:
-            coin = Utxo(frame.close_txid, 1, rest, payer.terms.payer_payout)
-            await self._thread(self.wallet.add_utxos, [coin])
+        coin = Utxo(frame.close_txid, 1, rest, payer.terms.payer_payout)
+        await self._thread(self.wallet.add_utxos, [coin])
         self._notify_ack(frame.channel_id)
 
     # ------------------------------------------------------------------ closing
@@ -579,9 +615,21 @@ class ChannelManager:
         await self._finish_close(payee, raw)
 
     async def _finish_close(self, end: Payer | Payee, raw: bytes) -> None:
-        txid = await self.chain.broadcast(parse_exact(raw))
-        end.mark_closed(txid)
         cid = end.terms.channel_id
+        try:
+            txid = await self.chain.broadcast(parse_exact(raw))
+        except TxRejected as exc:
+            if exc.rule in ("double-spend", "spent-input") and isinstance(end, Payee):
+                # Besides our close, only the refund spends the funding: we were away
+                # past the expiry and the payer took its coins back.
+                end.mark_refunded("")
+                await self._flush(cid)
+                self._notify_ack(cid)
+                log.warning("channel %s was refunded before we closed it", cid.hex()[:16])
+            else:  # stays CLOSING; tried again at the next start
+                log.warning("close of channel %s not accepted: %s", cid.hex()[:16], exc)
+            return
+        end.mark_closed(txid)
         await self._flush(cid)
         record = end.record()
         if isinstance(end, Payee):
@@ -642,6 +690,8 @@ class ChannelManager:
                 elif record.state in (State.OPEN, State.CLOSING) and record.seq > record.acked_seq:
                     frame = ChannelPay(cid, record.seq, record.total, record.payer_sig)
                     await self._send(peer_id, frame)
+                if record.state is State.CLOSING:  # the request may have been lost
+                    await self._send(peer_id, ChannelClose(cid))
             elif record.state in (State.OPEN, State.CLOSING) and record.seq:
                 self._reack.add(cid)  # the committer acks what is durable
                 self._mark(cid)
@@ -706,6 +756,16 @@ class ChannelManager:
 
     # ------------------------------------------------------------------ plumbing
 
+    async def _holds(self, txid: str, vout: int, satoshis: int, script: bytes) -> bool:
+        """Whether the chain shows the unspent output `txid:vout` of `satoshis` to `script`
+        (one of our wallet's P2PKH scripts)."""
+        addresses = await self._thread(self.wallet.addresses)
+        for address in addresses:
+            if p2pkh_script(address) == script:
+                coins = await self.chain.utxos(address)
+                return any((c.txid, c.vout, c.satoshis) == (txid, vout, satoshis) for c in coins)
+        return False
+
     async def _send(self, peer_id: str, frame: Frame) -> None:
         session = self.node.session(peer_id)
         if session is None:
@@ -718,6 +778,13 @@ class ChannelManager:
 
     async def _thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
+
+
+def _is_txid(text: str) -> bool:
+    try:
+        return len(text) == 64 and len(bytes.fromhex(text)) == 32
+    except ValueError:
+        return False
 
 
 def _describe(frame: Frame) -> str:

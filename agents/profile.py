@@ -216,6 +216,10 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ProfileError(path, "(file)", "no such profile") from None
+    except UnicodeDecodeError as exc:
+        raise ProfileError(
+            path, "(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(path, "(syntax)", str(exc)) from None
     top = _Table(path, "", raw)

@@ -596,10 +596,21 @@ class Node:
         outbox.users += 1
         return outbox
 
-    def _release(self, outbox: _Outbox) -> None:
+    def _release(self, outbox: _Outbox, *, linger: bool = False) -> None:
         outbox.users -= 1
         if outbox.users <= 0 and self._outboxes.get(outbox.mailbox) is outbox:
             del self._outboxes[outbox.mailbox]
+            if linger:
+                self._nursery.start_soon(self._close_later, outbox)
+            else:
+                outbox.close()
+
+    async def _close_later(self, outbox: _Outbox) -> None:
+        """Close a session's last outbox after `close_grace`: closing an nng socket
+        discards what it has not sent yet, such as the goodbye just written."""
+        try:
+            await trio.sleep(self.config.close_grace)
+        finally:
             outbox.close()
 
     def _register(self, core: Session, outbox: _Outbox, first_packet: bytes | None) -> PeerSession:
@@ -623,7 +634,7 @@ class Node:
         if self._by_peer.get(peer.peer_id) is peer:
             del self._by_peer[peer.peer_id]
         peer._stop(reason)
-        self._release(peer.outbox)
+        self._release(peer.outbox, linger=True)
         log.info("session with %s closed: %s", peer.peer_id, reason)
         if peer.peer_id not in self._by_peer:
             self._announce(SessionEvent(up=False, peer=peer.peer, reason=reason))

@@ -9,8 +9,9 @@ changes it and only then sends or acknowledges (DESIGN §7).
 
 The payee's checks on a payment, in order (each rejection leaves the state
 untouched and names its code): ``not-open`` (not yet funded, or closing),
-``seq-reused`` (same seq, other total), ``stale-seq``, ``total-not-growing``,
-``above-capacity``, ``bad-signature`` (wrong key, malleated, or over other
+``bad-seq`` (outside ``1..MAX_SEQ``: the seq is not signed, and one the store cannot
+hold must not reach it), ``seq-reused`` (same seq, other total), ``stale-seq``,
+``total-not-growing``, ``above-capacity``, ``bad-signature`` (wrong key, malleated, or over other
 outputs -- including another fee, since the payee rebuilds the outputs from the
 agreed terms).
 """
@@ -82,6 +83,8 @@ PAYEE_TABLE: dict[tuple[State, str], State] = {
     (S.CLOSING, "refunded"): S.REFUNDED,
 }
 TABLES = {Role.PAYER: PAYER_TABLE, Role.PAYEE: PAYEE_TABLE}
+MAX_SEQ = 2**63 - 1
+"""The largest payment seq: what an SQLite INTEGER (the channel store) can hold."""
 FINAL_STATES = frozenset({S.CLOSED, S.REFUNDED, S.FAILED})
 
 
@@ -243,6 +246,8 @@ class Payee(_ChannelEnd):
         record = self._record
         if record.state is not State.OPEN:
             raise PaymentRejected("not-open", f"channel is {record.state.value}")
+        if not 0 < seq <= MAX_SEQ:
+            raise PaymentRejected("bad-seq", f"seq {seq} outside 1..{MAX_SEQ}")
         if seq == record.seq and record.seq > 0:
             if total == record.total and signature == record.payer_sig:
                 return False

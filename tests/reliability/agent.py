@@ -1,0 +1,141 @@
+"""The agent the reliability helper processes run, and what they report.
+
+`reliable_agent` is `tests.channel.harness.agentlet` with the two things the runtime
+(`agents.runtime.Agent`) adds that these tests need: configurable node timers (a cut
+cable must be noticed in seconds, not minutes) and session events wired to the
+channel manager the way `Agent._watch_sessions` wires them (`peer_connected` on every
+new session, so a payer resends its latest payment and a payee re-acknowledges).
+`keep_session` is the redial loop a buyer runs. Processes report one JSON object per
+stdout line through `emit`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agents.channels import ChannelConfig, ChannelManager, PaidCallback
+from mesh.chain.local import LocalChain
+from mesh.chain.wallet import Wallet
+from mesh.channel.store import ChannelStore
+from mesh.store import Store
+from mesh.transport import ConnectError, Node, NodeConfig, open_node
+from mesh.wire import Frame
+from tests.channel.harness import Agentlet, identity_at
+
+
+def emit(event: str, **fields: object) -> None:
+    """Print one JSON line ``{"event": event, ...}`` and flush it."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def peak_rss_kib(pid: int | None = None) -> int:
+    """The process's peak resident set size (VmHWM) in KiB, from /proc."""
+    status = Path(f"/proc/{pid or os.getpid()}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise LookupError("no VmHWM in /proc/PID/status")
+
+
+def node_config(heartbeat: float, dead_after: float) -> NodeConfig:
+    """Fast timers for fault tests: heartbeats, silence, handshake and redial backoff."""
+    return NodeConfig(
+        heartbeat_interval=heartbeat,
+        dead_after=dead_after,
+        handshake_timeout=min(2.0, dead_after),
+        connect_attempts=1,
+        reconnect_min_ms=50,
+        reconnect_max_ms=500,
+    )
+
+
+@asynccontextmanager
+async def reliable_agent(
+    data_dir: Path,
+    ledger_path: Path,
+    *,
+    listen: str = "tcp://127.0.0.1:0",
+    config: NodeConfig | None = None,
+    channels: ChannelConfig | None = None,
+    on_paid: PaidCallback | None = None,
+    intercept: Callable[[str, Frame], Awaitable[bool]] | None = None,
+) -> AsyncIterator[Agentlet]:
+    """Run one agent (node, channel manager, dispatcher, session watcher).
+
+    `intercept(peer_id, frame)` sees every frame first and may consume it (returns
+    True): how a hostile role departs from the protocol while reusing the rest.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    identity = identity_at(data_dir / "identity.key")
+    store = Store(data_dir / "agent.db", check_same_thread=False, synchronous="NORMAL")
+    chain = LocalChain.open(ledger_path)
+    db = trio.CapacityLimiter(1)
+    try:
+        wallet = Wallet(store, identity)
+        channel_store = ChannelStore(store)
+        async with open_node(identity, listen, config=config or NodeConfig()) as node:
+            manager = ChannelManager(
+                identity, node, chain, wallet, channel_store, db, channels, on_paid
+            )
+            events = node.watch_sessions()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(manager.run)
+
+                async def dispatch() -> None:
+                    async for peer_id, frame in node.incoming():
+                        if intercept is None or not await intercept(peer_id, frame):
+                            await manager.handle(peer_id, frame)
+
+                async def watch() -> None:
+                    async for event in events:
+                        if event.up:
+                            await manager.peer_connected(event.peer.peer_id)
+
+                nursery.start_soon(dispatch)
+                nursery.start_soon(watch)
+                yield Agentlet(identity, node, chain, wallet, manager, db)
+                nursery.cancel_scope.cancel()
+    finally:
+        chain.close()
+        store.close()
+
+
+async def keep_session(
+    node: Node,
+    address: str,
+    peer_id: str,
+    *,
+    on_change: Callable[[str, Any], None] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hold a session with `peer_id` at `address`: dial now, and redial whenever it
+    drops (the runtime's connector does the same for discovered peers).
+
+    `on_change("up"|"down", detail)` reports every transition. Returns never.
+    """
+    started = False
+    while True:
+        session = node.session(peer_id)
+        if session is None:
+            try:
+                session = await node.connect(address, expect_peer=peer_id)
+            except ConnectError as exc:
+                if on_change is not None:
+                    on_change("dial-failed", str(exc))
+                await trio.sleep(0.2)
+                continue
+            if on_change is not None:
+                on_change("up", session.core.index.hex())
+        if not started:
+            task_status.started()
+            started = True
+        await session.closed.wait()
+        if on_change is not None:
+            on_change("down", session.close_reason)
