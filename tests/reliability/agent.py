@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,8 +32,15 @@ from tests.channel.harness import Agentlet, identity_at
 
 
 def emit(event: str, **fields: object) -> None:
-    """Print one JSON line ``{"event": event, ...}`` and flush it."""
-    print(json.dumps({"event": event, **fields}), flush=True)
+    """Write one JSON line ``{"event": event, ...}`` in a single write(2).
+
+    print() may hand the text and its newline to the pipe in separate writes; a
+    kill -9 (or another writer on the same pipe) between them left two events on
+    one line. One write of less than PIPE_BUF bytes is atomic on a pipe.
+    """
+    line = (json.dumps({"event": event, **fields}) + "\n").encode()
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), line)
 
 
 def peak_rss_kib(pid: int | None = None) -> int:
