@@ -34,7 +34,14 @@ def write_forever(args: argparse.Namespace) -> None:
                 emit("tx", txid=coin.tx.txid(), kind="mint")
             elif roll < 0.93:
                 spent = rng.sample(coins, min(len(coins), rng.randint(1, 2)))
+                for c in spent:
+                    coins.remove(c)
                 value = sum(c.satoshis for c in spent) - 300
+                if value < 1_000:  # too small to spend alone: merge it with a new coin
+                    fresh = mint(ledger, 50_000, key)
+                    emit("tx", txid=fresh.tx.txid(), kind="mint")
+                    spent.append(fresh)
+                    value += 50_000
                 if value > 4_000:  # split in two
                     first = rng.randint(1_000, value - 1_000)
                     outputs = [(p2pkh(key), first), (p2pkh(key), value - first)]
@@ -42,8 +49,6 @@ def write_forever(args: argparse.Namespace) -> None:
                     outputs = [(p2pkh(key), value)]
                 tx: Transaction = spend(spent, outputs)
                 txid = ledger.submit(tx.serialize())
-                for c in spent:
-                    coins.remove(c)
                 coins += [Coin(tx, vout, key) for vout in range(len(outputs))]
                 emit("tx", txid=txid, kind="spend")
             else:

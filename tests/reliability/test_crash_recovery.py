@@ -294,10 +294,13 @@ async def ledger_trial(tmp_path: Path, seed: int) -> dict[str, object]:
                 "--payments",
                 400,
                 "--close",
+                "--lifetime",  # the writer mines fast: keep the expiry out of its reach
+                1_000_000,
             ),
         )
         await event(buyer, "opened", 30)
         await trio.sleep(rng.uniform(0.0, 0.6))
+        assert alive(writer), "the writer must die by our hand, mid-write"
         kill(writer)
         await writer.process.wait()
         closed = await event(buyer, "closed", 60)
