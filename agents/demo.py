@@ -1,13 +1,16 @@
 """`mesh demo`: a small factory on one machine, end to end, on the embedded defaults.
 
 Creates a data dir with a fresh LocalLedger, gives four agents (CNC mill, vibration
-sensor, quality lab, robot cell) identity keys, funds the robot cell from the faucet,
-and starts each as its own `mesh run` process. They find each other by mDNS on
+sensor, quality lab, robot cell) identity keys, funds the robot cell from the faucet
+(and each provider with a few sats for anchoring fees), mines a block every 2 s, and
+starts each agent as its own `mesh run` process. They find each other by mDNS on
 loopback, authenticate, and the robot cell leases spindle time, subscribes to the
 vibration feed and orders inspections, paying through channels. A live view shows
 peers, services and satoshis flowing. At the end the buyer stops (providers finish
 what is paid), every channel closes cooperatively, a block is mined, and on-ledger
-balances are reconciled with every meter to the satoshi.
+balances are reconciled with every meter to the satoshi. Every agent's records are
+anchored and mined, and the readings the robot cell bought are provable from its own
+data dir too (`mesh proof --agent SENSOR …`), through the sensor's receipts.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ PROFILES = _profiles_dir()
 AGENTS = ("cnc-mill", "vibration-sensor", "quality-lab", "robot-cell")
 BUYER = "robot-cell"
 FUNDS = 1_000_000
+BUYER_COINS = 4  # one coin per channel it opens at once, so none waits for change
+FLOAT = 5_000  # each provider's coins for anchoring fees
+BLOCK_SECONDS = 2.0  # a block this often while the factory runs
 
 
 class Demo:
@@ -68,11 +74,16 @@ class Demo:
             identity = Identity.generate()
             save_identity(identity, self.root / name / "identity.key")
             self.ids[name] = identity.peer_id
-        identity_path = self.root / BUYER / "identity.key"
-        with Store(self.root / BUYER / "agent.db") as store:
-            address = Wallet(store, load_identity(identity_path)).new_address()
         with LocalLedger.open(self.ledger) as ledger:
-            ledger.faucet(p2pkh_script(address), FUNDS)
+            for name in AGENTS:
+                with Store(self.root / name / "agent.db") as store:
+                    wallet = Wallet(store, load_identity(self.root / name / "identity.key"))
+                    script = p2pkh_script(wallet.new_address())
+                if name == BUYER:
+                    for _ in range(BUYER_COINS):
+                        ledger.faucet(script, FUNDS // BUYER_COINS)
+                else:
+                    ledger.faucet(script, FLOAT)
             ledger.mine()
 
     def start(self) -> None:
@@ -186,19 +197,20 @@ def run_demo(
         deadline = started + seconds
         last_print = 0.0
         statuses: dict[str, dict[str, Any] | None] = {}
-        while time.monotonic() < deadline:
-            demo.check_alive()
-            statuses = {name: demo.status(name) for name in AGENTS}
-            buyer = statuses.get(BUYER)
-            if buyer and buyer["wants"] and all(w["state"] == "done" for w in buyer["wants"]):
-                break
-            now = time.monotonic()
-            if tty:
-                print("\x1b[2J\x1b[H" + "\n".join(_line(statuses, started)), flush=True)
-            elif now - last_print >= 2.0:
-                say(" | ".join(_line(statuses, started)[1:][:4]))
-                last_print = now
-            time.sleep(0.5)
+        with demo.mining(BLOCK_SECONDS):  # anchors and channels confirm as they go
+            while time.monotonic() < deadline:
+                demo.check_alive()
+                statuses = {name: demo.status(name) for name in AGENTS}
+                buyer = statuses.get(BUYER)
+                if buyer and buyer["wants"] and all(w["state"] == "done" for w in buyer["wants"]):
+                    break
+                now = time.monotonic()
+                if tty:
+                    print("\x1b[2J\x1b[H" + "\n".join(_line(statuses, started)), flush=True)
+                elif now - last_print >= 2.0:
+                    say(" | ".join(_line(statuses, started)[1:][:4]))
+                    last_print = now
+                time.sleep(0.5)
         say("stopping: the buyer settles, then every channel closes…")
         met = {
             name: sorted(p["peer_id"] for p in (st or {}).get("peers", []))

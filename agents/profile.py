@@ -84,6 +84,7 @@ class Profile:
     wants: tuple[WantSpec, ...] = ()
     anchor_every: int = 1000
     anchor_seconds: float = 10.0
+    receipt_interval: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def service(self, service_id: str) -> ServiceSpec | None:
@@ -253,6 +254,7 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         window=channels.get("window", int, 64, check=_positive),
         anchor_every=anchoring.get("batch", int, 1000, check=_positive),
         anchor_seconds=anchoring.get("seconds", float, 10.0, check=_positive),
+        receipt_interval=anchoring.get("receipts", float, 2.0, check=_positive),
         services=tuple(services),
         wants=tuple(wants),
     )

@@ -30,6 +30,7 @@ import trio
 from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
 from agents.control import serve_control
 from agents.profile import Profile, ProfileError, WantSpec
+from agents.receipts import ReceiptExchange
 from agents.services.orders import Buyer, OrderResult, Provider, statement
 from agents.services.vendor import Handler, HandlerError, resolve
 from mesh.anchoring import (
@@ -46,13 +47,15 @@ from mesh.channel.state import Role, State
 from mesh.channel.store import ChannelStore
 from mesh.discovery import Peer, open_discovery
 from mesh.errors import MeshError
-from mesh.identity import Identity, load_identity
+from mesh.identity import Identity, load_identity, parse_peer_id
 from mesh.store import Store
 from mesh.transport import ConnectError, Node, NodeConfig, SessionClosed, open_node
 from mesh.wire import Frame, ProfileSummary
 
 log = logging.getLogger("agents.runtime")
 SHUTDOWN_SECONDS = 8.0
+RECEIPT_COLLECT_SECONDS = 2.5
+"""At shutdown, how long to keep asking producers for receipts of bought readings."""
 
 
 def parse_offer(summary: str, service: str) -> int | None:
@@ -70,11 +73,11 @@ class Archive:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._archive = BuyerArchive(store)
+        self.archive = BuyerArchive(store)
 
     def keep_signed(self, signed: SignedRecord) -> None:
         """Keep a verified record; a gap or fork in the producer's stream is logged."""
-        kept = self._archive.keep(signed.body, signed.signature, producer=signed.agent)
+        kept = self.archive.keep(signed.body, signed.signature, producer=signed.agent)
         for finding in kept.findings:
             log.warning("reading from %s: %s", signed.agent.hex()[:16], finding)
 
@@ -119,6 +122,7 @@ class Agent:
         self.wallet: Wallet | None = None
         self.identity: Identity | None = None
         self.anchorer: Anchorer | None = None
+        self.receipts: ReceiptExchange | None = None
         self.wants = [WantProgress(w) for w in profile.wants]
         self._peers: dict[str, Peer] = {}
         self._db = trio.CapacityLimiter(1)
@@ -191,6 +195,14 @@ class Agent:
                     ),
                 )
                 await nursery.start(self.anchorer.run)
+                self.receipts = ReceiptExchange(
+                    archive.archive,
+                    self.anchorer,
+                    self._send,
+                    lambda: [s.peer_id for s in node.sessions()],
+                    interval=profile.receipt_interval,
+                )
+                nursery.start_soon(self.receipts.run)
                 self.provider.log_record = self._log_record
                 self.buyer.keep_record = archive.keep_signed
                 nursery.start_soon(self._keep_wallet_synced, chain)
@@ -226,6 +238,10 @@ class Agent:
                 if record.state is State.OPEN:
                     nursery.start_soon(self._close_quietly, record.terms.channel_id)
         await self._anchor_everything()
+        assert self.receipts is not None
+        waiting = await self.receipts.collect(RECEIPT_COLLECT_SECONDS)
+        if waiting:
+            log.info("%d bought reading(s) still wait for the producer's receipt", waiting)
 
     async def _anchor_everything(self) -> None:
         """Anchor what was logged and wait (while the shutdown budget lasts) to see it
@@ -267,21 +283,23 @@ class Agent:
             await self._sync_wallet(chain)
 
     async def _dispatch(self, node: Node) -> None:
-        assert self.manager and self.provider and self.buyer
+        assert self.manager and self.provider and self.buyer and self.receipts
         async for peer_id, frame in node.incoming():
             if not (
                 await self.manager.handle(peer_id, frame)
                 or await self.provider.handle(peer_id, frame)
                 or await self.buyer.handle(peer_id, frame)
+                or await self.receipts.handle(peer_id, frame)
             ):
                 log.info("peer %s sent %s; ignored", peer_id[:16], type(frame).__name__)
 
     async def _watch_sessions(self, events: trio.MemoryReceiveChannel[Any]) -> None:
-        assert self.provider and self.manager
+        assert self.provider and self.manager and self.receipts
         async for event in events:
             if event.up:
                 self.provider.peer_back(event.peer.peer_id)
                 await self.manager.peer_connected(event.peer.peer_id)
+                await self.receipts.ask(event.peer.peer_id)
             else:
                 log.info("peer %s lost (%s): meters frozen", event.peer.peer_id[:16], event.reason)
                 self.provider.peer_lost(event.peer.peer_id)
@@ -320,9 +338,12 @@ class Agent:
         except SessionClosed:
             log.info("peer %s: session closed while sending %s", peer_id[:16], type(frame).__name__)
 
-    async def _log_record(self, stream: str, payload: bytes) -> tuple[bytes, bytes]:
+    async def _log_record(
+        self, stream: str, payload: bytes, audience: str | None = None
+    ) -> tuple[bytes, bytes]:
         assert self.anchorer is not None
-        signed = await self.anchorer.log(stream, payload)
+        to = parse_peer_id(audience) if audience is not None else None
+        signed = await self.anchorer.log(stream, payload, audience=to)
         return signed.body, signed.signature
 
     async def _pay(self, channel_id: bytes, amount: int) -> None:
@@ -521,6 +542,7 @@ class Agent:
             "channels": channels,
             "meters": meters,
             "anchoring": asdict(self.anchorer.statistics()) if self.anchorer else None,
+            "receipts": asdict(self.receipts.statistics()) if self.receipts else None,
             "wants": [
                 {
                     "service": p.want.service,

@@ -23,6 +23,7 @@ from mesh.wire import (
     Hello,
     Message,
     ProfileSummary,
+    ReceiptRequest,
     Struct,
     decode,
     encode,
@@ -82,6 +83,9 @@ def test_golden_bytes() -> None:
     assert encode(Heartbeat(seq=5, reply=True)) == bytes([0x93, 0x04, 0x05, 0xC3])
     assert encode(Message(topic="t", body=b"\x00\x01")) == bytes(
         [0x93, 0x06, 0xA1, ord("t"), 0xC4, 0x02, 0x00, 0x01]
+    )
+    assert encode(ReceiptRequest(stream="s", seqs=(1, 300))) == bytes(
+        [0x93, 0x28, 0xA1, ord("s"), 0x92, 0x01, 0xCD, 0x01, 0x2C]
     )
 
 

@@ -42,8 +42,9 @@ Send = Callable[[str, Frame], Awaitable[None]]
 Pay = Callable[[bytes, int], Awaitable[None]]
 
 
-LogRecord = Callable[[str, bytes], Awaitable[tuple[bytes, bytes]]]
-"""log_record(stream, payload) -> (record body, signature): the agent's signed log."""
+LogRecord = Callable[[str, bytes, str | None], Awaitable[tuple[bytes, bytes]]]
+"""log_record(stream, payload, audience) -> (record body, signature): the agent's signed
+log; `audience` is the peer id the record goes to (the one that may ask for its receipt)."""
 
 
 def statement(
@@ -257,7 +258,7 @@ class Provider:
                 spec.price,
                 cell.meter.paid,
             )
-            await self.log_record("meters", meter_statement)
+            await self.log_record("meters", meter_statement, running.peer_id)
         await self._send(running.peer_id, ServiceDone(order.order_id, running.delivered, reason))
 
     async def _produce(
@@ -269,7 +270,7 @@ class Provider:
         if isinstance(handler, FeedHandler):
             reading = await handler.read(ctx)
             if self.log_record is not None:  # a signed, hash-chained, anchored record
-                return await self.log_record(f"readings/{ctx.service_id}", reading)
+                return await self.log_record(f"readings/{ctx.service_id}", reading, ctx.buyer)
             signed = sign_record(self.identity, _standalone(self.identity, ctx, reading))
             return signed.body, signed.signature
         assert isinstance(handler, CallHandler)

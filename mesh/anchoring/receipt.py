@@ -2,9 +2,11 @@
 
 A data-feed buyer keeps the signed records it was delivered (`mesh.anchoring.archive`).
 To turn one into a proof it also needs what only the producer has: the Merkle path of
-that record in its batch, the anchor transaction, and where it was mined. Once a batch
-is mined, the producer sends each buyer one or more receipts for the records that buyer
-holds (or answers a buyer's request with them). One message type, `AnchorReceipt`:
+that record in its batch, the anchor transaction, and where it was mined. The buyer
+asks (`ReceiptRequest`: a stream and up to 1 024 seqs it holds without a proof); the
+producer answers with one or more `AnchorReceipt`s for those of the seqs that it
+delivered to that buyer and that are in mined batches. The buyer asks again later for
+the rest, so a receipt lost with a session or a restart costs nothing.
 
 ==============  =======================  ==========================================
 field           type                     meaning
@@ -19,10 +21,12 @@ paths           tuple[ReceiptPath, ...]  one per record: ``ReceiptPath(seq, path
 
 ``ReceiptPath.path`` is the record's Merkle path as concatenated 32-byte entries
 (`mesh.anchoring.batch`), ``32 * ceil(log2(count))`` bytes. A receipt holds at most
-`MAX_RECEIPT_PATHS` paths, so that it fits one wire frame (< 64 KiB) even for batches
-of 10 000; `make_receipts` splits larger sets. Nothing in it needs to be trusted: the
-buyer checks every path against the anchor's root (`check_receipt`) and the block link
-is checked again by whoever verifies the exported proof.
+`MAX_RECEIPT_PATHS` paths, fewer for batches so deep that 128 paths would not fit one
+wire frame; `make_receipts` splits larger sets. Both messages are wire frames
+(`mesh.wire.ReceiptRequest`, `mesh.wire.AnchorReceipt`), re-exported here. Nothing
+in a receipt needs to be trusted: the buyer checks every path against the anchor's
+root (`check_receipt`) and the block link is checked again by whoever verifies the
+exported proof.
 
 This module owns the receipt's content and its consistency rules; it does no I/O.
 """
@@ -39,27 +43,11 @@ from mesh.anchoring.errors import ReceiptRejected
 from mesh.anchoring.payload import AnchorFormatError, AnchorPayload, find_anchor
 from mesh.chain.errors import TxRejected
 from mesh.chain.tx import parse_exact, txid_of
+from mesh.wire import MAX_FRAME_SIZE, AnchorReceipt, ReceiptPath, ReceiptRequest
 
 MAX_RECEIPT_PATHS = 128
-
-
-@dataclass(frozen=True, slots=True)
-class ReceiptPath:
-    """One record's place in the batch: its seq and its Merkle path (32-byte entries)."""
-
-    seq: int
-    path: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class AnchorReceipt:
-    """Producer -> buyer: a mined batch and the paths of the buyer's records in it."""
-
-    anchor_tx: bytes
-    block_height: int
-    block_hash: str
-    bump: bytes
-    paths: tuple[ReceiptPath, ...]
+_PATH_BUDGET = MAX_FRAME_SIZE - 8_192
+"""Bytes of a receipt frame left for paths once the anchor tx and BUMP are in."""
 
 
 def split_path(path: bytes) -> list[bytes]:
@@ -85,12 +73,17 @@ def make_receipts(
     count = len(levels[0])
     wanted = sorted({s for s in seqs if first_seq <= s < first_seq + count})
     paths = [ReceiptPath(s, b"".join(batch_path(levels, s - first_seq))) for s in wanted]
+    per_receipt = paths_per_receipt(count)
     return [
-        AnchorReceipt(
-            anchor_tx, block_height, block_hash, bump, tuple(paths[i : i + MAX_RECEIPT_PATHS])
-        )
-        for i in range(0, len(paths), MAX_RECEIPT_PATHS)
+        AnchorReceipt(anchor_tx, block_height, block_hash, bump, tuple(paths[i : i + per_receipt]))
+        for i in range(0, len(paths), per_receipt)
     ]
+
+
+def paths_per_receipt(count: int) -> int:
+    """How many paths of a batch of `count` records one receipt frame carries."""
+    entry = 32 * path_depth(count) + 16  # the path, its seq and MessagePack headers
+    return max(1, min(MAX_RECEIPT_PATHS, _PATH_BUDGET // entry))
 
 
 @dataclass(frozen=True)
@@ -153,3 +146,16 @@ def check_receipt(receipt: AnchorReceipt, producer: bytes, held: HeldLookup) -> 
             raise ReceiptRejected(where, f"seq {item.seq}: the path does not lead to the root")
         proven[item.seq] = item.path
     return CheckedReceipt(txid, anchor, proven)
+
+
+__all__ = [
+    "MAX_RECEIPT_PATHS",
+    "AnchorReceipt",
+    "CheckedReceipt",
+    "ReceiptPath",
+    "ReceiptRequest",
+    "check_receipt",
+    "make_receipts",
+    "paths_per_receipt",
+    "split_path",
+]

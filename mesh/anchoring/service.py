@@ -134,6 +134,7 @@ class Anchorer:
         self._writer: StreamWriter | None = None
         self._batcher = Batcher(self.config.batch)
         self._queue: list[SignedRecord] = []
+        self._audiences: list[bytes | None] = []  # beside _queue: who each was delivered to
         self._next_commit = _Commit()
         self._in_flight: _Commit | None = None
         self._commit_wake = trio.Event()
@@ -160,7 +161,7 @@ class Anchorer:
         """
         state = await self._thread(self.records.load_state, self._agent)
         self._batcher = Batcher(self.config.batch)
-        self._queue, self._planned, self._unconfirmed = [], {}, {}
+        self._queue, self._audiences, self._planned, self._unconfirmed = [], [], {}, {}
         self._retry_at = math.inf
         now = trio.current_time()
         for stream, seq, digest in state.pending:
@@ -197,11 +198,19 @@ class Anchorer:
 
     # ---------------------------------------------------------------- logging
 
-    async def log(self, stream: str, payload: bytes) -> SignedRecord:
-        """Sign the next record of `stream` and return it once it is stored."""
-        return (await self.log_many(stream, [payload]))[0]
+    async def log(
+        self, stream: str, payload: bytes, *, audience: bytes | None = None
+    ) -> SignedRecord:
+        """Sign the next record of `stream` and return it once it is stored.
 
-    async def log_many(self, stream: str, payloads: Sequence[bytes]) -> list[SignedRecord]:
+        `audience` is the peer key the record is delivered to: the one peer `receipts`
+        will later serve its Merkle path to.
+        """
+        return (await self.log_many(stream, [payload], audience=audience))[0]
+
+    async def log_many(
+        self, stream: str, payloads: Sequence[bytes], *, audience: bytes | None = None
+    ) -> list[SignedRecord]:
         """Sign and store several records of `stream` (one commit); returns them."""
         writer = self._writer
         if writer is None or self._failure is not None:
@@ -218,6 +227,7 @@ class Anchorer:
         records = [writer.append(stream, payload, timestamp_ms) for payload in payloads]
         commit = self._next_commit
         self._queue.extend(records)
+        self._audiences.extend([audience] * len(records))
         self._commit_wake.set()
         await commit.event.wait()
         if commit.error is not None:
@@ -230,10 +240,11 @@ class Anchorer:
             self._commit_wake = trio.Event()
             while self._queue:
                 records, self._queue = self._queue, []
+                audiences, self._audiences = self._audiences, []
                 commit, self._next_commit = self._next_commit, _Commit()
                 self._in_flight = commit
                 try:
-                    await self._thread(self.records.insert_own, records)
+                    await self._thread(self.records.insert_own, records, audiences)
                 except (sqlite3.Error, StoreError) as exc:
                     commit.error = f"store write failed: {exc}"
                     commit.event.set()
@@ -244,13 +255,16 @@ class Anchorer:
                     commit.event.set()
                     raise
                 now = trio.current_time()
+                deadline = self._batcher.next_deadline()
                 full = False
                 for record in records:
                     full = self._batcher.add(record.stream, record.seq, record.hash, now) or full
                 self._logged += len(records)
                 commit.event.set()
                 self._in_flight = None
-                if full:
+                # Wake the batch loop when a batch is full, and when a first record gave
+                # a stream an age deadline the loop is not sleeping towards yet.
+                if full or self._batcher.next_deadline() != deadline:
                     self._batch_wake.set()
 
     # ---------------------------------------------------------------- batching
@@ -416,9 +430,16 @@ class Anchorer:
         """A proof of our record `stream`/`seq` (`NotAnchored` until it is mined)."""
         return await self._thread(self.records.proof, self._agent, stream, seq)
 
-    async def receipts(self, stream: str, seqs: Sequence[int]) -> list[AnchorReceipt]:
-        """Receipts for a buyer holding `seqs` of `stream` (mined batches only)."""
-        return await self._thread(self.records.receipts, self._agent, stream, list(seqs))
+    async def receipts(
+        self, stream: str, seqs: Sequence[int], *, audience: bytes | None = None
+    ) -> list[AnchorReceipt]:
+        """Receipts for a buyer holding `seqs` of `stream` (mined batches only); with
+        `audience`, only for the records that were delivered to that peer key."""
+        return await self._thread(
+            functools.partial(
+                self.records.receipts, self._agent, stream, list(seqs), audience=audience
+            )
+        )
 
     def statistics(self) -> AnchorStatistics:
         """A snapshot of counters and the last anchoring error."""

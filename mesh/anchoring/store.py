@@ -71,6 +71,13 @@ ANCHORING_SCHEMA = Schema(
         ) WITHOUT ROWID;
         CREATE INDEX anchor_records_by_batch ON anchor_records (batch, seq);
         """,
+        # 2: who an own record was delivered to (receipts go only to them), and the
+        # kept records still waiting for a receipt.
+        """
+        ALTER TABLE anchor_records ADD COLUMN audience BLOB;
+        CREATE INDEX anchor_records_unproven ON anchor_records (agent, stream, seq)
+            WHERE origin = 'kept' AND path IS NULL;
+        """,
     ),
 )
 
@@ -186,13 +193,24 @@ class AnchorStore:
 
     # ---------------------------------------------------------------- own records
 
-    def insert_own(self, records: Sequence[SignedRecord]) -> None:
-        """Persist our own freshly signed records (one commit for all of them)."""
+    def insert_own(
+        self, records: Sequence[SignedRecord], audiences: Sequence[bytes | None] | None = None
+    ) -> None:
+        """Persist our own freshly signed records (one commit for all of them).
+
+        ``audiences[i]`` is the peer key record i was delivered to, if any: the one peer
+        that may ask for its receipt.
+        """
+        to = audiences if audiences is not None else [None] * len(records)
         with self._store.write() as db:
             db.executemany(
-                "INSERT INTO anchor_records (agent, stream, seq, hash, body, signature, origin)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'own')",
-                [(r.agent, r.stream, r.seq, r.hash, r.body, r.signature) for r in records],
+                "INSERT INTO anchor_records"
+                " (agent, stream, seq, hash, body, signature, origin, audience)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'own', ?)",
+                [
+                    (r.agent, r.stream, r.seq, r.hash, r.body, r.signature, a)
+                    for r, a in zip(records, to, strict=True)
+                ],
             )
 
     def load_state(self, agent: bytes) -> LoadedState:
@@ -332,6 +350,8 @@ class AnchorStore:
             if row is None:
                 raise RecordNotFound(f"no record {stream}/{seq} of agent {agent.hex()}")
             body, signature, batch_id, stored_path, origin = row
+            if batch_id is None and origin == "kept":
+                raise NotAnchored(f"record {stream}/{seq}: no receipt from the producer yet")
             if batch_id is None:
                 raise NotAnchored(f"record {stream}/{seq} is not in a batch yet")
             batch = self._get(db, int(batch_id))
@@ -432,12 +452,29 @@ class AnchorStore:
 
     # ---------------------------------------------------------------- receipts
 
-    def receipts(self, agent: bytes, stream: str, seqs: Sequence[int]) -> list[AnchorReceipt]:
-        """Receipts for those of `seqs` whose batch is mined (other seqs are skipped)."""
+    def receipts(
+        self, agent: bytes, stream: str, seqs: Sequence[int], *, audience: bytes | None = None
+    ) -> list[AnchorReceipt]:
+        """Receipts for those of `seqs` whose batch is mined (other seqs are skipped).
+
+        With `audience`, only for records that were delivered to that peer.
+        """
         wanted = sorted(set(seqs))
         if not wanted:
             return []
         with self._store.read() as db:
+            if audience is not None:
+                theirs = {
+                    int(r[0])
+                    for r in db.execute(
+                        "SELECT seq FROM anchor_records WHERE agent = ? AND stream = ?"
+                        " AND seq BETWEEN ? AND ? AND audience = ?",
+                        (agent, stream, wanted[0], wanted[-1], audience),
+                    )
+                }
+                wanted = [s for s in wanted if s in theirs]
+                if not wanted:
+                    return []
             spans = [
                 _batch(row)
                 for row in db.execute(
@@ -518,6 +555,32 @@ class AnchorStore:
                 (agent, stream, min(wanted), max(wanted)),
             ).fetchall()
         return {int(s): bytes(h) for s, h in rows if int(s) in wanted}
+
+    def unproven(self, producer: bytes, per_stream: int) -> dict[str, list[int]]:
+        """A producer's kept records still waiting for a receipt: stream -> the lowest
+        `per_stream` seqs."""
+        with self._store.read() as db:
+            streams = [
+                str(r[0])
+                for r in db.execute(
+                    "SELECT DISTINCT stream FROM anchor_records"
+                    " INDEXED BY anchor_records_unproven"
+                    " WHERE agent = ? AND origin = 'kept' AND path IS NULL",
+                    (producer,),
+                )
+            ]
+            return {
+                stream: [
+                    int(r[0])
+                    for r in db.execute(
+                        "SELECT seq FROM anchor_records INDEXED BY anchor_records_unproven"
+                        " WHERE agent = ? AND stream = ? AND origin = 'kept' AND path IS NULL"
+                        " ORDER BY seq LIMIT ?",
+                        (producer, stream, per_stream),
+                    )
+                ]
+                for stream in streams
+            }
 
     def store_receipt(self, receipt: AnchorReceipt, checked: CheckedReceipt, now: float) -> int:
         """Record a checked receipt's batch (mined) and its paths; returns records proven.

@@ -69,6 +69,27 @@ def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
     assert exported.returncode == 0, exported.stderr
     verified = mesh("verify", str(proof), "--ledger", summary["ledger"])
     assert verified.returncode == 0 and verified.stdout.startswith("VALID"), verified.stdout
+    # The robot cell proves the readings it bought from its own data dir: the sensor's
+    # receipts gave it the Merkle paths, its archive the signed readings.
+    (kept,) = [r for r in summary["records"] if r["origin"] == "kept"]
+    assert kept["holder"] == "robot-cell" and kept["stream"] == "readings/vibration"
+    # (Readings sold in the last seconds may be anchored after the buyer left: those
+    # receipts arrive at its next run. The first batch is always in.)
+    assert kept["anchored"] and kept["anchored"][0][0] == 0, kept
+    last = kept["anchored"][-1][1]
+    sensor_id = next(a["peer_id"] for a in summary["agents"] if a["name"] == "vibration-sensor")
+    assert kept["agent"] == sensor_id
+    bought = tmp_path / "bought.json"
+    exported = mesh(
+        "proof",
+        "--data-dir",
+        str(Path(summary["data_dir"]) / "robot-cell"),
+        *("--agent", sensor_id, "--stream", "readings/vibration"),
+        *("--seq", str(last), "--out", str(bought)),
+    )
+    assert exported.returncode == 0, exported.stderr
+    verified = mesh("verify", str(bought), "--ledger", summary["ledger"])
+    assert verified.returncode == 0 and verified.stdout.startswith("VALID"), verified.stdout
 
 
 def test_status_reflects_a_running_agent_and_sigterm_stops_it(tmp_path: Path) -> None:

@@ -123,6 +123,20 @@ async def test_batches_close_by_size_and_by_age(tmp_path: Path, mock_clock: Mock
                 verify_proof(proof, headers)
 
 
+async def test_a_lone_record_is_anchored_by_age(tmp_path: Path, mock_clock: MockClock) -> None:
+    """The first record of an idle anchorer starts the age clock (no size trigger needed)."""
+    mock_clock.rate = 1.0
+    ledger = create_ledger(tmp_path / "ledger.db")
+    config = _config(records=1_000, age=30, confirm_interval=0.05)
+    async with running_anchorer(tmp_path / "a", ledger, config=config) as run:
+        await trio.sleep(0.1)  # the batch loop is asleep with nothing waiting
+        await run.anchorer.log("vibration", b"one reading")
+        mock_clock.jump(31)
+        with trio.fail_after(5):
+            while run.anchorer.statistics().batches_anchored != 1:
+                await trio.sleep(0.05)
+
+
 async def _anchor_many(
     tmp_path: Path, total: int, batch_size: int, chunk: int = 500
 ) -> tuple[Path, list[Proof], int, int]:

@@ -1,0 +1,164 @@
+"""The receipt exchange: how a data-feed buyer gets what it needs to prove its readings.
+
+Both halves run in every agent (any agent may sell a feed and buy one):
+
+- As a *buyer*, every `interval` seconds and whenever a session comes up, it asks each
+  producer it has a session with for receipts of the kept readings still without a
+  proof (`ReceiptRequest`: one stream, the lowest `MAX_RECEIPT_REQUEST` seqs). Each
+  `AnchorReceipt` that comes back is checked against the records held
+  (`BuyerArchive.accept_receipt`) and stored; from then on `mesh proof --agent …`
+  exports those readings' proofs from the buyer's own data dir.
+- As a *producer*, it answers a request with receipts for those of the seqs that are in
+  a mined batch and were delivered to the asking peer (the anchorer stores each
+  reading's audience); anything else gets no answer, and the buyer asks again later.
+
+Pull, not push: a receipt lost with a session or a restart costs nothing, the producer
+keeps no per-buyer state beyond what it already stores, and a buyer that comes back
+days later still collects its receipts. A receipt that does not hold is logged, counted
+and dropped; it never changes what the buyer holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from mesh.anchoring.archive import BuyerArchive
+from mesh.anchoring.errors import ReceiptRejected
+from mesh.anchoring.service import Anchorer
+from mesh.identity import parse_peer_id
+from mesh.wire import MAX_RECEIPT_REQUEST, AnchorReceipt, Frame, ReceiptRequest
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, Frame], Awaitable[None]]
+"""send(peer_id, frame): best effort over the peer's session."""
+
+
+@dataclass(frozen=True)
+class ReceiptStatistics:
+    """Counters of both halves since start."""
+
+    requests_sent: int
+    receipts_accepted: int
+    receipts_rejected: int
+    records_proven: int
+    requests_answered: int
+    requests_refused: int
+    receipts_sent: int
+
+
+class ReceiptExchange:
+    """Asks producers for receipts (buyer) and answers such requests (producer)."""
+
+    def __init__(
+        self,
+        archive: BuyerArchive,
+        anchorer: Anchorer,
+        send: Send,
+        peers: Callable[[], Iterable[str]],
+        *,
+        interval: float = 2.0,
+    ) -> None:
+        """`peers()` names the peers with a session now; `archive` must be usable from
+        the Trio thread (its own store connection)."""
+        self.archive = archive
+        self.anchorer = anchorer
+        self._send = send
+        self._peers = peers
+        self.interval = interval
+        self._counts = dict.fromkeys(ReceiptStatistics.__dataclass_fields__, 0)
+
+    def statistics(self) -> ReceiptStatistics:
+        """A snapshot of the counters."""
+        return ReceiptStatistics(**self._counts)
+
+    def unproven(self) -> int:
+        """How many kept readings of peers with a session still wait for a receipt
+        (counted up to `MAX_RECEIPT_REQUEST` per stream)."""
+        total = 0
+        for peer_id in self._peers():
+            wanted = self.archive.records.unproven(parse_peer_id(peer_id), MAX_RECEIPT_REQUEST)
+            total += sum(len(seqs) for seqs in wanted.values())
+        return total
+
+    # ------------------------------------------------------------------ buyer
+
+    async def run(self) -> None:
+        """Ask every producer with a session, every `interval` seconds (run in a nursery)."""
+        while True:
+            await self.ask_all()
+            await trio.sleep(self.interval)
+
+    async def ask_all(self) -> None:
+        """Ask every peer with a session for the receipts we miss from it."""
+        for peer_id in list(self._peers()):
+            await self.ask(peer_id)
+
+    async def ask(self, peer_id: str) -> None:
+        """Ask `peer_id` for receipts of every kept reading of it without a proof."""
+        wanted = self.archive.records.unproven(parse_peer_id(peer_id), MAX_RECEIPT_REQUEST)
+        for stream, seqs in wanted.items():
+            await self._send(peer_id, ReceiptRequest(stream, tuple(seqs)))
+            self._counts["requests_sent"] += 1
+
+    async def collect(self, timeout: float, poll: float = 0.25) -> int:
+        """Keep asking until nothing held waits for a receipt, or `timeout` passes, or
+        nothing new arrives for three polls in a row; returns how many still wait."""
+        waiting = self.unproven()
+        quiet = 0
+        with trio.move_on_after(timeout):
+            while waiting and quiet < 3 * max(1, round(1.0 / poll)):
+                await self.ask_all()
+                await trio.sleep(poll)
+                now = self.unproven()
+                quiet = quiet + 1 if now == waiting else 0
+                waiting = now
+        return waiting
+
+    # ------------------------------------------------------------------ frames
+
+    async def handle(self, peer_id: str, frame: Frame) -> bool:
+        """Handle a receipt frame from `peer_id`; False when it is not one."""
+        if isinstance(frame, ReceiptRequest):
+            await self._answer(peer_id, frame)
+        elif isinstance(frame, AnchorReceipt):
+            self._accept(peer_id, frame)
+        else:
+            return False
+        return True
+
+    async def _answer(self, peer_id: str, request: ReceiptRequest) -> None:
+        if len(request.seqs) > MAX_RECEIPT_REQUEST:
+            self._counts["requests_refused"] += 1
+            log.warning(
+                "peer %s asked for %d receipts of %s at once (max %d); ignored",
+                peer_id[:16],
+                len(request.seqs),
+                request.stream,
+                MAX_RECEIPT_REQUEST,
+            )
+            return
+        receipts = await self.anchorer.receipts(
+            request.stream, request.seqs, audience=parse_peer_id(peer_id)
+        )
+        self._counts["requests_answered"] += 1
+        for receipt in receipts:
+            await self._send(peer_id, receipt)
+            self._counts["receipts_sent"] += 1
+
+    def _accept(self, peer_id: str, receipt: AnchorReceipt) -> None:
+        try:
+            proven = self.archive.accept_receipt(parse_peer_id(peer_id), receipt)
+        except ReceiptRejected as exc:
+            self._counts["receipts_rejected"] += 1
+            log.warning("peer %s sent a receipt that does not hold: %s", peer_id[:16], exc)
+            return
+        self._counts["receipts_accepted"] += 1
+        self._counts["records_proven"] += proven
+
+
+__all__ = ["ReceiptExchange", "ReceiptStatistics"]
