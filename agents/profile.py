@@ -91,9 +91,13 @@ class Profile:
         """The service this agent sells under `service_id`, if any."""
         return next((s for s in self.services if s.id == service_id), None)
 
+    def offers(self) -> tuple[str, ...]:
+        """What it sells in short form, ``id=price/unit`` each (mDNS and handshake)."""
+        return tuple(f"{s.id}={s.price}/{s.unit}" for s in self.services)
+
     def summary(self) -> str:
         """The short service list advertised over mDNS: ``id=price/unit,...``."""
-        return ",".join(f"{s.id}={s.price}/{s.unit}" for s in self.services)
+        return ",".join(self.offers())
 
 
 class _Table:

@@ -45,9 +45,10 @@ from mesh.chain.local import LocalChain
 from mesh.chain.wallet import Wallet
 from mesh.channel.state import Role, State
 from mesh.channel.store import ChannelStore
-from mesh.discovery import Peer, open_discovery
+from mesh.discovery import PeerTable, open_discovery
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity, parse_peer_id
+from mesh.session import PeerInfo
 from mesh.store import Store
 from mesh.transport import ConnectError, Node, NodeConfig, SessionClosed, open_node
 from mesh.wire import Frame, ProfileSummary
@@ -55,6 +56,9 @@ from mesh.wire import Frame, ProfileSummary
 log = logging.getLogger("agents.runtime")
 SHUTDOWN_SECONDS = 8.0
 RECEIPT_COLLECT_SECONDS = 2.5
+"""At shutdown, how long to keep asking producers for receipts of bought readings."""
+MINED_WAIT_SECONDS = 3.0
+"""At shutdown, how long to wait for the last anchors to be mined."""
 """At shutdown, how long to keep asking producers for receipts of bought readings."""
 
 
@@ -66,6 +70,17 @@ def parse_offer(summary: str, service: str) -> int | None:
             price = rest.split("/", 1)[0].strip()
             return int(price) if price.isdigit() else None
     return None
+
+
+def _confirm(table: PeerTable, mailbox: str, info: PeerInfo) -> None:
+    """Record in the table that a handshake proved `info`'s peer at `mailbox`."""
+    table.confirm(
+        info.peer_id,
+        mailbox,
+        now=trio.current_time(),
+        name=info.profile.name,
+        services=",".join(info.profile.services),
+    )
 
 
 class Archive:
@@ -124,7 +139,7 @@ class Agent:
         self.anchorer: Anchorer | None = None
         self.receipts: ReceiptExchange | None = None
         self.wants = [WantProgress(w) for w in profile.wants]
-        self._peers: dict[str, Peer] = {}
+        self._table: PeerTable | None = None
         self._db = trio.CapacityLimiter(1)
         self._handlers: dict[str, tuple[Any, Handler]] = {}
         for i, spec in enumerate(profile.services):
@@ -152,7 +167,7 @@ class Agent:
             self.wallet = Wallet(store, identity)
             channels = ChannelStore(store)
             config = NodeConfig(heartbeat_interval=profile.heartbeat, dead_after=profile.dead_after)
-            summary = ProfileSummary(profile.name, tuple(s.id for s in profile.services))
+            summary = ProfileSummary(profile.name, profile.offers())
             async with (
                 open_node(identity, profile.mailbox, profile=summary, config=config) as node,
                 open_discovery(
@@ -166,7 +181,8 @@ class Agent:
                 trio.open_nursery() as nursery,
             ):
                 self.node = node
-                sessions = node.watch_sessions()
+                # Peers may dial in while discovery starts: replay those sessions too.
+                sessions = node.watch_sessions(replay=True)
                 self.provider = Provider(
                     identity, self._handlers, self._send, self._check_channel, nursery
                 )
@@ -207,7 +223,8 @@ class Agent:
                 self.buyer.keep_record = archive.keep_signed
                 nursery.start_soon(self._keep_wallet_synced, chain)
                 nursery.start_soon(self._dispatch, node)
-                nursery.start_soon(self._watch_sessions, sessions)
+                self._table = discovery.table
+                nursery.start_soon(self._watch_sessions, sessions, discovery.table)
                 nursery.start_soon(self._connector, node, discovery.table)
                 await nursery.start(serve_control, self.data_dir / "control.sock", self.control)
                 for progress in self.wants:
@@ -237,16 +254,15 @@ class Agent:
             for record, _ in self.manager.records():
                 if record.state is State.OPEN:
                     nursery.start_soon(self._close_quietly, record.terms.channel_id)
-        await self._anchor_everything()
-        assert self.receipts is not None
-        waiting = await self.receipts.collect(RECEIPT_COLLECT_SECONDS)
-        if waiting:
-            log.info("%d bought reading(s) still wait for the producer's receipt", waiting)
+        # What is not done within these few seconds is finished at the next start:
+        # unconfirmed batches are confirmed, missing receipts asked for again.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._anchor_everything)
+            nursery.start_soon(self._collect_receipts)
 
     async def _anchor_everything(self) -> None:
-        """Anchor what was logged and wait (while the shutdown budget lasts) to see it
-        mined, so every record can be proven; what is not mined yet is confirmed at the
-        next start."""
+        """Anchor what was logged and wait a little to see it mined, so that (on a chain
+        that mines quickly, like the demo's) every record can be proven right away."""
         if self.anchorer is None or self.anchorer.statistics().records_logged == 0:
             return
         try:
@@ -254,7 +270,14 @@ class Agent:
         except AnchoringError as exc:
             log.warning("anchoring at shutdown failed: %s", exc)
             return
-        await self.anchorer.wait_mined()
+        with trio.move_on_after(MINED_WAIT_SECONDS):
+            await self.anchorer.wait_mined()
+
+    async def _collect_receipts(self) -> None:
+        assert self.receipts is not None
+        waiting = await self.receipts.collect(RECEIPT_COLLECT_SECONDS)
+        if waiting:
+            log.info("%d bought reading(s) still wait for the producer's receipt", waiting)
 
     async def _close_quietly(self, channel_id: bytes) -> None:
         assert self.manager is not None
@@ -293,40 +316,68 @@ class Agent:
             ):
                 log.info("peer %s sent %s; ignored", peer_id[:16], type(frame).__name__)
 
-    async def _watch_sessions(self, events: trio.MemoryReceiveChannel[Any]) -> None:
+    async def _watch_sessions(
+        self, events: trio.MemoryReceiveChannel[Any], table: PeerTable
+    ) -> None:
         assert self.provider and self.manager and self.receipts
         async for event in events:
+            peer_id = event.peer.peer_id
             if event.up:
-                self.provider.peer_back(event.peer.peer_id)
-                await self.manager.peer_connected(event.peer.peer_id)
-                await self.receipts.ask(event.peer.peer_id)
+                # Whoever dialled, the handshake proved this peer: into the table with
+                # the offers it claimed (a peer that dialled us may be known no other way).
+                known = table.get(peer_id)
+                _confirm(table, known.mailbox if known else event.peer.mailbox, event.peer)
+                self.provider.peer_back(peer_id)
+                await self.manager.peer_connected(peer_id)
+                await self.receipts.ask(peer_id)
             else:
-                log.info("peer %s lost (%s): meters frozen", event.peer.peer_id[:16], event.reason)
-                self.provider.peer_lost(event.peer.peer_id)
+                log.info("peer %s lost (%s): meters frozen", peer_id[:16], event.reason)
+                self.provider.peer_lost(peer_id)
+                known = table.get(peer_id)
+                replaced = self.node is not None and self.node.session(peer_id) is not None
+                if known and known.instance is None and not known.static and not replaced:
+                    table.remove(peer_id)  # only a session vouched for it
 
-    async def _connector(self, node: Node, table: Any) -> None:
-        """Keep a session with every peer we should talk to."""
+    async def _connector(self, node: Node, table: PeerTable) -> None:
+        """Keep a session with every peer we should talk to.
+
+        Of a discovered pair the lower peer id dials (one session per pair); a static
+        peer is always dialled by the side that configured it, pinned to the id it
+        proved the first time. Dials run concurrently: an unreachable peer costs its
+        own handshake timeout, never the others'.
+        """
         for mailbox in self.profile.static_peers:
             table.add_static(mailbox)
-        while True:
-            snapshot: dict[str, Peer] = dict(table.snapshot())
-            self._peers = snapshot
-            for peer in snapshot.values():
-                if node.session(peer.peer_id) is None and node.peer_id < peer.peer_id:
-                    await self._dial(node, table, peer.mailbox, peer.peer_id)
-            for mailbox in table.pending_static():
-                await self._dial(node, table, mailbox, None)
-            await trio.sleep(0.5)
+        dialling: set[str] = set()
 
-    async def _dial(self, node: Node, table: Any, mailbox: str, expect: str | None) -> None:
+        async def dial(mailbox: str, expect: str | None) -> None:
+            try:
+                await self._dial(node, table, mailbox, expect)
+            finally:
+                dialling.discard(mailbox)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                targets: list[tuple[str, str | None]] = [
+                    (peer.mailbox, peer.peer_id)
+                    for peer in table.snapshot().values()
+                    if node.session(peer.peer_id) is None
+                    and (peer.static or node.peer_id < peer.peer_id)
+                ]
+                targets += [(mailbox, None) for mailbox in table.pending_static()]
+                for mailbox, expect in targets:
+                    if mailbox not in dialling:
+                        dialling.add(mailbox)
+                        nursery.start_soon(dial, mailbox, expect)
+                await trio.sleep(0.5)
+
+    async def _dial(self, node: Node, table: PeerTable, mailbox: str, expect: str | None) -> None:
         try:
             session = await node.connect(mailbox, expect_peer=expect, attempts=1)
         except ConnectError as exc:
             log.info("could not reach %s: %s", mailbox, exc)
             return
-        table.confirm(
-            session.peer_id, mailbox, now=trio.current_time(), name=session.peer.profile.name
-        )
+        _confirm(table, mailbox, session.peer)
 
     async def _send(self, peer_id: str, frame: Frame) -> None:
         assert self.node is not None
@@ -414,7 +465,8 @@ class Agent:
     def _best_offer(self, want: WantSpec, only: str | None = None) -> tuple[str, int] | None:
         assert self.node is not None
         offers = []
-        for peer in self._peers.values():
+        peers = self._table.snapshot() if self._table is not None else {}
+        for peer in peers.values():
             if only is not None and peer.peer_id != only:
                 continue
             price = parse_offer(peer.services, want.service)
@@ -532,7 +584,7 @@ class Agent:
                     "services": p.services,
                     "confirmed": p.confirmed,
                 }
-                for p in self._peers.values()
+                for p in (self._table.snapshot() if self._table else {}).values()
             ],
             "sessions": [s.peer_id for s in node.sessions()] if node else [],
             "services": [

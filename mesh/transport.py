@@ -351,9 +351,18 @@ class Node:
             packets_received=c.packets_received,
         )
 
-    def watch_sessions(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SessionEvent]:
-        """A channel of `SessionEvent`s (sessions up and down) from now on."""
-        send, receive = trio.open_memory_channel[SessionEvent](buffer)
+    def watch_sessions(
+        self, buffer: int = 256, *, replay: bool = False
+    ) -> trio.MemoryReceiveChannel[SessionEvent]:
+        """A channel of `SessionEvent`s (sessions up and down) from now on.
+
+        With `replay`, it starts with an ``up`` event for every session already
+        established, so a watcher created after the node started misses none.
+        """
+        current = list(self._by_peer.values()) if replay else []
+        send, receive = trio.open_memory_channel[SessionEvent](buffer + len(current))
+        for peer in current:
+            send.send_nowait(SessionEvent(up=True, peer=peer.peer))
         self._watchers.append(send)
         return receive
 

@@ -225,7 +225,12 @@ def _optional(inner: _Checker) -> _Checker:
 @struct
 @dataclass(frozen=True, slots=True)
 class ProfileSummary(Struct):
-    """What an agent says about itself during the handshake (a hint, not a contract)."""
+    """What an agent says about itself during the handshake (a hint, not a contract).
+
+    `services` are its offers in the short form of its mDNS TXT ``svc`` key,
+    ``id=price/unit`` each, so a peer met without mDNS (a static peer) can be bought
+    from too.
+    """
 
     name: str
     services: tuple[str, ...]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import trio
 
 from agents.control import ControlError, request
 from mesh.chain.ledger import LocalLedger
@@ -40,16 +44,19 @@ class RunningAgent:
     """One `mesh run` process and its data dir."""
 
     def __init__(self, root: Path, ledger: Path, name: str, interface: str, mailbox: str,
-                 body: str, netns: str | None = None, funds: int = 0) -> None:  # fmt: skip
+                 body: str, netns: str | None = None, funds: int = 0, *,
+                 identity: Identity | None = None,
+                 static_peers: Sequence[str] = ()) -> None:  # fmt: skip
         self.data = root / name
-        identity = Identity.generate()
+        identity = identity or Identity.generate()
         save_identity(identity, self.data / "identity.key")
         self.peer_id = identity.peer_id
+        statics = ", ".join(f'"{peer}"' for peer in static_peers)
         profile = self.data / "profile.toml"
         profile.write_text(
             f'[agent]\nname = "{name}"\nmailbox = "{mailbox}"\nheartbeat = 0.5\n'
             f'dead_after = 2.0\n\n[discovery]\ninterfaces = ["{interface}"]\nttl = 3\n'
-            f"\n[channels]\ncapacity = 2000000\n{body}"
+            f"static_peers = [{statics}]\n\n[channels]\ncapacity = 2000000\n{body}"
         )
         if funds:
             with Store(self.data / "agent.db") as store:
@@ -84,6 +91,15 @@ class RunningAgent:
                 return time.monotonic()
             time.sleep(0.05)
         raise AssertionError(f"{self.data.name}: {what} not within {timeout} s: {self.status()}")
+
+    def log_lines(self, pattern: str) -> list[str]:
+        """Lines of the agent's log matching the regular expression `pattern`."""
+        text = (self.data / "agent.log").read_text(errors="replace")
+        return [line for line in text.splitlines() if re.search(pattern, line)]
+
+    async def wait_status(self, predicate: Any, timeout: float, what: str) -> float:
+        """`wait` off the Trio thread; returns when the predicate held (monotonic)."""
+        return await trio.to_thread.run_sync(self.wait, predicate, timeout, what)
 
     def stop(self) -> None:
         """SIGTERM, then kill if needed."""

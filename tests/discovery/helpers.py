@@ -3,7 +3,8 @@
 `AgentProcess` runs ``python -m mesh.discovery`` (optionally inside a network
 namespace) and collects the JSON events it prints, stamped with the test's Trio
 clock when they arrive. `NetnsLan` builds hosts joined by a bridge with
-169.254/16 addresses and tears everything down by name, even after a failure.
+169.254/16 addresses and tears everything down by name, even after a failure;
+`netns_lan` is the one way tests get one (their ``lan`` fixtures wrap it).
 Processes are only ever stopped by their own PID.
 """
 
@@ -16,10 +17,11 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
+import pytest
 import trio
 
 Event = dict[str, Any]
@@ -249,6 +251,17 @@ class NetnsLan:
         """Cut (or restore) host `host`'s cable at the switch port."""
         _ip("-n", self.switch, "link", "set", f"p{host}", "up" if up else "down")
 
+    def block_multicast(self) -> None:
+        """Make the switch forward no multicast, like many managed and cloud networks.
+
+        No port floods multicast frames any more, so mDNS (224.0.0.251, ff02::fb)
+        never reaches another host, while unicast and broadcast (ARP) still do.
+        Multicast looped back inside one host is untouched.
+        """
+        for port in range(1, len(self.hosts) + 1):
+            _ip("-n", self.switch, "link", "set", f"p{port}", "type", "bridge_slave",
+                "mcast_flood", "off")  # fmt: skip
+
     def destroy(self) -> list[str]:
         """Delete every namespace of this LAN that exists; returns ip's complaints."""
         errors = []
@@ -262,6 +275,27 @@ class NetnsLan:
         """Names of this LAN's namespaces that still exist."""
         listed = _ip("netns", "list").stdout.split()
         return [name for name in [*self.hosts, self.switch] if name in listed]
+
+
+@contextmanager
+def netns_lan(hosts: int, prefix: str | None = None) -> Iterator[NetnsLan]:
+    """A `NetnsLan` of `hosts` hosts for the block, torn down whatever happens.
+
+    Skips the calling test (with ip's message) when the namespaces cannot be
+    built here, and fails it if any are left behind afterwards.
+    """
+    lan = NetnsLan(hosts, prefix)
+    lan.destroy()  # leftovers of a killed earlier run with the same pid
+    try:
+        lan.create()
+    except subprocess.CalledProcessError as exc:
+        lan.destroy()
+        pytest.skip(f"cannot build network namespaces here: {exc.stderr.strip()}")
+    try:
+        yield lan
+    finally:
+        errors = lan.destroy()
+        assert not lan.existing(), f"namespaces left behind: {lan.existing()} {errors}"
 
 
 def seconds(value: float) -> str:

@@ -10,7 +10,6 @@ PID, namespaces deleted), failures included. Skipped unless root with `ip`.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from tests.discovery.helpers import (
     browsing_at,
     discovery_command,
     meshed,
+    netns_lan,
     netns_unavailable,
     seconds,
     stop,
@@ -45,18 +45,8 @@ PORT = 5555
 @pytest.fixture
 def lan() -> Iterator[NetnsLan]:
     """Three hosts and a switch, torn down whatever happens."""
-    lan = NetnsLan(3)
-    lan.destroy()  # leftovers of a killed earlier run with the same pid
-    try:
-        lan.create()
-    except subprocess.CalledProcessError as exc:
-        lan.destroy()
-        pytest.skip(f"cannot build network namespaces here: {exc.stderr.strip()}")
-    try:
+    with netns_lan(3) as lan:
         yield lan
-    finally:
-        errors = lan.destroy()
-        assert not lan.existing(), f"namespaces left behind: {lan.existing()} {errors}"
 
 
 async def start_hosts(start: StartAgent, lan: NetnsLan) -> list[AgentProcess]:

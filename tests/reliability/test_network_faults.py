@@ -21,7 +21,6 @@ Skipped unless root with `ip` (like the discovery namespace tests).
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,13 @@ import trio
 from agents.channels import ChannelConfig
 from mesh.chain.ledger import LocalLedger
 from mesh.channel import State
-from tests.discovery.helpers import AgentProcess, NetnsLan, agents_running, netns_unavailable
+from tests.discovery.helpers import (
+    AgentProcess,
+    NetnsLan,
+    agents_running,
+    netns_lan,
+    netns_unavailable,
+)
 from tests.reliability.invariants import acked_of, check_channel, check_ledger, stored_records
 from tests.reliability.procs import command, event, events, new_ledger, stop
 
@@ -46,18 +51,8 @@ MARGIN = ChannelConfig().close_margin_blocks
 @pytest.fixture
 def lan() -> Iterator[NetnsLan]:
     """Two hosts and a switch, removed whatever happens."""
-    lan = NetnsLan(2, prefix=f"m2r{os.getpid()}")
-    lan.destroy()
-    try:
-        lan.create()
-    except subprocess.CalledProcessError as exc:
-        lan.destroy()
-        pytest.skip(f"cannot build network namespaces here: {exc.stderr.strip()}")
-    try:
+    with netns_lan(2, prefix=f"m2r{os.getpid()}") as lan:
         yield lan
-    finally:
-        errors = lan.destroy()
-        assert not lan.existing(), f"namespaces left behind: {lan.existing()} {errors}"
 
 
 def mailbox(lan: NetnsLan, host: int, port: int = PORT) -> str:

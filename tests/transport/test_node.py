@@ -134,3 +134,21 @@ async def test_frames_keep_their_order_across_the_inline_and_queued_send_paths()
             with trio.fail_after(5):
                 _, frame = await bob.receive()
             assert frame == Message(str(i), b"")
+
+
+async def test_a_late_watcher_can_replay_the_sessions_already_up() -> None:
+    async with open_node(Identity.generate()) as alice, open_node(Identity.generate()) as bob:
+        await alice.connect(bob.address, expect_peer=bob.peer_id)
+        with trio.fail_after(5):
+            while bob.session(alice.peer_id) is None:
+                await trio.sleep(0.01)
+        plain = bob.watch_sessions()
+        replayed = bob.watch_sessions(replay=True)
+        event = replayed.receive_nowait()
+        assert event.up and event.peer.peer_id == alice.peer_id
+        with pytest.raises(trio.WouldBlock):
+            plain.receive_nowait()  # without replay: only what happens from now on
+        await bob.session(alice.peer_id).aclose()  # type: ignore[union-attr]
+        with trio.fail_after(5):
+            assert not (await replayed.receive()).up
+            assert not (await plain.receive()).up
