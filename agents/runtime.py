@@ -6,14 +6,15 @@ discovery, the channel manager and the services of its profile, then:
 * connects to every discovered peer (the one with the lower peer id dials, so a
   pair makes one session) and to every static peer, pinning the announced id;
 * dispatches frames: channel frames to the manager, orders to the provider,
-  deliveries to the buyer;
+  deliveries to the buyer, receipt requests and receipts to the receipt exchange;
 * buys what the profile wants from the cheapest provider within its price limit;
 * freezes a peer's meters the moment its session is lost (heartbeats run in the
   node), and thaws them when it is back;
 * serves `mesh status` on a control socket in the data dir.
 
 `request_stop()` (SIGINT/SIGTERM in `mesh run`) shuts down in order: stop buying
-(providers finish what is paid), close every channel cooperatively, then leave the
+(providers finish what is paid), close every channel cooperatively, anchor what was
+logged and (for a few seconds) collect receipts for bought readings, then leave the
 nursery, which sends mDNS goodbyes and closes the sockets -- within 10 s.
 """
 
@@ -59,7 +60,6 @@ RECEIPT_COLLECT_SECONDS = 2.5
 """At shutdown, how long to keep asking producers for receipts of bought readings."""
 MINED_WAIT_SECONDS = 3.0
 """At shutdown, how long to wait for the last anchors to be mined."""
-"""At shutdown, how long to keep asking producers for receipts of bought readings."""
 
 
 def parse_offer(summary: str, service: str) -> int | None:
