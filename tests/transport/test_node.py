@@ -116,7 +116,7 @@ async def test_bad_input_is_logged_with_peer_and_reason(caplog: pytest.LogCaptur
 
 async def test_frames_keep_their_order_across_the_inline_and_queued_send_paths() -> None:
     """An idle session writes inline; a busy one queues. Mixing the two (bursts after
-    pauses longer than IDLE_FAST_PATH, and send_nowait) must never reorder frames --
+    pauses longer than IDLE_FAST_PATH, send_nowait and send_many) must never reorder frames --
     the payee would reject the overtaken payment as stale."""
     import random
 
@@ -130,7 +130,15 @@ async def test_frames_keep_their_order_across_the_inline_and_queued_send_paths()
                 assert session.send_nowait(Message(str(i), b""))
             else:
                 await session.send(Message(str(i), b""))
-        for i in range(600):
+        for i in range(600, 1200, 3):  # batches: inline when nothing is queued
+            if rng.random() < 0.2:
+                await trio.sleep(0.002)
+            if rng.random() < 0.3:
+                assert session.send_nowait(Message(str(i), b""))
+                await session.send_many([Message(str(i + 1), b""), Message(str(i + 2), b"")])
+            else:
+                await session.send_many([Message(str(i + k), b"") for k in range(3)])
+        for i in range(1200):
             with trio.fail_after(5):
                 _, frame = await bob.receive()
             assert frame == Message(str(i), b"")
@@ -152,3 +160,23 @@ async def test_a_late_watcher_can_replay_the_sessions_already_up() -> None:
         with trio.fail_after(5):
             assert not (await replayed.receive()).up
             assert not (await plain.receive()).up
+
+
+async def test_send_many_splits_a_large_batch_into_packets_in_order() -> None:
+    """A batch larger than coalesce_bytes goes out as several packets, still in order."""
+    config = NodeConfig(coalesce_bytes=2_000)
+    async with (
+        open_node(Identity.generate(), config=config) as alice,
+        open_node(Identity.generate()) as bob,
+    ):
+        session = await alice.connect(bob.address)
+        before = bob.statistics().packets_received
+        await session.send_many([Message(str(i), bytes(300)) for i in range(40)])
+        received = []
+        with trio.fail_after(5):
+            async for _, frame in bob.incoming():
+                received.append(frame)
+                if len(received) == 40:
+                    break
+        assert received == [Message(str(i), bytes(300)) for i in range(40)]
+        assert bob.statistics().packets_received - before >= 40 * 300 // 2_000
