@@ -714,12 +714,17 @@ class ChannelManager:
         while True:
             await self._wake.wait()
             # Group commit: while the tasks that are runnable now (verifying or signing
-            # the rest of a burst) keep adding to this batch, let them; as soon as a
-            # pass adds nothing, write it -- a lone payment is not held back.
+            # the rest of a burst) keep adding to this batch, let them; once two passes
+            # in a row add nothing, write it -- a lone payment is not held back long.
+            # One quiet pass is not enough: Trio runs a batch of runnable tasks in a
+            # random order, so a producer can run just before us in one batch and just
+            # after us in the next, and one pass then sees no mark though it is busy.
+            quiet = 0
             for _ in range(self.config.commit_gather):
                 marks = self._marks
                 await trio.lowlevel.checkpoint()
-                if self._marks == marks:
+                quiet = quiet + 1 if self._marks == marks else 0
+                if quiet == 2:
                     break
             self._wake = trio.Event()
             dirty, self._dirty = self._dirty, {}
@@ -751,8 +756,11 @@ class ChannelManager:
                     self._counts["acks_sent"] += 1
                     if self.on_paid is not None:
                         self.on_paid(cid, record.peer_id, service, record.total)
+            by_peer: dict[str, list[Frame]] = {}
             for peer_id, frame in outbox:
-                await self._send(peer_id, frame)
+                by_peer.setdefault(peer_id, []).append(frame)
+            for peer_id, frames in by_peer.items():
+                await self._send_many(peer_id, frames)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -772,6 +780,14 @@ class ChannelManager:
             return  # resent by peer_connected() when a session is back
         with contextlib.suppress(SessionClosed):
             await session.send(frame)
+
+    async def _send_many(self, peer_id: str, frames: list[Frame]) -> None:
+        """`_send` for a batch: one packet (one encryption pass, one nng message)."""
+        session = self.node.session(peer_id)
+        if session is None:
+            return
+        with contextlib.suppress(SessionClosed):
+            await session.send_many(frames)
 
     def _new_payout(self) -> bytes:
         return p2pkh_script(self.wallet.new_address())
