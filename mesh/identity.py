@@ -16,6 +16,7 @@ decryption it is checked against the key, which also catches a corrupted file.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -72,9 +73,17 @@ def verify_digest(public_key: bytes, digest: bytes, signature: bytes) -> bool:
     if len(digest) != 32:
         return False
     try:
-        return bool(_public_key(public_key).verify(signature, digest, hasher=None))
+        return bool(_verifying_key(bytes(public_key)).verify(signature, digest, hasher=None))
     except ValueError:
         return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _verifying_key(raw: bytes) -> PublicKey:
+    """`_public_key`, remembered: a channel's payee checks every payment against the
+    same key, and parsing it (a point decompression) is a fifth of a verification.
+    Only keys that parse are remembered (lru_cache does not keep exceptions)."""
+    return _public_key(raw)
 
 
 def derive_public_child(owner: bytes, counterparty: PrivateKey, invoice: str) -> bytes:
