@@ -6,10 +6,11 @@ it sends or acknowledges it, broadcasts funding, closes and refunds, watches exp
 and reloads everything after a restart.
 
 Durability (DESIGN §7), by group commit: state changes mark their channel dirty and a
-single committer task writes every dirty record in one SQLite transaction (in a worker
-thread, so verification and signing go on meanwhile); only then are the payer's
-`ChannelPay` frames sent and the payee's cumulative `ChannelAck`s (and payment
-callbacks) issued. Anything irreversible -- a funding or close transaction -- is
+committer task writes every dirty record in one SQLite transaction; only then are the
+payer's `ChannelPay` frames sent (one packet per peer and commit) and the payee's
+cumulative `ChannelAck`s (and payment callbacks) issued. Where a batch is known to be
+complete -- a payment with nothing else in flight, the last payment of a burst the node
+delivered -- the task at hand makes the same commit inline, sparing the hand-off. Anything irreversible -- a funding or close transaction -- is
 recorded before it is broadcast and its outcome after.
 
 A payee answers bad input with a `ChannelError` naming the rule and no state change;
@@ -147,6 +148,9 @@ class ChannelManager:
         self._dirty: dict[bytes, None] = {}
         self._outbox: list[tuple[str, Frame]] = []
         self._wake = trio.Event()
+        # Held from taking a batch until its frames are sealed and written: commits
+        # by the committer task and inline ones (see `_commit_inline`) go out in order.
+        self._commit_lock = trio.Lock()
         self._generation = 0
         self._committed_generation = 0
         self._committed = trio.Event()
@@ -341,17 +345,30 @@ class ChannelManager:
         payer = self._end(channel_id)
         if not isinstance(payer, Payer):
             raise ChannelFailure("only the payer pays on a channel")
+        waited = False
         while payer.record().seq - payer.record().acked_seq >= self.config.window:
             await self._ack_event(channel_id).wait()
+            waited = True
         record = payer.pay(amount)
         self._counts["payments_signed"] += 1
         self._outbox.append(
             (record.peer_id, ChannelPay(channel_id, record.seq, record.total, record.payer_sig))
         )
-        self._mark(channel_id)
-        # Let the committer persist and send what is signed so far while we sign on:
-        # signing here and verifying at the payee then overlap instead of alternating.
-        await trio.lowlevel.checkpoint()
+        if record.seq - record.acked_seq == 1:
+            # Nothing else in flight: there is no batch to wait for, so persist and
+            # send it here and spare a lone payment the hand-off to the committer.
+            self._mark(channel_id, wake=False)
+            if await self._commit_inline():
+                if not waited:
+                    await trio.lowlevel.checkpoint()
+                return record
+            self._wake.set()
+        else:
+            self._mark(channel_id)
+        if not waited:
+            # Let the committer persist and send what is signed so far while we sign
+            # on: signing here and verifying at the payee overlap instead of alternating.
+            await trio.lowlevel.checkpoint()
         return record
 
     async def wait_acked(self, channel_id: bytes, seq: int | None = None) -> Record:
@@ -545,7 +562,14 @@ class ChannelManager:
         if not fresh:
             # A resend after a reconnect: acknowledge again once it is surely durable.
             self._reack.add(frame.channel_id)
-        self._mark(frame.channel_id)
+        if self.node.queued_frames() == 0:
+            # The last payment of the burst the node delivered: a natural group commit.
+            # Persist and acknowledge here, without waking the committer.
+            self._mark(frame.channel_id, wake=False)
+            if not await self._commit_inline():
+                self._wake.set()
+        else:
+            self._mark(frame.channel_id)
 
     def _on_ack(self, peer_id: str, frame: ChannelAck) -> None:
         payer = self._owned(peer_id, frame.channel_id)
@@ -698,10 +722,11 @@ class ChannelManager:
 
     # ------------------------------------------------------------------ persistence
 
-    def _mark(self, channel_id: bytes) -> None:
+    def _mark(self, channel_id: bytes, *, wake: bool = True) -> None:
         self._dirty[channel_id] = None
         self._marks += 1
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     async def _flush(self, channel_id: bytes) -> None:
         """Persist `channel_id` now (through the committer) and wait for the commit."""
@@ -727,40 +752,85 @@ class ChannelManager:
                 if quiet == 2:
                     break
             self._wake = trio.Event()
-            dirty, self._dirty = self._dirty, {}
-            outbox, self._outbox = self._outbox, []
-            reack, self._reack = self._reack, set()
-            self._generation += 1
-            batch = [(self._ends[cid].record(), self._service[cid]) for cid in dirty]
-            started = trio.current_time()
-            async with self._db:
-                # Inline, not in a worker thread: a WAL commit takes ~10 us here, while
-                # handing it to a thread costs up to the GIL switch interval (5 ms)
-                # whenever this thread is busy verifying -- that capped throughput.
-                self._channels.save(batch)
-            self._commit_seconds += trio.current_time() - started
-            self._counts["commits"] += 1
-            self._counts["records_committed"] += len(batch)
-            self._committed_generation = self._generation
-            self._committed.set()
-            self._committed = trio.Event()
-            for record, service in batch:
-                cid = record.terms.channel_id
-                if record.role is Role.PAYEE and (
-                    record.seq > record.acked_seq or (cid in reack and record.seq > 0)
-                ):
-                    payee = self._ends[cid]
-                    assert isinstance(payee, Payee)
-                    payee.acknowledged(record.seq, record.total)
-                    outbox.append((record.peer_id, ChannelAck(cid, record.seq, record.total)))
-                    self._counts["acks_sent"] += 1
-                    if self.on_paid is not None:
-                        self.on_paid(cid, record.peer_id, service, record.total)
-            by_peer: dict[str, list[Frame]] = {}
-            for peer_id, frame in outbox:
-                by_peer.setdefault(peer_id, []).append(frame)
-            for peer_id, frames in by_peer.items():
-                await self._send_many(peer_id, frames)
+            if not (self._dirty or self._outbox or self._reack):
+                continue  # taken by an inline commit meanwhile
+            await _acquire(self._commit_lock)
+            try:
+                await _acquire(self._db)
+                try:
+                    sends = self._write_batch()
+                finally:
+                    self._db.release()
+                await self._send_batch(sends)
+            finally:
+                self._commit_lock.release()
+
+    async def _commit_inline(self) -> bool:
+        """Commit and send what is dirty from the calling task, if nothing else is
+        committing or using the database right now; False (nothing done) otherwise.
+
+        The same batch the committer would write, minus its hand-off and gathering
+        passes: used where a batch is known to be complete (a payment with nothing
+        else in flight, the last payment of a delivered burst).
+        """
+        try:
+            self._commit_lock.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        try:
+            try:
+                self._db.acquire_nowait()
+            except trio.WouldBlock:
+                return False
+            try:
+                sends = self._write_batch()
+            finally:
+                self._db.release()
+            await self._send_batch(sends)
+        finally:
+            self._commit_lock.release()
+        return True
+
+    def _write_batch(self) -> dict[str, list[Frame]]:
+        """Persist every dirty record in one transaction (the caller holds the database);
+        returns the frames that may now go out, by peer: the payer's payments queued
+        before the commit and the payee's cumulative acks of what it made durable."""
+        dirty, self._dirty = self._dirty, {}
+        outbox, self._outbox = self._outbox, []
+        reack, self._reack = self._reack, set()
+        self._generation += 1
+        batch = [(self._ends[cid].record(), self._service[cid]) for cid in dirty]
+        started = trio.current_time()
+        # Inline, not in a worker thread: a WAL commit takes ~10 us here, while
+        # handing it to a thread costs up to the GIL switch interval (5 ms)
+        # whenever this thread is busy verifying -- that capped throughput.
+        self._channels.save(batch)
+        self._commit_seconds += trio.current_time() - started
+        self._counts["commits"] += 1
+        self._counts["records_committed"] += len(batch)
+        self._committed_generation = self._generation
+        self._committed.set()
+        self._committed = trio.Event()
+        for record, service in batch:
+            cid = record.terms.channel_id
+            if record.role is Role.PAYEE and (
+                record.seq > record.acked_seq or (cid in reack and record.seq > 0)
+            ):
+                payee = self._ends[cid]
+                assert isinstance(payee, Payee)
+                payee.acknowledged(record.seq, record.total)
+                outbox.append((record.peer_id, ChannelAck(cid, record.seq, record.total)))
+                self._counts["acks_sent"] += 1
+                if self.on_paid is not None:
+                    self.on_paid(cid, record.peer_id, service, record.total)
+        by_peer: dict[str, list[Frame]] = {}
+        for peer_id, frame in outbox:
+            by_peer.setdefault(peer_id, []).append(frame)
+        return by_peer
+
+    async def _send_batch(self, sends: dict[str, list[Frame]]) -> None:
+        for peer_id, frames in sends.items():
+            await self._send_many(peer_id, frames)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -794,6 +864,14 @@ class ChannelManager:
 
     async def _thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
+
+
+async def _acquire(lock: trio.Lock | trio.CapacityLimiter) -> None:
+    """Take `lock` without a trip through the scheduler when it is free."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
 
 
 def _is_txid(text: str) -> bool:

@@ -443,6 +443,14 @@ class Node:
                     break
                 yield item
 
+    def queued_frames(self) -> int:
+        """How many received frames wait in the queue behind `incoming()`.
+
+        0 while handling a frame means it is the last of what has arrived: a
+        handler can finish a batch there (a group commit) rather than wait.
+        """
+        return self._in_recv.statistics().current_buffer_used
+
     async def receive(self) -> tuple[str, Frame]:
         """The next application frame and the peer id that sent it."""
         return await self._in_recv.receive()

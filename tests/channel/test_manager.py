@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -13,6 +14,8 @@ from mesh.chain.tx import parse_exact
 from mesh.channel import State
 from mesh.channel.store import ChannelStore
 from mesh.store import Store
+from mesh.transport import PeerSession
+from mesh.wire import ChannelAck, ChannelPay
 from tests.channel.harness import agentlet
 from tests.channel.helpers import check_spends_funding
 
@@ -151,3 +154,49 @@ async def test_channels_survive_a_restart(tmp_path: Path, ledger_path: Path) -> 
     [stored] = ChannelStore(store).load(include_final=True)
     store.close()
     assert stored.record.state is State.CLOSED and stored.record.total == 1_001
+
+
+@pytest.mark.parametrize("window", [1, 64])
+async def test_nothing_is_sent_or_acked_before_it_is_durable(
+    tmp_path: Path, ledger_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """Payments and acks leave only after the record they stand for is committed,
+    whether the committer task or an inline commit (lone payment, end of a burst)
+    wrote it."""
+    durable: dict[str, int] = {}  # role -> highest seq committed
+    checked = {"pay": 0, "ack": 0}
+    save = ChannelStore.save
+
+    def recording_save(self: ChannelStore, records: Any) -> None:
+        records = list(records)
+        save(self, records)
+        for record, _ in records:
+            role = record.role.value
+            durable[role] = max(durable.get(role, 0), record.seq)
+
+    send_many = PeerSession.send_many
+
+    async def checking_send_many(self: PeerSession, frames: Any) -> None:
+        for frame in frames:
+            if isinstance(frame, ChannelPay):
+                assert frame.seq <= durable.get("payer", 0), "payment sent before durable"
+                checked["pay"] += 1
+            elif isinstance(frame, ChannelAck) and frame.seq:
+                assert frame.seq <= durable.get("payee", 0), "ack sent before durable"
+                checked["ack"] += 1
+        await send_many(self, frames)
+
+    monkeypatch.setattr(ChannelStore, "save", recording_save)
+    monkeypatch.setattr(PeerSession, "send_many", checking_send_many)
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path, config=ChannelConfig(window=window)) as buyer,
+        agentlet(tmp_path / "seller", ledger_path) as seller,
+    ):
+        await buyer.fund(ledger_path, 1_000_000)
+        await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
+        cid = await buyer.manager.open(seller.node.peer_id, "spindle-time", CAPACITY, 20)
+        for _ in range(300):
+            await buyer.manager.pay(cid, 1)
+        final = await buyer.manager.wait_acked(cid)
+    assert final.acked_total == 300
+    assert checked["pay"] == 300 and checked["ack"] >= 1
