@@ -10,8 +10,9 @@ committer task writes every dirty record in one SQLite transaction; only then ar
 payer's `ChannelPay` frames sent (one packet per peer and commit) and the payee's
 cumulative `ChannelAck`s (and payment callbacks) issued. Where a batch is known to be
 complete -- a payment with nothing else in flight, the last payment of a burst the node
-delivered -- the task at hand makes the same commit inline, sparing the hand-off. Anything irreversible -- a funding or close transaction -- is
-recorded before it is broadcast and its outcome after.
+delivered -- the task at hand makes the same commit inline, sparing the hand-off.
+Anything irreversible -- a funding or close transaction -- is recorded before it is
+broadcast and its outcome after.
 
 A payee answers bad input with a `ChannelError` naming the rule and no state change;
 a peer that keeps doing it loses its session.
