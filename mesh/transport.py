@@ -361,6 +361,7 @@ class Node:
         self._in_send, self._in_recv = trio.open_memory_channel[tuple[str, Frame]](
             config.incoming_queue_frames
         )
+        self._queued = 0  # frames in that queue (cheaper to count than to ask the channel)
         self._heartbeat_seq = 0
         self._watchers: list[trio.MemorySendChannel[SessionEvent]] = []
 
@@ -435,12 +436,14 @@ class Node:
                 item = await receive.receive()
             except trio.EndOfChannel:
                 return
+            self._queued -= 1
             yield item
             while True:
                 try:
                     item = receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+                self._queued -= 1
                 yield item
 
     def queued_frames(self) -> int:
@@ -449,11 +452,13 @@ class Node:
         0 while handling a frame means it is the last of what has arrived: a
         handler can finish a batch there (a group commit) rather than wait.
         """
-        return self._in_recv.statistics().current_buffer_used
+        return self._queued
 
     async def receive(self) -> tuple[str, Frame]:
         """The next application frame and the peer id that sent it."""
-        return await self._in_recv.receive()
+        item = await self._in_recv.receive()
+        self._queued -= 1
+        return item
 
     async def connect(
         self,
@@ -591,10 +596,15 @@ class Node:
         No checkpoint when there is room: the receive loop then opens every packet
         that is ready before the application runs, and it handles them as one burst.
         """
+        self._queued += 1  # before: the application may take it before we resume
         try:
             self._in_send.send_nowait((peer_id, frame))
         except trio.WouldBlock:
-            await self._in_send.send((peer_id, frame))
+            try:
+                await self._in_send.send((peer_id, frame))
+            except BaseException:
+                self._queued -= 1
+                raise
 
     def _on_hs1(self, packet: bytes) -> None:
         try:

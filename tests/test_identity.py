@@ -174,3 +174,30 @@ def test_peer_id_parsing() -> None:
     for bad in ("zz", "02" + "00" * 32, identity.peer_id[:-2], "04" + identity.peer_id[2:]):
         with pytest.raises(ValueError):
             parse_peer_id(bad)
+
+
+def test_the_fast_verify_path_agrees_with_bsv_sdk() -> None:
+    """`verify_digest` calls bsv-sdk's native verify on cached key bytes when it can;
+    every verdict must be `PublicKey.verify`'s own."""
+    from bsv.keys import PublicKey
+
+    from mesh import identity as module
+
+    assert module._NATIVE_VERIFY is not None  # the backend this project installs
+    signer, other = Identity.generate(), Identity.generate()
+    digest = hashlib.sha256(b"pay 42").digest()
+    sig = signer.sign_digest(digest)
+    cases = [
+        (signer.public_key, digest, sig),
+        (signer.public_key, hashlib.sha256(b"pay 43").digest(), sig),
+        (other.public_key, digest, sig),
+        (signer.public_key, digest, sig[:-1] + bytes([sig[-1] ^ 1])),
+        (signer.public_key, digest, sig[:10]),
+        (signer.public_key, digest, b""),
+    ]
+    for key, message, signature in cases:
+        try:
+            expected = bool(PublicKey(key).verify(signature, message, hasher=None))
+        except ValueError:
+            expected = False
+        assert verify_digest(key, message, signature) is expected

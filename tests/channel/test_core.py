@@ -231,3 +231,15 @@ def test_payee_total_is_the_last_verified_total(amounts: list[int], data: st.Dat
     if expected:
         tx = check_spends_funding(payee.closing_tx(), payee.terms)
         assert tx.outputs[0].satoshis == expected
+
+
+def test_record_fast_copies_equal_dataclasses_replace() -> None:
+    """`with_payment`/`with_ack` spell out every field: a field added to `Record`
+    and forgotten there fails here."""
+    payer, *_ = make_pair()
+    record = dataclasses.replace(payer.record(), acked_seq=3, acked_total=7, close_txid="ab")
+    assert record.with_payment(9, 11, b"sig") == dataclasses.replace(
+        record, seq=9, total=11, payer_sig=b"sig"
+    )
+    assert record.with_ack(5, 6) == dataclasses.replace(record, acked_seq=5, acked_total=6)
+    assert len(dataclasses.fields(Record)) == 11
