@@ -8,8 +8,9 @@ packets, keeps tables, and enforces resource limits:
 
 * sockets are driven by fd polling (`wait_readable` on nng's recv/send fds plus
   non-blocking calls), several times faster under Trio than `asend`/`arecv`;
-* every session has a bounded send queue (backpressure, never unbounded memory)
-  and one sender task that coalesces whatever is queued into one packet;
+* every session (`mesh.peer.PeerSession`, re-exported here with the node's config
+  and errors) has a bounded send queue (backpressure, never unbounded memory) and
+  one sender task that coalesces whatever is queued into one packet;
 * `recv_max_size` on every socket; a handshake deadline and a cap on handshakes
   in progress, so slow or garbage peers cannot tie the node up;
 * nng redials dropped connections with exponential backoff; `connect` retries a
@@ -24,15 +25,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pynng
 import trio
 
-from mesh.errors import LocalProtocolError, MeshError, RemoteProtocolError
+from mesh.errors import LocalProtocolError, RemoteProtocolError
 from mesh.identity import Identity
+from mesh.peer import (
+    ConnectError,
+    NodeConfig,
+    Outbox,
+    PeerSession,
+    SessionClosed,
+)
 from mesh.session import (
     DATA,
     HS1,
@@ -50,36 +58,9 @@ from mesh.session import (
     reject_packet,
     reject_reason,
 )
-from mesh.wire import Close, Error, Frame, Heartbeat, ProfileSummary, encode
+from mesh.wire import Close, Error, Frame, Heartbeat, ProfileSummary
 
 log = logging.getLogger("mesh.transport")
-IDLE_FAST_PATH = 0.001
-"""Seconds a session must have been quiet for `send` to write inline."""
-
-
-class ConnectError(MeshError):
-    """A session could not be established (timeout, refusal, bad identity)."""
-
-
-class SessionClosed(MeshError):
-    """The session is closed; nothing more can be sent on it."""
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """Limits and timers of a node; the defaults suit a LAN of machines."""
-
-    handshake_timeout: float = 5.0
-    max_pending_handshakes: int = 64
-    send_queue_frames: int = 1024
-    coalesce_bytes: int = 60_000
-    incoming_queue_frames: int = 4096
-    heartbeat_interval: float = 5.0
-    dead_after: float = 15.0
-    connect_attempts: int = 3
-    reconnect_min_ms: int = 100
-    reconnect_max_ms: int = 5_000
-    close_grace: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -118,217 +99,6 @@ class _Counters:
     packets_received: int = 0
 
 
-class _Outbox:
-    """One Push0 dialer to a remote mailbox, shared by the sessions to it.
-
-    Reference counted by its users (pending handshakes, sessions, in-flight
-    handshake writes); the socket closes when the last one lets go.
-    """
-
-    def __init__(self, mailbox: str, config: NodeConfig) -> None:
-        self.mailbox = mailbox
-        self.users = 0
-        self._closed = False
-        self._lock = trio.Lock()
-        self._sock = pynng.Push0(
-            send_buffer_size=64,
-            recv_max_size=MAX_PACKET_SIZE,
-            reconnect_time_min=config.reconnect_min_ms,
-            reconnect_time_max=config.reconnect_max_ms,
-        )
-        self._send_fd: int = self._sock.send_fd
-        self._sock.dial(mailbox, block=False)
-
-    async def write(self, packet: bytes) -> None:
-        """Queue one packet on the socket, waiting (by fd) while it is full.
-
-        Raises `SessionClosed` if the outbox is closed meanwhile.
-        """
-        async with self._lock:
-            while True:
-                if self._closed:
-                    raise SessionClosed(f"outbox to {self.mailbox} is closed")
-                try:
-                    self._sock.send(packet, block=False)
-                except pynng.TryAgain:
-                    try:
-                        await trio.lowlevel.wait_readable(self._send_fd)
-                    except trio.ClosedResourceError:
-                        raise SessionClosed(f"outbox to {self.mailbox} is closed") from None
-                else:
-                    return
-
-    def write_nowait(self, packet: bytes) -> bool:
-        """Write at once if no one else is writing and the socket has room."""
-        if self._closed or self._lock.locked():
-            return False
-        try:
-            self._sock.send(packet, block=False)
-        except pynng.TryAgain:
-            return False
-        return True
-
-    def close(self) -> None:
-        """Close the socket, waking any writer first (Trio must hear of it)."""
-        if self._closed:
-            return
-        self._closed = True
-        trio.lowlevel.notify_closing(self._send_fd)
-        self._sock.close()
-
-
-class PeerSession:
-    """A live session with one peer, as the application sees it."""
-
-    def __init__(self, node: Node, core: Session, outbox: _Outbox) -> None:
-        """Wrap a core session; `Node` creates these."""
-        self._node = node
-        self.core = core
-        self.outbox = outbox
-        self.closed = trio.Event()
-        self.confirmed = trio.Event()
-        self.close_reason = ""
-        self._send, self._queue = trio.open_memory_channel[bytes](node.config.send_queue_frames)
-        self._scope = trio.CancelScope()
-        # Frames handed to the queue and not yet written. A frame can pass straight
-        # to the waiting sender task without ever sitting in the queue's buffer, so
-        # the buffer's size cannot tell whether the inline path would overtake it.
-        self._unsent = 0
-        now = trio.current_time()
-        self.last_received = now
-        self.last_sent = now
-
-    @property
-    def peer(self) -> PeerInfo:
-        """Who the peer proved to be, and what it claimed."""
-        return self.core.peer
-
-    @property
-    def peer_id(self) -> str:
-        """The peer's id (compressed identity key, hex)."""
-        return self.core.peer.peer_id
-
-    async def send(self, frame: Frame) -> None:
-        """Send a frame; waits while the session's send queue is full.
-
-        On an idle session (nothing queued or being sent, nothing sent for
-        `IDLE_FAST_PATH`) the frame is sealed and written right here, saving the
-        hand-off to the sender task; under load it joins the queue and is coalesced
-        with the frames around it into one packet.
-        Either way frames leave in the order `send` was called.
-        """
-        data = encode(frame)
-        if self.closed.is_set():
-            raise SessionClosed(f"session with {self.peer_id} closed: {self.close_reason}")
-        now = trio.current_time()
-        if self._unsent == 0 and now - self.last_sent >= IDLE_FAST_PATH:
-            packet = self.core.seal_encoded([data])
-            self.last_sent = now
-            if not self.outbox.write_nowait(packet):
-                await self.outbox.write(packet)
-            return
-        self._unsent += 1
-        try:
-            await self._send.send(data)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self._unsent -= 1
-            raise SessionClosed(
-                f"session with {self.peer_id} closed: {self.close_reason}"
-            ) from None
-        except BaseException:  # cancelled: Trio guarantees the frame was not queued
-            self._unsent -= 1
-            raise
-
-    async def send_many(self, frames: Sequence[Frame]) -> None:
-        """Send frames in order, as few packets as possible; waits while the queue is full.
-
-        For a caller that already holds a batch (a group commit's acks or payments):
-        with nothing queued or being sent, the frames are sealed here into packets of
-        up to `coalesce_bytes` and written at once -- one nng message and no hand-off
-        to the sender task for the whole batch. Otherwise they join the queue behind
-        what is there, like `send`.
-        """
-        encoded = [encode(frame) for frame in frames]
-        if self.closed.is_set():
-            raise SessionClosed(f"session with {self.peer_id} closed: {self.close_reason}")
-        if self._unsent == 0:
-            limit = self._node.config.coalesce_bytes
-            start = 0
-            while start < len(encoded):
-                end, size = start + 1, len(encoded[start])
-                while end < len(encoded) and size + len(encoded[end]) <= limit:
-                    size += len(encoded[end])
-                    end += 1
-                packet = self.core.seal_encoded(encoded[start:end])
-                self.last_sent = trio.current_time()
-                if not self.outbox.write_nowait(packet):
-                    await self.outbox.write(packet)
-                start = end
-            return
-        for data in encoded:
-            self._unsent += 1
-            try:
-                await self._send.send(data)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                self._unsent -= 1
-                raise SessionClosed(
-                    f"session with {self.peer_id} closed: {self.close_reason}"
-                ) from None
-            except BaseException:  # cancelled: Trio guarantees the frame was not queued
-                self._unsent -= 1
-                raise
-
-    def send_nowait(self, frame: Frame) -> bool:
-        """Queue a frame if there is room; False if the queue is full or closed."""
-        try:
-            self._send.send_nowait(encode(frame))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
-        self._unsent += 1
-        return True
-
-    async def aclose(self, reason: str = "closed by application") -> None:
-        """Say goodbye and end the session; frames already queued are sent first."""
-        if self.closed.is_set():
-            return
-        self.send_nowait(Close(reason))
-        await self._send.aclose()
-        with trio.move_on_after(self._node.config.close_grace):
-            await self.closed.wait()
-        self._node._drop(self, reason)
-
-    async def run_sender(self, first_packet: bytes | None) -> None:
-        """Drain the send queue into packets, coalescing under load."""
-        limit = self._node.config.coalesce_bytes
-        with self._scope:
-            if first_packet is not None:
-                await self.outbox.write(first_packet)
-            async for data in self._queue:
-                batch, size = [data], len(data)
-                while size < limit:
-                    try:
-                        more = self._queue.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    batch.append(more)
-                    size += len(more)
-                try:
-                    packet = self.core.seal_encoded(batch)
-                except LocalProtocolError:
-                    break
-                self.last_sent = trio.current_time()
-                await self.outbox.write(packet)
-                self._unsent -= len(batch)
-            self.closed.set()
-
-    def _stop(self, reason: str) -> None:
-        if not self.closed.is_set():
-            self.close_reason = reason
-        self._scope.cancel()
-        self._send.close()
-        self.closed.set()
-
-
 class Node:
     """An agent's messaging endpoint: one mailbox, many authenticated sessions.
 
@@ -350,13 +120,11 @@ class Node:
         self._pull = pull
         self._nursery = nursery
         self._allow = allow
-        self._outboxes: dict[str, _Outbox] = {}
+        self._outboxes: dict[str, Outbox] = {}
         self._sessions: dict[bytes, PeerSession] = {}
         self._by_peer: dict[str, PeerSession] = {}
-        self._responding: dict[bytes, tuple[Handshake, float, _Outbox]] = {}
-        self._initiating: dict[
-            bytes, tuple[Handshake, _Outbox, trio.MemorySendChannel[object]]
-        ] = {}
+        self._responding: dict[bytes, tuple[Handshake, float, Outbox]] = {}
+        self._initiating: dict[bytes, tuple[Handshake, Outbox, trio.MemorySendChannel[object]]] = {}
         self._counters = _Counters()
         self._in_send, self._in_recv = trio.open_memory_channel[tuple[str, Frame]](
             config.incoming_queue_frames
@@ -670,7 +438,7 @@ class Node:
         self._counters.handshakes_failed += 1
         log.warning("handshake with %s failed: %s", where, exc)
 
-    async def _send_and_release(self, deadline: float, outbox: _Outbox, packet: bytes) -> None:
+    async def _send_and_release(self, deadline: float, outbox: Outbox, packet: bytes) -> None:
         """Write a handshake packet by `deadline`, then drop our reference."""
         try:
             with trio.move_on_at(deadline):
@@ -682,14 +450,14 @@ class Node:
 
     # ------------------------------------------------------------------ tables
 
-    def _acquire(self, mailbox: str) -> _Outbox:
+    def _acquire(self, mailbox: str) -> Outbox:
         outbox = self._outboxes.get(mailbox)
         if outbox is None:
-            outbox = self._outboxes[mailbox] = _Outbox(mailbox, self.config)
+            outbox = self._outboxes[mailbox] = Outbox(mailbox, self.config)
         outbox.users += 1
         return outbox
 
-    def _release(self, outbox: _Outbox, *, linger: bool = False) -> None:
+    def _release(self, outbox: Outbox, *, linger: bool = False) -> None:
         outbox.users -= 1
         if outbox.users <= 0 and self._outboxes.get(outbox.mailbox) is outbox:
             del self._outboxes[outbox.mailbox]
@@ -698,7 +466,7 @@ class Node:
             else:
                 outbox.close()
 
-    async def _close_later(self, outbox: _Outbox) -> None:
+    async def _close_later(self, outbox: Outbox) -> None:
         """Close a session's last outbox after `close_grace`: closing an nng socket
         discards what it has not sent yet, such as the goodbye just written."""
         try:
@@ -706,8 +474,8 @@ class Node:
         finally:
             outbox.close()
 
-    def _register(self, core: Session, outbox: _Outbox, first_packet: bytes | None) -> PeerSession:
-        peer = PeerSession(self, core, outbox)
+    def _register(self, core: Session, outbox: Outbox, first_packet: bytes | None) -> PeerSession:
+        peer = PeerSession(self.config, core, outbox, self._drop)
         self._sessions[core.index] = peer
         self._by_peer[peer.peer_id] = peer
         self._counters.handshakes_completed += 1
@@ -726,7 +494,7 @@ class Node:
             return
         if self._by_peer.get(peer.peer_id) is peer:
             del self._by_peer[peer.peer_id]
-        peer._stop(reason)
+        peer.stop(reason)
         self._release(peer.outbox, linger=True)
         log.info("session with %s closed: %s", peer.peer_id, reason)
         if peer.peer_id not in self._by_peer:
@@ -812,3 +580,15 @@ def _resolved(listen: str, bound: str) -> str:
     if listen.startswith("tcp://") and listen.endswith(":0"):
         return f"tcp://{bound}"
     return listen
+
+
+__all__ = [
+    "ConnectError",
+    "Node",
+    "NodeConfig",
+    "NodeStatistics",
+    "PeerSession",
+    "SessionClosed",
+    "SessionEvent",
+    "open_node",
+]
