@@ -166,17 +166,7 @@ class PeerSession:
             if not self.outbox.write_nowait(packet):
                 await self.outbox.write(packet)
             return
-        self._unsent += 1
-        try:
-            await self._send.send(data)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self._unsent -= 1
-            raise SessionClosed(
-                f"session with {self.peer_id} closed: {self.close_reason}"
-            ) from None
-        except BaseException:  # cancelled: Trio guarantees the frame was not queued
-            self._unsent -= 1
-            raise
+        await self._enqueue(data)
 
     async def send_many(self, frames: Sequence[Frame]) -> None:
         """Send frames in order, as few packets as possible; waits while the queue is full.
@@ -205,17 +195,21 @@ class PeerSession:
                 start = end
             return
         for data in encoded:
-            self._unsent += 1
-            try:
-                await self._send.send(data)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                self._unsent -= 1
-                raise SessionClosed(
-                    f"session with {self.peer_id} closed: {self.close_reason}"
-                ) from None
-            except BaseException:  # cancelled: Trio guarantees the frame was not queued
-                self._unsent -= 1
-                raise
+            await self._enqueue(data)
+
+    async def _enqueue(self, data: bytes) -> None:
+        """Hand an encoded frame to the sender task (waits while the queue is full)."""
+        self._unsent += 1
+        try:
+            await self._send.send(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._unsent -= 1
+            raise SessionClosed(
+                f"session with {self.peer_id} closed: {self.close_reason}"
+            ) from None
+        except BaseException:  # cancelled: Trio guarantees the frame was not queued
+            self._unsent -= 1
+            raise
 
     def send_nowait(self, frame: Frame) -> bool:
         """Queue a frame if there is room; False if the queue is full or closed."""
