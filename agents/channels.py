@@ -5,14 +5,13 @@ the wallet, moves channel frames over the node's sessions, persists every state 
 it sends or acknowledges it, broadcasts funding, closes and refunds, watches expiry,
 and reloads everything after a restart.
 
-Durability (DESIGN §7), by group commit: state changes mark their channel dirty and a
-committer task writes every dirty record in one SQLite transaction; only then are the
-payer's `ChannelPay` frames sent (one packet per peer and commit) and the payee's
-cumulative `ChannelAck`s (and payment callbacks) issued. Where a batch is known to be
-complete -- a payment with nothing else in flight, the last payment of a burst the node
-delivered -- the task at hand makes the same commit inline, sparing the hand-off.
-Anything irreversible -- a funding or close transaction -- is recorded before it is
-broadcast and its outcome after.
+Durability (DESIGN §7), by group commit (`agents.group_commit`): state changes mark
+their channel dirty; the payer's `ChannelPay` frames wait for the commit that makes
+their state durable, and the payee's cumulative `ChannelAck`s (and payment callbacks)
+are issued only for what a commit wrote. Where a batch is known to be complete -- a
+payment with nothing else in flight, the last payment of a burst the node delivered --
+the task at hand commits inline. Anything irreversible -- a funding or close
+transaction -- is recorded before it is broadcast and its outcome after.
 
 A payee answers bad input with a `ChannelError` naming the rule and no state change;
 a peer that keeps doing it loses its session.
@@ -30,6 +29,7 @@ from typing import TypeVar
 
 import trio
 
+from agents.group_commit import GroupCommit
 from mesh.chain.base import Chain, Utxo
 from mesh.chain.errors import ChainError, TxRejected
 from mesh.chain.tx import p2pkh_script, parse_exact, txid_of
@@ -146,40 +146,27 @@ class ChannelManager:
         self._ends: dict[bytes, Payer | Payee] = {}
         self._service: dict[bytes, str] = {}
         self._funding: dict[bytes, bytes] = {}
-        self._dirty: dict[bytes, None] = {}
-        self._outbox: list[tuple[str, Frame]] = []
-        self._wake = trio.Event()
-        # Held from taking a batch until its frames are sealed and written: commits
-        # by the committer task and inline ones (see `_commit_inline`) go out in order.
-        self._commit_lock = trio.Lock()
-        self._generation = 0
-        self._committed_generation = 0
-        self._committed = trio.Event()
+        self._commits = GroupCommit(
+            self._current,
+            channels.save,
+            self._acknowledge,
+            self._send_many,
+            db_limiter,
+            gather=self.config.commit_gather,
+        )
         self._acked: dict[bytes, trio.Event] = {}
         self._replies: dict[bytes, trio.MemorySendChannel[Frame]] = {}
         self._violations: dict[str, int] = {}
-        self._reack: set[bytes] = set()
-        self._marks = 0
         self._counts = dict.fromkeys(
-            (
-                "commits",
-                "records_committed",
-                "payments_signed",
-                "payments_accepted",
-                "acks_sent",
-                "acks_received",
-                "rejections",
-            ),
-            0,
+            ("payments_signed", "payments_accepted", "acks_received", "rejections"), 0
         )
-        self._commit_seconds = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the committer, reload stored channels, then watch expiry."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._committer)
+            nursery.start_soon(self._commits.run)
             await self._reload()
             nursery.start_soon(self._watcher)
             task_status.started()
@@ -213,7 +200,7 @@ class ChannelManager:
                     await self._broadcast_funding(end)  # idempotent if it went out
                 else:  # crashed before recording the funding: it never went out
                     end.event("fail")
-                    await self._flush(cid)
+                    await self._commits.flush(cid)
                     await self._thread(self.wallet.release, cid.hex())
             if record.state is State.CLOSING and isinstance(end, Payee):
                 raw = item.close_raw
@@ -226,8 +213,14 @@ class ChannelManager:
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the manager's counters."""
+        commits = self._commits.counters
         return ChannelStatistics(
-            channels=len(self._ends), commit_seconds=self._commit_seconds, **self._counts
+            channels=len(self._ends),
+            commits=commits.commits,
+            records_committed=commits.records_committed,
+            commit_seconds=commits.commit_seconds,
+            acks_sent=commits.acks_sent,
+            **self._counts,
         )
 
     def records(self) -> list[tuple[Record, str]]:
@@ -296,14 +289,14 @@ class ChannelManager:
                 self._ends[channel_id] = payer
                 self._service[channel_id] = service
                 self._funding[channel_id] = draft.raw
-                await self._flush(channel_id)
+                await self._commits.flush(channel_id)
                 await self._thread(lambda: self._channels.save_raw(channel_id, funding=draft.raw))
                 await self._broadcast_funding(payer)
                 ack = await replies.receive()
                 if not (isinstance(ack, ChannelAck) and ack.seq == 0):
                     raise ChannelFailure(f"payee did not open the channel: {_describe(ack)}")
                 payer.event("opened")
-                await self._flush(channel_id)
+                await self._commits.flush(channel_id)
         except (trio.TooSlowError, ChannelFailure, PaymentRejected, ChainError) as exc:
             await self._abandon_open(channel_id, draft.txid)
             raise ChannelFailure(f"opening a channel to {peer_id[:16]}…: {exc}") from None
@@ -323,7 +316,7 @@ class ChannelManager:
         if end is not None and end.state is not State.PROPOSED:
             if end.state is State.REFUND_SIGNED:
                 end.event("fail")
-                await self._flush(channel_id)
+                await self._commits.flush(channel_id)
                 await self._thread(self.wallet.abandon, funding_txid)
             return  # funded: the refund (or a later close) settles it
         self._ends.pop(channel_id, None)
@@ -335,7 +328,7 @@ class ChannelManager:
         await self.chain.broadcast(parse_exact(raw))
         await self._thread(self.wallet.mark_broadcast, payer.terms.funding_txid)
         payer.event("funding-accepted")
-        await self._flush(cid)
+        await self._commits.flush(cid)
         await self._send(payer.record().peer_id, ChannelFunded(cid, raw))
 
     async def pay(self, channel_id: bytes, amount: int) -> Record:
@@ -352,20 +345,20 @@ class ChannelManager:
             waited = True
         record = payer.pay(amount)
         self._counts["payments_signed"] += 1
-        self._outbox.append(
-            (record.peer_id, ChannelPay(channel_id, record.seq, record.total, record.payer_sig))
+        self._commits.send_after_commit(
+            record.peer_id, ChannelPay(channel_id, record.seq, record.total, record.payer_sig)
         )
         if record.seq - record.acked_seq == 1:
             # Nothing else in flight: there is no batch to wait for, so persist and
             # send it here and spare a lone payment the hand-off to the committer.
-            self._mark(channel_id, wake=False)
-            if await self._commit_inline():
+            self._commits.mark(channel_id, wake=False)
+            if await self._commits.commit_inline():
                 if not waited:
                     await trio.lowlevel.checkpoint()
                 return record
-            self._wake.set()
+            self._commits.wake()
         else:
-            self._mark(channel_id)
+            self._commits.mark(channel_id)
         if not waited:
             # Let the committer persist and send what is signed so far while we sign
             # on: signing here and verifying at the payee overlap instead of alternating.
@@ -401,7 +394,7 @@ class ChannelManager:
             return end.record()
         if end.state is State.OPEN:
             end.event("close")
-            await self._flush(channel_id)
+            await self._commits.flush(channel_id)
         await self._send(end.record().peer_id, ChannelClose(channel_id))
         try:
             with trio.fail_after(self.config.open_timeout):
@@ -497,7 +490,7 @@ class ChannelManager:
         _, signature = payee.sign_refund()
         self._ends[cid] = payee
         self._service[cid] = frame.service
-        await self._flush(cid)
+        await self._commits.flush(cid)
         await self._send(peer_id, ChannelRefundSigned(cid, signature, payee_payout))
 
     async def _check_open(self, frame: ChannelOpen) -> tuple[str, str] | None:
@@ -546,7 +539,7 @@ class ChannelManager:
             await self._reject(peer_id, frame.channel_id, "funding", str(exc))
             return
         payee.event("funding-accepted")
-        await self._flush(frame.channel_id)
+        await self._commits.flush(frame.channel_id)
         await self._send(peer_id, ChannelAck(frame.channel_id, 0, 0))
 
     async def _on_pay(self, peer_id: str, frame: ChannelPay) -> None:
@@ -562,15 +555,15 @@ class ChannelManager:
         self._counts["payments_accepted"] += fresh
         if not fresh:
             # A resend after a reconnect: acknowledge again once it is surely durable.
-            self._reack.add(frame.channel_id)
+            self._commits.reack([frame.channel_id])
         if self.node.queued_frames() == 0:
             # The last payment of the burst the node delivered: a natural group commit.
             # Persist and acknowledge here, without waking the committer.
-            self._mark(frame.channel_id, wake=False)
-            if not await self._commit_inline():
-                self._wake.set()
+            self._commits.mark(frame.channel_id, wake=False)
+            if not await self._commits.commit_inline():
+                self._commits.wake()
         else:
-            self._mark(frame.channel_id)
+            self._commits.mark(frame.channel_id)
 
     def _on_ack(self, peer_id: str, frame: ChannelAck) -> None:
         payer = self._owned(peer_id, frame.channel_id)
@@ -582,7 +575,7 @@ class ChannelManager:
                 reply_to.send_nowait(frame)
             elif payer.state is State.FUNDED:  # restarted after funding: open it now
                 payer.event("opened")
-                self._mark(frame.channel_id)
+                self._commits.mark(frame.channel_id)
                 self._notify_ack(frame.channel_id)
             return
         try:
@@ -620,7 +613,7 @@ class ChannelManager:
             )
             return
         payer.mark_closed(frame.close_txid)
-        await self._flush(frame.channel_id)
+        await self._commits.flush(frame.channel_id)
         coin = Utxo(frame.close_txid, 1, rest, payer.terms.payer_payout)
         await self._thread(self.wallet.add_utxos, [coin])
         self._notify_ack(frame.channel_id)
@@ -635,7 +628,7 @@ class ChannelManager:
             return  # nothing to claim: the payer's refund settles it
         payee.event("close")
         raw = payee.closing_tx()
-        await self._flush(cid)
+        await self._commits.flush(cid)
         await self._thread(lambda: self._channels.save_raw(cid, close=raw))
         await self._finish_close(payee, raw)
 
@@ -648,14 +641,14 @@ class ChannelManager:
                 # Besides our close, only the refund spends the funding: we were away
                 # past the expiry and the payer took its coins back.
                 end.mark_refunded("")
-                await self._flush(cid)
+                await self._commits.flush(cid)
                 self._notify_ack(cid)
                 log.warning("channel %s was refunded before we closed it", cid.hex()[:16])
             else:  # stays CLOSING; tried again at the next start
                 log.warning("close of channel %s not accepted: %s", cid.hex()[:16], exc)
             return
         end.mark_closed(txid)
-        await self._flush(cid)
+        await self._commits.flush(cid)
         record = end.record()
         if isinstance(end, Payee):
             coin = Utxo(txid, 0, record.total, end.terms.payee_payout)
@@ -687,13 +680,13 @@ class ChannelManager:
         except TxRejected as exc:
             if exc.rule in ("double-spend", "spent-input"):
                 payer.mark_closed("")  # the payee closed it first
-                await self._flush(cid)
+                await self._commits.flush(cid)
                 self._notify_ack(cid)
             else:
                 log.warning("refund of channel %s not accepted yet: %s", cid.hex()[:16], exc)
             return
         payer.mark_refunded(txid)
-        await self._flush(cid)
+        await self._commits.flush(cid)
         coin = Utxo(
             txid, 0, payer.terms.capacity - payer.terms.refund_fee, payer.terms.payer_payout
         )
@@ -718,120 +711,28 @@ class ChannelManager:
                 if record.state is State.CLOSING:  # the request may have been lost
                     await self._send(peer_id, ChannelClose(cid))
             elif record.state in (State.OPEN, State.CLOSING) and record.seq:
-                self._reack.add(cid)  # the committer acks what is durable
-                self._mark(cid)
+                self._commits.reack([cid])  # acked once it is surely durable
+                self._commits.mark(cid)
 
     # ------------------------------------------------------------------ persistence
 
-    def _mark(self, channel_id: bytes, *, wake: bool = True) -> None:
-        self._dirty[channel_id] = None
-        self._marks += 1
-        if wake:
-            self._wake.set()
+    def _current(self, channel_id: bytes) -> tuple[Record, str]:
+        return self._ends[channel_id].record(), self._service[channel_id]
 
-    async def _flush(self, channel_id: bytes) -> None:
-        """Persist `channel_id` now (through the committer) and wait for the commit."""
-        self._mark(channel_id)
-        target = self._generation + 1
-        while self._committed_generation < target:
-            await self._committed.wait()
-
-    async def _committer(self) -> None:
-        while True:
-            await self._wake.wait()
-            # Group commit: while the tasks that are runnable now (verifying or signing
-            # the rest of a burst) keep adding to this batch, let them; once two passes
-            # in a row add nothing, write it -- a lone payment is not held back long.
-            # One quiet pass is not enough: Trio runs a batch of runnable tasks in a
-            # random order, so a producer can run just before us in one batch and just
-            # after us in the next, and one pass then sees no mark though it is busy.
-            quiet = 0
-            for _ in range(self.config.commit_gather):
-                marks = self._marks
-                await trio.lowlevel.checkpoint()
-                quiet = quiet + 1 if self._marks == marks else 0
-                if quiet == 2:
-                    break
-            self._wake = trio.Event()
-            if not (self._dirty or self._outbox or self._reack):
-                continue  # taken by an inline commit meanwhile
-            await _acquire(self._commit_lock)
-            try:
-                await _acquire(self._db)
-                try:
-                    sends = self._write_batch()
-                finally:
-                    self._db.release()
-                await self._send_batch(sends)
-            finally:
-                self._commit_lock.release()
-
-    async def _commit_inline(self) -> bool:
-        """Commit and send what is dirty from the calling task, if nothing else is
-        committing or using the database right now; False (nothing done) otherwise.
-
-        The same batch the committer would write, minus its hand-off and gathering
-        passes: used where a batch is known to be complete (a payment with nothing
-        else in flight, the last payment of a delivered burst).
-        """
-        try:
-            self._commit_lock.acquire_nowait()
-        except trio.WouldBlock:
-            return False
-        try:
-            try:
-                self._db.acquire_nowait()
-            except trio.WouldBlock:
-                return False
-            try:
-                sends = self._write_batch()
-            finally:
-                self._db.release()
-            await self._send_batch(sends)
-        finally:
-            self._commit_lock.release()
-        return True
-
-    def _write_batch(self) -> dict[str, list[Frame]]:
-        """Persist every dirty record in one transaction (the caller holds the database);
-        returns the frames that may now go out, by peer: the payer's payments queued
-        before the commit and the payee's cumulative acks of what it made durable."""
-        dirty, self._dirty = self._dirty, {}
-        outbox, self._outbox = self._outbox, []
-        reack, self._reack = self._reack, set()
-        self._generation += 1
-        batch = [(self._ends[cid].record(), self._service[cid]) for cid in dirty]
-        started = trio.current_time()
-        # Inline, not in a worker thread: a WAL commit takes ~10 us here, while
-        # handing it to a thread costs up to the GIL switch interval (5 ms)
-        # whenever this thread is busy verifying -- that capped throughput.
-        self._channels.save(batch)
-        self._commit_seconds += trio.current_time() - started
-        self._counts["commits"] += 1
-        self._counts["records_committed"] += len(batch)
-        self._committed_generation = self._generation
-        self._committed.set()
-        self._committed = trio.Event()
-        for record, service in batch:
-            cid = record.terms.channel_id
-            if record.role is Role.PAYEE and (
-                record.seq > record.acked_seq or (cid in reack and record.seq > 0)
-            ):
-                payee = self._ends[cid]
-                assert isinstance(payee, Payee)
-                payee.acknowledged(record.seq, record.total)
-                outbox.append((record.peer_id, ChannelAck(cid, record.seq, record.total)))
-                self._counts["acks_sent"] += 1
-                if self.on_paid is not None:
-                    self.on_paid(cid, record.peer_id, service, record.total)
-        by_peer: dict[str, list[Frame]] = {}
-        for peer_id, frame in outbox:
-            by_peer.setdefault(peer_id, []).append(frame)
-        return by_peer
-
-    async def _send_batch(self, sends: dict[str, list[Frame]]) -> None:
-        for peer_id, frames in sends.items():
-            await self._send_many(peer_id, frames)
+    def _acknowledge(self, record: Record, service: str, reack: bool) -> Frame | None:
+        """After a commit: the cumulative ack a payee's durable `record` allows (a
+        resend after a reconnect, `reack`, is acknowledged again)."""
+        if record.role is not Role.PAYEE or not (
+            record.seq > record.acked_seq or (reack and record.seq > 0)
+        ):
+            return None
+        cid = record.terms.channel_id
+        payee = self._ends[cid]
+        assert isinstance(payee, Payee)
+        payee.acknowledged(record.seq, record.total)
+        if self.on_paid is not None:
+            self.on_paid(cid, record.peer_id, service, record.total)
+        return ChannelAck(cid, record.seq, record.total)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -865,14 +766,6 @@ class ChannelManager:
 
     async def _thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
-
-
-async def _acquire(lock: trio.Lock | trio.CapacityLimiter) -> None:
-    """Take `lock` without a trip through the scheduler when it is free."""
-    try:
-        lock.acquire_nowait()
-    except trio.WouldBlock:
-        await lock.acquire()
 
 
 def _is_txid(text: str) -> bool:
