@@ -12,6 +12,9 @@ Both halves run in every agent (any agent may sell a feed and buy one):
   a mined batch and were delivered to the asking peer (the anchorer stores each
   reading's audience); anything else gets no answer, and the buyer asks again later.
 
+`Archive` is where the bought readings go in the first place: the buyer's kept
+records, on a store connection of their own (they are written from the Trio thread).
+
 Pull, not push: a receipt lost with a session or a restart costs nothing, the producer
 keeps no per-buyer state beyond what it already stores, and a buyer that comes back
 days later still collects its receipts. A receipt that does not hold is logged, counted
@@ -28,14 +31,34 @@ import trio
 
 from mesh.anchoring.archive import BuyerArchive
 from mesh.anchoring.errors import ReceiptRejected
+from mesh.anchoring.record import SignedRecord
 from mesh.anchoring.service import Anchorer
 from mesh.identity import parse_peer_id
+from mesh.store import Store
 from mesh.wire import MAX_RECEIPT_REQUEST, AnchorReceipt, Frame, ReceiptRequest
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Frame], Awaitable[None]]
 """send(peer_id, frame): best effort over the peer's session."""
+
+
+class Archive:
+    """The readings this agent bought, kept with their signatures for later proofs."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.archive = BuyerArchive(store)
+
+    def keep_signed(self, signed: SignedRecord) -> None:
+        """Keep a verified record; a gap or fork in the producer's stream is logged."""
+        kept = self.archive.keep(signed.body, signed.signature, producer=signed.agent)
+        for finding in kept.findings:
+            log.warning("reading from %s: %s", signed.agent.hex()[:16], finding)
+
+    def close(self) -> None:
+        """Close its store connection."""
+        self._store.close()
 
 
 @dataclass(frozen=True)
@@ -79,11 +102,12 @@ class ReceiptExchange:
     def unproven(self) -> int:
         """How many kept readings of peers with a session still wait for a receipt
         (counted up to `MAX_RECEIPT_REQUEST` per stream)."""
-        total = 0
-        for peer_id in self._peers():
-            wanted = self.archive.records.unproven(parse_peer_id(peer_id), MAX_RECEIPT_REQUEST)
-            total += sum(len(seqs) for seqs in wanted.values())
-        return total
+        return sum(
+            len(seqs) for peer_id in self._peers() for seqs in self._wanted(peer_id).values()
+        )
+
+    def _wanted(self, peer_id: str) -> dict[str, list[int]]:
+        return self.archive.records.unproven(parse_peer_id(peer_id), MAX_RECEIPT_REQUEST)
 
     # ------------------------------------------------------------------ buyer
 
@@ -93,28 +117,29 @@ class ReceiptExchange:
             await self.ask_all()
             await trio.sleep(self.interval)
 
-    async def ask_all(self) -> None:
-        """Ask every peer with a session for the receipts we miss from it."""
-        for peer_id in list(self._peers()):
-            await self.ask(peer_id)
+    async def ask_all(self) -> int:
+        """Ask every peer with a session for the receipts we miss from it; returns how
+        many readings were asked about (as `unproven`)."""
+        return sum([await self.ask(peer_id) for peer_id in list(self._peers())])
 
-    async def ask(self, peer_id: str) -> None:
-        """Ask `peer_id` for receipts of every kept reading of it without a proof."""
-        wanted = self.archive.records.unproven(parse_peer_id(peer_id), MAX_RECEIPT_REQUEST)
+    async def ask(self, peer_id: str) -> int:
+        """Ask `peer_id` for receipts of every kept reading of it without a proof;
+        returns how many readings were asked about."""
+        wanted = self._wanted(peer_id)
         for stream, seqs in wanted.items():
             await self._send(peer_id, ReceiptRequest(stream, tuple(seqs)))
             self._counts["requests_sent"] += 1
+        return sum(len(seqs) for seqs in wanted.values())
 
     async def collect(self, timeout: float, poll: float = 0.25) -> int:
         """Keep asking until nothing held waits for a receipt, or `timeout` passes, or
-        nothing new arrives for three polls in a row; returns how many still wait."""
-        waiting = self.unproven()
+        nothing new arrives for about 3 s; returns how many still wait."""
+        waiting = await self.ask_all()
         quiet = 0
         with trio.move_on_after(timeout):
             while waiting and quiet < 3 * max(1, round(1.0 / poll)):
-                await self.ask_all()
                 await trio.sleep(poll)
-                now = self.unproven()
+                now = await self.ask_all()  # one query both counts and asks
                 quiet = quiet + 1 if now == waiting else 0
                 waiting = now
         return waiting
@@ -161,4 +186,4 @@ class ReceiptExchange:
         self._counts["records_proven"] += proven
 
 
-__all__ = ["ReceiptExchange", "ReceiptStatistics"]
+__all__ = ["Archive", "ReceiptExchange", "ReceiptStatistics"]

@@ -31,7 +31,7 @@ import trio
 from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
 from agents.control import serve_control
 from agents.profile import Profile, ProfileError, WantSpec
-from agents.receipts import ReceiptExchange
+from agents.receipts import Archive, ReceiptExchange
 from agents.services.orders import Buyer, OrderResult, Provider, statement
 from agents.services.vendor import Handler, HandlerError, resolve
 from mesh.anchoring import (
@@ -39,8 +39,6 @@ from mesh.anchoring import (
     Anchorer,
     AnchoringError,
     BatchPolicy,
-    BuyerArchive,
-    SignedRecord,
 )
 from mesh.chain.local import LocalChain
 from mesh.chain.wallet import Wallet
@@ -81,24 +79,6 @@ def _confirm(table: PeerTable, mailbox: str, info: PeerInfo) -> None:
         name=info.profile.name,
         services=",".join(info.profile.services),
     )
-
-
-class Archive:
-    """The readings this agent bought, kept with their signatures for later proofs."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.archive = BuyerArchive(store)
-
-    def keep_signed(self, signed: SignedRecord) -> None:
-        """Keep a verified record; a gap or fork in the producer's stream is logged."""
-        kept = self.archive.keep(signed.body, signed.signature, producer=signed.agent)
-        for finding in kept.findings:
-            log.warning("reading from %s: %s", signed.agent.hex()[:16], finding)
-
-    def close(self) -> None:
-        """Close its store connection."""
-        self._store.close()
 
 
 @dataclass
