@@ -17,7 +17,6 @@ decryption it is checked against the key, which also catches a corrupted file.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import stat
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bsv.keys
 import nacl.exceptions
 import nacl.pwhash
 import nacl.secret
@@ -87,10 +87,9 @@ def _native_verify() -> Callable[[bytes, bytes, bytes], bool] | None:
     """bsv-sdk's own libsecp256k1 verify taking the key's bytes, when that backend is
     loaded: `PublicKey.verify` calls exactly it, after serialising the key again (a
     sixth of the cost). None (use `PublicKey.verify`) with any other backend."""
-    keys = importlib.import_module("bsv.keys")
-    if getattr(keys, "_CRYPTO_BACKEND", None) != "native":
+    if getattr(bsv.keys, "_CRYPTO_BACKEND", None) != "native":
         return None
-    verify = getattr(getattr(keys, "_bsv_native", None), "ecdsa_verify", None)
+    verify = getattr(getattr(bsv.keys, "_bsv_native", None), "ecdsa_verify", None)
     return verify if callable(verify) else None
 
 
