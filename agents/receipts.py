@@ -107,7 +107,7 @@ class ReceiptExchange:
         )
 
     def _wanted(self, peer_id: str) -> dict[str, list[int]]:
-        return self.archive.records.unproven(parse_peer_id(peer_id), MAX_RECEIPT_REQUEST)
+        return self.archive.unproven(parse_peer_id(peer_id), MAX_RECEIPT_REQUEST)
 
     # ------------------------------------------------------------------ buyer
 

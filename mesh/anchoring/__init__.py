@@ -15,6 +15,7 @@ The shells:
 
 - `store`: the ``anchoring`` tables in the agent store;
 - `service`: `Anchorer`, the Trio task that logs, batches, anchors and confirms;
+- `kept`: `KeptRecords`, the tables' rows a buyer keeps (producers' records, receipts).
 - `archive`: `BuyerArchive`, a data-feed buyer's kept records and their proofs.
 
 `mesh proof` / `mesh verify` (agents/proof_cli.py) are the command line.

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from mesh.anchoring.errors import RecordError, RecordRejected
 from mesh.anchoring.hashchain import Finding
+from mesh.anchoring.kept import KeptRecords
 from mesh.anchoring.proof import Proof
 from mesh.anchoring.receipt import AnchorReceipt, check_receipt
 from mesh.anchoring.record import SignedRecord, open_record
@@ -50,6 +51,7 @@ class BuyerArchive:
 
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.records = AnchorStore(store)
+        self.kept = KeptRecords(store)
         self._clock = clock
 
     def keep(self, body: bytes, signature: bytes, *, producer: bytes | None = None) -> Kept:
@@ -64,8 +66,8 @@ class BuyerArchive:
             raise RecordRejected(f"record.{exc.field}", exc.detail) from None
         if producer is not None and signed.agent != producer:
             raise RecordRejected("record.agent", "signed by another agent than the sender")
-        newest = self.records.last_kept(signed.agent, signed.stream)
-        existing = self.records.keep(signed)
+        newest = self.kept.last_kept(signed.agent, signed.stream)
+        existing = self.kept.keep(signed)
 
         def finding(kind: str, detail: str) -> Finding:
             return Finding(kind, signed.agent, signed.stream, signed.seq, detail)
@@ -97,11 +99,11 @@ class BuyerArchive:
         checked = check_receipt(
             receipt,
             producer,
-            lambda stream, seqs: self.records.held_hashes(producer, stream, seqs),
+            lambda stream, seqs: self.kept.held_hashes(producer, stream, seqs),
         )
         if not checked.paths:
             return 0
-        return self.records.store_receipt(receipt, checked, self._clock())
+        return self.kept.store_receipt(receipt, checked, self._clock())
 
     def proof(self, producer: bytes, stream: str, seq: int) -> Proof:
         """The proof of a kept record (`NotAnchored` until a receipt covered it)."""
@@ -109,4 +111,9 @@ class BuyerArchive:
 
     def held(self, producer: bytes, stream: str, seqs: Sequence[int]) -> dict[int, bytes]:
         """The record hashes held among `seqs` (what a receipt request would name)."""
-        return self.records.held_hashes(producer, stream, seqs)
+        return self.kept.held_hashes(producer, stream, seqs)
+
+    def unproven(self, producer: bytes, per_stream: int) -> dict[str, list[int]]:
+        """A producer's kept records still waiting for a receipt: stream -> the lowest
+        `per_stream` seqs (what to ask the producer for)."""
+        return self.kept.unproven(producer, per_stream)

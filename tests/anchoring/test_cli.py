@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mesh.anchoring.hashchain import StreamWriter
+from mesh.anchoring.kept import KeptRecords
 from mesh.anchoring.store import AnchorStore
 from tests.anchoring.conftest import Anchored
 from tests.anchoring.helpers import BUYER, PRODUCER, flip, open_store
@@ -139,7 +140,7 @@ def test_proof_errors_are_clear(anchored: Anchored, tmp_path: Path) -> None:
     with open_store(data) as store:
         records = AnchorStore(store)
         records.insert_own([StreamWriter(BUYER).append("vibration", b"mine", 1)])
-        records.keep(StreamWriter(PRODUCER).append("vibration", b"theirs", 1))
+        KeptRecords(store).keep(StreamWriter(PRODUCER).append("vibration", b"theirs", 1))
     for args, expected in [
         (("--data-dir", data, "--stream", "vibration", "--seq", "0"), "pick --agent"),
         (

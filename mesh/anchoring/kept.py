@@ -1,0 +1,148 @@
+"""A buyer's kept records: the producers' signed readings it holds, and their receipts.
+
+The ``origin='kept'`` rows of the anchoring tables (`mesh.anchoring.store` owns the
+schema and the queries on an agent's own records and on proofs): storing a delivered
+record without overwriting one already held at its seq, finding the readings still
+without a receipt, and recording a checked receipt's batch (``mined``) and paths.
+`mesh.anchoring.archive.BuyerArchive` is the face of this for the runtime. Methods are
+synchronous SQLite work, each in one transaction; nothing here checks a signature or a
+path (the archive does, before it calls in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mesh.anchoring.receipt import AnchorReceipt, CheckedReceipt
+from mesh.anchoring.record import SignedRecord
+from mesh.anchoring.store import ANCHORING_SCHEMA
+from mesh.store import Store
+
+
+class KeptRecords:
+    """The kept (producers') records of one agent store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        store.register(ANCHORING_SCHEMA)
+
+    def keep(self, signed: SignedRecord) -> bytes | None:
+        """Store a producer's record; returns the hash already held at that seq, if any.
+
+        Nothing is written when a record is already held at (agent, stream, seq): the
+        caller tells a duplicate (same hash) from a fork (another hash).
+        """
+        with self._store.write() as db:
+            row = db.execute(
+                "SELECT hash FROM anchor_records WHERE agent = ? AND stream = ? AND seq = ?",
+                (signed.agent, signed.stream, signed.seq),
+            ).fetchone()
+            if row is not None:
+                return bytes(row[0])
+            db.execute(
+                "INSERT INTO anchor_records (agent, stream, seq, hash, body, signature, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'kept')",
+                (
+                    signed.agent,
+                    signed.stream,
+                    signed.seq,
+                    signed.hash,
+                    signed.body,
+                    signed.signature,
+                ),
+            )
+        return None
+
+    def last_kept(self, agent: bytes, stream: str) -> int | None:
+        """The highest seq held of a producer's stream."""
+        with self._store.read() as db:
+            row = db.execute(
+                "SELECT MAX(seq) FROM anchor_records WHERE agent = ? AND stream = ?",
+                (agent, stream),
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def held_hashes(self, agent: bytes, stream: str, seqs: Sequence[int]) -> dict[int, bytes]:
+        """Hashes of the records held among `seqs` of a producer's stream."""
+        wanted = set(seqs)
+        if not wanted:
+            return {}
+        with self._store.read() as db:
+            rows = db.execute(
+                "SELECT seq, hash FROM anchor_records WHERE agent = ? AND stream = ?"
+                " AND seq BETWEEN ? AND ?",
+                (agent, stream, min(wanted), max(wanted)),
+            ).fetchall()
+        return {int(s): bytes(h) for s, h in rows if int(s) in wanted}
+
+    def unproven(self, producer: bytes, per_stream: int) -> dict[str, list[int]]:
+        """A producer's kept records still waiting for a receipt: stream -> the lowest
+        `per_stream` seqs."""
+        with self._store.read() as db:
+            streams = [
+                str(r[0])
+                for r in db.execute(
+                    "SELECT DISTINCT stream FROM anchor_records"
+                    " INDEXED BY anchor_records_unproven"
+                    " WHERE agent = ? AND origin = 'kept' AND path IS NULL",
+                    (producer,),
+                )
+            ]
+            return {
+                stream: [
+                    int(r[0])
+                    for r in db.execute(
+                        "SELECT seq FROM anchor_records INDEXED BY anchor_records_unproven"
+                        " WHERE agent = ? AND stream = ? AND origin = 'kept' AND path IS NULL"
+                        " ORDER BY seq LIMIT ?",
+                        (producer, stream, per_stream),
+                    )
+                ]
+                for stream in streams
+            }
+
+    def store_receipt(self, receipt: AnchorReceipt, checked: CheckedReceipt, now: float) -> int:
+        """Record a checked receipt's batch (mined) and its paths; returns records proven.
+
+        A batch already known with another anchor transaction keeps the first one.
+        """
+        anchor = checked.anchor
+        with self._store.write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO anchor_batches (agent, stream, first_seq, last_seq, root,"
+                " origin, state, txid, raw, block_height, block_hash, bump, created_at)"
+                " VALUES (?, ?, ?, ?, ?, 'kept', 'mined', ?, ?, ?, ?, ?, ?)",
+                (
+                    anchor.agent,
+                    anchor.stream,
+                    anchor.first_seq,
+                    anchor.last_seq,
+                    anchor.root,
+                    checked.txid,
+                    receipt.anchor_tx,
+                    receipt.block_height,
+                    receipt.block_hash,
+                    receipt.bump,
+                    now,
+                ),
+            )
+            row = db.execute(
+                "SELECT id, txid FROM anchor_batches WHERE agent = ? AND stream = ?"
+                " AND first_seq = ?",
+                (anchor.agent, anchor.stream, anchor.first_seq),
+            ).fetchone()
+            if row is None or str(row[1]) != checked.txid:
+                return 0
+            batch_id = int(row[0])
+            db.executemany(
+                "UPDATE anchor_records SET batch = ?, path = ? WHERE agent = ? AND stream = ?"
+                " AND seq = ? AND origin = 'kept'",
+                [
+                    (batch_id, path, anchor.agent, anchor.stream, seq)
+                    for seq, path in checked.paths.items()
+                ],
+            )
+        return len(checked.paths)
+
+
+__all__ = ["KeptRecords"]
