@@ -5,14 +5,14 @@ Used in-process by the manager tests and as a real process by channel_proc.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from agents.channels import ChannelConfig, ChannelManager
+from agents.channels import ChannelConfig, ChannelManager, PaidCallback
 from mesh.chain.base import Utxo
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.local import LocalChain
@@ -22,6 +22,7 @@ from mesh.channel.store import ChannelStore
 from mesh.identity import Identity, load_identity, save_identity
 from mesh.store import Store
 from mesh.transport import Node, NodeConfig, open_node
+from mesh.wire import Frame
 
 
 @dataclass
@@ -62,36 +63,45 @@ async def agentlet(
     *,
     listen: str = "tcp://127.0.0.1:0",
     config: ChannelConfig | None = None,
-    on_paid: object = None,
+    on_paid: PaidCallback | None = None,
+    node_config: NodeConfig | None = None,
+    intercept: Callable[[str, Frame], Awaitable[bool]] | None = None,
+    watch_sessions: bool = False,
 ) -> AsyncIterator[Agentlet]:
-    """Run one agentlet: its node, its manager, and a frame dispatcher."""
+    """Run one agentlet: its node, its manager, and a frame dispatcher.
+
+    `intercept(peer_id, frame)` sees every frame first and may consume it (returns
+    True). With `watch_sessions`, the manager hears of every session that comes up
+    (`peer_connected`: resends after a reconnect), as in the runtime.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     identity = identity_at(data_dir / "identity.key")
     store = Store(data_dir / "agent.db", check_same_thread=False, synchronous="NORMAL")
     chain = LocalChain.open(ledger_path)
     db = trio.CapacityLimiter(1)
+    node_config = node_config or NodeConfig(dead_after=60)
     try:
         wallet = Wallet(store, identity)
         channels = ChannelStore(store)
-        async with open_node(identity, listen, config=NodeConfig(dead_after=60)) as node:
-            manager = ChannelManager(
-                identity,
-                node,
-                chain,
-                wallet,
-                channels,
-                db,
-                config,
-                on_paid,  # type: ignore[arg-type]
-            )
+        async with open_node(identity, listen, config=node_config) as node:
+            manager = ChannelManager(identity, node, chain, wallet, channels, db, config, on_paid)
+            events = node.watch_sessions()
             async with trio.open_nursery() as nursery:
                 await nursery.start(manager.run)
 
                 async def dispatch() -> None:
                     async for peer_id, frame in node.incoming():
-                        await manager.handle(peer_id, frame)
+                        if intercept is None or not await intercept(peer_id, frame):
+                            await manager.handle(peer_id, frame)
+
+                async def watch() -> None:
+                    async for event in events:
+                        if event.up:
+                            await manager.peer_connected(event.peer.peer_id)
 
                 nursery.start_soon(dispatch)
+                if watch_sessions:
+                    nursery.start_soon(watch)
                 yield Agentlet(identity, node, chain, wallet, manager, db)
                 nursery.cancel_scope.cancel()
     finally:

@@ -21,14 +21,10 @@ from typing import Any
 
 import trio
 
-from agents.channels import ChannelConfig, ChannelManager, PaidCallback
-from mesh.chain.local import LocalChain
-from mesh.chain.wallet import Wallet
-from mesh.channel.store import ChannelStore
-from mesh.store import Store
-from mesh.transport import ConnectError, Node, NodeConfig, open_node
+from agents.channels import ChannelConfig, PaidCallback
+from mesh.transport import ConnectError, Node, NodeConfig
 from mesh.wire import Frame
-from tests.channel.harness import Agentlet, identity_at
+from tests.channel.harness import Agentlet, agentlet
 
 
 def emit(event: str, **fields: object) -> None:
@@ -80,39 +76,17 @@ async def reliable_agent(
     `intercept(peer_id, frame)` sees every frame first and may consume it (returns
     True): how a hostile role departs from the protocol while reusing the rest.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    identity = identity_at(data_dir / "identity.key")
-    store = Store(data_dir / "agent.db", check_same_thread=False, synchronous="NORMAL")
-    chain = LocalChain.open(ledger_path)
-    db = trio.CapacityLimiter(1)
-    try:
-        wallet = Wallet(store, identity)
-        channel_store = ChannelStore(store)
-        async with open_node(identity, listen, config=config or NodeConfig()) as node:
-            manager = ChannelManager(
-                identity, node, chain, wallet, channel_store, db, channels, on_paid
-            )
-            events = node.watch_sessions()
-            async with trio.open_nursery() as nursery:
-                await nursery.start(manager.run)
-
-                async def dispatch() -> None:
-                    async for peer_id, frame in node.incoming():
-                        if intercept is None or not await intercept(peer_id, frame):
-                            await manager.handle(peer_id, frame)
-
-                async def watch() -> None:
-                    async for event in events:
-                        if event.up:
-                            await manager.peer_connected(event.peer.peer_id)
-
-                nursery.start_soon(dispatch)
-                nursery.start_soon(watch)
-                yield Agentlet(identity, node, chain, wallet, manager, db)
-                nursery.cancel_scope.cancel()
-    finally:
-        chain.close()
-        store.close()
+    async with agentlet(
+        data_dir,
+        ledger_path,
+        listen=listen,
+        config=channels,
+        on_paid=on_paid,
+        node_config=config or NodeConfig(),
+        intercept=intercept,
+        watch_sessions=True,
+    ) as me:
+        yield me
 
 
 async def keep_session(
