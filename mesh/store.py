@@ -100,6 +100,7 @@ class Store:
         self.path = path
         self._busy_timeout = busy_timeout
         self._busy_ms = int(busy_timeout * 1000)
+        self._polling = False  # SQLite's busy handler is off (see `_begin_immediate`)
         try:
             self._db = sqlite3.connect(
                 path,
@@ -165,6 +166,7 @@ class Store:
 
     def version(self, component: str) -> int:
         """The recorded schema version of `component` (0 when never registered)."""
+        self._wait_when_busy()
         exists = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_versions'"
         ).fetchone()
@@ -199,32 +201,41 @@ class Store:
 
         SQLite's own busy handler backs off to 100 ms sleeps, so under contention one
         process can starve another for hundreds of milliseconds; polling briefly keeps
-        writers from several processes interleaved (and latency low).
+        writers from several processes interleaved (and latency low). SQLite's handler
+        is switched off while we poll and stays off across back-to-back writes (a write
+        transaction holds the lock and never waits); `_wait_when_busy` switches it back
+        on before anything else runs.
         """
+        if not self._polling:
+            self._db.execute("PRAGMA busy_timeout = 0")
+            self._polling = True
         deadline = time.monotonic() + self._busy_timeout
         delay = 0.0002
-        self._db.execute("PRAGMA busy_timeout = 0")
-        try:
-            while True:
-                try:
-                    self._db.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise StoreError(
-                            f"{self.path}: write lock still busy after {self._busy_timeout} s"
-                        ) from exc
-                else:
-                    return
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 1.5, 0.002)
-        finally:
+        while True:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"{self.path}: write lock still busy after {self._busy_timeout} s"
+                    ) from exc
+            else:
+                return
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 1.5, 0.002)
+
+    def _wait_when_busy(self) -> None:
+        """Give statements outside a write transaction SQLite's busy timeout again."""
+        if self._polling:
             self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            self._polling = False
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every query inside sees one consistent snapshot."""
+        self._wait_when_busy()
         self._db.execute("BEGIN")
         try:
             yield self._db
@@ -233,4 +244,5 @@ class Store:
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
         """Run one read-only statement outside any explicit transaction."""
+        self._wait_when_busy()
         return [tuple(row) for row in self._db.execute(sql, params).fetchall()]

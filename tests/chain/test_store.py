@@ -103,6 +103,27 @@ def test_write_rolls_back_on_error_and_lock_times_out(tmp_path: Path) -> None:
             assert other.query("SELECT COUNT(*) FROM things") == [(1,)]  # readers still read
 
 
+def test_reads_after_writes_get_the_busy_timeout_back(tmp_path: Path) -> None:
+    """Writes poll for the lock with SQLite's busy handler off, and leave it off for
+    the next write; anything else must find the handler back on (a read can meet a
+    locked database in WAL mode too, e.g. while another connection recovers it)."""
+    with Store(tmp_path / "a.db") as store:
+        store.register(Schema("things", (V1,)))
+        for name in ("a", "b"):
+            with store.write() as db:
+                assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+                db.execute("INSERT INTO things (name) VALUES (?)", (name,))
+        with store.read() as db:
+            assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+        with store.write():
+            pass
+        assert store.query("PRAGMA busy_timeout") == [(30_000,)]
+        with store.write():
+            pass
+        assert store.version("things") == 1
+        assert store.query("PRAGMA busy_timeout") == [(30_000,)]
+
+
 def test_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "junk.db"
     path.write_bytes(b"this is not sqlite" * 100)
