@@ -9,11 +9,15 @@ and update->ack latency p50/p99. The baseline, measured in the same run, is
 bsv-sdk sign + verify of one sighash in one process (the ceiling of a single
 core doing both halves). Also reported: bytes on chain per channel (funding +
 close) and amortised per payment, against one P2PKH transaction per payment.
+
+The payer and the payee each run on a CPU of their own (`bench.pinned`), as two
+agents on two machines do; ``M2MESH_BENCH_PIN=0`` lets the scheduler place them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.primitives import sign_verify_ceiling
-from bench.procs import ROOT, module_cmd
+from bench.procs import ROOT, pinned_cmd, two_cpus
 from bench.report import Param, Row, Target, percentile, quantiles
 from mesh.chain.ledger import LocalLedger
 
@@ -34,12 +38,15 @@ TARGETS = {
 }
 
 
-def run_window(window: int, count: int, work: Path) -> dict[str, Any]:
-    """One seller + one buyer process at `window`; returns the buyer's result."""
+def run_window(window: int, count: int, work: Path, cpus: tuple[int, int] | None) -> dict[str, Any]:
+    """One seller + one buyer process at `window`, each on its own CPU of `cpus`
+    (if given); returns the buyer's result."""
+    seller_cpu, buyer_cpu = cpus or (None, None)
     ledger_path = work / f"ledger-{window}.db"
     LocalLedger.create(ledger_path).close()
     seller = subprocess.Popen(
-        module_cmd(
+        pinned_cmd(
+            seller_cpu,
             "tests.channel.channel_proc",
             "seller",
             str(work / f"s{window}"),
@@ -54,7 +61,8 @@ def run_window(window: int, count: int, work: Path) -> dict[str, Any]:
         assert seller.stdout is not None
         hello = json.loads(seller.stdout.readline())
         buyer = subprocess.run(
-            module_cmd(
+            pinned_cmd(
+                buyer_cpu,
                 "bench._pay_worker",
                 str(work / f"b{window}"),
                 str(ledger_path),
@@ -79,10 +87,21 @@ def run_window(window: int, count: int, work: Path) -> dict[str, Any]:
     return result
 
 
-def _rows(window: int, result: dict[str, Any], ceiling: float, rates: str) -> list[Row]:
+def _rows(
+    window: int,
+    result: dict[str, Any],
+    ceiling: float,
+    rates: str,
+    cpus: tuple[int, int] | None,
+) -> list[Row]:
     """Rate and ack latency of one window's (median) run; `rates` lists every run's."""
     latencies = sorted(result["latencies"])
-    params: dict[str, Param] = {"window": window, "updates": result["count"], "runs": rates}
+    params: dict[str, Param] = {
+        "window": window,
+        "updates": result["count"],
+        "runs": rates,
+        "cpus": f"payee {cpus[0]}, payer {cpus[1]}" if cpus else "unpinned",
+    }
     target = TARGETS.get(window)
     return [
         Row(
@@ -121,6 +140,7 @@ def run(quick: bool) -> list[Row]:
     machine one pair's rate at window 64 swings by 2x from one run to the next.
     """
     ceiling = sign_verify_ceiling(500 if quick else 5_000)
+    cpus = two_cpus() if os.environ.get("M2MESH_BENCH_PIN", "1") != "0" else None
     windows = (1, 16, 64, 1024)
     repeat, short, long = (1, 200, 1_000) if quick else (3, 2_000, 20_000)
     runs: dict[int, list[dict[str, Any]]] = {window: [] for window in windows}
@@ -130,12 +150,13 @@ def run(quick: bool) -> list[Row]:
                 count = short if window == 1 else long
                 work = Path(tmp) / f"{attempt}"
                 work.mkdir(exist_ok=True)
-                runs[window].append({**run_window(window, count, work), "count": count})
+                result = run_window(window, count, work, cpus)
+                runs[window].append({**result, "count": count})
     rows: list[Row] = []
     for window, results in runs.items():
         median = sorted(results, key=lambda r: float(r["rate"]))[len(results) // 2]
         rates = ", ".join(f"{r['rate']:.0f}" for r in results)
-        rows += _rows(window, median, ceiling, rates)
+        rows += _rows(window, median, ceiling, rates, cpus)
     # Chain bytes of the last channel (window 1024, the most payments on one channel).
     per_channel, updates = median["chain_bytes"], median["count"]
     rows += [

@@ -7,6 +7,7 @@ lives beside the tests, not in the installed package.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,3 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def module_cmd(module: str, *args: str) -> list[str]:
     """The command line running `module` with this interpreter."""
     return [sys.executable, "-m", module, *args]
+
+
+def two_cpus() -> tuple[int, int] | None:
+    """Two CPUs this process may use, for a pair of pinned workers (None if fewer)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
+
+
+def pinned_cmd(cpu: int | None, module: str, *args: str) -> list[str]:
+    """`module_cmd`, run on CPU `cpu` only (anywhere when None)."""
+    if cpu is None:
+        return module_cmd(module, *args)
+    return module_cmd("bench.pinned", str(cpu), module, *args)
