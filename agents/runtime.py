@@ -202,7 +202,7 @@ class Agent:
                 self.provider.log_record = self._log_record
                 self.buyer.keep_record = archive.keep_signed
                 nursery.start_soon(self._keep_wallet_synced, chain)
-                nursery.start_soon(self._dispatch, node)
+                nursery.start_soon(node.serve, self._dispatch)
                 self._table = discovery.table
                 nursery.start_soon(self._watch_sessions, sessions, discovery.table)
                 nursery.start_soon(self._connector, node, discovery.table)
@@ -285,16 +285,15 @@ class Agent:
             await trio.sleep(5.0)
             await self._sync_wallet(chain)
 
-    async def _dispatch(self, node: Node) -> None:
+    async def _dispatch(self, peer_id: str, frame: Frame) -> None:
         assert self.manager and self.provider and self.buyer and self.receipts
-        async for peer_id, frame in node.incoming():
-            if not (
-                await self.manager.handle(peer_id, frame)
-                or await self.provider.handle(peer_id, frame)
-                or await self.buyer.handle(peer_id, frame)
-                or await self.receipts.handle(peer_id, frame)
-            ):
-                log.info("peer %s sent %s; ignored", peer_id[:16], type(frame).__name__)
+        if not (
+            await self.manager.handle(peer_id, frame)
+            or await self.provider.handle(peer_id, frame)
+            or await self.buyer.handle(peer_id, frame)
+            or await self.receipts.handle(peer_id, frame)
+        ):
+            log.info("peer %s sent %s; ignored", peer_id[:16], type(frame).__name__)
 
     async def _watch_sessions(
         self, events: trio.MemoryReceiveChannel[Any], table: PeerTable

@@ -15,7 +15,10 @@ packets, keeps tables, and enforces resource limits:
   in progress, so slow or garbage peers cannot tie the node up;
 * nng redials dropped connections with exponential backoff; `connect` retries a
   handshake that timed out, with backoff;
-* heartbeats on idle sessions; a silent peer's session is closed.
+* heartbeats on idle sessions; a silent peer's session is closed;
+* the application takes frames from `incoming()`, or has them handled by `serve`:
+  then the task that reads a packet runs the handler itself when no other frame is
+  being handled (no hand-off between tasks), and another task reads meanwhile.
 
 A peer's bad input ends that peer's session (logged with the peer and reason)
 and never the node.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -62,6 +65,9 @@ from mesh.session import (
 from mesh.wire import Close, Error, Frame, Heartbeat, ProfileSummary
 
 log = logging.getLogger("mesh.transport")
+
+Handler = Callable[[str, Frame], Awaitable[None]]
+"""handler(peer_id, frame): what `Node.serve` does with each application frame."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,8 @@ class Node:
     """An agent's messaging endpoint: one mailbox, many authenticated sessions.
 
     Create with `open_node`. Frames from every peer arrive through `incoming()`
-    as ``(peer_id, frame)``; heartbeats and goodbyes are handled here.
+    as ``(peer_id, frame)``, or go to the handler given to `serve`; heartbeats and
+    goodbyes are handled here.
     """
 
     def __init__(
@@ -131,6 +138,9 @@ class Node:
             config.incoming_queue_frames
         )
         self._queued = 0  # frames in that queue (cheaper to count than to ask the channel)
+        self._reading = trio.Lock()  # held by the task reading the mailbox
+        self._handler: Handler | None = None
+        self._handling = False  # a task is running the handler: frames wait in the queue
         self._heartbeat_seq = 0
         self._watchers: list[trio.MemorySendChannel[SessionEvent]] = []
 
@@ -199,6 +209,8 @@ class Node:
         queued are handed over back to back, so the tasks they wake (a committer,
         a payer) see the whole burst at once instead of one frame each.
         """
+        if self._handler is not None:
+            raise RuntimeError("this node is being served: its frames go to the handler")
         receive = self._in_recv
         while True:
             try:
@@ -225,6 +237,8 @@ class Node:
 
     async def receive(self) -> tuple[str, Frame]:
         """The next application frame and the peer id that sent it."""
+        if self._handler is not None:
+            raise RuntimeError("this node is being served: its frames go to the handler")
         item = await self._in_recv.receive()
         self._queued -= 1
         return item
@@ -296,27 +310,76 @@ class Node:
     # ------------------------------------------------------------------ receive side
 
     async def run_receiver(self) -> None:
-        """Read the mailbox until cancelled, dispatching every packet.
+        """Read the mailbox until cancelled, dispatching every packet (`open_node`
+        runs this; `serve` runs a second one that also handles frames)."""
+        await self._read_and_handle()
+
+    async def serve(self, handler: Handler) -> None:
+        """Until cancelled, `await handler(peer_id, frame)` for every application frame,
+        one at a time, in arrival order per peer. Use instead of `incoming()`.
+
+        Whichever task reads a packet (this one or the node's receiver) runs the
+        handler itself if no other frame is being handled, and lets the other task
+        read on meanwhile: a lone request costs no hand-off between tasks, and a
+        handler that waits (on the chain, on a peer) never stops the node receiving.
+        Frames that arrive while the handler runs queue up and are handled next.
+        """
+        if self._handler is not None:
+            raise RuntimeError("this node is already being served")
+        self._handler = handler
+        try:
+            await self._read_and_handle()
+        finally:
+            self._handler = None
+
+    async def _read_and_handle(self) -> None:
+        """Take turns at reading the mailbox; between turns, handle what was queued.
 
         nng keeps its receive fd readable while a message waits, so after each packet
         a zero-timeout poll of that fd tells whether to read on (a burst, up to 256
-        before letting other tasks run) or to go back to waiting -- without paying for
-        the `TryAgain` exception of an empty read, or a scheduler pass, per packet.
+        before letting other tasks run) or to stop -- without paying for the
+        `TryAgain` exception of an empty read, or a scheduler pass, per packet. The
+        whole burst is queued before any of it is handled, so a handler can tell the
+        last frame of a burst (`queued_frames() == 0`).
         """
         fd = self._pull.recv_fd
         more = select.poll()
         more.register(fd, select.POLLIN)
         while True:
-            await trio.lowlevel.wait_readable(fd)  # also this loop's checkpoint
-            for _ in range(256):
+            await self._handle_queued()
+            await _acquire(self._reading)
+            try:
+                await trio.lowlevel.wait_readable(fd)  # also this loop's checkpoint
+                for _ in range(256):
+                    try:
+                        # Not recv(): it fails on an empty message (nng gives NULL).
+                        message = self._pull.recv_msg(block=False)
+                    except pynng.TryAgain:
+                        break
+                    self._counters.packets_received += 1
+                    await self._dispatch(message.bytes)
+                    if not more.poll(0):
+                        break
+            finally:
+                self._reading.release()  # to the other reader, if one waits
+
+    async def _handle_queued(self) -> None:
+        """Run the handler on every queued frame, unless no one serves or another task
+        is at it already (it will take these too, in order)."""
+        handler = self._handler
+        if handler is None or self._handling:
+            return
+        self._handling = True
+        try:
+            while True:
                 try:
-                    packet = self._pull.recv(block=False)
-                except pynng.TryAgain:
-                    break
-                self._counters.packets_received += 1
-                await self._dispatch(packet)
-                if not more.poll(0):
-                    break
+                    peer_id, frame = self._in_recv.receive_nowait()
+                except trio.WouldBlock:
+                    return
+                self._queued -= 1
+                await handler(peer_id, frame)
+        finally:
+            self._handling = False
 
     async def _dispatch(self, packet: bytes) -> None:
         kind = packet_kind(packet)
@@ -585,6 +648,14 @@ async def open_node(
         pull.close()
 
 
+async def _acquire(lock: trio.Lock) -> None:
+    """Take `lock` without a trip through the scheduler when it is free."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+
+
 def _resolved(listen: str, bound: str) -> str:
     """The dialable mailbox URL for a listen address (resolves port 0)."""
     if listen.startswith("tcp://") and listen.endswith(":0"):
@@ -594,6 +665,7 @@ def _resolved(listen: str, bound: str) -> str:
 
 __all__ = [
     "ConnectError",
+    "Handler",
     "Node",
     "NodeConfig",
     "NodeStatistics",

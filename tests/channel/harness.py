@@ -89,17 +89,16 @@ async def agentlet(
             async with trio.open_nursery() as nursery:
                 await nursery.start(manager.run)
 
-                async def dispatch() -> None:
-                    async for peer_id, frame in node.incoming():
-                        if intercept is None or not await intercept(peer_id, frame):
-                            await manager.handle(peer_id, frame)
+                async def dispatch(peer_id: str, frame: Frame) -> None:
+                    if intercept is None or not await intercept(peer_id, frame):
+                        await manager.handle(peer_id, frame)
 
                 async def watch() -> None:
                     async for event in events:
                         if event.up:
                             await manager.peer_connected(event.peer.peer_id)
 
-                nursery.start_soon(dispatch)
+                nursery.start_soon(node.serve, dispatch)
                 if watch_sessions:
                     nursery.start_soon(watch)
                 yield Agentlet(identity, node, chain, wallet, manager, db)
