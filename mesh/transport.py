@@ -371,10 +371,10 @@ class Node:
             return
         self._handling = True
         try:
-            while True:
+            while self._queued:  # (not ending on WouldBlock: an exception per burst)
                 try:
                     peer_id, frame = self._in_recv.receive_nowait()
-                except trio.WouldBlock:
+                except trio.WouldBlock:  # not while `_queued` counts right
                     return
                 self._queued -= 1
                 await handler(peer_id, frame)
@@ -649,7 +649,11 @@ async def open_node(
 
 
 async def _acquire(lock: trio.Lock) -> None:
-    """Take `lock` without a trip through the scheduler when it is free."""
+    """Take `lock` without a trip through the scheduler when it is free (and without
+    raising and catching `WouldBlock` when it is not: that is the usual case here)."""
+    if lock.locked():
+        await lock.acquire()
+        return
     try:
         lock.acquire_nowait()
     except trio.WouldBlock:
