@@ -18,7 +18,8 @@ packets, keeps tables, and enforces resource limits:
 * heartbeats on idle sessions; a silent peer's session is closed;
 * the application takes frames from `incoming()`, or has them handled by `serve`:
   then the task that reads a packet runs the handler itself when no other frame is
-  being handled (no hand-off between tasks), and another task reads meanwhile.
+  being handled (no hand-off between tasks), and another task reads meanwhile (the
+  frames wait in a `mesh.inbox.Inbox`).
 
 A peer's bad input ends that peer's session (logged with the peer and reason)
 and never the node.
@@ -29,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ import trio
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 from mesh.identity import Identity
+from mesh.inbox import Handler, Inbox
 from mesh.peer import (
     ConnectError,
     NodeConfig,
@@ -65,9 +67,6 @@ from mesh.session import (
 from mesh.wire import Close, Error, Frame, Heartbeat, ProfileSummary
 
 log = logging.getLogger("mesh.transport")
-
-Handler = Callable[[str, Frame], Awaitable[None]]
-"""handler(peer_id, frame): what `Node.serve` does with each application frame."""
 
 
 @dataclass(frozen=True)
@@ -134,13 +133,7 @@ class Node:
         self._responding: dict[bytes, tuple[Handshake, float, Outbox]] = {}
         self._initiating: dict[bytes, tuple[Handshake, Outbox, trio.MemorySendChannel[object]]] = {}
         self._counters = _Counters()
-        self._in_send, self._in_recv = trio.open_memory_channel[tuple[str, Frame]](
-            config.incoming_queue_frames
-        )
-        self._queued = 0  # frames in that queue (cheaper to count than to ask the channel)
-        self._reading = trio.Lock()  # held by the task reading the mailbox
-        self._handler: Handler | None = None
-        self._handling = False  # a task is running the handler: frames wait in the queue
+        self._inbox = Inbox(config.incoming_queue_frames)
         self._heartbeat_seq = 0
         self._watchers: list[trio.MemorySendChannel[SessionEvent]] = []
 
@@ -202,46 +195,26 @@ class Node:
         """Every live session."""
         return list(self._sessions.values())
 
-    async def incoming(self) -> AsyncIterator[tuple[str, Frame]]:
+    def incoming(self) -> AsyncIterator[tuple[str, Frame]]:
         """Application frames from every peer, in arrival order per peer.
 
         Checkpoints once per burst rather than once per frame: the frames already
         queued are handed over back to back, so the tasks they wake (a committer,
         a payer) see the whole burst at once instead of one frame each.
         """
-        if self._handler is not None:
-            raise RuntimeError("this node is being served: its frames go to the handler")
-        receive = self._in_recv
-        while True:
-            try:
-                item = await receive.receive()
-            except trio.EndOfChannel:
-                return
-            self._queued -= 1
-            yield item
-            while True:
-                try:
-                    item = receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                self._queued -= 1
-                yield item
+        return self._inbox.incoming()
 
     def queued_frames(self) -> int:
-        """How many received frames wait in the queue behind `incoming()`.
+        """How many received frames wait behind the one being handled.
 
         0 while handling a frame means it is the last of what has arrived: a
         handler can finish a batch there (a group commit) rather than wait.
         """
-        return self._queued
+        return self._inbox.queued()
 
     async def receive(self) -> tuple[str, Frame]:
         """The next application frame and the peer id that sent it."""
-        if self._handler is not None:
-            raise RuntimeError("this node is being served: its frames go to the handler")
-        item = await self._in_recv.receive()
-        self._queued -= 1
-        return item
+        return await self._inbox.receive()
 
     async def connect(
         self,
@@ -324,13 +297,14 @@ class Node:
         handler that waits (on the chain, on a peer) never stops the node receiving.
         Frames that arrive while the handler runs queue up and are handled next.
         """
-        if self._handler is not None:
+        inbox = self._inbox
+        if inbox.handler is not None:
             raise RuntimeError("this node is already being served")
-        self._handler = handler
+        inbox.handler = handler
         try:
             await self._read_and_handle()
         finally:
-            self._handler = None
+            inbox.handler = None
 
     async def _read_and_handle(self) -> None:
         """Take turns at reading the mailbox; between turns, handle what was queued.
@@ -345,9 +319,10 @@ class Node:
         fd = self._pull.recv_fd
         more = select.poll()
         more.register(fd, select.POLLIN)
+        inbox = self._inbox
         while True:
-            await self._handle_queued()
-            await _acquire(self._reading)
+            await inbox.handle_queued()
+            await inbox.take_turn()
             try:
                 await trio.lowlevel.wait_readable(fd)  # also this loop's checkpoint
                 for _ in range(256):
@@ -361,25 +336,7 @@ class Node:
                     if not more.poll(0):
                         break
             finally:
-                self._reading.release()  # to the other reader, if one waits
-
-    async def _handle_queued(self) -> None:
-        """Run the handler on every queued frame, unless no one serves or another task
-        is at it already (it will take these too, in order)."""
-        handler = self._handler
-        if handler is None or self._handling:
-            return
-        self._handling = True
-        try:
-            while self._queued:  # (not ending on WouldBlock: an exception per burst)
-                try:
-                    peer_id, frame = self._in_recv.receive_nowait()
-                except trio.WouldBlock:  # not while `_queued` counts right
-                    return
-                self._queued -= 1
-                await handler(peer_id, frame)
-        finally:
-            self._handling = False
+                inbox.reading.release()  # to the other reader, if one waits
 
     async def _dispatch(self, packet: bytes) -> None:
         kind = packet_kind(packet)
@@ -426,26 +383,10 @@ class Node:
                 # End the session first: the application sees the error with
                 # the session already gone, never a window where it looks alive.
                 self._drop(peer, f"peer error {frame.code}: {frame.reason}")
-                await self._deliver(peer.peer_id, frame)
+                await self._inbox.deliver(peer.peer_id, frame)
                 return
             else:
-                await self._deliver(peer.peer_id, frame)
-
-    async def _deliver(self, peer_id: str, frame: Frame) -> None:
-        """Queue a frame for the application; waits only while the queue is full.
-
-        No checkpoint when there is room: the receive loop then opens every packet
-        that is ready before the application runs, and it handles them as one burst.
-        """
-        self._queued += 1  # before: the application may take it before we resume
-        try:
-            self._in_send.send_nowait((peer_id, frame))
-        except trio.WouldBlock:
-            try:
-                await self._in_send.send((peer_id, frame))
-            except BaseException:
-                self._queued -= 1
-                raise
+                await self._inbox.deliver(peer.peer_id, frame)
 
     def _on_hs1(self, packet: bytes) -> None:
         try:
@@ -646,18 +587,6 @@ async def open_node(
             outbox.close()
     finally:
         pull.close()
-
-
-async def _acquire(lock: trio.Lock) -> None:
-    """Take `lock` without a trip through the scheduler when it is free (and without
-    raising and catching `WouldBlock` when it is not: that is the usual case here)."""
-    if lock.locked():
-        await lock.acquire()
-        return
-    try:
-        lock.acquire_nowait()
-    except trio.WouldBlock:
-        await lock.acquire()
 
 
 def _resolved(listen: str, bound: str) -> str:
