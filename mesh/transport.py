@@ -296,6 +296,9 @@ class Node:
         read on meanwhile: a lone request costs no hand-off between tasks, and a
         handler that waits (on the chain, on a peer) never stops the node receiving.
         Frames that arrive while the handler runs queue up and are handled next.
+        The handler may run in the node's own task, outside the caller's cancel
+        scopes: cancelling `serve` stops new frames from reaching it, and a handler
+        still running then is cancelled when the node closes.
         """
         inbox = self._inbox
         if inbox.handler is not None:
