@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import trio
 
 from mesh.channel.state import Record
+from mesh.locks import acquire
 from mesh.wire import Frame
 
 Save = Callable[[list[tuple[Record, str]]], None]
@@ -124,9 +125,9 @@ class GroupCommit:
             self._wake = trio.Event()
             if not (self._dirty or self._outbox or self._reack):
                 continue  # taken by an inline commit meanwhile
-            await _acquire(self._lock)
+            await acquire(self._lock)
             try:
-                await _acquire(self._db)
+                await acquire(self._db)
                 await self._commit_and_send()
             finally:
                 self._lock.release()
@@ -184,14 +185,6 @@ class GroupCommit:
         for peer_id, frame in outbox:
             by_peer.setdefault(peer_id, []).append(frame)
         return by_peer
-
-
-async def _acquire(lock: trio.Lock | trio.CapacityLimiter) -> None:
-    """Take `lock` without a trip through the scheduler when it is free."""
-    try:
-        lock.acquire_nowait()
-    except trio.WouldBlock:
-        await lock.acquire()
 
 
 __all__ = ["CommitCounters", "GroupCommit"]

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
+from mesh.locks import acquire
 from mesh.wire import Frame
 
 Handler = Callable[[str, Frame], Awaitable[None]]
@@ -100,19 +101,8 @@ class Inbox:
             self._handling = False
 
     async def take_turn(self) -> None:
-        """Wait for the turn to read the mailbox (release `reading` to pass it on).
-
-        Without a trip through the scheduler when it is free, and without raising and
-        catching `WouldBlock` when it is not (the usual case while a handler serves).
-        """
-        lock = self.reading
-        if lock.locked():
-            await lock.acquire()
-            return
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        """Wait for the turn to read the mailbox (release `reading` to pass it on)."""
+        await acquire(self.reading)
 
     def _not_served(self) -> None:
         if self.handler is not None:
