@@ -9,16 +9,19 @@ Packets (the payload of one nng message)::
     HS2   0x02 | receiver(8) | sender_index(8) | noise msg 2     payload: Hello
     HS3   0x03 | receiver(8) | noise msg 3        payload: Hello
     DATA  0x04 | receiver(8) | first_counter(8) | (len(2) | ciphertext)+
+          each ciphertext a Noise transport message of (frame_len(2) | frame)+
     REJECT 0x05 | receiver(8) | reason (UTF-8, <= 200 bytes)
 
 Each side picks a random 8-byte *index* for the session and the peer puts it in
 every packet it sends, so a mailbox shared by many peers demultiplexes with one
-dictionary lookup (WireGuard does the same). A DATA packet coalesces several
-Noise transport messages; their counters are ``first_counter, first_counter+1,
-...`` and must be exactly the next expected ones: an older counter is a replay,
-a newer one a gap (a lost or reordered message). Either ends the session, as does
-the first authentication failure -- nng runs over TCP, so nothing legitimate is
-ever reordered or lost inside one session.
+dictionary lookup (WireGuard does the same). A DATA packet carries one Noise
+transport message per 64 KiB of frames (usually exactly one: frames are sealed
+together, so a burst of small frames costs one AEAD pass, not one each). Their
+counters are ``first_counter, first_counter+1, ...`` and must be exactly the
+next expected ones: an older counter is a replay, a newer one a gap (a lost or
+reordered message). Either ends the session, as does the first authentication
+failure -- nng runs over TCP, so nothing legitimate is ever reordered or lost
+inside one session.
 
 Identity binding (the libp2p way): each `Hello` carries the identity key and its
 ECDSA signature over ``sha256("m2mesh-noise-static:" || noise_static_pubkey)``.
@@ -33,7 +36,7 @@ has not yet received anything authenticated: an attacker able to forge it sits
 on the path and could as well drop the packets.
 
 Both directions rekey (Noise REKEY) after every `REKEY_INTERVAL` messages. With
-frames capped at 64 KiB that also bounds the data under one key to < 1 GiB.
+messages capped at 64 KiB that also bounds the data under one key to < 1 GiB.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ _COUNTER = struct.Struct("<Q")
 _LEN = struct.Struct("<H")
 _DATA_HEADER = 1 + INDEX_LEN + 8
 _RECORD_OVERHEAD = _LEN.size + noise.TAGLEN
+_FRAME_OVERHEAD = _LEN.size
+# Plaintext of one Noise transport message: frames, each behind its length.
+_RECORD_CAPACITY = noise.MAX_MESSAGE_LEN - noise.TAGLEN
 
 
 class SessionError(RemoteProtocolError):
@@ -334,6 +340,25 @@ class Handshake:
         return Session(peer, self.index, self.remote_index, send, recv)
 
 
+def _frames_of(record: bytes, frames: list[Frame]) -> None:
+    """Decode the frames of one decrypted record onto `frames`."""
+    if not record:
+        raise SessionError("record", "a record without frames")
+    pos, end = 0, len(record)
+    while pos < end:
+        if pos + _LEN.size > end:
+            raise SessionError("record", "truncated frame length")
+        (size,) = _LEN.unpack_from(record, pos)
+        pos += _LEN.size
+        if pos + size > end:
+            raise SessionError("record", "truncated frame")
+        frame = decode(record[pos : pos + size])
+        pos += size
+        if isinstance(frame, HandshakeStart | Hello):
+            raise SessionError("frame", f"{type(frame).__name__} after the handshake")
+        frames.append(frame)
+
+
 class _FailGuard:
     """Marks a handshake FAILED when its block raises."""
 
@@ -391,23 +416,42 @@ class Session:
     def seal_encoded(self, encoded: Iterable[bytes]) -> bytes:
         """`seal` for frames already encoded with `mesh.wire.encode`."""
         self._check_alive()
-        cipher = self._send
-        parts = [self._header, _COUNTER.pack(cipher.n)]
+        parts = [self._header, _COUNTER.pack(self._send.n)]
+        record: list[bytes] = []
+        size = 0
         for plaintext in encoded:
-            if len(plaintext) > MAX_FRAME_SIZE:
+            length = len(plaintext)
+            if length > MAX_FRAME_SIZE:
                 raise LocalProtocolError("frame exceeds MAX_FRAME_SIZE")
-            if cipher.n and cipher.n % REKEY_INTERVAL == 0:
-                cipher.rekey()
-            ciphertext = cipher.encrypt(plaintext)
-            parts.append(_LEN.pack(len(ciphertext)))
-            parts.append(ciphertext)
-            self.frames_sent += 1
+            if size + _FRAME_OVERHEAD + length > _RECORD_CAPACITY:
+                self._seal_record(parts, record)
+                record, size = [], 0
+            record += (_LEN.pack(length), plaintext)
+            size += _FRAME_OVERHEAD + length
+        if not record:
+            raise LocalProtocolError("a DATA packet needs at least one frame")
+        self._seal_record(parts, record)
         return b"".join(parts)
+
+    def _seal_record(self, parts: list[bytes], record: list[bytes]) -> None:
+        """Encrypt one record's frames as one Noise transport message onto `parts`."""
+        cipher = self._send
+        if cipher.n and cipher.n % REKEY_INTERVAL == 0:
+            cipher.rekey()
+        ciphertext = cipher.encrypt(b"".join(record))
+        parts += (_LEN.pack(len(ciphertext)), ciphertext)
+        self.frames_sent += len(record) // 2
 
     @staticmethod
     def packet_size(frame_sizes: Iterable[int]) -> int:
         """The size of the DATA packet that would carry frames of these sizes."""
-        return _DATA_HEADER + sum(size + _RECORD_OVERHEAD for size in frame_sizes)
+        sizes = [size + _FRAME_OVERHEAD for size in frame_sizes]
+        records, fill = 0, _RECORD_CAPACITY
+        for size in sizes:
+            if fill + size > _RECORD_CAPACITY:
+                records, fill = records + 1, 0
+            fill += size
+        return _DATA_HEADER + records * _RECORD_OVERHEAD + sum(sizes)
 
     def open(self, packet: bytes) -> list[Frame]:
         """Authenticate, decrypt and decode one DATA packet addressed to us."""
@@ -446,10 +490,7 @@ class Session:
             except noise.DecryptError:
                 raise DecryptFailed("packet", f"message {cipher.n} failed authentication") from None
             pos += size
-            frame = decode(plaintext)
-            if isinstance(frame, HandshakeStart | Hello):
-                raise SessionError("frame", f"{type(frame).__name__} after the handshake")
-            frames.append(frame)
+            _frames_of(plaintext, frames)
         if not frames:
             raise SessionError("packet", "DATA packet without records")
         self.frames_received += len(frames)

@@ -28,11 +28,13 @@ import msgpack
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 1
-"""Bumped on any incompatible change to a frame or to the session protocol."""
+PROTOCOL_VERSION = 2
+"""Bumped on any incompatible change to a frame or to the session protocol
+(2: the frames of a DATA packet share one Noise transport message)."""
 
-MAX_FRAME_SIZE = 65_519
-"""Largest encoded frame: the Noise limit (65 535) less its 16-byte tag."""
+MAX_FRAME_SIZE = 65_517
+"""Largest encoded frame: the Noise limit (65 535) less its 16-byte tag and the
+frame's 2-byte length inside the message."""
 
 _Checker = Callable[[Any, str], Any]
 

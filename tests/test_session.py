@@ -25,7 +25,16 @@ from mesh.session import (
     VersionMismatch,
     binding_digest,
 )
-from mesh.wire import Heartbeat, Hello, Message, ProfileSummary, decode, encode
+from mesh.wire import (
+    MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    Heartbeat,
+    Hello,
+    Message,
+    ProfileSummary,
+    decode,
+    encode,
+)
 
 ALICE_BOX = "tcp://127.0.0.1:7001"
 BOB_BOX = "tcp://127.0.0.1:7002"
@@ -142,12 +151,14 @@ def test_wrong_version_is_rejected() -> None:
     bob = local(BOB_BOX)
     initiator = Handshake(local(ALICE_BOX), initiator=True)
     _, hs2, _ = Handshake.respond(bob, initiator.start())
-    # Rebuild msg 2 with a Hello that claims version 2.
+    # Rebuild msg 2 with a Hello that claims the next version.
     responder = Handshake(bob, initiator=False)
     responder.remote_index = hs2[1:9]
     hello = decode(bob.hello())
     assert isinstance(hello, Hello)
-    bad = Hello(2, hello.identity_key, hello.signature, hello.mailbox, hello.profile)
+    bad = Hello(
+        PROTOCOL_VERSION + 1, hello.identity_key, hello.signature, hello.mailbox, hello.profile
+    )
     fresh = Handshake(local(ALICE_BOX), initiator=True)
     hs1 = fresh.start()
     responder._noise.read_message(hs1[9:])
@@ -206,13 +217,69 @@ def test_replay_and_gap_are_typed() -> None:
 
 def test_rekey_every_interval_keeps_both_sides_in_sync() -> None:
     a, b = pair()
-    sent = 0
-    batch = [Heartbeat(i, False) for i in range(997)]
-    while sent < 2 * REKEY_INTERVAL + 5:
-        assert b.open(a.seal(batch)) == batch
-        sent += len(batch)
-    # The cipher key really changed: a session that never rekeys cannot read on.
-    assert a._send._k != pair()[0]._send._k
+    first_key = a._send._k
+    for i in range(2 * REKEY_INTERVAL + 5):  # one Noise message per packet
+        assert b.open(a.seal([Heartbeat(i, False)])) == [Heartbeat(i, False)]
+    assert a._send.n == b._recv.n == 2 * REKEY_INTERVAL + 5
+    # The cipher key really changed: a side that never rekeyed could not read on.
+    assert a._send._k != first_key
+
+
+def test_a_packet_of_many_frames_is_one_noise_message() -> None:
+    a, b = pair()
+    frames = [Message("t", bytes([i]) * i) for i in range(50)]
+    packet = a.seal(frames)
+    assert a._send.n == 1
+    assert len(packet) == Session.packet_size(len(encode(f)) for f in frames)
+    assert b.open(packet) == frames
+    assert b.frames_received == a.frames_sent == 50
+
+
+def test_frames_past_64_kib_share_as_few_messages_as_fit() -> None:
+    a, b = pair()
+    frames = [Message("big", bytes(30_000)) for _ in range(5)]  # two fit in a message
+    packet = a.seal(frames)
+    assert a._send.n == 3
+    assert len(packet) == Session.packet_size(len(encode(f)) for f in frames)
+    assert b.open(packet) == frames
+    overhead = len(encode(Message("max", bytes(1000)))) - 1000
+    largest = encode(Message("max", bytes(MAX_FRAME_SIZE - overhead)))
+    assert len(largest) == MAX_FRAME_SIZE
+    assert b.open(a.seal_encoded([largest, largest])) == [decode(largest)] * 2
+    assert a._send.n == 5
+    with pytest.raises(LocalProtocolError, match="MAX_FRAME_SIZE"):
+        a.seal_encoded([largest + b"\x00"])
+    with pytest.raises(LocalProtocolError, match="at least one frame"):
+        a.seal([])
+
+
+_HEARTBEAT = len(encode(Heartbeat(1, False))).to_bytes(2, "little") + encode(Heartbeat(1, False))
+
+
+def _forged(sender: Session, plaintext: bytes) -> bytes:
+    """A DATA packet whose one message, validly encrypted, holds `plaintext`."""
+    ciphertext = sender._send.encrypt(plaintext)
+    counter = (sender._send.n - 1).to_bytes(8, "little")
+    return sender._header + counter + len(ciphertext).to_bytes(2, "little") + ciphertext
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "reason"),
+    [
+        (b"", "without frames"),
+        (b"\x05", "truncated frame length"),
+        (b"\x05\x00abc", "truncated frame"),
+        (_HEARTBEAT + b"\x09", "truncated frame length"),  # a good frame, then a stub
+        (b"\x02\x00\xc1\xc1", "not valid MessagePack"),
+    ],
+)
+def test_a_malformed_message_inside_a_packet_kills_the_session(
+    plaintext: bytes, reason: str
+) -> None:
+    a, b = pair()
+    with pytest.raises(RemoteProtocolError, match=reason):
+        b.open(_forged(a, plaintext))
+    assert b.dead is not None
 
 
 def test_handshake_frames_after_handshake_are_refused() -> None:
