@@ -100,6 +100,10 @@ class GroupCommit:
         """Send `frame` right after the next commit (a state must be durable first)."""
         self._outbox.append((peer_id, frame))
 
+    def waiting(self) -> int:
+        """How many frames wait for the next commit."""
+        return len(self._outbox)
+
     def reack(self, channel_ids: Iterable[bytes]) -> None:
         """Acknowledge these channels again after the next commit (a resend arrived)."""
         self._reack.update(channel_ids)

@@ -200,3 +200,30 @@ async def test_nothing_is_sent_or_acked_before_it_is_durable(
         final = await buyer.manager.wait_acked(cid)
     assert final.acked_total == 300
     assert checked["pay"] == 300 and checked["ack"] >= 1
+
+
+async def test_a_part_batch_goes_out_while_the_payer_does_other_things(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    """A payer sends a batch (a quarter window) at a time; payments short of a batch
+    are sent by the committer as soon as the payer's task yields, with no wait_acked."""
+    paid = trio.Event()
+
+    def on_paid(_: bytes, __: str, ___: str, total: int) -> None:
+        if total == 3 + 5:
+            paid.set()
+
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path, config=ChannelConfig(window=64)) as buyer,
+        agentlet(tmp_path / "seller", ledger_path, on_paid=on_paid) as seller,
+    ):
+        await buyer.fund(ledger_path, 1_000_000)
+        await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
+        cid = await buyer.manager.open(seller.node.peer_id, "spindle-time", CAPACITY, 20)
+        await buyer.manager.pay(cid, 3)  # lone: sent at once
+        await buyer.manager.wait_acked(cid)
+        for _ in range(5):  # the first goes alone, four wait for a batch of 16
+            await buyer.manager.pay(cid, 1)
+        with trio.fail_after(5):
+            await paid.wait()  # the buyer only sleeps here: its committer sent them
+            assert (await buyer.manager.wait_acked(cid)).acked_total == 8
