@@ -205,7 +205,7 @@ async def test_nothing_is_sent_or_acked_before_it_is_durable(
 async def test_a_part_batch_goes_out_while_the_payer_does_other_things(
     tmp_path: Path, ledger_path: Path
 ) -> None:
-    """A payer sends a batch (a quarter window) at a time; payments short of a batch
+    """A payer sends a batch (half a window) at a time; payments short of a batch
     are sent by the committer as soon as the payer's task yields, with no wait_acked."""
     paid = trio.Event()
 
@@ -222,7 +222,7 @@ async def test_a_part_batch_goes_out_while_the_payer_does_other_things(
         cid = await buyer.manager.open(seller.node.peer_id, "spindle-time", CAPACITY, 20)
         await buyer.manager.pay(cid, 3)  # lone: sent at once
         await buyer.manager.wait_acked(cid)
-        for _ in range(5):  # the first goes alone, four wait for a batch of 16
+        for _ in range(5):  # the first goes alone, four wait for a batch of 32
             await buyer.manager.pay(cid, 1)
         with trio.fail_after(5):
             await paid.wait()  # the buyer only sleeps here: its committer sent them
