@@ -203,8 +203,12 @@ async def test_restart_resumes_heads_and_waiting_records(tmp_path: Path) -> None
 
 
 async def test_no_coins_delays_anchoring_and_it_retries(
-    tmp_path: Path, autojump_clock: object
+    tmp_path: Path, mock_clock: MockClock
 ) -> None:
+    # Trio time jumps ahead only after 5 ms of real idleness: a plain autojump clock
+    # also jumps while the store and the chain work in threads, and on a slow machine
+    # ran the 600 s deadline out before the retry's thread work was done.
+    mock_clock.autojump_threshold = 0.005
     ledger = create_ledger(tmp_path / "ledger.db")
     config = _config(retry_interval=10, confirm_interval=1)
     async with running_anchorer(tmp_path / "a", ledger, config=config, coins=()) as run:
