@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mesh.discovery.table import parse_static
 from mesh.errors import MeshError
 from mesh.identity import parse_peer_id
 
@@ -265,8 +266,10 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
     for section in (agent, discovery, channels, anchoring, top):
         section.done()
     for i, peer in enumerate(profile.static_peers):
-        if _mailbox(peer) is not None:
-            raise ProfileError(path, f"discovery.static_peers[{i}]", "must be a tcp:// URL")
+        try:
+            parse_static(peer)
+        except ValueError as exc:
+            raise ProfileError(path, f"discovery.static_peers[{i}]", str(exc)) from None
     if data_dir is not None:
         key = data_dir / profile.key_file
         if not key.exists():

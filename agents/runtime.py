@@ -44,7 +44,7 @@ from mesh.chain.local import LocalChain
 from mesh.chain.wallet import Wallet
 from mesh.channel.state import Role, State
 from mesh.channel.store import ChannelStore
-from mesh.discovery import PeerTable, open_discovery
+from mesh.discovery import PeerTable, open_discovery, parse_static
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity, parse_peer_id
 from mesh.session import PeerInfo
@@ -321,12 +321,13 @@ class Agent:
         """Keep a session with every peer we should talk to.
 
         Of a discovered pair the lower peer id dials (one session per pair); a static
-        peer is always dialled by the side that configured it, pinned to the id it
-        proved the first time. Dials run concurrently: an unreachable peer costs its
-        own handshake timeout, never the others'.
+        peer is always dialled by the side that configured it, expecting the id it is
+        pinned to in the profile (``ID@tcp://…``), else the one it proved the first
+        time. Dials run concurrently: an unreachable peer costs its own handshake
+        timeout, never the others'.
         """
-        for mailbox in self.profile.static_peers:
-            table.add_static(mailbox)
+        for entry in self.profile.static_peers:
+            table.add_static(*parse_static(entry))  # checked when the profile was read
         dialling: set[str] = set()
 
         async def dial(mailbox: str, expect: str | None) -> None:
@@ -343,7 +344,7 @@ class Agent:
                     if node.session(peer.peer_id) is None
                     and (peer.static or node.peer_id < peer.peer_id)
                 ]
-                targets += [(mailbox, None) for mailbox in table.pending_static()]
+                targets += table.pending_static()
                 for mailbox, expect in targets:
                     if mailbox not in dialling:
                         dialling.add(mailbox)

@@ -45,6 +45,7 @@ from mesh.discovery.table import (
     Removal,
     TableStatistics,
     TimerActions,
+    parse_static,
 )
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "instance_label",
     "instance_name",
     "open_discovery",
+    "parse_static",
     "parse_txt",
     "signing_digest",
     "usable_addresses",

@@ -32,7 +32,14 @@ import trio
 
 from mesh.discovery.records import Announcement
 from mesh.discovery.service import DEFAULT_TTL, LOOPBACK_INTERFACES, Discovery, open_discovery
-from mesh.discovery.table import Peer, PeerAdded, PeerEvent, PeerRemoved, PeerTable
+from mesh.discovery.table import (
+    Peer,
+    PeerAdded,
+    PeerEvent,
+    PeerRemoved,
+    PeerTable,
+    parse_static,
+)
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity
 
@@ -71,8 +78,8 @@ async def _print_events(events: trio.MemoryReceiveChannel[PeerEvent]) -> None:
 async def run(args: argparse.Namespace, identity: Identity) -> None:
     """Run discovery until SIGTERM/SIGINT, printing events."""
     table = PeerTable(own_peer_id=identity.peer_id)
-    for mailbox in args.static:
-        table.add_static(mailbox)
+    for mailbox, peer_id in args.static:
+        table.add_static(mailbox, peer_id)
     events = table.subscribe(buffer=4096)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:
@@ -127,9 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rebrowse", type=float, help="seconds between PTR re-queries")
     parser.add_argument(
-        "--static", action="append", default=[], metavar="URL", help="static peer mailbox"
+        "--static",
+        action="append",
+        default=[],
+        type=_static,
+        metavar="[ID@]URL",
+        help="static peer mailbox (tcp://host:port), optionally pinned to its peer id",
     )
     return parser
+
+
+def _static(text: str) -> tuple[str, str | None]:
+    try:
+        return parse_static(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

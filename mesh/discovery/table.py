@@ -24,6 +24,10 @@ Removal rules: a goodbye or expiry removes an mDNS peer; a *static* peer (its
 mailbox was configured with `add_static`) only loses its mDNS facts, because the
 runtime owns its lifetime; `remove(peer_id)` drops any peer and puts a static
 mailbox back to pending.
+
+A static peer may be pinned to the id it must prove (``ID@tcp://host:port``,
+`parse_static`): the runtime then dials it expecting that id, and no other peer
+that claims its mailbox takes its place.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dataclasses import dataclass, replace
 import trio
 
 from mesh.discovery.records import Announcement
+from mesh.identity import parse_peer_id
 
 REFRESH_POINTS = (0.80, 0.85, 0.90, 0.95)
 """Fractions of the TTL at which a silent peer is re-queried (RFC 6762 §5.2)."""
@@ -173,7 +178,8 @@ class PeerTable:
         self._max_peers = max_peers
         self._entries: dict[str, _Entry] = {}
         self._by_instance: dict[str, str] = {}
-        self._static: dict[str, str | None] = {}
+        self._static: dict[str, str | None] = {}  # mailbox -> the id confirmed there
+        self._pinned: dict[str, str] = {}  # mailbox -> the only id it may confirm
         self._changed = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
         self._counts = dict.fromkeys(("added", "goodbyes", "expired", "removed"), 0)
@@ -205,9 +211,14 @@ class PeerTable:
         """A copy of the table: peer id -> `Peer`."""
         return {peer_id: entry.peer for peer_id, entry in self._entries.items()}
 
-    def pending_static(self) -> tuple[str, ...]:
-        """Static mailboxes no handshake has confirmed yet: the runtime should dial them."""
-        return tuple(mailbox for mailbox, peer_id in self._static.items() if peer_id is None)
+    def pending_static(self) -> tuple[tuple[str, str | None], ...]:
+        """Static mailboxes no handshake has confirmed yet, each with the id it is pinned
+        to (or None): the runtime should dial them, expecting that id."""
+        return tuple(
+            (mailbox, self._pinned.get(mailbox))
+            for mailbox, peer_id in self._static.items()
+            if peer_id is None
+        )
 
     def statistics(self) -> TableStatistics:
         """A frozen snapshot of the table's counters."""
@@ -345,13 +356,20 @@ class PeerTable:
 
     # ------------------------------------------------------------------ runtime input
 
-    def add_static(self, mailbox: str) -> None:
-        """Add a configured peer mailbox; it stays pending until `confirm` names its id."""
+    def add_static(self, mailbox: str, peer_id: str | None = None) -> None:
+        """Add a configured peer mailbox, pinned to `peer_id` if given; it stays pending
+        until `confirm` names its id (the pinned one, if pinned)."""
         if mailbox in self._static:
             return
         self._static[mailbox] = None
+        if peer_id is not None:
+            self._pinned[mailbox] = peer_id
         for entry in self._entries.values():
-            if entry.peer.confirmed and entry.peer.mailbox == mailbox:
+            if (
+                entry.peer.confirmed
+                and entry.peer.mailbox == mailbox
+                and peer_id in (None, entry.peer.peer_id)
+            ):
                 self._static[mailbox] = entry.peer.peer_id
                 previous = entry.peer
                 entry.peer = replace(previous, static=True)
@@ -371,9 +389,10 @@ class PeerTable:
         """A session handshake proved `peer_id` at `mailbox`: the runtime calls this.
 
         Creates the peer if discovery did not know it (a static or inbound peer,
-        which then never expires by TTL) and marks it confirmed.
+        which then never expires by TTL) and marks it confirmed. A peer that proves
+        another id than the one a static mailbox is pinned to is not that static peer.
         """
-        static = mailbox in self._static
+        static = mailbox in self._static and self._pinned.get(mailbox, peer_id) == peer_id
         if static:
             self._static[mailbox] = peer_id
         entry = self._entries.get(peer_id)
@@ -485,3 +504,15 @@ class PeerTable:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+
+def parse_static(entry: str) -> tuple[str, str | None]:
+    """A configured static peer, ``tcp://host:port`` or ``ID@tcp://host:port`` (ID: the
+    peer id, 66 hex digits), as (mailbox, pinned id or None); ValueError says why not."""
+    peer_id, at, mailbox = entry.rpartition("@")
+    if not (mailbox.startswith("tcp://") and len(mailbox) > len("tcp://")):
+        raise ValueError(f"{entry!r} is not tcp://host:port or ID@tcp://host:port")
+    if not at:
+        return mailbox, None
+    parse_peer_id(peer_id)  # raises ValueError with the reason
+    return mailbox, peer_id.lower()

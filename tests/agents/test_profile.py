@@ -50,6 +50,11 @@ def test_shipped_profiles_load(name: str, tmp_path: Path) -> None:
         (GOOD.replace('name = "Mill"\n', ""), "agent.name", "is required"),
         (GOOD + "[discovery]\nstatic_peers = ['http://x']\n", "discovery.static_peers[0]", "tcp"),
         (
+            GOOD + "[discovery]\nstatic_peers = ['tcp://h:1', 'mill@tcp://h:2']\n",
+            "discovery.static_peers[1]",
+            "not hex",
+        ),
+        (
             GOOD + "[[wants]]\nservice = 'x'\nmax_price = 1\nunits = 0\nbudget = 5\n",
             "wants[0].units",
             "must be positive",

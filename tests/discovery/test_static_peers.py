@@ -4,8 +4,9 @@ Two hosts (network namespaces on a bridge, 169.254.77.x) whose switch forwards n
 multicast at all (`NetnsLan.block_multicast`), as on many managed and cloud
 networks. The test first proves mDNS is really dead between the hosts: discovery
 processes on the same host find each other, never one on the other host. Then
-agent A, whose profile lists B's mailbox in ``[discovery] static_peers``, and B,
-who lists nobody, hold one authenticated session that heartbeats keep alive.
+agent A, whose profile lists B's mailbox in ``[discovery] static_peers`` (pinned
+to B's peer id), and B, who lists nobody, hold one authenticated session that
+heartbeats keep alive; pinned to another id, B's mailbox is never believed.
 A static peer that is down or black-holed only costs retries, never the agent.
 
 The dialled side lists its static peer too, readings are bought across the pair
@@ -84,13 +85,15 @@ def identities(dialer_higher: bool) -> tuple[Identity, Identity]:
 
 def start_pair(tmp_path: Path, lan: NetnsLan, *, dialer_higher: bool = True
                ) -> tuple[StaticPeerAgent, StaticPeerAgent]:  # fmt: skip
-    """B (host 2) sells readings and lists nobody; A (host 1) wants them and lists B."""
+    """B (host 2) sells readings and lists nobody; A (host 1) wants them and lists B,
+    pinned to B's peer id."""
     ledger = tmp_path / "ledger.db"
     LocalLedger.create(ledger).close()
     a_id, b_id = identities(dialer_higher)
     b = StaticPeerAgent(tmp_path, ledger, "b", lan, 2, FEED, identity=b_id)
     a = StaticPeerAgent(tmp_path, ledger, "a", lan, 1, WANT, identity=a_id,
-                        static_peers=[mailbox(lan, 2)], funds=5_000_000)  # fmt: skip
+                        static_peers=[f"{b_id.peer_id}@{mailbox(lan, 2)}"],
+                        funds=5_000_000)  # fmt: skip
     return a, b
 
 
@@ -205,6 +208,33 @@ async def test_unreachable_static_peers_cost_retries_not_the_agent(
         a.stop()
         if b is not None:
             b.stop()
+
+
+async def test_a_static_peer_pinned_to_another_id_is_never_believed(
+    lan: NetnsLan, tmp_path: Path
+) -> None:
+    """A pins B's mailbox to an id B does not hold: A keeps dialling, every handshake
+    fails on the identity, and B never becomes A's peer or session."""
+    ledger = tmp_path / "ledger.db"
+    LocalLedger.create(ledger).close()
+    a_id, b_id = identities(dialer_higher=True)
+    wrong = Identity.generate().peer_id
+    b = StaticPeerAgent(tmp_path, ledger, "b", lan, 2, FEED, identity=b_id)
+    a = StaticPeerAgent(tmp_path, ledger, "a", lan, 1, WANT, identity=a_id,
+                        static_peers=[f"{wrong}@{mailbox(lan, 2)}"])  # fmt: skip
+    try:
+        refused = f"could not reach {re.escape(mailbox(lan, 2))}.*expected {wrong}"
+        looked = 0
+        with trio.fail_after(30):
+            while len(a.log_lines(refused)) < 3 or not looked:
+                status = a.status()  # raises if A exited; None until it answers
+                if status is not None:
+                    assert b.peer_id not in sessions(status) and not peers(status), status
+                    looked += 1
+                await trio.sleep(0.2)
+    finally:
+        a.stop()
+        b.stop()
 
 
 @contextmanager

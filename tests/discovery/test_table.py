@@ -18,6 +18,7 @@ from mesh.discovery.table import (
     PeerUpdated,
     Refresh,
     Removal,
+    parse_static,
 )
 from mesh.identity import Identity
 
@@ -161,7 +162,7 @@ def test_static_peer_pending_until_confirmed_and_outlives_mdns() -> None:
     table = PeerTable()
     table.add_static("tcp://10.0.0.9:7")
     table.add_static("tcp://10.0.0.9:7")
-    assert table.pending_static() == ("tcp://10.0.0.9:7",) and len(table) == 0
+    assert table.pending_static() == (("tcp://10.0.0.9:7", None),) and len(table) == 0
     event = table.confirm(A.peer_id, "tcp://10.0.0.9:7", now=1, name="press")
     assert isinstance(event, PeerAdded)
     assert event.peer.static and event.peer.confirmed and event.peer.ttl is None
@@ -178,7 +179,7 @@ def test_static_peer_pending_until_confirmed_and_outlives_mdns() -> None:
     # The runtime drops it (session lost): back to pending, to be dialled again.
     removed = table.remove(A.peer_id)
     assert isinstance(removed, PeerRemoved) and removed.reason is Removal.REMOVED
-    assert table.pending_static() == ("tcp://10.0.0.9:7",)
+    assert table.pending_static() == (("tcp://10.0.0.9:7", None),)
 
 
 def test_confirm_marks_an_mdns_peer_and_a_new_mailbox_unconfirms_it() -> None:
@@ -202,6 +203,54 @@ def test_add_static_for_an_already_confirmed_mailbox() -> None:
     table.add_static("tcp://10.0.0.9:7")
     peer = table.get(A.peer_id)
     assert peer is not None and peer.static and table.pending_static() == ()
+
+
+def test_a_pinned_static_mailbox_is_only_ever_its_own_peer() -> None:
+    table = PeerTable()
+    table.confirm(B.peer_id, "tcp://10.0.0.9:7", now=0)  # B dialled in claiming it
+    table.add_static("tcp://10.0.0.9:7", A.peer_id)
+    peer = table.get(B.peer_id)
+    assert peer is not None and not peer.static
+    assert table.pending_static() == (("tcp://10.0.0.9:7", A.peer_id),)
+    # B proves itself at that mailbox again: still not the static peer, still pending.
+    event = table.confirm(B.peer_id, "tcp://10.0.0.9:7", now=1)
+    assert event is None or not event.peer.static
+    assert table.pending_static() == (("tcp://10.0.0.9:7", A.peer_id),)
+    event = table.confirm(A.peer_id, "tcp://10.0.0.9:7", now=2)
+    assert isinstance(event, PeerAdded) and event.peer.static
+    assert table.pending_static() == ()
+    table.remove(A.peer_id)
+    assert table.pending_static() == (("tcp://10.0.0.9:7", A.peer_id),)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("tcp://10.0.0.9:7700", ("tcp://10.0.0.9:7700", None)),
+        (f"{A.peer_id}@tcp://10.0.0.9:7700", ("tcp://10.0.0.9:7700", A.peer_id)),
+        (f"{A.peer_id.upper()}@tcp://h:1", ("tcp://h:1", A.peer_id)),
+    ],
+)
+def test_parse_static_reads_a_mailbox_and_an_optional_pin(
+    entry: str, expected: tuple[str, str | None]
+) -> None:
+    assert parse_static(entry) == expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ("http://10.0.0.9:7700", "tcp://host:port"),
+        ("tcp://", "tcp://host:port"),
+        (f"{A.peer_id}@10.0.0.9:7700", "tcp://host:port"),
+        ("press@tcp://10.0.0.9:7700", "not hex"),
+        ("02" + "00" * 32 + "@tcp://10.0.0.9:7700", ""),  # hex, but not a point
+        (A.peer_id[:-2] + "@tcp://10.0.0.9:7700", ""),  # a byte short
+    ],
+)
+def test_parse_static_says_what_is_wrong(entry: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason or None):
+        parse_static(entry)
 
 
 def test_table_is_bounded_and_slow_subscribers_lose_events() -> None:
