@@ -341,8 +341,8 @@ class ChannelManager:
 
         Returns the signed record; the frame goes out once it is persisted. Every call
         is a cancel point; it yields to other tasks once per batch it sends (or while
-        it waits), not per payment: a scheduler pass costs as much as a third of a
-        payment here.
+        it waits), not per payment: a scheduler pass (~9 us on a slow machine) is a
+        large part of the ~60 us of Python around each payment's signature.
         """
         payer = self._end(channel_id)
         if not isinstance(payer, Payer):
