@@ -73,7 +73,6 @@ MAX_PACKET_SIZE = 256 * 1024
 _COUNTER = struct.Struct("<Q")
 _LEN = struct.Struct("<H")
 _DATA_HEADER = 1 + INDEX_LEN + 8
-_RECORD_OVERHEAD = _LEN.size + noise.TAGLEN
 _FRAME_OVERHEAD = _LEN.size
 # Plaintext of one Noise transport message: frames, each behind its length.
 _RECORD_CAPACITY = noise.MAX_MESSAGE_LEN - noise.TAGLEN
@@ -441,17 +440,6 @@ class Session:
         ciphertext = cipher.encrypt(b"".join(record))
         parts += (_LEN.pack(len(ciphertext)), ciphertext)
         self.frames_sent += len(record) // 2
-
-    @staticmethod
-    def packet_size(frame_sizes: Iterable[int]) -> int:
-        """The size of the DATA packet that would carry frames of these sizes."""
-        sizes = [size + _FRAME_OVERHEAD for size in frame_sizes]
-        records, fill = 0, _RECORD_CAPACITY
-        for size in sizes:
-            if fill + size > _RECORD_CAPACITY:
-                records, fill = records + 1, 0
-            fill += size
-        return _DATA_HEADER + records * _RECORD_OVERHEAD + sum(sizes)
 
     def open(self, packet: bytes) -> list[Frame]:
         """Authenticate, decrypt and decode one DATA packet addressed to us."""
