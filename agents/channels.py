@@ -58,6 +58,7 @@ from mesh.wire import (
     ChannelOpen,
     ChannelPay,
     ChannelRefundSigned,
+    ChannelRelease,
     Frame,
 )
 
@@ -70,6 +71,7 @@ CHANNEL_FRAMES = (
     ChannelPay,
     ChannelAck,
     ChannelClose,
+    ChannelRelease,
     ChannelClosed,
     ChannelError,
 )
@@ -394,7 +396,12 @@ class ChannelManager:
             event.set()
 
     async def close(self, channel_id: bytes) -> Record:
-        """Close cooperatively: the payee co-signs the latest state and broadcasts it."""
+        """Close cooperatively: the payee co-signs the latest state and broadcasts it.
+
+        A channel nothing was paid on is released instead (`ChannelRelease`): the payee
+        co-signs our signature on the release, and the coins, less the close fee, come
+        back at once rather than with the refund at the expiry.
+        """
         end = self._end(channel_id)
         if isinstance(end, Payee):
             await self._close_as_payee(end)
@@ -402,7 +409,7 @@ class ChannelManager:
         if end.state is State.OPEN:
             end.event("close")
             await self._commits.flush(channel_id)
-        await self._send(end.record().peer_id, ChannelClose(channel_id))
+        await self._send(end.record().peer_id, _close_request(end))
         try:
             with trio.fail_after(self.config.open_timeout):
                 while end.state is State.CLOSING:
@@ -429,15 +436,8 @@ class ChannelManager:
             await self._on_open(peer_id, frame)
         elif isinstance(frame, ChannelFunded):
             await self._on_funded(peer_id, frame)
-        elif isinstance(frame, ChannelClose):
-            end = self._owned(peer_id, frame.channel_id)
-            if isinstance(end, Payee) and end.state is State.CLOSED:
-                # Closed while the payer was away (watcher, restart): tell it again.
-                record = end.record()
-                closed = ChannelClosed(frame.channel_id, record.close_txid, record.total)
-                await self._send(peer_id, closed)
-            elif isinstance(end, Payee):
-                await self._close_as_payee(end)
+        elif isinstance(frame, ChannelClose | ChannelRelease):
+            await self._on_close_request(peer_id, frame)
         elif isinstance(frame, ChannelClosed):
             await self._on_closed(peer_id, frame)
         elif isinstance(frame, ChannelError):
@@ -572,6 +572,37 @@ class ChannelManager:
         else:
             self._commits.mark(frame.channel_id)
 
+    async def _on_close_request(self, peer_id: str, frame: ChannelClose | ChannelRelease) -> None:
+        cid = frame.channel_id
+        end = self._owned(peer_id, cid)
+        if not isinstance(end, Payee):
+            await self._closed_before(peer_id, cid)
+        elif end.state is State.CLOSED:
+            # Closed while the payer was away (watcher, restart): tell it again.
+            record = end.record()
+            await self._send(peer_id, ChannelClosed(cid, record.close_txid, record.total))
+        elif isinstance(frame, ChannelClose):
+            await self._close_as_payee(end)
+        elif end.state is not State.CLOSING:  # (closing already: a resend)
+            try:
+                end.accept_release(frame.signature)
+            except PaymentRejected as exc:
+                await self._reject(peer_id, cid, exc.code, exc.reason)
+                return
+            await self._co_sign_and_broadcast(end)
+
+    async def _closed_before(self, peer_id: str, channel_id: bytes) -> None:
+        """A close request for a channel we do not hold: one we closed before this
+        start (final channels are not reloaded) is answered from the store."""
+        stored = await self._thread(self._channels.find, channel_id)
+        if stored is None or stored.record.peer_id != peer_id:
+            unknown = ChannelError(channel_id, "unknown-channel", "no such channel")
+            await self._send(peer_id, unknown)
+            return
+        record = stored.record
+        if record.role is Role.PAYEE and record.state is State.CLOSED:
+            await self._send(peer_id, ChannelClosed(channel_id, record.close_txid, record.total))
+
     def _on_ack(self, peer_id: str, frame: ChannelAck) -> None:
         payer = self._owned(peer_id, frame.channel_id)
         if not isinstance(payer, Payer):
@@ -604,12 +635,14 @@ class ChannelManager:
         # a close we signed: once marked closed we stop watching, and the refund at the
         # expiry is what protects our coins from a payee that never really closes. With
         # nothing left for us (rest 0) there is nothing to look up: the expiry settles it.
+        # Our output is the second of a close, the only one of a release (total 0).
         record = payer.record()
         rest = payer.terms.max_total - frame.total
+        vout = 1 if frame.total else 0
         if not (
             record.acked_total <= frame.total <= record.total
             and rest > 0
-            and await self._holds(frame.close_txid, 1, rest, payer.terms.payer_payout)
+            and await self._holds(frame.close_txid, vout, rest, payer.terms.payer_payout)
         ):
             log.warning(
                 "peer %s claims close %s of channel %s paying %d; the chain does not show it",
@@ -621,19 +654,23 @@ class ChannelManager:
             return
         payer.mark_closed(frame.close_txid)
         await self._commits.flush(frame.channel_id)
-        coin = Utxo(frame.close_txid, 1, rest, payer.terms.payer_payout)
+        coin = Utxo(frame.close_txid, vout, rest, payer.terms.payer_payout)
         await self._thread(self.wallet.add_utxos, [coin])
         self._notify_ack(frame.channel_id)
 
     # ------------------------------------------------------------------ closing
 
     async def _close_as_payee(self, payee: Payee) -> None:
-        cid = payee.terms.channel_id
         if payee.state is not State.OPEN:
             return
         if payee.record().total == 0:
-            return  # nothing to claim: the payer's refund settles it
+            return  # nothing to claim: the payer releases it, or its refund settles it
         payee.event("close")
+        await self._co_sign_and_broadcast(payee)
+
+    async def _co_sign_and_broadcast(self, payee: Payee) -> None:
+        """Persist the closing state, record the close tx, then broadcast it."""
+        cid = payee.terms.channel_id
         raw = payee.closing_tx()
         await self._commits.flush(cid)
         await self._thread(lambda: self._channels.save_raw(cid, close=raw))
@@ -658,8 +695,9 @@ class ChannelManager:
         await self._commits.flush(cid)
         record = end.record()
         if isinstance(end, Payee):
-            coin = Utxo(txid, 0, record.total, end.terms.payee_payout)
-            await self._thread(self.wallet.add_utxos, [coin])
+            if record.total:  # a release pays us nothing
+                coin = Utxo(txid, 0, record.total, end.terms.payee_payout)
+                await self._thread(self.wallet.add_utxos, [coin])
             await self._send(record.peer_id, ChannelClosed(cid, txid, record.total))
         log.info("channel %s closed by %s: %d sat paid", cid.hex()[:16], txid[:16], record.total)
 
@@ -716,7 +754,7 @@ class ChannelManager:
                     frame = ChannelPay(cid, record.seq, record.total, record.payer_sig)
                     await self._send(peer_id, frame)
                 if record.state is State.CLOSING:  # the request may have been lost
-                    await self._send(peer_id, ChannelClose(cid))
+                    await self._send(peer_id, _close_request(end))
             elif record.state in (State.OPEN, State.CLOSING) and record.seq:
                 self._commits.reack([cid])  # acked once it is surely durable
                 self._commits.mark(cid)
@@ -773,6 +811,14 @@ class ChannelManager:
 
     async def _thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
+
+
+def _close_request(payer: Payer) -> Frame:
+    """What a payer sends to close: a release when nothing was paid, else a close."""
+    cid = payer.terms.channel_id
+    if payer.record().seq == 0:
+        return ChannelRelease(cid, payer.release_signature())
+    return ChannelClose(cid)
 
 
 def _is_txid(text: str) -> bool:

@@ -28,9 +28,9 @@ import msgpack
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """Bumped on any incompatible change to a frame or to the session protocol
-(2: the frames of a DATA packet share one Noise transport message)."""
+(2: the frames of a DATA packet share one Noise transport message; 3: `ChannelRelease`)."""
 
 MAX_FRAME_SIZE = 65_517
 """Largest encoded frame: the Noise limit (65 535) less its 16-byte tag and the
@@ -401,6 +401,17 @@ class ChannelClosed(Frame):
     channel_id: bytes
     close_txid: str
     total: int
+
+
+@frame(28)
+@dataclass(frozen=True, slots=True)
+class ChannelRelease(Frame):
+    """Payer -> payee: give up a channel nothing was paid on. `signature` is the payer's
+    on the release transaction (mesh/channel/txs.py); the payee co-signs, broadcasts it
+    and answers `ChannelClosed` with total 0."""
+
+    channel_id: bytes
+    signature: bytes
 
 
 @frame(27)

@@ -10,7 +10,7 @@ from mesh.channel.state import (
     Role,
     State,
 )
-from mesh.channel.txs import PaymentSigner, Terms, payment_tx, refund_tx
+from mesh.channel.txs import PaymentSigner, Terms, payment_tx, refund_tx, release_tx
 
 __all__ = [
     "ChannelKeys",
@@ -26,4 +26,5 @@ __all__ = [
     "derive_channel_keys",
     "payment_tx",
     "refund_tx",
+    "release_tx",
 ]

@@ -14,6 +14,13 @@ hold must not reach it), ``seq-reused`` (same seq, other total), ``stale-seq``,
 ``total-not-growing``, ``above-capacity``, ``bad-signature`` (wrong key, malleated, or over other
 outputs -- including another fee, since the payee rebuilds the outputs from the
 agreed terms).
+
+A channel nothing was paid on can be *released* instead of closed: the payer signs
+`release_tx` (everything but the close fee back to it, now) and the payee co-signs
+it, in place of a close. The payee keeps the payer's release signature in
+``payer_sig`` with ``seq`` and ``total`` 0, and takes no payment after it (the
+channel is closing). Its checks: ``not-open``, ``paid`` (a payment was taken: close
+it instead), ``bad-signature``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from mesh.channel.txs import (
     Terms,
     payment_tx,
     refund_tx,
+    release_tx,
     sighash_of,
     sign_digest,
     two_of_two_unlock,
@@ -228,6 +236,15 @@ class Payer(_ChannelEnd):
         self._record = record.with_payment(record.seq + 1, total, signature)
         return self._record
 
+    def release_signature(self) -> bytes:
+        """Our signature giving up a channel nothing was paid on (see the module doc).
+
+        Deterministic (RFC 6979): signing again after a restart gives the same bytes.
+        """
+        if self._record.seq:
+            raise LocalProtocolError("this channel has payments: close it instead")
+        return sign_digest(self._key, sighash_of(release_tx(self.terms)))
+
     def remaining(self) -> int:
         """How much more this channel can pay."""
         return self.terms.max_total - self._record.total
@@ -287,6 +304,20 @@ class Payee(_ChannelEnd):
             self._record = self._record.with_payment(seq, total, signature)
         return fresh
 
+    def accept_release(self, signature: bytes) -> Record:
+        """The payer gives up a channel nothing was paid on: check its release signature
+        and start closing (no payment is taken after this); persist, then co-sign."""
+        record = self._record
+        if record.state is not State.OPEN:
+            raise PaymentRejected("not-open", f"channel is {record.state.value}")
+        if record.seq:
+            raise PaymentRejected("paid", f"{record.total} sat paid: close the channel instead")
+        digest = sighash_of(release_tx(self.terms))
+        if not verify_digest(self.terms.payer_key, digest, signature):
+            raise PaymentRejected("bad-signature", "the release signature does not verify")
+        self._record = replace(_step(record, "close"), payer_sig=signature)
+        return self._record
+
     def acknowledged(self, seq: int, total: int) -> Record:
         """Note that the persisted state (`seq`, `total`) was acknowledged to the payer."""
         record = self._record
@@ -295,10 +326,18 @@ class Payee(_ChannelEnd):
         return self._record
 
     def closing_tx(self) -> bytes:
-        """Co-sign the latest payment into the close transaction (raw bytes)."""
+        """Co-sign the latest payment (or the payer's release) into the close
+        transaction (raw bytes)."""
         record = self._record
         if record.total == 0:
-            raise LocalProtocolError("nothing was paid; the payer's refund settles this channel")
+            if not record.payer_sig:
+                raise LocalProtocolError(
+                    "nothing was paid and no release was signed: the refund settles this"
+                )
+            ours = sign_digest(self._key, sighash_of(release_tx(self.terms)))
+            unlock = two_of_two_unlock(record.payer_sig, ours)
+            released: bytes = release_tx(self.terms, unlock).serialize()
+            return released
         tx = payment_tx(self.terms, record.total)
         ours = sign_digest(self._key, sighash_of(tx))
         closing = payment_tx(self.terms, record.total, two_of_two_unlock(record.payer_sig, ours))

@@ -216,23 +216,31 @@ class ChannelStore:
                     "UPDATE channels SET close_raw = ? WHERE channel_id = ?", (close, channel_id)
                 )
 
+    def find(self, channel_id: bytes) -> StoredChannel | None:
+        """One channel by id, whatever its state (None if we never stored it)."""
+        with self._store.read() as db:
+            row = db.execute(
+                f"SELECT {_COLUMNS}, funding_raw, close_raw FROM channels WHERE channel_id = ?",
+                (channel_id,),
+            ).fetchone()
+        return None if row is None else _stored(row)
+
     def load(self, *, include_final: bool = False) -> list[StoredChannel]:
         """Every channel (by default only those not yet closed, refunded or failed)."""
         with self._store.read() as db:
             rows = db.execute(
                 f"SELECT {_COLUMNS}, funding_raw, close_raw FROM channels ORDER BY rowid"
             ).fetchall()
-        result = []
-        for row in rows:
-            record, service = _record(tuple(row[:-2]))
-            if include_final or record.state not in FINAL_STATES:
-                funding, close = row[-2], row[-1]
-                result.append(
-                    StoredChannel(
-                        record,
-                        service,
-                        None if funding is None else bytes(funding),
-                        None if close is None else bytes(close),
-                    )
-                )
-        return result
+        stored = [_stored(row) for row in rows]
+        return [s for s in stored if include_final or s.record.state not in FINAL_STATES]
+
+
+def _stored(row: Sequence[Any]) -> StoredChannel:
+    record, service = _record(tuple(row[:-2]))
+    funding, close = row[-2], row[-1]
+    return StoredChannel(
+        record,
+        service,
+        None if funding is None else bytes(funding),
+        None if close is None else bytes(close),
+    )

@@ -9,7 +9,11 @@ This module owns the exact shape of every channel transaction and does no I/O:
 * payment / close: spends the funding output to ``[payee: total, payer: rest]`` (to
   P2PKH payout scripts each end chose from its own wallet) with
   ``rest = capacity - total - close_fee`` (the payer output is left out when it is
-  0), version 1, lock time 0, final sequence.
+  0), version 1, lock time 0, final sequence;
+* release: a channel nothing was paid on, back to the payer at once, less the close
+  fee (version 1, lock time 0, final sequence): the payer signs it to give the channel
+  up, the payee co-signs and broadcasts it, so an unused channel's coins need not wait
+  for the refund's expiry.
 
 Both parties rebuild every transaction from the agreed `Terms` and a total, so only
 ``(channel_id, seq, total, signature)`` crosses the wire. The payment sighash is
@@ -167,6 +171,16 @@ def refund_tx(terms: Terms, unlocking: bytes | None = None) -> Transaction:
         _outputs([(terms.payer_payout, terms.capacity - terms.refund_fee)]),
         version=TX_VERSION,
         locktime=terms.expiry_height,
+    )
+
+
+def release_tx(terms: Terms, unlocking: bytes | None = None) -> Transaction:
+    """The release of an unpaid channel: everything but the close fee to the payer, now."""
+    return Transaction(
+        [_funding_input(terms, SEQUENCE_FINAL, unlocking)],
+        _outputs([(terms.payer_payout, terms.max_total)]),
+        version=TX_VERSION,
+        locktime=0,
     )
 
 

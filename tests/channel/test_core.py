@@ -171,6 +171,59 @@ def test_payment_before_funding_or_while_closing_is_rejected() -> None:
     rejected(payee, frame, "not-open")
 
 
+def test_release_of_an_unpaid_channel_passes_the_interpreter_and_returns_all_but_the_fee() -> None:
+    payer, payee, _, _ = make_pair()
+    signature = payer.release_signature()
+    assert payer.release_signature() == signature  # deterministic: resent as is
+    record = payee.accept_release(signature)
+    assert (record.state, record.seq, record.total) == (State.CLOSING, 0, 0)
+    tx = check_spends_funding(payee.closing_tx(), payee.terms)
+    assert tx.locktime == 0 and tx.inputs[0].sequence == 0xFFFFFFFF
+    assert [(o.locking_script.serialize(), o.satoshis) for o in tx.outputs] == [
+        (payer.terms.payer_payout, CAPACITY - CLOSE_FEE)
+    ]
+    # Closing: no payment is taken any more.
+    rejected(payee, _frame(payer.pay(10)), "not-open")
+
+
+def released(payee: Payee, signature: bytes, code: str) -> None:
+    before = payee.record()
+    with pytest.raises(PaymentRejected) as info:
+        payee.accept_release(signature)
+    assert info.value.code == code
+    assert payee.record() == before  # no state change
+
+
+def test_release_of_a_paid_channel_is_rejected() -> None:
+    payer, payee, _, _ = make_pair()
+    unpaid_payer, _, _, _ = make_pair()
+    signature = payer.release_signature()
+    payee.accept_payment(*_frame(payer.pay(10)))
+    released(payee, signature, "paid")
+    with pytest.raises(Exception, match="close it instead"):
+        payer.release_signature()
+    assert unpaid_payer.release_signature()
+
+
+def test_release_with_a_bad_signature_or_off_an_open_channel_is_rejected() -> None:
+    payer, payee, _, _ = make_pair()
+    other, _, _, _ = make_pair()
+    released(payee, other.release_signature(), "bad-signature")  # another channel's
+    payment_sig = sign_digest(payer._key, PaymentSigner(payer.terms).sighash(1))
+    released(payee, payment_sig, "bad-signature")  # a signature over other outputs
+    released(payee, b"", "bad-signature")
+    unfunded = Payee(dataclasses.replace(payee.record(), state=State.REFUND_SIGNED), payee._key)
+    released(unfunded, payer.release_signature(), "not-open")
+    payee.accept_release(payer.release_signature())
+    released(payee, payer.release_signature(), "not-open")  # already closing
+
+
+def test_an_unpaid_channel_without_a_release_has_no_close_tx() -> None:
+    _, payee, _, _ = make_pair()
+    with pytest.raises(Exception, match="no release"):
+        payee.closing_tx()
+
+
 def test_transition_tables_reject_illegal_events() -> None:
     payer, payee, _, _ = make_pair()
     with pytest.raises(ChannelStateError):

@@ -11,11 +11,11 @@ import trio
 from agents.channels import ChannelConfig, ChannelFailure
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import parse_exact
-from mesh.channel import State
+from mesh.channel import State, Terms
 from mesh.channel.store import ChannelStore
 from mesh.store import Store
 from mesh.transport import PeerSession
-from mesh.wire import ChannelAck, ChannelPay
+from mesh.wire import ChannelAck, ChannelClosed, ChannelPay, Frame
 from tests.channel.harness import agentlet
 from tests.channel.helpers import check_spends_funding
 
@@ -32,6 +32,15 @@ def ledger_path(tmp_path: Path) -> Path:
 def ledger_value(ledger_path: Path, script: bytes) -> int:
     with LocalLedger.open(ledger_path) as ledger:
         return sum(u.satoshis for u in ledger.utxos(script))
+
+
+def check_settled(ledger_path: Path, txid: str, terms: Terms) -> None:
+    """The ledger balances and holds `txid`, which bsv-sdk's interpreter accepts."""
+    with LocalLedger.open(ledger_path) as ledger:
+        assert ledger.balance().balanced
+        raw = ledger.raw_tx(txid)
+    assert raw is not None
+    check_spends_funding(raw, terms)
 
 
 async def test_open_pay_close_settles_to_the_satoshi(tmp_path: Path, ledger_path: Path) -> None:
@@ -59,11 +68,7 @@ async def test_open_pay_close_settles_to_the_satoshi(tmp_path: Path, ledger_path
         await buyer.chain.mine()
     assert ledger_value(ledger_path, terms.payee_payout) == 3_500
     assert ledger_value(ledger_path, terms.payer_payout) == CAPACITY - terms.close_fee - 3_500
-    with LocalLedger.open(ledger_path) as ledger:
-        assert ledger.balance().balanced
-        close_raw = ledger.raw_tx(seller_record.close_txid)
-    assert close_raw is not None
-    check_spends_funding(close_raw, terms)  # bsv-sdk's interpreter agrees
+    check_settled(ledger_path, seller_record.close_txid, terms)
 
 
 async def test_payee_refuses_bad_terms_and_buyer_gets_coins_back(
@@ -132,6 +137,56 @@ async def test_payee_watcher_closes_before_expiry(tmp_path: Path, ledger_path: P
         terms = seller.manager.record(cid).terms
         await buyer.chain.mine()
     assert ledger_value(ledger_path, terms.payee_payout) == 1_234
+
+
+async def test_an_unused_channel_is_released_at_once(tmp_path: Path, ledger_path: Path) -> None:
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path) as buyer,
+        agentlet(tmp_path / "seller", ledger_path) as seller,
+    ):
+        await buyer.fund(ledger_path, 1_000_000)
+        await buyer.node.connect(seller.node.address)
+        cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 50)
+        closed = await buyer.manager.close(cid)  # nothing paid: released, not refunded
+        assert closed.state is State.CLOSED and closed.total == 0
+        seller_record = seller.manager.record(cid)
+        assert seller_record.state is State.CLOSED and seller_record.total == 0
+        assert closed.close_txid == seller_record.close_txid
+        terms = seller_record.terms
+        await buyer.chain.mine()
+        assert await buyer.chain.height() < terms.expiry_height  # long before the refund
+    assert ledger_value(ledger_path, terms.payer_payout) == CAPACITY - terms.close_fee
+    assert ledger_value(ledger_path, terms.payee_payout) == 0
+    check_settled(ledger_path, seller_record.close_txid, terms)
+
+
+async def test_a_payee_restarted_after_closing_answers_a_repeated_close(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    deaf = True  # the payer does not hear the payee's own close
+
+    async def intercept(_: str, frame: Frame) -> bool:
+        return deaf and isinstance(frame, ChannelClosed)
+
+    async with agentlet(tmp_path / "buyer", ledger_path, intercept=intercept) as buyer:
+        async with agentlet(tmp_path / "seller", ledger_path) as seller:
+            await buyer.fund(ledger_path, 1_000_000)
+            await buyer.node.connect(seller.node.address)
+            cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 50)
+            await buyer.manager.pay(cid, 1_234)
+            await buyer.manager.wait_acked(cid)
+            await seller.manager.close(cid)
+            close_txid = seller.manager.record(cid).close_txid
+        assert buyer.manager.record(cid).state is State.OPEN
+        deaf = False
+        # Restarted, the payee holds no final channel, yet answers from its store.
+        async with agentlet(tmp_path / "seller", ledger_path) as seller:
+            with pytest.raises(ChannelFailure):
+                seller.manager.record(cid)
+            await buyer.node.connect(seller.node.address)
+            closed = await buyer.manager.close(cid)
+            assert closed.state is State.CLOSED and closed.close_txid == close_txid
+            assert seller.manager.statistics().rejections == 0
 
 
 async def test_channels_survive_a_restart(tmp_path: Path, ledger_path: Path) -> None:

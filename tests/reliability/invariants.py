@@ -187,6 +187,12 @@ def check_channel(
         assert payer is None or payer.state in (State.REFUNDED, State.CLOSED)
         assert payee is None or payee.total == 0 or payee.state is State.REFUNDED
         return Settlement(cid, "refunded", 0)
+    if tx.locktime == 0 and outputs == [(terms.payer_payout, terms.max_total)]:
+        # A release: only for a channel nothing was paid (or acknowledged) on.
+        assert max(acked_bounds, default=0) == 0, "released although payments were acked"
+        assert payer is None or (payer.total == 0 and payer.state is State.CLOSED)
+        assert payee is None or (payee.total == 0 and payee.state is State.CLOSED)
+        return Settlement(cid, "released", 0)
     total = outputs[0][1]
     assert outputs[0][0] == terms.payee_payout
     rest = terms.max_total - total
