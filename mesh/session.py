@@ -339,6 +339,9 @@ class Handshake:
         return Session(peer, self.index, self.remote_index, send, recv)
 
 
+_HANDSHAKE_FRAMES = (HandshakeStart, Hello)
+
+
 def _frames_of(record: bytes, frames: list[Frame]) -> None:
     """Decode the frames of one decrypted record onto `frames`."""
     if not record:
@@ -353,7 +356,7 @@ def _frames_of(record: bytes, frames: list[Frame]) -> None:
             raise SessionError("record", "truncated frame")
         frame = decode(record[pos : pos + size])
         pos += size
-        if isinstance(frame, HandshakeStart | Hello):
+        if isinstance(frame, _HANDSHAKE_FRAMES):
             raise SessionError("frame", f"{type(frame).__name__} after the handshake")
         frames.append(frame)
 

@@ -132,20 +132,26 @@ class Record:
     refund_sig: bytes = b""
     close_txid: str = ""
 
-    # The per-payment copies, spelled out: `dataclasses.replace` introspects the fields
-    # on every call, a tenth of what a payee spends per payment besides the verify.
+    # The per-payment copies: a copy of the instance dict with the changed fields set.
+    # `dataclasses.replace` introspects the fields on every call, and even a spelled-out
+    # constructor call sets each of the 11 fields through the frozen __setattr__ guard
+    # (3.5 us against 1.1 us here, per payment on both ends). Frozen still holds: only
+    # a new, not yet shared instance is written.
 
     def with_payment(self, seq: int, total: int, payer_sig: bytes) -> Record:
         """A copy holding a newer signed payment."""
-        return Record(self.role, self.state, self.terms, self.peer_id, seq, total, payer_sig,
-                      self.acked_seq, self.acked_total, self.refund_sig,
-                      self.close_txid)  # fmt: skip
+        return self._copy_with(seq=seq, total=total, payer_sig=payer_sig)
 
     def with_ack(self, acked_seq: int, acked_total: int) -> Record:
         """A copy holding a newer acknowledgement."""
-        return Record(self.role, self.state, self.terms, self.peer_id, self.seq, self.total,
-                      self.payer_sig, acked_seq, acked_total, self.refund_sig,
-                      self.close_txid)  # fmt: skip
+        return self._copy_with(acked_seq=acked_seq, acked_total=acked_total)
+
+    def _copy_with(self, **changes: object) -> Record:
+        copy = object.__new__(Record)
+        fields = copy.__dict__
+        fields.update(self.__dict__)
+        fields.update(changes)
+        return copy
 
 
 def _step(record: Record, event: str) -> Record:

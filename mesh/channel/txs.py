@@ -227,8 +227,14 @@ class PaymentSigner:
         self._head_bytes = head
         self._head = hashlib.sha256(head)
         self._tail = _U32.pack(0) + _U32.pack(SIGHASH_ALL_FORKID)
-        self._payee_script = _varint(len(terms.payee_payout)) + terms.payee_payout
-        self._payer_script = _varint(len(terms.payer_payout)) + terms.payer_payout
+        self._max_total = terms.max_total
+        # The serialized outputs in one pack call each: [payee, payer] while something
+        # is left for the payer, [payee] alone once everything is paid.
+        payee = _varint(len(terms.payee_payout)) + terms.payee_payout
+        payer = _varint(len(terms.payer_payout)) + terms.payer_payout
+        self._both = struct.Struct(f"<Q{len(payee)}sQ{len(payer)}s")
+        self._payee_only = struct.Struct(f"<Q{len(payee)}s")
+        self._payee_script, self._payer_script = payee, payer
 
     def preimage(self, total: int) -> bytes:
         """The full BIP143 preimage for `total` (what `sighash` hashes)."""
@@ -236,14 +242,14 @@ class PaymentSigner:
 
     def hash_outputs(self, total: int) -> bytes:
         """hashOutputs of the payment tx for `total`."""
-        max_total = self.terms.max_total
-        if not 1 <= total <= max_total:
-            raise LocalProtocolError(f"total {total} outside 1..{max_total}")
-        parts = [_U64.pack(total), self._payee_script]
-        rest = max_total - total
-        if rest > 0:
-            parts += [_U64.pack(rest), self._payer_script]
-        return hash256(b"".join(parts))
+        rest = self._max_total - total
+        if rest > 0 and total > 0:
+            outputs = self._both.pack(total, self._payee_script, rest, self._payer_script)
+        elif rest == 0:
+            outputs = self._payee_only.pack(total, self._payee_script)
+        else:
+            raise LocalProtocolError(f"total {total} outside 1..{self._max_total}")
+        return hashlib.sha256(hashlib.sha256(outputs).digest()).digest()
 
     def sighash(self, total: int) -> bytes:
         """The digest the payer signs (and the payee verifies) for `total`."""

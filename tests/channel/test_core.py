@@ -19,6 +19,7 @@ from mesh.channel import (
 )
 from mesh.channel.state import PAYEE_TABLE, PAYER_TABLE, Payee, Payer, Record, Role
 from mesh.channel.txs import hash256, sign_digest
+from mesh.errors import LocalProtocolError
 from tests.channel.helpers import CAPACITY, CLOSE_FEE, EXPIRY, check_spends_funding, make_pair
 
 
@@ -31,6 +32,14 @@ def test_fast_sighash_matches_bsv_sdk_preimage_byte_for_byte(total: int) -> None
     tx = payment_tx(payer.terms, total)
     assert signer.preimage(total) == tx.preimage(0)
     assert signer.sighash(total) == hash256(tx.preimage(0))
+
+
+def test_fast_sighash_refuses_totals_no_payment_can_have() -> None:
+    payer, _, _, _ = make_pair()
+    signer = PaymentSigner(payer.terms)
+    for total in (0, -1, CAPACITY - CLOSE_FEE + 1):
+        with pytest.raises(LocalProtocolError, match="outside"):
+            signer.sighash(total)
 
 
 def test_payment_outputs_follow_the_terms() -> None:
