@@ -143,6 +143,7 @@ class Agent:
         # never shares one with the worker threads that use `store`.
         archive = Archive(Store(self.data_dir / "agent.db", synchronous="NORMAL"))
         chain = LocalChain.open(self.ledger)
+        channels: ChannelStore | None = None
         try:
             self.wallet = Wallet(store, identity)
             channels = ChannelStore(store)
@@ -219,6 +220,8 @@ class Agent:
                 nursery.cancel_scope.cancel()
         finally:
             chain.close()
+            if channels is not None:
+                channels.close()
             archive.close()
             store.close()
             (self.data_dir / "control.sock").unlink(missing_ok=True)

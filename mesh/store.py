@@ -98,6 +98,7 @@ class Store:
         check_same_thread: bool = True,
     ) -> None:
         self.path = path
+        self.synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._busy_ms = int(busy_timeout * 1000)
         self._polling = False  # SQLite's busy handler is off (see `_begin_immediate`)

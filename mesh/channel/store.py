@@ -9,12 +9,18 @@ Blocking SQLite: one caller at a time (the manager serialises every use of the s
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from mesh.channel.journal import Hot, Journal
+from mesh.channel.journal import read as read_journal
 from mesh.channel.state import FINAL_STATES, Record, Role, State
 from mesh.channel.txs import Terms
-from mesh.store import Schema, Store
+from mesh.store import Schema, Store, StoreError
+
+CHECKPOINT_BYTES = 1 << 20
+"""Fold the payment journal into the table once it holds this much (~7 400 records)."""
 
 CHANNEL_SCHEMA = Schema(
     "channels",
@@ -167,39 +173,82 @@ def _record(row: Sequence[Any]) -> tuple[Record, str]:
 class ChannelStore:
     """Persist and reload channel records."""
 
-    def __init__(self, store: Store) -> None:
-        """Register the channel schema in `store`."""
+    def __init__(
+        self, store: Store, *, journal: bool = True, checkpoint_bytes: int = CHECKPOINT_BYTES
+    ) -> None:
+        """Register the channel schema in `store`.
+
+        With `journal` (the default), payments and acknowledgements are appended to
+        the payment journal beside the database (`journal_path`) and folded into the
+        table whenever the journal has grown past `checkpoint_bytes`.
+        """
         self._store = store
         store.register(CHANNEL_SCHEMA)
-        # The row each channel has on disk as of our last commit. This store is the
-        # only writer of a channel's row (one manager owns an agent's channels).
+        # The row each channel has on disk (table or journal) as of our last write. This
+        # store is the only writer of a channel's row (one manager owns an agent's channels).
         self._written: dict[object, tuple[object, ...]] = {}
+        self._journal = (
+            Journal(journal_path(store.path), sync=store.synchronous == "FULL") if journal else None
+        )
+        self._checkpoint_bytes = checkpoint_bytes
+        self._journaled: set[object] = set()  # channels whose latest row is in the journal
 
     def save(self, records: Iterable[tuple[Record, str]]) -> None:
-        """Write (record, service) pairs in one transaction; raw txs are kept.
+        """Write (record, service) pairs durably, all or (on an error) none of the table
+        rows; raw txs are kept.
 
         A record that differs from what this store last wrote only by a payment or an
-        acknowledgement (the hot path) is written as a narrow UPDATE of those columns:
-        fewer bytes to log, and the state index is left alone.
+        acknowledgement (the hot path) is appended to the payment journal (without one:
+        a narrow UPDATE of those columns); any other change is a row of the table.
         """
-        rows = [_row(record, service) for record, service in records]
-        if not rows:
-            return
+        pairs = [(record, _row(record, service)) for record, service in records]
         full: list[tuple[object, ...]] = []
-        payments: list[tuple[object, ...]] = []
-        for row in rows:
+        hot: list[tuple[Record, tuple[object, ...]]] = []
+        for record, row in pairs:
             old = self._written.get(row[0])
             if old and old[:_PAY_FROM] == row[:_PAY_FROM] and old[_PAY_TO:] == row[_PAY_TO:]:
-                payments.append((*row[_PAY_FROM:_PAY_TO], row[0]))
+                hot.append((record, row))
             else:
                 full.append(row)
+        journal = self._journal
+        if journal is None:
+            self._write_table(full, [row for _, row in hot])
+        elif journal.size() >= self._checkpoint_bytes:
+            # Fold the journal into the table with this batch, then empty it.
+            folded = [self._written[cid] for cid in self._journaled]
+            self._write_table(full, [*folded, *(row for _, row in hot)])
+            journal.clear()
+            self._journaled.clear()
+        else:
+            entries = [(record, row, Hot.of(record)) for record, row in hot]
+            table = [row for _, row, h in entries if not h.fits()]
+            self._write_table(full, table)
+            appended = [(record, row, h) for record, row, h in entries if h.fits()]
+            if appended:
+                try:
+                    journal.append([(r.terms.channel_id, h) for r, _, h in appended])
+                except OSError as exc:
+                    raise StoreError(f"{journal.path}: cannot append ({exc})") from None
+                for _, row, _ in appended:
+                    self._written[row[0]] = row
+                    self._journaled.add(row[0])
+
+    def _write_table(self, full: list[tuple[object, ...]], hot: list[tuple[object, ...]]) -> None:
+        """Upsert `full` rows and narrow-update `hot` ones in one transaction."""
+        if not (full or hot):
+            return
         with self._store.write() as db:
             if full:
                 db.executemany(_UPSERT, full)
-            if payments:
-                db.executemany(_UPDATE_PAYMENT, payments)
-        for row in rows:
+            if hot:
+                db.executemany(_UPDATE_PAYMENT, [(*r[_PAY_FROM:_PAY_TO], r[0]) for r in hot])
+        for row in (*full, *hot):
             self._written[row[0]] = row
+
+    def close(self) -> None:
+        """Close the journal file (the database is the caller's)."""
+        if self._journal is not None:
+            self._journal.close()
 
     def save_raw(
         self, channel_id: bytes, *, funding: bytes | None = None, close: bytes | None = None
@@ -223,7 +272,9 @@ class ChannelStore:
                 f"SELECT {_COLUMNS}, funding_raw, close_raw FROM channels WHERE channel_id = ?",
                 (channel_id,),
             ).fetchone()
-        return None if row is None else _stored(row)
+        if row is None:
+            return None
+        return _merged(_stored(row), read_journal(journal_path(self._store.path)))
 
     def load(self, *, include_final: bool = False) -> list[StoredChannel]:
         """Every channel (by default only those not yet closed, refunded or failed)."""
@@ -231,8 +282,21 @@ class ChannelStore:
             rows = db.execute(
                 f"SELECT {_COLUMNS}, funding_raw, close_raw FROM channels ORDER BY rowid"
             ).fetchall()
-        stored = [_stored(row) for row in rows]
+        latest = read_journal(journal_path(self._store.path))
+        stored = [_merged(_stored(row), latest) for row in rows]
         return [s for s in stored if include_final or s.record.state not in FINAL_STATES]
+
+
+def journal_path(database: Path) -> Path:
+    """Where the payment journal of the database at `database` lives (beside it)."""
+    return database.with_name(database.name + "-channels.journal")
+
+
+def _merged(stored: StoredChannel, latest: dict[bytes, Hot]) -> StoredChannel:
+    hot = latest.get(stored.record.terms.channel_id)
+    if hot is None:
+        return stored
+    return replace(stored, record=hot.merged_into(stored.record))
 
 
 def _stored(row: Sequence[Any]) -> StoredChannel:

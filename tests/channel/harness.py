@@ -80,6 +80,7 @@ async def agentlet(
     chain = LocalChain.open(ledger_path)
     db = trio.CapacityLimiter(1)
     node_config = node_config or NodeConfig(dead_after=60)
+    channels: ChannelStore | None = None
     try:
         wallet = Wallet(store, identity)
         channels = ChannelStore(store)
@@ -105,4 +106,6 @@ async def agentlet(
                 nursery.cancel_scope.cancel()
     finally:
         chain.close()
+        if channels is not None:
+            channels.close()
         store.close()
