@@ -36,6 +36,7 @@ from mesh.chain.tx import p2pkh_script, parse_exact, txid_of
 from mesh.chain.wallet import Wallet
 from mesh.channel.keys import derive_channel_keys
 from mesh.channel.state import (
+    FINAL_STATES,
     ChannelStateError,
     Payee,
     Payer,
@@ -179,7 +180,20 @@ class ChannelManager:
             task_status.started()
 
     async def _reload(self) -> None:
-        stored = await self._thread(self._channels.load)
+        stored = await self._thread(functools.partial(self._channels.load, include_final=True))
+        # A payer killed while opening -- after reserving the funding's coins, before
+        # storing the channel or while failing it -- left coins reserved that nothing
+        # else would release. A failed channel's funding never went out.
+        live = {
+            item.record.terms.channel_id.hex()
+            for item in stored
+            if item.record.state is not State.FAILED
+        }
+        for reservation in await self._thread(self.wallet.reservations):
+            if _is_txid(reservation) and reservation not in live:  # a channel's id
+                freed = await self._thread(self.wallet.release, reservation)
+                log.info("released %d coins an unfinished open had reserved", freed)
+        stored = [item for item in stored if item.record.state not in FINAL_STATES]
         for item in stored:
             record = item.record
             keys = derive_channel_keys(

@@ -365,6 +365,14 @@ class Wallet:
         with self._store.write() as db:
             return _free(db, reservation)
 
+    def reservations(self) -> set[str]:
+        """Every reservation id that holds coins now."""
+        with self._store.read() as db:
+            rows = db.execute(
+                "SELECT DISTINCT reservation FROM wallet_coins WHERE state = 'reserved'"
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def release_expired(self, now: float | None = None) -> int:
         """Free reservations whose ttl has passed; return how many coins came back."""
         moment = self._clock() if now is None else now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import trio
 
 from agents.channels import ChannelConfig, ChannelFailure
 from mesh.chain.ledger import LocalLedger
-from mesh.chain.tx import parse_exact
+from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.channel import State, Terms
 from mesh.channel.store import ChannelStore
 from mesh.store import Store
@@ -187,6 +188,29 @@ async def test_a_payee_restarted_after_closing_answers_a_repeated_close(
             closed = await buyer.manager.close(cid)
             assert closed.state is State.CLOSED and closed.close_txid == close_txid
             assert seller.manager.statistics().rejections == 0
+
+
+async def test_a_restart_frees_coins_an_unfinished_open_reserved(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    """A payer killed after reserving a funding's coins and before storing the channel
+    (or while failing it) gets them back at its next start; others' reservations stay."""
+    orphan = secrets.token_bytes(32).hex()
+    anchor = "anchor:0123456789abcdef:temp:1"  # the anchoring service's, not ours
+    async with agentlet(tmp_path / "buyer", ledger_path) as buyer:
+        await buyer.fund(ledger_path, 1_000_000)
+        await buyer.fund(ledger_path, 500_000)
+        wallet = buyer.wallet
+        script = p2pkh_script(wallet.new_address())
+        for reservation, amount in ((orphan, 200_000), (anchor, 100_000)):
+            await trio.to_thread.run_sync(
+                lambda r=reservation, a=amount: wallet.fund([(script, a)], reservation=r),
+                limiter=buyer.db,
+            )
+        assert wallet.reservations() == {orphan, anchor}
+    async with agentlet(tmp_path / "buyer", ledger_path) as buyer:
+        assert buyer.wallet.reservations() == {anchor}
+        assert buyer.wallet.balance().reserved == 1_000_000
 
 
 async def test_channels_survive_a_restart(tmp_path: Path, ledger_path: Path) -> None:
