@@ -45,7 +45,7 @@ class Struct:
     __slots__ = ()
     _checkers: ClassVar[tuple[tuple[str, _Checker], ...]] = ()
     # Set when every field is a plain bool/int/str/bytes: the types to check
-    # with one loop instead of a call per field (the payment path's frames).
+    # with one comparison instead of a call per field (the payment path's frames).
     _plain: ClassVar[tuple[type, ...] | None] = None
 
 
@@ -141,12 +141,8 @@ def decode(data: bytes) -> Frame:
 
 def _build(cls: type[Struct], values: tuple[Any, ...], where: str) -> Struct:
     plain = cls._plain
-    if plain is not None and len(values) == len(plain):
-        for value, kind in zip(values, plain, strict=True):
-            if type(value) is not kind:
-                break  # the checkers below say which field and why
-        else:
-            return cls(*values)
+    if plain is not None and tuple(map(type, values)) == plain:
+        return cls(*values)  # else the checkers below say which field and why
     checkers = cls._checkers
     if len(values) != len(checkers):
         raise RemoteProtocolError(where, f"expected {len(checkers)} fields, got {len(values)}")
