@@ -122,8 +122,14 @@ class PeerSession:
         core: Session,
         outbox: Outbox,
         drop: Callable[[PeerSession, str], None],
+        first_packet: bytes | None = None,
     ) -> None:
-        """Wrap a core session; `Node` creates these (`drop` ends it in the node)."""
+        """Wrap a core session; `Node` creates these (`drop` ends it in the node).
+
+        `first_packet` (the initiator's HS3) is written by the sender task before any
+        frame: until then every send queues behind it, so no frame can reach the peer
+        before the handshake that lets it open them.
+        """
         self._config = config
         self._drop = drop
         self.core = core
@@ -136,7 +142,8 @@ class PeerSession:
         # Frames handed to the queue and not yet written. A frame can pass straight
         # to the waiting sender task without ever sitting in the queue's buffer, so
         # the buffer's size cannot tell whether the inline path would overtake it.
-        self._unsent = 0
+        self._first_packet = first_packet
+        self._unsent = 0 if first_packet is None else 1  # the first packet counts
         now = trio.current_time()
         self.last_received = now
         self.last_sent = now
@@ -234,12 +241,15 @@ class PeerSession:
             await self.closed.wait()
         self._drop(self, reason)
 
-    async def run_sender(self, first_packet: bytes | None) -> None:
-        """Drain the send queue into packets, coalescing under load."""
+    async def run_sender(self) -> None:
+        """Write the first packet, then drain the send queue into packets, coalescing
+        under load."""
         limit = self._config.coalesce_bytes
         with self._scope:
-            if first_packet is not None:
-                await self.outbox.write(first_packet)
+            if self._first_packet is not None:
+                await self.outbox.write(self._first_packet)
+                self._first_packet = None
+                self._unsent -= 1
             async for data in self._queue:
                 batch, size = [data], len(data)
                 while size < limit:

@@ -492,18 +492,18 @@ class Node:
             outbox.close()
 
     def _register(self, core: Session, outbox: Outbox, first_packet: bytes | None) -> PeerSession:
-        peer = PeerSession(self.config, core, outbox, self._drop)
+        peer = PeerSession(self.config, core, outbox, self._drop, first_packet)
         self._sessions[core.index] = peer
         self._by_peer[peer.peer_id] = peer
         self._counters.handshakes_completed += 1
-        self._nursery.start_soon(self._run_session, peer, first_packet)
+        self._nursery.start_soon(self._run_session, peer)
         log.info("session with %s (%s) established", peer.peer_id, core.peer.mailbox)
         self._announce(SessionEvent(up=True, peer=core.peer))
         return peer
 
-    async def _run_session(self, peer: PeerSession, first_packet: bytes | None) -> None:
+    async def _run_session(self, peer: PeerSession) -> None:
         with contextlib.suppress(SessionClosed):  # outbox closed: node shutting down
-            await peer.run_sender(first_packet)
+            await peer.run_sender()
         self._drop(peer, peer.close_reason or "sender finished")
 
     def _drop(self, peer: PeerSession, reason: str) -> None:

@@ -184,3 +184,34 @@ async def test_send_many_splits_a_large_batch_into_packets_in_order() -> None:
                     break
         assert received == [Message(str(i), bytes(300)) for i in range(40)]
         assert bob.statistics().packets_received - before >= 40 * 300 // 2_000
+
+
+async def test_no_frame_overtakes_the_handshake_s_last_packet() -> None:
+    """The initiator's HS3 is written by the session's sender task; a frame sent before
+    that task ran (an application reacting to the session at once) must queue behind
+    it. Before the fix, `send_many` wrote straight to the socket: the responder dropped
+    that packet (no session yet), then killed the session at the next one (counter 1,
+    expected 0). Real sockets: a Pull listener sees what leaves, in order."""
+    from mesh.peer import Outbox, PeerSession
+    from mesh.session import DATA, packet_kind
+    from tests.test_session import pair
+
+    initiator, responder = pair()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with pynng.Pull0(listen=address, recv_timeout=5_000) as pull:
+        outbox = Outbox(address, NodeConfig())
+        try:
+            peer = PeerSession(NodeConfig(), initiator, outbox, lambda p, r: None, b"HS3")
+            with trio.fail_after(1):  # both before the sender task runs
+                await peer.send_many([Message("early", b"")])
+                await peer.send(Message("early too", b""))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer.run_sender)
+                assert await trio.to_thread.run_sync(pull.recv) == b"HS3"
+                packet = await trio.to_thread.run_sync(pull.recv)
+                assert packet_kind(packet) == DATA
+                # The responder opens it as the session's first packet (counter 0).
+                assert responder.open(packet) == [Message("early", b""), Message("early too", b"")]
+                nursery.cancel_scope.cancel()
+        finally:
+            outbox.close()
