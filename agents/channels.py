@@ -420,7 +420,7 @@ class ChannelManager:
         if isinstance(end, Payee):
             await self._close_as_payee(end)
             return end.record()
-        if end.state is State.OPEN:
+        if end.state in (State.OPEN, State.FUNDED):  # funded: the payee may hold it open
             end.event("close")
             await self._commits.flush(channel_id)
         await self._send(end.record().peer_id, _close_request(end))

@@ -161,6 +161,37 @@ async def test_an_unused_channel_is_released_at_once(tmp_path: Path, ledger_path
     check_settled(ledger_path, seller_record.close_txid, terms)
 
 
+async def test_a_channel_the_payer_never_heard_opened_is_released_too(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    """The payee's open acknowledgement is lost: the payer holds the channel funded, the
+    payee holds it open. Closing it releases it, and the payer books the coins back."""
+
+    async def lose_open_ack(_: str, frame: Frame) -> bool:
+        return isinstance(frame, ChannelAck) and frame.seq == 0
+
+    config = ChannelConfig(open_timeout=1)
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path, config=config, intercept=lose_open_ack) as buyer,
+        agentlet(tmp_path / "seller", ledger_path) as seller,
+    ):
+        await buyer.fund(ledger_path, 1_000_000)
+        await buyer.node.connect(seller.node.address)
+        with pytest.raises(ChannelFailure, match="open"):
+            await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 50)
+        [(record, _)] = buyer.manager.records()
+        assert record.state is State.FUNDED
+        cid = record.terms.channel_id
+        assert seller.manager.record(cid).state is State.OPEN
+        closed = await buyer.manager.close(cid)
+        assert closed.state is State.CLOSED and closed.total == 0
+        await buyer.chain.mine()
+        released = CAPACITY - record.terms.close_fee
+        coins = {(c.txid, c.vout, c.satoshis) for c in buyer.wallet.coins()}
+        assert (closed.close_txid, 0, released) in coins  # booked back in the wallet
+    assert ledger_value(ledger_path, record.terms.payer_payout) == released
+
+
 async def test_a_payee_restarted_after_closing_answers_a_repeated_close(
     tmp_path: Path, ledger_path: Path
 ) -> None:
