@@ -1,8 +1,10 @@
 """Channel records in the agent's SQLite store.
 
-Owns the ``channels`` table and the mapping between a `Record` and its row. One
-`save` call writes any number of records in one transaction (group commit); the
-channel manager calls it before it sends or acknowledges anything (DESIGN §7).
+Owns the ``channels`` table, the payment journal beside it (`mesh.channel.journal`:
+payments and acknowledgements, folded into the table every MiB) and the mapping
+between a `Record` and its row. One `save` call writes any number of records -- the
+table's in one transaction, the journal's in one append (group commit); the channel
+manager calls it before it sends or acknowledges anything (DESIGN §7).
 Blocking SQLite: one caller at a time (the manager serialises every use of the store).
 """
 
@@ -217,7 +219,10 @@ class ChannelStore:
             # Fold the journal into the table with this batch, then empty it.
             folded = [self._written[cid] for cid in self._journaled]
             self._write_table(full, [*folded, *(row for _, row in hot)])
-            journal.clear()
+            try:
+                journal.clear()
+            except OSError as exc:  # kept: replaying it changes nothing
+                raise StoreError(f"{journal.path}: cannot truncate ({exc})") from None
             self._journaled.clear()
         else:
             entries = [(record, row, Hot.of(record)) for record, row in hot]
