@@ -81,6 +81,8 @@ _UPSERT = (
     " ON CONFLICT (channel_id) DO UPDATE SET "
     + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _COLUMNS.split(",")[1:])
 )
+_SELECT = f"SELECT {_COLUMNS}, funding_raw, close_raw FROM channels"
+"""Every stored column of a channel, in the order `_stored` reads them."""
 _PAY_FROM, _PAY_TO = 15, 20
 """`_row[_PAY_FROM:_PAY_TO]` is seq, total, payer_sig, acked_seq, acked_total: all that a
 payment or an acknowledgement changes."""
@@ -273,10 +275,7 @@ class ChannelStore:
     def find(self, channel_id: bytes) -> StoredChannel | None:
         """One channel by id, whatever its state (None if we never stored it)."""
         with self._store.read() as db:
-            row = db.execute(
-                f"SELECT {_COLUMNS}, funding_raw, close_raw FROM channels WHERE channel_id = ?",
-                (channel_id,),
-            ).fetchone()
+            row = db.execute(f"{_SELECT} WHERE channel_id = ?", (channel_id,)).fetchone()
         if row is None:
             return None
         return _merged(_stored(row), read_journal(journal_path(self._store.path)))
@@ -284,9 +283,7 @@ class ChannelStore:
     def load(self, *, include_final: bool = False) -> list[StoredChannel]:
         """Every channel (by default only those not yet closed, refunded or failed)."""
         with self._store.read() as db:
-            rows = db.execute(
-                f"SELECT {_COLUMNS}, funding_raw, close_raw FROM channels ORDER BY rowid"
-            ).fetchall()
+            rows = db.execute(f"{_SELECT} ORDER BY rowid").fetchall()
         latest = read_journal(journal_path(self._store.path))
         stored = [_merged(_stored(row), latest) for row in rows]
         return [s for s in stored if include_final or s.record.state not in FINAL_STATES]
