@@ -35,6 +35,7 @@ from mesh.chain.errors import ChainError, TxRejected
 from mesh.chain.tx import p2pkh_script, parse_exact, txid_of
 from mesh.chain.wallet import Wallet
 from mesh.channel.keys import derive_channel_keys
+from mesh.channel.pays import fold_payments
 from mesh.channel.state import (
     FINAL_STATES,
     ChannelStateError,
@@ -58,6 +59,7 @@ from mesh.wire import (
     ChannelFunded,
     ChannelOpen,
     ChannelPay,
+    ChannelPays,
     ChannelRefundSigned,
     ChannelRelease,
     Frame,
@@ -70,6 +72,7 @@ CHANNEL_FRAMES = (
     ChannelRefundSigned,
     ChannelFunded,
     ChannelPay,
+    ChannelPays,
     ChannelAck,
     ChannelClose,
     ChannelRelease,
@@ -442,8 +445,11 @@ class ChannelManager:
         if reply_to is not None and isinstance(frame, ChannelRefundSigned | ChannelError):
             reply_to.send_nowait(frame)
             return True
-        if isinstance(frame, ChannelPay):
-            await self._on_pay(peer_id, frame)
+        if isinstance(frame, ChannelPays):
+            await self._on_pays(peer_id, frame)
+        elif isinstance(frame, ChannelPay):
+            one = ChannelPays(frame.channel_id, frame.seq, (frame.total,), (frame.signature,))
+            await self._on_pays(peer_id, one)
         elif isinstance(frame, ChannelAck):
             self._on_ack(peer_id, frame)
         elif isinstance(frame, ChannelOpen):
@@ -563,28 +569,28 @@ class ChannelManager:
         await self._commits.flush(frame.channel_id)
         await self._send(peer_id, ChannelAck(frame.channel_id, 0, 0))
 
-    async def _on_pay(self, peer_id: str, frame: ChannelPay) -> None:
-        payee = self._owned(peer_id, frame.channel_id)
+    async def _on_pays(self, peer_id: str, frame: ChannelPays) -> None:
+        """One payment or a run of them (`ChannelPay` comes here as a run of one)."""
+        cid = frame.channel_id
+        payee = self._owned(peer_id, cid)
         if not isinstance(payee, Payee):
-            await self._reject(peer_id, frame.channel_id, "unknown-channel", "no such channel")
+            await self._reject(peer_id, cid, "unknown-channel", "no such channel")
             return
-        try:
-            fresh = payee.accept_payment(frame.seq, frame.total, frame.signature)
-        except PaymentRejected as exc:
-            await self._reject(peer_id, frame.channel_id, exc.code, exc.reason)
-            return
+        fresh, rejection = payee.accept_payments(frame.seq, frame.totals, frame.signatures)
         self._counts["payments_accepted"] += fresh
-        if not fresh:
-            # A resend after a reconnect: acknowledge again once it is surely durable.
-            self._commits.reack([frame.channel_id])
-        if self.node.queued_frames() == 0:
-            # The last payment of the burst the node delivered: a natural group commit.
-            # Persist and acknowledge here, without waking the committer.
-            self._commits.mark(frame.channel_id, wake=False)
-            if not await self._commits.commit_inline():
-                self._commits.wake()
-        else:
-            self._commits.mark(frame.channel_id)
+        if fresh or rejection is None:
+            if not fresh:  # a resend after a reconnect: acknowledge it again once durable
+                self._commits.reack([cid])
+            if self.node.queued_frames() == 0:
+                # The last payment of the burst the node delivered: a natural group
+                # commit. Persist and acknowledge here, without waking the committer.
+                self._commits.mark(cid, wake=False)
+                if not await self._commits.commit_inline():
+                    self._commits.wake()
+            else:
+                self._commits.mark(cid)
+        if rejection is not None:
+            await self._reject(peer_id, cid, rejection.code, rejection.reason)
 
     async def _on_close_request(self, peer_id: str, frame: ChannelClose | ChannelRelease) -> None:
         cid = frame.channel_id
@@ -818,7 +824,7 @@ class ChannelManager:
         if session is None:
             return
         with contextlib.suppress(SessionClosed):
-            await session.send_many(frames)
+            await session.send_many(fold_payments(frames))
 
     def _new_payout(self) -> bytes:
         return p2pkh_script(self.wallet.new_address())

@@ -28,9 +28,10 @@ import msgpack
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Bumped on any incompatible change to a frame or to the session protocol
-(2: the frames of a DATA packet share one Noise transport message; 3: `ChannelRelease`)."""
+(2: the frames of a DATA packet share one Noise transport message; 3: `ChannelRelease`;
+4: `ChannelPays`)."""
 
 MAX_FRAME_SIZE = 65_517
 """Largest encoded frame: the Noise limit (65 535) less its 16-byte tag and the
@@ -178,7 +179,7 @@ def _checker_for(hint: Any) -> _Checker:
         item_hint, ellipsis = typing.get_args(hint)
         if ellipsis is not Ellipsis:
             raise TypeError(f"only tuple[T, ...] is supported, not {hint}")
-        return _tuple_of(_checker_for(item_hint))
+        return _tuple_of(_checker_for(item_hint), item_hint if item_hint in _PLAIN else None)
     if origin in (Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(options) != 1:
@@ -217,10 +218,12 @@ def _nested(cls: type[Struct]) -> _Checker:
     return check
 
 
-def _tuple_of(item: _Checker) -> _Checker:
+def _tuple_of(item: _Checker, plain: type | None) -> _Checker:
     def check(value: Any, where: str) -> Any:
         if not isinstance(value, tuple):
             raise RemoteProtocolError(where, f"expected array, got {type(value).__name__}")
+        if plain is not None and all(type(v) is plain for v in value):
+            return value  # the common case, without a call per item
         return tuple(item(v, f"{where}[{i}]") for i, v in enumerate(value))
 
     return check
@@ -366,6 +369,19 @@ class ChannelPay(Frame):
     seq: int
     total: int
     signature: bytes
+
+
+@frame(29)
+@dataclass(frozen=True, slots=True)
+class ChannelPays(Frame):
+    """Payer -> payee: consecutive payments in one frame, payment ``i`` being seq
+    ``seq + i`` with ``totals[i]`` and ``signatures[i]``: each exactly a `ChannelPay`,
+    without a frame (its decode and dispatch) per payment."""
+
+    channel_id: bytes
+    seq: int
+    totals: tuple[int, ...]
+    signatures: tuple[bytes, ...]
 
 
 @frame(24)

@@ -13,7 +13,9 @@ untouched and names its code): ``not-open`` (not yet funded, or closing),
 hold must not reach it), ``seq-reused`` (same seq, other total), ``stale-seq``,
 ``total-not-growing``, ``above-capacity``, ``bad-signature`` (wrong key, malleated, or over other
 outputs -- including another fee, since the payee rebuilds the outputs from the
-agreed terms).
+agreed terms). Several payments may come in one frame (`accept_payments`): one
+more code, ``bad-batch`` (no payment, or not one signature per total), and the payments
+before a rejected one stand.
 
 A channel nothing was paid on can be *released* instead of closed: the payer signs
 `release_tx` (everything but the close fee back to it, now) and the payee co-signs
@@ -284,19 +286,25 @@ class Payee(_ChannelEnd):
         record = self._record
         if record.state is not State.OPEN:
             raise PaymentRejected("not-open", f"channel is {record.state.value}")
+        return self._check(record.seq, record.total, record.payer_sig, seq, total, signature)
+
+    def _check(
+        self, last_seq: int, last_total: int, last_sig: bytes, seq: int, total: int, sig: bytes
+    ) -> bool:
+        """`check_payment` after the state check, against the latest payment taken."""
         if not 0 < seq <= MAX_SEQ:
             raise PaymentRejected("bad-seq", f"seq {seq} outside 1..{MAX_SEQ}")
-        if seq == record.seq and record.seq > 0:
-            if total == record.total and signature == record.payer_sig:
+        if seq == last_seq:
+            if total == last_total and sig == last_sig:
                 return False
-            raise PaymentRejected("seq-reused", f"seq {seq} already paid {record.total}")
-        if seq < record.seq:
-            raise PaymentRejected("stale-seq", f"seq {seq} is older than {record.seq}")
-        if total <= record.total:
-            raise PaymentRejected("total-not-growing", f"total {total} <= {record.total}")
+            raise PaymentRejected("seq-reused", f"seq {seq} already paid {last_total}")
+        if seq < last_seq:
+            raise PaymentRejected("stale-seq", f"seq {seq} is older than {last_seq}")
+        if total <= last_total:
+            raise PaymentRejected("total-not-growing", f"total {total} <= {last_total}")
         if total > self.terms.max_total:
             raise PaymentRejected("above-capacity", f"total {total} > {self.terms.max_total}")
-        if not verify_digest(self.terms.payer_key, self._signer.sighash(total), signature):
+        if not verify_digest(self.terms.payer_key, self._signer.sighash(total), sig):
             raise PaymentRejected("bad-signature", f"signature for seq {seq} does not verify")
         return True
 
@@ -309,6 +317,38 @@ class Payee(_ChannelEnd):
         if fresh:
             self._record = self._record.with_payment(seq, total, signature)
         return fresh
+
+    def accept_payments(
+        self, seq: int, totals: tuple[int, ...], signatures: tuple[bytes, ...]
+    ) -> tuple[int, PaymentRejected | None]:
+        """Take the consecutive payments of a `ChannelPays` (seq ``seq + i`` paying
+        ``totals[i]`` with ``signatures[i]``) in order, each as `accept_payment` would,
+        until one is rejected.
+
+        Returns how many were new and the rejection, if any: the payments before it
+        stand (each is a valid payment by itself); it and those after it change nothing.
+        """
+        record = self._record
+        if record.state is not State.OPEN:
+            return 0, PaymentRejected("not-open", f"channel is {record.state.value}")
+        if not totals or len(totals) != len(signatures):
+            reason = f"{len(totals)} totals and {len(signatures)} signatures"
+            return 0, PaymentRejected("bad-batch", reason)
+        last_seq, last_total, last_sig = record.seq, record.total, record.payer_sig
+        fresh = 0
+        rejection = None
+        for at, (total, sig) in enumerate(zip(totals, signatures, strict=True), seq):
+            try:
+                if not self._check(last_seq, last_total, last_sig, at, total, sig):
+                    continue  # the latest payment, resent
+            except PaymentRejected as exc:
+                rejection = exc
+                break
+            fresh += 1
+            last_seq, last_total, last_sig = at, total, sig
+        if fresh:
+            self._record = record.with_payment(last_seq, last_total, last_sig)
+        return fresh, rejection
 
     def accept_release(self, signature: bytes) -> Record:
         """The payer gives up a channel nothing was paid on: check its release signature

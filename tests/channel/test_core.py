@@ -94,11 +94,16 @@ def test_payee_accepts_in_order_and_duplicates_are_harmless() -> None:
 
 
 def rejected(payee: Payee, frame: tuple[int, int, bytes], code: str) -> None:
+    """Refused alone (`ChannelPay`) and as a run of one (`ChannelPays`), unchanged."""
     before = payee.record()
     with pytest.raises(PaymentRejected) as info:
         payee.accept_payment(*frame)
     assert info.value.code == code
     assert payee.record() == before  # no state change
+    seq, total, sig = frame
+    fresh, rejection = payee.accept_payments(seq, (total,), (sig,))
+    assert (fresh, rejection and rejection.code) == (0, code)
+    assert payee.record() == before
 
 
 def test_total_that_does_not_grow_is_rejected() -> None:

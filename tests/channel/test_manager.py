@@ -14,9 +14,11 @@ from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.channel import State, Terms
 from mesh.channel.store import ChannelStore
+from mesh.channel.txs import PaymentSigner, sign_digest
+from mesh.identity import Identity
 from mesh.store import Store
 from mesh.transport import PeerSession
-from mesh.wire import ChannelAck, ChannelClosed, ChannelPay, Frame
+from mesh.wire import ChannelAck, ChannelClosed, ChannelError, ChannelPay, ChannelPays, Frame
 from tests.channel.harness import agentlet
 from tests.channel.helpers import check_spends_funding
 
@@ -291,6 +293,10 @@ async def test_nothing_is_sent_or_acked_before_it_is_durable(
             if isinstance(frame, ChannelPay):
                 assert frame.seq <= durable.get("payer", 0), "payment sent before durable"
                 checked["pay"] += 1
+            elif isinstance(frame, ChannelPays):
+                last = frame.seq + len(frame.totals) - 1
+                assert last <= durable.get("payer", 0), "payments sent before durable"
+                checked["pay"] += len(frame.totals)
             elif isinstance(frame, ChannelAck) and frame.seq:
                 assert frame.seq <= durable.get("payee", 0), "ack sent before durable"
                 checked["ack"] += 1
@@ -310,6 +316,43 @@ async def test_nothing_is_sent_or_acked_before_it_is_durable(
         final = await buyer.manager.wait_acked(cid)
     assert final.acked_total == 300
     assert checked["pay"] == 300 and checked["ack"] >= 1
+
+
+async def test_a_run_with_a_forged_payment_keeps_the_payments_before_it(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    """A `ChannelPays` whose third signature is forged: the payee takes and acknowledges
+    the first two, refuses the third with a `ChannelError`, and ignores the fourth."""
+    errors: list[Frame] = []
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path) as buyer,
+        agentlet(tmp_path / "seller", ledger_path) as seller,
+    ):
+        await buyer.fund(ledger_path, 1_000_000)
+        session = await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
+        cid = await buyer.manager.open(seller.node.peer_id, "spindle-time", CAPACITY, 20)
+        payer = buyer.manager._end(cid)
+        signer = PaymentSigner(payer.terms)
+        sigs = [sign_digest(payer._key, signer.sighash(total)) for total in (5, 10, 15, 20)]
+        sigs[2] = sign_digest(Identity.generate().key, signer.sighash(15))
+        handle = buyer.manager.handle
+
+        async def recording(peer_id: str, frame: Frame) -> bool:
+            if isinstance(frame, ChannelError | ChannelAck):
+                errors.append(frame)
+            return await handle(peer_id, frame)
+
+        buyer.manager.handle = recording  # type: ignore[method-assign]
+        await session.send(ChannelPays(cid, 1, (5, 10, 15, 20), tuple(sigs)))
+        with trio.fail_after(5):
+            while len(errors) < 2:
+                await trio.sleep(0.01)
+        record = seller.manager.record(cid)
+        assert (record.seq, record.total, record.acked_seq) == (2, 10, 2)
+        assert seller.manager.statistics().rejections == 1
+    ack, error = errors
+    assert ack == ChannelAck(cid, 2, 10)
+    assert isinstance(error, ChannelError) and error.code == "bad-signature"
 
 
 async def test_a_part_batch_goes_out_while_the_payer_does_other_things(

@@ -43,6 +43,7 @@ from mesh.wire import (
     ChannelFunded,
     ChannelOpen,
     ChannelPay,
+    ChannelPays,
     Frame,
 )
 from tests.reliability.agent import emit, node_config, reliable_agent
@@ -88,6 +89,12 @@ def violations(rng: random.Random) -> list[Frame]:
             rng.randint(-(2**63), 2**64 - 1),
             rng.randint(-(2**63), 2**63),
             b"",
+        ),
+        ChannelPays(
+            secrets.token_bytes(32),
+            rng.randint(1, 2**63),
+            tuple(rng.randint(1, 10**6) for _ in range(rng.randint(0, 40))),
+            tuple(rng.randbytes(71) for _ in range(rng.randint(0, 40))),
         ),
         ChannelFunded(secrets.token_bytes(32), rng.randbytes(rng.randint(0, 300))),
         offer(capacity=rng.choice([0, -5, 2**62])),

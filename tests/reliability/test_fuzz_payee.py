@@ -1,4 +1,5 @@
-"""Fuzzing the payee's payment verifier (`Payee.accept_payment`) against an oracle.
+"""Fuzzing the payee's payment verifier (`Payee.accept_payment`, and `accept_payments`
+beside it) against an oracle.
 
 Each example is a sequence of payments offered to a fresh payee of one funded, open
 channel: honest ones, replays of earlier ones, signatures for another total, another
@@ -183,11 +184,13 @@ def run_payee_fuzz(examples: int) -> Tally:
     def fuzz(data: st.DataObject) -> None:
         c = channel()
         payee = Payee(c.base, c.payee_key)
+        twin = Payee(c.base, c.payee_key)  # takes each payment as a `ChannelPays` of one
         history: list[tuple[int, int, bytes]] = []
         tally.examples += 1
         for _ in range(data.draw(st.integers(1, 12))):
             if data.draw(st.integers(0, 60)) == 0 and payee.state is State.OPEN:
                 payee.event("close")
+                twin.event("close")
             before = payee.record()
             kind, seq, total, signature = data.draw(payments(before.seq, before.total, history))
             want = expected(before, seq, total, signature)
@@ -203,6 +206,9 @@ def run_payee_fuzz(examples: int) -> Tally:
                 else:
                     assert payee.record() == before
             assert got == want, f"{kind}: seq={seq} total={total} sig={signature.hex()}"
+            taken, rejection = twin.accept_payments(seq, (total,), (signature,))
+            got_twin = rejection.code if rejection else ("fresh" if taken else "duplicate")
+            assert got_twin == want and twin.record() == payee.record()
             tally.payments += 1
             outcomes[f"{kind}:{got}"] = outcomes.get(f"{kind}:{got}", 0) + 1
             history.append((seq, total, signature))
