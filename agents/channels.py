@@ -549,7 +549,7 @@ class ChannelManager:
             await self._reject(peer_id, frame.channel_id, "unknown-channel", "no such channel")
             return
         if payee.state is State.OPEN:
-            await self._send(peer_id, ChannelAck(frame.channel_id, 0, 0))  # a resend
+            await self._send(peer_id, ChannelAck(frame.channel_id, 0, 0, b""))  # a resend
             return
         terms = payee.terms
         try:
@@ -567,7 +567,7 @@ class ChannelManager:
             return
         payee.event("funding-accepted")
         await self._commits.flush(frame.channel_id)
-        await self._send(peer_id, ChannelAck(frame.channel_id, 0, 0))
+        await self._send(peer_id, ChannelAck(frame.channel_id, 0, 0, b""))
 
     async def _on_pays(self, peer_id: str, frame: ChannelPays) -> None:
         """One payment or a run of them (`ChannelPay` comes here as a run of one)."""
@@ -636,11 +636,20 @@ class ChannelManager:
                 self._commits.mark(frame.channel_id)
                 self._notify_ack(frame.channel_id)
             return
+        before = payer.record().seq
         try:
-            payer.accept_ack(frame.seq, frame.total)
+            record = payer.accept_ack(frame.seq, frame.total, frame.signature)
         except PaymentRejected as exc:
             log.warning("peer %s: %s", peer_id[:16], exc)
             return
+        if record.seq != before:  # our latest writes were lost: persist what we took back
+            log.warning(
+                "channel %s: took back seq %d (total %d) from the payee's ack",
+                frame.channel_id.hex()[:16],
+                record.seq,
+                record.total,
+            )
+            self._commits.mark(frame.channel_id)
         # Not persisted at once: the ack is the payee's promise, ours to remember lazily.
         self._counts["acks_received"] += 1
         self._notify_ack(frame.channel_id)
@@ -797,7 +806,7 @@ class ChannelManager:
         payee.acknowledged(record.seq, record.total)
         if self.on_paid is not None:
             self.on_paid(cid, record.peer_id, service, record.total)
-        return ChannelAck(cid, record.seq, record.total)
+        return ChannelAck(cid, record.seq, record.total, record.payer_sig)
 
     # ------------------------------------------------------------------ plumbing
 

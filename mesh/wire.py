@@ -389,12 +389,15 @@ class ChannelPays(Frame):
 class ChannelAck(Frame):
     """Payee -> payer: everything up to `seq` (cumulative) is persisted.
 
-    seq 0 means the channel is open: the funding was seen on chain.
+    seq 0 means the channel is open: the funding was seen on chain. `signature` is the
+    payer's own signature on that state (empty at seq 0): a payer that lost its latest
+    states (a power cut) takes them back from it, having checked it is its own.
     """
 
     channel_id: bytes
     seq: int
     total: int
+    signature: bytes
 
 
 @frame(25)

@@ -257,14 +257,40 @@ class Payer(_ChannelEnd):
         """How much more this channel can pay."""
         return self.terms.max_total - self._record.total
 
-    def accept_ack(self, seq: int, total: int) -> Record:
-        """A cumulative acknowledgement from the payee."""
+    def accept_ack(self, seq: int, total: int, signature: bytes = b"") -> Record:
+        """A cumulative acknowledgement from the payee.
+
+        An ack of a state we do not hold (a later seq, a larger total, or our latest seq
+        with another total) means we lost our latest writes (a power cut: see SECURITY
+        risk 15) and signed again from an older state. If `signature` is ours on that
+        state we signed it before, and it becomes our latest state again (the payee holds
+        it already: we owe nothing more), at a seq above both ends' own; otherwise it is
+        refused (``bad-ack``).
+        """
         record = self._record
-        if seq > record.seq or total > record.total:
-            raise PaymentRejected("bad-ack", f"ack {seq}/{total} beyond what we signed")
+        if (
+            seq > record.seq
+            or total > record.total
+            or (seq == record.seq and total != record.total)
+        ):
+            return self._take_back(seq, total, signature)
         if seq < record.acked_seq:
             return record  # an old ack overtaken by a newer one
         self._record = record.with_ack(seq, total)
+        return self._record
+
+    def _take_back(self, seq: int, total: int, signature: bytes) -> Record:
+        if not (0 < seq <= MAX_SEQ and 0 < total <= self.terms.max_total) or not verify_digest(
+            self.terms.payer_key, self._signer.sighash(total), signature
+        ):
+            raise PaymentRejected("bad-ack", f"ack {seq}/{total} of a state we never signed")
+        # The signature binds the total, not the seq: keep ours growing (the store merges
+        # by seq) and the payee takes the next payment, a seq above both, as usual.
+        record = self._record
+        ours = max(seq, record.seq + 1)
+        if ours > MAX_SEQ:
+            raise PaymentRejected("bad-ack", "no seq left to take the acknowledged state back")
+        self._record = record.with_payment(ours, total, signature).with_ack(ours, total)
         return self._record
 
 

@@ -32,7 +32,7 @@ class World:
         )
 
     def acknowledge(self, record: Record, service: str, reack: bool) -> Frame | None:
-        return ChannelAck(record.terms.channel_id, record.seq, record.total) if reack else None
+        return ChannelAck(record.terms.channel_id, record.seq, record.total, b"") if reack else None
 
     async def send_many(self, peer_id: str, frames: list[Frame]) -> None:
         self.log.append(("send", [type(f).__name__ for f in frames]))

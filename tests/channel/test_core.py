@@ -310,3 +310,50 @@ def test_record_fast_copies_equal_dataclasses_replace() -> None:
     )
     assert record.with_ack(5, 6) == dataclasses.replace(record, acked_seq=5, acked_total=6)
     assert len(dataclasses.fields(Record)) == 11
+
+
+def test_a_payer_that_lost_its_latest_states_takes_back_the_one_the_payee_acks() -> None:
+    """After a power cut the payer restarts from an older record and signs again from
+    there; the payee's ack carries the payer's own signature on what it holds."""
+    payer, payee, _, _ = make_pair()
+    for _ in range(5):
+        payee.accept_payment(*_frame(payer.pay(100)))
+    older = Payer(payer.record().with_payment(2, 200, b"lost").with_ack(2, 200), payer._key)
+    resigned = older.pay(50)  # seq 3, total 250: the payee refuses it (stale)
+    with pytest.raises(PaymentRejected):
+        payee.accept_payment(*_frame(resigned))
+    held = payee.record()
+    taken = older.accept_ack(held.seq, held.total, held.payer_sig)
+    assert (taken.seq, taken.total, taken.acked_total) == (5, 500, 500)
+    assert payee.accept_payment(*_frame(older.pay(1))) is True
+    assert check_spends_funding(payee.closing_tx(), payee.terms).outputs[0].satoshis == 501
+
+
+def test_a_state_taken_back_at_a_lower_seq_keeps_the_payer_seq_growing() -> None:
+    payer, payee, _, _ = make_pair()
+    payee.accept_payment(*_frame(payer.pay(100)))  # the payee holds seq 1, total 100
+    older = Payer(payer.record().with_payment(0, 0, b""), payer._key)
+    for _ in range(3):
+        older.pay(10)  # seq 3, total 30: lower than what the payee holds
+    held = payee.record()
+    taken = older.accept_ack(held.seq, held.total, held.payer_sig)
+    assert (taken.seq, taken.total) == (4, 100)  # a seq above both ends' own
+    assert payee.accept_payment(*_frame(older.pay(1))) is True
+
+
+def test_an_ack_of_a_state_the_payer_never_signed_is_refused() -> None:
+    payer, payee, _, _ = make_pair()
+    payee.accept_payment(*_frame(payer.pay(100)))
+    before = payer.record()
+    stranger = sign_digest(make_pair()[0]._key, PaymentSigner(payer.terms).sighash(900))
+    ours_for_100 = before.payer_sig
+    for seq, total, sig in (
+        (2, 900, stranger),  # another key
+        (2, 900, ours_for_100),  # our signature, but on another total
+        (1, 90, ours_for_100),  # our seq with another total
+        (2, CAPACITY, ours_for_100),  # beyond the capacity
+    ):
+        with pytest.raises(PaymentRejected) as info:
+            payer.accept_ack(seq, total, sig)
+        assert info.value.code == "bad-ack"
+        assert payer.record() == before

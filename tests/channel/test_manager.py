@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from agents.channels import ChannelConfig, ChannelFailure
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.channel import State, Terms
-from mesh.channel.store import ChannelStore
+from mesh.channel.journal import RECORD_SIZE
+from mesh.channel.store import ChannelStore, journal_path
 from mesh.channel.txs import PaymentSigner, sign_digest
 from mesh.identity import Identity
 from mesh.store import Store
@@ -268,6 +270,42 @@ async def test_channels_survive_a_restart(tmp_path: Path, ledger_path: Path) -> 
     assert stored.record.state is State.CLOSED and stored.record.total == 1_001
 
 
+async def test_a_payer_that_lost_its_latest_payments_takes_them_back_from_the_ack(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    """A power cut took the payer's last journal records (SECURITY risk 15): restarted,
+    it holds an older state than the payee acknowledged. The payee's ack on reconnect
+    carries the payer's own signature on its latest state; the payer checks it, takes
+    that state back, and pays on from there: nothing is paid twice or lost."""
+    buyer_dir = tmp_path / "buyer"
+    async with agentlet(tmp_path / "seller", ledger_path, watch_sessions=True) as seller:
+        config = ChannelConfig(window=1)  # one journal record per payment
+        async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
+            await buyer.fund(ledger_path, 1_000_000)
+            await buyer.node.connect(seller.node.address)
+            cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 20)
+            for _ in range(10):
+                await buyer.manager.pay(cid, 100)
+            await buyer.manager.wait_acked(cid)
+        journal = journal_path(buyer_dir / "agent.db")
+        os.truncate(journal, 4 * RECORD_SIZE)  # the last records never reached the disk
+        async with agentlet(buyer_dir, ledger_path, config=config, watch_sessions=True) as buyer:
+            assert 0 < buyer.manager.record(cid).total < 1_000
+            await buyer.node.connect(seller.node.address)
+            with trio.fail_after(5):
+                while buyer.manager.record(cid).total != 1_000:
+                    await trio.sleep(0.01)
+            await buyer.manager.pay(cid, 1)
+            assert (await buyer.manager.wait_acked(cid)).acked_total == 1_001
+            closed = await buyer.manager.close(cid)
+            assert closed.state is State.CLOSED and closed.total == 1_001
+            terms = closed.terms
+            await buyer.chain.mine()
+    assert ledger_value(ledger_path, terms.payee_payout) == 1_001
+    assert ledger_value(ledger_path, terms.payer_payout) == CAPACITY - terms.close_fee - 1_001
+    check_settled(ledger_path, closed.close_txid, terms)
+
+
 @pytest.mark.parametrize("window", [1, 64])
 async def test_nothing_is_sent_or_acked_before_it_is_durable(
     tmp_path: Path, ledger_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
@@ -351,7 +389,7 @@ async def test_a_run_with_a_forged_payment_keeps_the_payments_before_it(
         assert (record.seq, record.total, record.acked_seq) == (2, 10, 2)
         assert seller.manager.statistics().rejections == 1
     ack, error = errors
-    assert ack == ChannelAck(cid, 2, 10)
+    assert ack == ChannelAck(cid, 2, 10, sigs[1])
     assert isinstance(error, ChannelError) and error.code == "bad-signature"
 
 

@@ -25,7 +25,7 @@ def pay(channel_id: bytes, seq: int) -> ChannelPay:
 
 
 def test_a_run_on_one_channel_becomes_one_frame_and_a_lone_payment_stays() -> None:
-    ack = ChannelAck(B, 4, 40)
+    ack = ChannelAck(B, 4, 40, b"sig")
     frames: list[Frame] = [pay(A, 1), pay(A, 2), pay(A, 3), ack, pay(A, 4)]
     assert fold_payments(frames) == [
         ChannelPays(A, 1, (10, 20, 30), (b"\x01" * 70, b"\x02" * 70, b"\x03" * 70)),
