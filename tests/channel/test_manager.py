@@ -21,7 +21,7 @@ from mesh.identity import Identity
 from mesh.store import Store
 from mesh.transport import PeerSession
 from mesh.wire import ChannelAck, ChannelClosed, ChannelError, ChannelPay, ChannelPays, Frame
-from tests.channel.harness import agentlet
+from tests.channel.harness import Agentlet, agentlet
 from tests.channel.helpers import check_spends_funding
 
 CAPACITY = 200_000
@@ -32,6 +32,20 @@ def ledger_path(tmp_path: Path) -> Path:
     path = tmp_path / "ledger.db"
     LocalLedger.create(path).close()
     return path
+
+
+async def funded_channel(
+    buyer: Agentlet,
+    seller: Agentlet,
+    ledger_path: Path,
+    *,
+    close_fee: int = 20,
+    service: str = "x",
+) -> bytes:
+    """Fund the buyer, connect it to the seller and open a channel of `CAPACITY`."""
+    await buyer.fund(ledger_path, 1_000_000)
+    await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
+    return await buyer.manager.open(seller.node.peer_id, service, CAPACITY, close_fee)
 
 
 def ledger_value(ledger_path: Path, script: bytes) -> int:
@@ -56,9 +70,7 @@ async def test_open_pay_close_settles_to_the_satoshi(tmp_path: Path, ledger_path
             tmp_path / "seller", ledger_path, on_paid=lambda c, p, s, total: paid.append(total)
         ) as seller,
     ):
-        await buyer.fund(ledger_path, 1_000_000)
-        await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
-        cid = await buyer.manager.open(seller.node.peer_id, "spindle-time", CAPACITY, 20)
+        cid = await funded_channel(buyer, seller, ledger_path, service="spindle-time")
         assert seller.manager.record(cid).state is State.OPEN
         for _ in range(500):
             await buyer.manager.pay(cid, 7)
@@ -124,9 +136,7 @@ async def test_payee_watcher_closes_before_expiry(tmp_path: Path, ledger_path: P
         agentlet(tmp_path / "buyer", ledger_path) as buyer,
         agentlet(tmp_path / "seller", ledger_path) as seller,
     ):
-        await buyer.fund(ledger_path, 1_000_000)
-        await buyer.node.connect(seller.node.address)
-        cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 10)
+        cid = await funded_channel(buyer, seller, ledger_path, close_fee=10)
         await buyer.manager.pay(cid, 1_234)
         await buyer.manager.wait_acked(cid)
         expiry = seller.manager.record(cid).terms.expiry_height
@@ -149,9 +159,7 @@ async def test_an_unused_channel_is_released_at_once(tmp_path: Path, ledger_path
         agentlet(tmp_path / "buyer", ledger_path) as buyer,
         agentlet(tmp_path / "seller", ledger_path) as seller,
     ):
-        await buyer.fund(ledger_path, 1_000_000)
-        await buyer.node.connect(seller.node.address)
-        cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 50)
+        cid = await funded_channel(buyer, seller, ledger_path, close_fee=50)
         closed = await buyer.manager.close(cid)  # nothing paid: released, not refunded
         assert closed.state is State.CLOSED and closed.total == 0
         seller_record = seller.manager.record(cid)
@@ -206,9 +214,7 @@ async def test_a_payee_restarted_after_closing_answers_a_repeated_close(
 
     async with agentlet(tmp_path / "buyer", ledger_path, intercept=intercept) as buyer:
         async with agentlet(tmp_path / "seller", ledger_path) as seller:
-            await buyer.fund(ledger_path, 1_000_000)
-            await buyer.node.connect(seller.node.address)
-            cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 50)
+            cid = await funded_channel(buyer, seller, ledger_path, close_fee=50)
             await buyer.manager.pay(cid, 1_234)
             await buyer.manager.wait_acked(cid)
             await seller.manager.close(cid)
@@ -251,9 +257,7 @@ async def test_a_restart_frees_coins_an_unfinished_open_reserved(
 async def test_channels_survive_a_restart(tmp_path: Path, ledger_path: Path) -> None:
     async with agentlet(tmp_path / "seller", ledger_path) as seller:
         async with agentlet(tmp_path / "buyer", ledger_path) as buyer:
-            await buyer.fund(ledger_path, 1_000_000)
-            await buyer.node.connect(seller.node.address)
-            cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 20)
+            cid = await funded_channel(buyer, seller, ledger_path)
             for _ in range(10):
                 await buyer.manager.pay(cid, 100)
             await buyer.manager.wait_acked(cid)
@@ -281,9 +285,7 @@ async def test_a_payer_that_lost_its_latest_payments_takes_them_back_from_the_ac
     async with agentlet(tmp_path / "seller", ledger_path, watch_sessions=True) as seller:
         config = ChannelConfig(window=1)  # one journal record per payment
         async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
-            await buyer.fund(ledger_path, 1_000_000)
-            await buyer.node.connect(seller.node.address)
-            cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 20)
+            cid = await funded_channel(buyer, seller, ledger_path)
             for _ in range(10):
                 await buyer.manager.pay(cid, 100)
             await buyer.manager.wait_acked(cid)
@@ -346,9 +348,7 @@ async def test_nothing_is_sent_or_acked_before_it_is_durable(
         agentlet(tmp_path / "buyer", ledger_path, config=ChannelConfig(window=window)) as buyer,
         agentlet(tmp_path / "seller", ledger_path) as seller,
     ):
-        await buyer.fund(ledger_path, 1_000_000)
-        await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
-        cid = await buyer.manager.open(seller.node.peer_id, "spindle-time", CAPACITY, 20)
+        cid = await funded_channel(buyer, seller, ledger_path, service="spindle-time")
         for _ in range(300):
             await buyer.manager.pay(cid, 1)
         final = await buyer.manager.wait_acked(cid)
@@ -408,9 +408,7 @@ async def test_a_part_batch_goes_out_while_the_payer_does_other_things(
         agentlet(tmp_path / "buyer", ledger_path, config=ChannelConfig(window=64)) as buyer,
         agentlet(tmp_path / "seller", ledger_path, on_paid=on_paid) as seller,
     ):
-        await buyer.fund(ledger_path, 1_000_000)
-        await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
-        cid = await buyer.manager.open(seller.node.peer_id, "spindle-time", CAPACITY, 20)
+        cid = await funded_channel(buyer, seller, ledger_path, service="spindle-time")
         await buyer.manager.pay(cid, 3)  # lone: sent at once
         await buyer.manager.wait_acked(cid)
         for _ in range(5):  # the first goes alone, four wait for a batch of 32
