@@ -3,7 +3,10 @@
 This is the shell around `mesh.channel`: it opens channels on demand, funds them from
 the wallet, moves channel frames over the node's sessions, persists every state before
 it sends or acknowledges it, broadcasts funding, closes and refunds, watches expiry,
-and reloads everything after a restart.
+and reloads everything after a restart. It is built in three layers: `ChannelBase`
+(`agents.channel_base`: shared state, queries, sending), `ChannelSettlement`
+(`agents.settlement`: closing, releasing, refunds, the expiry watcher) and
+`ChannelManager` here (opening, paying, the channel frames, resuming).
 
 Durability (DESIGN §7), by group commit (`agents.group_commit`): state changes mark
 their channel dirty; the payer's `ChannelPay` frames wait for the commit that makes
@@ -19,23 +22,23 @@ a peer that keeps doing it loses its session.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
 
 import trio
 
-from agents.group_commit import GroupCommit
-from mesh.chain.base import Chain, Utxo
+from agents.channel_config import (
+    AckedCallback,
+    ChannelConfig,
+    ChannelFailure,
+    ChannelStatistics,
+    PaidCallback,
+)
+from agents.settlement import ChannelSettlement, close_request
 from mesh.chain.errors import ChainError, TxRejected
-from mesh.chain.tx import p2pkh_script, parse_exact, txid_of
-from mesh.chain.wallet import Wallet
+from mesh.chain.tx import parse_exact, txid_of
 from mesh.channel.keys import derive_channel_keys
-from mesh.channel.pays import fold_payments
 from mesh.channel.state import (
     FINAL_STATES,
     ChannelStateError,
@@ -46,11 +49,8 @@ from mesh.channel.state import (
     Role,
     State,
 )
-from mesh.channel.store import ChannelStore
 from mesh.channel.txs import Terms, is_p2pkh, multisig_script
-from mesh.errors import MeshError
-from mesh.identity import Identity, parse_peer_id
-from mesh.transport import Node, SessionClosed
+from mesh.identity import parse_peer_id
 from mesh.wire import (
     ChannelAck,
     ChannelClose,
@@ -66,7 +66,6 @@ from mesh.wire import (
 )
 
 log = logging.getLogger("agents.channels")
-T = TypeVar("T")
 CHANNEL_FRAMES = (
     ChannelOpen,
     ChannelRefundSigned,
@@ -81,96 +80,12 @@ CHANNEL_FRAMES = (
 )
 MAX_LOCKTIME_HEIGHT = 500_000_000
 """nLockTime values from here on are times, not heights: no refund can expire there."""
-PaidCallback = Callable[[bytes, str, str, int], None]
-"""on_paid(channel_id, peer_id, service, total): a payee's durable new total."""
-AckedCallback = Callable[[bytes, int], None]
-"""on_acked(channel_id, seq): the payer received the payee's ack up to `seq`."""
 
 
-@dataclass(frozen=True)
-class ChannelStatistics:
-    """Counters of a channel manager (a snapshot)."""
-
-    channels: int
-    commits: int
-    records_committed: int
-    commit_seconds: float
-    payments_signed: int
-    payments_accepted: int
-    acks_sent: int
-    acks_received: int
-    rejections: int
-
-
-class ChannelFailure(MeshError):
-    """A channel could not be opened, paid on or closed; the message says why."""
-
-
-@dataclass(frozen=True)
-class ChannelConfig:
-    """Channel policy: windows, fees, lifetimes, limits."""
-
-    window: int = 64
-    close_fee: int = 10
-    refund_fee: int = 10
-    min_close_fee: int = 1
-    max_fee: int = 10_000
-    min_lifetime_blocks: int = 6
-    close_margin_blocks: int = 2
-    max_capacity: int = 100_000_000
-    open_timeout: float = 15.0
-    watch_interval: float = 1.0
-    max_violations: int = 3
-    commit_gather: int = 16
-
-
-class ChannelManager:
-    """Every channel of one agent, both roles."""
-
-    def __init__(
-        self,
-        identity: Identity,
-        node: Node,
-        chain: Chain,
-        wallet: Wallet,
-        channels: ChannelStore,
-        db_limiter: trio.CapacityLimiter,
-        config: ChannelConfig | None = None,
-        on_paid: PaidCallback | None = None,
-    ) -> None:
-        """`db_limiter` serialises every use of the SQLite connection shared by the
-        wallet and the channel store (it has capacity 1)."""
-        self.identity = identity
-        self.node = node
-        self.chain = chain
-        self.wallet = wallet
-        self.config = config or ChannelConfig()
-        self.on_paid = on_paid
-        self.on_acked: AckedCallback | None = None
-        self._channels = channels
-        self._db = db_limiter
-        self._ends: dict[bytes, Payer | Payee] = {}
-        self._service: dict[bytes, str] = {}
-        self._funding: dict[bytes, bytes] = {}
-        self._commits = GroupCommit(
-            self._current,
-            channels.save,
-            self._acknowledge,
-            self._send_many,
-            db_limiter,
-            gather=self.config.commit_gather,
-        )
-        # A payer sends half a window at a time (at most 64): the payee verifies one
-        # batch while the next is signed, and a batch costs one commit, one packet
-        # and one scheduler pass instead of one per payment. (A quarter window was
-        # ~7 % slower at windows 16 and 64: more packets, commits and acks per payment.)
-        self._pay_batch = max(1, min(self.config.window // 2, 64))
-        self._acked: dict[bytes, trio.Event] = {}
-        self._replies: dict[bytes, trio.MemorySendChannel[Frame]] = {}
-        self._violations: dict[str, int] = {}
-        self._counts = dict.fromkeys(
-            ("payments_signed", "payments_accepted", "acks_received", "rejections"), 0
-        )
+class ChannelManager(ChannelSettlement):
+    """Every channel of one agent, both roles: opening, paying, the channel frames and
+    resuming after a restart here; closing in `ChannelSettlement`, shared state and
+    plumbing in `ChannelBase`."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -232,34 +147,6 @@ class ChannelManager:
                     raw = end.closing_tx()
                     await self._thread(functools.partial(self._channels.save_raw, cid, close=raw))
                 await self._finish_close(end, raw)
-
-    # ------------------------------------------------------------------ queries
-
-    def statistics(self) -> ChannelStatistics:
-        """A frozen snapshot of the manager's counters."""
-        commits = self._commits.counters
-        return ChannelStatistics(
-            channels=len(self._ends),
-            commits=commits.commits,
-            records_committed=commits.records_committed,
-            commit_seconds=commits.commit_seconds,
-            acks_sent=commits.acks_sent,
-            **self._counts,
-        )
-
-    def records(self) -> list[tuple[Record, str]]:
-        """Every channel this manager holds, with its service."""
-        return [(end.record(), self._service[cid]) for cid, end in self._ends.items()]
-
-    def record(self, channel_id: bytes) -> Record:
-        """One channel's current record."""
-        return self._end(channel_id).record()
-
-    def _end(self, channel_id: bytes) -> Payer | Payee:
-        end = self._ends.get(channel_id)
-        if end is None:
-            raise ChannelFailure(f"no channel {channel_id.hex()}")
-        return end
 
     # ------------------------------------------------------------------ payer side
 
@@ -401,40 +288,6 @@ class ChannelManager:
             await self._ack_event(channel_id).wait()
         return payer.record()
 
-    def _ack_event(self, channel_id: bytes) -> trio.Event:
-        event = self._acked.get(channel_id)
-        if event is None:
-            event = self._acked[channel_id] = trio.Event()
-        return event
-
-    def _notify_ack(self, channel_id: bytes) -> None:
-        event = self._acked.pop(channel_id, None)
-        if event is not None:
-            event.set()
-
-    async def close(self, channel_id: bytes) -> Record:
-        """Close cooperatively: the payee co-signs the latest state and broadcasts it.
-
-        A channel nothing was paid on is released instead (`ChannelRelease`): the payee
-        co-signs our signature on the release, and the coins, less the close fee, come
-        back at once rather than with the refund at the expiry.
-        """
-        end = self._end(channel_id)
-        if isinstance(end, Payee):
-            await self._close_as_payee(end)
-            return end.record()
-        if end.state in (State.OPEN, State.FUNDED):  # funded: the payee may hold it open
-            end.event("close")
-            await self._commits.flush(channel_id)
-        await self._send(end.record().peer_id, _close_request(end))
-        try:
-            with trio.fail_after(self.config.open_timeout):
-                while end.state is State.CLOSING:
-                    await self._ack_event(channel_id).wait()
-        except trio.TooSlowError:  # not TimeoutError: callers expect a ChannelFailure
-            raise ChannelFailure(f"channel {channel_id.hex()[:16]} not closed in time") from None
-        return end.record()
-
     # ------------------------------------------------------------------ frames
 
     async def handle(self, peer_id: str, frame: Frame) -> bool:
@@ -469,26 +322,6 @@ class ChannelManager:
                 frame.reason,
             )
         return True
-
-    def _owned(self, peer_id: str, channel_id: bytes) -> Payer | Payee | None:
-        end = self._ends.get(channel_id)
-        return end if end is not None and end.record().peer_id == peer_id else None
-
-    async def _reject(self, peer_id: str, channel_id: bytes, code: str, reason: str) -> None:
-        log.warning(
-            "peer %s: channel %s rejected (%s): %s",
-            peer_id[:16],
-            channel_id.hex()[:16],
-            code,
-            reason,
-        )
-        self._counts["rejections"] += 1
-        await self._send(peer_id, ChannelError(channel_id, code, reason))
-        count = self._violations[peer_id] = self._violations.get(peer_id, 0) + 1
-        if count >= self.config.max_violations:
-            session = self.node.session(peer_id)
-            if session is not None:
-                await session.aclose("repeated channel violations")
 
     async def _on_open(self, peer_id: str, frame: ChannelOpen) -> None:
         cid = frame.channel_id
@@ -592,37 +425,6 @@ class ChannelManager:
         if rejection is not None:
             await self._reject(peer_id, cid, rejection.code, rejection.reason)
 
-    async def _on_close_request(self, peer_id: str, frame: ChannelClose | ChannelRelease) -> None:
-        cid = frame.channel_id
-        end = self._owned(peer_id, cid)
-        if not isinstance(end, Payee):
-            await self._closed_before(peer_id, cid)
-        elif end.state is State.CLOSED:
-            # Closed while the payer was away (watcher, restart): tell it again.
-            record = end.record()
-            await self._send(peer_id, ChannelClosed(cid, record.close_txid, record.total))
-        elif isinstance(frame, ChannelClose):
-            await self._close_as_payee(end)
-        elif end.state is not State.CLOSING:  # (closing already: a resend)
-            try:
-                end.accept_release(frame.signature)
-            except PaymentRejected as exc:
-                await self._reject(peer_id, cid, exc.code, exc.reason)
-                return
-            await self._co_sign_and_broadcast(end)
-
-    async def _closed_before(self, peer_id: str, channel_id: bytes) -> None:
-        """A close request for a channel we do not hold: one we closed before this
-        start (final channels are not reloaded) is answered from the store."""
-        stored = await self._thread(self._channels.find, channel_id)
-        if stored is None or stored.record.peer_id != peer_id:
-            unknown = ChannelError(channel_id, "unknown-channel", "no such channel")
-            await self._send(peer_id, unknown)
-            return
-        record = stored.record
-        if record.role is Role.PAYEE and record.state is State.CLOSED:
-            await self._send(peer_id, ChannelClosed(channel_id, record.close_txid, record.total))
-
     def _on_ack(self, peer_id: str, frame: ChannelAck) -> None:
         payer = self._owned(peer_id, frame.channel_id)
         if not isinstance(payer, Payer):
@@ -656,118 +458,6 @@ class ChannelManager:
         if self.on_acked is not None:
             self.on_acked(frame.channel_id, frame.seq)
 
-    async def _on_closed(self, peer_id: str, frame: ChannelClosed) -> None:
-        payer = self._owned(peer_id, frame.channel_id)
-        if not isinstance(payer, Payer) or payer.state not in (State.OPEN, State.CLOSING):
-            return
-        # A payee's word is not a close. Believe it only when the chain holds our part of
-        # a close we signed: once marked closed we stop watching, and the refund at the
-        # expiry is what protects our coins from a payee that never really closes. With
-        # nothing left for us (rest 0) there is nothing to look up: the expiry settles it.
-        # Our output is the second of a close, the only one of a release (total 0).
-        record = payer.record()
-        rest = payer.terms.max_total - frame.total
-        vout = 1 if frame.total else 0
-        if not (
-            record.acked_total <= frame.total <= record.total
-            and rest > 0
-            and await self._holds(frame.close_txid, vout, rest, payer.terms.payer_payout)
-        ):
-            log.warning(
-                "peer %s claims close %s of channel %s paying %d; the chain does not show it",
-                peer_id[:16],
-                frame.close_txid,
-                frame.channel_id.hex()[:16],
-                frame.total,
-            )
-            return
-        payer.mark_closed(frame.close_txid)
-        await self._commits.flush(frame.channel_id)
-        coin = Utxo(frame.close_txid, vout, rest, payer.terms.payer_payout)
-        await self._thread(self.wallet.add_utxos, [coin])
-        self._notify_ack(frame.channel_id)
-
-    # ------------------------------------------------------------------ closing
-
-    async def _close_as_payee(self, payee: Payee) -> None:
-        if payee.state is not State.OPEN:
-            return
-        if payee.record().total == 0:
-            return  # nothing to claim: the payer releases it, or its refund settles it
-        payee.event("close")
-        await self._co_sign_and_broadcast(payee)
-
-    async def _co_sign_and_broadcast(self, payee: Payee) -> None:
-        """Persist the closing state, record the close tx, then broadcast it."""
-        cid = payee.terms.channel_id
-        raw = payee.closing_tx()
-        await self._commits.flush(cid)
-        await self._thread(lambda: self._channels.save_raw(cid, close=raw))
-        await self._finish_close(payee, raw)
-
-    async def _finish_close(self, end: Payer | Payee, raw: bytes) -> None:
-        cid = end.terms.channel_id
-        try:
-            txid = await self.chain.broadcast(parse_exact(raw))
-        except TxRejected as exc:
-            if exc.rule in ("double-spend", "spent-input") and isinstance(end, Payee):
-                # Besides our close, only the refund spends the funding: we were away
-                # past the expiry and the payer took its coins back.
-                end.mark_refunded("")
-                await self._commits.flush(cid)
-                self._notify_ack(cid)
-                log.warning("channel %s was refunded before we closed it", cid.hex()[:16])
-            else:  # stays CLOSING; tried again at the next start
-                log.warning("close of channel %s not accepted: %s", cid.hex()[:16], exc)
-            return
-        end.mark_closed(txid)
-        await self._commits.flush(cid)
-        record = end.record()
-        if isinstance(end, Payee):
-            if record.total:  # a release pays us nothing
-                coin = Utxo(txid, 0, record.total, end.terms.payee_payout)
-                await self._thread(self.wallet.add_utxos, [coin])
-            await self._send(record.peer_id, ChannelClosed(cid, txid, record.total))
-        log.info("channel %s closed by %s: %d sat paid", cid.hex()[:16], txid[:16], record.total)
-
-    async def _watcher(self) -> None:
-        while True:
-            await trio.sleep(self.config.watch_interval)
-            await self.check_expiry(await self.chain.height())
-
-    async def check_expiry(self, height: int) -> None:
-        """Close (payee) or refund (payer) every channel whose expiry is near or past."""
-        for end in list(self._ends.values()):
-            expiry = end.terms.expiry_height
-            if isinstance(end, Payee):
-                if end.state is State.OPEN and height >= expiry - self.config.close_margin_blocks:
-                    log.info("channel %s near expiry: closing", end.terms.channel_id.hex()[:16])
-                    await self._close_as_payee(end)
-            elif end.state in (State.FUNDED, State.OPEN, State.CLOSING) and height >= expiry:
-                await self._refund(end)
-
-    async def _refund(self, payer: Payer) -> None:
-        cid = payer.terms.channel_id
-        raw = payer.signed_refund()
-        try:
-            txid = await self.chain.broadcast(parse_exact(raw))
-        except TxRejected as exc:
-            if exc.rule in ("double-spend", "spent-input"):
-                payer.mark_closed("")  # the payee closed it first
-                await self._commits.flush(cid)
-                self._notify_ack(cid)
-            else:
-                log.warning("refund of channel %s not accepted yet: %s", cid.hex()[:16], exc)
-            return
-        payer.mark_refunded(txid)
-        await self._commits.flush(cid)
-        coin = Utxo(
-            txid, 0, payer.terms.capacity - payer.terms.refund_fee, payer.terms.payer_payout
-        )
-        await self._thread(self.wallet.add_utxos, [coin])
-        self._notify_ack(cid)
-        log.info("channel %s refunded by %s", cid.hex()[:16], txid[:16])
-
     # ------------------------------------------------------------------ resume
 
     async def peer_connected(self, peer_id: str) -> None:
@@ -783,71 +473,10 @@ class ChannelManager:
                     frame = ChannelPay(cid, record.seq, record.total, record.payer_sig)
                     await self._send(peer_id, frame)
                 if record.state is State.CLOSING:  # the request may have been lost
-                    await self._send(peer_id, _close_request(end))
+                    await self._send(peer_id, close_request(end))
             elif record.state in (State.OPEN, State.CLOSING) and record.seq:
                 self._commits.reack([cid])  # acked once it is surely durable
                 self._commits.mark(cid)
-
-    # ------------------------------------------------------------------ persistence
-
-    def _current(self, channel_id: bytes) -> tuple[Record, str]:
-        return self._ends[channel_id].record(), self._service[channel_id]
-
-    def _acknowledge(self, record: Record, service: str, reack: bool) -> Frame | None:
-        """After a commit: the cumulative ack a payee's durable `record` allows (a
-        resend after a reconnect, `reack`, is acknowledged again)."""
-        if record.role is not Role.PAYEE or not (
-            record.seq > record.acked_seq or (reack and record.seq > 0)
-        ):
-            return None
-        cid = record.terms.channel_id
-        payee = self._ends[cid]
-        assert isinstance(payee, Payee)
-        payee.acknowledged(record.seq, record.total)
-        if self.on_paid is not None:
-            self.on_paid(cid, record.peer_id, service, record.total)
-        return ChannelAck(cid, record.seq, record.total, record.payer_sig)
-
-    # ------------------------------------------------------------------ plumbing
-
-    async def _holds(self, txid: str, vout: int, satoshis: int, script: bytes) -> bool:
-        """Whether the chain shows the unspent output `txid:vout` of `satoshis` to `script`
-        (one of our wallet's P2PKH scripts)."""
-        addresses = await self._thread(self.wallet.addresses)
-        for address in addresses:
-            if p2pkh_script(address) == script:
-                coins = await self.chain.utxos(address)
-                return any((c.txid, c.vout, c.satoshis) == (txid, vout, satoshis) for c in coins)
-        return False
-
-    async def _send(self, peer_id: str, frame: Frame) -> None:
-        session = self.node.session(peer_id)
-        if session is None:
-            return  # resent by peer_connected() when a session is back
-        with contextlib.suppress(SessionClosed):
-            await session.send(frame)
-
-    async def _send_many(self, peer_id: str, frames: list[Frame]) -> None:
-        """`_send` for a batch: one packet (one encryption pass, one nng message)."""
-        session = self.node.session(peer_id)
-        if session is None:
-            return
-        with contextlib.suppress(SessionClosed):
-            await session.send_many(fold_payments(frames))
-
-    def _new_payout(self) -> bytes:
-        return p2pkh_script(self.wallet.new_address())
-
-    async def _thread(self, fn: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
-
-
-def _close_request(payer: Payer) -> Frame:
-    """What a payer sends to close: a release when nothing was paid, else a close."""
-    cid = payer.terms.channel_id
-    if payer.record().seq == 0:
-        return ChannelRelease(cid, payer.release_signature())
-    return ChannelClose(cid)
 
 
 def _is_txid(text: str) -> bool:
@@ -863,4 +492,12 @@ def _describe(frame: Frame) -> str:
     return type(frame).__name__
 
 
-__all__ = ["ChannelConfig", "ChannelFailure", "ChannelManager", "ChannelStateError"]
+__all__ = [
+    "AckedCallback",
+    "ChannelConfig",
+    "ChannelFailure",
+    "ChannelManager",
+    "ChannelStateError",
+    "ChannelStatistics",
+    "PaidCallback",
+]

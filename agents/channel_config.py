@@ -1,0 +1,53 @@
+"""Channel policy and the channel manager's public types (`agents.channels` re-exports them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mesh.errors import MeshError
+
+PaidCallback = Callable[[bytes, str, str, int], None]
+"""on_paid(channel_id, peer_id, service, total): a payee's durable new total."""
+AckedCallback = Callable[[bytes, int], None]
+"""on_acked(channel_id, seq): the payer received the payee's ack up to `seq`."""
+
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """Counters of a channel manager (a snapshot)."""
+
+    channels: int
+    commits: int
+    records_committed: int
+    commit_seconds: float
+    payments_signed: int
+    payments_accepted: int
+    acks_sent: int
+    acks_received: int
+    rejections: int
+
+
+class ChannelFailure(MeshError):
+    """A channel could not be opened, paid on or closed; the message says why."""
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Channel policy: windows, fees, lifetimes, limits."""
+
+    window: int = 64
+    close_fee: int = 10
+    refund_fee: int = 10
+    min_close_fee: int = 1
+    max_fee: int = 10_000
+    min_lifetime_blocks: int = 6
+    close_margin_blocks: int = 2
+    max_capacity: int = 100_000_000
+    open_timeout: float = 15.0
+    watch_interval: float = 1.0
+    max_violations: int = 3
+    commit_gather: int = 16
+
+
+__all__ = ["AckedCallback", "ChannelConfig", "ChannelFailure", "ChannelStatistics", "PaidCallback"]

@@ -1,0 +1,204 @@
+"""Settling channels: cooperative close and release, refunds, the expiry watcher.
+
+A payer asks its payee to close (`ChannelClose`), or to release a channel nothing was
+paid on (`ChannelRelease`); the payee co-signs the latest state (or the payer's
+release), records the close transaction, broadcasts it and answers `ChannelClosed`.
+A payer believes that answer only when the chain shows its part. The watcher closes a
+payee's channel within `close_margin_blocks` of its expiry and broadcasts a payer's
+refund once it is final.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from agents.channel_base import ChannelBase
+from agents.channel_config import ChannelFailure
+from mesh.chain.base import Utxo
+from mesh.chain.errors import TxRejected
+from mesh.chain.tx import parse_exact
+from mesh.channel.state import Payee, Payer, PaymentRejected, Record, Role, State
+from mesh.wire import ChannelClose, ChannelClosed, ChannelError, ChannelRelease, Frame
+
+log = logging.getLogger("agents.channels")
+
+
+class ChannelSettlement(ChannelBase):
+    """The closing half of the channel manager (see the module doc)."""
+
+    async def close(self, channel_id: bytes) -> Record:
+        """Close cooperatively: the payee co-signs the latest state and broadcasts it.
+
+        A channel nothing was paid on is released instead (`ChannelRelease`): the payee
+        co-signs our signature on the release, and the coins, less the close fee, come
+        back at once rather than with the refund at the expiry.
+        """
+        end = self._end(channel_id)
+        if isinstance(end, Payee):
+            await self._close_as_payee(end)
+            return end.record()
+        if end.state in (State.OPEN, State.FUNDED):  # funded: the payee may hold it open
+            end.event("close")
+            await self._commits.flush(channel_id)
+        await self._send(end.record().peer_id, close_request(end))
+        try:
+            with trio.fail_after(self.config.open_timeout):
+                while end.state is State.CLOSING:
+                    await self._ack_event(channel_id).wait()
+        except trio.TooSlowError:  # not TimeoutError: callers expect a ChannelFailure
+            raise ChannelFailure(f"channel {channel_id.hex()[:16]} not closed in time") from None
+        return end.record()
+
+    async def _on_close_request(self, peer_id: str, frame: ChannelClose | ChannelRelease) -> None:
+        cid = frame.channel_id
+        end = self._owned(peer_id, cid)
+        if not isinstance(end, Payee):
+            await self._closed_before(peer_id, cid)
+        elif end.state is State.CLOSED:
+            # Closed while the payer was away (watcher, restart): tell it again.
+            record = end.record()
+            await self._send(peer_id, ChannelClosed(cid, record.close_txid, record.total))
+        elif isinstance(frame, ChannelClose):
+            await self._close_as_payee(end)
+        elif end.state is not State.CLOSING:  # (closing already: a resend)
+            try:
+                end.accept_release(frame.signature)
+            except PaymentRejected as exc:
+                await self._reject(peer_id, cid, exc.code, exc.reason)
+                return
+            await self._co_sign_and_broadcast(end)
+
+    async def _closed_before(self, peer_id: str, channel_id: bytes) -> None:
+        """A close request for a channel we do not hold: one we closed before this
+        start (final channels are not reloaded) is answered from the store."""
+        stored = await self._thread(self._channels.find, channel_id)
+        if stored is None or stored.record.peer_id != peer_id:
+            unknown = ChannelError(channel_id, "unknown-channel", "no such channel")
+            await self._send(peer_id, unknown)
+            return
+        record = stored.record
+        if record.role is Role.PAYEE and record.state is State.CLOSED:
+            await self._send(peer_id, ChannelClosed(channel_id, record.close_txid, record.total))
+
+    async def _on_closed(self, peer_id: str, frame: ChannelClosed) -> None:
+        payer = self._owned(peer_id, frame.channel_id)
+        if not isinstance(payer, Payer) or payer.state not in (State.OPEN, State.CLOSING):
+            return
+        # A payee's word is not a close. Believe it only when the chain holds our part of
+        # a close we signed: once marked closed we stop watching, and the refund at the
+        # expiry is what protects our coins from a payee that never really closes. With
+        # nothing left for us (rest 0) there is nothing to look up: the expiry settles it.
+        # Our output is the second of a close, the only one of a release (total 0).
+        record = payer.record()
+        rest = payer.terms.max_total - frame.total
+        vout = 1 if frame.total else 0
+        if not (
+            record.acked_total <= frame.total <= record.total
+            and rest > 0
+            and await self._holds(frame.close_txid, vout, rest, payer.terms.payer_payout)
+        ):
+            log.warning(
+                "peer %s claims close %s of channel %s paying %d; the chain does not show it",
+                peer_id[:16],
+                frame.close_txid,
+                frame.channel_id.hex()[:16],
+                frame.total,
+            )
+            return
+        payer.mark_closed(frame.close_txid)
+        await self._commits.flush(frame.channel_id)
+        coin = Utxo(frame.close_txid, vout, rest, payer.terms.payer_payout)
+        await self._thread(self.wallet.add_utxos, [coin])
+        self._notify_ack(frame.channel_id)
+
+    async def _close_as_payee(self, payee: Payee) -> None:
+        if payee.state is not State.OPEN:
+            return
+        if payee.record().total == 0:
+            return  # nothing to claim: the payer releases it, or its refund settles it
+        payee.event("close")
+        await self._co_sign_and_broadcast(payee)
+
+    async def _co_sign_and_broadcast(self, payee: Payee) -> None:
+        """Persist the closing state, record the close tx, then broadcast it."""
+        cid = payee.terms.channel_id
+        raw = payee.closing_tx()
+        await self._commits.flush(cid)
+        await self._thread(lambda: self._channels.save_raw(cid, close=raw))
+        await self._finish_close(payee, raw)
+
+    async def _finish_close(self, end: Payer | Payee, raw: bytes) -> None:
+        cid = end.terms.channel_id
+        try:
+            txid = await self.chain.broadcast(parse_exact(raw))
+        except TxRejected as exc:
+            if exc.rule in ("double-spend", "spent-input") and isinstance(end, Payee):
+                # Besides our close, only the refund spends the funding: we were away
+                # past the expiry and the payer took its coins back.
+                end.mark_refunded("")
+                await self._commits.flush(cid)
+                self._notify_ack(cid)
+                log.warning("channel %s was refunded before we closed it", cid.hex()[:16])
+            else:  # stays CLOSING; tried again at the next start
+                log.warning("close of channel %s not accepted: %s", cid.hex()[:16], exc)
+            return
+        end.mark_closed(txid)
+        await self._commits.flush(cid)
+        record = end.record()
+        if isinstance(end, Payee):
+            if record.total:  # a release pays us nothing
+                coin = Utxo(txid, 0, record.total, end.terms.payee_payout)
+                await self._thread(self.wallet.add_utxos, [coin])
+            await self._send(record.peer_id, ChannelClosed(cid, txid, record.total))
+        log.info("channel %s closed by %s: %d sat paid", cid.hex()[:16], txid[:16], record.total)
+
+    async def _watcher(self) -> None:
+        while True:
+            await trio.sleep(self.config.watch_interval)
+            await self.check_expiry(await self.chain.height())
+
+    async def check_expiry(self, height: int) -> None:
+        """Close (payee) or refund (payer) every channel whose expiry is near or past."""
+        for end in list(self._ends.values()):
+            expiry = end.terms.expiry_height
+            if isinstance(end, Payee):
+                if end.state is State.OPEN and height >= expiry - self.config.close_margin_blocks:
+                    log.info("channel %s near expiry: closing", end.terms.channel_id.hex()[:16])
+                    await self._close_as_payee(end)
+            elif end.state in (State.FUNDED, State.OPEN, State.CLOSING) and height >= expiry:
+                await self._refund(end)
+
+    async def _refund(self, payer: Payer) -> None:
+        cid = payer.terms.channel_id
+        raw = payer.signed_refund()
+        try:
+            txid = await self.chain.broadcast(parse_exact(raw))
+        except TxRejected as exc:
+            if exc.rule in ("double-spend", "spent-input"):
+                payer.mark_closed("")  # the payee closed it first
+                await self._commits.flush(cid)
+                self._notify_ack(cid)
+            else:
+                log.warning("refund of channel %s not accepted yet: %s", cid.hex()[:16], exc)
+            return
+        payer.mark_refunded(txid)
+        await self._commits.flush(cid)
+        coin = Utxo(
+            txid, 0, payer.terms.capacity - payer.terms.refund_fee, payer.terms.payer_payout
+        )
+        await self._thread(self.wallet.add_utxos, [coin])
+        self._notify_ack(cid)
+        log.info("channel %s refunded by %s", cid.hex()[:16], txid[:16])
+
+
+def close_request(payer: Payer) -> Frame:
+    """What a payer sends to close: a release when nothing was paid, else a close."""
+    cid = payer.terms.channel_id
+    if payer.record().seq == 0:
+        return ChannelRelease(cid, payer.release_signature())
+    return ChannelClose(cid)
+
+
+__all__ = ["ChannelSettlement", "close_request"]
