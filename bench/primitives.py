@@ -12,7 +12,8 @@ neighbours on a shared machine):
   byte for byte first;
 - ChaCha20-Poly1305 seal/open through `mesh.noise.CipherState` against the raw
   libsodium binding it wraps, for 100 B and 4 KiB;
-- `mesh.wire` encode/decode of a `ChannelPay` frame against raw msgpack
+- `mesh.wire` encode/decode of a `ChannelPay` frame against raw msgpack, and the
+  decode of a `ChannelPays` of 32 per payment against a `ChannelPay` each
   packb/unpackb of the same array (the schema checks are the difference).
 """
 
@@ -33,7 +34,7 @@ from bench.report import Row
 from mesh.channel.txs import PaymentSigner, Terms, hash256, p2pkh_for_key, payment_tx
 from mesh.identity import verify_digest
 from mesh.noise import CipherState
-from mesh.wire import ChannelPay, decode, encode
+from mesh.wire import ChannelPay, ChannelPays, decode, encode
 
 SCENARIO = "primitives"
 _NONCE = struct.Struct("<4xQ")
@@ -178,6 +179,10 @@ def _aead(count: int, size: int) -> list[Row]:
     ]
 
 
+RUN = 32
+"""Payments per `ChannelPays` in the decode row: half the default window of 64."""
+
+
 def _wire(count: int) -> list[Row]:
     key = PrivateKey()
     frame = ChannelPay(
@@ -187,6 +192,9 @@ def _wire(count: int) -> list[Row]:
     data = encode(frame)
     if msgpack.packb(fields, use_bin_type=True) != data or decode(data) != frame:
         raise RuntimeError("mesh.wire and raw msgpack disagree on ChannelPay")
+    run_data = encode(
+        ChannelPays(frame.channel_id, 1, tuple(range(1, RUN + 1)), (frame.signature,) * RUN)
+    )
     raw_pack = best_rate(count, lambda _: msgpack.packb(fields, use_bin_type=True))
     raw_unpack = best_rate(count, lambda _: msgpack.unpackb(data, use_list=False))
     return [
@@ -201,10 +209,18 @@ def _wire(count: int) -> list[Row]:
         Row(
             SCENARIO,
             "wire decode ChannelPay, mesh.wire",
-            best_rate(count, lambda _: decode(data)),
+            lone := best_rate(count, lambda _: decode(data)),
             "/s",
             raw_unpack,
             "raw msgpack",
+        ),
+        Row(
+            SCENARIO,
+            f"wire decode ChannelPays of {RUN}, per payment",
+            best_rate(count // RUN, lambda _: decode(run_data)) * RUN,
+            "/s",
+            lone,
+            "ChannelPay, one per frame",
         ),
     ]
 
