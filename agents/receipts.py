@@ -11,6 +11,9 @@ Both halves run in every agent (any agent may sell a feed and buy one):
 - As a *producer*, it answers a request with receipts for those of the seqs that are in
   a mined batch and were delivered to the asking peer (the anchorer stores each
   reading's audience); anything else gets no answer, and the buyer asks again later.
+  Each peer may ask about `RECEIPT_SEQS_PER_SECOND` seqs a second (twice that at once);
+  a request beyond that is not answered (counted as throttled), so a peer cannot make
+  a producer look up and prove readings without end.
 
 `Archive` is where the bought readings go in the first place: the buyer's kept
 records, on a store connection of their own (they are written from the Trio thread).
@@ -34,6 +37,7 @@ from mesh.anchoring.errors import ReceiptRejected
 from mesh.anchoring.record import SignedRecord
 from mesh.anchoring.service import Anchorer
 from mesh.identity import parse_peer_id
+from mesh.ratelimit import PeerBudgets
 from mesh.store import Store
 from mesh.wire import MAX_RECEIPT_REQUEST, AnchorReceipt, Frame, ReceiptRequest
 
@@ -41,6 +45,9 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[str, Frame], Awaitable[None]]
 """send(peer_id, frame): best effort over the peer's session."""
+RECEIPT_SEQS_PER_SECOND = 4 * MAX_RECEIPT_REQUEST
+"""What one peer may ask about per second: an honest buyer asks about at most
+`MAX_RECEIPT_REQUEST` seqs per stream every `interval` (every 0.25 s in `collect`)."""
 
 
 class Archive:
@@ -71,6 +78,7 @@ class ReceiptStatistics:
     records_proven: int
     requests_answered: int
     requests_refused: int
+    requests_throttled: int
     receipts_sent: int
 
 
@@ -85,14 +93,19 @@ class ReceiptExchange:
         peers: Callable[[], Iterable[str]],
         *,
         interval: float = 2.0,
+        seqs_per_second: float = RECEIPT_SEQS_PER_SECOND,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         """`peers()` names the peers with a session now; `archive` must be usable from
-        the Trio thread (its own store connection)."""
+        the Trio thread (its own store connection). Each peer may ask about
+        `seqs_per_second` seqs a second, twice that at once (`clock` tells the time)."""
         self.archive = archive
         self.anchorer = anchorer
         self._send = send
         self._peers = peers
         self.interval = interval
+        self._budgets = PeerBudgets(seqs_per_second, 2 * seqs_per_second)
+        self._clock = clock
         self._counts = dict.fromkeys(ReceiptStatistics.__dataclass_fields__, 0)
 
     def statistics(self) -> ReceiptStatistics:
@@ -166,6 +179,10 @@ class ReceiptExchange:
                 request.stream,
                 MAX_RECEIPT_REQUEST,
             )
+            return
+        if not self._budgets.take(peer_id, len(request.seqs), self._clock()):
+            self._counts["requests_throttled"] += 1
+            log.debug("peer %s asks for receipts too often; not answered", peer_id[:16])
             return
         receipts = await self.anchorer.receipts(
             request.stream, request.seqs, audience=parse_peer_id(peer_id)

@@ -126,6 +126,41 @@ async def test_a_request_for_too_many_seqs_is_refused(
         assert link.sent == []
 
 
+async def test_a_peer_that_asks_too_often_is_not_answered_until_its_budget_refills(
+    tmp_path: Path, buyer_archive: BuyerArchive
+) -> None:
+    ledger = create_ledger(tmp_path / "ledger.db")
+    async with running_anchorer(tmp_path / "producer", ledger) as run:
+        await run.anchorer.log_many(STREAM, [b"rms=%d" % i for i in range(4)],
+                                    audience=BUYER.public_key)  # fmt: skip
+        await run.anchorer.anchor_now()
+        await run.chain.mine()
+        await run.anchorer.wait_mined()
+        link = Link()
+        _, buyer = exchanges(link, run, buyer_archive)
+        now = [0.0]
+        producer = ReceiptExchange(
+            BuyerArchive(run.store),
+            run.anchorer,
+            link.sender(PRODUCER.peer_id),
+            lambda: [BUYER.peer_id],
+            seqs_per_second=4,  # 8 at once
+            clock=lambda: now[0],
+        )
+        link.ends = {PRODUCER.peer_id: producer, BUYER.peer_id: buyer}
+        ask = ReceiptRequest(STREAM, (0, 1, 2, 3))
+        for _ in range(3):  # the third exceeds the 8 seqs at once
+            await producer.handle(BUYER.peer_id, ask)
+        stats = producer.statistics()
+        assert (stats.requests_answered, stats.requests_throttled) == (2, 1)
+        assert len(link.sent) == 2  # one receipt (one batch) per answered request
+        await producer.handle(OTHER.peer_id, ask)  # its own budget (and no receipt: not its)
+        assert producer.statistics().requests_answered == 3
+        now[0] = 1.0  # 4 seqs' worth back
+        await producer.handle(BUYER.peer_id, ask)
+        assert producer.statistics().requests_answered == 4
+
+
 async def test_a_receipt_that_does_not_hold_changes_nothing(
     tmp_path: Path, buyer_archive: BuyerArchive
 ) -> None:
