@@ -455,8 +455,8 @@ class ChannelManager(ChannelSettlement):
         # Not persisted at once: the ack is the payee's promise, ours to remember lazily.
         self._counts["acks_received"] += 1
         self._notify_ack(frame.channel_id)
-        if self.on_acked is not None:
-            self.on_acked(frame.channel_id, frame.seq)
+        if self.on_acked is not None:  # in our numbering (a taken-back state's differs)
+            self.on_acked(frame.channel_id, record.acked_seq)
 
     # ------------------------------------------------------------------ resume
 
