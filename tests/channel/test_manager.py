@@ -53,8 +53,11 @@ def ledger_value(ledger_path: Path, script: bytes) -> int:
         return sum(u.satoshis for u in ledger.utxos(script))
 
 
-def check_settled(ledger_path: Path, txid: str, terms: Terms) -> None:
-    """The ledger balances and holds `txid`, which bsv-sdk's interpreter accepts."""
+def check_settled(ledger_path: Path, txid: str, terms: Terms, paid: int) -> None:
+    """Settled to the satoshi by `txid`: the payee holds `paid`, the payer the rest less
+    the close fee; the ledger balances and bsv-sdk's interpreter accepts `txid`."""
+    assert ledger_value(ledger_path, terms.payee_payout) == paid
+    assert ledger_value(ledger_path, terms.payer_payout) == CAPACITY - terms.close_fee - paid
     with LocalLedger.open(ledger_path) as ledger:
         assert ledger.balance().balanced
         raw = ledger.raw_tx(txid)
@@ -83,9 +86,7 @@ async def test_open_pay_close_settles_to_the_satoshi(tmp_path: Path, ledger_path
         assert seller_record.state is State.CLOSED and seller_record.total == 3_500
         terms = seller_record.terms
         await buyer.chain.mine()
-    assert ledger_value(ledger_path, terms.payee_payout) == 3_500
-    assert ledger_value(ledger_path, terms.payer_payout) == CAPACITY - terms.close_fee - 3_500
-    check_settled(ledger_path, seller_record.close_txid, terms)
+    check_settled(ledger_path, seller_record.close_txid, terms, paid=3_500)
 
 
 async def test_payee_refuses_bad_terms_and_buyer_gets_coins_back(
@@ -168,9 +169,7 @@ async def test_an_unused_channel_is_released_at_once(tmp_path: Path, ledger_path
         terms = seller_record.terms
         await buyer.chain.mine()
         assert await buyer.chain.height() < terms.expiry_height  # long before the refund
-    assert ledger_value(ledger_path, terms.payer_payout) == CAPACITY - terms.close_fee
-    assert ledger_value(ledger_path, terms.payee_payout) == 0
-    check_settled(ledger_path, seller_record.close_txid, terms)
+    check_settled(ledger_path, seller_record.close_txid, terms, paid=0)
 
 
 async def test_a_channel_the_payer_never_heard_opened_is_released_too(
@@ -303,9 +302,7 @@ async def test_a_payer_that_lost_its_latest_payments_takes_them_back_from_the_ac
             assert closed.state is State.CLOSED and closed.total == 1_001
             terms = closed.terms
             await buyer.chain.mine()
-    assert ledger_value(ledger_path, terms.payee_payout) == 1_001
-    assert ledger_value(ledger_path, terms.payer_payout) == CAPACITY - terms.close_fee - 1_001
-    check_settled(ledger_path, closed.close_txid, terms)
+    check_settled(ledger_path, closed.close_txid, terms, paid=1_001)
 
 
 @pytest.mark.parametrize("window", [1, 64])
