@@ -146,9 +146,8 @@ class ChannelBase:
         await self._send(peer_id, ChannelError(channel_id, code, reason))
         count = self._violations[peer_id] = self._violations.get(peer_id, 0) + 1
         if count >= self.config.max_violations:
-            session = self.node.session(peer_id)
-            if session is not None:
-                await session.aclose("repeated channel violations")
+            # Not waiting for the goodbye to be written: this is the frame dispatcher.
+            self.node.hang_up(peer_id, "repeated channel violations")
 
     def _ack_event(self, channel_id: bytes) -> trio.Event:
         event = self._acked.get(channel_id)

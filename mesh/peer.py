@@ -137,6 +137,7 @@ class PeerSession:
         self.closed = trio.Event()
         self.confirmed = trio.Event()
         self.close_reason = ""
+        self._hanging_up = False
         self._send, self._queue = trio.open_memory_channel[bytes](config.send_queue_frames)
         self._scope = trio.CancelScope()
         # Frames handed to the queue and not yet written. A frame can pass straight
@@ -168,7 +169,7 @@ class PeerSession:
         Either way frames leave in the order `send` was called.
         """
         data = encode(frame)
-        if self.closed.is_set():
+        if self.closed.is_set() or self._hanging_up:
             raise SessionClosed(f"session with {self.peer_id} closed: {self.close_reason}")
         now = trio.current_time()
         if self._unsent == 0 and now - self.last_sent >= IDLE_FAST_PATH:
@@ -189,7 +190,7 @@ class PeerSession:
         what is there, like `send`.
         """
         encoded = [encode(frame) for frame in frames]
-        if self.closed.is_set():
+        if self.closed.is_set() or self._hanging_up:
             raise SessionClosed(f"session with {self.peer_id} closed: {self.close_reason}")
         if self._unsent == 0:
             limit = self._config.coalesce_bytes
@@ -231,12 +232,33 @@ class PeerSession:
         self._unsent += 1
         return True
 
-    async def aclose(self, reason: str = "closed by application") -> None:
-        """Say goodbye and end the session; frames already queued are sent first."""
-        if self.closed.is_set():
+    @property
+    def hanging_up(self) -> bool:
+        """Whether the goodbye is queued: nothing more is sent or taken from the peer."""
+        return self._hanging_up
+
+    def hang_up(self, reason: str) -> None:
+        """Queue the goodbye behind the frames already queued and take no more to send.
+
+        Never waits: the sender task writes the goodbye and the session then ends
+        (`aclose` waits for that, `Node.hang_up` has it waited for in the background).
+        """
+        if self.closed.is_set() or self._hanging_up:
             return
         self.send_nowait(Close(reason))
-        await self._send.aclose()
+        self._hanging_up = True
+        self.close_reason = reason
+        self._send.close()
+
+    async def aclose(self, reason: str = "closed by application") -> None:
+        """Say goodbye and end the session; frames already queued are sent first.
+
+        Waits up to `close_grace` for the goodbye to be written (it may not be, to a
+        peer that stopped reading), then ends the session either way.
+        """
+        if self.closed.is_set():
+            return
+        self.hang_up(reason)
         with trio.move_on_after(self._config.close_grace):
             await self.closed.wait()
         self._drop(self, reason)

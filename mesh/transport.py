@@ -191,6 +191,22 @@ class Node:
         """The newest live session with `peer_id`, if any."""
         return self._by_peer.get(peer_id)
 
+    def hang_up(self, peer_id: str, reason: str) -> bool:
+        """End the session with `peer_id` without waiting; False if there is none.
+
+        From now on nothing more is sent to the peer and its packets are dropped;
+        the goodbye (with `reason`) goes out behind the frames already queued, and the
+        session ends once it is written, or after `close_grace` if it cannot be (a peer
+        that stopped reading). A handler hanging up on a misbehaving peer thus never
+        holds up the frames of the others.
+        """
+        peer = self._by_peer.get(peer_id)
+        if peer is None or peer.hanging_up:
+            return False
+        peer.hang_up(reason)
+        self._nursery.start_soon(peer.aclose, reason)
+        return True
+
     def sessions(self) -> list[PeerSession]:
         """Every live session."""
         return list(self._sessions.values())
@@ -360,7 +376,7 @@ class Node:
 
     async def _on_data(self, packet: bytes) -> None:
         peer = self._sessions.get(receiver_index(packet))
-        if peer is None:
+        if peer is None or peer.hanging_up:
             self._counters.packets_dropped += 1
             return
         try:

@@ -23,6 +23,16 @@ class Relay:
         self.tamper = tamper
         self.seen: list[bytes] = []
         self.port = 0
+        self._flowing = trio.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        """Stop reading from the client side (a peer that stopped reading)."""
+        self._flowing = trio.Event()
+
+    def resume(self) -> None:
+        """Read from the client side again."""
+        self._flowing.set()
 
     @property
     def address(self) -> str:
@@ -47,7 +57,11 @@ class Relay:
     async def _forward_messages(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
         buffer = b""
         header_done = False
-        async for chunk in src:
+        while True:
+            await self._flowing.wait()
+            chunk = await src.receive_some()
+            if not chunk:
+                return
             buffer += chunk
             if not header_done and len(buffer) >= 8:
                 await dst.send_all(buffer[:8])

@@ -11,7 +11,8 @@ import trio
 from mesh.identity import Identity
 from mesh.session import Handshake, LocalIdentity
 from mesh.transport import ConnectError, NodeConfig, SessionClosed, open_node
-from mesh.wire import Error, Heartbeat, Message
+from mesh.wire import Error, Frame, Heartbeat, Message
+from tests.transport.mitm import Relay
 
 FAST = NodeConfig(handshake_timeout=1.0, connect_attempts=1)
 
@@ -215,3 +216,59 @@ async def test_no_frame_overtakes_the_handshake_s_last_packet() -> None:
                 nursery.cancel_scope.cancel()
         finally:
             outbox.close()
+
+
+async def test_hanging_up_on_a_peer_that_stopped_reading_holds_up_no_one() -> None:
+    """A handler hangs up on a peer whose connection no longer drains, so the goodbye
+    cannot be written: it goes straight on, and another peer's frame is handled at
+    once, not after `close_grace` (SECURITY risk 5). Nothing the peer sends after the
+    hang-up is delivered, and its session ends once the grace is over."""
+    grace = 3.0
+    handled: list[tuple[str, str, float]] = []
+    config = NodeConfig(close_grace=grace)
+    port = free_port()
+    relay = Relay(port, lambda _, body: [body])
+    mailbox = f"tcp://127.0.0.1:{port}"  # reached through the relay only
+    async with trio.open_nursery() as nursery, open_node(Identity.generate(), config=config) as bob:
+        await nursery.start(relay.run)
+
+        async def handler(peer_id: str, frame: Frame) -> None:
+            assert isinstance(frame, Message)
+            handled.append((peer_id, frame.topic, trio.current_time()))
+            if frame.topic == "violation":
+                assert bob.hang_up(peer_id, "repeated channel violations")
+
+        nursery.start_soon(bob.serve, handler)
+        async with (
+            open_node(Identity.generate(), mailbox, advertise=relay.address) as victor,
+            open_node(Identity.generate()) as carol,
+        ):
+            from_victor = await victor.connect(bob.address, expect_peer=bob.peer_id)
+            from_carol = await carol.connect(bob.address, expect_peer=bob.peer_id)
+            to_victor = bob.session(victor.peer_id)
+            assert to_victor is not None
+            relay.stall()
+            filler = Message("fill", bytes(60_000))
+            while to_victor.send_nowait(filler):  # ~60 MB: more than nng and TCP hold
+                pass
+            await trio.sleep(0.5)  # the sender task is now stuck writing
+            await from_victor.send(Message("violation", b""))
+            with trio.fail_after(5):
+                while not handled:
+                    await trio.sleep(0.01)
+            assert to_victor.hanging_up and bob.session(victor.peer_id) is to_victor
+            await from_victor.send(Message("late", b""))
+            await from_carol.send(Message("hello", b""))
+            with trio.fail_after(grace + 3):
+                while bob.session(victor.peer_id) is not None:
+                    await trio.sleep(0.01)
+            hung_up = handled[0][2]
+            assert [(p, t) for p, t, _ in handled] == [
+                (victor.peer_id, "violation"),
+                (carol.peer_id, "hello"),
+            ]
+            assert handled[1][2] - hung_up < 1.0, "the hang-up held up another peer"
+            with pytest.raises(SessionClosed):
+                await to_victor.send(Message("after", b""))
+            relay.resume()
+        nursery.cancel_scope.cancel()
