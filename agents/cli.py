@@ -21,6 +21,7 @@ from agents.ledger_cli import add_ledger_commands
 from agents.proof_cli import add_proof_commands
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity, save_identity
+from mesh.logbudget import LogBudget
 
 DEFAULT_KEY = Path(os.environ.get("M2MESH_HOME", Path.home() / ".m2mesh")) / "identity.key"
 
@@ -105,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    budgets = [LogBudget() for _ in logging.getLogger().handlers]
+    for handler, budget in zip(logging.getLogger().handlers, budgets, strict=True):
+        handler.addFilter(budget)  # a peer must not fill the disk with our warnings
     func: Command = args.func
     try:
         return func(args)
@@ -113,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        for budget in budgets:
+            budget.flush()
 
 
 if __name__ == "__main__":

@@ -570,6 +570,7 @@ class Agent:
                 for p in (self._table.snapshot() if self._table else {}).values()
             ],
             "sessions": [s.peer_id for s in node.sessions()] if node else [],
+            "node": asdict(node.statistics()) if node else None,
             "services": [
                 {"id": s.id, "kind": s.kind, "unit": s.unit, "price": s.price}
                 for s in self.profile.services

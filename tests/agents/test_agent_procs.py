@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import pynng
 
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import Identity, save_identity
+from mesh.logbudget import BURST, RATE
+from mesh.session import HS1
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,3 +156,58 @@ def test_run_with_a_bad_profile_is_one_clear_line(tmp_path: Path) -> None:
     result = mesh("run", str(profile), "--data-dir", str(tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{profile}: agent.price: unknown key" in result.stderr
+
+
+def test_a_flood_of_garbage_handshakes_writes_a_bounded_log(tmp_path: Path) -> None:
+    """3 000 refused handshakes in a few seconds: the agent logs each kind of line at most
+    `BURST` times at once (then about one a second), and says how many it left out --
+    a neighbour cannot fill the disk with our warnings (SECURITY risk 4)."""
+    ledger = tmp_path / "ledger.db"
+    LocalLedger.create(ledger).close()
+    data = tmp_path / "mill"
+    save_identity(Identity.generate(), data / "identity.key")
+    command = [sys.executable, "-m", "agents.cli", "--log-level", "warning", "run"]
+    proc = subprocess.Popen(
+        [*command, str(ROOT / "profiles" / "cnc-mill.toml"), "--data-dir", str(data),
+         "--ledger", str(ledger)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        status = wait_for_status(data, proc)
+        flood = 3_000
+        with pynng.Push0(send_timeout=5_000) as push:
+            push.dial(status["mailbox"], block=True)
+            for i in range(flood):  # an HS1 kind byte, then bytes that are no handshake
+                push.send(bytes([HS1]) + i.to_bytes(4, "big") + bytes(100))
+        deadline = time.monotonic() + 30
+        while status["node"]["handshakes_failed"] < flood and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = wait_for_status(data, proc)
+        assert status["node"]["handshakes_failed"] == flood
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, stderr = proc.communicate()
+    refused = [line for line in stderr.splitlines() if "handshake with HS1 failed" in line]
+    seconds = 40  # far more than the flood took
+    assert BURST <= len(refused) <= BURST + seconds * RATE, stderr[-2000:]
+    # How many were left out is said, by a later line of the kind or at exit.
+    left_out = sum(int(n) for n in re.findall(r"\[(\d+) more like this not logged\]", stderr))
+    left_out += sum(
+        int(n) for n in re.findall(r"(\d+) more like 'handshake with %s failed: %s'", stderr)
+    )
+    assert left_out + len(refused) == flood, stderr[-2000:]
+
+
+def wait_for_status(data: Path, proc: subprocess.Popen[str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        result = mesh("status", "--data-dir", str(data), "--json", timeout=30)
+        if result.returncode == 0:
+            status: dict[str, Any] = json.loads(result.stdout)
+            return status
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.2)
+    raise AssertionError("the agent never answered `mesh status`")
