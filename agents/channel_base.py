@@ -81,6 +81,10 @@ class ChannelBase:
         self._acked: dict[bytes, trio.Event] = {}
         self._replies: dict[bytes, trio.MemorySendChannel[Frame]] = {}
         self._violations: dict[str, int] = {}
+        # Open payer channels reloaded from the store that the payee has not acked since:
+        # the store may have lost our last writes (SECURITY risk 15), so no payment is
+        # signed until the payee's ack tells us where the channel stands.
+        self._unconfirmed: set[bytes] = set()
         self._counts = dict.fromkeys(
             ("payments_signed", "payments_accepted", "acks_received", "rejections"), 0
         )

@@ -125,6 +125,8 @@ class ChannelManager(ChannelSettlement):
             )
             cid = record.terms.channel_id
             self._ends[cid] = end
+            if record.state is State.OPEN and isinstance(end, Payer):
+                self._unconfirmed.add(cid)
             self._service[cid] = item.service
             if item.funding_raw is not None:
                 self._funding[cid] = item.funding_raw
@@ -254,7 +256,10 @@ class ChannelManager(ChannelSettlement):
         if not isinstance(payer, Payer):
             raise ChannelFailure("only the payer pays on a channel")
         waited = False
-        while payer.record().seq - payer.record().acked_seq >= self.config.window:
+        while (
+            channel_id in self._unconfirmed
+            or payer.record().seq - payer.record().acked_seq >= self.config.window
+        ):
             await self._ack_event(channel_id).wait()  # the committer sends the rest
             waited = True
         record = payer.pay(amount)
@@ -429,6 +434,10 @@ class ChannelManager(ChannelSettlement):
         payer = self._owned(peer_id, frame.channel_id)
         if not isinstance(payer, Payer):
             return
+        if frame.channel_id in self._unconfirmed and frame.seq == 0:
+            # After our restart: the payee holds no payment; pay from the state we hold.
+            self._confirmed(peer_id, payer)
+            return
         if frame.seq == 0:
             reply_to = self._replies.get(frame.channel_id)
             if reply_to is not None:
@@ -454,11 +463,26 @@ class ChannelManager(ChannelSettlement):
             self._commits.mark(frame.channel_id)
         # Not persisted at once: the ack is the payee's promise, ours to remember lazily.
         self._counts["acks_received"] += 1
+        if frame.channel_id in self._unconfirmed:  # even a bad ack: the payee has spoken
+            self._confirmed(peer_id, payer)
         self._notify_ack(frame.channel_id)
         if self.on_acked is not None:  # in our numbering (a taken-back state's differs)
             self.on_acked(frame.channel_id, record.acked_seq)
 
     # ------------------------------------------------------------------ resume
+
+    def _confirmed(self, peer_id: str, payer: Payer) -> None:
+        """The payee's first ack since our restart: pay on from the state we now hold,
+        resending its payment if the payee has not acknowledged it."""
+        cid = payer.terms.channel_id
+        self._unconfirmed.discard(cid)
+        record = payer.record()
+        if record.seq > record.acked_seq:
+            self._commits.send_after_commit(
+                peer_id, ChannelPay(cid, record.seq, record.total, record.payer_sig)
+            )
+            self._commits.mark(cid)
+        self._notify_ack(cid)
 
     async def peer_connected(self, peer_id: str) -> None:
         """A (new) session with `peer_id`: resend what may have been lost."""
@@ -469,6 +493,8 @@ class ChannelManager(ChannelSettlement):
             if isinstance(end, Payer):
                 if record.state is State.FUNDED and cid in self._funding:
                     await self._send(peer_id, ChannelFunded(cid, self._funding[cid]))
+                elif cid in self._unconfirmed:
+                    pass  # the payee's ack first: it may hold a later state (see _confirmed)
                 elif record.state in (State.OPEN, State.CLOSING) and record.seq > record.acked_seq:
                     frame = ChannelPay(cid, record.seq, record.total, record.payer_sig)
                     await self._send(peer_id, frame)
@@ -477,6 +503,8 @@ class ChannelManager(ChannelSettlement):
             elif record.state in (State.OPEN, State.CLOSING) and record.seq:
                 self._commits.reack([cid])  # acked once it is surely durable
                 self._commits.mark(cid)
+            elif record.state is State.OPEN:  # nothing paid yet: say so (a restarted
+                await self._send(peer_id, ChannelAck(cid, 0, 0, b""))  # payer waits for it)
 
 
 def _is_txid(text: str) -> bool:

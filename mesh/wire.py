@@ -28,10 +28,11 @@ import msgpack
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """Bumped on any incompatible change to a frame or to the session protocol
 (2: the frames of a DATA packet share one Noise transport message; 3: `ChannelRelease`;
-4: `ChannelPays`)."""
+4: `ChannelPays`; 5: a payee acks every open channel on each new session, at seq 0 when
+nothing is paid yet, and a restarted payer pays nothing until it has that ack)."""
 
 MAX_FRAME_SIZE = 65_517
 """Largest encoded frame: the Noise limit (65 535) less its 16-byte tag and the

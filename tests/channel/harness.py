@@ -66,13 +66,14 @@ async def agentlet(
     on_paid: PaidCallback | None = None,
     node_config: NodeConfig | None = None,
     intercept: Callable[[str, Frame], Awaitable[bool]] | None = None,
-    watch_sessions: bool = False,
+    watch_sessions: bool = True,
 ) -> AsyncIterator[Agentlet]:
     """Run one agentlet: its node, its manager, and a frame dispatcher.
 
     `intercept(peer_id, frame)` sees every frame first and may consume it (returns
-    True). With `watch_sessions`, the manager hears of every session that comes up
-    (`peer_connected`: resends after a reconnect), as in the runtime.
+    True). With `watch_sessions` (the default, as in the runtime), the manager hears of
+    every session that comes up (`peer_connected`: resends and acks again after a
+    reconnect; a restarted payer pays nothing until the payee has acked).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     identity = identity_at(data_dir / "identity.key")

@@ -281,7 +281,7 @@ async def test_a_payer_that_lost_its_latest_payments_takes_them_back_from_the_ac
     carries the payer's own signature on its latest state; the payer checks it, takes
     that state back, and pays on from there: nothing is paid twice or lost."""
     buyer_dir = tmp_path / "buyer"
-    async with agentlet(tmp_path / "seller", ledger_path, watch_sessions=True) as seller:
+    async with agentlet(tmp_path / "seller", ledger_path) as seller:
         config = ChannelConfig(window=1)  # one journal record per payment
         async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
             cid = await funded_channel(buyer, seller, ledger_path)
@@ -290,7 +290,7 @@ async def test_a_payer_that_lost_its_latest_payments_takes_them_back_from_the_ac
             await buyer.manager.wait_acked(cid)
         journal = journal_path(buyer_dir / "agent.db")
         os.truncate(journal, 4 * RECORD_SIZE)  # the last records never reached the disk
-        async with agentlet(buyer_dir, ledger_path, config=config, watch_sessions=True) as buyer:
+        async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
             assert 0 < buyer.manager.record(cid).total < 1_000
             await buyer.node.connect(seller.node.address)
             with trio.fail_after(5):
@@ -303,6 +303,59 @@ async def test_a_payer_that_lost_its_latest_payments_takes_them_back_from_the_ac
             terms = closed.terms
             await buyer.chain.mine()
     check_settled(ledger_path, closed.close_txid, terms, paid=1_001)
+
+
+async def test_a_restarted_payer_signs_nothing_before_the_payee_has_acked(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    """The same power cut, and the payer pays at once after the restart: its window
+    stays shut until the payee's first ack of the session, so it never signs from the
+    older state (the payee would refuse those payments as reused seqs, count them as
+    violations, and hang up at the third). Every payment counts on top of the state
+    taken back."""
+    buyer_dir = tmp_path / "buyer"
+    async with agentlet(tmp_path / "seller", ledger_path) as seller:
+        config = ChannelConfig(window=1)
+        async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
+            cid = await funded_channel(buyer, seller, ledger_path)
+            for _ in range(10):
+                await buyer.manager.pay(cid, 100)
+            await buyer.manager.wait_acked(cid)
+        os.truncate(journal_path(buyer_dir / "agent.db"), 4 * RECORD_SIZE)
+        config = ChannelConfig(window=8)
+        async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
+            assert buyer.manager.record(cid).total < 1_000
+            async with trio.open_nursery() as nursery:  # paying before the session is up
+                for _ in range(5):
+                    nursery.start_soon(buyer.manager.pay, cid, 1)
+                await trio.sleep(0.2)
+                assert buyer.manager.statistics().payments_signed == 0
+                await buyer.node.connect(seller.node.address)
+            with trio.fail_after(10):
+                final = await buyer.manager.wait_acked(cid)
+            assert final.acked_total == final.total == 1_005
+            assert seller.manager.statistics().rejections == 0
+            assert seller.node.session(buyer.node.peer_id) is not None
+            closed = await buyer.manager.close(cid)
+            await buyer.chain.mine()
+    check_settled(ledger_path, closed.close_txid, closed.terms, paid=1_005)
+
+
+async def test_a_restarted_payer_of_an_unpaid_channel_pays_once_the_payee_has_spoken(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    """Nothing was paid before the restart: the payee, holding no payment to acknowledge
+    again, still says so on the new session (an ack of seq 0), which opens the window."""
+    buyer_dir = tmp_path / "buyer"
+    async with agentlet(tmp_path / "seller", ledger_path) as seller:
+        async with agentlet(buyer_dir, ledger_path) as buyer:
+            cid = await funded_channel(buyer, seller, ledger_path)
+        async with agentlet(buyer_dir, ledger_path) as buyer:
+            await buyer.node.connect(seller.node.address)
+            with trio.fail_after(10):
+                await buyer.manager.pay(cid, 7)
+                final = await buyer.manager.wait_acked(cid)
+            assert final.acked_total == 7
 
 
 @pytest.mark.parametrize("window", [1, 64])
