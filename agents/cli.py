@@ -106,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    budgets = [LogBudget() for _ in logging.getLogger().handlers]
-    for handler, budget in zip(logging.getLogger().handlers, budgets, strict=True):
+    budgets = [(handler, LogBudget()) for handler in logging.getLogger().handlers]
+    for handler, budget in budgets:
         handler.addFilter(budget)  # a peer must not fill the disk with our warnings
     func: Command = args.func
     try:
@@ -118,8 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        for budget in budgets:
+        for handler, budget in budgets:
             budget.flush()
+            handler.removeFilter(budget)  # main() may run again in this process (tests)
 
 
 if __name__ == "__main__":
