@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 from pathlib import Path
 from typing import Any
@@ -339,6 +340,49 @@ async def test_a_restarted_payer_signs_nothing_before_the_payee_has_acked(
             closed = await buyer.manager.close(cid)
             await buyer.chain.mine()
     check_settled(ledger_path, closed.close_txid, closed.terms, paid=1_005)
+
+
+async def power_cut_trial(tmp_path: Path, ledger_path: Path, seed: int) -> None:
+    """One random power cut of the payer: a stream at a random window, the journal cut
+    at a random byte (a torn last record included), a restart that pays at once, then
+    close. Nothing refused, nothing lost: every payment counts, settled to the satoshi."""
+    rng = random.Random(seed)
+    buyer_dir = tmp_path / "buyer"
+    async with agentlet(tmp_path / "seller", ledger_path) as seller:
+        config = ChannelConfig(window=rng.choice([1, 8, 64]))
+        before = [rng.randint(1, 50) for _ in range(rng.randint(1, 150))]
+        async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
+            cid = await funded_channel(buyer, seller, ledger_path)
+            for amount in before:
+                await buyer.manager.pay(cid, amount)
+            await buyer.manager.wait_acked(cid)
+        journal = journal_path(buyer_dir / "agent.db")
+        os.truncate(journal, rng.randint(0, journal.stat().st_size))
+        after = [rng.randint(1, 50) for _ in range(rng.randint(1, 50))]
+        async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(buyer.node.connect, seller.node.address)
+                for amount in after:  # in order, before and while the session comes up
+                    await buyer.manager.pay(cid, amount)
+            with trio.fail_after(10):
+                final = await buyer.manager.wait_acked(cid)
+            paid = sum(before) + sum(after)
+            assert final.acked_total == final.total == paid, (seed, final, paid)
+            assert seller.manager.statistics().rejections == 0, seed
+            closed = await buyer.manager.close(cid)
+            await buyer.chain.mine()
+    check_settled(ledger_path, closed.close_txid, closed.terms, paid=paid)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_payer_power_cut_trials(tmp_path: Path, ledger_path: Path, seed: int) -> None:
+    await power_cut_trial(tmp_path, ledger_path, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5, 1005))
+async def test_payer_power_cut_trials_slow(tmp_path: Path, ledger_path: Path, seed: int) -> None:
+    await power_cut_trial(tmp_path, ledger_path, seed)
 
 
 async def test_a_restarted_payer_of_an_unpaid_channel_pays_once_the_payee_has_spoken(
