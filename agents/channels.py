@@ -437,6 +437,7 @@ class ChannelManager(ChannelSettlement):
         if frame.channel_id in self._unconfirmed and frame.seq == 0:
             # After our restart: the payee holds no payment; pay from the state we hold.
             self._confirmed(peer_id, payer)
+            self._notify_ack(frame.channel_id)
             return
         if frame.seq == 0:
             reply_to = self._replies.get(frame.channel_id)
@@ -463,7 +464,7 @@ class ChannelManager(ChannelSettlement):
             self._commits.mark(frame.channel_id)
         # Not persisted at once: the ack is the payee's promise, ours to remember lazily.
         self._counts["acks_received"] += 1
-        if frame.channel_id in self._unconfirmed:  # even a bad ack: the payee has spoken
+        if frame.channel_id in self._unconfirmed:  # (an ack refused above leaves it shut)
             self._confirmed(peer_id, payer)
         self._notify_ack(frame.channel_id)
         if self.on_acked is not None:  # in our numbering (a taken-back state's differs)
@@ -472,8 +473,9 @@ class ChannelManager(ChannelSettlement):
     # ------------------------------------------------------------------ resume
 
     def _confirmed(self, peer_id: str, payer: Payer) -> None:
-        """The payee's first ack since our restart: pay on from the state we now hold,
-        resending its payment if the payee has not acknowledged it."""
+        """The payee's first good ack since our restart: pay on from the state we now
+        hold, resending its payment if the payee has not acknowledged it (the caller
+        wakes the payments waiting)."""
         cid = payer.terms.channel_id
         self._unconfirmed.discard(cid)
         record = payer.record()
@@ -482,7 +484,6 @@ class ChannelManager(ChannelSettlement):
                 peer_id, ChannelPay(cid, record.seq, record.total, record.payer_sig)
             )
             self._commits.mark(cid)
-        self._notify_ack(cid)
 
     async def peer_connected(self, peer_id: str) -> None:
         """A (new) session with `peer_id`: resend what may have been lost."""
