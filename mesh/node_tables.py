@@ -1,0 +1,241 @@
+"""What a node keeps: its sessions, outboxes, handshakes in progress and watchers.
+
+`NodeTables` is the state half of `mesh.transport.Node`: the tables, the counters, the
+queries the application makes (`session`, `sessions`, `statistics`, `incoming`...),
+and the life of a session in them (registered when a handshake completes, dropped
+when it ends, its outbox shared and closed with the last user). Moving packets --
+reading the mailbox, handshakes, timers -- is `Node`'s, in `mesh.transport`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+
+import pynng
+import trio
+
+from mesh.inbox import Inbox
+from mesh.peer import NodeConfig, Outbox, PeerSession, SessionClosed
+from mesh.session import Handshake, LocalIdentity, PeerInfo, Session
+from mesh.wire import Frame
+
+log = logging.getLogger("mesh.transport")
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """A session with `peer` came up, or the last session with it went down."""
+
+    up: bool
+    peer: PeerInfo
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class NodeStatistics:
+    """A snapshot of a node's counters."""
+
+    sessions: int
+    pending_handshakes: int
+    outboxes: int
+    handshakes_completed: int
+    handshakes_failed: int
+    handshakes_evicted: int
+    handshakes_timed_out: int
+    sessions_failed: int
+    packets_dropped: int
+    packets_received: int
+
+
+@dataclass
+class Counters:
+    """The node's running counters (`NodeStatistics` is their snapshot)."""
+
+    handshakes_completed: int = 0
+    handshakes_failed: int = 0
+    handshakes_evicted: int = 0
+    handshakes_timed_out: int = 0
+    sessions_failed: int = 0
+    packets_dropped: int = 0
+    packets_received: int = 0
+
+
+class NodeTables:
+    """A node's tables and counters, and what the application asks of them."""
+
+    def __init__(
+        self,
+        local: LocalIdentity,
+        pull: pynng.Pull0,
+        nursery: trio.Nursery,
+        config: NodeConfig,
+        allow: Collection[str] | None,
+    ) -> None:
+        """Use `open_node` instead."""
+        self.local = local
+        self.config = config
+        self._pull = pull
+        self._nursery = nursery
+        self._allow = allow
+        self._outboxes: dict[str, Outbox] = {}
+        self._sessions: dict[bytes, PeerSession] = {}
+        self._by_peer: dict[str, PeerSession] = {}
+        self._responding: dict[bytes, tuple[Handshake, float, Outbox]] = {}
+        self._initiating: dict[bytes, tuple[Handshake, Outbox, trio.MemorySendChannel[object]]] = {}
+        self._counters = Counters()
+        self._inbox = Inbox(config.incoming_queue_frames)
+        self._heartbeat_seq = 0
+        self._watchers: list[trio.MemorySendChannel[SessionEvent]] = []
+
+    @property
+    def address(self) -> str:
+        """This node's mailbox address, to give to peers."""
+        return self.local.mailbox
+
+    @property
+    def peer_id(self) -> str:
+        """This node's peer id."""
+        return self.local.identity.peer_id
+
+    def statistics(self) -> NodeStatistics:
+        """A frozen snapshot of the node's counters and table sizes."""
+        c = self._counters
+        return NodeStatistics(
+            sessions=len(self._sessions),
+            pending_handshakes=len(self._responding) + len(self._initiating),
+            outboxes=len(self._outboxes),
+            handshakes_completed=c.handshakes_completed,
+            handshakes_failed=c.handshakes_failed,
+            handshakes_evicted=c.handshakes_evicted,
+            handshakes_timed_out=c.handshakes_timed_out,
+            sessions_failed=c.sessions_failed,
+            packets_dropped=c.packets_dropped,
+            packets_received=c.packets_received,
+        )
+
+    def watch_sessions(
+        self, buffer: int = 256, *, replay: bool = False
+    ) -> trio.MemoryReceiveChannel[SessionEvent]:
+        """A channel of `SessionEvent`s (sessions up and down) from now on.
+
+        With `replay`, it starts with an ``up`` event for every session already
+        established, so a watcher created after the node started misses none.
+        """
+        current = list(self._by_peer.values()) if replay else []
+        send, receive = trio.open_memory_channel[SessionEvent](buffer + len(current))
+        for peer in current:
+            send.send_nowait(SessionEvent(up=True, peer=peer.peer))
+        self._watchers.append(send)
+        return receive
+
+    def _announce(self, event: SessionEvent) -> None:
+        for watcher in list(self._watchers):
+            try:
+                watcher.send_nowait(event)
+            except trio.WouldBlock:
+                log.warning("a session watcher is not keeping up; event dropped")
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                self._watchers.remove(watcher)
+
+    def session(self, peer_id: str) -> PeerSession | None:
+        """The newest live session with `peer_id`, if any."""
+        return self._by_peer.get(peer_id)
+
+    def hang_up(self, peer_id: str, reason: str) -> bool:
+        """End the session with `peer_id` without waiting; False if there is none.
+
+        From now on nothing more is sent to the peer and its packets are dropped;
+        the goodbye (with `reason`) goes out behind the frames already queued, and the
+        session ends once it is written, or after `close_grace` if it cannot be (a peer
+        that stopped reading). A handler hanging up on a misbehaving peer thus never
+        holds up the frames of the others.
+        """
+        peer = self._by_peer.get(peer_id)
+        if peer is None or peer.hanging_up:
+            return False
+        peer.hang_up(reason)
+        self._nursery.start_soon(peer.aclose, reason)
+        return True
+
+    def sessions(self) -> list[PeerSession]:
+        """Every live session."""
+        return list(self._sessions.values())
+
+    def incoming(self) -> AsyncIterator[tuple[str, Frame]]:
+        """Application frames from every peer, in arrival order per peer.
+
+        Checkpoints once per burst rather than once per frame: the frames already
+        queued are handed over back to back, so the tasks they wake (a committer,
+        a payer) see the whole burst at once instead of one frame each.
+        """
+        return self._inbox.incoming()
+
+    def queued_frames(self) -> int:
+        """How many received frames wait behind the one being handled.
+
+        0 while handling a frame means it is the last of what has arrived: a
+        handler can finish a batch there (a group commit) rather than wait.
+        """
+        return self._inbox.queued()
+
+    async def receive(self) -> tuple[str, Frame]:
+        """The next application frame and the peer id that sent it."""
+        return await self._inbox.receive()
+
+    # ------------------------------------------------------------------ tables
+
+    def _acquire(self, mailbox: str) -> Outbox:
+        outbox = self._outboxes.get(mailbox)
+        if outbox is None:
+            outbox = self._outboxes[mailbox] = Outbox(mailbox, self.config)
+        outbox.users += 1
+        return outbox
+
+    def _release(self, outbox: Outbox, *, linger: bool = False) -> None:
+        outbox.users -= 1
+        if outbox.users <= 0 and self._outboxes.get(outbox.mailbox) is outbox:
+            del self._outboxes[outbox.mailbox]
+            if linger:
+                self._nursery.start_soon(self._close_later, outbox)
+            else:
+                outbox.close()
+
+    async def _close_later(self, outbox: Outbox) -> None:
+        """Close a session's last outbox after `close_grace`: closing an nng socket
+        discards what it has not sent yet, such as the goodbye just written."""
+        try:
+            await trio.sleep(self.config.close_grace)
+        finally:
+            outbox.close()
+
+    def _register(self, core: Session, outbox: Outbox, first_packet: bytes | None) -> PeerSession:
+        peer = PeerSession(self.config, core, outbox, self._drop, first_packet)
+        self._sessions[core.index] = peer
+        self._by_peer[peer.peer_id] = peer
+        self._counters.handshakes_completed += 1
+        self._nursery.start_soon(self._run_session, peer)
+        log.info("session with %s (%s) established", peer.peer_id, core.peer.mailbox)
+        self._announce(SessionEvent(up=True, peer=core.peer))
+        return peer
+
+    async def _run_session(self, peer: PeerSession) -> None:
+        with contextlib.suppress(SessionClosed):  # outbox closed: node shutting down
+            await peer.run_sender()
+        self._drop(peer, peer.close_reason or "sender finished")
+
+    def _drop(self, peer: PeerSession, reason: str) -> None:
+        if self._sessions.pop(peer.core.index, None) is None:
+            return
+        if self._by_peer.get(peer.peer_id) is peer:
+            del self._by_peer[peer.peer_id]
+        peer.stop(reason)
+        self._release(peer.outbox, linger=True)
+        log.info("session with %s closed: %s", peer.peer_id, reason)
+        if peer.peer_id not in self._by_peer:
+            self._announce(SessionEvent(up=False, peer=peer.peer, reason=reason))
+
+
+__all__ = ["Counters", "NodeStatistics", "NodeTables", "SessionEvent"]
