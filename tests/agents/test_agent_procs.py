@@ -122,16 +122,7 @@ def test_status_reflects_a_running_agent_and_sigterm_stops_it(tmp_path: Path) ->
         cwd=ROOT,
     )
     try:
-        deadline = time.monotonic() + 30
-        status = None
-        while time.monotonic() < deadline:
-            result = mesh("status", "--data-dir", str(data), "--json", timeout=30)
-            if result.returncode == 0:
-                status = json.loads(result.stdout)
-                break
-            assert proc.poll() is None, proc.communicate()[1]
-            time.sleep(0.2)
-        assert status is not None
+        status = wait_for_status(data, proc)
         assert status["peer_id"] == identity.peer_id and status["pid"] == proc.pid
         assert status["services"][0]["id"] == "spindle-time"
         assert status["wallet"] == {"available": 0, "reserved": 0}
