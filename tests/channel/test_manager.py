@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +276,27 @@ async def test_channels_survive_a_restart(tmp_path: Path, ledger_path: Path) -> 
     assert stored.record.state is State.CLOSED and stored.record.total == 1_001
 
 
+async def paid_then_power_cut(
+    seller: Agentlet,
+    buyer_dir: Path,
+    ledger_path: Path,
+    config: ChannelConfig,
+    amounts: list[int],
+    keep: Callable[[int], int],
+) -> bytes:
+    """A buyer at `buyer_dir` opens a channel to `seller`, pays `amounts` and sees them
+    acked; then a power cut keeps only the first `keep(size)` bytes of its payment
+    journal of `size` bytes. Returns the channel id."""
+    async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
+        cid = await funded_channel(buyer, seller, ledger_path)
+        for amount in amounts:
+            await buyer.manager.pay(cid, amount)
+        await buyer.manager.wait_acked(cid)
+    journal = journal_path(buyer_dir / "agent.db")
+    os.truncate(journal, keep(journal.stat().st_size))
+    return cid
+
+
 async def test_a_payer_that_lost_its_latest_payments_takes_them_back_from_the_ack(
     tmp_path: Path, ledger_path: Path
 ) -> None:
@@ -284,13 +307,10 @@ async def test_a_payer_that_lost_its_latest_payments_takes_them_back_from_the_ac
     buyer_dir = tmp_path / "buyer"
     async with agentlet(tmp_path / "seller", ledger_path) as seller:
         config = ChannelConfig(window=1)  # one journal record per payment
-        async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
-            cid = await funded_channel(buyer, seller, ledger_path)
-            for _ in range(10):
-                await buyer.manager.pay(cid, 100)
-            await buyer.manager.wait_acked(cid)
-        journal = journal_path(buyer_dir / "agent.db")
-        os.truncate(journal, 4 * RECORD_SIZE)  # the last records never reached the disk
+        # The last records never reached the disk.
+        cid = await paid_then_power_cut(
+            seller, buyer_dir, ledger_path, config, [100] * 10, lambda _: 4 * RECORD_SIZE
+        )
         async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
             assert 0 < buyer.manager.record(cid).total < 1_000
             await buyer.node.connect(seller.node.address)
@@ -317,12 +337,9 @@ async def test_a_restarted_payer_signs_nothing_before_the_payee_has_acked(
     buyer_dir = tmp_path / "buyer"
     async with agentlet(tmp_path / "seller", ledger_path) as seller:
         config = ChannelConfig(window=1)
-        async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
-            cid = await funded_channel(buyer, seller, ledger_path)
-            for _ in range(10):
-                await buyer.manager.pay(cid, 100)
-            await buyer.manager.wait_acked(cid)
-        os.truncate(journal_path(buyer_dir / "agent.db"), 4 * RECORD_SIZE)
+        cid = await paid_then_power_cut(
+            seller, buyer_dir, ledger_path, config, [100] * 10, lambda _: 4 * RECORD_SIZE
+        )
         config = ChannelConfig(window=8)
         async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
             assert buyer.manager.record(cid).total < 1_000
@@ -351,13 +368,8 @@ async def power_cut_trial(tmp_path: Path, ledger_path: Path, seed: int) -> None:
     async with agentlet(tmp_path / "seller", ledger_path) as seller:
         config = ChannelConfig(window=rng.choice([1, 8, 64]))
         before = [rng.randint(1, 50) for _ in range(rng.randint(1, 150))]
-        async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
-            cid = await funded_channel(buyer, seller, ledger_path)
-            for amount in before:
-                await buyer.manager.pay(cid, amount)
-            await buyer.manager.wait_acked(cid)
-        journal = journal_path(buyer_dir / "agent.db")
-        os.truncate(journal, rng.randint(0, journal.stat().st_size))
+        cut = functools.partial(rng.randint, 0)  # anywhere in the journal
+        cid = await paid_then_power_cut(seller, buyer_dir, ledger_path, config, before, cut)
         after = [rng.randint(1, 50) for _ in range(rng.randint(1, 50))]
         async with agentlet(buyer_dir, ledger_path, config=config) as buyer:
             async with trio.open_nursery() as nursery:
