@@ -108,17 +108,24 @@ class Node(NodeTables):
         done_send, done_recv = trio.open_memory_channel[object](1)
         self._initiating[handshake.index] = (handshake, outbox, done_send)
         result: object = TimeoutError("handshake timed out")
+        registered: PeerSession | None = None  # after HS2, before the responder confirms
         try:
             await outbox.write(handshake.start())
             with trio.move_on_after(self.config.handshake_timeout):
-                result = await done_recv.receive()
-                if isinstance(result, PeerSession):
+                outcome = await done_recv.receive()
+                if isinstance(outcome, PeerSession):
                     # XX puts our proof in the last message: wait for the
                     # responder's first authenticated packet (or its REJECT).
-                    result = await self._confirmation(result)
+                    registered = outcome
+                    outcome = await self._confirmation(outcome)
+                result = outcome
         finally:
             self._initiating.pop(handshake.index, None)
-            if not isinstance(result, PeerSession):
+            if registered is not None and result is not registered:
+                # Unconfirmed (the responder never finished: evicted, lost): the
+                # session ends, and with it its hold on the outbox.
+                self._drop(registered, f"handshake not confirmed: {result}")
+            elif registered is None:
                 self._release(outbox)
         if isinstance(result, TimeoutError):
             self._counters.handshakes_timed_out += 1

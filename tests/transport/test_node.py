@@ -9,10 +9,10 @@ import pytest
 import trio
 
 from mesh.identity import Identity
-from mesh.session import Handshake, LocalIdentity
+from mesh.session import HS3, Handshake, LocalIdentity
 from mesh.transport import ConnectError, NodeConfig, SessionClosed, open_node
 from mesh.wire import Error, Frame, Heartbeat, Message
-from tests.transport.mitm import Relay
+from tests.transport.mitm import Relay, port_of
 
 FAST = NodeConfig(handshake_timeout=1.0, connect_attempts=1)
 
@@ -271,4 +271,24 @@ async def test_hanging_up_on_a_peer_that_stopped_reading_holds_up_no_one() -> No
             with pytest.raises(SessionClosed):
                 await to_victor.send(Message("after", b""))
             relay.resume()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_handshake_the_responder_never_confirms_raises_and_leaves_no_session() -> None:
+    """The initiator has a session once HS2 arrives, but the responder has none until
+    HS3: with HS3 lost (or the responder's half evicted), connect used to return that
+    session as established when the wait for confirmation timed out."""
+    drop_hs3 = lambda _, body: [] if body[:1] == bytes([HS3]) else [body]  # noqa: E731
+    async with trio.open_nursery() as nursery:
+        async with open_node(Identity.generate(), config=FAST) as bob:
+            relay = Relay(port_of(bob.address), drop_hs3)
+            await nursery.start(relay.run)
+            async with open_node(Identity.generate(), config=FAST) as alice:
+                with pytest.raises(ConnectError, match="timed out"):
+                    await alice.connect(relay.address, expect_peer=bob.peer_id)
+                assert alice.sessions() == [] and alice.session(bob.peer_id) is None
+                with trio.fail_after(5):  # the outbox goes once the goodbye has had its grace
+                    while alice.statistics().outboxes:
+                        await trio.sleep(0.05)
+            assert bob.sessions() == []
         nursery.cancel_scope.cancel()
