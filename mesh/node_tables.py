@@ -45,6 +45,7 @@ class NodeStatistics:
     handshakes_failed: int
     handshakes_evicted: int
     handshakes_timed_out: int
+    redials_stopped: int
     sessions_failed: int
     packets_dropped: int
     packets_received: int
@@ -58,6 +59,7 @@ class Counters:
     handshakes_failed: int = 0
     handshakes_evicted: int = 0
     handshakes_timed_out: int = 0
+    redials_stopped: int = 0
     sessions_failed: int = 0
     packets_dropped: int = 0
     packets_received: int = 0
@@ -111,6 +113,8 @@ class NodeTables:
             handshakes_failed=c.handshakes_failed,
             handshakes_evicted=c.handshakes_evicted,
             handshakes_timed_out=c.handshakes_timed_out,
+            redials_stopped=c.redials_stopped
+            + sum(outbox.redial_stopped for outbox in self._outboxes.values()),
             sessions_failed=c.sessions_failed,
             packets_dropped=c.packets_dropped,
             packets_received=c.packets_received,
@@ -189,19 +193,27 @@ class NodeTables:
 
     def _acquire(self, mailbox: str) -> Outbox:
         outbox = self._outboxes.get(mailbox)
-        if outbox is None:
+        if outbox is None or outbox.redial_stopped:
+            # One that stopped redialling stays with the sessions holding it (they end
+            # by their heartbeats); a new user gets a fresh dialer: a peer restarting
+            # may hang up on one connection as it goes, and be back a moment later.
             outbox = self._outboxes[mailbox] = Outbox(mailbox, self.config)
         outbox.users += 1
         return outbox
 
     def _release(self, outbox: Outbox, *, linger: bool = False) -> None:
         outbox.users -= 1
-        if outbox.users <= 0 and self._outboxes.get(outbox.mailbox) is outbox:
+        if outbox.users > 0:
+            return
+        if self._outboxes.get(outbox.mailbox) is outbox:
             del self._outboxes[outbox.mailbox]
-            if linger:
-                self._nursery.start_soon(self._close_later, outbox)
-            else:
-                outbox.close()
+        if outbox.redial_stopped:
+            self._counters.redials_stopped += 1
+            log.info("%s hung up as we connected; stopped redialling it", outbox.mailbox)
+        if linger:
+            self._nursery.start_soon(self._close_later, outbox)
+        else:
+            outbox.close()
 
     async def _close_later(self, outbox: Outbox) -> None:
         """Close a session's last outbox after `close_grace`: closing an nng socket

@@ -1,7 +1,8 @@
 """One session with a peer as a node carries it: its send paths and its outbox.
 
 `Outbox` is one nng `Push0` dialer to a remote mailbox, shared by every session to
-that mailbox and driven by fd polling and non-blocking sends. `PeerSession` is what
+that mailbox and driven by fd polling and non-blocking sends; it stops redialling a
+mailbox that hangs up as it connects (`mesh.nngguard`: an nng crash). `PeerSession` is what
 the application holds for a live session: `send` (inline when idle, else queued and
 coalesced by the session's sender task), `send_many` (a batch sealed into as few
 packets as possible), `aclose`. Frames leave in the order they were given on every
@@ -18,6 +19,7 @@ import pynng
 import trio
 
 from mesh.errors import LocalProtocolError, MeshError
+from mesh.nngguard import RedialGuard
 from mesh.session import MAX_PACKET_SIZE, PeerInfo, Session
 from mesh.wire import Close, Frame, encode
 
@@ -73,7 +75,13 @@ class Outbox:
             reconnect_time_max=config.reconnect_max_ms,
         )
         self._send_fd: int = self._sock.send_fd
-        self._sock.dial(mailbox, block=False)
+        self._guard = RedialGuard(self._sock)  # before any connection: see mesh.nngguard
+        self._guard.dial(self._sock, mailbox)
+
+    @property
+    def redial_stopped(self) -> bool:
+        """Whether a connection closed as it opened, so nng redials no more."""
+        return self._guard.stopped
 
     async def write(self, packet: bytes) -> None:
         """Queue one packet on the socket, waiting (by fd) while it is full.

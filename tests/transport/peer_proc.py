@@ -3,6 +3,7 @@
 Prints one JSON line {"address", "peer_id"} once listening, then plays a role:
   echo    answer every Message with the same Message; exit after --count of them
   stream  connect to --connect, send --count numbered Messages, read the echoes
+  idle    only listen, for --seconds; then print the node's statistics
 and prints one JSON result line.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 
 import trio
 
@@ -75,9 +77,17 @@ async def stream(count: int, size: int, target: str, expect: str) -> None:
         emit(sent=count, echoed=received, in_order=in_order, seconds=time.perf_counter() - started)
 
 
+async def idle(seconds: float, listen: str) -> None:
+    async with open_node(Identity.generate(), listen) as node:
+        emit(address=node.address, peer_id=node.peer_id)
+        await trio.sleep(seconds)
+        emit(**asdict(node.statistics()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["echo", "stream"])
+    parser.add_argument("role", choices=["echo", "stream", "idle"])
+    parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--listen", default="tcp://127.0.0.1:0")
@@ -86,6 +96,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.role == "echo":
         trio.run(echo, args.count, args.listen)
+    elif args.role == "idle":
+        trio.run(idle, args.seconds, args.listen)
     else:
         trio.run(stream, args.count, args.size, args.connect, args.expect)
 
