@@ -19,7 +19,9 @@ import trio
 
 from mesh.inbox import Inbox
 from mesh.peer import NodeConfig, Outbox, PeerSession, SessionClosed
+from mesh.ratelimit import PeerBudgets
 from mesh.session import Handshake, LocalIdentity, PeerInfo, Session
+from mesh.sources import SourceTable
 from mesh.wire import Frame
 
 log = logging.getLogger("mesh.transport")
@@ -45,6 +47,8 @@ class NodeStatistics:
     handshakes_failed: int
     handshakes_evicted: int
     handshakes_timed_out: int
+    handshakes_limited: int
+    connections_refused: int
     redials_stopped: int
     sessions_failed: int
     packets_dropped: int
@@ -59,6 +63,7 @@ class Counters:
     handshakes_failed: int = 0
     handshakes_evicted: int = 0
     handshakes_timed_out: int = 0
+    handshakes_limited: int = 0
     redials_stopped: int = 0
     sessions_failed: int = 0
     packets_dropped: int = 0
@@ -75,8 +80,9 @@ class NodeTables:
         nursery: trio.Nursery,
         config: NodeConfig,
         allow: Collection[str] | None,
+        sources: SourceTable | None = None,
     ) -> None:
-        """Use `open_node` instead."""
+        """Use `open_node` instead (it hands over the `SourceTable` nng's hooks fill)."""
         self.local = local
         self.config = config
         self._pull = pull
@@ -85,12 +91,19 @@ class NodeTables:
         self._outboxes: dict[str, Outbox] = {}
         self._sessions: dict[bytes, PeerSession] = {}
         self._by_peer: dict[str, PeerSession] = {}
-        self._responding: dict[bytes, tuple[Handshake, float, Outbox]] = {}
+        self._responding: dict[bytes, tuple[Handshake, float, Outbox, str | None]] = {}
         self._initiating: dict[bytes, tuple[Handshake, Outbox, trio.MemorySendChannel[object]]] = {}
         self._counters = Counters()
         self._inbox = Inbox(config.incoming_queue_frames)
         self._heartbeat_seq = 0
         self._watchers: list[trio.MemorySendChannel[SessionEvent]] = []
+        self._sources = (
+            sources if sources is not None else SourceTable(config.max_connections_per_source)
+        )
+        self._handshake_budgets = PeerBudgets(
+            config.handshakes_per_source_per_s, config.handshake_burst_per_source
+        )
+        self._limits_reported = (0, 0)  # (connections refused, handshakes limited) logged
 
     @property
     def address(self) -> str:
@@ -113,12 +126,18 @@ class NodeTables:
             handshakes_failed=c.handshakes_failed,
             handshakes_evicted=c.handshakes_evicted,
             handshakes_timed_out=c.handshakes_timed_out,
+            handshakes_limited=c.handshakes_limited,
+            connections_refused=self._sources.refused,
             redials_stopped=c.redials_stopped
             + sum(outbox.redial_stopped for outbox in self._outboxes.values()),
             sessions_failed=c.sessions_failed,
             packets_dropped=c.packets_dropped,
             packets_received=c.packets_received,
         )
+
+    def connections_from(self, source: str) -> int:
+        """How many connections to the mailbox `source` holds (see `mesh.sources`)."""
+        return self._sources.held(source)
 
     def watch_sessions(
         self, buffer: int = 256, *, replay: bool = False

@@ -54,6 +54,10 @@ class NodeConfig:
     reconnect_min_ms: int = 100
     reconnect_max_ms: int = 5_000
     close_grace: float = 0.5
+    # Per network source (an IPv4 address, an IPv6 /64): `mesh.sources`.
+    max_connections_per_source: int = 128
+    handshakes_per_source_per_s: float = 100.0
+    handshake_burst_per_source: float = 200.0
 
 
 class Outbox:

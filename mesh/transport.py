@@ -13,6 +13,9 @@ in `mesh.node_tables`; this module only moves packets and enforces resource limi
   one sender task that coalesces whatever is queued into one packet;
 * `recv_max_size` on every socket; a handshake deadline and a cap on handshakes
   in progress, so slow or garbage peers cannot tie the node up;
+* per network source (`mesh.sources`): a cap on connections held (nng's connect
+  hook turns the rest away), a budget of handshakes started per second, and the
+  eviction of a full handshake table's slot from the source holding the most;
 * nng redials dropped connections with exponential backoff; `connect` retries a
   handshake that timed out, with backoff;
 * heartbeats on idle sessions; a silent peer's session is closed;
@@ -61,6 +64,7 @@ from mesh.session import (
     reject_packet,
     reject_reason,
 )
+from mesh.sources import UNKNOWN, SourceTable, eviction_victim, source_of
 from mesh.wire import Close, Error, Heartbeat, ProfileSummary
 
 log = logging.getLogger("mesh.transport")
@@ -200,20 +204,20 @@ class Node(NodeTables):
                     except pynng.TryAgain:
                         break
                     self._counters.packets_received += 1
-                    await self._dispatch(message.bytes)
+                    await self._dispatch(message.bytes, message.pipe)
                     if not more.poll(0):
                         break
             finally:
                 inbox.reading.release()  # to the other reader, if one waits
 
-    async def _dispatch(self, packet: bytes) -> None:
+    async def _dispatch(self, packet: bytes, pipe: pynng.Pipe | None) -> None:
         kind = packet_kind(packet)
         if kind != HS1 and len(packet) < 1 + INDEX_LEN:
             kind = 0  # too short to name a receiver: garbage
         if kind == DATA:
             await self._on_data(packet)
         elif kind == HS1:
-            self._on_hs1(packet)
+            self._on_hs1(packet, self._sources.source(pipe.id) if pipe else UNKNOWN)
         elif kind == HS2:
             self._on_hs2(packet)
         elif kind == HS3:
@@ -256,21 +260,25 @@ class Node(NodeTables):
             else:
                 await self._inbox.deliver(peer.peer_id, frame)
 
-    def _on_hs1(self, packet: bytes) -> None:
+    def _on_hs1(self, packet: bytes, source: str | None) -> None:
+        now = trio.current_time()
+        if source is not None and not self._handshake_budgets.take(source, 1, now):
+            self._counters.handshakes_limited += 1  # before any work: no crypto, no dial
+            return
         try:
             handshake, hs2, reply_to = Handshake.respond(self.local, packet, allow=self._allow)
         except RemoteProtocolError as exc:
             self._fail_handshake("HS1", exc)
             return
         if len(self._responding) >= self.config.max_pending_handshakes:
-            # Evict the oldest rather than refuse the newest: a flood of stalled
-            # handshakes then has to outpace a real peer's round trip to starve it.
-            oldest = next(iter(self._responding))
-            self._release(self._responding.pop(oldest)[2])
+            # Evict rather than refuse the newest, and from the source holding the
+            # most slots: a flood from one machine evicts its own handshakes.
+            pending = ((index, entry[3]) for index, entry in self._responding.items())
+            self._release(self._responding.pop(eviction_victim(pending))[2])
             self._counters.handshakes_evicted += 1
         outbox = self._acquire(reply_to)
-        deadline = trio.current_time() + self.config.handshake_timeout
-        self._responding[handshake.index] = (handshake, deadline, outbox)
+        deadline = now + self.config.handshake_timeout
+        self._responding[handshake.index] = (handshake, deadline, outbox, source)
         self._acquire(reply_to)  # the write below holds its own reference
         self._nursery.start_soon(self._send_and_release, deadline, outbox, hs2)
 
@@ -294,7 +302,7 @@ class Node(NodeTables):
         if entry is None:
             self._counters.packets_dropped += 1
             return
-        handshake, deadline, outbox = entry
+        handshake, deadline, outbox, _ = entry
         try:
             core = handshake.on_hs3(packet)
         except RemoteProtocolError as exc:
@@ -341,7 +349,7 @@ class Node(NodeTables):
 
     def handle_timer(self, now: float) -> None:
         """One pass of the timer work at time `now` (also called by tests)."""
-        for index, (_, deadline, outbox) in list(self._responding.items()):
+        for index, (_, deadline, outbox, _) in list(self._responding.items()):
             if now >= deadline:
                 del self._responding[index]
                 self._counters.handshakes_timed_out += 1
@@ -358,6 +366,19 @@ class Node(NodeTables):
                 self._heartbeat_seq += 1
                 if peer.send_nowait(Heartbeat(self._heartbeat_seq, reply=False)):
                     peer.last_sent = now
+        self._report_limits()
+
+    def _report_limits(self) -> None:
+        """Log what the per-source limits turned away since the last pass, if anything."""
+        counts = (self._sources.refused, self._counters.handshakes_limited)
+        refused, limited = (a - b for a, b in zip(counts, self._limits_reported, strict=True))
+        if refused or limited:
+            log.warning(
+                "per-source limits turned away %d connections and %d handshakes",
+                refused,
+                limited,
+            )
+            self._limits_reported = counts
 
     async def _close_all(self) -> None:
         with trio.move_on_after(self.config.close_grace) as scope:
@@ -386,12 +407,15 @@ async def open_node(
     """
     config = config or NodeConfig()
     pull = pynng.Pull0(recv_max_size=MAX_PACKET_SIZE, recv_buffer_size=128)
+    sources = SourceTable(config.max_connections_per_source)
+    pull.add_pre_pipe_connect_cb(lambda pipe: _admit(sources, pipe))
+    pull.add_post_pipe_remove_cb(lambda pipe: sources.remove(pipe.id))
     try:
         listener = pull.listen(listen)
         mailbox = advertise or _resolved(listen, str(listener.local_address))
         local = LocalIdentity.create(identity, mailbox, profile)
         async with trio.open_nursery() as nursery:
-            node = Node(local, pull, nursery, config, allow)
+            node = Node(local, pull, nursery, config, allow, sources)
             nursery.start_soon(node.run_receiver)
             nursery.start_soon(node.run_timers)
             try:
@@ -403,6 +427,17 @@ async def open_node(
             outbox.close()
     finally:
         pull.close()
+
+
+def _admit(sources: SourceTable, pipe: pynng.Pipe) -> None:
+    """nng's hook for each new connection to the mailbox (on an nng thread): turn it
+    away if its source already holds its share of connections."""
+    try:
+        source = source_of(pipe.remote_address)
+    except pynng.NNGException:
+        return  # gone already
+    if not sources.admit(pipe.id, source):
+        pipe.close()
 
 
 def _resolved(listen: str, bound: str) -> str:

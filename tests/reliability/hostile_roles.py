@@ -207,9 +207,10 @@ async def flood(args: argparse.Namespace) -> None:
     captured = []
     if args.replay:
         captured = [bytes.fromhex(line) for line in args.replay.read_text().split()]
+    target = f"tcp://{args.source};{args.connect.removeprefix('tcp://')}"
     sockets = [pynng.Push0(send_buffer_size=4) for _ in range(args.count)]
     for sock in sockets:
-        sock.dial(args.connect, block=False)
+        sock.dial(target, block=False)
     one_shot: list[pynng.Push0] = []
     emit("ready", pid=os.getpid(), captured=len(captured))
     sent: dict[str, int] = {}
@@ -226,7 +227,7 @@ async def flood(args: argparse.Namespace) -> None:
             sent[kind] = sent.get(kind, 0) + 1
         if rounds % 10 == 0:
             big = pynng.Push0(send_buffer_size=2)
-            big.dial(args.connect, block=False)
+            big.dial(target, block=False)
             one_shot.append(big)
             with contextlib.suppress(pynng.TryAgain):
                 big.send(bytes([DATA]) + bytes(MAX_PACKET_SIZE + rng.randint(1, 1000)), block=False)
@@ -255,7 +256,9 @@ async def slow(args: argparse.Namespace) -> None:
     for i in range(args.count):
         kind = kinds[i % 3]
         try:
-            conn = socket.create_connection((host, int(port)), timeout=5)
+            conn = socket.create_connection(
+                (host, int(port)), timeout=5, source_address=(args.source, 0)
+            )
         except OSError as exc:
             emit("refused", after=len(conns), error=str(exc))
             break
@@ -292,4 +295,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay", type=Path)
     parser.add_argument("--pause", type=float, default=0.01)
     parser.add_argument("--claim", type=int, default=64 * 1024)
+    parser.add_argument("--source", default="127.0.0.1", help="address to connect from")
     parser.add_argument("--lie-total", choices=["acked", "max"], default="acked")

@@ -5,12 +5,13 @@ stream of payments (which reaches the provider through an on-path relay that
 records its packets), other processes attack the same mailbox:
 
 * `slow`: thousands of TCP connections that never complete (silent, stuck inside
-  the SP header, or announcing a message and trickling it a byte a second);
+  the SP header, or announcing a message and trickling it a byte a second), from
+  127.0.0.2 (every 127/8 address is this host's: a neighbouring machine);
 * `tests/transport/hostile_proc.py` (the existing hostile neighbour): rounds of
   garbage packets, truncated and stalled handshakes, oversized messages, raw TCP;
 * `flood`: random bytes of every packet kind, truncated handshakes, the buyer's
   own captured handshake packets replayed, forged packets aimed at random
-  indices, oversized messages -- through a pool of nng connections;
+  indices, oversized messages -- through a pool of nng connections, from 127.0.0.3;
 * `violator`: an authenticated peer sending channel frames the provider must
   refuse (payments and fundings for unknown channels, offers whose fields no
   transaction can carry), reconnecting after every hang-up.
@@ -70,8 +71,10 @@ async def attack(
         target = ["--connect", hello["address"], "--peer", hello["peer_id"]]
 
         slow = await start(
-            "slow", command("slow", *target, "--count", slow_connections, "--claim", claim)
-        )
+            "slow",
+            command("slow", *target, "--count", slow_connections, "--claim", claim,
+                    "--source", "127.0.0.2"),
+        )  # fmt: skip
         holding = await event(slow, "holding", 120)
         figures["slow_connections"] = holding["count"]
         neighbour = await start(
@@ -102,7 +105,7 @@ async def attack(
         flood = await start(
             "flood",
             command("flood", *target, "--replay", captured, "--count", 50, "--seconds",
-                    payments / rate),
+                    payments / rate, "--source", "127.0.0.3"),
         )  # fmt: skip
 
         acked = await event(buyer, "acked", payments / rate + 120)
@@ -146,6 +149,11 @@ async def attack(
     assert codes[:4] == ["expiry", "bad-terms", "bad-terms", "fee"], codes
     # The provider stayed up, dropped the garbage, and did not grow without bound.
     assert report["node"]["packets_dropped"] + report["node"]["handshakes_failed"] > 100
+    # The attackers came from their own addresses (127.0.0.2: slow connections and the
+    # neighbour, 127.0.0.3: the flood) and met the per-source limits; the buyer, from
+    # 127.0.0.1, did not.
+    assert report["node"]["connections_refused"] > 0, report["node"]
+    assert report["node"]["handshakes_limited"] > 0, report["node"]
     # Bounded: nng holds at most one announced message (<= 256 KiB) per trickling
     # connection; the provider's own state does not grow with the attack.
     growth = int(figures["provider_peak_rss_kib"]) - int(figures["rss_idle_kib"])  # type: ignore[call-overload]

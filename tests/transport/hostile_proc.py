@@ -1,6 +1,8 @@
 """A hostile neighbour: 200 connections of garbage against one mailbox.
 
-Usage: hostile_proc.py MAILBOX [--rounds N]. Each round opens 200 connections:
+Usage: hostile_proc.py MAILBOX [--rounds N] [--source IP]. Each round opens 200
+connections, from --source (127.0.0.2: a neighbouring machine, as loopback has
+every 127/8 address; the mailbox limits what one source may hold):
 garbage packets, truncated handshakes, oversized messages, stalled handshakes
 (a valid HS1, never finished) and raw TCP bytes that are not nng at all.
 Prints a JSON line with what it has sent after every round, then exits
@@ -27,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mailbox")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--source", default="127.0.0.2")
     args = parser.parse_args()
     host, port = args.mailbox.removeprefix("tcp://").rsplit(":", 1)
     rng = random.Random(7)
@@ -39,7 +42,7 @@ def main() -> None:
 
         def push(packet: bytes, kind: str, sockets: list[pynng.Push0] = sockets) -> None:
             sock = pynng.Push0(send_buffer_size=2)
-            sock.dial(args.mailbox, block=False)
+            sock.dial(f"tcp://{args.source};{host}:{port}", block=False)
             try:
                 sock.send(packet, block=False)
                 sent[kind] += 1
@@ -59,7 +62,9 @@ def main() -> None:
             push(Handshake(me, initiator=True).start(), "stalled")
         for _ in range(20):
             try:
-                conn = socket.create_connection((host, int(port)), timeout=2)
+                conn = socket.create_connection(
+                    (host, int(port)), timeout=2, source_address=(args.source, 0)
+                )
                 conn.sendall(rng.randbytes(200))
             except OSError:
                 continue  # the target may already have finished and exited

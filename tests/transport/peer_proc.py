@@ -4,6 +4,8 @@ Prints one JSON line {"address", "peer_id"} once listening, then plays a role:
   echo    answer every Message with the same Message; exit after --count of them
   stream  connect to --connect, send --count numbered Messages, read the echoes
   idle    only listen, for --seconds; then print the node's statistics
+  hs1flood  (no node) send first handshake packets that are never finished to
+          --connect from --source, as fast as they go, for --seconds
 and prints one JSON result line.
 """
 
@@ -15,9 +17,11 @@ import sys
 import time
 from dataclasses import asdict
 
+import pynng
 import trio
 
 from mesh.identity import Identity
+from mesh.session import Handshake, LocalIdentity
 from mesh.transport import open_node
 from mesh.wire import Message
 
@@ -84,9 +88,28 @@ async def idle(seconds: float, listen: str) -> None:
         emit(**asdict(node.statistics()))
 
 
+def hs1flood(target: str, source: str, seconds: float) -> None:
+    me = LocalIdentity.create(Identity.generate(), f"tcp://{source}:9")
+    packets = [Handshake(me, initiator=True).start() for _ in range(500)]
+    with pynng.Push0(send_buffer_size=256) as push:
+        push.dial(f"tcp://{source};{target.removeprefix('tcp://')}", block=True)
+        emit(flooding=True)
+        sent = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for packet in packets:
+                try:
+                    push.send(packet, block=False)
+                    sent += 1
+                except pynng.TryAgain:
+                    time.sleep(0.0005)
+        emit(sent=sent)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["echo", "stream", "idle"])
+    parser.add_argument("role", choices=["echo", "stream", "idle", "hs1flood"])
+    parser.add_argument("--source", default="127.0.0.1")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=100)
@@ -96,6 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.role == "echo":
         trio.run(echo, args.count, args.listen)
+    elif args.role == "hs1flood":
+        hs1flood(args.connect, args.source, args.seconds)
     elif args.role == "idle":
         trio.run(idle, args.seconds, args.listen)
     else:
