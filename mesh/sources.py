@@ -88,7 +88,8 @@ class SourceTable:
         with self._lock:
             return self._held[source]
 
-    def __len__(self) -> int:
+    def count(self) -> int:
+        """How many connections are held, all sources (and those without one)."""
         with self._lock:
             return len(self._source)
 

@@ -28,14 +28,14 @@ def test_a_closed_connection_gives_its_place_back_and_unknown_ones_are_ignored()
     table.remove(1)
     table.remove(1)  # twice: nng may report a close once more
     table.remove(99)  # one that was refused
-    assert table.held("10.0.0.5") == 0 and len(table) == 0
+    assert table.held("10.0.0.5") == 0 and table.count() == 0
     assert table.admit(2, "10.0.0.5")
 
 
 def test_connections_without_a_source_are_not_limited() -> None:
     table = SourceTable(per_source=1)
     assert all(table.admit(i, None) for i in range(10))
-    assert table.refused == 0 and len(table) == 10 and table.source(3) is None
+    assert table.refused == 0 and table.count() == 10 and table.source(3) is None
 
 
 def test_a_share_below_one_is_refused() -> None:
