@@ -34,6 +34,7 @@ import trio
 from agents.channels import ChannelConfig
 from mesh.chain.tx import p2pkh_script
 from mesh.identity import Identity
+from mesh.nngguard import RedialGuard
 from mesh.session import DATA, HS1, HS2, HS3, MAX_PACKET_SIZE, REJECT, Handshake, LocalIdentity
 from mesh.transport import ConnectError, open_node
 from mesh.wire import (
@@ -208,9 +209,11 @@ async def flood(args: argparse.Namespace) -> None:
     if args.replay:
         captured = [bytes.fromhex(line) for line in args.replay.read_text().split()]
     target = f"tcp://{args.source};{args.connect.removeprefix('tcp://')}"
+    # Guarded as an agent's outboxes are: the mailbox refuses connections past a
+    # source's share as they open, and nng crashes a dialer that redials those.
     sockets = [pynng.Push0(send_buffer_size=4) for _ in range(args.count)]
     for sock in sockets:
-        sock.dial(target, block=False)
+        RedialGuard(sock).dial(sock, target)
     one_shot: list[pynng.Push0] = []
     emit("ready", pid=os.getpid(), captured=len(captured))
     sent: dict[str, int] = {}
@@ -227,7 +230,7 @@ async def flood(args: argparse.Namespace) -> None:
             sent[kind] = sent.get(kind, 0) + 1
         if rounds % 10 == 0:
             big = pynng.Push0(send_buffer_size=2)
-            big.dial(target, block=False)
+            RedialGuard(big).dial(big, target)
             one_shot.append(big)
             with contextlib.suppress(pynng.TryAgain):
                 big.send(bytes([DATA]) + bytes(MAX_PACKET_SIZE + rng.randint(1, 1000)), block=False)

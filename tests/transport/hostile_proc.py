@@ -22,6 +22,7 @@ import time
 import pynng
 
 from mesh.identity import Identity
+from mesh.nngguard import RedialGuard
 from mesh.session import DATA, HS1, HS3, MAX_PACKET_SIZE, Handshake, LocalIdentity
 
 
@@ -42,7 +43,9 @@ def main() -> None:
 
         def push(packet: bytes, kind: str, sockets: list[pynng.Push0] = sockets) -> None:
             sock = pynng.Push0(send_buffer_size=2)
-            sock.dial(f"tcp://{args.source};{host}:{port}", block=False)
+            # Guarded: past its source's share the mailbox closes connections as they
+            # open, and nng crashes a dialer that redials those (mesh.nngguard).
+            RedialGuard(sock).dial(sock, f"tcp://{args.source};{host}:{port}")
             try:
                 sock.send(packet, block=False)
                 sent[kind] += 1
