@@ -222,8 +222,8 @@ class NodeTables:
 
     def _release(self, outbox: Outbox, *, linger: bool = False) -> None:
         outbox.users -= 1
-        if outbox.users > 0:
-            return
+        if outbox.users != 0:
+            return  # still in use (or let go once too often: already closed)
         if self._outboxes.get(outbox.mailbox) is outbox:
             del self._outboxes[outbox.mailbox]
         if outbox.redial_stopped:
