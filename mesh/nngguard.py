@@ -35,21 +35,22 @@ NEVER_MS = 24 * 3600 * 1000  # nng's redial delay once stopped (it draws below t
 class RedialGuard:
     """Stops a dialer's redials once one of its connections closes as it opens.
 
-    Attach it to a fresh socket, then dial through `dial`. nng calls the hooks on its
+    Attach it to a fresh socket, then dial through the guard's `dial`. nng calls the hooks on its
     own threads; `stopped` may be read from any thread.
     """
 
     def __init__(self, sock: pynng.Socket, clock: Callable[[], float] = time.monotonic) -> None:
         self.stopped = False
+        self._sock = sock
         self._clock = clock
         self._dialer: pynng.Dialer | None = None
         self._opened: dict[int, float] = {}
         sock.add_post_pipe_connect_cb(self._on_open)
         sock.add_post_pipe_remove_cb(self._on_close)
 
-    def dial(self, sock: pynng.Socket, address: str) -> None:
+    def dial(self, address: str) -> None:
         """Dial `address` without blocking; nng connects, and redials, in the background."""
-        self._dialer = sock.dial(address, block=False)
+        self._dialer = self._sock.dial(address, block=False)
         if self.stopped:  # a connection came and went before `dial` returned
             self._stop()
 

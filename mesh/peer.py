@@ -80,7 +80,7 @@ class Outbox:
         )
         self._send_fd: int = self._sock.send_fd
         self._guard = RedialGuard(self._sock)  # before any connection: see mesh.nngguard
-        self._guard.dial(self._sock, mailbox)
+        self._guard.dial(mailbox)
 
     @property
     def redial_stopped(self) -> bool:

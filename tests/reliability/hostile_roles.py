@@ -213,7 +213,7 @@ async def flood(args: argparse.Namespace) -> None:
     # source's share as they open, and nng crashes a dialer that redials those.
     sockets = [pynng.Push0(send_buffer_size=4) for _ in range(args.count)]
     for sock in sockets:
-        RedialGuard(sock).dial(sock, target)
+        RedialGuard(sock).dial(target)
     one_shot: list[pynng.Push0] = []
     emit("ready", pid=os.getpid(), captured=len(captured))
     sent: dict[str, int] = {}
@@ -230,7 +230,7 @@ async def flood(args: argparse.Namespace) -> None:
             sent[kind] = sent.get(kind, 0) + 1
         if rounds % 10 == 0:
             big = pynng.Push0(send_buffer_size=2)
-            RedialGuard(big).dial(big, target)
+            RedialGuard(big).dial(target)
             one_shot.append(big)
             with contextlib.suppress(pynng.TryAgain):
                 big.send(bytes([DATA]) + bytes(MAX_PACKET_SIZE + rng.randint(1, 1000)), block=False)

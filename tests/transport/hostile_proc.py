@@ -45,7 +45,7 @@ def main() -> None:
             sock = pynng.Push0(send_buffer_size=2)
             # Guarded: past its source's share the mailbox closes connections as they
             # open, and nng crashes a dialer that redials those (mesh.nngguard).
-            RedialGuard(sock).dial(sock, f"tcp://{args.source};{host}:{port}")
+            RedialGuard(sock).dial(f"tcp://{args.source};{host}:{port}")
             try:
                 sock.send(packet, block=False)
                 sent[kind] += 1

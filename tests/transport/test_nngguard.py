@@ -87,7 +87,7 @@ async def test_a_guarded_dialer_does_not_redial_a_mailbox_that_hangs_up_at_once(
         await nursery.start(hostile.run)
         with pynng.Push0(reconnect_time_min=20, reconnect_time_max=40) as push:
             guard = RedialGuard(push)
-            guard.dial(push, hostile.mailbox)
+            guard.dial(hostile.mailbox)
             with trio.fail_after(5):
                 while not guard.stopped:
                     await trio.sleep(0.01)
@@ -124,7 +124,7 @@ async def test_a_guarded_dialer_redials_a_peer_that_restarts() -> None:
     try:
         with pynng.Push0(reconnect_time_min=50, reconnect_time_max=100, send_timeout=5000) as push:
             guard = RedialGuard(push)
-            guard.dial(push, mailbox)
+            guard.dial(mailbox)
             await trio.to_thread.run_sync(push.send, b"one")
             assert first.stdout is not None
             assert await trio.to_thread.run_sync(first.stdout.readline) == "one\n"

@@ -19,6 +19,7 @@ from mesh.nngguard import RedialGuard
 from mesh.session import Handshake, LocalIdentity
 from mesh.transport import Node, NodeConfig, open_node
 from tests.transport.procs import Proc
+from tests.transport.test_adversaries import wait_until
 
 HOSTILE = "127.0.0.2"
 
@@ -31,16 +32,9 @@ def dialers(node: Node, count: int, source: str = HOSTILE) -> Iterator[list[pynn
         socks = []
         for _ in range(count):
             sock = stack.enter_context(pynng.Push0())
-            RedialGuard(sock).dial(sock, f"tcp://{source};{node.address.removeprefix('tcp://')}")
+            RedialGuard(sock).dial(f"tcp://{source};{node.address.removeprefix('tcp://')}")
             socks.append(sock)
         yield socks
-
-
-async def until(condition: object, timeout: float = 10) -> None:
-    assert callable(condition)
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 def stalled_hs1s(count: int) -> list[bytes]:
@@ -53,7 +47,7 @@ async def test_connections_past_a_sources_share_are_turned_away_and_others_still
     config = NodeConfig(max_connections_per_source=4)
     async with open_node(Identity.generate(), config=config) as bob:
         with dialers(bob, 10):
-            await until(lambda: bob.statistics().connections_refused == 6)
+            await wait_until(lambda: bob.statistics().connections_refused == 6, timeout=10)
             assert bob.connections_from(HOSTILE) == 4
             # The honest peer, from another address, is not held up by the full share.
             async with open_node(Identity.generate(), config=config) as alice:
@@ -61,9 +55,9 @@ async def test_connections_past_a_sources_share_are_turned_away_and_others_still
                 assert bob.connections_from("127.0.0.1") == 1
                 await session.aclose("done")
         # Connections that close give their place back.
-        await until(lambda: bob.connections_from(HOSTILE) == 0)
+        await wait_until(lambda: bob.connections_from(HOSTILE) == 0, timeout=10)
         with dialers(bob, 4):
-            await until(lambda: bob.connections_from(HOSTILE) == 4)
+            await wait_until(lambda: bob.connections_from(HOSTILE) == 4, timeout=10)
             assert bob.statistics().connections_refused == 6
 
 
@@ -75,7 +69,7 @@ async def test_a_handshake_flood_from_one_source_is_cut_to_its_budget(
         with dialers(bob, 1) as [push]:
             for packet in stalled_hs1s(50):
                 push.send(packet)
-            await until(lambda: bob.statistics().handshakes_limited >= 35)
+            await wait_until(lambda: bob.statistics().handshakes_limited >= 35, timeout=10)
             assert bob.statistics().pending_handshakes <= 12  # the burst, and a refill
             async with open_node(Identity.generate()) as alice:
                 await alice.connect(bob.address, attempts=1)  # its budget is its own
@@ -102,7 +96,7 @@ async def test_a_full_handshake_table_evicts_from_the_source_holding_the_most() 
         flood = Proc("hs1flood", "--connect", bob.address, "--source", HOSTILE, "--seconds", "30")
         try:
             flood.line()
-            await until(lambda: bob.statistics().handshakes_evicted > 200)
+            await wait_until(lambda: bob.statistics().handshakes_evicted > 200, timeout=10)
             async with open_node(Identity.generate(), config=config) as alice:
                 for _ in range(5):
                     evicted = bob.statistics().handshakes_evicted
