@@ -41,9 +41,10 @@ class HangUpListener:
             while True:
                 stream = await listener.accept()
                 self.accepted += 1
+                # The dialer may reset first (its outbox let go, or the node exiting).
                 async with stream:
-                    await stream.send_all(SP_HEADER_PULL0)
-                    with trio.move_on_after(1):
+                    with contextlib.suppress(trio.BrokenResourceError), trio.move_on_after(1):
+                        await stream.send_all(SP_HEADER_PULL0)
                         await stream.receive_some(8)
 
     @property
