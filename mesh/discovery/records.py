@@ -93,7 +93,7 @@ MAILBOX_SCHEMES = ("tcp", "tcp4", "tcp6", "tls+tcp", "ws", "wss", "ipc")
 """nng transports a mailbox URL may use."""
 
 _MAILBOX = re.compile(r"^(?:" + "|".join(re.escape(s) for s in MAILBOX_SCHEMES) + r")://\S+$")
-_HEX = re.compile(r"^[0-9a-f]*$")
+_HEX = re.compile(r"[0-9a-f]*\Z")  # \Z, not $: $ also matches before a final newline
 
 
 class RejectReason(enum.Enum):

@@ -224,3 +224,16 @@ def test_any_flipped_byte_is_rejected_or_harmless(index: int, delta: int) -> Non
         return
     # Only an edit outside the signed values can survive (e.g. a key's case).
     assert got == a
+
+
+@pytest.mark.parametrize("key", [b"sig=", b"id="])
+def test_a_hex_value_ending_in_a_newline_is_rejected(key: bytes) -> None:
+    """Found by the flipped-byte fuzz: `$` let a final newline through the hex check,
+    and `bytes.fromhex` then raised a bare ValueError."""
+    a = alice()
+    data = bytearray(a.to_txt())
+    start = data.index(key)
+    end = start - 1 + 1 + data[start - 1]  # the length byte, then the string
+    data[end - 1] = ord("\n")
+    with pytest.raises(AnnouncementRejected):
+        verify_announcement(bytes(data), a.instance)
