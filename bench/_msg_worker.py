@@ -30,7 +30,7 @@ def emit(**fields: object) -> None:
 
 
 def raw_pull(count: int) -> None:
-    with pynng.Pull0(recv_max_size=MAX) as sock:
+    with pynng.Pair1(polyamorous=True, recv_max_size=MAX) as sock:
         sock.listen("tcp://127.0.0.1:0")
         emit(address="tcp://" + str(sock.listeners[0].local_address))
         sock.recv_msg()
@@ -41,7 +41,7 @@ def raw_pull(count: int) -> None:
 
 
 def raw_push(address: str, count: int, size: int) -> None:
-    with pynng.Push0(send_buffer_size=1024) as sock:
+    with pynng.Pair1(send_buffer_size=1024) as sock:
         sock.dial(address, block=True)
         body = bytes(size)
         for _ in range(count):
@@ -50,7 +50,7 @@ def raw_push(address: str, count: int, size: int) -> None:
 
 
 def raw_echo() -> None:
-    with pynng.Pull0(recv_max_size=MAX) as pull, pynng.Push0() as push:
+    with pynng.Pair1(polyamorous=True, recv_max_size=MAX) as pull, pynng.Pair1() as push:
         pull.listen("tcp://127.0.0.1:0")
         emit(address="tcp://" + str(pull.listeners[0].local_address))
         reply_to = pull.recv_msg().bytes.decode()
@@ -64,7 +64,7 @@ def raw_echo() -> None:
 
 
 def raw_ping(address: str, count: int, size: int) -> None:
-    with pynng.Pull0(recv_max_size=MAX) as pull, pynng.Push0() as push:
+    with pynng.Pair1(polyamorous=True, recv_max_size=MAX) as pull, pynng.Pair1() as push:
         pull.listen("tcp://127.0.0.1:0")
         push.dial(address, block=True)
         push.send(("tcp://" + str(pull.listeners[0].local_address)).encode())

@@ -49,7 +49,7 @@ class NodeStatistics:
     handshakes_timed_out: int
     handshakes_limited: int
     connections_refused: int
-    redials_stopped: int
+    outboxes_lost: int
     sessions_failed: int
     packets_dropped: int
     packets_received: int
@@ -64,7 +64,7 @@ class Counters:
     handshakes_evicted: int = 0
     handshakes_timed_out: int = 0
     handshakes_limited: int = 0
-    redials_stopped: int = 0
+    outboxes_lost: int = 0
     sessions_failed: int = 0
     packets_dropped: int = 0
     packets_received: int = 0
@@ -76,7 +76,7 @@ class NodeTables:
     def __init__(
         self,
         local: LocalIdentity,
-        pull: pynng.Pull0,
+        mailbox: pynng.Pair1,
         nursery: trio.Nursery,
         config: NodeConfig,
         allow: Collection[str] | None,
@@ -85,7 +85,7 @@ class NodeTables:
         """Use `open_node` instead (it hands over the `SourceTable` nng's hooks fill)."""
         self.local = local
         self.config = config
-        self._pull = pull
+        self._mailbox = mailbox
         self._nursery = nursery
         self._allow = allow
         self._outboxes: dict[str, Outbox] = {}
@@ -128,8 +128,7 @@ class NodeTables:
             handshakes_timed_out=c.handshakes_timed_out,
             handshakes_limited=c.handshakes_limited,
             connections_refused=self._sources.refused,
-            redials_stopped=c.redials_stopped
-            + sum(outbox.redial_stopped for outbox in self._outboxes.values()),
+            outboxes_lost=c.outboxes_lost + sum(box.lost for box in self._outboxes.values()),
             sessions_failed=c.sessions_failed,
             packets_dropped=c.packets_dropped,
             packets_received=c.packets_received,
@@ -212,10 +211,14 @@ class NodeTables:
 
     def _acquire(self, mailbox: str) -> Outbox:
         outbox = self._outboxes.get(mailbox)
-        if outbox is None or outbox.redial_stopped:
-            # One that stopped redialling stays with the sessions holding it (they end
-            # by their heartbeats); a new user gets a fresh dialer: a peer restarting
-            # may hang up on one connection as it goes, and be back a moment later.
+        if outbox is None or (
+            outbox.lost
+            and trio.current_time() - outbox.created >= self.config.reconnect_min_ms / 1000
+        ):
+            # A lost one stays with the sessions holding it (they end at the next
+            # timer pass); a new user gets a fresh connection -- a peer that restarted,
+            # or was not up yet, may be there now -- but no more than one per
+            # `reconnect_min_ms` (a flood naming one mailbox gets no socket each).
             outbox = self._outboxes[mailbox] = Outbox(mailbox, self.config)
         outbox.users += 1
         return outbox
@@ -226,9 +229,9 @@ class NodeTables:
             return  # still in use (or let go once too often: already closed)
         if self._outboxes.get(outbox.mailbox) is outbox:
             del self._outboxes[outbox.mailbox]
-        if outbox.redial_stopped:
-            self._counters.redials_stopped += 1
-            log.info("%s hung up as we connected; stopped redialling it", outbox.mailbox)
+        if outbox.lost:
+            self._counters.outboxes_lost += 1
+            log.debug("connection to %s lost or never made", outbox.mailbox)
         if linger:
             self._nursery.start_soon(self._close_later, outbox)
         else:

@@ -1,13 +1,14 @@
 """One session with a peer as a node carries it: its send paths and its outbox.
 
-`Outbox` is one nng `Push0` dialer to a remote mailbox, shared by every session to
-that mailbox and driven by fd polling and non-blocking sends; it stops redialling a
-mailbox that hangs up as it connects (`mesh.nngguard`: an nng crash). `PeerSession` is what
-the application holds for a live session: `send` (inline when idle, else queued and
-coalesced by the session's sender task), `send_many` (a batch sealed into as few
-packets as possible), `aclose`. Frames leave in the order they were given on every
-path. The node (`mesh.transport`) creates, tables and ends these; this module holds
-no tables and makes no protocol decisions (those are `mesh.session`'s).
+`Outbox` is one nng connection (`mesh.nngsockets.outbox_socket`) to a remote mailbox,
+shared by every session to that mailbox and driven by fd polling and non-blocking
+sends; it dials once and is `lost` when that connection fails or ends.
+`PeerSession` is what the application holds for a live session: `send` (inline when
+idle, else queued and coalesced by the session's sender task), `send_many` (a batch
+sealed into as few packets as possible), `aclose`. Frames leave in the order they
+were given on every path. The node (`mesh.transport`) creates, tables and ends
+these; this module holds no tables and makes no protocol decisions (those are
+`mesh.session`'s).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import pynng
 import trio
 
 from mesh.errors import LocalProtocolError, MeshError
-from mesh.nngguard import RedialGuard
-from mesh.session import MAX_PACKET_SIZE, PeerInfo, Session
+from mesh.nngsockets import ConnectionWatch, outbox_socket
+from mesh.session import PeerInfo, Session
 from mesh.wire import Close, Frame, encode
 
 IDLE_FAST_PATH = 0.0002
@@ -44,6 +45,7 @@ class NodeConfig:
     """Limits and timers of a node; the defaults suit a LAN of machines."""
 
     handshake_timeout: float = 5.0
+    connect_timeout: float = 2.0  # an outbox not connected by then is lost
     max_pending_handshakes: int = 64
     send_queue_frames: int = 1024
     coalesce_bytes: int = 60_000
@@ -61,7 +63,7 @@ class NodeConfig:
 
 
 class Outbox:
-    """One Push0 dialer to a remote mailbox, shared by the sessions to it.
+    """One dialer to a remote mailbox, shared by the sessions to it.
 
     Reference counted by its users (pending handshakes, sessions, in-flight
     handshake writes); the socket closes when the last one lets go.
@@ -72,20 +74,24 @@ class Outbox:
         self.users = 0
         self._closed = False
         self._lock = trio.Lock()
-        self._sock = pynng.Push0(
-            send_buffer_size=64,
-            recv_max_size=MAX_PACKET_SIZE,
-            reconnect_time_min=config.reconnect_min_ms,
-            reconnect_time_max=config.reconnect_max_ms,
-        )
+        self._sock = outbox_socket(send_buffer_size=64)
         self._send_fd: int = self._sock.send_fd
-        self._guard = RedialGuard(self._sock)  # before any connection: see mesh.nngguard
-        self._guard.dial(mailbox)
+        self._watch = ConnectionWatch(self._sock)
+        self.created = trio.current_time()
+        self._give_up_at = self.created + config.connect_timeout
+        # The one attempt starts here, on the thread that will close the socket
+        # (`mesh.nngsockets`: why).
+        self._sock.dial(mailbox, block=False)
 
     @property
-    def redial_stopped(self) -> bool:
-        """Whether a connection closed as it opened, so nng redials no more."""
-        return self._guard.stopped
+    def lost(self) -> bool:
+        """Whether the connection ended, or did not come up within `connect_timeout`.
+
+        An outbox never redials: a lost one stays with the sessions holding it (they
+        end by their heartbeats) and the next user gets a fresh one.
+        """
+        watch = self._watch
+        return watch.lost or (not watch.opened and trio.current_time() >= self._give_up_at)
 
     async def write(self, packet: bytes) -> None:
         """Queue one packet on the socket, waiting (by fd) while it is full.

@@ -1,10 +1,11 @@
 """The Trio shell that carries sessions over nng.
 
-Each node has one inbound mailbox, a `Pull0` listener, and one outbound `Push0`
-dialer per remote mailbox (shared by every session to that mailbox). A session
-spans a pair of connections: our Push to the peer's mailbox and the peer's Push
-to ours. All protocol decisions live in `mesh.session`, and the tables a node keeps
-in `mesh.node_tables`; this module only moves packets and enforces resource limits:
+Each node has one inbound mailbox, a polyamorous `Pair1` listener, and one outbound
+`Pair1` dialer per remote mailbox, shared by every session to that mailbox
+(`mesh.nngsockets`: why pair1 and not push/pull). A session spans a pair of
+connections: our outbox to the peer's mailbox and the peer's outbox to ours. All
+protocol decisions live in `mesh.session`, and the tables a node keeps in
+`mesh.node_tables`; this module only moves packets and enforces resource limits:
 
 * sockets are driven by fd polling (`wait_readable` on nng's recv/send fds plus
   non-blocking calls), several times faster under Trio than `asend`/`arecv`;
@@ -16,8 +17,9 @@ in `mesh.node_tables`; this module only moves packets and enforces resource limi
 * per network source (`mesh.sources`): a cap on connections held (nng's connect
   hook turns the rest away), a budget of handshakes started per second, and the
   eviction of a full handshake table's slot from the source holding the most;
-* nng redials dropped connections with exponential backoff; `connect` retries a
-  handshake that timed out, with backoff;
+* an outbox dials once and never redials (`mesh.nngsockets`): a session whose
+  connection is lost is closed at the next timer pass, and the next use of that
+  mailbox dials afresh; `connect` retries a handshake that timed out, with backoff;
 * heartbeats on idle sessions; a silent peer's session is closed;
 * the application takes frames from `incoming()`, or has them handled by `serve`:
   then the task that reads a packet runs the handler itself when no other frame is
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import select
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 
 import pynng
@@ -41,6 +43,7 @@ import trio
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 from mesh.identity import Identity
 from mesh.inbox import Handler
+from mesh.nngsockets import mailbox_socket
 from mesh.node_tables import NodeStatistics, NodeTables, SessionEvent
 from mesh.peer import (
     ConnectError,
@@ -68,6 +71,8 @@ from mesh.sources import UNKNOWN, SourceTable, eviction_victim, source_of
 from mesh.wire import Close, Error, Heartbeat, ProfileSummary
 
 log = logging.getLogger("mesh.transport")
+
+LOST_POLL = 0.05  # seconds between looks at a connecting handshake's outbox
 
 
 class Node(NodeTables):
@@ -116,7 +121,7 @@ class Node(NodeTables):
         try:
             await outbox.write(handshake.start())
             with trio.move_on_after(self.config.handshake_timeout):
-                outcome = await done_recv.receive()
+                outcome = await _unless_lost(outbox, done_recv.receive)
                 if isinstance(outcome, PeerSession):
                     # XX puts our proof in the last message: wait for the
                     # responder's first authenticated packet (or its REJECT).
@@ -188,7 +193,7 @@ class Node(NodeTables):
         whole burst is queued before any of it is handled, so a handler can tell the
         last frame of a burst (`queued_frames() == 0`).
         """
-        fd = self._pull.recv_fd
+        fd = self._mailbox.recv_fd
         more = select.poll()
         more.register(fd, select.POLLIN)
         inbox = self._inbox
@@ -200,7 +205,7 @@ class Node(NodeTables):
                 for _ in range(256):
                     try:
                         # Not recv(): it fails on an empty message (nng gives NULL).
-                        message = self._pull.recv_msg(block=False)
+                        message = self._mailbox.recv_msg(block=False)
                     except pynng.TryAgain:
                         break
                     self._counters.packets_received += 1
@@ -341,7 +346,7 @@ class Node(NodeTables):
     # ------------------------------------------------------------------ timers
 
     async def run_timers(self) -> None:
-        """Expire stalled handshakes, send heartbeats, close silent sessions."""
+        """Expire stalled handshakes, send heartbeats, close silent or cut-off sessions."""
         tick = min(self.config.heartbeat_interval, self.config.handshake_timeout) / 4
         while True:
             await trio.sleep(tick)
@@ -355,7 +360,12 @@ class Node(NodeTables):
                 self._counters.handshakes_timed_out += 1
                 self._release(outbox)
         for peer in list(self._sessions.values()):
-            if now - peer.last_received >= self.config.dead_after:
+            if peer.outbox.lost:  # never redialled (`mesh.nngsockets`): nothing gets through
+                log.warning(
+                    "connection to %s (%s) lost; closing", peer.peer_id, peer.outbox.mailbox
+                )
+                self._drop(peer, "connection to the peer's mailbox lost")
+            elif now - peer.last_received >= self.config.dead_after:
                 log.warning(
                     "session with %s silent for %.1f s; closing",
                     peer.peer_id,
@@ -406,16 +416,16 @@ async def open_node(
     is closed politely and every socket is closed.
     """
     config = config or NodeConfig()
-    pull = pynng.Pull0(recv_max_size=MAX_PACKET_SIZE, recv_buffer_size=128)
+    sock = mailbox_socket(recv_max_size=MAX_PACKET_SIZE, recv_buffer_size=128)
     sources = SourceTable(config.max_connections_per_source)
-    pull.add_pre_pipe_connect_cb(lambda pipe: _admit(sources, pipe))
-    pull.add_post_pipe_remove_cb(lambda pipe: sources.remove(pipe.id))
+    sock.add_pre_pipe_connect_cb(lambda pipe: _admit(sources, pipe))
+    sock.add_post_pipe_remove_cb(lambda pipe: sources.remove(pipe.id))
     try:
-        listener = pull.listen(listen)
+        listener = sock.listen(listen)
         mailbox = advertise or _resolved(listen, str(listener.local_address))
         local = LocalIdentity.create(identity, mailbox, profile)
         async with trio.open_nursery() as nursery:
-            node = Node(local, pull, nursery, config, allow, sources)
+            node = Node(local, sock, nursery, config, allow, sources)
             nursery.start_soon(node.run_receiver)
             nursery.start_soon(node.run_timers)
             try:
@@ -426,7 +436,24 @@ async def open_node(
         for outbox in list(node._outboxes.values()):
             outbox.close()
     finally:
-        pull.close()
+        sock.close()
+
+
+async def _unless_lost(outbox: Outbox, receive: Callable[[], Awaitable[object]]) -> object:
+    """What `receive` returns, or a `TimeoutError` as soon as `outbox` is lost (a
+    refused or dropped connection: waiting out the handshake timeout gains nothing)."""
+    result: object = TimeoutError(f"connection to {outbox.mailbox} refused or lost")
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            while not outbox.lost:
+                await trio.sleep(LOST_POLL)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        result = await receive()
+        nursery.cancel_scope.cancel()
+    return result
 
 
 def _admit(sources: SourceTable, pipe: pynng.Pipe) -> None:

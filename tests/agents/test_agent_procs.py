@@ -166,7 +166,7 @@ def test_a_flood_of_garbage_handshakes_writes_a_bounded_log(tmp_path: Path) -> N
     try:
         status = wait_for_status(data, proc)
         flood = 3_000
-        with pynng.Push0(send_timeout=5_000) as push:
+        with pynng.Pair1(send_timeout=5_000) as push:
             push.dial(status["mailbox"], block=True)
             for i in range(flood):  # an HS1 kind byte, then bytes that are no handshake
                 push.send(bytes([HS1]) + i.to_bytes(4, "big") + bytes(100))

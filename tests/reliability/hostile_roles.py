@@ -34,7 +34,7 @@ import trio
 from agents.channels import ChannelConfig
 from mesh.chain.tx import p2pkh_script
 from mesh.identity import Identity
-from mesh.nngguard import RedialGuard
+from mesh.nngsockets import SP_HEADER, outbox_socket
 from mesh.session import DATA, HS1, HS2, HS3, MAX_PACKET_SIZE, REJECT, Handshake, LocalIdentity
 from mesh.transport import ConnectError, open_node
 from mesh.wire import (
@@ -49,10 +49,6 @@ from mesh.wire import (
 )
 from tests.reliability.agent import emit, node_config, reliable_agent
 from tests.reliability.channel_roles import describe
-
-SP_HEADER_PUSH = b"\x00SP\x00\x00\x51\x00\x00"
-"""What an nng Push0 peer sends first on a TCP connection (protocol 0x51)."""
-
 
 # --------------------------------------------------------------------------- violator
 
@@ -209,12 +205,12 @@ async def flood(args: argparse.Namespace) -> None:
     if args.replay:
         captured = [bytes.fromhex(line) for line in args.replay.read_text().split()]
     target = f"tcp://{args.source};{args.connect.removeprefix('tcp://')}"
-    # Guarded as an agent's outboxes are: the mailbox refuses connections past a
-    # source's share as they open, and nng crashes a dialer that redials those.
-    sockets = [pynng.Push0(send_buffer_size=4) for _ in range(args.count)]
+    # Outboxes as an agent's are: one connection each, never redialled (the mailbox
+    # refuses connections past a source's share as they open).
+    sockets = [outbox_socket(send_buffer_size=4) for _ in range(args.count)]
     for sock in sockets:
-        RedialGuard(sock).dial(target)
-    one_shot: list[pynng.Push0] = []
+        sock.dial(target, block=False)
+    one_shot: list[pynng.Pair1] = []
     emit("ready", pid=os.getpid(), captured=len(captured))
     sent: dict[str, int] = {}
     deadline = trio.current_time() + args.seconds
@@ -229,8 +225,8 @@ async def flood(args: argparse.Namespace) -> None:
                 continue
             sent[kind] = sent.get(kind, 0) + 1
         if rounds % 10 == 0:
-            big = pynng.Push0(send_buffer_size=2)
-            RedialGuard(big).dial(target)
+            big = outbox_socket(send_buffer_size=2)
+            big.dial(target, block=False)
             one_shot.append(big)
             with contextlib.suppress(pynng.TryAgain):
                 big.send(bytes([DATA]) + bytes(MAX_PACKET_SIZE + rng.randint(1, 1000)), block=False)
@@ -268,9 +264,9 @@ async def slow(args: argparse.Namespace) -> None:
         conn.setblocking(False)
         try:
             if kind == "half-header":
-                conn.send(SP_HEADER_PUSH[:5])
+                conn.send(SP_HEADER[:5])
             elif kind == "trickle":
-                conn.send(SP_HEADER_PUSH + struct.pack(">Q", args.claim) + b"\x04")
+                conn.send(SP_HEADER + struct.pack(">Q", args.claim) + b"\x04")
         except OSError:
             pass
         conns.append((kind, conn))

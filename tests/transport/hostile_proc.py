@@ -22,7 +22,7 @@ import time
 import pynng
 
 from mesh.identity import Identity
-from mesh.nngguard import RedialGuard
+from mesh.nngsockets import outbox_socket
 from mesh.session import DATA, HS1, HS3, MAX_PACKET_SIZE, Handshake, LocalIdentity
 
 
@@ -37,15 +37,13 @@ def main() -> None:
     # A real identity for stalled handshakes, so they pass HS1 checks.
     me = LocalIdentity.create(Identity.generate(), "tcp://127.0.0.1:9")
     sent = {"garbage": 0, "truncated": 0, "oversized": 0, "stalled": 0, "raw_tcp": 0}
-    sockets: list[pynng.Push0] = []
+    sockets: list[pynng.Pair1] = []
     raw: list[socket.socket] = []
     for _ in range(args.rounds):
 
-        def push(packet: bytes, kind: str, sockets: list[pynng.Push0] = sockets) -> None:
-            sock = pynng.Push0(send_buffer_size=2)
-            # Guarded: past its source's share the mailbox closes connections as they
-            # open, and nng crashes a dialer that redials those (mesh.nngguard).
-            RedialGuard(sock).dial(f"tcp://{args.source};{host}:{port}")
+        def push(packet: bytes, kind: str, sockets: list[pynng.Pair1] = sockets) -> None:
+            sock = outbox_socket(send_buffer_size=2)  # one connection, never redialled
+            sock.dial(f"tcp://{args.source};{host}:{port}", block=False)
             try:
                 sock.send(packet, block=False)
                 sent[kind] += 1

@@ -1,8 +1,10 @@
 """A man in the middle for nng's TCP transport: relays, reads, and tampers.
 
 nng over TCP starts with an 8-byte SP header each way, then every message is a
-64-bit big-endian length and the body. The relay parses that framing on the
-client-to-server direction and lets a test inspect or rewrite each message.
+64-bit big-endian length and the body; pair1 (`mesh.nngsockets`) starts each body
+with a 4-byte hop count. The relay parses that framing on the client-to-server
+direction and lets a test inspect or rewrite each packet (the body after the hop
+count, which it puts back).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 import trio
 
 Tamper = Callable[[int, bytes], list[bytes]]
+HOP_COUNT = 4  # bytes: pair1's header on every message
 
 
 class Relay:
@@ -71,9 +74,10 @@ class Relay:
                 if len(buffer) < 8 + size:
                     break
                 body, buffer = buffer[8 : 8 + size], buffer[8 + size :]
-                self.seen.append(body)
-                for out in self.tamper(len(self.seen) - 1, body):
-                    await dst.send_all(struct.pack(">Q", len(out)) + out)
+                hops, packet = body[:HOP_COUNT], body[HOP_COUNT:]
+                self.seen.append(packet)
+                for out in self.tamper(len(self.seen) - 1, packet):
+                    await dst.send_all(struct.pack(">Q", HOP_COUNT + len(out)) + hops + out)
 
 
 def port_of(address: str) -> int:

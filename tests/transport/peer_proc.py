@@ -91,7 +91,7 @@ async def idle(seconds: float, listen: str) -> None:
 def hs1flood(target: str, source: str, seconds: float) -> None:
     me = LocalIdentity.create(Identity.generate(), f"tcp://{source}:9")
     packets = [Handshake(me, initiator=True).start() for _ in range(500)]
-    with pynng.Push0(send_buffer_size=256) as push:
+    with pynng.Pair1(send_buffer_size=256) as push:
         push.dial(f"tcp://{source};{target.removeprefix('tcp://')}", block=True)
         emit(flooding=True)
         sent = 0

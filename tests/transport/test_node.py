@@ -91,7 +91,7 @@ async def test_pending_handshakes_are_capped_and_expire() -> None:
     config = NodeConfig(max_pending_handshakes=8, handshake_timeout=5.0)
     async with open_node(Identity.generate(), config=config) as bob:
         stalled = LocalIdentity.create(Identity.generate(), "tcp://127.0.0.1:9")
-        with pynng.Push0() as push:
+        with pynng.Pair1() as push:
             push.dial(bob.address, block=True)
             for _ in range(30):
                 push.send(Handshake(stalled, initiator=True).start())
@@ -192,14 +192,14 @@ async def test_no_frame_overtakes_the_handshake_s_last_packet() -> None:
     that task ran (an application reacting to the session at once) must queue behind
     it. Before the fix, `send_many` wrote straight to the socket: the responder dropped
     that packet (no session yet), then killed the session at the next one (counter 1,
-    expected 0). Real sockets: a Pull listener sees what leaves, in order."""
+    expected 0). Real sockets: a mailbox socket sees what leaves, in order."""
     from mesh.peer import Outbox, PeerSession
     from mesh.session import DATA, packet_kind
     from tests.test_session import pair
 
     initiator, responder = pair()
     address = f"tcp://127.0.0.1:{free_port()}"
-    with pynng.Pull0(listen=address, recv_timeout=5_000) as pull:
+    with pynng.Pair1(polyamorous=True, listen=address, recv_timeout=5_000) as pull:
         outbox = Outbox(address, NodeConfig())
         try:
             peer = PeerSession(NodeConfig(), initiator, outbox, lambda p, r: None, b"HS3")

@@ -98,7 +98,7 @@ async def test_empty_and_tiny_packets_are_dropped_not_fatal(served: bool) -> Non
             nursery.start_soon(bob.serve, handler)
         else:
             nursery.start_soon(take, bob)
-        with pynng.Push0() as raw:
+        with pynng.Pair1() as raw:
             raw.dial(bob.address, block=True)
             for junk in (b"", b"\x00", b"\x03", b"\x01" + bytes(3)):
                 raw.send(junk)

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from mesh.identity import Identity
-from mesh.nngguard import RedialGuard
+from mesh.nngsockets import outbox_socket
 from mesh.session import Handshake, LocalIdentity
 from mesh.transport import Node, NodeConfig, open_node
 from tests.transport.procs import Proc
@@ -25,14 +25,13 @@ HOSTILE = "127.0.0.2"
 
 
 @contextmanager
-def dialers(node: Node, count: int, source: str = HOSTILE) -> Iterator[list[pynng.Push0]]:
-    """`count` Push0 sockets dialling `node`'s mailbox from `source`, each guarded as
-    an agent's outboxes are (an unguarded nng dialer may crash when refused)."""
+def dialers(node: Node, count: int, source: str = HOSTILE) -> Iterator[list[pynng.Pair1]]:
+    """`count` outbox sockets dialling `node`'s mailbox once each, from `source`."""
     with ExitStack() as stack:
         socks = []
         for _ in range(count):
-            sock = stack.enter_context(pynng.Push0())
-            RedialGuard(sock).dial(f"tcp://{source};{node.address.removeprefix('tcp://')}")
+            sock = stack.enter_context(outbox_socket(send_buffer_size=8))
+            sock.dial(f"tcp://{source};{node.address.removeprefix('tcp://')}", block=False)
             socks.append(sock)
         yield socks
 
