@@ -41,7 +41,7 @@ SP_HEADER = b"\x00SP\x00\x00\x11\x00\x00"
 NO_REDIAL_MS = 2**31 - 1
 """nng's redial delay for outboxes, its largest (~25 days). nng draws each delay at
 random below it, so one lost outbox in ~36 000 redials within a minute; the node
-closes a lost outbox once its sessions end (within `dead_after`, 15 s)."""
+closes a lost outbox within a timer pass or two (~1.25 s each) and a linger."""
 
 OUTBOX_RECV_MAX = 64
 """Bytes: a mailbox never sends, so anything its end of an outbox's connection sends

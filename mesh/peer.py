@@ -63,7 +63,7 @@ class NodeConfig:
 
 
 class Outbox:
-    """One dialer to a remote mailbox, shared by the sessions to it.
+    """One connection to a remote mailbox, shared by the sessions to it.
 
     Reference counted by its users (pending handshakes, sessions, in-flight
     handshake writes); the socket closes when the last one lets go.
@@ -87,8 +87,8 @@ class Outbox:
     def lost(self) -> bool:
         """Whether the connection ended, or did not come up within `connect_timeout`.
 
-        An outbox never redials: a lost one stays with the sessions holding it (they
-        end by their heartbeats) and the next user gets a fresh one.
+        An outbox never redials: a lost one stays with the sessions holding it (the
+        node closes them at its next timer pass) and the next user gets a fresh one.
         """
         watch = self._watch
         return watch.lost or (not watch.opened and trio.current_time() >= self._give_up_at)

@@ -73,6 +73,13 @@ from mesh.wire import Close, Error, Heartbeat, ProfileSummary
 log = logging.getLogger("mesh.transport")
 
 LOST_POLL = 0.05  # seconds between looks at a connecting handshake's outbox
+MAILBOX_QUEUE = 1
+"""Packets nng queues in the mailbox ahead of the reader. Past it, each connection
+waits its turn with one packet, so a quiet peer's packet waits behind at most this
+many from a flood plus one per other connection -- round robin, as `Pull0` was. Under
+a one-source HS1 flood (`transport/test_sources.py`, five connects of an honest peer)
+the test took 2-3 s at 1, 4-10 s at 8 and failed its 2 s handshakes at 128; a lone
+sender still gets ~28 000 raw messages/s through at 1 (64 000 at 128)."""
 
 
 class Node(NodeTables):
@@ -355,7 +362,7 @@ class Node(NodeTables):
     def handle_timer(self, now: float) -> None:
         """One pass of the timer work at time `now` (also called by tests)."""
         for index, (_, deadline, outbox, _) in list(self._responding.items()):
-            if now >= deadline:
+            if now >= deadline or outbox.lost:  # lost: the reply cannot get through
                 del self._responding[index]
                 self._counters.handshakes_timed_out += 1
                 self._release(outbox)
@@ -416,7 +423,7 @@ async def open_node(
     is closed politely and every socket is closed.
     """
     config = config or NodeConfig()
-    sock = mailbox_socket(recv_max_size=MAX_PACKET_SIZE, recv_buffer_size=128)
+    sock = mailbox_socket(recv_max_size=MAX_PACKET_SIZE, recv_buffer_size=MAILBOX_QUEUE)
     sources = SourceTable(config.max_connections_per_source)
     sock.add_pre_pipe_connect_cb(lambda pipe: _admit(sources, pipe))
     sock.add_post_pipe_remove_cb(lambda pipe: sources.remove(pipe.id))
