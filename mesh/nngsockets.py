@@ -70,6 +70,39 @@ def outbox_socket(*, send_buffer_size: int) -> pynng.Pair1:
     )
 
 
+class MailboxReader:
+    """Takes packets off a mailbox without building pynng's per-message objects.
+
+    pynng's `recv_msg` wraps each message in a `Message` and looks its connection up
+    in a locked table of `Pipe` objects: 11-15 us per packet on this 2-core VM, where
+    the same read, copy and connection id through pynng's own cffi bindings (this)
+    take 7. One reader per mailbox, used from one thread.
+    """
+
+    def __init__(self, sock: pynng.Socket) -> None:
+        self._socket = sock.socket
+        self._out = pynng.ffi.new("nng_msg **")
+
+    def read_nowait(self) -> tuple[bytes, int] | None:
+        """The next packet and the id of the connection it came on; None if none
+        waits. Raises `pynng.Closed` once the mailbox is closed."""
+        lib = pynng.lib
+        err = lib.nng_recvmsg(self._socket, self._out, lib.NNG_FLAG_NONBLOCK)
+        if err == lib.NNG_EAGAIN:
+            return None
+        pynng.check_err(err)
+        msg = self._out[0]
+        try:
+            size = lib.nng_msg_len(msg)
+            body = b""  # an empty message may have no body at all (NULL)
+            if size:
+                body = pynng.ffi.unpack(pynng.ffi.cast("char *", lib.nng_msg_body(msg)), size)
+            connection = lib.nng_pipe_id(lib.nng_msg_get_pipe(msg))
+        finally:
+            lib.nng_msg_free(msg)
+        return body, connection
+
+
 class ConnectionWatch:
     """Whether a socket's one connection came up, and whether it has gone.
 
@@ -95,6 +128,7 @@ __all__ = [
     "OUTBOX_RECV_MAX",
     "SP_HEADER",
     "ConnectionWatch",
+    "MailboxReader",
     "mailbox_socket",
     "outbox_socket",
 ]

@@ -43,7 +43,7 @@ import trio
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 from mesh.identity import Identity
 from mesh.inbox import Handler
-from mesh.nngsockets import mailbox_socket
+from mesh.nngsockets import MailboxReader, mailbox_socket
 from mesh.node_tables import NodeStatistics, NodeTables, SessionEvent
 from mesh.peer import (
     ConnectError,
@@ -67,7 +67,7 @@ from mesh.session import (
     reject_packet,
     reject_reason,
 )
-from mesh.sources import UNKNOWN, SourceTable, eviction_victim, source_of
+from mesh.sources import SourceTable, eviction_victim, source_of
 from mesh.wire import Close, Error, Heartbeat, ProfileSummary
 
 log = logging.getLogger("mesh.transport")
@@ -203,6 +203,7 @@ class Node(NodeTables):
         fd = self._mailbox.recv_fd
         more = select.poll()
         more.register(fd, select.POLLIN)
+        reader = MailboxReader(self._mailbox)
         inbox = self._inbox
         while True:
             await inbox.handle_queued()
@@ -210,26 +211,24 @@ class Node(NodeTables):
             try:
                 await trio.lowlevel.wait_readable(fd)  # also this loop's checkpoint
                 for _ in range(256):
-                    try:
-                        # Not recv(): it fails on an empty message (nng gives NULL).
-                        message = self._mailbox.recv_msg(block=False)
-                    except pynng.TryAgain:
+                    packet = reader.read_nowait()
+                    if packet is None:
                         break
                     self._counters.packets_received += 1
-                    await self._dispatch(message.bytes, message.pipe)
+                    await self._dispatch(*packet)
                     if not more.poll(0):
                         break
             finally:
                 inbox.reading.release()  # to the other reader, if one waits
 
-    async def _dispatch(self, packet: bytes, pipe: pynng.Pipe | None) -> None:
+    async def _dispatch(self, packet: bytes, connection: int) -> None:
         kind = packet_kind(packet)
         if kind != HS1 and len(packet) < 1 + INDEX_LEN:
             kind = 0  # too short to name a receiver: garbage
         if kind == DATA:
             await self._on_data(packet)
         elif kind == HS1:
-            self._on_hs1(packet, self._sources.source(pipe.id) if pipe else UNKNOWN)
+            self._on_hs1(packet, self._sources.source(connection))
         elif kind == HS2:
             self._on_hs2(packet)
         elif kind == HS3:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 import trio
 
 from mesh.identity import Identity
-from mesh.nngsockets import SP_HEADER
+from mesh.nngsockets import SP_HEADER, MailboxReader, mailbox_socket, outbox_socket
 from mesh.peer import NodeConfig, Outbox
 from mesh.session import Handshake, LocalIdentity
 from tests.transport.procs import Proc
@@ -156,6 +157,44 @@ async def test_a_node_reconnects_to_a_peer_restarted_on_its_address() -> None:
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_mailbox_reader_takes_each_packet_with_its_connection() -> None:
+    mailbox = mailbox_socket(recv_max_size=1024, recv_buffer_size=16)
+    connections: list[int] = []
+    mailbox.add_post_pipe_connect_cb(lambda pipe: connections.append(pipe.id))
+    port = free_port()
+    mailbox.listen(f"tcp://127.0.0.1:{port}")
+    outboxes = [outbox_socket(send_buffer_size=4) for _ in range(2)]
+    try:
+        for outbox in outboxes:
+            outbox.dial(f"tcp://127.0.0.1:{port}", block=True)
+        reader = MailboxReader(mailbox)
+        assert reader.read_nowait() is None
+        sent = [(outboxes[0], b"first"), (outboxes[1], b""), (outboxes[0], bytes(range(256)))]
+        for outbox, packet in sent:
+            outbox.send(packet)
+        read: list[tuple[bytes, int]] = []
+        deadline = time.monotonic() + 5
+        while len(read) < len(sent) and time.monotonic() < deadline:
+            packet = reader.read_nowait()
+            if packet is None:
+                time.sleep(0.01)
+            else:
+                read.append(packet)
+        by_connection: dict[int, list[bytes]] = {}
+        for body, connection in read:
+            by_connection.setdefault(connection, []).append(body)
+        # In order per connection (connections race each other), each under its own id.
+        assert sorted(by_connection.values()) == [[b""], [b"first", bytes(range(256))]]
+        assert set(by_connection) == set(connections)
+        assert reader.read_nowait() is None
+    finally:
+        for outbox in outboxes:
+            outbox.close()
+        mailbox.close()
+    with pytest.raises(pynng.Closed):
+        reader.read_nowait()
 
 
 def hammer(kind: str, seconds: float, dialers: int = 100) -> dict[str, Any]:
