@@ -39,6 +39,7 @@ from agents.settlement import ChannelSettlement, close_request
 from mesh.chain.errors import ChainError, TxRejected
 from mesh.chain.tx import parse_exact, txid_of
 from mesh.channel.keys import derive_channel_keys
+from mesh.channel.pays import latest_payment
 from mesh.channel.state import (
     FINAL_STATES,
     ChannelStateError,
@@ -264,9 +265,7 @@ class ChannelManager(ChannelSettlement):
             waited = True
         record = payer.pay(amount)
         self._counts["payments_signed"] += 1
-        self._commits.send_after_commit(
-            record.peer_id, ChannelPay(channel_id, record.seq, record.total, record.payer_sig)
-        )
+        self._commits.send_after_commit(record.peer_id, latest_payment(record))
         if record.seq - record.acked_seq == 1 or self._commits.waiting() >= self._pay_batch:
             # A lone payment, or a batch's worth signed: persist and send from here,
             # sparing them the hand-off to the committer, then let the acks in.
@@ -480,9 +479,7 @@ class ChannelManager(ChannelSettlement):
         self._unconfirmed.discard(cid)
         record = payer.record()
         if record.seq > record.acked_seq:
-            self._commits.send_after_commit(
-                peer_id, ChannelPay(cid, record.seq, record.total, record.payer_sig)
-            )
+            self._commits.send_after_commit(peer_id, latest_payment(record))
             self._commits.mark(cid)
 
     async def peer_connected(self, peer_id: str) -> None:
@@ -497,8 +494,7 @@ class ChannelManager(ChannelSettlement):
                 elif cid in self._unconfirmed:
                     pass  # the payee's ack first: it may hold a later state (see _confirmed)
                 elif record.state in (State.OPEN, State.CLOSING) and record.seq > record.acked_seq:
-                    frame = ChannelPay(cid, record.seq, record.total, record.payer_sig)
-                    await self._send(peer_id, frame)
+                    await self._send(peer_id, latest_payment(record))
                 if record.state is State.CLOSING:  # the request may have been lost
                     await self._send(peer_id, close_request(end))
             elif record.state in (State.OPEN, State.CLOSING) and record.seq:

@@ -9,6 +9,7 @@ signatures are still verified one by one). A lone payment stays a `ChannelPay`.
 
 from __future__ import annotations
 
+from mesh.channel.state import Record
 from mesh.wire import ChannelPay, ChannelPays, Frame
 
 MAX_PAYS = 256
@@ -40,6 +41,11 @@ def fold_payments(frames: list[Frame]) -> list[Frame]:
     return out
 
 
+def latest_payment(record: Record) -> ChannelPay:
+    """The frame that carries `record`'s latest signed payment (sent, or resent)."""
+    return ChannelPay(record.terms.channel_id, record.seq, record.total, record.payer_sig)
+
+
 def _folded(run: list[ChannelPay]) -> Frame:
     if len(run) == 1:
         return run[0]
@@ -52,4 +58,4 @@ def _folded(run: list[ChannelPay]) -> Frame:
     )
 
 
-__all__ = ["MAX_PAYS", "fold_payments"]
+__all__ = ["MAX_PAYS", "fold_payments", "latest_payment"]
