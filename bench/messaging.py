@@ -19,25 +19,34 @@ import subprocess
 import sys
 from typing import Any
 
-from bench.procs import ROOT, module_cmd
+from bench.procs import ROOT, pinned_cmd
 from bench.report import Param, Row, Target, percentile, quantiles
 
 SCENARIO = "messaging"
-WORKER = module_cmd("bench._msg_worker")
+WORKER = "bench._msg_worker"
 TARGET_RATIO = 0.5
 
 
-def _pair(server: list[str], client: list[str], result_from: str) -> dict[str, Any]:
-    """Start the server role, then the client with the server's address.
+def _pair(
+    server: list[str],
+    client: list[str],
+    result_from: str,
+    cpus: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Start the server role, then the client with the server's address; with
+    `cpus`, each on a CPU of its own (server, client).
 
     Returns the JSON result line of `result_from` ("server" or "client").
     """
-    srv = subprocess.Popen(WORKER + server, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    server_cpu, client_cpu = cpus or (None, None)
+    srv = subprocess.Popen(
+        pinned_cmd(server_cpu, WORKER, *server), stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     try:
         assert srv.stdout is not None
         address = json.loads(srv.stdout.readline())["address"]
         cli = subprocess.run(
-            [*WORKER, client[0], address, *client[1:]],
+            pinned_cmd(client_cpu, WORKER, client[0], address, *client[1:]),
             stdout=subprocess.PIPE,
             text=True,
             timeout=300,
@@ -64,14 +73,17 @@ def throughput(kind: str, count: int, size: int) -> float:
     return float(result["rate"])
 
 
-def round_trips(kind: str, count: int, size: int) -> list[float]:
-    """`count` sequential ping-pongs of `size` bytes; returns the RTTs in seconds, sorted."""
+def round_trips(
+    kind: str, count: int, size: int, cpus: tuple[int, int] | None = None
+) -> list[float]:
+    """`count` sequential ping-pongs of `size` bytes (with `cpus`: echo and ping each
+    pinned to one); returns the RTTs in seconds, sorted."""
     server, client = {
         "mesh": ("mesh-echo", "mesh-ping"),
         "pynng": ("raw-echo", "raw-ping"),
         "tcp": ("tcp-echo", "tcp-ping"),
     }[kind]
-    return sorted(_pair([server], [client, str(count), str(size)], "client")["rtts"])
+    return sorted(_pair([server], [client, str(count), str(size)], "client", cpus)["rtts"])
 
 
 def _label(size: int) -> str:
