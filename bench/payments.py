@@ -13,7 +13,9 @@ close) and amortised per payment, against one P2PKH transaction per payment.
 Window 1 is latency-bound, not CPU-bound: each update waits for the last one's
 acknowledgement, so it is also shown against the floor under it, raw pynng round
 trips of a payment-sized message between two processes on the same two CPUs (sync
-API, no crypto, no Trio), measured right before each window-1 run.
+API, no crypto, no Trio), measured right before each window-1 run. Windows 64 and
+1024 are also shown against the payee's own bound: `verify_digest` alone on one core
+(each update is verified there), measured like the ceiling, before and after the run.
 
 The payer and the payee each run on a CPU of their own (`bench.pinned`), as two
 agents on two machines do; ``M2MESH_BENCH_PIN=0`` lets the scheduler place them.
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.messaging import round_trips
-from bench.primitives import sign_verify_ceiling
+from bench.primitives import sign_verify_ceiling, verify_ceiling
 from bench.procs import ROOT, pinned_cmd, two_cpus
 from bench.report import Param, Row, Target, percentile, quantiles
 from mesh.chain.ledger import LocalLedger
@@ -141,6 +143,18 @@ def _rows(
             params=params,
         ),
     ]
+    if "verify_bound" in result:
+        rows.append(
+            Row(
+                SCENARIO,
+                f"updates/s, window {window}, against the payee's verify alone",
+                result["rate"],
+                "/s",
+                result["verify_bound"],
+                "verify_digest, one core",
+                params=params,
+            )
+        )
     if "floor" in result:
         rows.append(
             Row(
@@ -181,9 +195,13 @@ def run(quick: bool) -> list[Row]:
                 if window == 1:
                     rtts = round_trips("pynng", updates, PACKET_BYTES, cpus)
                     extra["floor"] = len(rtts) / sum(rtts)
+                bound = window >= 64
                 before = sign_verify_ceiling(count)
+                verify_before = verify_ceiling(count) if bound else 0.0
                 result = run_window(window, updates, work, cpus)
                 ceiling = (before + sign_verify_ceiling(count)) / 2
+                if bound:
+                    extra["verify_bound"] = (verify_before + verify_ceiling(count)) / 2
                 runs[window].append({**result, **extra, "count": updates, "ceiling": ceiling})
     rows: list[Row] = []
     for window, results in runs.items():
