@@ -29,7 +29,7 @@ def emit(**fields: object) -> None:
 # ---------------------------------------------------------------- raw pynng (sync API)
 
 
-def raw_pull(count: int) -> None:
+def raw_sink(count: int) -> None:
     with pynng.Pair1(polyamorous=True, recv_max_size=MAX) as sock:
         sock.listen("tcp://127.0.0.1:0")
         emit(address="tcp://" + str(sock.listeners[0].local_address))
@@ -40,7 +40,7 @@ def raw_pull(count: int) -> None:
         emit(rate=(count - 1) / (time.perf_counter() - start))
 
 
-def raw_push(address: str, count: int, size: int) -> None:
+def raw_source(address: str, count: int, size: int) -> None:
     with pynng.Pair1(send_buffer_size=1024) as sock:
         sock.dial(address, block=True)
         body = bytes(size)
@@ -50,33 +50,33 @@ def raw_push(address: str, count: int, size: int) -> None:
 
 
 def raw_echo() -> None:
-    with pynng.Pair1(polyamorous=True, recv_max_size=MAX) as pull, pynng.Pair1() as push:
-        pull.listen("tcp://127.0.0.1:0")
-        emit(address="tcp://" + str(pull.listeners[0].local_address))
-        reply_to = pull.recv_msg().bytes.decode()
-        push.dial(reply_to, block=True)
-        push.send(b"ready")
+    with pynng.Pair1(polyamorous=True, recv_max_size=MAX) as inbox, pynng.Pair1() as outbox:
+        inbox.listen("tcp://127.0.0.1:0")
+        emit(address="tcp://" + str(inbox.listeners[0].local_address))
+        reply_to = inbox.recv_msg().bytes.decode()
+        outbox.dial(reply_to, block=True)
+        outbox.send(b"ready")
         while True:
-            message = pull.recv_msg().bytes
+            message = inbox.recv_msg().bytes
             if message == b"stop":
                 return
-            push.send(message)
+            outbox.send(message)
 
 
 def raw_ping(address: str, count: int, size: int) -> None:
-    with pynng.Pair1(polyamorous=True, recv_max_size=MAX) as pull, pynng.Pair1() as push:
-        pull.listen("tcp://127.0.0.1:0")
-        push.dial(address, block=True)
-        push.send(("tcp://" + str(pull.listeners[0].local_address)).encode())
-        pull.recv_msg()
+    with pynng.Pair1(polyamorous=True, recv_max_size=MAX) as inbox, pynng.Pair1() as outbox:
+        inbox.listen("tcp://127.0.0.1:0")
+        outbox.dial(address, block=True)
+        outbox.send(("tcp://" + str(inbox.listeners[0].local_address)).encode())
+        inbox.recv_msg()
         body = bytes(size)
         samples = []
         for _ in range(count):
             start = time.perf_counter()
-            push.send(body)
-            pull.recv_msg()
+            outbox.send(body)
+            inbox.recv_msg()
             samples.append(time.perf_counter() - start)
-        push.send(b"stop")
+        outbox.send(b"stop")
         emit(rtts=samples)
 
 
@@ -198,8 +198,8 @@ def main() -> None:
     role, *rest = sys.argv[1:]
     args = [int(a) if a.isdigit() else a for a in rest]
     sync_roles: dict[str, Callable[..., None]] = {
-        "raw-pull": raw_pull,
-        "raw-push": raw_push,
+        "raw-sink": raw_sink,
+        "raw-source": raw_source,
         "raw-echo": raw_echo,
         "raw-ping": raw_ping,
     }

@@ -66,7 +66,7 @@ def throughput(kind: str, count: int, size: int) -> float:
     """One-way frames/s of `count` frames of `size` bytes, as the receiver saw it."""
     server, client = {
         "mesh": ("mesh-sink", "mesh-source"),
-        "pynng": ("raw-pull", "raw-push"),
+        "pynng": ("raw-sink", "raw-source"),
         "tcp": ("tcp-sink", "tcp-source"),
     }[kind]
     result = _pair([server, str(count)], [client, str(count), str(size)], "server")
