@@ -64,11 +64,16 @@ def _open_with(state: CipherState, sealed: list[bytes]) -> Callable[[int], objec
     return lambda i: state.decrypt(sealed[i])
 
 
+def _digests(count: int) -> list[bytes]:
+    """`count` distinct 32-byte digests to sign and verify."""
+    return [hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(count)]
+
+
 def sign_verify_ceiling(count: int) -> float:
     """sign + verify of a 32-byte digest, back to back, in this process."""
     key = PrivateKey()
     public = key.public_key()
-    digests = [hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(count)]
+    digests = _digests(count)
 
     def both(i: int) -> None:
         digest = digests[i]
@@ -83,7 +88,7 @@ def verify_ceiling(count: int) -> float:
     process: the most payments/s one core can take, before any other work."""
     key = PrivateKey()
     raw = key.public_key().serialize()
-    digests = [hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(count)]
+    digests = _digests(count)
     signatures = [key.sign(d, hasher=None) for d in digests]
     if not all(verify_digest(raw, d, s) for d, s in zip(digests, signatures, strict=True)):
         raise RuntimeError("verify_digest rejects a good signature")
@@ -109,7 +114,7 @@ def _terms() -> Terms:
 def _ecdsa(count: int) -> list[Row]:
     key = PrivateKey()
     public = key.public_key()
-    digests = [hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(count)]
+    digests = _digests(count)
     signatures = [key.sign(d, hasher=None) for d in digests]
     sign = best_rate(count, lambda i: key.sign(digests[i], hasher=None))
     verify = best_rate(count, lambda i: public.verify(signatures[i], digests[i], hasher=None))
