@@ -141,11 +141,29 @@ def cmd_channels(args: argparse.Namespace) -> int:
     return 0
 
 
+DATA_DIR_HELP = "the agent's data directory"
+RUNNING_HELP = "the data directory of the running agent to ask"
+
+
 def add_agent_commands(sub: Any) -> None:
-    """Register run/status/buy/channels on the `mesh` parser."""
-    run = sub.add_parser("run", help="run an agent from a profile (until Ctrl-C / SIGTERM)")
-    run.add_argument("profile", type=Path, help="the agent's profile (TOML)")
-    run.add_argument("--data-dir", type=Path, required=True, help="the agent's data directory")
+    """Register run/address/status/buy/channels on the `mesh` parser."""
+    run = sub.add_parser(
+        "run",
+        help="run an agent from a profile (until Ctrl-C / SIGTERM)",
+        description="Run an agent from its profile until Ctrl-C or SIGTERM. It listens "
+        "for sessions, announces itself and finds peers by mDNS, sells the services its "
+        "profile offers, buys what the profile wants through payment channels, anchors "
+        "its records, and answers `mesh status`, `mesh buy` and `mesh channels` on "
+        "DATA_DIR/control.sock. On Ctrl-C or SIGTERM it settles first: it closes its "
+        "channels and says goodbye on mDNS (within ~10 s).",
+    )
+    run.add_argument("profile", type=Path, help="the agent's profile (TOML; see profiles/)")
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="the agent's data directory (identity.key, agent.db, control.sock)",
+    )
     run.add_argument(
         "--ledger",
         type=Path,
@@ -153,26 +171,56 @@ def add_agent_commands(sub: Any) -> None:
     )
     run.set_defaults(func=cmd_run)
 
-    address = sub.add_parser("address", help="print a receive address of an agent's wallet")
-    address.add_argument("--data-dir", type=Path, required=True)
+    address = sub.add_parser(
+        "address",
+        help="print a receive address of an agent's wallet",
+        description="Print a new receive address of an agent's wallet, to fund it: "
+        'mesh ledger fund "$(mesh address --data-dir DIR)" 100000 --mine',
+    )
+    address.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
     address.add_argument("--key", type=Path, help="identity key (default DATA_DIR/identity.key)")
     address.set_defaults(func=cmd_address)
 
-    status = sub.add_parser("status", help="show a running agent's state")
-    status.add_argument("--data-dir", type=Path, required=True)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status = sub.add_parser(
+        "status",
+        help="show a running agent's state",
+        description="Show a running agent's peers, sessions, channels, orders and wallet "
+        "(asked over DATA_DIR/control.sock).",
+    )
+    status.add_argument("--data-dir", type=Path, required=True, help=RUNNING_HELP)
+    status.add_argument(
+        "--json", action="store_true", help="all of it as JSON, with the node's counters"
+    )
     status.set_defaults(func=cmd_status)
 
-    buy = sub.add_parser("buy", help="ask a running agent to buy a service")
+    buy = sub.add_parser(
+        "buy",
+        help="ask a running agent to buy a service",
+        description="Ask a running agent to buy UNITS of SERVICE at the cheapest offer among "
+        "the peers it is connected to (or from --peer), paying through a channel it opens "
+        "on demand. Waits up to 60 s and prints the order as JSON: its state, the units "
+        "delivered and the satoshis paid.",
+    )
     buy.add_argument("service", help="service id, e.g. spindle-time")
-    buy.add_argument("--units", type=int, required=True)
+    buy.add_argument(
+        "--units", type=int, required=True, help="how many units (ticks, readings, calls)"
+    )
     buy.add_argument("--peer", help="buy from this peer id only")
-    buy.add_argument("--max-price", type=int, help="refuse offers above this price per unit")
-    buy.add_argument("--data-dir", type=Path, required=True)
+    buy.add_argument(
+        "--max-price", type=int, help="refuse offers above this many satoshis per unit"
+    )
+    buy.add_argument("--data-dir", type=Path, required=True, help=RUNNING_HELP)
     buy.set_defaults(func=cmd_buy)
 
-    channels = sub.add_parser("channels", help="list a running agent's channels, or close one")
-    channels.add_argument("action", nargs="?", choices=["list", "close"], default="list")
-    channels.add_argument("channel_id", nargs="?")
-    channels.add_argument("--data-dir", type=Path, required=True)
+    channels = sub.add_parser(
+        "channels",
+        help="list a running agent's channels, or close one",
+        description="List a running agent's channels as JSON, or close one cooperatively: "
+        "the payee co-signs the latest payment and the close transaction is broadcast.",
+    )
+    channels.add_argument(
+        "action", nargs="?", choices=["list", "close"], default="list", help="(default list)"
+    )
+    channels.add_argument("channel_id", nargs="?", help="the channel to close (hex, as listed)")
+    channels.add_argument("--data-dir", type=Path, required=True, help=RUNNING_HELP)
     channels.set_defaults(func=cmd_channels)

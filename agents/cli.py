@@ -58,11 +58,34 @@ def cmd_id(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+m2mesh: machine-to-machine micropayments and messaging over BSV.
+
+Every machine runs one agent (`mesh run PROFILE`). Agents find each other on the LAN
+by mDNS, authenticate with their identity keys, talk over encrypted sessions and pay
+each other for services (tool time, sensor feeds, calls) through payment channels."""
+
+EPILOG = """\
+start here:
+  mesh demo                      four agents on this machine, end to end (~30 s)
+
+run agents yourself (see README.md):
+  mesh ledger init --db ledger.db
+  mesh keygen --out robot/identity.key
+  mesh ledger fund --db ledger.db "$(mesh address --data-dir robot)" 1000000 --mine
+  mesh run profiles/robot-cell.toml --data-dir robot --ledger ledger.db
+  mesh status --data-dir robot
+
+`mesh COMMAND --help` explains each command. Errors are one line on stderr, exit 1."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every `mesh` subcommand."""
     parser = argparse.ArgumentParser(
         prog="mesh",
-        description="m2mesh: machine-to-machine micropayments and messaging over BSV.",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--log-level",
@@ -72,7 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    keygen = sub.add_parser("keygen", help="create an identity key and print its peer id")
+    keygen = sub.add_parser(
+        "keygen",
+        help="create an identity key and print its peer id",
+        description="Create a new secp256k1 identity key and print its peer id (the "
+        "compressed public key in hex: an agent is its key). The file is JSON, written "
+        "atomically with mode 0600; with --passphrase-env it is sealed (argon2id + "
+        "SecretBox). An existing key file is never overwritten without --force.",
+    )
     keygen.add_argument(
         "--out", type=Path, default=DEFAULT_KEY, help=f"key file to write (default {DEFAULT_KEY})"
     )
@@ -84,9 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true", help="overwrite an existing key file")
     keygen.set_defaults(func=cmd_keygen)
 
-    ident = sub.add_parser("id", help="print the peer id of an identity key file")
-    ident.add_argument("--key", type=Path, default=DEFAULT_KEY, help="key file to read")
-    ident.add_argument("--passphrase-env", metavar="VAR", help="passphrase from variable VAR")
+    ident = sub.add_parser(
+        "id",
+        help="print the peer id of an identity key file",
+        description="Print the peer id of an identity key file. A file that others can "
+        "read, a wrong passphrase or a corrupted file is refused with one line, exit 1.",
+    )
+    ident.add_argument(
+        "--key", type=Path, default=DEFAULT_KEY, help=f"key file to read (default {DEFAULT_KEY})"
+    )
+    ident.add_argument(
+        "--passphrase-env", metavar="VAR", help="a sealed key's passphrase is in variable VAR"
+    )
     ident.set_defaults(func=cmd_id)
 
     add_demo_command(sub)

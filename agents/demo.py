@@ -339,6 +339,18 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
 
 
+DEMO_DESCRIPTION = """\
+A small factory on this machine, on the embedded defaults: a fresh LocalLedger in a
+new data dir and four agents (CNC mill, vibration sensor, quality lab, robot cell),
+each its own `mesh run` process. They find each other by mDNS on loopback,
+authenticate, and the robot cell buys spindle time, a vibration feed and inspections
+through payment channels while a live view shows peers, sessions and satoshis.
+Then the buyer stops, every channel closes cooperatively, a block is mined, and the
+on-ledger balances are reconciled with every meter to the satoshi.
+
+exit status: 0 when balances, meters and the ledger reconcile; 1 otherwise."""
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Entry point of `mesh demo`."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
@@ -347,9 +359,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_demo_command(sub: Any) -> None:
     """Register `mesh demo`."""
-    demo = sub.add_parser("demo", help="run a small factory of agents on this machine")
-    demo.add_argument("--seconds", type=float, default=30.0, help="how long to run (default 30)")
-    demo.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
-    demo.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    demo.add_argument("--data-dir", type=Path, help="use this (new) directory")
+    demo = sub.add_parser(
+        "demo",
+        help="run a small factory of agents on this machine",
+        description=DEMO_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument(
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="run at most this long (default 30); it ends earlier once the robot cell "
+        "has everything it wants",
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="keep the data dir afterwards (printed at the start)"
+    )
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary (data dir, agents, channels, meters) on stdout; "
+        "progress goes to stderr",
+    )
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        help="put the ledger and the agents' data in this new directory (kept afterwards)",
+    )
     demo.set_defaults(func=cmd_demo)

@@ -179,35 +179,76 @@ def add_ledger_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         "--db", type=Path, default=DEFAULT_LEDGER, help=f"ledger file (default {DEFAULT_LEDGER})"
     )
     ledger = subparsers.add_parser(
-        "ledger", help="the embedded local BSV ledger: test coins, blocks, proofs"
+        "ledger",
+        help="the embedded local BSV ledger: test coins, blocks, proofs",
+        description="The embedded LocalLedger: one SQLite file that stands in for the BSV "
+        "network on this host, shared by every agent on it. Create one, mint test coins, "
+        "mine blocks, look at and submit transactions. The file defaults to "
+        "$M2MESH_LEDGER or $M2MESH_HOME/ledger.db (home: ~/.m2mesh).",
     )
     actions = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
 
-    init = actions.add_parser("init", parents=[common], help="create a ledger file")
+    init = actions.add_parser(
+        "init",
+        parents=[common],
+        help="create a ledger file",
+        description="Create a ledger file with its genesis block (an existing ledger is "
+        "never re-initialised).",
+    )
     init.add_argument("--fee-rate", type=int, default=1, help="minimum fee, sat/kB (default 1)")
     init.set_defaults(func=cmd_init)
 
-    fund = actions.add_parser("fund", parents=[common], help="mint test coins to an address")
+    fund = actions.add_parser(
+        "fund",
+        parents=[common],
+        help="mint test coins to an address",
+        description="Mint test coins to a P2PKH address from the ledger's faucet and print "
+        "the new outpoint (txid:vout); --mine mines a block right after.",
+    )
     fund.add_argument("address", help="P2PKH address to pay")
     fund.add_argument("satoshis", type=int, help="amount in satoshis")
     fund.add_argument("--mine", action="store_true", help="mine a block right after")
     fund.set_defaults(func=cmd_fund)
 
-    mine = actions.add_parser("mine", parents=[common], help="mine blocks")
+    mine = actions.add_parser(
+        "mine",
+        parents=[common],
+        help="mine blocks",
+        description="Mine COUNT blocks now and print each (height, hash, transactions), "
+        "or with --interval keep mining one block every SECONDS until Ctrl-C.",
+    )
     mine.add_argument("count", type=int, nargs="?", default=1, help="blocks to mine (default 1)")
     mine.add_argument("--interval", type=float, help="keep mining one block every SECONDS")
     mine.set_defaults(func=cmd_mine)
 
-    show = actions.add_parser("show", parents=[common], help="summary, or an address's coins")
+    show = actions.add_parser(
+        "show",
+        parents=[common],
+        help="summary, or an address's coins",
+        description="Print the ledger's height, mempool and coin supply, or with --address "
+        "one address's unspent outputs.",
+    )
     show.add_argument("--address", help="list this address's unspent outputs")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=cmd_show)
 
-    tx = actions.add_parser("tx", parents=[common], help="show or submit a transaction")
+    tx = actions.add_parser(
+        "tx",
+        parents=[common],
+        help="show or submit a transaction",
+        description="Print one transaction's state, block, fee, BUMP proof and hex as JSON, "
+        "or submit one with --send and print its txid (a rejection names the rule it broke).",
+    )
     tx.add_argument("txid", nargs="?", help="transaction to show")
     tx.add_argument("--send", metavar="HEX", help="submit this transaction ('-': read stdin)")
     tx.set_defaults(func=cmd_tx)
 
-    export = actions.add_parser("export", parents=[common], help="dump blocks and transactions")
+    export = actions.add_parser(
+        "export",
+        parents=[common],
+        help="dump blocks and transactions",
+        description="Print every block with its transactions and the mempool (a readable "
+        "list, or JSON with --json).",
+    )
     export.add_argument("--json", action="store_true", help="print JSON")
     export.set_defaults(func=cmd_export)

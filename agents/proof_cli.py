@@ -139,7 +139,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def add_proof_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``proof`` and ``verify`` to the `mesh` parser's subcommands."""
     proof = subparsers.add_parser(
-        "proof", help="export a proof that a record was anchored, or list anchored streams"
+        "proof",
+        help="export a proof that a record was anchored, or list anchored streams",
+        description="Export the proof that a record an agent logged was anchored on the "
+        "ledger (--stream S --seq N, as JSON), list the streams in an agent's store with "
+        "their anchored seq ranges (--list), or write a ledger's header chain for "
+        "verifiers that do not have the ledger (--export-headers FILE). A running agent "
+        "may keep writing meanwhile.",
     )
     proof.add_argument("--data-dir", type=Path, help="the agent's data directory")
     mode = proof.add_mutually_exclusive_group(required=True)
@@ -157,7 +163,12 @@ def add_proof_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     proof.set_defaults(func=cmd_proof)
 
     verify = subparsers.add_parser(
-        "verify", help="check a proof offline against a ledger or a headers file"
+        "verify",
+        help="check a proof offline against a ledger or a headers file",
+        description="Check a proof offline, against nothing but a header chain you trust: "
+        "the record's signature, its place in the anchored batch, the anchor transaction, "
+        "its BUMP and the block. Prints VALID with the block's height and time (exit 0), "
+        "or INVALID <reason>: <detail> naming the first link that failed (exit 1).",
     )
     verify.add_argument("proof", type=Path, help="the proof file (JSON)")
     source = verify.add_mutually_exclusive_group()

@@ -186,7 +186,11 @@ def _command(args: argparse.Namespace) -> int:
 
 def add_bench_command(sub: Any) -> None:
     """Register ``mesh bench`` on the `mesh` CLI's subparsers."""
-    parser = sub.add_parser("bench", help="run the benchmark suite (from a source checkout)")
+    parser = sub.add_parser(
+        "bench",
+        help="run the benchmark suite (from a source checkout)",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
     _configure(parser)
     parser.set_defaults(func=_command)
 

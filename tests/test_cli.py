@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from agents.cli import build_parser
 from mesh.identity import load_identity
 
 
@@ -33,6 +36,36 @@ def test_help_lists_commands() -> None:
     assert result.returncode == 0
     for command in ("keygen", "id", "demo"):
         assert command in result.stdout
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: str = "mesh"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, f"{path} {name}")
+
+
+def test_every_command_and_argument_explains_itself() -> None:
+    """`--help` of every (sub)command says what it does, and every argument what it is."""
+    commands = dict(_commands(build_parser()))
+    assert {"mesh demo", "mesh run", "mesh buy", "mesh ledger fund", "mesh verify"} <= set(commands)
+    missing = [f"{path}: description" for path, p in commands.items() if not p.description]
+    for path, parser in commands.items():
+        for action in parser._actions:
+            # A command list's entries carry the help; the list itself needs none.
+            entries = getattr(action, "_choices_actions", [action])
+            missing += [f"{path}: {a.dest}" for a in entries if not a.help and a.dest != "help"]
+    assert not missing, "\n".join(missing)
+
+
+def test_demo_help_says_what_it_does() -> None:
+    result = mesh("demo", "--help")
+    assert result.returncode == 0
+    for words in ("four agents", "mDNS", "reconcile", "exit status"):
+        assert words in result.stdout, words
 
 
 def test_keygen_prints_peer_id_and_id_reads_it(tmp_path: Path) -> None:
