@@ -257,10 +257,7 @@ class ChannelManager(ChannelSettlement):
         if not isinstance(payer, Payer):
             raise ChannelFailure("only the payer pays on a channel")
         waited = False
-        while (
-            channel_id in self._unconfirmed
-            or payer.record().seq - payer.record().acked_seq >= self.config.window
-        ):
+        while channel_id in self._unconfirmed or _window_full(payer.record(), self.config.window):
             await self._ack_event(channel_id).wait()  # the committer sends the rest
             waited = True
         record = payer.pay(amount)
@@ -272,6 +269,9 @@ class ChannelManager(ChannelSettlement):
             self._commits.mark(channel_id, wake=False)
             if not await self._commits.commit_inline():
                 self._commits.wake()
+            elif _window_full(payer.record(), self.config.window):
+                # Sent, and the next payment must wait for an ack: sign it meanwhile.
+                payer.presign(amount)
             if not waited:
                 await trio.lowlevel.checkpoint()
         else:
@@ -502,6 +502,10 @@ class ChannelManager(ChannelSettlement):
                 self._commits.mark(cid)
             elif record.state is State.OPEN:  # nothing paid yet: say so (a restarted
                 await self._send(peer_id, ChannelAck(cid, 0, 0, b""))  # payer waits for it)
+
+
+def _window_full(record: Record, window: int) -> bool:
+    return record.seq - record.acked_seq >= window
 
 
 def _is_txid(text: str) -> bool:

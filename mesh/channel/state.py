@@ -211,6 +211,10 @@ class _ChannelEnd:
 class Payer(_ChannelEnd):
     """The paying end: signs refunds' counterpart, payments and nothing else."""
 
+    def __init__(self, record: Record, key: PrivateKey) -> None:
+        super().__init__(record, key)
+        self._ahead: tuple[int, bytes] | None = None  # (total, signature) from `presign`
+
     def accept_refund_signature(self, signature: bytes) -> Record:
         """Check the payee's signature on the refund; only then may funding go out."""
         digest = sighash_of(refund_tx(self.terms))
@@ -240,9 +244,26 @@ class Payer(_ChannelEnd):
             raise LocalProtocolError(
                 f"paying {amount} would exceed the channel ({total} > {self.terms.max_total})"
             )
-        signature = sign_digest(self._key, self._signer.sighash(total))
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == total:
+            signature = ahead[1]
+        else:
+            signature = sign_digest(self._key, self._signer.sighash(total))
         self._record = record.with_payment(record.seq + 1, total, signature)
         return self._record
+
+    def presign(self, amount: int) -> None:
+        """Sign ahead the state paying `amount` more than now, for the `pay` most
+        likely to come next (a meter pays the same amount every tick).
+
+        For a caller that would wait anyway (its window is full): the signature is
+        then ready when the ack comes. Signing is deterministic (RFC 6979) and binds
+        only the total, so a signature made ahead is exactly the one `pay` would make;
+        one that is not used is never sent (it stays in memory until the next `pay`).
+        """
+        total = self._record.total + amount
+        if amount > 0 and total <= self.terms.max_total:
+            self._ahead = (total, sign_digest(self._key, self._signer.sighash(total)))
 
     def release_signature(self) -> bytes:
         """Our signature giving up a channel nothing was paid on (see the module doc).

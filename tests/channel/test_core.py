@@ -16,6 +16,7 @@ from mesh.channel import (
     State,
     Terms,
     payment_tx,
+    state,
 )
 from mesh.channel.state import PAYEE_TABLE, PAYER_TABLE, Payee, Payer, Record, Role
 from mesh.channel.txs import hash256, sign_digest
@@ -357,3 +358,33 @@ def test_an_ack_of_a_state_the_payer_never_signed_is_refused() -> None:
             payer.accept_ack(seq, total, sig)
         assert info.value.code == "bad-ack"
         assert payer.record() == before
+
+
+def test_a_payment_signed_ahead_is_the_one_pay_would_sign(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payer, payee, _, _ = make_pair()
+    first = payer.pay(5)
+    twin = Payer(first, payer._key)  # the same payer, never signing ahead
+    payer.presign(5)
+    signs: list[bytes] = []
+    real_sign = state.sign_digest
+    monkeypatch.setattr(state, "sign_digest", lambda key, d: signs.append(d) or real_sign(key, d))
+    ahead = payer.pay(5)
+    assert signs == []  # taken from the signature made ahead
+    assert ahead == twin.pay(5)  # RFC 6979: the very bytes `pay` would have signed
+    assert len(signs) == 1  # (the twin's)
+    assert payee.accept_payments(1, (5, 10), (first.payer_sig, ahead.payer_sig)) == (2, None)
+
+
+def test_a_payment_of_another_amount_is_signed_afresh() -> None:
+    payer, payee, _, _ = make_pair()
+    payer.presign(5)
+    record = payer.pay(7)
+    assert payee.accept_payment(record.seq, 7, record.payer_sig)
+    payer.presign(CAPACITY)  # beyond the channel: nothing signed ahead, pay still refuses
+    with pytest.raises(LocalProtocolError):
+        payer.pay(CAPACITY)
+    payer.presign(3)
+    payer.pay(2)  # the one signed ahead (for 10) is dropped, not kept for later
+    assert payer._ahead is None
