@@ -262,7 +262,7 @@ class Payer(_ChannelEnd):
         one that is not used is never sent (it stays in memory until the next `pay`).
         """
         total = self._record.total + amount
-        if amount > 0 and total <= self.terms.max_total:
+        if self._record.state is State.OPEN and amount > 0 and total <= self.terms.max_total:
             self._ahead = (total, sign_digest(self._key, self._signer.sighash(total)))
 
     def release_signature(self) -> bytes:
