@@ -235,20 +235,9 @@ class Payer(_ChannelEnd):
     def pay(self, amount: int) -> Record:
         """Sign the next state paying `amount` more; persist the record, then send it."""
         record = self._record
-        if record.state is not State.OPEN:
-            raise ChannelStateError(f"cannot pay on a channel in state {record.state.value}")
-        if amount <= 0:
-            raise LocalProtocolError("payment amount must be positive")
-        total = record.total + amount
-        if total > self.terms.max_total:
-            raise LocalProtocolError(
-                f"paying {amount} would exceed the channel ({total} > {self.terms.max_total})"
-            )
+        total = self._next_total(amount)
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == total:
-            signature = ahead[1]
-        else:
-            signature = sign_digest(self._key, self._signer.sighash(total))
+        signature = ahead[1] if ahead is not None and ahead[0] == total else self._sign(total)
         self._record = record.with_payment(record.seq + 1, total, signature)
         return self._record
 
@@ -261,9 +250,28 @@ class Payer(_ChannelEnd):
         only the total, so a signature made ahead is exactly the one `pay` would make;
         one that is not used is never sent (it stays in memory until the next `pay`).
         """
-        total = self._record.total + amount
-        if self._record.state is State.OPEN and amount > 0 and total <= self.terms.max_total:
-            self._ahead = (total, sign_digest(self._key, self._signer.sighash(total)))
+        try:
+            total = self._next_total(amount)
+        except LocalProtocolError:  # (ChannelStateError too) `pay` will say why
+            return
+        self._ahead = (total, self._sign(total))
+
+    def _next_total(self, amount: int) -> int:
+        """The total after paying `amount` more; raises if `pay` may not pay it."""
+        record = self._record
+        if record.state is not State.OPEN:
+            raise ChannelStateError(f"cannot pay on a channel in state {record.state.value}")
+        if amount <= 0:
+            raise LocalProtocolError("payment amount must be positive")
+        total = record.total + amount
+        if total > self.terms.max_total:
+            raise LocalProtocolError(
+                f"paying {amount} would exceed the channel ({total} > {self.terms.max_total})"
+            )
+        return total
+
+    def _sign(self, total: int) -> bytes:
+        return sign_digest(self._key, self._signer.sighash(total))
 
     def release_signature(self) -> bytes:
         """Our signature giving up a channel nothing was paid on (see the module doc).
