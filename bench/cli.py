@@ -44,6 +44,8 @@ SCENARIOS: dict[str, str] = {
 """Scenario name -> module, in the order a run takes them (cheap ones first)."""
 
 DEFAULT_OUT = ROOT / "bench" / "out"
+DESCRIPTION = (__doc__ or "").split("\n\n")[0]
+"""What ``--help`` says the tool is (this module doc's first paragraph)."""
 
 
 class ScenarioMissing(Exception):
@@ -189,7 +191,7 @@ def add_bench_command(sub: Any) -> None:
     parser = sub.add_parser(
         "bench",
         help="run the benchmark suite (from a source checkout)",
-        description=(__doc__ or "").split("\n\n")[0],
+        description=DESCRIPTION,
     )
     _configure(parser)
     parser.set_defaults(func=_command)
@@ -197,8 +199,6 @@ def add_bench_command(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m bench``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench", description=(__doc__ or "").split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench", description=DESCRIPTION)
     _configure(parser)
     return _command(parser.parse_args(argv))
