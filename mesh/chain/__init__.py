@@ -1,6 +1,7 @@
 """The chain layer: one `Chain` interface, an embedded ledger, ARC, SPV and a wallet.
 
-- `Chain` (`base`): broadcast, status, merkle_proof, height, utxos, is_valid_root.
+- `Chain` (`base`): broadcast, status, output, merkle_proof, height, utxos,
+  is_valid_root.
 - `LocalLedger` (`ledger`): the embedded SQLite ledger that enforces a node's rules;
   `LocalChain` (`local`) is its `Chain` face for Trio code.
 - `ArcChain` (`arc`): the BSV network through ARC and WhatsOnChain.
@@ -12,7 +13,7 @@ Only the `Chain` shells (`local`, `arc`) use Trio; the rest is synchronous.
 """
 
 from mesh.chain.arc import ArcChain, ArcSettings
-from mesh.chain.base import Chain, TxState, TxStatus, Utxo
+from mesh.chain.base import Chain, OutputState, OutputStatus, TxState, TxStatus, Utxo
 from mesh.chain.errors import (
     RULES,
     ChainError,
@@ -48,6 +49,8 @@ __all__ = [
     "LocalChain",
     "LocalLedger",
     "Outpoint",
+    "OutputState",
+    "OutputStatus",
     "Policy",
     "SpvFailed",
     "TxRejected",

@@ -1,5 +1,5 @@
 """`ArcChain`: the `Chain` interface over ARC (broadcast, status, proofs) and WhatsOnChain
-(headers, height, UTXOs), for testnet and mainnet.
+(headers, height, UTXOs, single outputs), for testnet and mainnet.
 
 How it runs under Trio. bsv-sdk's `ARC` broadcaster has synchronous methods
 (`sync_broadcast`, `check_transaction_status`) built on `requests`; they run in
@@ -28,8 +28,10 @@ This module never signs, stores or validates transactions; it only carries them.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import trio
@@ -39,10 +41,11 @@ from bsv.http_client import HttpClient, HttpResponse, SyncHttpClient
 from bsv.merkle_path import MerklePath
 from bsv.transaction import Transaction
 
-from mesh.chain.base import TxState, TxStatus, Utxo
+from mesh.chain.base import OutputState, OutputStatus, TxState, TxStatus, Utxo
 from mesh.chain.errors import ChainError, ChainUnavailable, TxRejected
+from mesh.chain.rules import MAX_MONEY
 from mesh.chain.spv import ChainBackedTracker
-from mesh.chain.tx import p2pkh_script, tx_id
+from mesh.chain.tx import is_data_script, p2pkh_script, tx_id
 
 #: Documented defaults, used only when ``M2MESH_ARC_URL`` is not set.
 DEFAULT_ARC_URLS = {"main": "https://arc.taal.com", "test": "https://arc-test.taal.com"}
@@ -65,6 +68,9 @@ ARC_RULES = {
     "473": "fee",
 }
 _REJECTING_HTTP = {"400", "409", "422", *ARC_RULES}
+_TXID = re.compile(r"[0-9a-f]{64}")
+_MAX_VOUT = 0xFFFFFFFF
+_SATOSHIS_PER_BSV = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -221,6 +227,34 @@ class ArcChain:
         except (KeyError, TypeError, ValueError) as exc:
             raise ChainUnavailable(f"WhatsOnChain unspent entry malformed: {exc}") from None
 
+    async def output(self, txid: str, vout: int) -> OutputStatus:
+        """Output `vout` of `txid` from WhatsOnChain (mempool included), and who spends it.
+
+        Two requests: ``/tx/hash/{txid}`` for the amount (in BSV) and script, then
+        ``/tx/{txid}/{vout}/spent``, which answers 404 while the output is unspent and
+        the spending txid once it is spent. WhatsOnChain also answers 404 for a spend it
+        has not indexed yet, so a seconds-old spend can still read UNSPENT: keep polling.
+        A txid that is not 64 lowercase hex digits is UNKNOWN without a request; data
+        outputs are UNKNOWN as in the ledger.
+        """
+        unknown = OutputStatus(txid, vout, OutputState.UNKNOWN)
+        if not _TXID.fullmatch(txid) or not 0 <= vout <= _MAX_VOUT:
+            return unknown
+        tx = await self._woc_json(f"/tx/hash/{txid}", missing_ok=True)
+        if tx is None:
+            return unknown
+        found = _woc_output(tx, txid, vout)
+        if found is None or is_data_script(found[1]):
+            return unknown
+        satoshis, script = found
+        spent = await self._woc_json(f"/tx/{txid}/{vout}/spent", missing_ok=True)
+        if spent is None:
+            return OutputStatus(txid, vout, OutputState.UNSPENT, satoshis, script)
+        spender = spent.get("txid") if isinstance(spent, dict) else None
+        if not isinstance(spender, str) or not _TXID.fullmatch(spender):
+            raise ChainUnavailable(f"WhatsOnChain spent answer for {txid}:{vout} has no txid")
+        return OutputStatus(txid, vout, OutputState.SPENT, satoshis, script, spender)
+
     async def _status_data(self, txid: str) -> dict[str, Any] | None:
         data: dict[str, Any] = await trio.to_thread.run_sync(
             self._arc.check_transaction_status, txid, self.settings.timeout
@@ -231,17 +265,43 @@ class ArcChain:
             raise ChainUnavailable(f"ARC status of {txid}: {data.get('code')} {data.get('detail')}")
         return data
 
-    async def _woc_json(self, path: str) -> Any:
+    async def _woc_json(self, path: str, *, missing_ok: bool = False) -> Any:
+        """The JSON WhatsOnChain answers at `path`; None for a 404 when `missing_ok`."""
         headers = self._woc.get_headers()
         response = await trio.to_thread.run_sync(
             lambda: self._http.get(f"{self._woc.URL}{path}", headers=headers)
         )
+        # bsv-sdk maps transport failures to 0/408/503, so a 404 is the server's answer
+        if missing_ok and response.status_code == 404:
+            return None
         if not response.ok:
             raise ChainUnavailable(f"WhatsOnChain {path}: HTTP {response.status_code}")
         body = response.json()
         if not isinstance(body, dict) or "data" not in body:
             raise ChainUnavailable(f"WhatsOnChain {path}: not JSON")
         return body["data"]
+
+
+def _woc_output(tx: Any, txid: str, vout: int) -> tuple[int, bytes] | None:
+    """Amount (satoshis) and script of output `vout` in a ``/tx/hash`` answer, if it has one."""
+    if not isinstance(tx, dict) or tx.get("txid") != txid or not isinstance(tx.get("vout"), list):
+        raise ChainUnavailable(f"WhatsOnChain /tx/hash/{txid}: not a transaction")
+    for entry in tx["vout"]:
+        if not isinstance(entry, dict) or entry.get("n") != vout:
+            continue
+        value, spk = entry.get("value"), entry.get("scriptPubKey")
+        try:
+            if isinstance(value, bool) or not isinstance(spk, dict):
+                raise TypeError("no value or scriptPubKey")
+            if spk.get("isTruncated"):
+                raise ValueError("the script is truncated (over 100 kB)")
+            amount = Decimal(str(value)) * _SATOSHIS_PER_BSV
+            if amount != amount.to_integral_value() or not 0 <= amount <= MAX_MONEY:
+                raise ValueError(f"value {value} BSV is not a whole number of satoshis")
+            return int(amount), bytes.fromhex(str(spk["hex"]))
+        except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+            raise ChainUnavailable(f"WhatsOnChain output {txid}:{vout}: {exc}") from None
+    return None
 
 
 def _arc_data(extra: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """The `Chain` interface every backend implements, and the frozen data it returns.
 
 A `Chain` is what the channel manager, the wallet and anchoring see of the blockchain:
-``broadcast``, ``status``, ``merkle_proof``, ``height``, ``utxos`` and ``is_valid_root``
-(the last one is what a bsv-sdk `ChainTracker` needs; `mesh.chain.spv.ChainBackedTracker`
-wraps any `Chain` as one). Methods are async and Trio-friendly: backends that block
-(SQLite, HTTP) run their work in `trio.to_thread`.
+``broadcast``, ``status``, ``output``, ``merkle_proof``, ``height``, ``utxos`` and
+``is_valid_root`` (the last one is what a bsv-sdk `ChainTracker` needs;
+`mesh.chain.spv.ChainBackedTracker` wraps any `Chain` as one). Methods are async and
+Trio-friendly: backends that block (SQLite, HTTP) run their work in `trio.to_thread`.
 
 This module owns only the interface and its value types; it does no I/O.
 """
@@ -39,6 +39,30 @@ class TxStatus:
     detail: str = ""
 
 
+class OutputState(enum.Enum):
+    """Whether an output exists in the backend's view and is still unspent."""
+
+    UNKNOWN = "unknown"  # the view holds no such output (or it is an unspendable data output)
+    UNSPENT = "unspent"
+    SPENT = "spent"  # spent by an accepted transaction, mined or in the mempool
+
+
+@dataclass(frozen=True)
+class OutputStatus:
+    """One output as the backend sees it; amount and script are set unless UNKNOWN.
+
+    `spent_by` is the spending transaction's id when the output is SPENT and the backend
+    says which transaction spends it.
+    """
+
+    txid: str
+    vout: int
+    state: OutputState
+    satoshis: int | None = None
+    script: bytes | None = None
+    spent_by: str | None = None
+
+
 @dataclass(frozen=True)
 class Utxo:
     """An unspent output: where it is, its amount and locking script."""
@@ -63,6 +87,17 @@ class Chain(Protocol):
 
     async def status(self, txid: str) -> TxStatus:
         """The state of `txid`."""
+        ...
+
+    async def output(self, txid: str, vout: int) -> OutputStatus:
+        """Output `vout` of `txid`: UNKNOWN, UNSPENT or SPENT, with its amount and script.
+
+        The mempool counts: an output of an unmined transaction exists, and an output
+        spent only by an unmined transaction is SPENT. A payee checks a channel's funding
+        output with this before serving and until the channel closes. An output the view
+        does not hold (unknown txid, vout out of range, data output) is UNKNOWN, never an
+        error; only transport trouble raises (`ChainUnavailable`).
+        """
         ...
 
     async def merkle_proof(self, txid: str) -> MerklePath | None:

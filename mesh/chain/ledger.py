@@ -45,7 +45,7 @@ from bsv.transaction import Transaction
 from bsv.transaction_output import TransactionOutput
 
 from mesh.chain import rules
-from mesh.chain.base import TxState, TxStatus, Utxo
+from mesh.chain.base import OutputState, OutputStatus, TxState, TxStatus, Utxo
 from mesh.chain.errors import LedgerError, TxRejected
 from mesh.chain.ledger_db import (
     LEDGER_SCHEMA,
@@ -70,6 +70,7 @@ __all__ = ["LEDGER_SCHEMA", "Balance", "BlockInfo", "Clock", "LocalLedger", "Sum
 
 Clock = Callable[[], float]
 _LEVELS_CACHE = 64
+_MAX_VOUT = 0xFFFFFFFF  # an outpoint's index is 4 bytes; larger ones cannot exist
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,26 @@ class LocalLedger:
         if row[0] is None:
             return TxStatus(txid, TxState.PENDING)
         return TxStatus(txid, TxState.MINED, int(row[0]), str(row[1]))
+
+    def output(self, txid: str, vout: int) -> OutputStatus:
+        """Output `vout` of an accepted transaction (mempool included), and who spends it.
+
+        Data (``OP_FALSE OP_RETURN``) outputs are not recorded, so they are UNKNOWN like
+        an unknown txid or an index out of range.
+        """
+        if not 0 <= vout <= _MAX_VOUT:
+            return OutputStatus(txid, vout, OutputState.UNKNOWN)
+        with self._store.read() as db:
+            row = db.execute(
+                "SELECT satoshis, script, spent_by FROM outputs WHERE txid = ? AND vout = ?",
+                (txid, vout),
+            ).fetchone()
+        if row is None:
+            return OutputStatus(txid, vout, OutputState.UNKNOWN)
+        satoshis, script, spent_by = int(row[0]), bytes(row[1]), row[2]
+        if spent_by is None:
+            return OutputStatus(txid, vout, OutputState.UNSPENT, satoshis, script)
+        return OutputStatus(txid, vout, OutputState.SPENT, satoshis, script, str(spent_by))
 
     def raw_tx(self, txid: str) -> bytes | None:
         """The serialised transaction, if the ledger holds it."""

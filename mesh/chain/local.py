@@ -21,7 +21,7 @@ import trio
 from bsv.merkle_path import MerklePath
 from bsv.transaction import Transaction
 
-from mesh.chain.base import TxStatus, Utxo
+from mesh.chain.base import OutputStatus, TxStatus, Utxo
 from mesh.chain.ledger import BlockInfo, Clock, LocalLedger
 from mesh.chain.spv import ChainBackedTracker
 from mesh.chain.tx import p2pkh_script
@@ -56,6 +56,10 @@ class LocalChain:
     async def status(self, txid: str) -> TxStatus:
         """The transaction's state in the ledger."""
         return await self._run(self.ledger.status, txid)
+
+    async def output(self, txid: str, vout: int) -> OutputStatus:
+        """The output's state in the ledger (see `LocalLedger.output`)."""
+        return await self._run(self.ledger.output, txid, vout)
 
     async def merkle_proof(self, txid: str) -> MerklePath | None:
         """The BUMP proof of a mined transaction."""

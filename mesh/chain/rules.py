@@ -9,10 +9,13 @@ spent outputs arrive as a mapping.
 Decisions:
 - Fee: ``max(min_fee, ceil(size * fee_rate / 1000))`` on the actual serialised size, in
   integers (bsv-sdk's `SatoshisPerKilobyte` computes the same on its size estimate).
-- Finality is Bitcoin's IsFinalTx: nLockTime 0, or below the height of the block the
-  transaction would enter (``next_height``) — or, from 500 000 000 on, below the median
-  time past — or every input's nSequence is 0xFFFFFFFF. Non-final transactions are
-  rejected, not held (Teranode rejects them; DESIGN §4).
+- Finality is Bitcoin's IsFinalTx by default: nLockTime 0, or below the height of the
+  block the transaction would enter (``next_height``) — or, from 500 000 000 on, below the
+  median time past — or every input's nSequence is 0xFFFFFFFF. ``Policy.finality =
+  "teranode"`` takes Teranode's height rule instead (``tip_height + 1 >= nLockTime``,
+  i.e. ``nLockTime <= next_height``: one block earlier); time locks are judged the same
+  under both. Non-final transactions are rejected, not held (Teranode rejects them;
+  DESIGN §4).
 - Zero-satoshi outputs are allowed only as data outputs (``OP_FALSE OP_RETURN``).
 - Scripts run in bsv-sdk's interpreter (`Spend`), which applies the version-1
   malleability rules (push-only, low-S, NULLFAIL, clean stack).
@@ -34,19 +37,28 @@ from mesh.chain.tx import SEQUENCE_FINAL, Outpoint, is_data_script, script_of
 
 LOCKTIME_THRESHOLD = 500_000_000
 MAX_MONEY = 21_000_000 * 100_000_000
+#: Finality rules `Policy.finality` may name (see `is_final`).
+FINALITY_RULES = ("bitcoin", "teranode")
 
 
 @dataclass(frozen=True)
 class Policy:
-    """What a transaction must meet beyond consensus: fee rate, minimum fee, size."""
+    """What a transaction must meet beyond consensus: fee rate, minimum fee, size, and
+    which node's finality rule applies (``"bitcoin"`` or ``"teranode"``, see `is_final`).
+
+    Every field has a default, so a policy stored before a field existed still loads.
+    """
 
     fee_rate: int = 1  # satoshis per 1000 bytes
     min_fee: int = 1
     max_tx_size: int = 10_000_000
+    finality: str = "bitcoin"
 
     def __post_init__(self) -> None:
         if self.fee_rate < 0 or self.min_fee < 0 or self.max_tx_size <= 0:
             raise ValueError("policy values must be non-negative (size positive)")
+        if self.finality not in FINALITY_RULES:
+            raise ValueError(f"finality must be one of {FINALITY_RULES}, not {self.finality!r}")
 
     def fee_model(self) -> SatoshisPerKilobyte:
         """The bsv-sdk fee model for this policy (always pass one: DESIGN §5)."""
@@ -121,23 +133,31 @@ def check_amounts(
     return fee
 
 
-def is_final(tx: Transaction, tip: Tip) -> bool:
-    """Bitcoin's IsFinalTx for a transaction entering the block after the tip."""
+def is_final(tx: Transaction, tip: Tip, policy: Policy | None = None) -> bool:
+    """Whether `tx` may enter the block after the tip (default: Bitcoin's IsFinalTx).
+
+    A height lock is final when ``nLockTime < next_height`` under ``"bitcoin"`` and when
+    ``nLockTime <= next_height`` under ``"teranode"`` (`policy.finality`).
+    """
     locktime = int(tx.locktime)
     if locktime == 0:
         return True
-    limit = tip.next_height if locktime < LOCKTIME_THRESHOLD else tip.median_time_past
-    if locktime < limit:
+    if locktime < LOCKTIME_THRESHOLD:
+        teranode = policy is not None and policy.finality == "teranode"
+        if locktime < tip.next_height or (teranode and locktime == tip.next_height):
+            return True
+    elif locktime < tip.median_time_past:
         return True
     return all(int(i.sequence) == SEQUENCE_FINAL for i in tx.inputs)
 
 
-def check_final(tx: Transaction, tip: Tip) -> None:
-    """Reject a transaction that could not enter the next block."""
-    if not is_final(tx, tip):
+def check_final(tx: Transaction, tip: Tip, policy: Policy | None = None) -> None:
+    """Reject a transaction that could not enter the next block (see `is_final`)."""
+    if not is_final(tx, tip, policy):
         locktime = int(tx.locktime)
         if locktime < LOCKTIME_THRESHOLD:
-            when = f"height {locktime}; the next block is {tip.next_height}"
+            rule = policy.finality if policy else "bitcoin"
+            when = f"height {locktime}; the next block is {tip.next_height} ({rule} rule)"
         else:
             when = f"time {locktime}; median time past is {tip.median_time_past}"
         raise TxRejected("non-final", f"locked until {when}, and an nSequence is not final")
@@ -193,6 +213,6 @@ def check_transaction(
     output exists and is unspent.
     """
     fee = check_amounts(tx, size, prevouts, policy)
-    check_final(tx, tip)
+    check_final(tx, tip, policy)
     check_scripts(tx, prevouts)
     return fee

@@ -2,11 +2,12 @@
 
 It speaks the documented endpoints our `ArcChain` uses — ARC ``POST /v1/tx`` (JSON
 ``{"rawTx": hex}``, raw or extended format) and ``GET /v1/tx/{txid}``, and WhatsOnChain
-``GET /block/{height}/header``, ``/chain/info`` and ``/address/{address}/unspent`` under
-``/woc`` — with response shapes taken from ARC's OpenAPI document and status codes
-from its ``pkg/api/status.go``. Behind it is a real `LocalLedger`, so what it accepts,
-rejects and proves is decided by the ledger's rules. It is not a model of ARC's
-internals and must not be used outside tests.
+``GET /block/{height}/header``, ``/chain/info``, ``/address/{address}/unspent``,
+``/tx/hash/{txid}`` and ``/tx/{txid}/{vout}/spent`` (404 while unspent) under ``/woc`` —
+with response shapes taken from ARC's OpenAPI document, status codes from its
+``pkg/api/status.go``, and WhatsOnChain's API documentation. Behind it is a real
+`LocalLedger`, so what it accepts, rejects and proves is decided by the ledger's rules.
+It is not a model of ARC's internals and must not be used outside tests.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from bsv.transaction import Transaction
 from bsv.utils import Reader, unsigned_to_varint
 
+from mesh.chain.base import OutputState
 from mesh.chain.errors import TxRejected
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import p2pkh_script
@@ -91,6 +94,14 @@ class _Handler(BaseHTTPRequestHandler):
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_text(self, status: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -201,8 +212,70 @@ class _Handler(BaseHTTPRequestHandler):
                     for u in utxos
                 ],
             )
+        elif match := re.fullmatch(r"/woc/tx/hash/([0-9a-f]{64})", self.path):
+            with fake.lock:
+                raw = fake.ledger.raw_tx(match.group(1))
+                status = fake.ledger.status(match.group(1))
+            if raw is None:
+                self._send_text(404, "Not Found")
+                return
+            self._send(200, _woc_tx(Transaction.from_hex(raw), status.block_height))
+        elif match := re.fullmatch(r"/woc/tx/([0-9a-f]{64})/(\d+)/spent", self.path):
+            txid, vout = match.group(1), int(match.group(2))
+            with fake.lock:
+                output = fake.ledger.output(txid, vout)
+                spender = fake.ledger.raw_tx(output.spent_by) if output.spent_by else None
+                mined = output.spent_by and fake.ledger.status(output.spent_by).block_height
+            if output.state is not OutputState.SPENT or spender is None:
+                self._send_text(404, "Not Found")
+                return
+            inputs = Transaction.from_hex(spender).inputs
+            vin = next(
+                i
+                for i, inp in enumerate(inputs)
+                if (inp.source_txid, inp.source_output_index) == (txid, vout)
+            )
+            self._send(
+                200,
+                {
+                    "txid": output.spent_by,
+                    "vin": vin,
+                    "status": "confirmed" if mined is not None else "unconfirmed",
+                },
+            )
         else:
             self._problem(404, "Not found", None, self.path)
+
+
+def _woc_tx(tx: Transaction, block_height: int | None) -> dict[str, Any]:
+    """WhatsOnChain's ``/tx/hash`` shape: values in BSV, scripts in hex."""
+    body: dict[str, Any] = {
+        "txid": tx.txid(),
+        "hash": tx.txid(),
+        "version": tx.version,
+        "size": len(tx.serialize()),
+        "locktime": tx.locktime,
+        "vin": [
+            {
+                "txid": inp.source_txid,
+                "vout": inp.source_output_index,
+                "scriptSig": {"hex": inp.unlocking_script.hex() if inp.unlocking_script else ""},
+                "sequence": inp.sequence,
+            }
+            for inp in tx.inputs
+        ],
+        "vout": [
+            {
+                "value": out.satoshis / 100_000_000,
+                "n": n,
+                "scriptPubKey": {"hex": out.locking_script.hex(), "isTruncated": False},
+            }
+            for n, out in enumerate(tx.outputs)
+        ],
+    }
+    if block_height is not None:
+        body |= {"blockheight": block_height, "confirmations": 1}
+    return body
 
 
 def _status_body(txid: str, block_height: int | None) -> dict[str, Any]:

@@ -16,12 +16,19 @@ from bsv.chaintrackers.whatsonchain import WhatsOnChainTracker
 from bsv.http_client import SyncHttpClient
 from bsv.keys import PrivateKey
 
-from mesh.chain.arc import DEFAULT_ARC_URLS, ArcChain, ArcSettings, TrioHttpClient
-from mesh.chain.base import TxState
+from mesh.chain.arc import (
+    DEFAULT_ARC_URLS,
+    ArcChain,
+    ArcSettings,
+    TrioHttpClient,
+    _woc_output,
+)
+from mesh.chain.base import OutputState, OutputStatus, TxState
 from mesh.chain.errors import ChainError, ChainUnavailable, TxRejected
-from mesh.chain.tx import tx_id
+from mesh.chain.rules import MAX_MONEY
+from mesh.chain.tx import push, tx_id
 from tests.chain.fake_arc import serve
-from tests.chain.helpers import Coin, mint, pay, spend
+from tests.chain.helpers import Coin, mint, p2pkh, pay, spend
 
 
 def _arc(url: str) -> ArcChain:
@@ -83,6 +90,61 @@ async def test_rejections_map_to_rules(tmp_path: Path) -> None:
         assert caught.value.rule == "double-spend" and tx_id(first) in caught.value.detail
 
 
+async def test_output_through_woc_tx_and_spent_lookups(tmp_path: Path) -> None:
+    with serve(tmp_path / "arc.db") as fake:
+        arc = _arc(fake.url)
+        key = PrivateKey()
+        coin = mint(fake.ledger, 50_000, key)
+        funding = tx_id(coin.tx)
+        missing = "ab" * 32
+        assert await arc.output(missing, 0) == OutputStatus(missing, 0, OutputState.UNKNOWN)
+        assert await arc.output(funding, 1) == OutputStatus(funding, 1, OutputState.UNKNOWN)
+        for bad in ("not-a-txid", funding.upper(), "../" + funding[3:]):  # no request sent
+            assert (await arc.output(bad, 0)).state is OutputState.UNKNOWN
+        assert (await arc.output(funding, -1)).state is OutputState.UNKNOWN
+
+        unspent = OutputStatus(funding, 0, OutputState.UNSPENT, 50_000, p2pkh(key))
+        assert await arc.output(funding, 0) == unspent  # in the mempool
+        fake.mine()
+        assert await arc.output(funding, 0) == unspent  # mined
+
+        data = b"\x00\x6a" + push(b"anchor")
+        tx = spend([coin], [(p2pkh(key), 49_000), (data, 0)])
+        await arc.broadcast(tx)
+        spent = OutputStatus(funding, 0, OutputState.SPENT, 50_000, p2pkh(key), tx_id(tx))
+        assert await arc.output(funding, 0) == spent  # spent by a mempool tx
+        assert (await arc.output(tx_id(tx), 1)).state is OutputState.UNKNOWN  # data output
+        fake.mine()
+        assert await arc.output(funding, 0) == spent  # spent and mined
+        assert await arc.output(tx_id(tx), 0) == fake.ledger.output(tx_id(tx), 0)
+        assert (await arc.output(tx_id(tx), 0)).state is OutputState.UNSPENT
+
+
+async def test_output_amounts_convert_exactly_from_bsv(tmp_path: Path) -> None:
+    with serve(tmp_path / "arc.db") as fake:
+        arc = _arc(fake.url)
+        for satoshis in (1, 99_999_999, 123_456_789, MAX_MONEY - 1, MAX_MONEY):
+            coin = mint(fake.ledger, satoshis)
+            status = await arc.output(tx_id(coin.tx), 0)
+            assert (status.state, status.satoshis) == (OutputState.UNSPENT, satoshis)
+
+
+def test_woc_output_refuses_what_it_cannot_read_exactly() -> None:
+    txid = "ef" * 32
+
+    def answer(value: object, truncated: bool = False) -> dict[str, object]:
+        spk = {"hex": "51", "isTruncated": truncated}
+        return {"txid": txid, "vout": [{"n": 0, "value": value, "scriptPubKey": spk}]}
+
+    assert _woc_output(answer(0.00012345), txid, 0) == (12_345, b"\x51")
+    assert _woc_output(answer(0.1), txid, 1) is None
+    for bad in (answer(0.000000015), answer(-1), answer(True), answer(1, truncated=True)):
+        with pytest.raises(ChainUnavailable):
+            _woc_output(bad, txid, 0)
+    with pytest.raises(ChainUnavailable):
+        _woc_output({"txid": "00" * 32, "vout": []}, txid, 0)
+
+
 async def test_unreachable_service_is_unavailable(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -96,6 +158,8 @@ async def test_unreachable_service_is_unavailable(tmp_path: Path) -> None:
         await arc.height()
     with pytest.raises(ChainUnavailable):
         await arc.status(tx_id(tx))
+    with pytest.raises(ChainUnavailable):
+        await arc.output(tx_id(tx), 0)
 
 
 async def test_bsv_sdk_woc_tracker_height_is_broken_so_we_do_not_use_it(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,10 +15,11 @@ from bsv.transaction_output import TransactionOutput
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesh.chain import rules
 from mesh.chain.base import TxState
 from mesh.chain.errors import RULES, TxRejected
 from mesh.chain.ledger import LocalLedger
-from mesh.chain.rules import Policy
+from mesh.chain.rules import Policy, Tip
 from mesh.chain.tx import parse_exact, push, tx_id, txid_of
 from tests.chain.helpers import T0, Coin, FakeClock, mint, p2pkh, pay, spend
 
@@ -265,3 +268,109 @@ def test_parse_exact_on_mutated_transactions(data: st.DataObject) -> None:
         assert exc.rule == "parse"
     else:
         assert tx.serialize() == mutated
+
+
+def _refunds_locked_until(ledger: LocalLedger, blocks_ahead: int) -> tuple[int, bytes, bytes]:
+    """Fund two 2-of-2 outputs, mine, and sign a refund of each locked `blocks_ahead`
+    blocks past the tip. Returns the lock height and the two serialised refunds."""
+    payer, payee = PrivateKey(), PrivateKey()
+    lock = _multisig(payer, payee)
+    funding = spend([mint(ledger, 100_000, payer)], [(lock, 49_000), (lock, 49_000)])
+    ledger.submit(funding.serialize())
+    ledger.mine()
+    expiry = ledger.height() + blocks_ahead
+    refunds = []
+    for vout in (0, 1):
+        refund = Transaction(
+            [
+                TransactionInput(
+                    source_transaction=funding, source_output_index=vout, sequence=0xFFFFFFFE
+                )
+            ],
+            [TransactionOutput(Script(p2pkh(payer)), 48_500)],
+            version=1,
+            locktime=expiry,
+        )
+        digest = refund.preimage(0)
+        sigs = [k.sign(digest) + b"\x41" for k in (payer, payee)]
+        refund.inputs[0].unlocking_script = Script(b"\x00" + push(sigs[0]) + push(sigs[1]))
+        refunds.append(refund.serialize())
+    return expiry, refunds[0], refunds[1]
+
+
+@pytest.mark.parametrize("finality", ["bitcoin", "teranode"])
+def test_finality_rule_decides_when_a_height_lock_opens(tmp_path: Path, finality: str) -> None:
+    with LocalLedger.create(tmp_path / "l.db", policy=Policy(finality=finality)) as ledger:
+        expiry, first, second = _refunds_locked_until(ledger, 3)
+        ledger.mine(expiry - 2 - ledger.height())
+        assert ledger.height() == expiry - 2
+        rejected(ledger, first, "non-final")
+        rejected(ledger, second, "non-final")
+
+        ledger.mine()
+        assert ledger.height() == expiry - 1  # the next block is `expiry` itself
+        if finality == "teranode":  # block_height + 1 >= nLockTime
+            assert ledger.submit(first) == txid_of(first)
+        else:  # nLockTime < next_height
+            error = rejected(ledger, first, "non-final")
+            assert f"height {expiry}; the next block is {expiry} (bitcoin rule)" in error.detail
+
+        ledger.mine()
+        assert ledger.height() == expiry
+        assert ledger.submit(second) == txid_of(second)
+        assert ledger.submit(first) == txid_of(first)  # accepted now, or already
+        ledger.mine()
+        assert ledger.status(txid_of(first)).block_height == (
+            expiry if finality == "teranode" else expiry + 1
+        )
+        assert ledger.status(txid_of(second)).block_height == expiry + 1
+        assert ledger.balance().balanced
+
+
+def test_policy_finality_is_validated_stored_and_defaults_for_old_ledgers(
+    tmp_path: Path,
+) -> None:
+    assert Policy().finality == "bitcoin"
+    with pytest.raises(ValueError, match="finality"):
+        Policy(finality="bsv")
+    path = tmp_path / "t.db"
+    LocalLedger.create(path, policy=Policy(fee_rate=5, finality="teranode")).close()
+    with LocalLedger.open(path) as reopened:
+        assert reopened.policy == Policy(fee_rate=5, finality="teranode")
+    # a ledger written before the field existed stores only the first three
+    old = tmp_path / "old.db"
+    LocalLedger.create(old).close()
+    with sqlite3.connect(old) as db:
+        db.execute(
+            "UPDATE ledger_meta SET value = ? WHERE key = 'policy'",
+            (json.dumps({"fee_rate": 2, "min_fee": 1, "max_tx_size": 10_000_000}),),
+        )
+    db.close()
+    with LocalLedger.open(old) as reopened:
+        assert reopened.policy == Policy(fee_rate=2)
+        assert reopened.policy.finality == "bitcoin"
+
+
+def test_is_final_rules_side_by_side() -> None:
+    key = PrivateKey(3)
+    parent = Transaction(
+        [TransactionInput(source_txid="cd" * 32, source_output_index=0)],
+        [TransactionOutput(Script(p2pkh(key)), 10_000)],
+    )
+    bitcoin, teranode = Policy(), Policy(finality="teranode")
+
+    def locked(locktime: int) -> Transaction:
+        return spend([Coin(parent, 0, key)], [(p2pkh(key), 9_000)], locktime=locktime, sequence=0)
+
+    tip = Tip(next_height=100, median_time_past=T0)
+    for locktime, by_bitcoin, by_teranode in (
+        (99, True, True),
+        (100, False, True),
+        (101, False, False),
+        (T0 - 1, True, True),  # time locks: below the median time past under both rules
+        (T0, False, False),
+    ):
+        tx = locked(locktime)
+        assert rules.is_final(tx, tip) is by_bitcoin  # no policy: Bitcoin's IsFinalTx
+        assert rules.is_final(tx, tip, bitcoin) is by_bitcoin
+        assert rules.is_final(tx, tip, teranode) is by_teranode
