@@ -23,12 +23,14 @@ from agents.channel_config import (
     PaidCallback,
 )
 from agents.group_commit import GroupCommit
-from mesh.chain.base import Chain
+from mesh.chain.base import Chain, OutputState, OutputStatus
 from mesh.chain.tx import p2pkh_script
 from mesh.chain.wallet import Wallet
+from mesh.channel.admission import Admission
 from mesh.channel.pays import fold_payments
 from mesh.channel.state import Payee, Payer, Record, Role
 from mesh.channel.store import ChannelStore
+from mesh.channel.txs import Terms
 from mesh.identity import Identity
 from mesh.transport import Node, SessionClosed
 from mesh.wire import ChannelAck, ChannelError, Frame
@@ -60,6 +62,9 @@ class ChannelBase:
         self.config = config or ChannelConfig()
         self.on_paid = on_paid
         self.on_acked: AckedCallback | None = None
+        self.on_ended: Callable[[bytes], None] | None = None
+        """on_ended(channel_id): a channel we are paid on ended early (its funding is
+        gone): deliver nothing more against it."""
         self._channels = channels
         self._db = db_limiter
         self._ends: dict[bytes, Payer | Payee] = {}
@@ -80,7 +85,7 @@ class ChannelBase:
         self._pay_batch = max(1, min(self.config.window // 2, 64))
         self._acked: dict[bytes, trio.Event] = {}
         self._replies: dict[bytes, trio.MemorySendChannel[Frame]] = {}
-        self._violations: dict[str, int] = {}
+        self.admission = Admission(self.config.admission)
         # Open payer channels reloaded from the store that the payee has not acked since:
         # the store may have lost our last writes (SECURITY risk 15), so no payment is
         # signed until the payee's ack tells us where the channel stands.
@@ -88,12 +93,14 @@ class ChannelBase:
         self._counts = dict.fromkeys(
             ("payments_signed", "payments_accepted", "acks_received", "rejections"), 0
         )
+        self._fundings_lost = 0
 
     # ------------------------------------------------------------------ queries
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the manager's counters."""
         commits = self._commits.counters
+        admission = self.admission.statistics(trio.current_time())
         return ChannelStatistics(
             channels=len(self._ends),
             commits=commits.commits,
@@ -101,6 +108,11 @@ class ChannelBase:
             commit_seconds=commits.commit_seconds,
             acks_sent=commits.acks_sent,
             **self._counts,
+            proposals_pending=admission.pending,
+            proposals_refused=admission.refused,
+            proposals_expired=admission.expired,
+            peers_set_aside=admission.set_aside,
+            fundings_lost=self._fundings_lost,
         )
 
     def records(self) -> list[tuple[Record, str]]:
@@ -148,8 +160,7 @@ class ChannelBase:
         )
         self._counts["rejections"] += 1
         await self._send(peer_id, ChannelError(channel_id, code, reason))
-        count = self._violations[peer_id] = self._violations.get(peer_id, 0) + 1
-        if count >= self.config.max_violations:
+        if self.admission.strike(peer_id, trio.current_time()):
             # Not waiting for the goodbye to be written: this is the frame dispatcher.
             self.node.hang_up(peer_id, "repeated channel violations")
 
@@ -199,4 +210,22 @@ class ChannelBase:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
 
 
-__all__ = ["ChannelBase"]
+def funding_problem(output: OutputStatus, terms: Terms) -> str | None:
+    """Why a channel's funding output, as our chain view shows it, backs nothing (None:
+    it exists, is unspent and pays exactly the agreed capacity to the agreed 2-of-2)."""
+    where = f"{terms.funding_txid}:{terms.funding_vout}"
+    if output.state is OutputState.SPENT:
+        return f"funding output {where} is already spent (by {output.spent_by or 'a tx'})"
+    if output.state is not OutputState.UNSPENT:
+        return f"funding output {where} is not in our chain view"
+    if output.satoshis != terms.capacity or output.script != terms.funding_script:
+        return f"funding output {where} does not pay the capacity to the 2-of-2"
+    return None
+
+
+def funding_outpoint(terms: Terms) -> tuple[str, int]:
+    """The funding outpoint, as `Chain.output` takes it."""
+    return terms.funding_txid, terms.funding_vout
+
+
+__all__ = ["ChannelBase", "funding_outpoint", "funding_problem"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from mesh.channel.admission import AdmissionLimits
 from mesh.errors import MeshError
 
 PaidCallback = Callable[[bytes, str, str, int], None]
@@ -26,6 +27,11 @@ class ChannelStatistics:
     acks_sent: int
     acks_received: int
     rejections: int
+    proposals_pending: int = 0
+    proposals_refused: int = 0
+    proposals_expired: int = 0
+    peers_set_aside: int = 0
+    fundings_lost: int = 0
 
 
 class ChannelFailure(MeshError):
@@ -46,8 +52,9 @@ class ChannelConfig:
     max_capacity: int = 100_000_000
     open_timeout: float = 15.0
     watch_interval: float = 1.0
-    max_violations: int = 3
     commit_gather: int = 16
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    """Bounds on unfunded proposals, and strikes before a peer is set aside."""
 
 
 __all__ = ["AckedCallback", "ChannelConfig", "ChannelFailure", "ChannelStatistics", "PaidCallback"]

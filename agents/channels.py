@@ -28,6 +28,7 @@ import secrets
 
 import trio
 
+from agents.channel_base import funding_outpoint, funding_problem
 from agents.channel_config import (
     AckedCallback,
     ChannelConfig,
@@ -38,10 +39,9 @@ from agents.channel_config import (
 from agents.settlement import ChannelSettlement, close_request
 from mesh.chain.errors import ChainError, TxRejected
 from mesh.chain.tx import parse_exact, txid_of
-from mesh.channel.keys import derive_channel_keys
+from mesh.channel.keys import ChannelKeyError, derive_channel_keys, keys_for, terms_binding
 from mesh.channel.pays import latest_payment
 from mesh.channel.state import (
-    FINAL_STATES,
     ChannelStateError,
     Payee,
     Payer,
@@ -79,6 +79,8 @@ CHANNEL_FRAMES = (
     ChannelClosed,
     ChannelError,
 )
+UNFUNDED = frozenset({State.PROPOSED, State.REFUND_SIGNED})
+"""A payee's proposals that no coin backs yet: bounded and expiring (`Admission`)."""
 MAX_LOCKTIME_HEIGHT = 500_000_000
 """nLockTime values from here on are times, not heights: no refund can expire there."""
 
@@ -96,38 +98,40 @@ class ChannelManager(ChannelSettlement):
             nursery.start_soon(self._commits.run)
             await self._reload()
             nursery.start_soon(self._watcher)
+            nursery.start_soon(self._forget_proposals)
             task_status.started()
 
     async def _reload(self) -> None:
-        stored = await self._thread(functools.partial(self._channels.load, include_final=True))
         # A payer killed while opening -- after reserving the funding's coins, before
         # storing the channel or while failing it -- left coins reserved that nothing
         # else would release. A failed channel's funding never went out.
-        live = {
-            item.record.terms.channel_id.hex()
-            for item in stored
-            if item.record.state is not State.FAILED
-        }
         for reservation in await self._thread(self.wallet.reservations):
-            if _is_txid(reservation) and reservation not in live:  # a channel's id
+            if not _is_txid(reservation):  # not a channel's id
+                continue
+            state = await self._thread(self._channels.state_of, bytes.fromhex(reservation))
+            if state is None or state is State.FAILED:
                 freed = await self._thread(self.wallet.release, reservation)
                 log.info("released %d coins an unfinished open had reserved", freed)
-        stored = [item for item in stored if item.record.state not in FINAL_STATES]
+        # Settled channels stay in the store and are not loaded into memory.
+        stored = await self._thread(self._channels.load)
+        now = trio.current_time()
         for item in stored:
             record = item.record
-            keys = derive_channel_keys(
-                self.identity,
-                parse_peer_id(record.peer_id),
-                record.terms.channel_id,
-                record.role,
-            )
+            cid = record.terms.channel_id
+            peer = parse_peer_id(record.peer_id)
+            try:
+                keys = keys_for(self.identity, peer, record.terms, record.role)
+            except ChannelKeyError:
+                log.exception("not reloading channel %s", cid.hex()[:16])
+                continue
             end: Payer | Payee = (
                 Payer(record, keys.own) if record.role is Role.PAYER else Payee(record, keys.own)
             )
-            cid = record.terms.channel_id
             self._ends[cid] = end
             if record.state is State.OPEN and isinstance(end, Payer):
                 self._unconfirmed.add(cid)
+            if isinstance(end, Payee) and record.state in UNFUNDED:
+                self.admission.add(record.peer_id, cid, now)  # a fresh lifetime
             self._service[cid] = item.service
             if item.funding_raw is not None:
                 self._funding[cid] = item.funding_raw
@@ -151,14 +155,35 @@ class ChannelManager(ChannelSettlement):
                     await self._thread(functools.partial(self._channels.save_raw, cid, close=raw))
                 await self._finish_close(end, raw)
 
+    async def _forget_proposals(self) -> None:
+        """Delete unfunded proposals whose lifetime is over (memory and store)."""
+        while True:
+            await trio.sleep_until(min(self.admission.next_deadline(), trio.current_time() + 60))
+            gone = [
+                cid
+                for cid in self.admission.expired(trio.current_time())
+                if cid in self._ends and self._ends[cid].state in UNFUNDED
+            ]
+            if not gone:
+                continue
+            for cid in gone:
+                del self._ends[cid]
+                self._service.pop(cid, None)
+            await self._thread(self._channels.forget_unfunded, gone)
+            log.info("forgot %d unfunded channel proposal(s)", len(gone))
+
     # ------------------------------------------------------------------ payer side
 
     async def open(self, peer_id: str, service: str, capacity: int, lifetime_blocks: int) -> bytes:
         """Open a funded channel to `peer_id`; returns its id once the payee says open."""
         channel_id = secrets.token_bytes(32)
-        keys = derive_channel_keys(self.identity, parse_peer_id(peer_id), channel_id, Role.PAYER)
         expiry = await self.chain.height() + lifetime_blocks
         payer_payout = await self._thread(self._new_payout)
+        c = self.config
+        binding = terms_binding(capacity, c.close_fee, c.refund_fee, expiry, payer_payout)
+        keys = derive_channel_keys(
+            self.identity, parse_peer_id(peer_id), channel_id, Role.PAYER, binding
+        )
         funding_script = multisig_script(keys.payer_key, keys.payee_key)
         draft = await self._thread(
             lambda: self.wallet.fund([(funding_script, capacity)], reservation=channel_id.hex())
@@ -329,13 +354,37 @@ class ChannelManager(ChannelSettlement):
 
     async def _on_open(self, peer_id: str, frame: ChannelOpen) -> None:
         cid = frame.channel_id
-        problem = await self._check_open(frame)
-        if cid in self._ends:
+        # Terms no transaction can carry first (each named), then the bounds, then what
+        # costs a lookup: the height, the ids in use, the store.
+        problem = self._check_terms(frame)
+        if problem is None:
+            problem = self.admission.check(peer_id, trio.current_time())
+        if problem is None:
+            problem = self._check_expiry(frame, await self.chain.height())
+        if problem is None and cid in self._ends:
             problem = ("duplicate-channel", "channel id already in use")
+        if problem is None:
+            # An id or outpoint seen before, in any state: a settled channel is never
+            # opened (nor its row overwritten) again.
+            seen = await self._thread(
+                self._channels.seen, cid, frame.funding_txid, frame.funding_vout
+            )
+            if seen is not None:
+                problem = ("duplicate-channel", seen)
+        if problem is None and any(
+            (end.terms.funding_txid, end.terms.funding_vout)
+            == (frame.funding_txid, frame.funding_vout)
+            for end in self._ends.values()
+        ):
+            problem = ("duplicate-channel", "funding outpoint already in use")
         if problem is not None:
             await self._reject(peer_id, cid, *problem)
             return
-        keys = derive_channel_keys(self.identity, parse_peer_id(peer_id), cid, Role.PAYEE)
+        f = frame
+        binding = terms_binding(
+            f.capacity, f.close_fee, f.refund_fee, f.expiry_height, f.payer_payout
+        )
+        keys = derive_channel_keys(self.identity, parse_peer_id(peer_id), cid, Role.PAYEE, binding)
         payee_payout = await self._thread(self._new_payout)
         terms = Terms(
             cid,
@@ -354,10 +403,11 @@ class ChannelManager(ChannelSettlement):
         _, signature = payee.sign_refund()
         self._ends[cid] = payee
         self._service[cid] = frame.service
+        self.admission.add(peer_id, cid, trio.current_time())
         await self._commits.flush(cid)
         await self._send(peer_id, ChannelRefundSigned(cid, signature, payee_payout))
 
-    async def _check_open(self, frame: ChannelOpen) -> tuple[str, str] | None:
+    def _check_terms(self, frame: ChannelOpen) -> tuple[str, str] | None:
         c = self.config
         if len(frame.channel_id) != 32:
             return "bad-terms", "channel id must be 32 bytes"
@@ -373,20 +423,26 @@ class ChannelManager(ChannelSettlement):
             return "bad-terms", "payout must be P2PKH and the funding txid 64 hex digits"
         if not 0 <= frame.funding_vout <= 0xFFFFFFFF:
             return "bad-terms", "funding vout must fit in 32 bits"
-        height = await self.chain.height()
-        if frame.expiry_height < height + c.min_lifetime_blocks:
-            return "expiry", f"expiry {frame.expiry_height} is too soon (height {height})"
         if frame.expiry_height >= MAX_LOCKTIME_HEIGHT:
             return "expiry", f"expiry {frame.expiry_height} is not a block height"
         return None
 
+    def _check_expiry(self, frame: ChannelOpen, height: int) -> tuple[str, str] | None:
+        if frame.expiry_height < height + self.config.min_lifetime_blocks:
+            return "expiry", f"expiry {frame.expiry_height} is too soon (height {height})"
+        return None
+
     async def _on_funded(self, peer_id: str, frame: ChannelFunded) -> None:
-        payee = self._owned(peer_id, frame.channel_id)
+        cid = frame.channel_id
+        payee = self._owned(peer_id, cid)
         if not isinstance(payee, Payee):
-            await self._reject(peer_id, frame.channel_id, "unknown-channel", "no such channel")
+            await self._reject(peer_id, cid, "unknown-channel", "no such channel")
             return
         if payee.state is State.OPEN:
-            await self._send(peer_id, ChannelAck(frame.channel_id, 0, 0, b""))  # a resend
+            await self._send(peer_id, ChannelAck(cid, 0, 0, b""))  # a resend
+            return
+        if payee.state is not State.REFUND_SIGNED:
+            await self._reject(peer_id, cid, "not-open", f"channel is {payee.state.value}")
             return
         terms = payee.terms
         try:
@@ -398,13 +454,23 @@ class ChannelManager(ChannelSettlement):
                 terms.funding_script
             ):
                 raise TxRejected("funding", "output does not pay the capacity to the 2-of-2")
-            await self.chain.broadcast(tx)  # idempotent; proves the chain accepted it
+            await self.chain.broadcast(tx)  # idempotent: the chain holds it after this
+            # What we serve against is the output in our own chain view, not the tx:
+            # a funding the payer already spent (say, by the refund) is worth nothing.
+            problem = funding_problem(await self.chain.output(*funding_outpoint(terms)), terms)
+            if problem is not None:
+                raise TxRejected("funding-spent", problem)
         except (TxRejected, IndexError, ChainError) as exc:
-            await self._reject(peer_id, frame.channel_id, "funding", str(exc))
+            if isinstance(exc, TxRejected) and exc.rule == "funding-spent":
+                payee.event("fail")  # the outpoint can never be served: final, kept
+                self.admission.settled(cid)
+                await self._commits.flush(cid)
+            await self._reject(peer_id, cid, "funding", str(exc))
             return
         payee.event("funding-accepted")
-        await self._commits.flush(frame.channel_id)
-        await self._send(peer_id, ChannelAck(frame.channel_id, 0, 0, b""))
+        self.admission.settled(cid)
+        await self._commits.flush(cid)
+        await self._send(peer_id, ChannelAck(cid, 0, 0, b""))
 
     async def _on_pays(self, peer_id: str, frame: ChannelPays) -> None:
         """One payment or a run of them (`ChannelPay` comes here as a run of one)."""

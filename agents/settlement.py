@@ -14,9 +14,9 @@ import logging
 
 import trio
 
-from agents.channel_base import ChannelBase
+from agents.channel_base import ChannelBase, funding_outpoint
 from agents.channel_config import ChannelFailure
-from mesh.chain.base import Utxo
+from mesh.chain.base import OutputState, Utxo
 from mesh.chain.errors import TxRejected
 from mesh.chain.tx import parse_exact
 from mesh.channel.state import Payee, Payer, PaymentRejected, Record, Role, State
@@ -160,15 +160,45 @@ class ChannelSettlement(ChannelBase):
             await self.check_expiry(await self.chain.height())
 
     async def check_expiry(self, height: int) -> None:
-        """Close (payee) or refund (payer) every channel whose expiry is near or past."""
+        """Close (payee) or refund (payer) every channel whose expiry is near or past;
+        end a payee's channel whose funding output is gone."""
         for end in list(self._ends.values()):
             expiry = end.terms.expiry_height
             if isinstance(end, Payee):
-                if end.state is State.OPEN and height >= expiry - self.config.close_margin_blocks:
+                if end.state is not State.OPEN:
+                    continue
+                if height >= expiry - self.config.close_margin_blocks:
                     log.info("channel %s near expiry: closing", end.terms.channel_id.hex()[:16])
                     await self._close_as_payee(end)
+                else:
+                    await self._check_funding(end)
             elif end.state in (State.FUNDED, State.OPEN, State.CLOSING) and height >= expiry:
                 await self._refund(end)
+
+    async def _check_funding(self, payee: Payee) -> None:
+        """An open channel is served only while its funding output is unspent in our
+        chain view: spent by anything but our own close (we have not closed), the
+        channel ends at once -- no more acks, no more delivery -- and the payer, who
+        spent it, is struck."""
+        output = await self.chain.output(*funding_outpoint(payee.terms))
+        if output.state is not OutputState.SPENT or payee.state is not State.OPEN:
+            return  # (unknown: a lagging view; the open-time check saw it unspent)
+        cid = payee.terms.channel_id
+        record = payee.record()
+        payee.mark_refunded(output.spent_by or "")
+        self._fundings_lost += 1
+        await self._commits.flush(cid)
+        self._notify_ack(cid)
+        if self.on_ended is not None:
+            self.on_ended(cid)
+        log.warning(
+            "channel %s: funding spent by %s while open; ended with %d sat acked uncollected",
+            cid.hex()[:16],
+            (output.spent_by or "?")[:16],
+            record.acked_total,
+        )
+        if self.admission.strike(record.peer_id, trio.current_time()):
+            self.node.hang_up(record.peer_id, "spent the funding of an open channel")
 
     async def _refund(self, payer: Payer) -> None:
         cid = payer.terms.channel_id

@@ -56,6 +56,8 @@ CHANNEL_SCHEMA = Schema(
         );
         CREATE INDEX channels_by_state ON channels (state);
         """,
+        # A funding outpoint is never served twice (`ChannelStore.seen`).
+        "CREATE INDEX channels_by_outpoint ON channels (funding_txid, funding_vout);",
     ),
 )
 
@@ -271,6 +273,49 @@ class ChannelStore:
                 db.execute(
                     "UPDATE channels SET close_raw = ? WHERE channel_id = ?", (close, channel_id)
                 )
+
+    def seen(self, channel_id: bytes, funding_txid: str, funding_vout: int) -> str | None:
+        """Whether a stored channel, in any state, has this id or this funding outpoint:
+        what it is (for a refusal), or None. Two indexed lookups, no journal read."""
+        with self._store.read() as db:
+            row = db.execute(
+                "SELECT state FROM channels WHERE channel_id = ?", (channel_id,)
+            ).fetchone()
+            if row is not None:
+                return f"channel id already used (a {row[0]} channel)"
+            row = db.execute(
+                "SELECT state FROM channels WHERE funding_txid = ? AND funding_vout = ?",
+                (funding_txid, funding_vout),
+            ).fetchone()
+        return None if row is None else f"funding outpoint already used (a {row[0]} channel)"
+
+    def state_of(self, channel_id: bytes) -> State | None:
+        """A stored channel's state (None if we never stored it); no journal read."""
+        with self._store.read() as db:
+            row = db.execute(
+                "SELECT state FROM channels WHERE channel_id = ?", (channel_id,)
+            ).fetchone()
+        return None if row is None else State(str(row[0]))
+
+    def forget_unfunded(self, channel_ids: Sequence[bytes]) -> int:
+        """Delete payee proposals that were never funded (expired); returns how many.
+        Nothing else is ever deleted: a funded or settled channel stays."""
+        with self._store.write() as db:
+            cursor = db.executemany(
+                "DELETE FROM channels WHERE channel_id = ? AND role = 'payee'"
+                " AND state IN ('proposed', 'refund-signed') AND funding_raw IS NULL",
+                [(cid,) for cid in channel_ids],
+            )
+            deleted = int(cursor.rowcount)
+        for cid in channel_ids:
+            self._written.pop(cid, None)
+        return deleted
+
+    def forget_written(self, channel_id: bytes) -> None:
+        """Drop what this store remembers of a final channel's last row (its next write,
+        if any, is a full row): memory stays bounded by the channels in use."""
+        self._written.pop(channel_id, None)
+        self._journaled.discard(channel_id)
 
     def find(self, channel_id: bytes) -> StoredChannel | None:
         """One channel by id, whatever its state (None if we never stored it)."""

@@ -7,6 +7,7 @@ import os
 import random
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from agents.channels import ChannelConfig, ChannelFailure
+from mesh.chain.base import OutputState, OutputStatus
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.channel import State, Terms
@@ -522,3 +524,52 @@ async def test_a_part_batch_goes_out_while_the_payer_does_other_things(
         with trio.fail_after(5):
             await paid.wait()  # the buyer only sleeps here: its committer sent them
             assert (await buyer.manager.wait_acked(cid)).acked_total == 8
+
+
+class SpentFunding:
+    """The real chain, except that it reports one outpoint spent by `spender` (what a
+    payee's view shows after a double spend of an unconfirmed funding on a real network,
+    which LocalLedger's first-seen rule never lets happen)."""
+
+    def __init__(self, chain: Any, outpoint: tuple[str, int], spender: str) -> None:
+        self._chain = chain
+        self._outpoint = outpoint
+        self._spender = spender
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+    async def output(self, txid: str, vout: int) -> OutputStatus:
+        status: OutputStatus = await self._chain.output(txid, vout)
+        if (txid, vout) != self._outpoint:
+            return status
+        return replace(status, state=OutputState.SPENT, spent_by=self._spender)
+
+
+async def test_a_funding_spent_while_open_ends_the_channel_at_once(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    ended: list[bytes] = []
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path) as buyer,
+        agentlet(tmp_path / "seller", ledger_path) as seller,
+    ):
+        seller.manager.on_ended = ended.append
+        cid = await funded_channel(buyer, seller, ledger_path, close_fee=50)
+        await buyer.manager.pay(cid, 5)
+        await buyer.manager.wait_acked(cid)
+        terms = seller.manager.record(cid).terms
+        seller.manager.chain = SpentFunding(
+            seller.manager.chain, (terms.funding_txid, terms.funding_vout), "ab" * 32
+        )
+        await seller.manager.check_expiry(await buyer.chain.height())
+        record = seller.manager.record(cid)
+        assert record.state is State.REFUNDED and record.close_txid == "ab" * 32
+        assert ended == [cid]
+        assert seller.manager.statistics().fundings_lost == 1
+        # Nothing more is acknowledged on it.
+        before = seller.manager.statistics().acks_sent
+        await buyer.manager.pay(cid, 5)
+        await trio.sleep(0.3)
+        assert seller.manager.statistics().acks_sent == before
+        assert seller.manager.record(cid).total == 5
