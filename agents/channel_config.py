@@ -48,7 +48,11 @@ class ChannelConfig:
     min_close_fee: int = 1
     max_fee: int = 10_000
     min_lifetime_blocks: int = 6
-    close_margin_blocks: int = 2
+    close_margin_blocks: int = 3
+    """A payee closes once the height reaches ``expiry - close_margin_blocks``. The
+    strictest real node (Teranode) accepts the refund once ``height + 1 >= expiry``, so
+    the close has ``close_margin_blocks - 1`` block intervals to enter a mempool first;
+    the watcher checks every `watch_interval` seconds and at start."""
     max_capacity: int = 100_000_000
     open_timeout: float = 15.0
     watch_interval: float = 1.0

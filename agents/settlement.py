@@ -17,7 +17,7 @@ import trio
 from agents.channel_base import ChannelBase, funding_outpoint
 from agents.channel_config import ChannelFailure
 from mesh.chain.base import OutputState, Utxo
-from mesh.chain.errors import TxRejected
+from mesh.chain.errors import ChainUnavailable, TxRejected
 from mesh.chain.tx import parse_exact
 from mesh.channel.state import Payee, Payer, PaymentRejected, Record, Role, State
 from mesh.wire import ChannelClose, ChannelClosed, ChannelError, ChannelRelease, Frame
@@ -155,9 +155,14 @@ class ChannelSettlement(ChannelBase):
         log.info("channel %s closed by %s: %d sat paid", cid.hex()[:16], txid[:16], record.total)
 
     async def _watcher(self) -> None:
+        """Check at once (a payee restarted inside its close margin closes now), then
+        every `watch_interval`; a chain that does not answer is tried again."""
         while True:
+            try:
+                await self.check_expiry(await self.chain.height())
+            except ChainUnavailable as exc:
+                log.warning("expiry watch: the chain did not answer: %s", exc)
             await trio.sleep(self.config.watch_interval)
-            await self.check_expiry(await self.chain.height())
 
     async def check_expiry(self, height: int) -> None:
         """Close (payee) or refund (payer) every channel whose expiry is near or past;
@@ -165,6 +170,9 @@ class ChannelSettlement(ChannelBase):
         for end in list(self._ends.values()):
             expiry = end.terms.expiry_height
             if isinstance(end, Payee):
+                if end.state is State.CLOSING:  # not accepted yet: until it is, again
+                    await self._finish_close(end, end.closing_tx())
+                    continue
                 if end.state is not State.OPEN:
                     continue
                 if height >= expiry - self.config.close_margin_blocks:

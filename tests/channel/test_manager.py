@@ -16,9 +16,11 @@ import trio
 
 from agents.channels import ChannelConfig, ChannelFailure
 from mesh.chain.base import OutputState, OutputStatus
+from mesh.chain.errors import TxRejected
 from mesh.chain.ledger import LocalLedger
+from mesh.chain.rules import Policy
 from mesh.chain.tx import p2pkh_script, parse_exact
-from mesh.channel import State, Terms
+from mesh.channel import Payer, State, Terms
 from mesh.channel.journal import RECORD_SIZE
 from mesh.channel.store import ChannelStore, journal_path
 from mesh.channel.txs import PaymentSigner, sign_digest
@@ -573,3 +575,74 @@ async def test_a_funding_spent_while_open_ends_the_channel_at_once(
         await trio.sleep(0.3)
         assert seller.manager.statistics().acks_sent == before
         assert seller.manager.record(cid).total == 5
+
+
+@pytest.fixture
+def teranode_ledger(tmp_path: Path) -> Path:
+    """A ledger that judges finality as Teranode does (a refund with nLockTime E is
+    accepted once the height is E - 1): the strictest rule of any real node."""
+    path = tmp_path / "teranode.db"
+    LocalLedger.create(path, policy=Policy(finality="teranode")).close()
+    return path
+
+
+async def refund_attempts(payer: Agentlet, cid: bytes, until: float) -> list[str]:
+    """A payer that broadcasts its refund every 50 ms (as soon as any node would take
+    it), until `until`; the rules it was refused by."""
+    end = payer.manager._ends[cid]
+    assert isinstance(end, Payer)
+    refusals: list[str] = []
+    raw = end.signed_refund()
+    while trio.current_time() < until:
+        try:
+            await payer.chain.broadcast(parse_exact(raw))
+        except TxRejected as exc:
+            refusals.append(exc.rule)
+        else:
+            refusals.append("ACCEPTED")
+            break
+        await trio.sleep(0.05)
+    return refusals
+
+
+async def test_at_one_block_a_second_under_teranode_the_close_beats_the_refund(
+    tmp_path: Path, teranode_ledger: Path
+) -> None:
+    fast = ChannelConfig(watch_interval=1.0)
+    async with (
+        agentlet(tmp_path / "buyer", teranode_ledger) as buyer,
+        agentlet(tmp_path / "seller", teranode_ledger, config=fast) as seller,
+        trio.open_nursery() as nursery,
+    ):
+        cid = await funded_channel(buyer, seller, teranode_ledger, close_fee=8)
+        await buyer.manager.pay(cid, 48)
+        await buyer.manager.wait_acked(cid)
+        await nursery.start(buyer.chain.run_miner, 1.0)
+        attempts = await refund_attempts(buyer, cid, trio.current_time() + 12)
+        nursery.cancel_scope.cancel()
+        record = seller.manager.record(cid)
+    assert "ACCEPTED" not in attempts, attempts
+    assert record.state is State.CLOSED and record.total == 48
+    assert ledger_value(teranode_ledger, record.terms.payee_payout) == 48
+
+
+async def test_a_payee_restarted_inside_its_margin_closes_at_once(
+    tmp_path: Path, teranode_ledger: Path
+) -> None:
+    async with agentlet(tmp_path / "buyer", teranode_ledger) as buyer:
+        async with agentlet(tmp_path / "seller", teranode_ledger) as seller:
+            cid = await funded_channel(buyer, seller, teranode_ledger, close_fee=20)
+            await buyer.manager.pay(cid, 30)
+            await buyer.manager.wait_acked(cid)
+            expiry = seller.manager.record(cid).terms.expiry_height
+        # The payee is down; the chain reaches one block before the refund is final.
+        await buyer.chain.mine(expiry - 2 - await buyer.chain.height())
+        with trio.fail_after(0.9):  # at start, not after a first watch interval (1 s)
+            async with agentlet(tmp_path / "seller", teranode_ledger) as seller:
+                while seller.manager.record(cid).state is not State.CLOSED:
+                    await trio.sleep(0.01)
+                record = seller.manager.record(cid)
+        await buyer.chain.mine()
+        refusals = await refund_attempts(buyer, cid, trio.current_time() + 0.1)
+        assert refusals and set(refusals) == {"spent-input"}, refusals
+    assert ledger_value(teranode_ledger, record.terms.payee_payout) == 30
