@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mesh.channel.admission import AdmissionLimits
 from mesh.discovery.table import parse_static
 from mesh.errors import MeshError
 from mesh.identity import parse_peer_id
@@ -86,6 +87,7 @@ class Profile:
     anchor_every: int = 1000
     anchor_seconds: float = 10.0
     receipt_interval: float = 2.0
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def service(self, service_id: str) -> ServiceSpec | None:
@@ -153,6 +155,17 @@ class _Table:
         unknown = sorted(set(self.data) - self._seen)
         if unknown:
             raise ProfileError(self.path, self.key(unknown[0]), "unknown key")
+
+
+def _admission(channels: _Table) -> AdmissionLimits:
+    """The bounds on channel offers not yet funded (`mesh.channel.admission`)."""
+    d = AdmissionLimits()
+    per_peer = channels.get("max_unfunded_per_peer", int, d.per_peer, check=_positive)
+    total = channels.get("max_unfunded", int, d.total, check=_positive)
+    lifetime = channels.get("unfunded_lifetime", float, d.lifetime, check=_positive)
+    strikes = channels.get("strikes", int, d.max_strikes, check=_positive)
+    backoff = channels.get("set_aside", float, d.backoff, check=_positive)
+    return AdmissionLimits(per_peer, total, lifetime, strikes, backoff, max(backoff, d.max_backoff))
 
 
 def _positive(value: float) -> str | None:
@@ -257,6 +270,7 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         capacity=channels.get("capacity", int, 100_000, check=_positive),
         lifetime_blocks=channels.get("lifetime_blocks", int, 144, check=_positive),
         window=channels.get("window", int, 64, check=_positive),
+        admission=_admission(channels),
         anchor_every=anchoring.get("batch", int, 1000, check=_positive),
         anchor_seconds=anchoring.get("seconds", float, 10.0, check=_positive),
         receipt_interval=anchoring.get("receipts", float, 2.0, check=_positive),

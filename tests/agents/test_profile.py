@@ -96,3 +96,17 @@ def test_offers_are_parsed_from_the_mdns_summary() -> None:
     assert parse_offer(summary, "inspection") == 50
     assert parse_offer(summary, "vibration") is None
     assert parse_offer("x=cheap/s", "x") is None
+
+
+def test_admission_limits_come_from_the_channels_table(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        '[agent]\nname = "m"\n[channels]\nmax_unfunded_per_peer = 2\nmax_unfunded = 9\n'
+        "unfunded_lifetime = 5\nstrikes = 1\nset_aside = 7200\n"
+    )
+    limits = load_profile(path).admission
+    assert (limits.per_peer, limits.total, limits.lifetime) == (2, 9, 5.0)
+    assert (limits.max_strikes, limits.backoff, limits.max_backoff) == (1, 7200.0, 7200.0)
+    path.write_text('[agent]\nname = "m"\n[channels]\nmax_unfunded = 0\n')
+    with pytest.raises(ProfileError, match="max_unfunded"):
+        load_profile(path)
