@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         f"wallet: {wallet.get('available', 0)} sat available, {wallet.get('reserved', 0)} reserved"
     )
+    storage = status.get("storage")
+    if storage and not storage["healthy"]:
+        since = time.strftime("%H:%M:%S", time.localtime(storage["since"] or time.time()))
+        print(
+            f"storage: FAULT since {since} ({storage['faults']} failed writes so far):"
+            f" {storage['reason']} -- no new channels or orders until a write succeeds"
+        )
     print(f"peers ({len(status['peers'])}):")
     for peer in status["peers"]:
         live = "session" if peer["peer_id"] in status["sessions"] else "-"

@@ -31,6 +31,7 @@ from mesh.channel.pays import fold_payments
 from mesh.channel.state import Payee, Payer, Record, Role
 from mesh.channel.store import ChannelStore
 from mesh.channel.txs import Terms
+from mesh.health import StorageHealth
 from mesh.identity import Identity
 from mesh.transport import Node, SessionClosed
 from mesh.wire import ChannelAck, ChannelError, Frame
@@ -52,9 +53,12 @@ class ChannelBase:
         db_limiter: trio.CapacityLimiter,
         config: ChannelConfig | None = None,
         on_paid: PaidCallback | None = None,
+        *,
+        health: StorageHealth | None = None,
     ) -> None:
         """`db_limiter` serialises every use of the SQLite connection shared by the
-        wallet and the channel store (it has capacity 1)."""
+        wallet and the channel store (it has capacity 1); failed channel saves are
+        reported to `health` (the agent's, shared by every store writer)."""
         self.identity = identity
         self.node = node
         self.chain = chain
@@ -62,6 +66,7 @@ class ChannelBase:
         self.config = config or ChannelConfig()
         self.on_paid = on_paid
         self.on_acked: AckedCallback | None = None
+        self.health = health or StorageHealth()
         self.on_ended: Callable[[bytes], None] | None = None
         """on_ended(channel_id): a channel we are paid on ended early (its funding is
         gone): deliver nothing more against it."""
@@ -77,6 +82,7 @@ class ChannelBase:
             self._send_many,
             db_limiter,
             gather=self.config.commit_gather,
+            health=self.health,
         )
         # A payer sends half a window at a time (at most 64): the payee verifies one
         # batch while the next is signed, and a batch costs one commit, one packet

@@ -19,6 +19,13 @@ taking a batch until its frames are written keeps batches leaving in commit orde
 
 The commit runs in the Trio thread: a WAL commit takes tens of microseconds, while a
 worker-thread hop can cost the GIL switch interval (5 ms) when this thread is busy.
+A save that fails for want of storage (a full disk, an I/O error: `STORAGE_ERRORS`)
+is not fatal and not half done: every record stays dirty, every queued frame stays
+queued and no acknowledgement is made, the fault goes to the agent's `StorageHealth`,
+and the committer tries again after a back-off (0.5 s doubling to 5 s; inline commits
+step aside meanwhile). The first save that works clears the fault and sends it all;
+`flush` returns only then.
+
 This module never decides what a state means; it only orders "write, then send".
 """
 
@@ -30,6 +37,7 @@ from dataclasses import dataclass
 import trio
 
 from mesh.channel.state import Record
+from mesh.health import STORAGE_ERRORS, StorageHealth, backoff
 from mesh.locks import acquire
 from mesh.wire import Frame
 
@@ -49,6 +57,7 @@ class CommitCounters:
     records_committed: int = 0
     acks_sent: int = 0
     commit_seconds: float = 0.0
+    failed_saves: int = 0
 
 
 class GroupCommit:
@@ -63,9 +72,11 @@ class GroupCommit:
         db: trio.CapacityLimiter,
         *,
         gather: int = 16,
+        health: StorageHealth | None = None,
     ) -> None:
         """`current(channel_id)` is a channel's record and service now; `db` serialises
-        every use of the SQLite connection (capacity 1)."""
+        every use of the SQLite connection (capacity 1); failed saves are reported to
+        `health` (as component ``channels``)."""
         self._current = current
         self._save = save
         self._acknowledge = acknowledge
@@ -83,6 +94,9 @@ class GroupCommit:
         self._committed_generation = 0
         self._committed = trio.Event()
         self._marks = 0
+        self._health = health or StorageHealth()
+        # > 0 while saves fail: how long the committer waits before it tries again.
+        self._retry_delay = 0.0
         self.counters = CommitCounters()
 
     def mark(self, channel_id: bytes, *, wake: bool = True) -> None:
@@ -109,16 +123,20 @@ class GroupCommit:
         self._reack.update(channel_ids)
 
     async def flush(self, channel_id: bytes) -> None:
-        """Persist `channel_id` now (through the committer) and wait for the commit."""
+        """Persist `channel_id` now (through the committer) and wait for the commit;
+        while saves fail, that is until one works."""
         self.mark(channel_id)
         target = self._generation + 1
         while self._committed_generation < target:
             await self._committed.wait()
 
     async def run(self) -> None:
-        """The committer task: commit whenever something is marked (run in a nursery)."""
+        """The committer task: commit whenever something is marked, and retry a failed
+        save with back-off (run in a nursery)."""
         while True:
             await self._wake.wait()
+            if self._retry_delay:  # the last save failed: what is marked meanwhile joins
+                await trio.sleep(self._retry_delay)
             quiet = 0
             for _ in range(self._gather):
                 marks = self._marks
@@ -138,7 +156,11 @@ class GroupCommit:
 
     async def commit_inline(self) -> bool:
         """Commit and send what is marked from the calling task, if nothing else is
-        committing or using the database right now; False (nothing done) otherwise."""
+        committing or using the database right now and saves are not failing; False
+        (nothing done: wake the committer) otherwise. A save failing here is retried by
+        the committer."""
+        if self._retry_delay:
+            return False
         try:
             self._lock.acquire_nowait()
         except trio.WouldBlock:
@@ -155,7 +177,7 @@ class GroupCommit:
 
     async def _commit_and_send(self) -> None:
         """Write the batch, let go of the database, send its frames (the caller holds
-        the lock and the database)."""
+        the lock and the database); nothing is sent when the write failed."""
         try:
             sends = self._write_batch()
         finally:
@@ -165,15 +187,28 @@ class GroupCommit:
 
     def _write_batch(self) -> dict[str, list[Frame]]:
         """Persist every dirty record in one transaction (the caller holds the database);
-        returns the frames that may now go out, by peer."""
+        returns the frames that may now go out, by peer (none when the write failed)."""
         dirty, self._dirty = self._dirty, {}
         outbox, self._outbox = self._outbox, []
         reack, self._reack = self._reack, set()
         self._generation += 1
         batch = [self._current(cid) for cid in dirty]
         started = trio.current_time()
-        self._save(batch)
         counters = self.counters
+        try:
+            self._save(batch)
+        except STORAGE_ERRORS as exc:
+            # Nothing of it counts as durable: all of it waits for the next try (this
+            # runs in one go, so nothing was marked or queued meanwhile).
+            self._dirty, self._outbox, self._reack = dirty, outbox, reack
+            counters.failed_saves += 1
+            self._retry_delay = backoff(self._retry_delay)
+            self._health.fault("channels", exc)
+            self._wake.set()
+            return {}
+        if self._retry_delay:
+            self._retry_delay = 0.0
+            self._health.ok("channels")
         counters.commit_seconds += trio.current_time() - started
         counters.commits += 1
         counters.records_committed += len(batch)

@@ -46,6 +46,7 @@ from mesh.channel.state import Role, State
 from mesh.channel.store import ChannelStore
 from mesh.discovery import PeerTable, open_discovery, parse_static
 from mesh.errors import MeshError
+from mesh.health import STORAGE_ERRORS, StorageHealth
 from mesh.identity import Identity, load_identity, parse_peer_id
 from mesh.session import PeerInfo
 from mesh.store import Store
@@ -121,6 +122,8 @@ class Agent:
         self.wants = [WantProgress(w) for w in profile.wants]
         self._table: PeerTable | None = None
         self._db = trio.CapacityLimiter(1)
+        self.storage = StorageHealth()
+        """Whether the stores can be written: a fault stops new business, not the agent."""
         self._handlers: dict[str, tuple[Any, Handler]] = {}
         for i, spec in enumerate(profile.services):
             try:
@@ -165,7 +168,12 @@ class Agent:
                 # Peers may dial in while discovery starts: replay those sessions too.
                 sessions = node.watch_sessions(replay=True)
                 self.provider = Provider(
-                    identity, self._handlers, self._send, self._check_channel, nursery
+                    identity,
+                    self._handlers,
+                    self._send,
+                    self._check_channel,
+                    nursery,
+                    health=self.storage,
                 )
                 self.manager = ChannelManager(
                     identity,
@@ -176,6 +184,7 @@ class Agent:
                     self._db,
                     ChannelConfig(window=profile.window),
                     on_paid=self.provider.on_paid,
+                    health=self.storage,
                 )
                 self.buyer = Buyer(self._send, self._pay)
                 await self._sync_wallet(chain)
@@ -186,6 +195,7 @@ class Agent:
                     self.wallet,
                     chain,
                     db_limiter=self._db,
+                    health=self.storage,
                     config=AnchorConfig(
                         batch=BatchPolicy(profile.anchor_every, profile.anchor_seconds),
                         confirm_interval=0.5,
@@ -286,7 +296,12 @@ class Agent:
     async def _keep_wallet_synced(self, chain: LocalChain) -> None:
         while True:
             await trio.sleep(5.0)
-            await self._sync_wallet(chain)
+            try:
+                await self._sync_wallet(chain)
+            except STORAGE_ERRORS as exc:  # the coins are added at a later pass
+                self.storage.fault("wallet", exc)
+            else:
+                self.storage.ok("wallet")
 
     async def _dispatch(self, peer_id: str, frame: Frame) -> None:
         assert self.manager and self.provider and self.buyer and self.receipts
@@ -503,6 +518,7 @@ class Agent:
                 "state": progress.state,
                 "delivered": progress.delivered,
                 "paid": progress.paid,
+                "reason": progress.orders[-1].reason if progress.orders else "",
             }
         if cmd == "anchor":
             assert self.anchorer is not None
@@ -578,6 +594,7 @@ class Agent:
             "channels": channels,
             "meters": meters,
             "anchoring": asdict(self.anchorer.statistics()) if self.anchorer else None,
+            "storage": asdict(self.storage.statistics()),
             "receipts": asdict(self.receipts.statistics()) if self.receipts else None,
             "wants": [
                 {

@@ -195,7 +195,14 @@ class Store:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            # A COMMIT that failed (a full disk) may leave the transaction open: end it,
+            # or every later write would fail too and the fault could never pass.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _begin_immediate(self) -> None:
         """Take the write lock, polling every 0.2-2 ms until the busy timeout.

@@ -9,6 +9,15 @@ provider still delivers what is already paid for, so at the end of every order
 
 Meters live here, one per channel (buyer, provider, service), fed by the channel
 manager's durable totals; a dead peer's meters freeze at once.
+
+A storage fault (the agent's `StorageHealth`) pauses business: while it lasts the
+provider refuses new orders and gives no credit; a running order delivers only units
+already durably paid for (a reading only once it is in the signed log, so it may wait
+for storage), then waits for storage rather than ending -- the buyer's payments sent
+meanwhile are acknowledged once they are written, and the order goes on (a stop or a
+lost buyer still ends it). So a fault costs the buyer time, not its prepay window.
+Meter statements are logged after `ServiceDone` is sent, by a task that waits for
+storage to work; at most `MAX_UNLOGGED_STATEMENTS` wait (more are dropped, and said so).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from agents.services.vendor import (
 from mesh.anchoring.errors import RecordError
 from mesh.anchoring.record import Record as AnchorRecord
 from mesh.anchoring.record import SignedRecord, open_record, sign_record
+from mesh.health import StorageHealth
 from mesh.identity import Identity
 from mesh.metering import BuyerMeter, ProviderMeter
 from mesh.wire import Frame, ServiceDelivery, ServiceDone, ServiceOrder, ServiceStop
@@ -44,7 +54,10 @@ Pay = Callable[[bytes, int], Awaitable[None]]
 
 LogRecord = Callable[[str, bytes, str | None], Awaitable[tuple[bytes, bytes]]]
 """log_record(stream, payload, audience) -> (record body, signature): the agent's signed
-log; `audience` is the peer id the record goes to (the one that may ask for its receipt)."""
+log; `audience` is the peer id the record goes to (the one that may ask for its receipt).
+It returns once the record is stored (waiting while storage fails)."""
+MAX_UNLOGGED_STATEMENTS = 1024
+"""Meter statements kept in memory while they wait for storage to work again."""
 
 
 def statement(
@@ -116,8 +129,10 @@ class Provider:
         channel_check: Callable[[str, bytes, str], str | None],
         nursery: trio.Nursery,
         stall_ticks: float = 3.0,
+        health: StorageHealth | None = None,
     ) -> None:
-        """`channel_check(peer, channel_id, service)` returns a problem or None."""
+        """`channel_check(peer, channel_id, service)` returns a problem or None; while
+        `health` reports a storage fault no new order is taken and no credit given."""
         self.identity = identity
         self.services = services
         self._send = send
@@ -126,6 +141,8 @@ class Provider:
         self._stall_ticks = stall_ticks
         self._meters: dict[bytes, _MeterCell] = {}
         self._orders: dict[bytes, _ProviderOrder] = {}
+        self._health = health or StorageHealth()
+        self._unlogged = 0  # meter statements waiting to be logged
         self.state: dict[str, dict[str, Any]] = {sid: {} for sid in services}
         self.log_record: LogRecord | None = None
         """Set by the runtime: readings and meter statements go into the signed log."""
@@ -178,7 +195,9 @@ class Provider:
     async def _start(self, peer_id: str, order: ServiceOrder) -> None:
         entry = self.services.get(order.service)
         problem = None
-        if entry is None:
+        if not self._health.healthy:
+            problem = f"storage fault: {self._health.reason()}"
+        elif entry is None:
             problem = f"no service {order.service!r} here"
         elif not entry[0].may_buy(peer_id):
             problem = f"{peer_id[:16]}… may not buy {order.service}"
@@ -212,7 +231,8 @@ class Provider:
             while running.delivered < order.units:
                 meter = cell.meter
                 allowed = meter.deliverable_units()
-                if running.stopping:  # finish only what is paid for, no more credit
+                faulted = not self._health.healthy
+                if running.stopping or faulted:  # finish only what is paid for, no credit
                     allowed = min(allowed, max(0, meter.paid - meter.delivered_value) // spec.price)
                 if allowed == 0:
                     if running.stopping or meter.frozen:
@@ -220,7 +240,8 @@ class Provider:
                         break
                     with trio.move_on_after(self._stall_ticks * spec.tick) as waited:
                         await cell.changed.wait()
-                    if waited.cancelled_caught:
+                    # Payments may be waiting for storage: no stall while it fails.
+                    if waited.cancelled_caught and not faulted and self._health.healthy:
                         reason = "payment stopped"
                         break
                     continue
@@ -247,19 +268,37 @@ class Provider:
             running.delivered,
             reason,
         )
-        if self.log_record is not None:
-            meter_statement = statement(
-                "provider",
-                order.order_id,
-                spec.id,
-                running.peer_id,
-                order.channel_id,
-                running.delivered,
-                spec.price,
-                cell.meter.paid,
-            )
-            await self.log_record("meters", meter_statement, running.peer_id)
         await self._send(running.peer_id, ServiceDone(order.order_id, running.delivered, reason))
+        meter_statement = statement(
+            "provider",
+            order.order_id,
+            spec.id,
+            running.peer_id,
+            order.channel_id,
+            running.delivered,
+            spec.price,
+            cell.meter.paid,
+        )
+        self._log_statement_soon(meter_statement, running.peer_id)
+
+    def _log_statement_soon(self, payload: bytes, peer_id: str) -> None:
+        """Log a meter statement from a task of its own: it waits while storage fails,
+        and the order's end must not (bounded: past `MAX_UNLOGGED_STATEMENTS`, dropped)."""
+        log_record = self.log_record
+        if log_record is None:
+            return
+        if self._unlogged >= MAX_UNLOGGED_STATEMENTS:
+            log.warning("meter statement dropped: %d wait for storage already", self._unlogged)
+            return
+        self._unlogged += 1
+        self._nursery.start_soon(self._log_statement, log_record, payload, peer_id)
+
+    async def _log_statement(self, log_record: LogRecord, payload: bytes, peer_id: str) -> None:
+        try:
+            await self._health.wait_healthy()
+            await log_record("meters", payload, peer_id)
+        finally:
+            self._unlogged -= 1
 
     async def _produce(
         self, handler: Handler, ctx: ServiceContext, order: ServiceOrder

@@ -26,8 +26,13 @@ Restart: `run` reloads stream heads, waiting records and unfinished batches; a
 
 Failures to fund or broadcast (no coins, a rejection, the chain unreachable) are
 logged, counted in `statistics()` and retried every ``retry_interval`` seconds; records
-keep being logged meanwhile. A failing store write ends the task (and every waiting
-`log` raises): the log must not pretend to be durable.
+keep being logged meanwhile. A store (or wallet) write that fails for want of storage
+(a full disk, an I/O error: `mesh.health.STORAGE_ERRORS`) is reported to the agent's
+`StorageHealth` and the same write is tried again after a back-off (0.5 s doubling to
+5 s) until it works: records already stored stay stored, and no `log` returns before
+its record is -- callers wait. Any other store error (a constraint: a bug, or another
+writer) ends the task, and every waiting `log` raises: the log must not pretend to be
+durable.
 
 Time: record timestamps come from the injected wall ``clock``; batching deadlines and
 retries from Trio's clock (a `MockClock` in tests). The store, wallet and chain do the
@@ -35,7 +40,8 @@ I/O; every store or wallet call runs in a worker thread behind ``db_limiter`` (s
 with everything else that uses the same `Store`).
 
 It must never broadcast a transaction it has not recorded first, return a record
-before it is committed, or swallow a store error.
+before it is committed, or swallow a store error (a storage fault is retried, never
+skipped).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from mesh.chain.errors import ChainUnavailable, TxRejected, WalletError
 from mesh.chain.tx import parse_exact
 from mesh.chain.wallet import Wallet
 from mesh.errors import LocalProtocolError
+from mesh.health import STORAGE_ERRORS, StorageHealth, backoff, describe
 from mesh.identity import Identity
 from mesh.store import Store, StoreError
 
@@ -122,7 +129,10 @@ class Anchorer:
         config: AnchorConfig | None = None,
         clock: Callable[[], float] = time.time,
         db_limiter: trio.CapacityLimiter | None = None,
+        health: StorageHealth | None = None,
     ) -> None:
+        """Failed writes for want of storage are reported to `health` (as component
+        ``anchoring``) and retried."""
         self.identity = identity
         self.config = config or AnchorConfig()
         self.records = AnchorStore(store)
@@ -131,6 +141,7 @@ class Anchorer:
         self._chain = chain
         self._clock = clock
         self._limiter = db_limiter or trio.CapacityLimiter(1)
+        self._health = health or StorageHealth()
         self._writer: StreamWriter | None = None
         self._batcher = Batcher(self.config.batch)
         self._queue: list[SignedRecord] = []
@@ -196,6 +207,23 @@ class Anchorer:
     async def _thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
 
+    async def _write(self, fn: Callable[..., T], *args: object) -> T:
+        """A store or wallet write in a worker thread. While storage fails the fault is
+        reported and the same write tried again after a back-off -- never skipped, so
+        nothing that must follow it (an ack, a broadcast) happens first."""
+        delay = 0.0
+        while True:
+            try:
+                result = await self._thread(fn, *args)
+            except STORAGE_ERRORS as exc:
+                self._last_error = f"store write failed: {describe(exc)}"
+                self._health.fault("anchoring", exc)
+                delay = backoff(delay)
+                await trio.sleep(delay)
+                continue
+            self._health.ok("anchoring")
+            return result
+
     # ---------------------------------------------------------------- logging
 
     async def log(
@@ -204,7 +232,8 @@ class Anchorer:
         """Sign the next record of `stream` and return it once it is stored.
 
         `audience` is the peer key the record is delivered to: the one peer `receipts`
-        will later serve its Merkle path to.
+        will later serve its Merkle path to. While storage fails this waits until the
+        record is written (callers that must not wait check the agent's health first).
         """
         return (await self.log_many(stream, [payload], audience=audience))[0]
 
@@ -244,7 +273,9 @@ class Anchorer:
                 commit, self._next_commit = self._next_commit, _Commit()
                 self._in_flight = commit
                 try:
-                    await self._thread(self.records.insert_own, records, audiences)
+                    # Signed already: written as they are (never signed again, which
+                    # would fork the stream), however long storage takes to come back.
+                    await self._write(self.records.insert_own, records, audiences)
                 except (sqlite3.Error, StoreError) as exc:
                     commit.error = f"store write failed: {exc}"
                     commit.event.set()
@@ -291,7 +322,7 @@ class Anchorer:
                 pending = self._batcher.take(stream, now)
                 assert pending is not None
                 root = batch_root(pending.hashes)
-                batch = await self._thread(
+                batch = await self._write(
                     self.records.plan_batch, self._agent, pending, root, self._clock()
                 )
                 self._planned[batch.id] = batch
@@ -336,33 +367,30 @@ class Anchorer:
         """Fund (if needed), record, broadcast and mark one batch's anchor."""
         if batch.state == "planned":
             # A crash between funding and recording the draft leaves coins reserved.
-            await self._thread(self._wallet.release, batch.reservation)
+            await self._write(self._wallet.release, batch.reservation)
             script = AnchorPayload(
                 batch.agent, batch.stream, batch.first_seq, batch.last_seq, batch.root
             ).script()
-            draft = await trio.to_thread.run_sync(
+            draft = await self._write(
                 functools.partial(
                     self._wallet.fund,
                     [(script, self.config.anchor_satoshis)],
                     reservation=batch.reservation,
-                ),
-                limiter=self._limiter,
+                )
             )
-            await self._thread(
-                self.records.record_draft, batch.id, draft.txid, draft.raw, draft.fee
-            )
+            await self._write(self.records.record_draft, batch.id, draft.txid, draft.raw, draft.fee)
             batch = replace(batch, state="built", txid=draft.txid, raw=draft.raw, fee=draft.fee)
             self._planned[batch.id] = batch
         assert batch.raw is not None and batch.txid is not None
         try:
             await self._chain.broadcast(parse_exact(batch.raw))
         except TxRejected:
-            await self._thread(self._wallet.abandon, batch.txid)
-            await self._thread(self.records.clear_draft, batch.id)
+            await self._write(self._wallet.abandon, batch.txid)
+            await self._write(self.records.clear_draft, batch.id)
             self._planned[batch.id] = replace(batch, state="planned", txid=None, raw=None, fee=None)
             raise
-        await self._thread(self._wallet.mark_broadcast, batch.txid)
-        await self._thread(self.records.mark_broadcast, batch.id)
+        await self._write(self._wallet.mark_broadcast, batch.txid)
+        await self._write(self.records.mark_broadcast, batch.id)
         del self._planned[batch.id]
         self._unconfirmed[batch.id] = replace(batch, state="broadcast")
         self._anchored += 1
@@ -407,7 +435,7 @@ class Anchorer:
                     self._last_error = f"the chain's proof of {batch.txid} is unusable: {exc}"
                     log.warning("%s", self._last_error)
                     continue
-                await self._thread(
+                await self._write(
                     self.records.mark_mined,
                     batch.id,
                     status.block_height,

@@ -1,4 +1,5 @@
-"""GroupCommit orders "write, then send" (doubles for the store and the sessions).
+"""GroupCommit orders "write, then send" (doubles for the store and the sessions),
+also while the store cannot be written.
 
 The real path -- a payer and a payee agent over nng with SQLite -- is checked by
 `tests/channel/test_manager.py::test_nothing_is_sent_or_acked_before_it_is_durable`.
@@ -6,30 +7,46 @@ The real path -- a payer and a payee agent over nng with SQLite -- is checked by
 
 from __future__ import annotations
 
+import sqlite3
+
+import pytest
 import trio
 
 from agents.group_commit import GroupCommit
 from mesh.channel.state import Record
+from mesh.health import StorageHealth
 from mesh.wire import ChannelAck, Frame, Message
 from tests.channel.helpers import make_pair
 
 
 class World:
-    """A log of what was saved and sent, in order."""
+    """A log of what was saved and sent, in order; the first `failures` saves raise
+    `error` (a full disk, by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
         payer, *_ = make_pair()
         self.record = payer.record()
         self.cid = self.record.terms.channel_id
         self.log: list[tuple[str, object]] = []
         self.db = trio.CapacityLimiter(1)
+        self.failures = failures
+        self.error = error or sqlite3.OperationalError("database or disk is full")
+        self.health = StorageHealth()
         self.commits = GroupCommit(
             lambda cid: (self.record, "svc"),
-            lambda batch: self.log.append(("save", [r.seq for r, _ in batch])),
+            self.save,
             self.acknowledge,
             self.send_many,
             self.db,
+            health=self.health,
         )
+
+    def save(self, batch: list[tuple[Record, str]]) -> None:
+        if self.failures:
+            self.failures -= 1
+            self.log.append(("fail", trio.current_time()))
+            raise self.error
+        self.log.append(("save", [r.seq for r, _ in batch]))
 
     def acknowledge(self, record: Record, service: str, reack: bool) -> Frame | None:
         return ChannelAck(record.terms.channel_id, record.seq, record.total, b"") if reack else None
@@ -72,3 +89,70 @@ async def test_an_inline_commit_steps_back_while_the_database_is_in_use() -> Non
         release.set()
     assert await commits.commit_inline()
     assert world.log == [("save", [0])]
+
+
+async def test_a_failing_save_sends_nothing_until_a_save_works(autojump_clock: object) -> None:
+    """Three saves fail (a full disk): nothing is sent or acknowledged, `flush` waits,
+    the health says why; the committer retries after 0.5, 1 and 2 s, and the fourth
+    save sends everything queued, in order, then the ack it allows."""
+    world = World(failures=3)
+    commits, peer = world.commits, world.record.peer_id
+    flushed: list[float] = []
+
+    async def flush() -> None:
+        await commits.flush(world.cid)
+        flushed.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(commits.run)
+        commits.send_after_commit(peer, Message("a", b""))
+        commits.reack([world.cid])
+        nursery.start_soon(flush)
+        await trio.sleep(1.0)  # two saves failed by now
+        assert [kind for kind, _ in world.log] == ["fail", "fail"]
+        assert not world.health.healthy and flushed == []
+        assert world.health.reason() == "channels: database or disk is full"
+        assert not await commits.commit_inline()  # steps aside: the committer retries
+        commits.send_after_commit(peer, Message("b", b""))
+        commits.mark(world.cid)
+        assert [kind for kind, _ in world.log] == ["fail", "fail"]
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert world.log == [
+        ("fail", 0.0),
+        ("fail", 0.5),
+        ("fail", 1.5),
+        ("save", [0]),
+        ("send", ["Message", "Message", "ChannelAck"]),
+    ]
+    assert flushed == [3.5]
+    assert world.health.healthy and world.health.statistics().faults == 3
+    counters = commits.counters
+    assert (counters.commits, counters.failed_saves, counters.acks_sent) == (1, 3, 1)
+
+
+async def test_an_inline_commit_that_fails_is_retried_by_the_committer(
+    autojump_clock: object,
+) -> None:
+    world = World(failures=1)
+    commits = world.commits
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(commits.run)
+        commits.send_after_commit(world.record.peer_id, Message("a", b""))
+        commits.mark(world.cid, wake=False)
+        assert await commits.commit_inline()  # it tried; the committer takes over
+        assert world.log == [("fail", 0.0)] and not world.health.healthy
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert world.log[1:] == [("save", [0]), ("send", ["Message"])]
+    assert world.health.healthy
+
+
+async def test_a_save_failing_for_another_reason_stays_loud() -> None:
+    """A constraint error is a bug (or another writer), not a full disk: it ends the
+    committer rather than being retried for ever."""
+    world = World(failures=1, error=sqlite3.IntegrityError("UNIQUE constraint failed"))
+    world.commits.mark(world.cid, wake=False)
+    with pytest.raises(sqlite3.IntegrityError):
+        await world.commits.commit_inline()
+    assert world.health.healthy

@@ -7,6 +7,7 @@ The channel is simulated by its one observable effect: the payee's durable total
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from collections.abc import Callable
 
 import pytest
@@ -15,6 +16,7 @@ import trio
 from agents.profile import ServiceSpec, WantSpec
 from agents.services.orders import Buyer, OrderResult, Provider
 from agents.services.vendor import Handler, Registry, ServiceContext, resolve
+from mesh.health import StorageHealth
 from mesh.identity import Identity
 from mesh.wire import Frame
 
@@ -33,12 +35,15 @@ class Link:
         self.buyer_id = Identity.generate().peer_id
         self.paid_total = 0
         self.payments_blocked = False
+        self.payments_held = False
+        self.health = StorageHealth()
         self.provider = Provider(
             self.provider_identity,
             {service.id: (service, handler)},
             self._to_buyer,
             lambda peer, cid, svc: None,
             nursery,
+            health=self.health,
         )
         self.buyer = Buyer(self._to_provider, self._pay)
 
@@ -52,7 +57,13 @@ class Link:
         if self.payments_blocked:
             return  # signed but never arrives: the provider sees no new total
         self.paid_total += amount
-        self.provider.on_paid(channel_id, self.buyer_id, "svc", self.paid_total)
+        if not self.payments_held:  # held: arrived, not durable yet (a storage fault)
+            self.provider.on_paid(channel_id, self.buyer_id, "svc", self.paid_total)
+
+    def release_held(self) -> None:
+        """The held payments are durable now: the provider sees their total."""
+        self.payments_held = False
+        self.provider.on_paid(CHANNEL, self.buyer_id, "svc", self.paid_total)
 
     async def buy(self, units: int, price: int = 10, prepay: int = 1, **kw: object) -> OrderResult:
         want = WantSpec("svc", max_price=price, units=units, budget=10**9, prepay=prepay)
@@ -197,3 +208,42 @@ async def test_orders_are_refused_with_a_reason(reason: str, autojump_clock: obj
             want = WantSpec("nothing-here", 10, 3, 100, 1)
             result = await link.buyer.buy(link.provider_identity.peer_id, want, 10, CHANNEL)
     assert result.delivered == 0 and result.reason.startswith("refused")
+
+
+async def test_a_storage_fault_pauses_orders_and_refuses_new_ones(autojump_clock: object) -> None:
+    """The disk fills mid-order: the buyer's payments are held (not durable, so no new
+    paid total), no credit is given and the order waits instead of ending; new orders
+    are refused. When a write works again the held payments count, the order finishes
+    paid to the satoshi and its meter statement, kept meanwhile, is logged."""
+    statements: list[bytes] = []
+
+    async def log_record(stream: str, payload: bytes, audience: str | None) -> tuple[bytes, bytes]:
+        statements.append(payload)
+        return b"", b""
+
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("tool-time", credit=2), resolve("builtin:spindle", "tool-time"))
+        link.provider.log_record = log_record
+        results: list[OrderResult] = []
+
+        async def buy() -> None:
+            results.append(await link.buy(units=20, prepay=3))
+
+        nursery.start_soon(buy)
+        await trio.sleep(5.2)
+        link.payments_held = True  # the payee cannot make them durable: no on_paid
+        link.health.fault("channels", sqlite3.OperationalError("database or disk is full"))
+        at_fault = next(iter(link.provider.meters().values()))
+        await trio.sleep(60)  # far past the stall timeout
+        meter = next(iter(link.provider.meters().values()))
+        assert not results  # paused, not ended
+        assert meter.delivered_value <= max(at_fault.delivered_value, at_fault.paid)  # no credit
+        refused = await link.buy(units=3)
+        assert refused.delivered == 0
+        assert refused.reason == "refused: storage fault: channels: database or disk is full"
+        link.health.ok("channels")  # storage is back: the held payments are committed
+        link.release_held()
+        await trio.sleep(60)
+        assert results and (results[0].delivered, results[0].reason) == (20, "complete")
+        assert results[0].paid == 20 * 10 == link.paid_total - refused.paid  # (its prepay)
+        assert len(statements) == 1  # the order's (the refused one never ran)

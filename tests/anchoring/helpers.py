@@ -19,6 +19,7 @@ from mesh.chain.ledger import LocalLedger
 from mesh.chain.local import LocalChain
 from mesh.chain.tx import p2pkh_script
 from mesh.chain.wallet import Wallet
+from mesh.health import StorageHealth
 from mesh.identity import Identity
 from mesh.store import Store
 
@@ -93,6 +94,7 @@ async def running_anchorer(
     config: AnchorConfig | None = None,
     clock: FakeClock | None = None,
     coins: tuple[int, ...] = (200_000,),
+    health: StorageHealth | None = None,
 ) -> AsyncIterator[Running]:
     """Open the store, wallet and chain, fund the wallet, run an Anchorer; clean up after."""
     store = open_store(data_dir)
@@ -109,6 +111,7 @@ async def running_anchorer(
         config=config,
         clock=clock or FakeClock(),
         db_limiter=limiter,
+        health=health,
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -6,6 +6,7 @@ anchor transactions go through the ledger's full rule set (scripts, fees, finali
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from mesh.chain.rules import Policy
 from mesh.chain.tx import parse_exact
 from mesh.chain.wallet import Wallet
 from mesh.errors import LocalProtocolError
+from mesh.health import StorageHealth
 from tests.anchoring.helpers import (
     PRODUCER,
     FakeClock,
@@ -310,6 +312,45 @@ async def test_a_failing_store_write_fails_the_log_loudly(tmp_path: Path) -> Non
             with pytest.raises(LocalProtocolError, match="store write failed"):
                 await run.anchorer.log("vibration", b"2")
     assert caught.group_contains(AnchoringError, match="cannot be stored: UNIQUE constraint")
+
+
+async def test_a_full_disk_holds_the_log_until_a_write_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storing records fails twice, cutting a batch once (a full disk): the task goes
+    on, `log` returns only once its record is stored (after 0.5 + 1 s of back-off), the
+    health says why meanwhile, and nothing stored before is lost."""
+    ledger = create_ledger(tmp_path / "ledger.db")
+    health = StorageHealth()
+    async with running_anchorer(tmp_path / "a", ledger, config=_config(), health=health) as run:
+        await run.anchorer.log("vibration", b"0")
+        records = run.anchorer.records
+        failures = {"insert_own": 2, "plan_batch": 1}
+        reasons: list[str | None] = []
+
+        def flaky(name: str) -> object:
+            real = getattr(records, name)
+
+            def call(*args: object) -> object:
+                if failures[name]:
+                    failures[name] -= 1
+                    reasons.append(health.reason())
+                    raise sqlite3.OperationalError("database or disk is full")
+                return real(*args)
+
+            return call
+
+        for name in failures:
+            monkeypatch.setattr(records, name, flaky(name))
+        started = trio.current_time()
+        second = await run.anchorer.log("vibration", b"1")
+        assert second.seq == 1 and 1.4 < trio.current_time() - started < 5
+        assert reasons == [None, "anchoring: database or disk is full"]
+        assert health.healthy and health.statistics().faults == 2
+        (batch,) = await run.anchorer.anchor_now()  # the cut failed once, then worked
+        assert (batch.first_seq, batch.last_seq) == (0, 1)
+        assert health.healthy and health.statistics().faults == 3
+        assert run.anchorer.statistics().last_error.startswith("store write failed: database")
 
 
 async def test_log_needs_a_running_anchorer(tmp_path: Path) -> None:

@@ -41,13 +41,16 @@ prepay = 2
 
 
 class RunningAgent:
-    """One `mesh run` process and its data dir."""
+    """One `mesh run` process and its data dir (``root/name``, or `data_dir`: then its
+    log is ``root/name.log``, off that file system)."""
 
     def __init__(self, root: Path, ledger: Path, name: str, interface: str, mailbox: str,
                  body: str, netns: str | None = None, funds: int = 0, *,
                  identity: Identity | None = None,
-                 static_peers: Sequence[str] = ()) -> None:  # fmt: skip
-        self.data = root / name
+                 static_peers: Sequence[str] = (),
+                 data_dir: Path | None = None) -> None:  # fmt: skip
+        self.data = data_dir or root / name
+        self.log_path = root / f"{name}.log" if data_dir else self.data / "agent.log"
         identity = identity or Identity.generate()
         save_identity(identity, self.data / "identity.key")
         self.peer_id = identity.peer_id
@@ -64,7 +67,7 @@ class RunningAgent:
             with LocalLedger.open(ledger) as chain:
                 chain.faucet(p2pkh_script(address), funds)
         prefix = ["ip", "netns", "exec", netns] if netns else []
-        self.log = open(self.data / "agent.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.spawned = time.monotonic()
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "agents.cli", "--log-level", "info", "run",
@@ -75,7 +78,7 @@ class RunningAgent:
     def status(self) -> dict[str, Any] | None:
         """The agent's status, or None while it is not answering."""
         if self.proc.poll() is not None:
-            tail = (self.data / "agent.log").read_text()[-3000:]
+            tail = self.log_path.read_text()[-3000:]
             raise AssertionError(f"{self.data.name} exited {self.proc.returncode}:\n{tail}")
         try:
             return request(self.data / "control.sock", {"cmd": "status"}, timeout=5)
@@ -94,7 +97,7 @@ class RunningAgent:
 
     def log_lines(self, pattern: str) -> list[str]:
         """Lines of the agent's log matching the regular expression `pattern`."""
-        text = (self.data / "agent.log").read_text(errors="replace")
+        text = self.log_path.read_text(errors="replace")
         return [line for line in text.splitlines() if re.search(pattern, line)]
 
     async def wait_status(self, predicate: Any, timeout: float, what: str) -> float:
