@@ -31,7 +31,7 @@ from mesh.channel.pays import fold_payments
 from mesh.channel.state import Payee, Payer, Record, Role
 from mesh.channel.store import ChannelStore
 from mesh.channel.txs import Terms
-from mesh.health import StorageHealth
+from mesh.health import STORAGE_ERRORS, StorageHealth, backoff
 from mesh.identity import Identity
 from mesh.transport import Node, SessionClosed
 from mesh.wire import ChannelAck, ChannelError, Frame
@@ -156,7 +156,9 @@ class ChannelBase:
         with contextlib.suppress(SessionClosed):
             await session.send_many(fold_payments(frames))
 
-    async def _reject(self, peer_id: str, channel_id: bytes, code: str, reason: str) -> None:
+    async def _reject(
+        self, peer_id: str, channel_id: bytes, code: str, reason: str, *, strike: bool = True
+    ) -> None:
         log.warning(
             "peer %s: channel %s rejected (%s): %s",
             peer_id[:16],
@@ -166,7 +168,7 @@ class ChannelBase:
         )
         self._counts["rejections"] += 1
         await self._send(peer_id, ChannelError(channel_id, code, reason))
-        if self.admission.strike(peer_id, trio.current_time()):
+        if strike and self.admission.strike(peer_id, trio.current_time()):
             # Not waiting for the goodbye to be written: this is the frame dispatcher.
             self.node.hang_up(peer_id, "repeated channel violations")
 
@@ -202,7 +204,7 @@ class ChannelBase:
     async def _holds(self, txid: str, vout: int, satoshis: int, script: bytes) -> bool:
         """Whether the chain shows the unspent output `txid:vout` of `satoshis` to `script`
         (one of our wallet's P2PKH scripts)."""
-        addresses = await self._thread(self.wallet.addresses)
+        addresses = await self._thread(self.wallet.addresses)  # (a read)
         for address in addresses:
             if p2pkh_script(address) == script:
                 coins = await self.chain.utxos(address)
@@ -211,6 +213,24 @@ class ChannelBase:
 
     def _new_payout(self) -> bytes:
         return p2pkh_script(self.wallet.new_address())
+
+    async def _write(self, fn: Callable[..., T], *args: object) -> T:
+        """A store or wallet write outside the group commit. A storage fault is reported
+        to `health` and the write tried again (0.5 s doubling to 5 s) until it works: the
+        caller waits, so nothing that must follow the write (a broadcast after recording
+        a transaction) happens before it."""
+        delay = 0.0
+        while True:
+            try:
+                result = await self._thread(fn, *args)
+            except STORAGE_ERRORS as exc:
+                self.health.fault("channel-records", exc)
+                delay = backoff(delay)
+                await trio.sleep(delay)
+                continue
+            if delay:
+                self.health.ok("channel-records")
+            return result
 
     async def _thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)

@@ -51,6 +51,7 @@ from mesh.channel.state import (
     State,
 )
 from mesh.channel.txs import Terms, is_p2pkh, multisig_script
+from mesh.health import STORAGE_ERRORS, describe
 from mesh.identity import parse_peer_id
 from mesh.wire import (
     ChannelAck,
@@ -110,7 +111,7 @@ class ChannelManager(ChannelSettlement):
                 continue
             state = await self._thread(self._channels.state_of, bytes.fromhex(reservation))
             if state is None or state is State.FAILED:
-                freed = await self._thread(self.wallet.release, reservation)
+                freed = await self._write(self.wallet.release, reservation)
                 log.info("released %d coins an unfinished open had reserved", freed)
         # Settled channels stay in the store and are not loaded into memory.
         stored = await self._thread(self._channels.load)
@@ -147,12 +148,12 @@ class ChannelManager(ChannelSettlement):
                 else:  # crashed before recording the funding: it never went out
                     end.event("fail")
                     await self._commits.flush(cid)
-                    await self._thread(self.wallet.release, cid.hex())
+                    await self._write(self.wallet.release, cid.hex())
             if record.state is State.CLOSING and isinstance(end, Payee):
                 raw = item.close_raw
                 if raw is None:  # crashed after recording CLOSING, before the close tx
                     raw = end.closing_tx()
-                    await self._thread(functools.partial(self._channels.save_raw, cid, close=raw))
+                    await self._write(functools.partial(self._channels.save_raw, cid, close=raw))
                 await self._finish_close(end, raw)
 
     async def _forget_proposals(self) -> None:
@@ -169,25 +170,31 @@ class ChannelManager(ChannelSettlement):
             for cid in gone:
                 del self._ends[cid]
                 self._service.pop(cid, None)
-            await self._thread(self._channels.forget_unfunded, gone)
+            await self._write(self._channels.forget_unfunded, gone)
             log.info("forgot %d unfunded channel proposal(s)", len(gone))
 
     # ------------------------------------------------------------------ payer side
 
     async def open(self, peer_id: str, service: str, capacity: int, lifetime_blocks: int) -> bytes:
         """Open a funded channel to `peer_id`; returns its id once the payee says open."""
+        if not self.health.healthy:
+            raise ChannelFailure(f"storage fault: {self.health.reason()}")
         channel_id = secrets.token_bytes(32)
         expiry = await self.chain.height() + lifetime_blocks
-        payer_payout = await self._thread(self._new_payout)
+        payer_payout = await self._write(self._new_payout)
         c = self.config
         binding = terms_binding(capacity, c.close_fee, c.refund_fee, expiry, payer_payout)
         keys = derive_channel_keys(
             self.identity, parse_peer_id(peer_id), channel_id, Role.PAYER, binding
         )
         funding_script = multisig_script(keys.payer_key, keys.payee_key)
-        draft = await self._thread(
-            lambda: self.wallet.fund([(funding_script, capacity)], reservation=channel_id.hex())
-        )
+        try:
+            draft = await self._thread(
+                lambda: self.wallet.fund([(funding_script, capacity)], reservation=channel_id.hex())
+            )
+        except STORAGE_ERRORS as exc:
+            self.health.fault("channel-records", exc)
+            raise ChannelFailure(f"storage fault: {describe(exc)}") from None
         replies_send, replies = trio.open_memory_channel[Frame](4)
         self._replies[channel_id] = replies_send
         try:
@@ -229,7 +236,7 @@ class ChannelManager(ChannelSettlement):
                 self._service[channel_id] = service
                 self._funding[channel_id] = draft.raw
                 await self._commits.flush(channel_id)
-                await self._thread(lambda: self._channels.save_raw(channel_id, funding=draft.raw))
+                await self._write(lambda: self._channels.save_raw(channel_id, funding=draft.raw))
                 await self._broadcast_funding(payer)
                 ack = await replies.receive()
                 if not (isinstance(ack, ChannelAck) and ack.seq == 0):
@@ -256,16 +263,16 @@ class ChannelManager(ChannelSettlement):
             if end.state is State.REFUND_SIGNED:
                 end.event("fail")
                 await self._commits.flush(channel_id)
-                await self._thread(self.wallet.abandon, funding_txid)
+                await self._write(self.wallet.abandon, funding_txid)
             return  # funded: the refund (or a later close) settles it
         self._ends.pop(channel_id, None)
-        await self._thread(self.wallet.release, channel_id.hex())
+        await self._write(self.wallet.release, channel_id.hex())
 
     async def _broadcast_funding(self, payer: Payer) -> None:
         cid = payer.terms.channel_id
         raw = self._funding[cid]
         await self.chain.broadcast(parse_exact(raw))
-        await self._thread(self.wallet.mark_broadcast, payer.terms.funding_txid)
+        await self._write(self.wallet.mark_broadcast, payer.terms.funding_txid)
         payer.event("funding-accepted")
         await self._commits.flush(cid)
         await self._send(payer.record().peer_id, ChannelFunded(cid, raw))
@@ -356,6 +363,10 @@ class ChannelManager(ChannelSettlement):
         cid = frame.channel_id
         # Terms no transaction can carry first (each named), then the bounds, then what
         # costs a lookup: the height, the ids in use, the store.
+        if not self.health.healthy:  # no new business; not the peer's fault
+            reason = f"storage fault here: {self.health.reason()}"
+            await self._reject(peer_id, cid, "storage", reason, strike=False)
+            return
         problem = self._check_terms(frame)
         if problem is None:
             problem = self.admission.check(peer_id, trio.current_time())
@@ -385,7 +396,7 @@ class ChannelManager(ChannelSettlement):
             f.capacity, f.close_fee, f.refund_fee, f.expiry_height, f.payer_payout
         )
         keys = derive_channel_keys(self.identity, parse_peer_id(peer_id), cid, Role.PAYEE, binding)
-        payee_payout = await self._thread(self._new_payout)
+        payee_payout = await self._write(self._new_payout)
         terms = Terms(
             cid,
             keys.payer_key,

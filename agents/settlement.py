@@ -110,7 +110,7 @@ class ChannelSettlement(ChannelBase):
         payer.mark_closed(frame.close_txid)
         await self._commits.flush(frame.channel_id)
         coin = Utxo(frame.close_txid, vout, rest, payer.terms.payer_payout)
-        await self._thread(self.wallet.add_utxos, [coin])
+        await self._write(self.wallet.add_utxos, [coin])
         self._notify_ack(frame.channel_id)
 
     async def _close_as_payee(self, payee: Payee) -> None:
@@ -126,7 +126,7 @@ class ChannelSettlement(ChannelBase):
         cid = payee.terms.channel_id
         raw = payee.closing_tx()
         await self._commits.flush(cid)
-        await self._thread(lambda: self._channels.save_raw(cid, close=raw))
+        await self._write(lambda: self._channels.save_raw(cid, close=raw))
         await self._finish_close(payee, raw)
 
     async def _finish_close(self, end: Payer | Payee, raw: bytes) -> None:
@@ -150,7 +150,7 @@ class ChannelSettlement(ChannelBase):
         if isinstance(end, Payee):
             if record.total:  # a release pays us nothing
                 coin = Utxo(txid, 0, record.total, end.terms.payee_payout)
-                await self._thread(self.wallet.add_utxos, [coin])
+                await self._write(self.wallet.add_utxos, [coin])
             await self._send(record.peer_id, ChannelClosed(cid, txid, record.total))
         log.info("channel %s closed by %s: %d sat paid", cid.hex()[:16], txid[:16], record.total)
 
@@ -226,7 +226,7 @@ class ChannelSettlement(ChannelBase):
         coin = Utxo(
             txid, 0, payer.terms.capacity - payer.terms.refund_fee, payer.terms.payer_payout
         )
-        await self._thread(self.wallet.add_utxos, [coin])
+        await self._write(self.wallet.add_utxos, [coin])
         self._notify_ack(cid)
         log.info("channel %s refunded by %s", cid.hex()[:16], txid[:16])
 

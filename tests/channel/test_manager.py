@@ -646,3 +646,28 @@ async def test_a_payee_restarted_inside_its_margin_closes_at_once(
         refusals = await refund_attempts(buyer, cid, trio.current_time() + 0.1)
         assert refusals and set(refusals) == {"spent-input"}, refusals
     assert ledger_value(teranode_ledger, record.terms.payee_payout) == 30
+
+
+async def test_a_payee_with_a_storage_fault_takes_no_new_channel_and_strikes_no_one(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path, config=ChannelConfig(open_timeout=3)) as buyer,
+        agentlet(tmp_path / "seller", ledger_path) as seller,
+    ):
+        seller.manager.health.fault("channels", OSError(28, "No space left on device"))
+        for _ in range(4):  # more than the strikes that would set a peer aside
+            with pytest.raises(ChannelFailure, match="storage fault here"):
+                await funded_channel(buyer, seller, ledger_path)
+        assert buyer.manager.records() == [] or all(
+            r.state is State.FAILED for r, _ in buyer.manager.records()
+        )
+        balance = await trio.to_thread.run_sync(buyer.wallet.balance, limiter=buyer.db)
+        assert balance.reserved == 0 and balance.available == 4_000_000
+        seller.manager.health.ok("channels")
+        cid = await funded_channel(buyer, seller, ledger_path)
+        assert seller.manager.record(cid).state is State.OPEN
+        # ... and a payer whose own storage fails does not try.
+        buyer.manager.health.fault("channels", OSError(5, "Input/output error"))
+        with pytest.raises(ChannelFailure, match="storage fault"):
+            await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 50)
