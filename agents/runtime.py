@@ -182,10 +182,11 @@ class Agent:
                     self.wallet,
                     channels,
                     self._db,
-                    ChannelConfig(window=profile.window),
+                    ChannelConfig(window=profile.window, admission=profile.admission),
                     on_paid=self.provider.on_paid,
                     health=self.storage,
                 )
+                self.manager.on_ended = self.provider.channel_ended
                 self.buyer = Buyer(self._send, self._pay)
                 await self._sync_wallet(chain)
                 await nursery.start(self.manager.run)
@@ -316,7 +317,7 @@ class Agent:
     async def _watch_sessions(
         self, events: trio.MemoryReceiveChannel[Any], table: PeerTable
     ) -> None:
-        assert self.provider and self.manager and self.receipts
+        assert self.provider and self.manager and self.receipts and self.buyer
         async for event in events:
             peer_id = event.peer.peer_id
             if event.up:
@@ -330,6 +331,7 @@ class Agent:
             else:
                 log.info("peer %s lost (%s): meters frozen", peer_id[:16], event.reason)
                 self.provider.peer_lost(peer_id)
+                self.buyer.peer_lost(peer_id)  # its orders end; the want orders again
                 known = table.get(peer_id)
                 replaced = self.node is not None and self.node.session(peer_id) is not None
                 if known and known.instance is None and not known.static and not replaced:

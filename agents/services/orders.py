@@ -58,6 +58,10 @@ log; `audience` is the peer id the record goes to (the one that may ask for its 
 It returns once the record is stored (waiting while storage fails)."""
 MAX_UNLOGGED_STATEMENTS = 1024
 """Meter statements kept in memory while they wait for storage to work again."""
+STATEMENT_UNITS = 100
+STATEMENT_SECONDS = 10.0
+"""A running order logs a cumulative meter statement every this many units or seconds,
+whichever comes first, so a kill -9 loses at most one such period of the record."""
 
 
 def statement(
@@ -69,8 +73,12 @@ def statement(
     units: int,
     price: int,
     paid: int,
+    *,
+    final: bool = True,
 ) -> bytes:
-    """A meter statement: what one order delivered and what was paid, as JSON."""
+    """A meter statement: what one order delivered and what was paid, as JSON. A running
+    order's statements (`final` false) are cumulative: the latest one of an order
+    supersedes the earlier ones."""
     fields = {
         "role": role,
         "order": order_id.hex(),
@@ -80,6 +88,7 @@ def statement(
         "units": units,
         "price": price,
         "paid": paid,
+        "final": final,
     }
     return json.dumps(fields, sort_keys=True).encode()
 
@@ -116,6 +125,8 @@ class _ProviderOrder:
     peer_id: str
     stopping: bool = False
     delivered: int = 0
+    stated: int = 0  # units in the latest meter statement logged
+    stated_at: float = field(default_factory=trio.current_time)
 
 
 class Provider:
@@ -141,6 +152,7 @@ class Provider:
         self._stall_ticks = stall_ticks
         self._meters: dict[bytes, _MeterCell] = {}
         self._orders: dict[bytes, _ProviderOrder] = {}
+        self._ended: set[bytes] = set()  # channels whose funding went: meters stay frozen
         self._health = health or StorageHealth()
         self._unlogged = 0  # meter statements waiting to be logged
         self.state: dict[str, dict[str, Any]] = {sid: {} for sid in services}
@@ -158,10 +170,13 @@ class Provider:
             spec = self.services.get(service)
             if spec is None:
                 return
-            cell = self._meters[channel_id] = _MeterCell(
-                ProviderMeter(price=spec[0].price, credit=spec[0].credit * spec[0].price),
-                peer_id,
-            )
+            # A channel paid on before this start (no order of ours created its meter):
+            # what was paid was consumed by orders we no longer know of -- counted as
+            # delivered, so a restart never gives the paid-ahead units away twice.
+            price = spec[0].price
+            meter = ProviderMeter(price=price, credit=spec[0].credit * price)
+            meter = replace(meter, delivered_units=-(-total // price), paid=total)
+            cell = self._meters[channel_id] = _MeterCell(meter, peer_id)
         if total > cell.meter.paid:
             cell.update(cell.meter.paid_up_to(total))
 
@@ -171,10 +186,18 @@ class Provider:
             if cell.peer_id == peer_id and not cell.meter.frozen:
                 cell.update(cell.meter.freeze())
 
+    def channel_ended(self, channel_id: bytes) -> None:
+        """The channel paying for a meter ended early (its funding is gone): nothing
+        more is delivered against it, ever."""
+        self._ended.add(channel_id)
+        cell = self._meters.get(channel_id)
+        if cell is not None and not cell.meter.frozen:
+            cell.update(cell.meter.freeze())
+
     def peer_back(self, peer_id: str) -> None:
         """The buyer has a session again."""
-        for cell in self._meters.values():
-            if cell.peer_id == peer_id and cell.meter.frozen:
+        for cid, cell in self._meters.items():
+            if cell.peer_id == peer_id and cell.meter.frozen and cid not in self._ended:
                 cell.update(cell.meter.thaw())
 
     async def handle(self, peer_id: str, frame: Frame) -> bool:
@@ -256,6 +279,15 @@ class Provider:
                     running.peer_id,
                     ServiceDelivery(order.order_id, running.delivered, 1, payload, signature),
                 )
+                now = trio.current_time()
+                if (
+                    running.delivered - running.stated >= STATEMENT_UNITS
+                    or now - running.stated_at >= STATEMENT_SECONDS
+                ):  # a kill loses at most one period of the record
+                    running.stated, running.stated_at = running.delivered, now
+                    self._log_statement_soon(
+                        self._statement(running, spec, cell, final=False), running.peer_id
+                    )
         finally:
             with trio.CancelScope(shield=True):
                 if isinstance(handler, ToolHandler) and handler.stop is not None:
@@ -269,7 +301,14 @@ class Provider:
             reason,
         )
         await self._send(running.peer_id, ServiceDone(order.order_id, running.delivered, reason))
-        meter_statement = statement(
+        self._log_statement_soon(self._statement(running, spec, cell), running.peer_id)
+
+    @staticmethod
+    def _statement(
+        running: _ProviderOrder, spec: ServiceSpec, cell: _MeterCell, *, final: bool = True
+    ) -> bytes:
+        order = running.order
+        return statement(
             "provider",
             order.order_id,
             spec.id,
@@ -278,8 +317,8 @@ class Provider:
             running.delivered,
             spec.price,
             cell.meter.paid,
+            final=final,
         )
-        self._log_statement_soon(meter_statement, running.peer_id)
 
     def _log_statement_soon(self, payload: bytes, peer_id: str) -> None:
         """Log a meter statement from a task of its own: it waits while storage fails,
@@ -336,6 +375,12 @@ class _BuyerOrder:
     deliveries: trio.MemorySendChannel[Frame]
     provider: str
     result: OrderResult
+    meter: BuyerMeter
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+SETTLE_AFTER_LOSS = 2.0
+"""Seconds an order whose seller was lost may spend paying for what had arrived."""
 
 
 class Buyer:
@@ -349,6 +394,14 @@ class Buyer:
         self.meters: dict[bytes, BuyerMeter] = {}
         self.keep_record: Callable[[SignedRecord], None] | None = None
         """Set by the runtime: readings the buyer paid for, kept for later proofs."""
+
+    def peer_lost(self, peer_id: str) -> None:
+        """The seller is gone: its orders end now (the want moves on, and orders again
+        once a session is back) instead of waiting for deliveries that cannot come."""
+        for running in self._orders.values():
+            if running.provider == peer_id and not running.scope.cancel_called:
+                running.result.reason = "seller lost"
+                running.scope.cancel()
 
     def in_flight(self) -> list[OrderResult]:
         """Orders still running, with what they have delivered and paid so far."""
@@ -385,43 +438,72 @@ class Buyer:
         meter = BuyerMeter(price=price, prepay=want.prepay * price, budget=budget)
         send, receive = trio.open_memory_channel[Frame](min(want.units, 4096) + 16)
         result = OrderResult(order_id, want.service, provider, channel_id, price, 0, 0, "")
-        self._orders[order_id] = _BuyerOrder(send, provider, result)
+        running = self._orders[order_id] = _BuyerOrder(send, provider, result, meter)
         try:
-            order = ServiceOrder(
-                order_id, want.service, channel_id, want.units, price, want.request.encode()
-            )
-            await self._send(provider, order)
-            meter = await self._settle(meter, channel_id)
-            stop_sent = False
-            while True:
-                if stop is not None and stop.is_set() and not stop_sent:
-                    await self._send(provider, ServiceStop(order_id, "buyer stopping"))
-                    stop_sent = True
-                    meter = replace(meter, prepay=0)
-                frame = await self._next(receive, stop if not stop_sent else None)
-                if frame is None:
-                    continue
-                if isinstance(frame, ServiceDone):
-                    result.reason = frame.reason
-                    break
-                assert isinstance(frame, ServiceDelivery)
-                if frame.signature and not self._reading_ok(provider, frame):
-                    result.reason = "bad reading signature"
-                    await self._send(provider, ServiceStop(order_id, result.reason))
-                    break
-                meter = meter.receive(frame.units)
-                result.delivered += frame.units
-                if keep_readings and frame.payload:
-                    result.readings.append((frame.payload, frame.signature))
-                meter = await self._settle(meter, channel_id)
-                result.paid = meter.paid
-            # Pay what is owed for what arrived, and nothing ahead.
-            meter = await self._settle(replace(meter, prepay=0), channel_id)
+            with running.scope:
+                await self._order_and_pay(
+                    running, want, price, channel_id, order_id, receive, stop,
+                    keep_readings=keep_readings,
+                )  # fmt: skip
+            if running.scope.cancelled_caught:  # the seller is gone: owe it no prepay
+                running.meter = replace(running.meter, prepay=0)
+                with trio.move_on_after(SETTLE_AFTER_LOSS):  # pay what arrived, if we can
+                    await self._settle_running(running, channel_id)
         finally:
             del self._orders[order_id]
-            self.meters[order_id] = meter
-        result.paid = meter.paid
+            self.meters[order_id] = running.meter
+        result.paid = running.meter.paid
         return result
+
+    async def _order_and_pay(
+        self,
+        running: _BuyerOrder,
+        want: WantSpec,
+        price: int,
+        channel_id: bytes,
+        order_id: bytes,
+        receive: trio.MemoryReceiveChannel[Frame],
+        stop: trio.Event | None,
+        *,
+        keep_readings: bool,
+    ) -> None:
+        """Send the order, then pay for what arrives until it is done; `running.meter`
+        and `running.result` stay current (also when the order is cancelled)."""
+        provider, result = running.provider, running.result
+        order = ServiceOrder(
+            order_id, want.service, channel_id, want.units, price, want.request.encode()
+        )
+        await self._send(provider, order)
+        await self._settle_running(running, channel_id)
+        stop_sent = False
+        while True:
+            if stop is not None and stop.is_set() and not stop_sent:
+                await self._send(provider, ServiceStop(order_id, "buyer stopping"))
+                stop_sent = True
+                running.meter = replace(running.meter, prepay=0)
+            frame = await self._next(receive, stop if not stop_sent else None)
+            if frame is None:
+                continue
+            if isinstance(frame, ServiceDone):
+                result.reason = frame.reason
+                break
+            assert isinstance(frame, ServiceDelivery)
+            if frame.signature and not self._reading_ok(provider, frame):
+                result.reason = "bad reading signature"
+                await self._send(provider, ServiceStop(order_id, result.reason))
+                break
+            running.meter = running.meter.receive(frame.units)
+            result.delivered += frame.units
+            if keep_readings and frame.payload:
+                result.readings.append((frame.payload, frame.signature))
+            await self._settle_running(running, channel_id)
+        # Pay what is owed for what arrived, and nothing ahead.
+        running.meter = replace(running.meter, prepay=0)
+        await self._settle_running(running, channel_id)
+
+    async def _settle_running(self, running: _BuyerOrder, channel_id: bytes) -> None:
+        running.meter = await self._settle(running.meter, channel_id)
+        running.result.paid = running.meter.paid
 
     def _reading_ok(self, provider: str, frame: ServiceDelivery) -> bool:
         """A reading is the provider's own signed record; keep it for proofs."""

@@ -6,6 +6,7 @@ The channel is simulated by its one observable effect: the payee's durable total
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 import trio
 
 from agents.profile import ServiceSpec, WantSpec
-from agents.services.orders import Buyer, OrderResult, Provider
+from agents.services.orders import STATEMENT_UNITS, Buyer, OrderResult, Provider
 from agents.services.vendor import Handler, Registry, ServiceContext, resolve
 from mesh.health import StorageHealth
 from mesh.identity import Identity
@@ -246,4 +247,64 @@ async def test_a_storage_fault_pauses_orders_and_refuses_new_ones(autojump_clock
         await trio.sleep(60)
         assert results and (results[0].delivered, results[0].reason) == (20, "complete")
         assert results[0].paid == 20 * 10 == link.paid_total - refused.paid  # (its prepay)
-        assert len(statements) == 1  # the order's (the refused one never ran)
+        # The order's final statement (the refused one never ran), after cumulative ones
+        # logged while it ran (every STATEMENT_SECONDS of the 60 s pause).
+        finals = [json.loads(p) for p in statements if json.loads(p)["final"]]
+        assert [f["units"] for f in finals] == [20]
+        assert all(json.loads(p)["units"] <= 20 for p in statements)
+
+
+async def test_a_running_order_logs_cumulative_statements_and_a_final_one(
+    autojump_clock: object,
+) -> None:
+    """A kill loses at most one period of the meter record: a running order logs a
+    cumulative statement every STATEMENT_UNITS units (or STATEMENT_SECONDS)."""
+    statements: list[dict[str, object]] = []
+
+    async def log_record(stream: str, payload: bytes, audience: str | None) -> tuple[bytes, bytes]:
+        if stream == "meters":
+            statements.append(json.loads(payload))
+        return payload, b""
+
+    units = 2 * STATEMENT_UNITS + 5
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("tool-time", tick=0.001), resolve("builtin:spindle", "tool-time"))
+        link.provider.log_record = log_record
+        result = await link.buy(units=units, prepay=3)
+        await trio.sleep(1)
+    assert result.delivered == units
+    assert [s["units"] for s in statements if not s["final"]] == [100, 200]
+    assert [s["units"] for s in statements if s["final"]] == [units]
+
+
+async def test_a_lost_seller_ends_the_order_at_once(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("tool-time"), resolve("builtin:spindle", "tool-time"))
+        results: list[OrderResult] = []
+
+        async def buy() -> None:
+            results.append(await link.buy(units=50, prepay=2))
+
+        nursery.start_soon(buy)
+        await trio.sleep(5.5)
+        link.provider.peer_lost(link.buyer_id)  # (both ends see the session end)
+        started = trio.current_time()
+        link.buyer.peer_lost(link.provider_identity.peer_id)
+        while not results:
+            await trio.sleep(0.01)
+        assert trio.current_time() - started < 0.1
+    [result] = results
+    assert result.reason == "seller lost" and 5 <= result.delivered < 50
+    # It paid for what arrived and at most its prepay window (2 units) ahead.
+    assert result.delivered * 10 <= result.paid == link.paid_total <= (result.delivered + 2) * 10
+
+
+async def test_a_restarted_provider_counts_what_was_paid_before_as_delivered() -> None:
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("tool-time", credit=2), resolve("builtin:spindle", "tool-time"))
+        # A channel paid 95 sat before this start (price 10): no order of ours made it.
+        link.provider.on_paid(CHANNEL, link.buyer_id, "svc", 95)
+        meter = link.provider.meters()[CHANNEL]
+        assert (meter.paid, meter.delivered_units) == (95, 10)
+        assert meter.deliverable_units() == 1  # the credit window, not the 95 sat again
+        nursery.cancel_scope.cancel()
