@@ -442,6 +442,14 @@ class Agent:
                     await self._buying_stop.wait()
                 continue
             progress.orders.append(result)
+            log.info(
+                "order for %s from %s: %d unit(s), %d sat, %s",
+                want.service,
+                provider[:16],
+                result.delivered,
+                result.paid,
+                result.reason,
+            )
             progress.delivered += result.delivered
             progress.paid += result.paid
             await self._log_record(

@@ -1,0 +1,73 @@
+"""kill -9 of a seller mid-order: the buyer's want resumes soon after the seller is back.
+
+Two real `mesh run` processes on loopback (the seller sells a vibration feed, the buyer
+reaches it as a static peer). While the buyer runs an order, the seller is killed with
+SIGKILL and started again from its data dir on the same mailbox. The buyer's order
+ends the moment the session does ("seller lost"), and its want orders again over the
+same channel once the seller is back: the first reading after the restart must arrive
+within 5 s of the restarted seller answering `mesh status` (issue 24). Before the fix
+the order waited for deliveries that could not come until its whole timeout.
+Finally both stop cleanly and the channel closes with what the buyer's payments say.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.discovery.agents import FEED, RunningAgent, delivered, sessions
+from tests.reliability.procs import free_port, new_ledger
+from tests.reliability.test_storage_faults import buy
+
+RESUME_SECONDS = 5.0
+
+
+def restart(agent: RunningAgent, ledger: Path) -> None:
+    """Start `agent` again from its data dir and profile (after a kill -9)."""
+    agent.proc = subprocess.Popen(
+        [sys.executable, "-m", "agents.cli", "--log-level", "info", "run",
+         str(agent.data / "profile.toml"), "--data-dir", str(agent.data),
+         "--ledger", str(ledger)],
+        stdout=agent.log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def test_a_killed_seller_is_bought_from_again_within_seconds_of_its_return(
+    tmp_path: Path,
+) -> None:
+    ledger = new_ledger(tmp_path / "ledger.db")
+    port = free_port()
+    seller = RunningAgent(tmp_path, ledger, "seller", "127.0.0.1", f"tcp://127.0.0.1:{port}",
+                          FEED)  # fmt: skip
+    buyer = RunningAgent(tmp_path, ledger, "buyer", "127.0.0.1", "tcp://127.0.0.1:0", "",
+                         funds=5_000_000,
+                         static_peers=[f"{seller.peer_id}@tcp://127.0.0.1:{port}"])  # fmt: skip
+    result: list[dict[str, Any]] = []
+    holder = threading.Thread(target=lambda: result.append(buy(buyer, seller.peer_id, 400, 60)))
+    try:
+        buyer.wait(lambda s: seller.peer_id in sessions(s), 30, "a session with the seller")
+        holder.start()
+        buyer.wait(lambda s: delivered(s) >= 20, 30, "the first readings")
+        seller.proc.kill()  # kill -9, mid-order
+        seller.proc.wait()
+        before = delivered(buyer.status() or {"wants": []})
+        buyer.wait(lambda s: seller.peer_id not in sessions(s), 10, "the session to end")
+        time.sleep(1.0)
+        restart(seller, ledger)
+        back = seller.wait(lambda s: True, 30, "the restarted seller")
+        resumed = buyer.wait(lambda s: delivered(s) > before + 1, 30, "readings again")
+        holder.join(timeout=90)
+        assert result, "the buy did not return"
+        assert result[0]["state"] == "done" and result[0]["delivered"] == 400, result
+    finally:
+        seller.stop()
+        buyer.stop()
+        holder.join(timeout=5)
+    waited = resumed - back
+    print(f"\nseller kill -9: first reading {waited:.2f} s after the seller was back")
+    assert waited < RESUME_SECONDS, waited
+    assert buyer.log_lines(r"seller lost"), "the order ended with the session"
