@@ -100,6 +100,8 @@ class ChannelBase:
             ("payments_signed", "payments_accepted", "acks_received", "rejections"), 0
         )
         self._fundings_lost = 0
+        self._funding_checked: dict[bytes, float] = {}  # channel id -> last check (Trio time)
+        self._settling: set[bytes] = set()  # payee closes being recorded and broadcast now
 
     # ------------------------------------------------------------------ queries
 

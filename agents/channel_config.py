@@ -56,6 +56,8 @@ class ChannelConfig:
     max_capacity: int = 100_000_000
     open_timeout: float = 15.0
     watch_interval: float = 1.0
+    funding_check_interval: float = 5.0
+    """How often the watcher re-checks each open channel's funding output is unspent."""
     commit_gather: int = 16
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     """Bounds on unfunded proposals, and strikes before a peer is set aside."""

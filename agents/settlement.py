@@ -11,6 +11,7 @@ refund once it is final.
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 
@@ -124,13 +125,31 @@ class ChannelSettlement(ChannelBase):
     async def _co_sign_and_broadcast(self, payee: Payee) -> None:
         """Persist the closing state, record the close tx, then broadcast it."""
         cid = payee.terms.channel_id
-        raw = payee.closing_tx()
-        await self._commits.flush(cid)
-        await self._write(lambda: self._channels.save_raw(cid, close=raw))
-        await self._finish_close(payee, raw)
+        self._settling.add(cid)  # the watcher leaves it alone meanwhile
+        try:
+            raw = payee.closing_tx()
+            await self._commits.flush(cid)
+            await self._write(lambda: self._channels.save_raw(cid, close=raw))
+            await self._finish_close(payee, raw)
+        finally:
+            self._settling.discard(cid)
+
+    async def _retry_close(self, payee: Payee) -> None:
+        """A close recorded but not accepted yet (the chain refused or did not answer):
+        broadcast it again, unless a task is closing it right now."""
+        cid = payee.terms.channel_id
+        if cid in self._settling:
+            return
+        self._settling.add(cid)
+        try:
+            await self._finish_close(payee, payee.closing_tx())
+        finally:
+            self._settling.discard(cid)
 
     async def _finish_close(self, end: Payer | Payee, raw: bytes) -> None:
         cid = end.terms.channel_id
+        if end.state is not State.CLOSING:
+            return  # settled meanwhile
         try:
             txid = await self.chain.broadcast(parse_exact(raw))
         except TxRejected as exc:
@@ -171,17 +190,30 @@ class ChannelSettlement(ChannelBase):
             expiry = end.terms.expiry_height
             if isinstance(end, Payee):
                 if end.state is State.CLOSING:  # not accepted yet: until it is, again
-                    await self._finish_close(end, end.closing_tx())
+                    await self._retry_close(end)
                     continue
                 if end.state is not State.OPEN:
+                    self._funding_checked.pop(end.terms.channel_id, None)
                     continue
                 if height >= expiry - self.config.close_margin_blocks:
                     log.info("channel %s near expiry: closing", end.terms.channel_id.hex()[:16])
                     await self._close_as_payee(end)
-                else:
+                elif self._funding_due(end.terms.channel_id):
                     await self._check_funding(end)
             elif end.state in (State.FUNDED, State.OPEN, State.CLOSING) and height >= expiry:
                 await self._refund(end)
+
+    def _funding_due(self, channel_id: bytes) -> bool:
+        """Whether an open channel's funding is due for a check (every
+        `funding_check_interval` seconds each, not every watcher pass: a payee with many
+        channels must not queue its closes behind chain lookups)."""
+        now = trio.current_time()
+        if now - self._funding_checked.get(channel_id, -math.inf) < (
+            self.config.funding_check_interval
+        ):
+            return False
+        self._funding_checked[channel_id] = now
+        return True
 
     async def _check_funding(self, payee: Payee) -> None:
         """An open channel is served only while its funding output is unspent in our
@@ -193,6 +225,7 @@ class ChannelSettlement(ChannelBase):
             return  # (unknown: a lagging view; the open-time check saw it unspent)
         cid = payee.terms.channel_id
         record = payee.record()
+        self._funding_checked.pop(cid, None)
         payee.mark_refunded(output.spent_by or "")
         self._fundings_lost += 1
         await self._commits.flush(cid)
