@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from agents.control import request
-from agents.profile import load_profile
+from agents.profile import KINDS, load_profile
 from agents.runtime import Agent
 from mesh.errors import MeshError
 
@@ -114,10 +114,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {peer['name'] or '?':<20} {peer['peer_id'][:16]}  {live:<7} {peer['services']}")
     print(f"channels ({len(status['channels'])}):")
     for ch in status["channels"]:
-        print(
-            f"  {ch['channel_id'][:16]} {ch['role']:<5} {ch['service']:<16} {ch['state']:<8}"
-            f" paid {ch['total']}/{ch['capacity']}"
-        )
+        print(f"  {ch['channel_id'][:16]} {ch['role']:<5} {ch['service']:<16} {channel_line(ch)}")
     for want in status["wants"]:
         print(
             f"  want {want['service']}: {want['state']}, "
@@ -126,9 +123,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def channel_line(ch: dict[str, Any]) -> str:
+    """A channel's state and money as `mesh status` prints it: what was signed against
+    what the chain paid once settled, and how long a payer's coins stay locked."""
+    state, signed = ch["state"], ch.get("signed_total", ch["total"])
+    if state in ("closed", "refunded"):
+        paid = ch.get("paid_on_chain")
+        if paid is None:
+            return f"{state}: chain payment not known, {signed} signed"
+        return f"{state}: chain paid {paid} of {signed} signed"
+    money = f"{signed} signed" if state == "closing" else f"paid {signed}/{ch['capacity']}"
+    if ch.get("locked_until") is not None:
+        blocks = int(ch["blocks_left"])
+        left = f"{blocks} block" if blocks == 1 else f"{blocks} blocks"
+        return f"{state}: locked until height {ch['locked_until']} ({left}), {money}"
+    if ch.get("refund_due"):
+        return f"{state}: {money}, refund due (expiry {ch['expiry_height']} reached)"
+    return f"{state}: {money}"
+
+
 def cmd_buy(args: argparse.Namespace) -> int:
     """Ask a running agent to buy units of a service and wait for the result."""
-    command: dict[str, Any] = {"cmd": "buy", "service": args.service, "units": args.units}
+    command: dict[str, Any] = {
+        "cmd": "buy",
+        "service": args.service,
+        "units": args.units,
+        "kind": args.kind,
+        "tick": args.tick,
+    }
     if args.peer:
         command["peer"] = args.peer
     if args.max_price:
@@ -212,6 +234,19 @@ def add_agent_commands(sub: Any) -> None:
     buy.add_argument("service", help="service id, e.g. spindle-time")
     buy.add_argument(
         "--units", type=int, required=True, help="how many units (ticks, readings, calls)"
+    )
+    buy.add_argument(
+        "--kind",
+        required=True,
+        choices=KINDS,
+        help="what is bought: the buyer pays only for units it can verify as this kind "
+        "(a signed new reading, an answer, or tool time no faster than --tick)",
+    )
+    buy.add_argument(
+        "--tick",
+        type=float,
+        default=1.0,
+        help="seconds one unit lasts (tool time: no unit is paid faster); default 1",
     )
     buy.add_argument("--peer", help="buy from this peer id only")
     buy.add_argument(

@@ -54,14 +54,23 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class WantSpec:
-    """One service the agent buys."""
+    """One service the agent buys, as the buyer understands it: what kind of service,
+    and for tool time how long one unit lasts (the buyer counts no unit faster)."""
 
     service: str
     max_price: int
     units: int
     budget: int
     prepay: int
+    kind: str
+    tick: float = 1.0
     request: str = ""
+    deadline: float = 0.0
+    """Seconds without a unit before an order ends (0: 10 ticks, at least 5 s)."""
+
+    def wait_limit(self) -> float:
+        """How long an order waits for its next unit before it ends."""
+        return self.deadline or max(5.0, 10 * self.tick)
 
 
 @dataclass(frozen=True)
@@ -223,7 +232,10 @@ def _want(path: Path, where: str, data: object) -> WantSpec:
         units=t.get("units", int, check=_positive),
         budget=t.get("budget", int, check=_positive),
         prepay=t.get("prepay", int, 1, check=_non_negative),
+        kind=t.get("kind", str, check=_kind),
+        tick=t.get("tick", float, 1.0, check=_positive),
         request=t.get("request", str, ""),
+        deadline=t.get("deadline", float, 0.0, check=_non_negative),
     )
     t.done()
     return want

@@ -30,9 +30,10 @@ import trio
 
 from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
 from agents.control import serve_control
-from agents.profile import Profile, ProfileError, WantSpec
+from agents.profile import KINDS, Profile, ProfileError, WantSpec
 from agents.receipts import Archive, ReceiptExchange
 from agents.services.orders import Buyer, OrderResult, Provider, statement
+from agents.services.standing import SellerStanding
 from agents.services.vendor import Handler, HandlerError, resolve
 from mesh.anchoring import (
     AnchorConfig,
@@ -122,6 +123,7 @@ class Agent:
         self.wants = [WantProgress(w) for w in profile.wants]
         self._table: PeerTable | None = None
         self._db = trio.CapacityLimiter(1)
+        self._standing = SellerStanding()
         self.storage = StorageHealth()
         """Whether the stores can be written: a fault stops new business, not the agent."""
         self._handlers: dict[str, tuple[Any, Handler]] = {}
@@ -442,6 +444,14 @@ class Agent:
                     await self._buying_stop.wait()
                 continue
             progress.orders.append(result)
+            aside = self._standing.judge(provider, result.fault, trio.current_time())
+            if aside is not None:
+                log.warning(
+                    "seller %s set aside for %.0f s: %s",
+                    provider[:16],
+                    aside - trio.current_time(),
+                    result.reason,
+                )
             log.info(
                 "order for %s from %s: %d unit(s), %d sat, %s",
                 want.service,
@@ -478,7 +488,12 @@ class Agent:
             if only is not None and peer.peer_id != only:
                 continue
             price = parse_offer(peer.services, want.service)
-            if price is not None and price <= want.max_price and self.node.session(peer.peer_id):
+            if (
+                price is not None
+                and price <= want.max_price
+                and self.node.session(peer.peer_id)
+                and self._standing.usable(peer.peer_id, trio.current_time())
+            ):
                 offers.append((price, peer.peer_id))
         return (min(offers)[1], min(offers)[0]) if offers else None
 
@@ -505,18 +520,25 @@ class Agent:
         """Answer a control-socket command: status, buy, close."""
         cmd = command.get("cmd")
         if cmd == "status":
-            status = self.status()
+            height = await self.manager.chain_height() if self.manager is not None else None
+            status = self.status(height)
             if self.wallet is not None:
                 balance = await trio.to_thread.run_sync(self.wallet.balance, limiter=self._db)
                 status["wallet"] = {"available": balance.available, "reserved": balance.reserved}
             return status
         if cmd == "buy":
+            kind = str(command.get("kind", ""))
+            if kind not in KINDS:
+                return {"error": f"buy: kind must be one of {', '.join(KINDS)}, not {kind!r}"}
             want = WantSpec(
                 service=str(command["service"]),
                 max_price=int(command.get("max_price", 10**9)),
                 units=int(command["units"]),
                 budget=int(command.get("budget", 10**12)),
                 prepay=int(command.get("prepay", 1)),
+                kind=kind,
+                tick=float(command.get("tick", 1.0)),
+                deadline=float(command.get("deadline", 0.0)),
             )
             progress = WantProgress(want)
             self.wants.append(progress)
@@ -545,25 +567,12 @@ class Agent:
             }
         return {"error": f"unknown command {cmd!r}"}
 
-    def status(self) -> dict[str, Any]:
-        """Everything `mesh status` shows, as JSON-ready data."""
+    def status(self, height: int | None = None) -> dict[str, Any]:
+        """Everything `mesh status` shows, as JSON-ready data; with the chain's
+        `height`, how long a payer's coins stay locked in each channel."""
         node, manager = self.node, self.manager
-        channels = []
-        if manager is not None:
-            for record, service in manager.records():
-                channels.append(
-                    {
-                        "channel_id": record.terms.channel_id.hex(),
-                        "role": record.role.value,
-                        "peer": record.peer_id,
-                        "service": service,
-                        "state": record.state.value,
-                        "capacity": record.terms.capacity,
-                        "total": record.total,
-                        "acked_total": record.acked_total,
-                        "close_txid": record.close_txid,
-                    }
-                )
+        # Per channel: signed and on-chain totals, locked-until (`channel_summary`).
+        channels = manager.summaries(height) if manager is not None else []
         meters = []
         if self.provider is not None:
             for cid, meter in self.provider.meters().items():
@@ -582,6 +591,7 @@ class Agent:
             live.setdefault(order.service, []).append(order)
         return {
             "agent": self.profile.name,
+            "height": height,
             "peer_id": self.identity.peer_id if self.identity else None,
             "mailbox": node.address if node else None,
             "pid": os.getpid(),

@@ -32,6 +32,7 @@ from typing import Any
 import trio
 
 from agents.profile import ServiceSpec, WantSpec
+from agents.services.delivery import DeliveryCheck, DeliveryViolation, Expected, SeqMemory
 from agents.services.vendor import (
     CallHandler,
     FeedHandler,
@@ -39,9 +40,8 @@ from agents.services.vendor import (
     ServiceContext,
     ToolHandler,
 )
-from mesh.anchoring.errors import RecordError
 from mesh.anchoring.record import Record as AnchorRecord
-from mesh.anchoring.record import SignedRecord, open_record, sign_record
+from mesh.anchoring.record import SignedRecord, sign_record
 from mesh.health import StorageHealth
 from mesh.identity import Identity
 from mesh.metering import BuyerMeter, ProviderMeter
@@ -93,12 +93,13 @@ def statement(
     return json.dumps(fields, sort_keys=True).encode()
 
 
-def _standalone(identity: Identity, ctx: ServiceContext, reading: bytes) -> AnchorRecord:
-    """A reading as a record outside any log (when the agent keeps no log)."""
+def _standalone(identity: Identity, ctx: ServiceContext, reading: bytes, seq: int) -> AnchorRecord:
+    """A reading as a record outside any log (when the agent keeps no log); `seq`
+    grows over the provider's life, as a log's would (buyers refuse a seq again)."""
     return AnchorRecord(
         agent=identity.public_key,
         stream=f"readings/{ctx.service_id}",
-        seq=ctx.seq,
+        seq=seq,
         timestamp_ms=0,
         payload=reading,
         prev=bytes(32),
@@ -153,6 +154,7 @@ class Provider:
         self._meters: dict[bytes, _MeterCell] = {}
         self._orders: dict[bytes, _ProviderOrder] = {}
         self._ended: set[bytes] = set()  # channels whose funding went: meters stay frozen
+        self._standalone_seqs: dict[str, int] = {}  # service -> last seq (no log kept)
         self._health = health or StorageHealth()
         self._unlogged = 0  # meter statements waiting to be logged
         self.state: dict[str, dict[str, Any]] = {sid: {} for sid in services}
@@ -349,7 +351,10 @@ class Provider:
             reading = await handler.read(ctx)
             if self.log_record is not None:  # a signed, hash-chained, anchored record
                 return await self.log_record(f"readings/{ctx.service_id}", reading, ctx.buyer)
-            signed = sign_record(self.identity, _standalone(self.identity, ctx, reading))
+            seq = self._standalone_seqs[ctx.service_id] = (
+                self._standalone_seqs.get(ctx.service_id, -1) + 1
+            )
+            signed = sign_record(self.identity, _standalone(self.identity, ctx, reading, seq))
             return signed.body, signed.signature
         assert isinstance(handler, CallHandler)
         return await handler.handle(ctx, order.request), b""
@@ -368,6 +373,9 @@ class OrderResult:
     paid: int
     reason: str
     readings: list[tuple[bytes, bytes]] = field(default_factory=list)
+    fault: str = ""
+    """Why the seller is to blame, if it is: "cheat" (a delivery that did not verify),
+    "silent" (no unit within the want's wait limit), "refused", "lost" (session gone)."""
 
 
 @dataclass
@@ -376,6 +384,7 @@ class _BuyerOrder:
     provider: str
     result: OrderResult
     meter: BuyerMeter
+    ahead: int  # paid ahead by an earlier order on the channel, counted in `meter.paid`
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
@@ -391,7 +400,8 @@ class Buyer:
         self._send = send
         self._pay = pay
         self._orders: dict[bytes, _BuyerOrder] = {}
-        self.meters: dict[bytes, BuyerMeter] = {}
+        self._ahead: dict[bytes, int] = {}  # channel id -> paid ahead, not yet received
+        self._seqs = SeqMemory()
         self.keep_record: Callable[[SignedRecord], None] | None = None
         """Set by the runtime: readings the buyer paid for, kept for later proofs."""
 
@@ -435,14 +445,22 @@ class Buyer:
         """
         order_id = secrets.token_bytes(16)
         budget = min(want.budget, want.units * price)
-        meter = BuyerMeter(price=price, prepay=want.prepay * price, budget=budget)
+        # What an earlier order on this channel paid ahead and never got is counted as
+        # paid for this one: a seller that took a prepay and delivered nothing is not
+        # paid ahead again, however often it is ordered from.
+        ahead = self._ahead.pop(channel_id, 0)
+        meter = BuyerMeter(
+            price=price, prepay=want.prepay * price, budget=max(budget, ahead), paid=ahead
+        )
         send, receive = trio.open_memory_channel[Frame](min(want.units, 4096) + 16)
         result = OrderResult(order_id, want.service, provider, channel_id, price, 0, 0, "")
-        running = self._orders[order_id] = _BuyerOrder(send, provider, result, meter)
+        running = self._orders[order_id] = _BuyerOrder(send, provider, result, meter, ahead)
+        expected = Expected(want.kind, want.service, provider, want.units, want.tick)
+        check = DeliveryCheck(expected, trio.current_time(), self._seqs)
         try:
             with running.scope:
                 await self._order_and_pay(
-                    running, want, price, channel_id, order_id, receive, stop,
+                    running, want, price, channel_id, order_id, receive, stop, check,
                     keep_readings=keep_readings,
                 )  # fmt: skip
             if running.scope.cancelled_caught:  # the seller is gone: owe it no prepay
@@ -451,8 +469,9 @@ class Buyer:
                     await self._settle_running(running, channel_id)
         finally:
             del self._orders[order_id]
-            self.meters[order_id] = running.meter
-        result.paid = running.meter.paid
+            meter = running.meter
+            self._ahead[channel_id] = max(0, meter.paid - meter.received_value)
+        result.paid = meter.paid - ahead
         return result
 
     async def _order_and_pay(
@@ -464,11 +483,13 @@ class Buyer:
         order_id: bytes,
         receive: trio.MemoryReceiveChannel[Frame],
         stop: trio.Event | None,
+        check: DeliveryCheck,
         *,
         keep_readings: bool,
     ) -> None:
-        """Send the order, then pay for what arrives until it is done; `running.meter`
-        and `running.result` stay current (also when the order is cancelled)."""
+        """Send the order, then pay for what arrives -- verified, new, no faster than the
+        clock (`check`) -- until it is done, cheats or falls silent; `running.meter` and
+        `running.result` stay current (also when the order is cancelled)."""
         provider, result = running.provider, running.result
         order = ServiceOrder(
             order_id, want.service, channel_id, want.units, price, want.request.encode()
@@ -481,19 +502,32 @@ class Buyer:
                 await self._send(provider, ServiceStop(order_id, "buyer stopping"))
                 stop_sent = True
                 running.meter = replace(running.meter, prepay=0)
-            frame = await self._next(receive, stop if not stop_sent else None)
+            limit = want.wait_limit()
+            with trio.move_on_after(limit) as waited:
+                frame = await self._next(receive, stop if not stop_sent else None)
+            if waited.cancelled_caught:
+                result.reason, result.fault = f"no unit within {limit:g} s", "silent"
+                await self._send(provider, ServiceStop(order_id, result.reason))
+                break
             if frame is None:
                 continue
             if isinstance(frame, ServiceDone):
                 result.reason = frame.reason
+                if frame.reason.startswith("refused"):
+                    result.fault = "refused"
                 break
             assert isinstance(frame, ServiceDelivery)
-            if frame.signature and not self._reading_ok(provider, frame):
-                result.reason = "bad reading signature"
+            try:
+                reading = check.accept(frame, trio.current_time())
+            except DeliveryViolation as exc:  # not paid; the order ends here
+                result.reason, result.fault = f"violation: {exc}", "cheat"
+                log.warning("order %s from %s: %s", order_id.hex()[:8], provider[:16], exc)
                 await self._send(provider, ServiceStop(order_id, result.reason))
                 break
-            running.meter = running.meter.receive(frame.units)
-            result.delivered += frame.units
+            running.meter = running.meter.receive(1)
+            result.delivered += 1
+            if reading is not None and self.keep_record is not None:
+                self.keep_record(reading)
             if keep_readings and frame.payload:
                 result.readings.append((frame.payload, frame.signature))
             await self._settle_running(running, channel_id)
@@ -503,19 +537,7 @@ class Buyer:
 
     async def _settle_running(self, running: _BuyerOrder, channel_id: bytes) -> None:
         running.meter = await self._settle(running.meter, channel_id)
-        running.result.paid = running.meter.paid
-
-    def _reading_ok(self, provider: str, frame: ServiceDelivery) -> bool:
-        """A reading is the provider's own signed record; keep it for proofs."""
-        try:
-            signed = open_record(frame.payload, frame.signature)
-        except RecordError:
-            return False
-        if signed.agent.hex() != provider:
-            return False
-        if self.keep_record is not None:
-            self.keep_record(signed)
-        return True
+        running.result.paid = running.meter.paid - running.ahead
 
     async def _settle(self, meter: BuyerMeter, channel_id: bytes) -> BuyerMeter:
         amount = meter.due()

@@ -47,6 +47,7 @@ class Link:
             health=self.health,
         )
         self.buyer = Buyer(self._to_provider, self._pay)
+        self.kind, self.tick = service.kind, service.tick
 
     async def _to_provider(self, _: str, frame: Frame) -> None:
         await self.provider.handle(self.buyer_id, frame)
@@ -66,8 +67,13 @@ class Link:
         self.payments_held = False
         self.provider.on_paid(CHANNEL, self.buyer_id, "svc", self.paid_total)
 
-    async def buy(self, units: int, price: int = 10, prepay: int = 1, **kw: object) -> OrderResult:
-        want = WantSpec("svc", max_price=price, units=units, budget=10**9, prepay=prepay)
+    async def buy(
+        self, units: int, price: int = 10, prepay: int = 1, deadline: float = 0.0, **kw: object
+    ) -> OrderResult:
+        want = WantSpec(
+            "svc", max_price=price, units=units, budget=10**9, prepay=prepay,
+            kind=self.kind, tick=self.tick, deadline=deadline,
+        )  # fmt: skip
         return await self.buyer.buy(
             self.provider_identity.peer_id,
             want,
@@ -117,7 +123,8 @@ async def test_a_forged_reading_stops_the_order(autojump_clock: object) -> None:
         link = Link(nursery, spec("data-feed", price=1), registry_with("data-feed", read))
         link.provider.identity = Identity.generate()  # signs with someone else's key
         result = await link.buy(units=5, price=1)
-    assert result.reason == "bad reading signature" and result.delivered == 0
+    assert result.reason.startswith("violation: a reading signed by another agent")
+    assert result.delivered == 0 and result.fault == "cheat"
 
 
 async def test_calls_are_paid_before_they_run(autojump_clock: object) -> None:
@@ -206,7 +213,7 @@ async def test_orders_are_refused_with_a_reason(reason: str, autojump_clock: obj
         if reason == "price":
             result = await link.buy(units=3, price=9)  # the provider charges 10
         else:
-            want = WantSpec("nothing-here", 10, 3, 100, 1)
+            want = WantSpec("nothing-here", 10, 3, 100, 1, kind="call")
             result = await link.buyer.buy(link.provider_identity.peer_id, want, 10, CHANNEL)
     assert result.delivered == 0 and result.reason.startswith("refused")
 
@@ -228,7 +235,8 @@ async def test_a_storage_fault_pauses_orders_and_refuses_new_ones(autojump_clock
         results: list[OrderResult] = []
 
         async def buy() -> None:
-            results.append(await link.buy(units=20, prepay=3))
+            # (a buyer waiting this long for a paused seller: its own choice)
+            results.append(await link.buy(units=20, prepay=3, deadline=600))
 
         nursery.start_soon(buy)
         await trio.sleep(5.2)

@@ -110,3 +110,15 @@ def test_admission_limits_come_from_the_channels_table(tmp_path: Path) -> None:
     path.write_text('[agent]\nname = "m"\n[channels]\nmax_unfunded = 0\n')
     with pytest.raises(ProfileError, match="max_unfunded"):
         load_profile(path)
+
+
+def test_a_want_must_say_what_kind_of_service_it_buys(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        '[agent]\nname = "m"\n[[wants]]\nservice = "x"\nmax_price = 1\nunits = 3\nbudget = 5\n'
+    )
+    with pytest.raises(ProfileError, match=r"wants\[0\]\.kind: is required"):
+        load_profile(path)
+    path.write_text(path.read_text() + 'kind = "tool-time"\ntick = 0.25\n')
+    want = load_profile(path).wants[0]
+    assert (want.kind, want.tick, want.wait_limit()) == ("tool-time", 0.25, 5.0)

@@ -33,6 +33,8 @@ handler = "builtin:vibration"
 WANT = """
 [[wants]]
 service = "vibration"
+kind = "data-feed"
+tick = 0.05
 max_price = 2
 units = 1000000
 budget = 1000000

@@ -32,7 +32,17 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 }
 SERVICE_KEYS = ("id", "kind", "unit", "price", "tick", "credit", "handler", "buyers", "description")
 SPLICES = (b"=", b"[", b"]", b'"', b"\n", b"-1", b"0x", b"1e999", b"\xff", b"\xc3", b"\x00")
-WANT_KEYS = ("service", "max_price", "units", "budget", "prepay", "request")
+WANT_KEYS = (
+    "service",
+    "kind",
+    "tick",
+    "max_price",
+    "units",
+    "budget",
+    "prepay",
+    "request",
+    "deadline",
+)
 
 scalars = st.one_of(
     st.integers(-(2**63), 2**63 - 1),

@@ -72,9 +72,11 @@ def fill(path: Path) -> int:
 
 
 def buy(agent: RunningAgent, seller: str, units: int, timeout: float) -> dict[str, Any]:
-    """Ask the buyer agent to buy `units` readings from `seller` within `timeout` s."""
-    command = {"cmd": "buy", "service": "vibration", "units": units, "peer": seller,
-               "max_price": 2, "timeout": timeout}  # fmt: skip
+    """Ask the buyer agent to buy `units` readings from `seller` within `timeout` s (it
+    waits that long for a unit too: a seller paused by a full disk is not silent here)."""
+    command = {"cmd": "buy", "service": "vibration", "kind": "data-feed", "tick": 0.05,
+               "units": units, "peer": seller, "max_price": 2, "timeout": timeout,
+               "deadline": timeout}  # fmt: skip
     return request(agent.data / "control.sock", command, timeout=timeout + 15)
 
 
