@@ -214,7 +214,22 @@ class ChannelBase:
         return False
 
     def _new_payout(self) -> bytes:
+        """A payer's payout: a fresh wallet key (opening is its own decision)."""
         return p2pkh_script(self.wallet.new_address())
+
+    def _payee_payout(self, channel_id: bytes) -> bytes:
+        """A payee's payout for the channel `channel_id`: derived, not stored -- an
+        unfunded proposal costs no wallet key and no chain lookup (`_adopt_payout`)."""
+        return p2pkh_script(self.wallet.payout_address(payout_label(channel_id)))
+
+    async def _adopt_payout(self, payee: Payee) -> None:
+        """Before a close that pays us goes out: make the channel's payout key one of
+        the wallet's (idempotent), so its coin is looked for and spendable even if we
+        stop before recording it. A channel opened before payouts were derived pays a
+        key the wallet holds already."""
+        cid = payee.terms.channel_id
+        if payee.terms.payee_payout == self._payee_payout(cid):
+            await self._write(self.wallet.adopt, payout_label(cid))
 
     async def _write(self, fn: Callable[..., T], *args: object) -> T:
         """A store or wallet write outside the group commit. A storage fault is reported
@@ -238,6 +253,11 @@ class ChannelBase:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)
 
 
+def payout_label(channel_id: bytes) -> str:
+    """The wallet label of a payee's payout key in one channel."""
+    return f"channel-payout-{channel_id.hex()}"
+
+
 def funding_problem(output: OutputStatus, terms: Terms) -> str | None:
     """Why a channel's funding output, as our chain view shows it, backs nothing (None:
     it exists, is unspent and pays exactly the agreed capacity to the agreed 2-of-2)."""
@@ -256,4 +276,4 @@ def funding_outpoint(terms: Terms) -> tuple[str, int]:
     return terms.funding_txid, terms.funding_vout
 
 
-__all__ = ["ChannelBase", "funding_outpoint", "funding_problem"]
+__all__ = ["ChannelBase", "funding_outpoint", "funding_problem", "payout_label"]

@@ -396,7 +396,7 @@ class ChannelManager(ChannelSettlement):
             f.capacity, f.close_fee, f.refund_fee, f.expiry_height, f.payer_payout
         )
         keys = derive_channel_keys(self.identity, parse_peer_id(peer_id), cid, Role.PAYEE, binding)
-        payee_payout = await self._write(self._new_payout)
+        payee_payout = self._payee_payout(cid)
         terms = Terms(
             cid,
             keys.payer_key,

@@ -6,12 +6,17 @@ release), records the close transaction, broadcasts it and answers `ChannelClose
 A payer believes that answer only when the chain shows its part. The watcher closes a
 payee's channel within `close_margin_blocks` of its expiry and broadcasts a payer's
 refund once it is final.
+
+Accounting follows the chain: a settled channel records what its settlement paid the
+payee (`Record.paid_on_chain`) beside the latest total the payer signed, and
+`channel_summary` shows both, and how long a payer's coins stay locked in a channel.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import trio
 
@@ -21,6 +26,7 @@ from mesh.chain.base import OutputState, Utxo
 from mesh.chain.errors import ChainUnavailable, TxRejected
 from mesh.chain.tx import parse_exact
 from mesh.channel.state import Payee, Payer, PaymentRejected, Record, Role, State
+from mesh.channel.txs import Terms
 from mesh.wire import ChannelClose, ChannelClosed, ChannelError, ChannelRelease, Frame
 
 log = logging.getLogger("agents.channels")
@@ -108,7 +114,7 @@ class ChannelSettlement(ChannelBase):
                 frame.total,
             )
             return
-        payer.mark_closed(frame.close_txid)
+        payer.mark_closed(frame.close_txid, frame.total)  # perhaps less than we signed
         await self._commits.flush(frame.channel_id)
         coin = Utxo(frame.close_txid, vout, rest, payer.terms.payer_payout)
         await self._write(self.wallet.add_utxos, [coin])
@@ -150,6 +156,11 @@ class ChannelSettlement(ChannelBase):
         cid = end.terms.channel_id
         if end.state is not State.CLOSING:
             return  # settled meanwhile
+        paid = end.record().total  # what this close pays the payee (a release: 0)
+        if paid and isinstance(end, Payee):
+            # Before the coin can exist: a crash anywhere after this never leaves it
+            # unlooked-for (the runtime's wallet sync finds it).
+            await self._adopt_payout(end)
         try:
             txid = await self.chain.broadcast(parse_exact(raw))
         except TxRejected as exc:
@@ -163,12 +174,12 @@ class ChannelSettlement(ChannelBase):
             else:  # stays CLOSING; tried again at the next start
                 log.warning("close of channel %s not accepted: %s", cid.hex()[:16], exc)
             return
-        end.mark_closed(txid)
+        end.mark_closed(txid, paid)
         await self._commits.flush(cid)
         record = end.record()
         if isinstance(end, Payee):
-            if record.total:  # a release pays us nothing
-                coin = Utxo(txid, 0, record.total, end.terms.payee_payout)
+            if paid:  # a release pays us nothing
+                coin = Utxo(txid, 0, paid, end.terms.payee_payout)
                 await self._write(self.wallet.add_utxos, [coin])
             await self._send(record.peer_id, ChannelClosed(cid, txid, record.total))
         log.info("channel %s closed by %s: %d sat paid", cid.hex()[:16], txid[:16], record.total)
@@ -247,8 +258,8 @@ class ChannelSettlement(ChannelBase):
         try:
             txid = await self.chain.broadcast(parse_exact(raw))
         except TxRejected as exc:
-            if exc.rule in ("double-spend", "spent-input"):
-                payer.mark_closed("")  # the payee closed it first
+            if exc.rule in ("double-spend", "spent-input"):  # the payee closed it first
+                payer.mark_closed(*await self._close_paid(payer.terms))
                 await self._commits.flush(cid)
                 self._notify_ack(cid)
             else:
@@ -263,6 +274,68 @@ class ChannelSettlement(ChannelBase):
         self._notify_ack(cid)
         log.info("channel %s refunded by %s", cid.hex()[:16], txid[:16])
 
+    async def _close_paid(self, terms: Terms) -> tuple[str, int | None]:
+        """The transaction that spent a channel's funding (not our refund) and what it
+        paid the payee, as our chain view shows them: a close pays it its first output,
+        a release nothing ("", None: the view does not say)."""
+        funding = await self.chain.output(*funding_outpoint(terms))
+        txid = funding.spent_by
+        if txid is None:
+            return "", None
+        first = await self.chain.output(txid, 0)
+        if first.state is OutputState.UNKNOWN or first.satoshis is None:
+            return txid, None
+        return txid, first.satoshis if first.script == terms.payee_payout else 0
+
+    # ------------------------------------------------------------------ accounting
+
+    async def chain_height(self) -> int | None:
+        """The chain's height, or None when it does not answer (for `summaries`)."""
+        try:
+            return await self.chain.height()
+        except ChainUnavailable:
+            return None
+
+    def summaries(self, height: int | None) -> list[dict[str, Any]]:
+        """Every channel this manager holds, as `channel_summary` shows it at `height`."""
+        return [channel_summary(record, service, height) for record, service in self.records()]
+
+
+LOCKING_STATES = frozenset({State.FUNDED, State.OPEN, State.CLOSING})
+"""A payer's coins are in the channel until a close or, at the expiry, the refund."""
+
+
+def channel_summary(record: Record, service: str, height: int | None) -> dict[str, Any]:
+    """One channel's accounting, JSON-ready (`mesh status`).
+
+    `signed_total` is the latest total the payer signed; `paid_on_chain` what the
+    settlement paid the payee (None before it, 0 after a refund); for a payer whose
+    coins are still in the channel, `locked_until` is the expiry height and
+    `blocks_left` the blocks until it while it is ahead of `height` (the chain's, None
+    when unknown), and `refund_due` says the expiry is reached.
+    """
+    terms = record.terms
+    expiry = terms.expiry_height
+    locking = record.role is Role.PAYER and record.state in LOCKING_STATES and height is not None
+    blocks_left = expiry - height if locking and height is not None else 0
+    return {
+        "channel_id": terms.channel_id.hex(),
+        "role": record.role.value,
+        "peer": record.peer_id,
+        "service": service,
+        "state": record.state.value,
+        "capacity": terms.capacity,
+        "total": record.total,
+        "acked_total": record.acked_total,
+        "close_txid": record.close_txid,
+        "signed_total": record.total,
+        "paid_on_chain": record.paid_on_chain,
+        "expiry_height": expiry,
+        "locked_until": expiry if blocks_left > 0 else None,
+        "blocks_left": blocks_left if blocks_left > 0 else None,
+        "refund_due": locking and blocks_left <= 0,
+    }
+
 
 def close_request(payer: Payer) -> Frame:
     """What a payer sends to close: a release when nothing was paid, else a close."""
@@ -272,4 +345,4 @@ def close_request(payer: Payer) -> Frame:
     return ChannelClose(cid)
 
 
-__all__ = ["ChannelSettlement", "close_request"]
+__all__ = ["LOCKING_STATES", "ChannelSettlement", "channel_summary", "close_request"]

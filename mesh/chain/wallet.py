@@ -5,6 +5,12 @@ Keys: each receive or change address is P2PKH to a BRC-42 child of the identity 
 counterparty *self*), so the identity key itself never appears on chain (DESIGN §4.1)
 and every key can be re-derived from the identity alone.
 
+A *labelled* key has the label as its key id instead (`payout_address`): its address is
+known without a row, so handing one out costs nothing -- a payee names every channel it
+is offered a payout this way, and a stranger's thousand unfunded proposals add no key
+and no chain lookup. Only `adopt`, once something is to be received there, makes it one
+of the wallet's keys (a row with its label, looked for and spendable like any other).
+
 Spending is two-phase so that a crash never loses track of a coin (DESIGN §7):
 
 1. `fund` selects coins and marks them *reserved* under a caller-chosen reservation id
@@ -80,6 +86,11 @@ WALLET_SCHEMA = Schema(
             change_key INTEGER,
             created_at REAL NOT NULL
         );
+        """,
+        # Labelled keys (`Wallet.adopt`): the key id is the label, not the index.
+        """
+        ALTER TABLE wallet_keys ADD COLUMN label TEXT;
+        CREATE UNIQUE INDEX wallet_keys_by_label ON wallet_keys (label);
         """,
     ),
 )
@@ -162,7 +173,8 @@ class Wallet:
     ) -> None:
         self._store = store
         self._deriver = KeyDeriver(identity.key)
-        self._keys: dict[int, PrivateKey] = {}
+        self._keys: dict[int, PrivateKey] = {}  # keys that have a row, by index
+        self._fee_key: PrivateKey | None = None
         self.policy = policy or Policy()
         self._clock = clock
         store.register(WALLET_SCHEMA)
@@ -170,14 +182,15 @@ class Wallet:
     # ---------------------------------------------------------------- keys
 
     def private_key(self, index: int) -> PrivateKey:
-        """The BRC-42 key number `index` (derived from the identity, cached)."""
+        """The BRC-42 key number `index` (derived from the identity, cached): key id
+        str(index), or the label of an adopted key."""
         key = self._keys.get(index)
-        if key is None:
-            key = self._deriver.derive_private_key(
-                Protocol(WALLET_SECURITY_LEVEL, WALLET_PROTOCOL),
-                str(index),
-                Counterparty(CounterpartyType.SELF),
-            )
+        if key is not None:
+            return key
+        rows = self._store.query("SELECT label FROM wallet_keys WHERE idx = ?", (index,))
+        label = rows[0][0] if rows else None
+        key = self._derive(str(index) if label is None else str(label))
+        if rows:  # a key that has a row never changes; one without may still be adopted
             self._keys[index] = key
         return key
 
@@ -192,20 +205,57 @@ class Wallet:
             return self._allocate_key(db)[1]
 
     def addresses(self) -> list[str]:
-        """Every address handed out so far."""
+        """Every address handed out so far (adopted labelled keys included)."""
         with self._store.read() as db:
             return [str(r[0]) for r in db.execute("SELECT address FROM wallet_keys ORDER BY idx")]
+
+    def payout_address(self, label: str) -> str:
+        """The address of the key labelled `label`: pure, no row is written and nothing
+        looks for coins there until `adopt(label)`."""
+        address: str = self._derive(_key_id(label)).address()
+        return address
+
+    def adopt(self, label: str) -> int:
+        """Make the key labelled `label` one of ours (its coins are looked for, taken by
+        `add_utxos` and spendable); return its index. Idempotent."""
+        key = self._derive(_key_id(label))
+        known = self._store.query("SELECT idx FROM wallet_keys WHERE label = ?", (label,))
+        if known:  # (a close tried again: no write lock for nothing)
+            return int(str(known[0][0]))
+        address: str = key.address()
+        script: bytes = P2PKH().lock(address).serialize()
+        with self._store.write() as db:
+            row = db.execute("SELECT idx FROM wallet_keys WHERE label = ?", (label,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            (last,) = db.execute("SELECT COALESCE(MAX(idx), -1) FROM wallet_keys").fetchone()
+            index = int(last) + 1
+            db.execute(
+                "INSERT INTO wallet_keys (idx, script, address, label) VALUES (?, ?, ?, ?)",
+                (index, script, address, label),
+            )
+        self._keys[index] = key
+        return index
 
     def _allocate_key(self, conn: sqlite3.Connection) -> tuple[int, str]:
         (last,) = conn.execute("SELECT COALESCE(MAX(idx), -1) FROM wallet_keys").fetchone()
         index = int(last) + 1
-        address = self.address(index)
+        key = self._derive(str(index))
+        address: str = key.address()
         script: bytes = P2PKH().lock(address).serialize()
         conn.execute(
             "INSERT INTO wallet_keys (idx, script, address) VALUES (?, ?, ?)",
             (index, script, address),
         )
         return index, address
+
+    def _derive(self, key_id: str) -> PrivateKey:
+        key: PrivateKey = self._deriver.derive_private_key(
+            Protocol(WALLET_SECURITY_LEVEL, WALLET_PROTOCOL),
+            key_id,
+            Counterparty(CounterpartyType.SELF),
+        )
+        return key
 
     # ---------------------------------------------------------------- coins
 
@@ -391,7 +441,11 @@ class Wallet:
 
     def _fee(self, inputs: int, outputs: Sequence[tuple[bytes, int]], with_change: bool) -> int:
         """The model's fee for a P2PKH-input transaction of this shape."""
-        template = P2PKH().unlock(self.private_key(0))
+        # Any key will do for the size (this runs inside `fund`'s write transaction).
+        fee_key = self._fee_key
+        if fee_key is None:
+            fee_key = self._fee_key = self._derive("0")
+        template = P2PKH().unlock(fee_key)
         trial = Transaction(
             [
                 TransactionInput(
@@ -402,7 +456,7 @@ class Wallet:
             [TransactionOutput(Script(script), value) for script, value in outputs],
         )
         if with_change:
-            trial.add_output(TransactionOutput(P2PKH().lock(self.address(0)), 1))
+            trial.add_output(TransactionOutput(P2PKH().lock(fee_key.address()), 1))
         estimate = int(self.policy.fee_model().compute_fee(trial))
         return max(self.policy.min_fee, estimate)
 
@@ -438,6 +492,13 @@ class Wallet:
         except TxRejected as exc:
             raise WalletError(f"built a transaction that fails its own check: {exc}") from exc
         return tx
+
+
+def _key_id(label: str) -> str:
+    """A labelled key's key id: the label, which must not be one an index already names."""
+    if not label or label.isdigit() or len(label) > 800:
+        raise WalletError(f"a key label must be 1..800 characters, not all digits: {label!r}")
+    return label
 
 
 def _free(db: sqlite3.Connection, reservation: str) -> int:

@@ -119,7 +119,10 @@ class Record:
 
     `seq`/`total`/`payer_sig` are the latest signed payment (payer: the latest it
     signed; payee: the latest it verified). `acked_seq`/`acked_total` are the
-    latest the payee acknowledged (payer: the latest ack received).
+    latest the payee acknowledged (payer: the latest ack received). `paid_on_chain`
+    is what the settlement paid the payee -- a close may pay less than `total`, the
+    payer's latest signed state, when the payee closed with an older one; a refund
+    pays 0 -- and None until the channel is settled (or when the chain did not say).
     """
 
     role: Role
@@ -133,10 +136,11 @@ class Record:
     acked_total: int = 0
     refund_sig: bytes = b""
     close_txid: str = ""
+    paid_on_chain: int | None = None
 
     # The per-payment copies: a copy of the instance dict with the changed fields set.
     # `dataclasses.replace` introspects the fields on every call, and even a spelled-out
-    # constructor call sets each of the 11 fields through the frozen __setattr__ guard
+    # constructor call sets each of the 12 fields through the frozen __setattr__ guard
     # (3.5 us against 1.5 us here, per payment on both ends). Frozen still holds: only
     # a new, not yet shared instance is written.
 
@@ -197,14 +201,19 @@ class _ChannelEnd:
         self._record = _step(self._record, name)
         return self._record
 
-    def mark_closed(self, close_txid: str) -> Record:
-        """The close transaction is on chain ("" when only its effect is known)."""
-        self._record = replace(_step(self._record, "closed"), close_txid=close_txid)
+    def mark_closed(self, close_txid: str, paid: int | None) -> Record:
+        """The close transaction is on chain ("" when only its effect is known), paying
+        the payee `paid` (None: not known)."""
+        self._record = replace(
+            _step(self._record, "closed"), close_txid=close_txid, paid_on_chain=paid
+        )
         return self._record
 
     def mark_refunded(self, refund_txid: str) -> Record:
-        """The refund transaction is on chain."""
-        self._record = replace(_step(self._record, "refunded"), close_txid=refund_txid)
+        """The refund transaction is on chain (it pays the payee nothing)."""
+        self._record = replace(
+            _step(self._record, "refunded"), close_txid=refund_txid, paid_on_chain=0
+        )
         return self._record
 
 

@@ -58,13 +58,21 @@ CHANNEL_SCHEMA = Schema(
         """,
         # A funding outpoint is never served twice (`ChannelStore.seen`).
         "CREATE INDEX channels_by_outpoint ON channels (funding_txid, funding_vout);",
+        # What the settlement paid the payee (`Record.paid_on_chain`). Known for rows
+        # settled before: a payee's close paid its total, a refund nothing; a payer's
+        # close may have paid less than it signed, so that stays unknown (NULL).
+        """
+        ALTER TABLE channels ADD COLUMN paid_on_chain INTEGER;
+        UPDATE channels SET paid_on_chain = 0 WHERE state = 'refunded';
+        UPDATE channels SET paid_on_chain = total WHERE state = 'closed' AND role = 'payee';
+        """,
     ),
 )
 
 _COLUMNS = (
     "channel_id, role, state, peer_id, service, payer_key, payee_key, capacity, close_fee,"
     " refund_fee, expiry_height, funding_txid, funding_vout, payer_payout, payee_payout,"
-    " seq, total, payer_sig, acked_seq, acked_total, refund_sig, close_txid"
+    " seq, total, payer_sig, acked_seq, acked_total, refund_sig, close_txid, paid_on_chain"
 )
 
 
@@ -119,6 +127,7 @@ def _row(record: Record, service: str) -> tuple[object, ...]:
         record.acked_total,
         record.refund_sig,
         record.close_txid,
+        record.paid_on_chain,
     )
 
 
@@ -146,6 +155,7 @@ def _record(row: Sequence[Any]) -> tuple[Record, str]:
         atotal,
         rsig,
         ctxid,
+        paid,
     ) = row
     terms = Terms(
         channel_id=bytes(cid),
@@ -172,6 +182,7 @@ def _record(row: Sequence[Any]) -> tuple[Record, str]:
         acked_total=int(atotal),
         refund_sig=bytes(rsig),
         close_txid=str(ctxid),
+        paid_on_chain=None if paid is None else int(paid),
     )
     return record, str(service)
 

@@ -12,9 +12,9 @@ from mesh.chain.errors import InsufficientFunds, WalletError
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.rules import Policy
 from mesh.chain.tx import p2pkh_script, txid_of
-from mesh.chain.wallet import Coin, Wallet, select_coins
+from mesh.chain.wallet import WALLET_SCHEMA, Coin, Wallet, select_coins
 from mesh.identity import Identity
-from mesh.store import Store
+from mesh.store import Schema, Store
 from tests.chain.helpers import FakeClock, p2pkh
 
 IDENTITY = Identity.from_secret(bytes(range(1, 33)))
@@ -155,3 +155,62 @@ def test_select_coins_policy() -> None:
     assert [c.satoshis for c in chosen] == [3_000] and change == 0 and paid == 10
     with pytest.raises(InsufficientFunds):
         select_coins(coins, 9_000, fee)
+
+
+def test_a_labelled_key_costs_no_row_until_adopted(tmp_path: Path, ledger: LocalLedger) -> None:
+    """`payout_address` is pure; `adopt` makes the key one of ours (idempotently), and a
+    coin it holds is then taken in and spendable -- by another connection too."""
+    wallet = _wallet(tmp_path / "w.db")
+    first = wallet.new_address()
+    label = "channel-payout-" + "ab" * 32
+    address = wallet.payout_address(label)
+    expected = IDENTITY.derive_child(IDENTITY.public_key, f"2-m2mesh wallet-{label}")
+    assert address == expected.address()
+    assert wallet.addresses() == [first]  # handing it out wrote nothing
+    outpoint = ledger.faucet(p2pkh_script(address), 7_000)
+    assert wallet.add_utxos(ledger.utxos(p2pkh_script(address))) == 0  # not ours yet
+    wallet.address(1)  # the next index asked about before it is taken: nothing cached wrong
+    index = wallet.adopt(label)
+    assert index == 1 and wallet.adopt(label) == 1  # idempotent
+    assert wallet.addresses() == [first, address]
+    assert wallet.address(index) == address
+    assert (
+        wallet.new_address()
+        == IDENTITY.derive_child(IDENTITY.public_key, "2-m2mesh wallet-2").address()
+    )  # indexed keys keep their derivation
+    assert wallet.add_utxos(ledger.utxos(p2pkh_script(address))) == 1
+    assert wallet.coins() == [Coin(outpoint.txid, outpoint.vout, 7_000, index)]
+    again = _wallet(tmp_path / "w.db")  # a fresh connection derives it from its row
+    draft = again.fund([(p2pkh(PrivateKey()), 5_000)], reservation="spend")
+    assert ledger.submit(draft.raw) == draft.txid
+
+
+def test_labels_never_name_an_indexed_key(tmp_path: Path) -> None:
+    wallet = _wallet(tmp_path / "w.db")
+    for label in ("7", "", "x" * 801):
+        with pytest.raises(WalletError, match="label"):
+            wallet.payout_address(label)
+        with pytest.raises(WalletError, match="label"):
+            wallet.adopt(label)
+
+
+def test_a_wallet_from_before_labels_keeps_its_keys(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    with Store(path) as store:
+        store.register(Schema("wallet", WALLET_SCHEMA.migrations[:1]))
+        with store.write() as db:
+            for index in range(2):
+                address = IDENTITY.derive_child(
+                    IDENTITY.public_key, f"2-m2mesh wallet-{index}"
+                ).address()
+                db.execute(
+                    "INSERT INTO wallet_keys (idx, script, address) VALUES (?, ?, ?)",
+                    (index, p2pkh_script(address), address),
+                )
+    wallet = _wallet(path)
+    assert wallet.addresses() == [wallet.address(0), wallet.address(1)]
+    assert (
+        wallet.private_key(1).serialize()
+        == IDENTITY.derive_child(IDENTITY.public_key, "2-m2mesh wallet-1").serialize()
+    )
+    assert wallet.adopt("a label") == 2

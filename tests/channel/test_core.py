@@ -246,7 +246,7 @@ def test_transition_tables_reject_illegal_events() -> None:
     with pytest.raises(ChannelStateError):
         payee.event("opened")  # payee never takes this event
     payee.event("close")
-    payee.mark_closed("ab" * 32)
+    payee.mark_closed("ab" * 32, payee.record().total)
     for event in ("close", "refunded", "funding-accepted"):
         with pytest.raises(ChannelStateError):
             payee.event(event)
@@ -305,12 +305,14 @@ def test_record_fast_copies_equal_dataclasses_replace() -> None:
     """`with_payment`/`with_ack` spell out every field: a field added to `Record`
     and forgotten there fails here."""
     payer, *_ = make_pair()
-    record = dataclasses.replace(payer.record(), acked_seq=3, acked_total=7, close_txid="ab")
+    record = dataclasses.replace(
+        payer.record(), acked_seq=3, acked_total=7, close_txid="ab", paid_on_chain=5
+    )
     assert record.with_payment(9, 11, b"sig") == dataclasses.replace(
         record, seq=9, total=11, payer_sig=b"sig"
     )
     assert record.with_ack(5, 6) == dataclasses.replace(record, acked_seq=5, acked_total=6)
-    assert len(dataclasses.fields(Record)) == 11
+    assert len(dataclasses.fields(Record)) == 12
 
 
 def test_a_payer_that_lost_its_latest_states_takes_back_the_one_the_payee_acks() -> None:

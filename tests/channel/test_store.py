@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mesh.channel import Record, State
-from mesh.channel.store import ChannelStore
-from mesh.store import Store, StoreError
+from mesh.channel.store import _COLUMNS, CHANNEL_SCHEMA, ChannelStore, _row
+from mesh.store import Schema, Store, StoreError
 
 from .helpers import make_pair
 
@@ -58,3 +58,58 @@ def test_after_a_failed_commit_the_next_save_writes_the_whole_row(tmp_path: Path
         paid = opened.with_payment(1, 10, b"\x30" * 70)
         channels.save([(paid, "svc")])
     assert reloaded(path) == [(paid, "svc")]
+
+
+def test_what_the_chain_paid_is_kept_beside_what_was_signed(tmp_path: Path) -> None:
+    """`paid_on_chain` is a row change (not the payment hot path) and survives a reload;
+    payments after it would not lose it."""
+    path = tmp_path / "agent.db"
+    payer, _, _, _ = make_pair()
+    with Store(path) as store:
+        channels = ChannelStore(store)
+        payer.pay(80)
+        channels.save([(payer.record(), "svc")])
+        payer.accept_ack(payer.record().seq, payer.record().total)
+        channels.save([(payer.record(), "svc")])  # (journal)
+        payer.mark_closed("cd" * 32, 2)
+        channels.save([(payer.record(), "svc")])
+    [(record, _)] = reloaded(path)
+    assert record == payer.record()
+    assert (record.state, record.total, record.paid_on_chain) == (State.CLOSED, 80, 2)
+
+
+def test_rows_settled_before_the_column_existed_say_what_is_known(tmp_path: Path) -> None:
+    """A payee's close paid its total and a refund nothing; a payer's close may have
+    paid less than it signed, so that stays unknown."""
+    path = tmp_path / "agent.db"
+    payer, payee, _, _ = make_pair()
+    payer.pay(30)
+    payee.accept_payment(*_latest(payer.record()))
+    old = {
+        "payee": _as(payee.record(), 1, State.CLOSED),
+        "payer": _as(payer.record(), 2, State.CLOSED),
+    }
+    refunded = _as(payer.record(), 3, State.REFUNDED)
+    with Store(path) as store:
+        store.register(Schema("channels", CHANNEL_SCHEMA.migrations[:2]))
+        columns = _COLUMNS.removesuffix(", paid_on_chain")
+        marks = ", ".join("?" * len(columns.split(",")))
+        with store.write() as db:
+            for record in (*old.values(), refunded):
+                db.execute(
+                    f"INSERT INTO channels ({columns}) VALUES ({marks})", _row(record, "s")[:-1]
+                )
+    paid = {r.terms.channel_id: r.paid_on_chain for r, _ in reloaded(path)}
+    assert paid[old["payee"].terms.channel_id] == 30
+    assert paid[old["payer"].terms.channel_id] is None
+    assert paid[refunded.terms.channel_id] == 0
+
+
+def _latest(record: Record) -> tuple[int, int, bytes]:
+    return record.seq, record.total, record.payer_sig
+
+
+def _as(record: Record, n: int, state: State) -> Record:
+    """`record` as channel number `n` (one store holds one end of each id) in `state`."""
+    terms = replace(record.terms, channel_id=n.to_bytes(32, "big"))
+    return replace(record, terms=terms, state=state, close_txid="aa" * 32)
