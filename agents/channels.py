@@ -579,6 +579,9 @@ class ChannelManager(ChannelSettlement):
                 self._commits.mark(cid)
             elif record.state is State.OPEN:  # nothing paid yet: say so (a restarted
                 await self._send(peer_id, ChannelAck(cid, 0, 0, b""))  # payer waits for it)
+            elif record.state is State.CLOSED and record.close_txid:
+                # Closed while the payer was away (watcher, restart): it may not know.
+                await self._send(peer_id, ChannelClosed(cid, record.close_txid, record.total))
 
 
 def _window_full(record: Record, window: int) -> bool:

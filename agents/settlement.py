@@ -259,8 +259,11 @@ class ChannelSettlement(ChannelBase):
             txid = await self.chain.broadcast(parse_exact(raw))
         except TxRejected as exc:
             if exc.rule in ("double-spend", "spent-input"):  # the payee closed it first
-                payer.mark_closed(*await self._close_paid(payer.terms))
+                close_txid, paid = await self._close_paid(payer.terms)
+                payer.mark_closed(close_txid, paid)
                 await self._commits.flush(cid)
+                if close_txid:  # what the close paid us back, as the chain shows it
+                    await self._book_own_outputs(close_txid, payer.terms.payer_payout)
                 self._notify_ack(cid)
             else:
                 log.warning("refund of channel %s not accepted yet: %s", cid.hex()[:16], exc)
@@ -273,6 +276,17 @@ class ChannelSettlement(ChannelBase):
         await self._write(self.wallet.add_utxos, [coin])
         self._notify_ack(cid)
         log.info("channel %s refunded by %s", cid.hex()[:16], txid[:16])
+
+    async def _book_own_outputs(self, txid: str, script: bytes) -> None:
+        """Add to the wallet the unspent outputs of `txid` (a close: the payer's is the
+        second, a release's the only one) that pay `script`."""
+        coins = []
+        for vout in (0, 1):
+            out = await self.chain.output(txid, vout)
+            if out.state is OutputState.UNSPENT and out.script == script and out.satoshis:
+                coins.append(Utxo(txid, vout, out.satoshis, script))
+        if coins:
+            await self._write(self.wallet.add_utxos, coins)
 
     async def _close_paid(self, terms: Terms) -> tuple[str, int | None]:
         """The transaction that spent a channel's funding (not our refund) and what it
