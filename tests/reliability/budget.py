@@ -28,6 +28,20 @@ Slow trials take consecutive seeds."""
 SLOW_CRASH_TRIALS = {"payer": 50, "payee": 50, "ledger": 50, "anchoring": 50}
 """kill -9 trials per role under ``-m slow``: 200 in all."""
 
+CI_FAST_CHAIN_TRIALS = {"payer": 3, "payee": 3}
+"""kill -9 trials per role in CI on a 1-block/s chain under Teranode's finality rule
+(`test_crash_recovery.fast_chain_trial`): 6 in all, about 20-30 s each."""
+CI_FAST_CHAIN_SEEDS = {"payer": [5002, 5006, 5010], "payee": [6006, 6013, 6000]}
+"""The fast-chain CI trials' seeds, chosen so that CI covers a timer kill for each
+role, a kill mid-stream and the windows near the expiry: payer by timer while holding
+(5002), after a group commit (5006) and right before broadcasting its funding, so
+that only its refund, final at ``height + 1 == expiry``, settles it (5010); payee by
+timer at the height where its watcher closes (6006), right after recording the close its
+watcher made at ``expiry - close_margin_blocks``, before broadcasting it (6013), and
+before a group commit mid-stream (6000). Slow trials take consecutive seeds."""
+SLOW_FAST_CHAIN_TRIALS = {"payer": 200, "payee": 200}
+"""Fast-chain kill -9 trials per role under ``-m slow``: 400 in all (issue 24)."""
+
 CI_LOAD = (64, 4.0)
 """Load in CI: (buyers, seconds of paying)."""
 SLOW_LOAD = (64, 60.0)

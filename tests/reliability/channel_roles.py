@@ -6,7 +6,11 @@ buyer     fund, open one channel, pay (a count, or for some seconds at a rate),
 buyers    many buyers, each its own agent (identity, store, node, channel), in one
           process: the load test's paying crowd
 resume    restart a payer from its data dir and settle every channel it holds
-Every role may be told to SIGKILL itself at an exact point (`--kill-at`).
+Every role may be told to SIGKILL itself at an exact point (`--kill-at`). A payer
+(buyer, resume) told `--refund-lead N` refunds as early as a chain could take it
+(`refund_early`): it offers its refund from N blocks before the expiry on, and the
+chain's finality rule alone decides when it gets in; `resume` then closes nothing
+itself and waits for the payee's close or its own refund.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from typing import Any
 
 import trio
 
-from agents.channels import ChannelConfig, ChannelFailure
+from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
 from mesh.anchoring.store import AnchorStore
+from mesh.chain.errors import ChainUnavailable
 from mesh.chain.local import LocalChain
-from mesh.channel import Record, State
+from mesh.channel import Record, Role, State
 from mesh.channel.store import ChannelStore
 from mesh.errors import MeshError
 from tests.channel.harness import Agentlet
@@ -112,6 +117,54 @@ async def first(signals: AsyncIterator[int]) -> None:
     action would end the process unreported)."""
     async for _ in signals:
         return
+
+
+FINAL = (State.CLOSED, State.REFUNDED, State.FAILED)
+
+
+def serialize_expiry_checks() -> None:
+    """Let one `ChannelManager.check_expiry` run at a time per manager: the manager's
+    watcher and `refund_early` both call it, and a refund one of them has half done
+    (broadcast, not yet recorded) must not be started again by the other."""
+    real = ChannelManager.check_expiry
+    locks: dict[int, trio.Lock] = {}
+
+    async def check_expiry(self: ChannelManager, height: int) -> None:
+        async with locks.setdefault(id(self), trio.Lock()):
+            await real(self, height)
+
+    ChannelManager.check_expiry = check_expiry  # type: ignore[method-assign,assignment]
+
+
+async def refund_early(me: Agentlet, lead: int, every: float = 0.05) -> None:
+    """Offer the refund of every unsettled payer channel as soon as `lead` blocks before
+    its expiry, every `every` seconds (the chain rejects it while it is not final): the
+    earliest a payer could get it in under any finality rule. The role must have called
+    `serialize_expiry_checks` (the manager's own watcher keeps running).
+
+    Reports ``refund-try`` (the first offer) and ``payer-settled`` (REFUNDED: the
+    refund got in; CLOSED: the payee's close was there first) with the chain's height.
+    """
+    tried: set[bytes] = set()
+    settled: set[bytes] = set()
+    while True:
+        try:
+            height = await me.chain.height()
+            for record, _ in me.manager.records():
+                cid = record.terms.channel_id
+                due = height + lead >= record.terms.expiry_height
+                if record.role is Role.PAYER and due and cid not in tried:
+                    tried.add(cid)
+                    emit("refund-try", height=height, **describe(record))
+            await me.manager.check_expiry(height + lead)
+        except ChainUnavailable:
+            pass
+        for record, _ in me.manager.records():
+            cid = record.terms.channel_id
+            if record.role is Role.PAYER and record.state in FINAL and cid not in settled:
+                settled.add(cid)
+                emit("payer-settled", height=await me.chain.height(), **describe(record))
+        await trio.sleep(every)
 
 
 # --------------------------------------------------------------------------- provider
@@ -201,6 +254,8 @@ async def open_channel(me: Agentlet, args: argparse.Namespace, peer: str) -> byt
 
 async def buyer(args: argparse.Namespace) -> None:
     arm_kill(args.kill_at)
+    if args.refund_lead:
+        serialize_expiry_checks()
     nodes, channels = config_from(args)
     with trio.open_signal_receiver(signal.SIGTERM) as sigterm:
         async with (
@@ -219,6 +274,8 @@ async def buyer(args: argparse.Namespace) -> None:
                     on_change=lambda what, detail: emit("session", change=what, detail=detail),
                 )
             )
+            if args.refund_lead:
+                nursery.start_soon(refund_early, me, args.refund_lead)
             if args.hold:  # buy, and report the channels whenever SIGTERM comes
                 nursery.start_soon(buy_or_fail, me, args)
                 await first(sigterm)
@@ -238,7 +295,7 @@ async def buy_or_fail(me: Agentlet, args: argparse.Namespace) -> None:
 async def buy(me: Agentlet, args: argparse.Namespace) -> None:
     """Open, pay, wait for the acks, close: the buyer's life, reported as it goes."""
     cid = await open_channel(me, args, args.peer)
-    emit("opened", channel_id=cid.hex())
+    emit("opened", channel_id=cid.hex(), expiry=me.manager.record(cid).terms.expiry_height)
     meter = Meter()
     me.manager.on_acked = meter.on_acked
     count = await pay_stream(
@@ -353,6 +410,8 @@ async def settle(me: Agentlet, timeout: float) -> None:
 
 async def resume(args: argparse.Namespace) -> None:
     arm_kill(args.kill_at)
+    if args.refund_lead:
+        serialize_expiry_checks()
     nodes, channels = config_from(args)
     with trio.open_signal_receiver(signal.SIGTERM) as sigterm:
         async with (
@@ -363,7 +422,12 @@ async def resume(args: argparse.Namespace) -> None:
         ):
             emit("reloaded", records=[describe(r) for r, _ in me.manager.records()])
             await nursery.start(keep_session, me.node, args.connect, args.peer)
-            await settle(me, args.timeout)
+            if args.refund_lead:  # no close of our own: the payee's close or our refund
+                nursery.start_soon(refund_early, me, args.refund_lead)
+                while any(r.state not in FINAL for r, _ in me.manager.records()):
+                    await trio.sleep(0.05)
+            else:
+                await settle(me, args.timeout)
             emit("settled", records=[describe(r) for r, _ in me.manager.records()])
             await first(sigterm)
             emit("final", records=[describe(r) for r, _ in me.manager.records()])
@@ -402,3 +466,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--close", action="store_true")
     parser.add_argument("--hold", action="store_true")
     parser.add_argument("--kill-at")
+    parser.add_argument("--refund-lead", type=int, default=0)

@@ -31,6 +31,7 @@ from mesh.chain.tx import is_data_script, p2pkh_script, parse_exact, txid_of
 from mesh.chain.wallet import Wallet
 from mesh.channel import Record, Role, State
 from mesh.channel.store import ChannelStore
+from mesh.channel.txs import Terms
 from mesh.identity import Identity
 from mesh.store import Store
 from tests.channel.helpers import check_spends_funding
@@ -70,6 +71,25 @@ def phantom_coins(data_dir: Path, identity: Identity, ledger_path: Path) -> list
             if (coin.txid, coin.vout, coin.satoshis) not in unspent:
                 missing.append(f"{coin.txid}:{coin.vout} {coin.satoshis}")
         return missing
+
+
+def stranded_coins(data_dir: Path, identity: Identity, ledger_path: Path) -> list[tuple[str, int]]:
+    """Unspent outputs the ledger holds on the agent's addresses that its wallet does not
+    count (in any state): coins it owns but will never spend, e.g. a payer's change from
+    a close it learnt of only indirectly. Returns ``(outpoint, satoshis)`` pairs."""
+    with Store(data_dir / "agent.db") as store, LocalLedger.open(ledger_path) as ledger:
+        wallet = Wallet(store, identity)
+        known = {
+            (c.txid, c.vout)
+            for state in ("available", "reserved", "spent")
+            for c in wallet.coins(state)
+        }
+        return [
+            (f"{u.txid}:{u.vout}", u.satoshis)
+            for address in wallet.addresses()
+            for u in ledger.utxos(p2pkh_script(address))
+            if (u.txid, u.vout) not in known
+        ]
 
 
 @dataclass(frozen=True)
@@ -204,6 +224,22 @@ def check_channel(
         assert payee.state is State.CLOSED and payee.total == total
         assert payee.close_txid == spend_txid
     return Settlement(cid, "closed", total)
+
+
+def acked_lost(facts: LedgerFacts, terms: Terms, acked_bounds: list[int]) -> int:
+    """Satoshis acknowledged to the payee that the ledger does not pay it: all of them
+    while the funding is unspent or after a refund or release, else what the close
+    pays short of the highest acked total. Computed without asserting anything, so a
+    trial can report it before `check_channel` judges the channel."""
+    acked = max(acked_bounds, default=0)
+    spend_txid = facts.spender.get((terms.funding_txid, terms.funding_vout))
+    if spend_txid is None:
+        return acked
+    tx = parse_exact(facts.transactions[spend_txid])
+    first = tx.outputs[0]
+    if tx.locktime == 0 and bytes(first.locking_script.serialize()) == terms.payee_payout:
+        return max(0, acked - int(first.satoshis))
+    return acked
 
 
 def acked_of(*records: Record | None) -> list[int]:
