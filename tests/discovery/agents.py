@@ -20,6 +20,7 @@ from mesh.chain.wallet import Wallet
 from mesh.identity import Identity, save_identity
 from mesh.store import Store
 
+ROOT = Path(__file__).resolve().parents[2]
 FEED = """
 [[services]]
 id = "vibration"
@@ -68,13 +69,21 @@ class RunningAgent:
                 address = Wallet(store, identity).new_address()
             with LocalLedger.open(ledger) as chain:
                 chain.faucet(p2pkh_script(address), funds)
-        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.ledger, self.netns = ledger, netns
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.start()
+
+    def start(self, program: Sequence[str] = ("agents.cli",)) -> None:
+        """Start `mesh run` on this agent's profile and data dir (again, after a kill
+        -9); `program` is the module to run and its leading arguments (a patched agent
+        in `tests.reliability.cheating_seller`)."""
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.spawned = time.monotonic()
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "agents.cli", "--log-level", "info", "run",
-             str(profile), "--data-dir", str(self.data), "--ledger", str(ledger)],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [*prefix, sys.executable, "-m", *program, "--log-level", "info", "run",
+             str(self.data / "profile.toml"), "--data-dir", str(self.data),
+             "--ledger", str(self.ledger)],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
 
     def status(self) -> dict[str, Any] | None:

@@ -11,8 +11,6 @@ rest from the honest seller. Before the fix the buyer paid the cheat for every f
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ from mesh.identity import Identity
 from tests.discovery.agents import FEED, RunningAgent, sessions
 from tests.reliability.procs import free_port, new_ledger
 
-ROOT = Path(__file__).resolve().parents[2]
 PREPAY = 2  # readings (tests.discovery.agents.WANT)
 WANT = """
 [[wants]]
@@ -36,16 +33,11 @@ prepay = 2
 """
 
 
-def cheat(agent: RunningAgent, ledger: Path, how: str) -> None:
+def cheat(agent: RunningAgent, how: str) -> None:
     """Run `agent` again as a cheating seller (same data dir, profile and mailbox)."""
     agent.proc.kill()
     agent.proc.wait()
-    agent.proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.reliability.cheating_seller", how, "--",
-         "--log-level", "info", "run", str(agent.data / "profile.toml"),
-         "--data-dir", str(agent.data), "--ledger", str(ledger)],
-        stdout=agent.log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
+    agent.start(("tests.reliability.cheating_seller", how, "--"))
 
 
 def channel_total(status: dict[str, Any], peer: str) -> int:
@@ -58,7 +50,7 @@ def test_a_buyer_leaves_a_cheating_seller_for_an_honest_one(tmp_path: Path, how:
     ports = free_port(), free_port()
     mailboxes = [f"tcp://127.0.0.1:{port}" for port in ports]
     cheap = RunningAgent(tmp_path, ledger, "cheap", "127.0.0.1", mailboxes[0], FEED)
-    cheat(cheap, ledger, how)
+    cheat(cheap, how)
     honest_id = Identity.generate()
     statics = [f"{cheap.peer_id}@{mailboxes[0]}", f"{honest_id.peer_id}@{mailboxes[1]}"]
     buyer = RunningAgent(tmp_path, ledger, "buyer", "127.0.0.1", "tcp://127.0.0.1:0", WANT,

@@ -652,36 +652,38 @@ async def anchoring_trial(tmp_path: Path, seed: int) -> dict[str, object]:
 # --------------------------------------------------------------------------- tests
 
 
-def trials(budget: dict[str, int], role: str, base: int) -> list[int]:
-    """Seeds for a role: CI's chosen ones, or `budget[role]` consecutive ones."""
-    if budget is CI_CRASH_TRIALS:
-        assert len(CI_CRASH_SEEDS[role]) == budget[role]
-        return CI_CRASH_SEEDS[role]
+def trials(
+    budget: dict[str, int], role: str, base: int, chosen: dict[str, list[int]] | None = None
+) -> list[int]:
+    """Seeds for a role: CI's `chosen` ones, or `budget[role]` consecutive ones."""
+    if chosen is not None:
+        assert len(chosen[role]) == budget[role]
+        return chosen[role]
     return [base + i for i in range(budget[role])]
 
 
-@pytest.mark.parametrize("seed", trials(CI_CRASH_TRIALS, "payer", 100))
+@pytest.mark.parametrize("seed", trials(CI_CRASH_TRIALS, "payer", 100, CI_CRASH_SEEDS))
 async def test_payer_killed_then_restarted_settles(tmp_path: Path, seed: int) -> None:
     """The payer dies anywhere (timer or exact point); the restarted payer settles with
     every invariant holding."""
     print(await channel_trial(tmp_path, "payer", seed))
 
 
-@pytest.mark.parametrize("seed", trials(CI_CRASH_TRIALS, "payee", 200))
+@pytest.mark.parametrize("seed", trials(CI_CRASH_TRIALS, "payee", 200, CI_CRASH_SEEDS))
 async def test_payee_killed_then_restarted_settles(tmp_path: Path, seed: int) -> None:
     """The payee dies anywhere; restarted on its mailbox, the stream resumes or the
     channel settles, with every invariant holding."""
     print(await channel_trial(tmp_path, "payee", seed))
 
 
-@pytest.mark.parametrize("seed", trials(CI_CRASH_TRIALS, "ledger", 300))
+@pytest.mark.parametrize("seed", trials(CI_CRASH_TRIALS, "ledger", 300, CI_CRASH_SEEDS))
 async def test_ledger_writer_killed_mid_write(tmp_path: Path, seed: int) -> None:
     """A ledger writer dies mid-write: nothing it acknowledged is lost, the ledger replays
     consistently, stays usable, and a concurrent payment stream settles exactly."""
     print(await ledger_trial(tmp_path, seed))
 
 
-@pytest.mark.parametrize("seed", trials(CI_CRASH_TRIALS, "anchoring", 400))
+@pytest.mark.parametrize("seed", trials(CI_CRASH_TRIALS, "anchoring", 400, CI_CRASH_SEEDS))
 async def test_anchoring_agent_killed_then_restarted_proves_everything(
     tmp_path: Path, seed: int
 ) -> None:
@@ -719,15 +721,7 @@ async def test_anchoring_crash_soak(tmp_path: Path, seed: int) -> None:
     print(await anchoring_trial(tmp_path, seed))
 
 
-def fast_trials(budget: dict[str, int], role: str, base: int) -> list[int]:
-    """Seeds of the fast-chain trials: CI's chosen ones, or consecutive ones."""
-    if budget is CI_FAST_CHAIN_TRIALS:
-        assert len(CI_FAST_CHAIN_SEEDS[role]) == budget[role]
-        return CI_FAST_CHAIN_SEEDS[role]
-    return [base + i for i in range(budget[role])]
-
-
-@pytest.mark.parametrize("seed", fast_trials(CI_FAST_CHAIN_TRIALS, "payer", 5000))
+@pytest.mark.parametrize("seed", trials(CI_FAST_CHAIN_TRIALS, "payer", 5000, CI_FAST_CHAIN_SEEDS))
 async def test_payer_killed_on_a_fast_teranode_chain_loses_no_acked_payment(
     tmp_path: Path, seed: int
 ) -> None:
@@ -737,7 +731,7 @@ async def test_payer_killed_on_a_fast_teranode_chain_loses_no_acked_payment(
     await fast_chain_trial(tmp_path, "payer", seed)
 
 
-@pytest.mark.parametrize("seed", fast_trials(CI_FAST_CHAIN_TRIALS, "payee", 6000))
+@pytest.mark.parametrize("seed", trials(CI_FAST_CHAIN_TRIALS, "payee", 6000, CI_FAST_CHAIN_SEEDS))
 async def test_payee_killed_on_a_fast_teranode_chain_closes_before_the_refund(
     tmp_path: Path, seed: int
 ) -> None:
@@ -748,14 +742,14 @@ async def test_payee_killed_on_a_fast_teranode_chain_closes_before_the_refund(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", fast_trials(SLOW_FAST_CHAIN_TRIALS, "payer", 5000))
+@pytest.mark.parametrize("seed", trials(SLOW_FAST_CHAIN_TRIALS, "payer", 5000))
 async def test_payer_crash_fast_chain_soak(tmp_path: Path, seed: int) -> None:
     """200 fast-chain payer trials."""
     await fast_chain_trial(tmp_path, "payer", seed)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", fast_trials(SLOW_FAST_CHAIN_TRIALS, "payee", 6000))
+@pytest.mark.parametrize("seed", trials(SLOW_FAST_CHAIN_TRIALS, "payee", 6000))
 async def test_payee_crash_fast_chain_soak(tmp_path: Path, seed: int) -> None:
     """200 fast-chain payee trials."""
     await fast_chain_trial(tmp_path, "payee", seed)

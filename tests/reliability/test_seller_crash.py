@@ -12,8 +12,6 @@ Finally both stop cleanly and the channel closes with what the buyer's payments 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,16 +22,6 @@ from tests.reliability.procs import free_port, new_ledger
 from tests.reliability.test_storage_faults import buy
 
 RESUME_SECONDS = 5.0
-
-
-def restart(agent: RunningAgent, ledger: Path) -> None:
-    """Start `agent` again from its data dir and profile (after a kill -9)."""
-    agent.proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "--log-level", "info", "run",
-         str(agent.data / "profile.toml"), "--data-dir", str(agent.data),
-         "--ledger", str(ledger)],
-        stdout=agent.log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
 
 
 def test_a_killed_seller_is_bought_from_again_within_seconds_of_its_return(
@@ -57,7 +45,7 @@ def test_a_killed_seller_is_bought_from_again_within_seconds_of_its_return(
         before = delivered(buyer.status() or {"wants": []})
         buyer.wait(lambda s: seller.peer_id not in sessions(s), 10, "the session to end")
         time.sleep(1.0)
-        restart(seller, ledger)
+        seller.start()
         back = seller.wait(lambda s: True, 30, "the restarted seller")
         resumed = buyer.wait(lambda s: delivered(s) > before + 1, 30, "readings again")
         holder.join(timeout=90)
