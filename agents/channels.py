@@ -361,12 +361,12 @@ class ChannelManager(ChannelSettlement):
 
     async def _on_open(self, peer_id: str, frame: ChannelOpen) -> None:
         cid = frame.channel_id
-        # Terms no transaction can carry first (each named), then the bounds, then what
-        # costs a lookup: the height, the ids in use, the store.
         if not self.health.healthy:  # no new business; not the peer's fault
             reason = f"storage fault here: {self.health.reason()}"
             await self._reject(peer_id, cid, "storage", reason, strike=False)
             return
+        # Terms no transaction can carry first (each named), then the bounds, then what
+        # costs a lookup: the height, the ids in use, the store.
         problem = self._check_terms(frame)
         if problem is None:
             problem = self.admission.check(peer_id, trio.current_time())
@@ -391,9 +391,12 @@ class ChannelManager(ChannelSettlement):
         if problem is not None:
             await self._reject(peer_id, cid, *problem)
             return
-        f = frame
         binding = terms_binding(
-            f.capacity, f.close_fee, f.refund_fee, f.expiry_height, f.payer_payout
+            frame.capacity,
+            frame.close_fee,
+            frame.refund_fee,
+            frame.expiry_height,
+            frame.payer_payout,
         )
         keys = derive_channel_keys(self.identity, parse_peer_id(peer_id), cid, Role.PAYEE, binding)
         payee_payout = self._payee_payout(cid)
