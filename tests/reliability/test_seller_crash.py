@@ -12,11 +12,17 @@ Finally both stop cleanly and the channel closes with what the buyer's payments 
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from agents.services.orders import STATEMENT_UNITS
+from mesh.anchoring.record import decode_record
+from mesh.channel.store import ChannelStore
+from mesh.store import Store
 from tests.discovery.agents import FEED, RunningAgent, delivered, sessions
 from tests.reliability.procs import free_port, new_ledger
 from tests.reliability.test_storage_faults import buy
@@ -59,3 +65,29 @@ def test_a_killed_seller_is_bought_from_again_within_seconds_of_its_return(
     print(f"\nseller kill -9: first reading {waited:.2f} s after the seller was back")
     assert waited < RESUME_SECONDS, waited
     assert buyer.log_lines(r"seller lost"), "the order ended with the session"
+    # The seller's meter record reconciles with what it was paid: its latest statement
+    # per order (cumulative), units x price, falls short of the channel's total by at
+    # most the credit window and one statement period (what the kill could lose).
+    units, paid = recorded(seller.data / "agent.db"), paid_to(seller.data / "agent.db")
+    gap = paid - units * 1  # FEED: 1 sat a reading, credit 2
+    print(f"seller's statements: {units} readings recorded, {paid} sat paid (gap {gap})")
+    assert -2 <= gap <= 2 + STATEMENT_UNITS, (units, paid)
+
+
+def recorded(database: Path) -> int:
+    """Readings the seller's meter statements record, the latest statement per order."""
+    latest: dict[str, int] = {}
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT body FROM anchor_records WHERE stream = 'meters' ORDER BY seq"
+        ).fetchall()
+    for (body,) in rows:
+        statement = json.loads(decode_record(bytes(body)).payload)
+        latest[statement["order"]] = statement["units"]
+    return sum(latest.values())
+
+
+def paid_to(database: Path) -> int:
+    """What the seller's channels were paid, as its own store says."""
+    with Store(database) as store:
+        return sum(item.record.total for item in ChannelStore(store).load(include_final=True))
