@@ -122,3 +122,15 @@ def test_a_want_must_say_what_kind_of_service_it_buys(tmp_path: Path) -> None:
     path.write_text(path.read_text() + 'kind = "tool-time"\ntick = 0.25\n')
     want = load_profile(path).wants[0]
     assert (want.kind, want.tick, want.wait_limit()) == ("tool-time", 0.25, 5.0)
+
+
+def test_the_site_is_a_short_printable_name(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('[agent]\nname = "m"\n')
+    assert load_profile(path).site == "default"
+    path.write_text('[agent]\nname = "m"\nsite = "plant-7/line-2"\n')
+    assert load_profile(path).site == "plant-7/line-2"
+    for bad in ("", "x" * 65, "line 2", "l\\u202ene"):
+        path.write_text(f'[agent]\nname = "m"\nsite = "{bad}"\n')
+        with pytest.raises(ProfileError, match=r"agent\.site"):
+            load_profile(path)
