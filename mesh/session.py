@@ -63,6 +63,8 @@ from mesh.wire import (
 )
 
 HS1, HS2, HS3, DATA, REJECT = 1, 2, 3, 4, 5
+DEFAULT_SITE = "default"
+"""The site of an agent that names none."""
 INDEX_LEN = 8
 REKEY_INTERVAL = 10_000
 PROLOGUE = b"m2mesh/1"
@@ -100,6 +102,10 @@ class IdentityMismatch(SessionError):
 
 class VersionMismatch(SessionError):
     """The peer speaks another protocol version."""
+
+
+class ForeignPeer(SessionError):
+    """The peer is of another site or network: two deployments never mix."""
 
 
 class NotAllowed(SessionError):
@@ -151,6 +157,8 @@ class LocalIdentity:
     mailbox: str
     profile: ProfileSummary
     signature: bytes
+    site: str = DEFAULT_SITE
+    network: str = ""
 
     @classmethod
     def create(
@@ -159,8 +167,12 @@ class LocalIdentity:
         mailbox: str,
         profile: ProfileSummary | None = None,
         static: noise.KeyPair | None = None,
+        *,
+        site: str = DEFAULT_SITE,
+        network: str = "",
     ) -> LocalIdentity:
-        """Bind a (new) Noise static key to `identity`."""
+        """Bind a (new) Noise static key to `identity`; `site` and `network` (the
+        chain's genesis block hash) are what a peer must share to be talked to."""
         static = static or noise.KeyPair.generate()
         return cls(
             identity=identity,
@@ -168,6 +180,17 @@ class LocalIdentity:
             mailbox=mailbox,
             profile=profile or ProfileSummary(name="", services=()),
             signature=identity.sign_digest(binding_digest(static.public)),
+            site=site,
+            network=network,
+        )
+
+    def foreign(self, site: str, network: str) -> str | None:
+        """Why a peer of `site` and `network` is not ours (None: it is)."""
+        if site == self.site and network == self.network:
+            return None
+        return (
+            f"another deployment: peer on site {site!r}, network {_short(network)}; "
+            f"we are on site {self.site!r}, network {_short(self.network)}"
         )
 
     def hello(self) -> bytes:
@@ -179,6 +202,8 @@ class LocalIdentity:
                 signature=self.signature,
                 mailbox=self.mailbox,
                 profile=self.profile,
+                site=self.site,
+                network=self.network,
             )
         )
 
@@ -190,6 +215,8 @@ class PeerInfo:
     peer_key: bytes
     mailbox: str
     profile: ProfileSummary
+    site: str = DEFAULT_SITE
+    network: str = ""
 
     @property
     def peer_id(self) -> str:
@@ -328,8 +355,11 @@ class Handshake:
             raise IdentityMismatch("Hello.identity_key", f"expected {self._expect}, met {peer_id}")
         if self._allow is not None and peer_id not in self._allow and "*" not in self._allow:
             raise NotAllowed("Hello.identity_key", f"{peer_id} is not on the allow-list")
+        foreign = self.local.foreign(frame.site, frame.network)
+        if foreign is not None:
+            raise ForeignPeer("Hello.site", foreign)
         mailbox = _check_mailbox(frame.mailbox, "Hello.mailbox")
-        return PeerInfo(peer_key=frame.identity_key, mailbox=mailbox, profile=frame.profile)
+        return PeerInfo(frame.identity_key, mailbox, frame.profile, frame.site, frame.network)
 
     def _finish(self, peer: PeerInfo) -> Session:
         send, recv = self._noise.split()
@@ -373,6 +403,11 @@ class _FailGuard:
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is not None:
             self._handshake.phase = Phase.FAILED
+
+
+def _short(network: str) -> str:
+    """A network id (genesis hash) as people compare it: its first 16 digits."""
+    return f"{network[:16]}…" if network else "(none)"
 
 
 def _check_version(version: int) -> None:

@@ -54,6 +54,7 @@ from mesh.peer import (
 )
 from mesh.session import (
     DATA,
+    DEFAULT_SITE,
     HS1,
     HS2,
     HS3,
@@ -413,13 +414,17 @@ async def open_node(
     allow: Collection[str] | None = None,
     config: NodeConfig | None = None,
     advertise: str | None = None,
+    site: str = DEFAULT_SITE,
+    network: str = "",
 ) -> AsyncIterator[Node]:
     """Run a node listening on `listen` for the duration of the block.
 
     `allow` restricts sessions to these peer ids (``"*"`` for anyone); None
-    allows anyone. `advertise` is the mailbox peers should dial when it differs
-    from the listen address (port forwarding, a relay). On exit every session
-    is closed politely and every socket is closed.
+    allows anyone. Only peers of the same `site` and `network` (the chain's genesis
+    block hash) get a session: others are refused in the handshake, both ways.
+    `advertise` is the mailbox peers should dial when it differs from the listen
+    address (port forwarding, a relay). On exit every session is closed politely and
+    every socket is closed.
     """
     config = config or NodeConfig()
     sock = mailbox_socket(recv_max_size=MAX_PACKET_SIZE, recv_buffer_size=MAILBOX_QUEUE)
@@ -429,7 +434,7 @@ async def open_node(
     try:
         listener = sock.listen(listen)
         mailbox = advertise or _resolved(listen, str(listener.local_address))
-        local = LocalIdentity.create(identity, mailbox, profile)
+        local = LocalIdentity.create(identity, mailbox, profile, site=site, network=network)
         async with trio.open_nursery() as nursery:
             node = Node(local, sock, nursery, config, allow, sources)
             nursery.start_soon(node.run_receiver)

@@ -28,7 +28,7 @@ import msgpack
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 """Bumped on any incompatible change to a frame or to the session protocol
 (2: the frames of a DATA packet share one Noise transport message; 3: `ChannelRelease`;
 4: `ChannelPays`; 5: a payee acks every open channel on each new session, at seq 0 when
@@ -281,6 +281,10 @@ class Hello(Frame):
     signature: bytes
     mailbox: str
     profile: ProfileSummary
+    site: str
+    network: str
+    """The sender's site (an operator's name) and network (its chain's genesis block
+    hash): a peer of another site or network is refused (`mesh.session.ForeignPeer`)."""
 
 
 @frame(3)

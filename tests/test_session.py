@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -156,9 +158,7 @@ def test_wrong_version_is_rejected() -> None:
     responder.remote_index = hs2[1:9]
     hello = decode(bob.hello())
     assert isinstance(hello, Hello)
-    bad = Hello(
-        PROTOCOL_VERSION + 1, hello.identity_key, hello.signature, hello.mailbox, hello.profile
-    )
+    bad = replace(hello, version=PROTOCOL_VERSION + 1)
     fresh = Handshake(local(ALICE_BOX), initiator=True)
     hs1 = fresh.start()
     responder._noise.read_message(hs1[9:])

@@ -113,12 +113,21 @@ def test_every_tag_is_unique_and_every_type_registered() -> None:
         (msgpack.packb([4, 1, True]) + b"\x00", "frame", "trailing bytes"),
         (msgpack.packb([4, 1, True])[:-1], "frame", "MessagePack"),
         (
-            msgpack.packb([2, 1, b"k", b"s", "m", ["n", ["a", 3]]]),
+            msgpack.packb([2, 1, b"k", b"s", "m", ["n", ["a", 3]], "default", ""]),
             "Hello.profile.services[1]",
             "expected str, got int",
         ),
-        (msgpack.packb([2, 1, b"k", b"s", "m", ["n"]]), "Hello.profile", "expected 2 fields"),
-        (msgpack.packb([2, 1, b"k", b"s", "m", 7]), "Hello.profile", "expected ProfileSummary"),
+        (
+            msgpack.packb([2, 1, b"k", b"s", "m", ["n"], "default", ""]),
+            "Hello.profile",
+            "expected 2 fields",
+        ),
+        (
+            msgpack.packb([2, 1, b"k", b"s", "m", 7, "default", ""]),
+            "Hello.profile",
+            "expected ProfileSummary",
+        ),
+        (msgpack.packb([2, 1, b"k", b"s", "m", ["n", []], 5, ""]), "Hello.site", "expected str"),
         (b"\x91" * 5000, "frame", "MessagePack"),
         (b"\xdd\xff\xff\xff\xff", "frame", "MessagePack"),
         (b"\xc4" + b"\x00" * (MAX_FRAME_SIZE + 1), "frame", "exceeds max"),
@@ -160,7 +169,11 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
 def test_ten_thousand_mutated_inputs_raise_only_remote_protocol_error() -> None:
     rng = random.Random(20261125)
     seeds = [
-        encode(Hello(1, b"\x02" * 33, b"sig", "tcp://127.0.0.1:1", ProfileSummary("n", ("a",)))),
+        encode(
+            Hello(
+                1, b"\x02" * 33, b"sig", "tcp://127.0.0.1:1", ProfileSummary("n", ("a",)), "s", ""
+            )
+        ),
         encode(Heartbeat(1, False)),
         encode(Message("topic", b"x" * 50)),
     ]

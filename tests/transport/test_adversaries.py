@@ -90,7 +90,9 @@ async def test_impostor_with_someone_elses_identity_is_rejected(
     async with open_node(Identity.generate(), config=FAST) as honest:
         real_create = LocalIdentity.create
 
-        def forged(identity: Identity, mailbox: str, profile: object = None) -> LocalIdentity:
+        def forged(
+            identity: Identity, mailbox: str, profile: object = None, **_: object
+        ) -> LocalIdentity:
             mine = real_create(Identity.generate(), mailbox)
             # The impostor copies the victim's public key; it cannot sign for it.
             fake_sig = Identity.generate().sign_digest(binding_digest(mine.static.public))
@@ -127,3 +129,30 @@ async def test_allow_list_is_enforced_on_both_sides() -> None:
         # And a node with an allow-list refuses to dial someone not on it.
         with pytest.raises(ConnectError, match="allow-list"):
             await guarded.connect(s.address)
+
+
+@pytest.mark.parametrize(
+    ("theirs", "named"),
+    [
+        (("line-2", "ab" * 32), "site 'line-2'"),
+        (("line-1", "cd" * 32), "site 'line-1', network cdcd"),
+    ],
+)
+async def test_a_peer_of_another_site_or_network_gets_no_session(
+    theirs: tuple[str, str], named: str
+) -> None:
+    """Two deployments on one LAN never mix: the handshake is refused both ways, with a
+    reason naming both sites and networks."""
+    site, network = theirs
+    async with (
+        open_node(Identity.generate(), config=FAST, site="line-1", network="ab" * 32) as ours,
+        open_node(Identity.generate(), config=FAST, site=site, network=network) as other,
+    ):
+        # The initiator checks the responder's Hello (msg 2) itself.
+        with pytest.raises(ConnectError, match=rf"another deployment: peer on {named}.*we are"):
+            await ours.connect(other.address)
+        with pytest.raises(ConnectError, match=r"another deployment: peer on site 'line-1'"):
+            await other.connect(ours.address)
+        assert ours.sessions() == [] and other.sessions() == []
+        # Each side refused the handshake it started (the other's half-open one expires).
+        assert ours.statistics().handshakes_failed == other.statistics().handshakes_failed == 1
