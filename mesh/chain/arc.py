@@ -50,6 +50,11 @@ from mesh.chain.tx import is_data_script, p2pkh_script, tx_id
 #: Documented defaults, used only when ``M2MESH_ARC_URL`` is not set.
 DEFAULT_ARC_URLS = {"main": "https://arc.taal.com", "test": "https://arc-test.taal.com"}
 NETWORKS = ("main", "test")
+GENESIS = {
+    "main": "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f",
+    "test": "000000000933ea01ad0ee984209779baaec3ced90fa3f408719526f8d77f4943",
+}
+"""The genesis block hash of each network: its network id (`Chain.network_id`)."""
 
 #: ARC error statuses (bitcoin-sv/arc ``pkg/api/status.go``) and the rule each one means.
 ARC_RULES = {
@@ -192,6 +197,10 @@ class ArcChain:
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise ChainUnavailable(f"ARC sent an unusable Merkle path for {txid}: {exc}") from None
         return proof
+
+    async def network_id(self) -> str:
+        """BSV mainnet's or testnet's genesis block hash, as configured."""
+        return GENESIS[self.settings.network]
 
     async def height(self) -> int:
         """The best height, from WhatsOnChain ``/chain/info``."""

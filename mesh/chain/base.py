@@ -100,6 +100,11 @@ class Chain(Protocol):
         """
         ...
 
+    async def network_id(self) -> str:
+        """The network this chain is, named by its genesis block hash (display hex):
+        agents on different networks never talk (`mesh.session.ForeignPeer`)."""
+        ...
+
     async def merkle_proof(self, txid: str) -> MerklePath | None:
         """The BUMP proof of a mined transaction, or None when it is not (yet) mined."""
         ...

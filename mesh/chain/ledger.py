@@ -240,6 +240,14 @@ class LocalLedger:
             self._remember(block.height, levels)
         return [block for block, _ in mined]
 
+    def genesis_hash(self) -> str:
+        """This ledger's genesis block hash (display hex): its network id, its own --
+        two ledgers are two networks, as testnet and mainnet are."""
+        block = self.block(0)
+        if block is None:
+            raise LedgerError(f"{self.path}: no genesis block")
+        return block.hash
+
     def height(self) -> int:
         """The height of the best block."""
         with self._store.read() as db:

@@ -65,6 +65,10 @@ class LocalChain:
         """The BUMP proof of a mined transaction."""
         return await self._run(self.ledger.merkle_proof, txid)
 
+    async def network_id(self) -> str:
+        """The ledger's genesis block hash."""
+        return await self._run(self.ledger.genesis_hash)
+
     async def height(self) -> int:
         """The ledger's best height."""
         return await self._run(self.ledger.height)

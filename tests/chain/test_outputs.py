@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from bsv.keys import PrivateKey
 
+from mesh.chain.arc import GENESIS, ArcChain, ArcSettings
 from mesh.chain.base import OutputState, OutputStatus
 from mesh.chain.errors import TxRejected
 from mesh.chain.ledger import LocalLedger
@@ -99,3 +100,19 @@ async def test_local_chain_output_matches_the_ledger(tmp_path: Path) -> None:
         txid, 0, SPENT, 10_000, p2pkh(key), tx_id(tx)
     )
     chain.close()
+
+
+async def test_every_chain_names_its_network_by_its_genesis_hash(tmp_path: Path) -> None:
+    ids = []
+    for name in ("a.db", "b.db"):
+        LocalLedger.create(tmp_path / name).close()
+        chain = LocalChain.open(tmp_path / name)
+        try:
+            ids.append(await chain.network_id())
+            assert ids[-1] == chain.ledger.block(0).hash  # type: ignore[union-attr]
+        finally:
+            chain.close()
+    assert ids[0] != ids[1]  # two ledgers, two networks
+    main = ArcChain(ArcSettings("http://127.0.0.1:1", network="main"))
+    test = ArcChain(ArcSettings("http://127.0.0.1:1", network="test"))
+    assert await main.network_id() == GENESIS["main"] != await test.network_id()
