@@ -18,11 +18,10 @@ from mesh.channel.admission import AdmissionLimits
 from mesh.discovery.table import parse_static
 from mesh.errors import MeshError
 from mesh.identity import parse_peer_id
+from mesh.session import DEFAULT_SITE, site_problem
 
 KINDS = ("tool-time", "data-feed", "call")
-DEFAULT_SITE = "default"
-"""The site of a profile that names none: agents see only peers of the same site."""
-MAX_SITE = 64
+
 T = TypeVar("T")
 
 
@@ -189,16 +188,6 @@ def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "must not be negative"
 
 
-def check_site(value: str) -> str | None:
-    """Why `value` cannot be a site id (None: it can): 1-64 printable ASCII characters,
-    no spaces, so it fits a TXT string and reads the same everywhere."""
-    if not 1 <= len(value) <= MAX_SITE:
-        return f"must be 1..{MAX_SITE} characters"
-    if not all("!" <= c <= "~" for c in value):
-        return "must be printable ASCII without spaces (e.g. plant-7/line-2)"
-    return None
-
-
 def _mailbox(value: str) -> str | None:
     return None if value.startswith(("tcp://", "ipc://")) else "must be a tcp:// or ipc:// URL"
 
@@ -284,7 +273,7 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
     profile = Profile(
         path=path,
         name=agent.get("name", str),
-        site=agent.get("site", str, DEFAULT_SITE, check=check_site),
+        site=agent.get("site", str, DEFAULT_SITE, check=site_problem),
         vendor=agent.get("vendor", str, ""),
         key_file=agent.get("key_file", str, "identity.key"),
         passphrase_env=agent.get("passphrase_env", str, "") or None,

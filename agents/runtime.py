@@ -45,7 +45,7 @@ from mesh.chain.local import LocalChain
 from mesh.chain.wallet import Wallet
 from mesh.channel.state import Role, State
 from mesh.channel.store import ChannelStore
-from mesh.discovery import PeerTable, open_discovery, parse_static
+from mesh.discovery import Discovery, PeerTable, open_discovery, parse_static
 from mesh.errors import MeshError
 from mesh.health import STORAGE_ERRORS, StorageHealth
 from mesh.identity import Identity, load_identity, parse_peer_id
@@ -122,6 +122,8 @@ class Agent:
         self.receipts: ReceiptExchange | None = None
         self.wants = [WantProgress(w) for w in profile.wants]
         self._table: PeerTable | None = None
+        self._discovery: Discovery | None = None
+        self.network: str | None = None
         self._db = trio.CapacityLimiter(1)
         self._standing = SellerStanding()
         self.storage = StorageHealth()
@@ -154,8 +156,18 @@ class Agent:
             channels = ChannelStore(store)
             config = NodeConfig(heartbeat_interval=profile.heartbeat, dead_after=profile.dead_after)
             summary = ProfileSummary(profile.name, profile.offers())
+            # Who is on our mesh: the same site and the same network (genesis hash).
+            network = self.network = await chain.network_id()
+            site = profile.site
             async with (
-                open_node(identity, profile.mailbox, profile=summary, config=config) as node,
+                open_node(
+                    identity,
+                    profile.mailbox,
+                    profile=summary,
+                    config=config,
+                    site=site,
+                    network=network,
+                ) as node,
                 open_discovery(
                     identity,
                     interfaces=profile.interfaces,
@@ -163,6 +175,8 @@ class Agent:
                     name=profile.name,
                     services=profile.summary(),
                     ttl=profile.discovery_ttl,
+                    site=site,
+                    network=network,
                 ) as discovery,
                 trio.open_nursery() as nursery,
             ):
@@ -218,6 +232,7 @@ class Agent:
                 nursery.start_soon(self._keep_wallet_synced, chain)
                 nursery.start_soon(node.serve, self._dispatch)
                 self._table = discovery.table
+                self._discovery = discovery
                 nursery.start_soon(self._watch_sessions, sessions, discovery.table)
                 nursery.start_soon(self._connector, node, discovery.table)
                 await nursery.start(serve_control, self.data_dir / "control.sock", self.control)
@@ -439,6 +454,10 @@ class Agent:
                 )
             except (ChannelFailure, MeshError) as exc:
                 log.warning("buying %s from %s failed: %s", want.service, provider[:16], exc)
+                # A payee that refused our funding locked our coins until the expiry:
+                # never fund it again soon. Any other failure: a short back-off.
+                fault = "funding" if "refused the funding" in str(exc) else "refused"
+                self._standing.judge(provider, fault, trio.current_time())
                 progress.state = "looking"
                 with trio.move_on_after(1.0):
                     await self._buying_stop.wait()
@@ -591,7 +610,10 @@ class Agent:
             live.setdefault(order.service, []).append(order)
         return {
             "agent": self.profile.name,
+            "site": self.profile.site,
+            "network": self.network,
             "height": height,
+            "discovery": asdict(self._discovery.statistics()) if self._discovery else None,
             "peer_id": self.identity.peer_id if self.identity else None,
             "mailbox": node.address if node else None,
             "pid": os.getpid(),

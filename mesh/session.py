@@ -65,6 +65,19 @@ from mesh.wire import (
 HS1, HS2, HS3, DATA, REJECT = 1, 2, 3, 4, 5
 DEFAULT_SITE = "default"
 """The site of an agent that names none."""
+MAX_SITE = 64
+
+
+def site_problem(site: str) -> str | None:
+    """Why `site` cannot name a site (None: it can): 1-64 printable ASCII characters
+    without spaces, so it fits a TXT string and reads the same everywhere."""
+    if not 1 <= len(site) <= MAX_SITE:
+        return f"must be 1..{MAX_SITE} characters"
+    if not all("!" <= c <= "~" for c in site):
+        return "must be printable ASCII without spaces (e.g. plant-7/line-2)"
+    return None
+
+
 INDEX_LEN = 8
 REKEY_INTERVAL = 10_000
 PROLOGUE = b"m2mesh/1"

@@ -2,8 +2,9 @@
 
 A buyer that caught a seller must not order from it again at once (each order risks a
 prepay window). `SellerStanding` keeps, per seller, until when it is set aside and the
-back-off that got it there: a cheat (a delivery that did not verify) for 10 minutes, then
-doubling up to a day; silence (no unit within the want's wait limit) for 30 s, doubling up
+back-off that got it there: a cheat (a delivery that did not verify), or a payee that
+refused a funding we put on chain (its coins locked until the expiry), for 10 minutes,
+then doubling up to a day; silence (no unit within the want's wait limit) for 30 s, doubling up
 to an hour; a refused order for 5 s, doubling up to 5 minutes. A complete order forgives
 silence and refusals, never a cheat. A seller merely lost (its session ended) is not set
 aside: it may be back in a second. No I/O; `now` is injected.
@@ -13,7 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BACKOFF = {"cheat": (600.0, 86_400.0), "silent": (30.0, 3_600.0), "refused": (5.0, 300.0)}
+BACKOFF = {
+    "cheat": (600.0, 86_400.0),
+    "funding": (600.0, 86_400.0),
+    "silent": (30.0, 3_600.0),
+    "refused": (5.0, 300.0),
+}
 """fault -> (first back-off, longest back-off), seconds."""
 
 

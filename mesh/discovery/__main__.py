@@ -42,6 +42,7 @@ from mesh.discovery.table import (
 )
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity
+from mesh.session import DEFAULT_SITE
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -93,6 +94,8 @@ async def run(args: argparse.Namespace, identity: Identity) -> None:
                 ttl=args.ttl,
                 rebrowse=args.rebrowse,
                 table=table,
+                site=args.site,
+                network=args.network,
             ) as discovery:
                 announcement: Announcement = discovery.announcement
                 since = discovery.browsing_since or trio.current_time()
@@ -129,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", type=Path, help="identity key file (default: a fresh key)")
     parser.add_argument("--name", default="", help="human name to advertise")
     parser.add_argument("--svc", default="", help="service summary, e.g. 'spindle-time=5/s'")
+    parser.add_argument("--site", default=DEFAULT_SITE, help="site to announce and accept")
+    parser.add_argument(
+        "--network", default="", help="network id (genesis block hash) to announce and accept"
+    )
     parser.add_argument(
         "--ttl", type=int, default=DEFAULT_TTL, help=f"record TTL in seconds ({DEFAULT_TTL})"
     )

@@ -28,6 +28,8 @@ record at most 1300 bytes (RFC 6763 §6.2)::
     addr=tcp://10.0.0.5:5555     mailbox URL (nng listener of the agent)
     name=Mill 3                  human name, UTF-8, may be empty
     svc=spindle-time=5/s,…       short service summary, UTF-8, may be empty
+    site=plant-7/line-2          the operator's site, 1-64 printable ASCII, no spaces
+    net=0000…(64 hex)            the network: its chain's genesis block hash (may be empty)
     sig=3045…(hex)               DER ECDSA signature, lowercase hex
 
 Signature
@@ -36,7 +38,7 @@ Signature
 over the 32-byte digest::
 
     digest = SHA-256( "m2mesh-mdns-txt\\x00"
-                      || for k in ("v", "id", "addr", "name", "svc"):
+                      || for k in ("v", "id", "addr", "name", "svc", "site", "net"):
                              u8(len(k)) || k || u8(len(value_k)) || value_k )
 
 ``value_k`` is the exact value bytes as they appear in the TXT string (after the
@@ -59,10 +61,11 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 from mesh.identity import Identity, parse_peer_id, verify_digest
+from mesh.session import DEFAULT_SITE, site_problem
 from mesh.wire import PROTOCOL_VERSION
 
 SERVICE_TYPE = "_m2mesh._tcp.local."
@@ -71,7 +74,7 @@ SERVICE_TYPE = "_m2mesh._tcp.local."
 INSTANCE_PREFIX = "m2mesh-"
 """Instance labels are this prefix plus 16 hex digits of sha256(peer id)."""
 
-SIGNED_KEYS = ("v", "id", "addr", "name", "svc")
+SIGNED_KEYS = ("v", "id", "addr", "name", "svc", "site", "net")
 """The TXT keys covered by `sig`, in signing (and advertising) order."""
 
 TXT_KEYS = (*SIGNED_KEYS, "sig")
@@ -107,6 +110,9 @@ class RejectReason(enum.Enum):
     """The instance name is not the one derived from `id` (someone else's id)."""
     SIGNATURE = "signature"
     """`sig` does not verify against the `id` key."""
+    FOREIGN = "foreign"
+    """A valid announcement of another site or network: another deployment on the LAN
+    (counted by discovery, which knows ours; `verify_announcement` never raises it)."""
 
 
 class AnnouncementRejected(RemoteProtocolError):
@@ -159,6 +165,8 @@ class Announcement:
     mailbox: str
     name: str
     services: str
+    site: str
+    network: str
     signature: bytes
 
     @property
@@ -174,6 +182,8 @@ class Announcement:
             "addr": self.mailbox.encode(),
             "name": self.name.encode(),
             "svc": self.services.encode(),
+            "site": self.site.encode(),
+            "net": self.network.encode(),
         }
 
     def digest(self) -> bytes:
@@ -197,6 +207,17 @@ def _check_text(field: str, value: str, *, allow_empty: bool = True) -> None:
         raise ValueError(f"{field} contains control characters")
 
 
+def _check_site(site: str) -> None:
+    problem = site_problem(site)
+    if problem is not None:
+        raise ValueError(f"site {problem}")
+
+
+def _check_network(network: str) -> None:
+    if network and not (len(network) == 64 and _HEX.match(network)):
+        raise ValueError("network must be a block hash: 64 lowercase hex digits")
+
+
 def _check_mailbox(mailbox: str) -> None:
     if not _MAILBOX.match(mailbox):
         raise ValueError(
@@ -210,6 +231,8 @@ def announce(
     mailbox: str,
     name: str = "",
     services: str = "",
+    site: str = DEFAULT_SITE,
+    network: str = "",
     version: int = PROTOCOL_VERSION,
 ) -> Announcement:
     """Build and sign our announcement; `LocalProtocolError` if a field cannot be sent."""
@@ -217,13 +240,15 @@ def announce(
         _check_mailbox(mailbox)
         _check_text("name", name)
         _check_text("services", services)
-        unsigned = Announcement(version, identity.peer_id, mailbox, name, services, b"")
+        _check_site(site)
+        _check_network(network)
+        unsigned = Announcement(
+            version, identity.peer_id, mailbox, name, services, site, network, b""
+        )
         digest = unsigned.digest()
     except ValueError as exc:
         raise LocalProtocolError(f"cannot announce: {exc}") from None
-    signed = Announcement(
-        version, identity.peer_id, mailbox, name, services, identity.sign_digest(digest)
-    )
+    signed = replace(unsigned, signature=identity.sign_digest(digest))
     for string in signed.txt_strings():
         if len(string) > MAX_TXT_STRING:
             key = string.split(b"=", 1)[0].decode()
@@ -319,6 +344,12 @@ def verify_announcement(txt: bytes, service_name: str) -> Announcement:
         raise AnnouncementRejected(RejectReason.MALFORMED, "txt.addr", str(exc)) from None
     name = _text_field(values, "name")
     services = _text_field(values, "svc")
+    site, network = _text_field(values, "site"), _text_field(values, "net")
+    for field, value, check in (("site", site, _check_site), ("net", network, _check_network)):
+        try:
+            check(value)
+        except ValueError as exc:
+            raise AnnouncementRejected(RejectReason.MALFORMED, f"txt.{field}", str(exc)) from None
     sig_hex = values["sig"]
     if not _HEX.match(sig_hex.decode("latin-1")) or len(sig_hex) % 2:
         raise AnnouncementRejected(RejectReason.MALFORMED, "txt.sig", "not lowercase hex")
@@ -332,7 +363,7 @@ def verify_announcement(txt: bytes, service_name: str) -> Announcement:
         raise AnnouncementRejected(
             RejectReason.SIGNATURE, "txt.sig", "does not verify against the id key"
         )
-    return Announcement(version, peer_id, mailbox, name, services, signature)
+    return Announcement(version, peer_id, mailbox, name, services, site, network, signature)
 
 
 def usable_addresses(addresses: Iterable[str]) -> tuple[str, ...]:

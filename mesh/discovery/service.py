@@ -73,6 +73,7 @@ from mesh.discovery.records import (
 from mesh.discovery.table import PeerTable, Refresh
 from mesh.errors import MeshError
 from mesh.identity import Identity
+from mesh.session import DEFAULT_SITE
 
 DEFAULT_TTL = 120
 """Seconds: TTL of every advertised record, and so how long a silent peer lingers."""
@@ -123,6 +124,8 @@ class DiscoveryStatistics:
     rejected_version: int
     rejected_instance: int
     rejected_signature: int
+    ignored_foreign: int
+    """Valid announcements of another site or network (another deployment), ignored."""
     resolve_failures: int
     """Resolves that got no answer in time, or were not started (backlog full)."""
     refresh_queries: int
@@ -201,6 +204,8 @@ class Discovery:
         ttl: int = DEFAULT_TTL,
         rebrowse: float | None = None,
         table: PeerTable | None = None,
+        site: str = DEFAULT_SITE,
+        network: str = "",
     ) -> None:
         if not 1 <= ttl <= 4500:
             raise ValueError("ttl must be between 1 and 4500 seconds")
@@ -209,7 +214,7 @@ class Discovery:
         self._ttl = ttl
         self._rebrowse = max(float(ttl), 5.0) if rebrowse is None else rebrowse
         self.announcement: Announcement = announce(
-            identity, mailbox=mailbox, name=name, services=services
+            identity, mailbox=mailbox, name=name, services=services, site=site, network=network
         )
         self.table: PeerTable = (
             table if table is not None else PeerTable(own_peer_id=identity.peer_id)
@@ -254,6 +259,7 @@ class Discovery:
             rejected_version=self._counts[RejectReason.VERSION],
             rejected_instance=self._counts[RejectReason.INSTANCE],
             rejected_signature=self._counts[RejectReason.SIGNATURE],
+            ignored_foreign=self._counts[RejectReason.FOREIGN],
             resolve_failures=self._resolve_failures,
             refresh_queries=self._refresh_queries,
             browse_queries=self._browse_queries,
@@ -412,13 +418,17 @@ class Discovery:
         if memo in self._rejected:
             return None
         try:
-            return verify_announcement(txt, key)
+            announcement = verify_announcement(txt, key)
+            ours = self.announcement
+            if (announcement.site, announcement.network) != (ours.site, ours.network):
+                raise AnnouncementRejected(RejectReason.FOREIGN, "txt.site", "another deployment")
         except AnnouncementRejected as exc:
             self._rejected[memo] = exc.why
             while len(self._rejected) > MEMO_SIZE:
                 self._rejected.popitem(last=False)
             self._counts[exc.why] += 1
             return None
+        return announcement
 
     def _start_resolve(self, key: str, nursery: trio.Nursery) -> None:
         pending = self._resolving.get(key)
@@ -512,12 +522,15 @@ async def open_discovery(
     ttl: int = DEFAULT_TTL,
     rebrowse: float | None = None,
     table: PeerTable | None = None,
+    site: str = DEFAULT_SITE,
+    network: str = "",
 ) -> AsyncIterator[Discovery]:
     """Run a `Discovery` for the duration of an ``async with`` block.
 
     Entering returns once our service is registered, or raises `DiscoveryError`
     if mDNS cannot run on `interfaces`; leaving unregisters (goodbyes go out) and
-    closes zeroconf, also on cancellation.
+    closes zeroconf, also on cancellation. Announcements of another `site` or
+    `network` are ignored (counted as `ignored_foreign`).
     """
     discovery = Discovery(
         identity,
@@ -528,6 +541,8 @@ async def open_discovery(
         ttl=ttl,
         rebrowse=rebrowse,
         table=table,
+        site=site,
+        network=network,
     )
     failure: DiscoveryError | None = None
     async with trio.open_nursery() as nursery:

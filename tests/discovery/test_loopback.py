@@ -307,7 +307,14 @@ def _pointers(responses: list[dns.message.Message]) -> set[str]:
 
 async def test_dnspython_sees_ptr_srv_txt() -> None:
     async with agents_running() as start:
-        agent = await start("a", loopback_agent("Probe me", 120, "--svc", "inspect=200/call"))
+        network = "0f" * 32
+        agent = await start(
+            "a",
+            loopback_agent(
+                "Probe me", 120, "--svc", "inspect=200/call", "--site", "plant-7/line-2",
+                "--network", network,
+            ),
+        )  # fmt: skip
         ready = await agent.wait_event(lambda e: e["event"] == "ready", 10)
         instance = ready["instance"]
         port = int(ready["mailbox"].rsplit(":", 1)[1])
@@ -339,6 +346,9 @@ async def test_dnspython_sees_ptr_srv_txt() -> None:
             "Probe me",
             "inspect=200/call",
         )
+        # The site and the network are in the signed TXT record, as raw strings too.
+        assert b"site=plant-7/line-2" in strings and b"net=" + network.encode() in strings
+        assert (parsed.site, parsed.network) == ("plant-7/line-2", network)
 
         # A full mDNS querier on port 5353 gets the multicast answer as well.
         multicast = await trio.to_thread.run_sync(_multicast_query, SERVICE_TYPE, dns.rdatatype.PTR)

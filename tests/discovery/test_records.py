@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -66,6 +67,8 @@ def test_round_trip_and_field_order() -> None:
         b"addr",
         b"name",
         b"svc",
+        b"site",
+        b"net",
         b"sig",
     ]
     assert verify_announcement(a.to_txt(), a.instance) == a
@@ -81,6 +84,8 @@ def test_signature_is_over_the_documented_canonical_encoding() -> None:
         (b"addr", b"tcp://127.0.0.1:5555"),
         (b"name", b"Mill 3"),
         (b"svc", b"spindle-time=5/s"),
+        (b"site", b"default"),
+        (b"net", b""),
     ]
     encoding = SIG_DOMAIN + b"".join(bytes([len(k)]) + k + bytes([len(v)]) + v for k, v in fields)
     digest = hashlib.sha256(encoding).digest()
@@ -107,13 +112,13 @@ def test_receiver_follows_rfc6763_key_rules() -> None:
 
 def test_wrong_signature_is_rejected() -> None:
     a = alice()
-    forged = Announcement(a.version, a.peer_id, "tcp://6.6.6.6:1", a.name, a.services, a.signature)
+    forged = replace(a, mailbox="tcp://6.6.6.6:1")
     assert rejected(forged.to_txt(), a.instance) is RejectReason.SIGNATURE
 
 
 def test_someone_elses_id_signed_by_us_is_rejected() -> None:
     mine = announce(MALLORY, mailbox="tcp://6.6.6.6:1")
-    claimed = Announcement(mine.version, ALICE.peer_id, mine.mailbox, "", "", mine.signature)
+    claimed = replace(mine, peer_id=ALICE.peer_id, name="", services="")
     assert rejected(claimed.to_txt(), instance_name(ALICE.peer_id)) is RejectReason.SIGNATURE
 
 
