@@ -17,7 +17,9 @@ the task at hand commits inline. Anything irreversible -- a funding or close
 transaction -- is recorded before it is broadcast and its outcome after.
 
 A payee answers bad input with a `ChannelError` naming the rule and no state change;
-a peer that keeps doing it loses its session.
+a peer that keeps doing it loses its session. A payer whose funding the payee refuses
+(`FUNDING_REFUSALS`) records the channel ``refused`` and never offers that funding
+again: the refund at the expiry takes its coins back.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from agents.channel_config import (
     PaidCallback,
 )
 from agents.settlement import ChannelSettlement, close_request
-from mesh.chain.errors import ChainError, TxRejected
+from mesh.chain.errors import ChainError, ChainUnavailable, TxRejected
 from mesh.chain.tx import parse_exact, txid_of
 from mesh.channel.keys import ChannelKeyError, derive_channel_keys, keys_for, terms_binding
 from mesh.channel.pays import latest_payment
@@ -82,6 +84,12 @@ CHANNEL_FRAMES = (
 )
 UNFUNDED = frozenset({State.PROPOSED, State.REFUND_SIGNED})
 """A payee's proposals that no coin backs yet: bounded and expiring (`Admission`)."""
+FUNDING_REFUSALS = frozenset({"funding", "not-open", "unknown-channel"})
+"""A payee's answers to `ChannelFunded` that no resend can change: the funding is not
+acceptable in its chain view, or it holds the channel no longer (failed, forgotten).
+(A chain that did not answer it is ``chain-unavailable``: the funding is offered again.)"""
+REFUSAL_CHARS = 240
+"""How much of a payee's refusal a payer keeps (the peer's text, stored and shown)."""
 MAX_LOCKTIME_HEIGHT = 500_000_000
 """nLockTime values from here on are times, not heights: no refund can expire there."""
 
@@ -179,6 +187,9 @@ class ChannelManager(ChannelSettlement):
         """Open a funded channel to `peer_id`; returns its id once the payee says open."""
         if not self.health.healthy:
             raise ChannelFailure(f"storage fault: {self.health.reason()}")
+        foreign = await self._foreign(peer_id)
+        if foreign is not None:
+            raise ChannelFailure(f"not opening a channel to {peer_id[:16]}…: {foreign[1]}")
         channel_id = secrets.token_bytes(32)
         expiry = await self.chain.height() + lifetime_blocks
         payer_payout = await self._write(self._new_payout)
@@ -239,6 +250,8 @@ class ChannelManager(ChannelSettlement):
                 await self._write(lambda: self._channels.save_raw(channel_id, funding=draft.raw))
                 await self._broadcast_funding(payer)
                 ack = await replies.receive()
+                if isinstance(ack, ChannelError) and await self._funding_refused(payer, ack):
+                    raise ChannelFailure(f"payee refused the funding: {_describe(ack)}")
                 if not (isinstance(ack, ChannelAck) and ack.seq == 0):
                     raise ChannelFailure(f"payee did not open the channel: {_describe(ack)}")
                 payer.event("opened")
@@ -276,6 +289,23 @@ class ChannelManager(ChannelSettlement):
         payer.event("funding-accepted")
         await self._commits.flush(cid)
         await self._send(payer.record().peer_id, ChannelFunded(cid, raw))
+
+    async def _funding_refused(self, payer: Payer, error: ChannelError) -> bool:
+        """Whether `error` is the payee's refusal of our funding (a funded channel is
+        offered nothing else); if so the channel is recorded ``refused``, and neither
+        resent (`peer_connected`) nor paid on: the refund at the expiry settles it."""
+        if payer.state is not State.FUNDED or error.code not in FUNDING_REFUSALS:
+            return False
+        payer.refuse_funding(f"{error.code}: {error.reason}"[:REFUSAL_CHARS])
+        await self._commits.flush(payer.terms.channel_id)
+        log.warning(
+            "channel %s: the payee refused the funding (%s: %s); refund at height %d",
+            payer.terms.channel_id.hex()[:16],
+            error.code,
+            error.reason,
+            payer.terms.expiry_height,
+        )
+        return True
 
     async def pay(self, channel_id: bytes, amount: int) -> Record:
         """Sign and send a payment of `amount` more; waits while the window is full.
@@ -319,7 +349,7 @@ class ChannelManager(ChannelSettlement):
         payer = self._end(channel_id)
         target = payer.record().seq if seq is None else seq
         while payer.record().acked_seq < target:
-            if payer.state in (State.CLOSED, State.REFUNDED, State.FAILED):
+            if payer.state in (State.CLOSED, State.REFUNDED, State.FAILED, State.REFUSED):
                 raise ChannelFailure(f"channel is {payer.state.value}")
             await self._ack_event(channel_id).wait()
         return payer.record()
@@ -357,6 +387,9 @@ class ChannelManager(ChannelSettlement):
                 frame.code,
                 frame.reason,
             )
+            payer = self._owned(peer_id, frame.channel_id)
+            if isinstance(payer, Payer):  # (a resent funding's refusal: no open waits)
+                await self._funding_refused(payer, frame)
         return True
 
     async def _on_open(self, peer_id: str, frame: ChannelOpen) -> None:
@@ -365,9 +398,13 @@ class ChannelManager(ChannelSettlement):
             reason = f"storage fault here: {self.health.reason()}"
             await self._reject(peer_id, cid, "storage", reason, strike=False)
             return
+        # A peer of another network (its chain cannot see our coins, nor ours its
+        # coins) never reaches a channel, even if a session exists.
+        problem = await self._foreign(peer_id)
         # Terms no transaction can carry first (each named), then the bounds, then what
         # costs a lookup: the height, the ids in use, the store.
-        problem = self._check_terms(frame)
+        if problem is None:
+            problem = self._check_terms(frame)
         if problem is None:
             problem = self.admission.check(peer_id, trio.current_time())
         if problem is None:
@@ -420,6 +457,16 @@ class ChannelManager(ChannelSettlement):
         self.admission.add(peer_id, cid, trio.current_time())
         await self._commits.flush(cid)
         await self._send(peer_id, ChannelRefundSigned(cid, signature, payee_payout))
+
+    async def _foreign(self, peer_id: str) -> tuple[str, str] | None:
+        """Why a peer's network is not ours (None when it is, or nobody says)."""
+        session = self.node.session(peer_id)
+        if session is None or not session.peer.network:
+            return None
+        ours = await self.chain.network_id()
+        if session.peer.network == ours:
+            return None
+        return "network", f"peer is on network {session.peer.network[:16]}…, we on {ours[:16]}…"
 
     def _check_terms(self, frame: ChannelOpen) -> tuple[str, str] | None:
         c = self.config
@@ -474,6 +521,9 @@ class ChannelManager(ChannelSettlement):
             problem = funding_problem(await self.chain.output(*funding_outpoint(terms)), terms)
             if problem is not None:
                 raise TxRejected("funding-spent", problem)
+        except ChainUnavailable as exc:  # no verdict on the funding: not a refusal
+            await self._reject(peer_id, cid, "chain-unavailable", str(exc), strike=False)
+            return
         except (TxRejected, IndexError, ChainError) as exc:
             if isinstance(exc, TxRejected) and exc.rule == "funding-spent":
                 payee.event("fail")  # the outpoint can never be served: final, kept

@@ -46,6 +46,8 @@ class ChannelSettlement(ChannelBase):
         if isinstance(end, Payee):
             await self._close_as_payee(end)
             return end.record()
+        if end.state is State.REFUSED:
+            return end.record()  # never opened: nothing to close, the refund settles it
         if end.state in (State.OPEN, State.FUNDED):  # funded: the payee may hold it open
             end.event("close")
             await self._commits.flush(channel_id)
@@ -211,7 +213,7 @@ class ChannelSettlement(ChannelBase):
                     await self._close_as_payee(end)
                 elif self._funding_due(end.terms.channel_id):
                     await self._check_funding(end)
-            elif end.state in (State.FUNDED, State.OPEN, State.CLOSING) and height >= expiry:
+            elif end.state in LOCKING_STATES and height >= expiry:
                 await self._refund(end)
 
     def _funding_due(self, channel_id: bytes) -> bool:
@@ -315,7 +317,7 @@ class ChannelSettlement(ChannelBase):
         return [channel_summary(record, service, height) for record, service in self.records()]
 
 
-LOCKING_STATES = frozenset({State.FUNDED, State.OPEN, State.CLOSING})
+LOCKING_STATES = frozenset({State.FUNDED, State.OPEN, State.CLOSING, State.REFUSED})
 """A payer's coins are in the channel until a close or, at the expiry, the refund."""
 
 
@@ -326,7 +328,9 @@ def channel_summary(record: Record, service: str, height: int | None) -> dict[st
     settlement paid the payee (None before it, 0 after a refund); for a payer whose
     coins are still in the channel, `locked_until` is the expiry height and
     `blocks_left` the blocks until it while it is ahead of `height` (the chain's, None
-    when unknown), and `refund_due` says the expiry is reached.
+    when unknown), and `refund_due` says the expiry is reached. `refused` is the
+    payee's refusal of a payer's funding ("code: reason"; None when it took it): such a
+    channel never opens, and the refund at the expiry takes the coins back.
     """
     terms = record.terms
     expiry = terms.expiry_height
@@ -348,6 +352,7 @@ def channel_summary(record: Record, service: str, height: int | None) -> dict[st
         "locked_until": expiry if blocks_left > 0 else None,
         "blocks_left": blocks_left if blocks_left > 0 else None,
         "refund_due": locking and blocks_left <= 0,
+        "refused": record.refused or None,
     }
 
 

@@ -66,13 +66,16 @@ CHANNEL_SCHEMA = Schema(
         UPDATE channels SET paid_on_chain = 0 WHERE state = 'refunded';
         UPDATE channels SET paid_on_chain = total WHERE state = 'closed' AND role = 'payee';
         """,
+        # Why the payee refused a payer's funding (`Record.refused`): none before.
+        "ALTER TABLE channels ADD COLUMN refused TEXT NOT NULL DEFAULT '';",
     ),
 )
 
 _COLUMNS = (
     "channel_id, role, state, peer_id, service, payer_key, payee_key, capacity, close_fee,"
     " refund_fee, expiry_height, funding_txid, funding_vout, payer_payout, payee_payout,"
-    " seq, total, payer_sig, acked_seq, acked_total, refund_sig, close_txid, paid_on_chain"
+    " seq, total, payer_sig, acked_seq, acked_total, refund_sig, close_txid, paid_on_chain,"
+    " refused"
 )
 
 
@@ -128,6 +131,7 @@ def _row(record: Record, service: str) -> tuple[object, ...]:
         record.refund_sig,
         record.close_txid,
         record.paid_on_chain,
+        record.refused,
     )
 
 
@@ -156,6 +160,7 @@ def _record(row: Sequence[Any]) -> tuple[Record, str]:
         rsig,
         ctxid,
         paid,
+        refused,
     ) = row
     terms = Terms(
         channel_id=bytes(cid),
@@ -183,6 +188,7 @@ def _record(row: Sequence[Any]) -> tuple[Record, str]:
         refund_sig=bytes(rsig),
         close_txid=str(ctxid),
         paid_on_chain=None if paid is None else int(paid),
+        refused=str(refused),
     )
     return record, str(service)
 

@@ -67,6 +67,7 @@ async def agentlet(
     node_config: NodeConfig | None = None,
     intercept: Callable[[str, Frame], Awaitable[bool]] | None = None,
     watch_sessions: bool = True,
+    network: str = "",
 ) -> AsyncIterator[Agentlet]:
     """Run one agentlet: its node, its manager, and a frame dispatcher.
 
@@ -85,7 +86,7 @@ async def agentlet(
     try:
         wallet = Wallet(store, identity)
         channels = ChannelStore(store)
-        async with open_node(identity, listen, config=node_config) as node:
+        async with open_node(identity, listen, config=node_config, network=network) as node:
             manager = ChannelManager(identity, node, chain, wallet, channels, db, config, on_paid)
             events = node.watch_sessions()
             async with trio.open_nursery() as nursery:

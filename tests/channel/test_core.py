@@ -258,6 +258,30 @@ def test_tables_only_leave_final_states_never() -> None:
             assert source not in {State.CLOSED, State.REFUNDED, State.FAILED}
 
 
+def test_a_refused_funding_ends_only_in_the_refund_or_a_close() -> None:
+    """A payer's funding the payee refused: kept with the reason, never opened or paid
+    on, and settled by the refund (or by the payee's close, if it had opened after all)."""
+    payer, _, _, _ = make_pair()
+    with pytest.raises(ChannelStateError):
+        payer.refuse_funding("funding: no")  # open: the payee took the funding
+    funded = dataclasses.replace(payer.record(), state=State.FUNDED)
+    end = Payer(funded, payer._key)
+    record = end.refuse_funding("funding: missing-input")
+    assert (record.state, record.refused) == (State.REFUSED, "funding: missing-input")
+    for event in ("opened", "close", "funding-refused"):
+        with pytest.raises(ChannelStateError):
+            end.event(event)
+    with pytest.raises(ChannelStateError):
+        end.pay(1)
+    refunded = end.mark_refunded("cd" * 32)
+    assert (refunded.state, refunded.refused, refunded.paid_on_chain) == (
+        State.REFUNDED,
+        "funding: missing-input",
+        0,
+    )
+    assert Payer(record, payer._key).mark_closed("ef" * 32, None).state is State.CLOSED
+
+
 def test_a_bad_refund_signature_stops_the_payer() -> None:
     payer, _, _, _ = make_pair()
     fresh = Payer(Record(Role.PAYER, State.PROPOSED, payer.terms, "peer"), payer._key)
@@ -306,13 +330,13 @@ def test_record_fast_copies_equal_dataclasses_replace() -> None:
     and forgotten there fails here."""
     payer, *_ = make_pair()
     record = dataclasses.replace(
-        payer.record(), acked_seq=3, acked_total=7, close_txid="ab", paid_on_chain=5
+        payer.record(), acked_seq=3, acked_total=7, close_txid="ab", paid_on_chain=5, refused="r"
     )
     assert record.with_payment(9, 11, b"sig") == dataclasses.replace(
         record, seq=9, total=11, payer_sig=b"sig"
     )
     assert record.with_ack(5, 6) == dataclasses.replace(record, acked_seq=5, acked_total=6)
-    assert len(dataclasses.fields(Record)) == 12
+    assert len(dataclasses.fields(Record)) == 13
 
 
 def test_a_payer_that_lost_its_latest_states_takes_back_the_one_the_payee_acks() -> None:

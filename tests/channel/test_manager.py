@@ -671,3 +671,25 @@ async def test_a_payee_with_a_storage_fault_takes_no_new_channel_and_strikes_no_
         buyer.manager.health.fault("channels", OSError(5, "Input/output error"))
         with pytest.raises(ChannelFailure, match="storage fault"):
             await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 50)
+
+
+async def test_no_channel_with_a_peer_of_another_network_even_with_a_session(
+    tmp_path: Path,
+) -> None:
+    """Two ledgers are two networks. Nodes told the same (wrong) network id get a
+    session, but the channel layer asks its own chain and refuses, both ways."""
+    ours, theirs = tmp_path / "ours.db", tmp_path / "theirs.db"
+    for path in (ours, theirs):
+        LocalLedger.create(path).close()
+    claimed = "ab" * 32
+    async with (
+        agentlet(tmp_path / "buyer", ours, network=claimed) as buyer,
+        agentlet(tmp_path / "seller", theirs, network=claimed) as seller,
+    ):
+        await buyer.fund(ours, 1_000_000)
+        await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
+        assert buyer.node.session(seller.node.peer_id) is not None
+        # The seller's node says "ab…", the buyer's chain is another: refused at once.
+        with pytest.raises(ChannelFailure, match="network"):
+            await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 50)
+        assert buyer.manager.records() == []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.channel import Record, State
+from mesh.channel import Payer, Record, State
 from mesh.channel.store import _COLUMNS, CHANNEL_SCHEMA, ChannelStore, _row
 from mesh.store import Schema, Store, StoreError
 
@@ -92,17 +92,40 @@ def test_rows_settled_before_the_column_existed_say_what_is_known(tmp_path: Path
     refunded = _as(payer.record(), 3, State.REFUNDED)
     with Store(path) as store:
         store.register(Schema("channels", CHANNEL_SCHEMA.migrations[:2]))
-        columns = _COLUMNS.removesuffix(", paid_on_chain")
+        columns = _COLUMNS.removesuffix(", paid_on_chain, refused")
         marks = ", ".join("?" * len(columns.split(",")))
         with store.write() as db:
             for record in (*old.values(), refunded):
                 db.execute(
-                    f"INSERT INTO channels ({columns}) VALUES ({marks})", _row(record, "s")[:-1]
+                    f"INSERT INTO channels ({columns}) VALUES ({marks})", _row(record, "s")[:-2]
                 )
     paid = {r.terms.channel_id: r.paid_on_chain for r, _ in reloaded(path)}
     assert paid[old["payee"].terms.channel_id] == 30
     assert paid[old["payer"].terms.channel_id] is None
     assert paid[refunded.terms.channel_id] == 0
+
+
+def test_a_refused_funding_and_its_reason_survive_a_reload(tmp_path: Path) -> None:
+    """`refused` is a row change; rows stored before the column existed have none."""
+    path = tmp_path / "agent.db"
+    payer, _, _, _ = make_pair()
+    before = _as(payer.record(), 1, State.FUNDED)
+    with Store(path) as store:
+        store.register(Schema("channels", CHANNEL_SCHEMA.migrations[:3]))
+        columns = _COLUMNS.removesuffix(", refused")
+        marks = ", ".join("?" * len(columns.split(",")))
+        with store.write() as db:
+            db.execute(f"INSERT INTO channels ({columns}) VALUES ({marks})", _row(before, "s")[:-1])
+    [(record, _)] = reloaded(path)
+    assert record == before and record.refused == ""
+    funded = Payer(record, payer._key)
+    with Store(path) as store:
+        channels = ChannelStore(store)
+        channels.save([(funded.refuse_funding("funding: rule=missing-input"), "s")])
+        channels.close()
+    [(record, _)] = reloaded(path)
+    assert record == funded.record()
+    assert (record.state, record.refused) == (State.REFUSED, "funding: rule=missing-input")
 
 
 def _latest(record: Record) -> tuple[int, int, bytes]:
