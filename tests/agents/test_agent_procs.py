@@ -33,9 +33,16 @@ def mesh(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
-    result = mesh("demo", "--seconds", "10", "--json", "--data-dir", str(tmp_path / "demo"))
+    # It ends as soon as every want is done (~12 s); the bound only catches a hang.
+    result = mesh("demo", "--seconds", "40", "--json", "--data-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
+    assert summary["site"].startswith("demo-") and not summary["unmet"]
+    assert {(w["agent"], w["service"], w["state"]) for w in summary["wants"]} == {
+        ("robot-cell", "spindle-time", "done"),
+        ("robot-cell", "vibration", "done"),
+        ("robot-cell", "inspection", "done"),
+    }
     ids = {a["peer_id"] for a in summary["agents"]}
     assert len(ids) == 4
     for agent in summary["agents"]:  # everyone met everyone
@@ -43,6 +50,7 @@ def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
     services = {c["service"] for c in summary["channels"]}
     assert services == {"spindle-time", "vibration", "inspection"}
     for channel in summary["channels"]:
+        assert channel["payer_agent"] == "robot-cell", channel
         assert channel["state"] == "closed" and channel["close_mined"], channel
         assert channel["total"] > 0
         assert channel["payee_on_ledger"] == channel["total"] == channel["delivered_value"]
