@@ -97,6 +97,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=1))
         return 0
     print(f"{status['agent']}  {status['peer_id']}  {status['mailbox']}")
+    network = status.get("network") or ""
+    ignored = (status.get("discovery") or {}).get("ignored_foreign", 0)
+    print(
+        f"site {status.get('site')!r}, network {network[:16]}…"
+        f" ({ignored} announcement(s) of other deployments ignored)"
+    )
     wallet = status.get("wallet", {})
     print(
         f"wallet: {wallet.get('available', 0)} sat available, {wallet.get('reserved', 0)} reserved"
@@ -133,6 +139,8 @@ def channel_line(ch: dict[str, Any]) -> str:
             return f"{state}: chain payment not known, {signed} signed"
         return f"{state}: chain paid {paid} of {signed} signed"
     money = f"{signed} signed" if state == "closing" else f"paid {signed}/{ch['capacity']}"
+    if ch.get("refused"):
+        money = f"the payee refused the funding ({ch['refused']})"
     if ch.get("locked_until") is not None:
         blocks = int(ch["blocks_left"])
         left = f"{blocks} block" if blocks == 1 else f"{blocks} blocks"

@@ -93,3 +93,12 @@ async def test_agent_status_carries_the_height_and_each_channels_accounting(
         80,
     )
     assert agent.status()["channels"][0]["locked_until"] is None  # no height, no lock shown
+
+
+def test_a_refused_funding_says_so_and_when_the_refund_comes() -> None:
+    payer, _ = paid(5)
+    refused = replace(payer, state=State.REFUSED, refused="funding: missing-input")
+    assert line(refused, EXPIRY - 3) == (
+        f"refused: locked until height {EXPIRY} (3 blocks), the payee refused the funding"
+        " (funding: missing-input)"
+    )
