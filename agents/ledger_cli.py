@@ -30,7 +30,7 @@ import trio
 from mesh.chain.errors import LedgerError
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.local import LocalChain
-from mesh.chain.rules import Policy
+from mesh.chain.rules import FINALITY_RULES, Policy
 from mesh.chain.tx import address_to_pkh, p2pkh_script
 
 _HOME = Path(os.environ.get("M2MESH_HOME", Path.home() / ".m2mesh"))
@@ -48,9 +48,13 @@ def _script_for(address: str) -> bytes:
 def cmd_init(args: argparse.Namespace) -> int:
     """Create a ledger file with its genesis block."""
     args.db.parent.mkdir(parents=True, exist_ok=True)
-    with LocalLedger.create(args.db, policy=Policy(fee_rate=args.fee_rate)) as ledger:
+    policy = Policy(fee_rate=args.fee_rate, finality=args.finality)
+    with LocalLedger.create(args.db, policy=policy) as ledger:
         genesis = ledger.headers()[0].hash_hex
-        print(f"initialised {args.db}: genesis {genesis}, fee rate {args.fee_rate} sat/kB")
+        print(
+            f"initialised {args.db}: genesis {genesis}, fee rate {args.fee_rate} sat/kB,"
+            f" {args.finality} finality"
+        )
     return 0
 
 
@@ -196,6 +200,13 @@ def add_ledger_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         "never re-initialised).",
     )
     init.add_argument("--fee-rate", type=int, default=1, help="minimum fee, sat/kB (default 1)")
+    init.add_argument(
+        "--finality",
+        choices=FINALITY_RULES,
+        default="bitcoin",
+        help="when a height-locked tx is final: 'bitcoin' (lock < next height, SV Node) or "
+        "'teranode' (one block earlier, the strictest real node); default bitcoin",
+    )
     init.set_defaults(func=cmd_init)
 
     fund = actions.add_parser(

@@ -140,3 +140,12 @@ def test_mine_on_an_interval_until_interrupted(tmp_path: Path) -> None:
         _, err = miner.communicate(timeout=30)
     assert miner.returncode == 130
     assert "Traceback" not in err
+
+
+def test_init_can_judge_finality_as_teranode_does(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    assert "teranode finality" in ok(
+        mesh("ledger", "init", "--db", str(db), "--finality", "teranode")
+    )
+    with LocalLedger.open(db) as ledger:
+        assert ledger.policy.finality == "teranode"
