@@ -144,8 +144,6 @@ def test_mine_on_an_interval_until_interrupted(tmp_path: Path) -> None:
 
 def test_init_can_judge_finality_as_teranode_does(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
-    assert "teranode finality" in ok(
-        mesh("ledger", "init", "--db", str(db), "--finality", "teranode")
-    )
+    assert "teranode finality" in ok(mesh("init", "--db", str(db), "--finality", "teranode"))
     with LocalLedger.open(db) as ledger:
         assert ledger.policy.finality == "teranode"
