@@ -102,6 +102,7 @@ class ChannelBase:
         self._fundings_lost = 0
         self._funding_checked: dict[bytes, float] = {}  # channel id -> last check (Trio time)
         self._settling: set[bytes] = set()  # payee closes being recorded and broadcast now
+        self._network: str | None = None  # our chain's network id, once asked
 
     # ------------------------------------------------------------------ queries
 

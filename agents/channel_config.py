@@ -38,6 +38,10 @@ class ChannelFailure(MeshError):
     """A channel could not be opened, paid on or closed; the message says why."""
 
 
+class FundingRefused(ChannelFailure):
+    """The payee refused a funding we had put on chain: our coins wait for the refund."""
+
+
 @dataclass(frozen=True)
 class ChannelConfig:
     """Channel policy: windows, fees, lifetimes, limits."""
@@ -63,4 +67,11 @@ class ChannelConfig:
     """Bounds on unfunded proposals, and strikes before a peer is set aside."""
 
 
-__all__ = ["AckedCallback", "ChannelConfig", "ChannelFailure", "ChannelStatistics", "PaidCallback"]
+__all__ = [
+    "AckedCallback",
+    "ChannelConfig",
+    "ChannelFailure",
+    "ChannelStatistics",
+    "FundingRefused",
+    "PaidCallback",
+]

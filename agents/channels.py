@@ -36,6 +36,7 @@ from agents.channel_config import (
     ChannelConfig,
     ChannelFailure,
     ChannelStatistics,
+    FundingRefused,
     PaidCallback,
 )
 from agents.settlement import ChannelSettlement, close_request
@@ -251,14 +252,15 @@ class ChannelManager(ChannelSettlement):
                 await self._broadcast_funding(payer)
                 ack = await replies.receive()
                 if isinstance(ack, ChannelError) and await self._funding_refused(payer, ack):
-                    raise ChannelFailure(f"payee refused the funding: {_describe(ack)}")
+                    raise FundingRefused(f"payee refused the funding: {_describe(ack)}")
                 if not (isinstance(ack, ChannelAck) and ack.seq == 0):
                     raise ChannelFailure(f"payee did not open the channel: {_describe(ack)}")
                 payer.event("opened")
                 await self._commits.flush(channel_id)
         except (trio.TooSlowError, ChannelFailure, PaymentRejected, ChainError) as exc:
             await self._abandon_open(channel_id, draft.txid)
-            raise ChannelFailure(f"opening a channel to {peer_id[:16]}…: {exc}") from None
+            failure = FundingRefused if isinstance(exc, FundingRefused) else ChannelFailure
+            raise failure(f"opening a channel to {peer_id[:16]}…: {exc}") from None
         finally:
             del self._replies[channel_id]
         log.info(
@@ -463,7 +465,9 @@ class ChannelManager(ChannelSettlement):
         session = self.node.session(peer_id)
         if session is None or not session.peer.network:
             return None
-        ours = await self.chain.network_id()
+        if self._network is None:  # the chain's genesis never changes: ask once
+            self._network = await self.chain.network_id()
+        ours = self._network
         if session.peer.network == ours:
             return None
         return "network", f"peer is on network {session.peer.network[:16]}…, we on {ours[:16]}…"
@@ -661,5 +665,6 @@ __all__ = [
     "ChannelManager",
     "ChannelStateError",
     "ChannelStatistics",
+    "FundingRefused",
     "PaidCallback",
 ]

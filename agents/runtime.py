@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
+from agents.channels import ChannelConfig, ChannelFailure, ChannelManager, FundingRefused
 from agents.control import serve_control
 from agents.profile import KINDS, Profile, ProfileError, WantSpec
 from agents.receipts import Archive, ReceiptExchange
@@ -456,7 +456,7 @@ class Agent:
                 log.warning("buying %s from %s failed: %s", want.service, provider[:16], exc)
                 # A payee that refused our funding locked our coins until the expiry:
                 # never fund it again soon. Any other failure: a short back-off.
-                fault = "funding" if "refused the funding" in str(exc) else "refused"
+                fault = "funding" if isinstance(exc, FundingRefused) else "refused"
                 self._standing.judge(provider, fault, trio.current_time())
                 progress.state = "looking"
                 with trio.move_on_after(1.0):

@@ -176,8 +176,7 @@ class Provider:
             # what was paid was consumed by orders we no longer know of -- counted as
             # delivered, so a restart never gives the paid-ahead units away twice.
             price = spec[0].price
-            meter = ProviderMeter(price=price, credit=spec[0].credit * price)
-            meter = replace(meter, delivered_units=-(-total // price), paid=total)
+            meter = ProviderMeter(price, spec[0].credit * price, -(-total // price), total)
             cell = self._meters[channel_id] = _MeterCell(meter, peer_id)
         if total > cell.meter.paid:
             cell.update(cell.meter.paid_up_to(total))
@@ -410,7 +409,7 @@ class Buyer:
         once a session is back) instead of waiting for deliveries that cannot come."""
         for running in self._orders.values():
             if running.provider == peer_id and not running.scope.cancel_called:
-                running.result.reason = "seller lost"
+                running.result.reason, running.result.fault = "seller lost", "lost"
                 running.scope.cancel()
 
     def in_flight(self) -> list[OrderResult]:

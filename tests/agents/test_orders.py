@@ -302,7 +302,7 @@ async def test_a_lost_seller_ends_the_order_at_once(autojump_clock: object) -> N
             await trio.sleep(0.01)
         assert trio.current_time() - started < 0.1
     [result] = results
-    assert result.reason == "seller lost" and 5 <= result.delivered < 50
+    assert (result.reason, result.fault) == ("seller lost", "lost") and 5 <= result.delivered < 50
     # It paid for what arrived and at most its prepay window (2 units) ahead.
     assert result.delivered * 10 <= result.paid == link.paid_total <= (result.delivered + 2) * 10
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from agents.channels import ChannelConfig, ChannelFailure
+from agents.channels import ChannelConfig, ChannelFailure, FundingRefused
 from agents.settlement import channel_summary
 from mesh.chain.base import OutputState
 from mesh.chain.errors import ChainUnavailable
@@ -69,7 +69,7 @@ async def test_a_refused_funding_is_offered_once_and_refunded_at_the_expiry(
         async with agentlet(buyer_dir, payer_ledger, config=config) as buyer:
             await buyer.fund(payer_ledger, 1_000_000)
             await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
-            with pytest.raises(ChannelFailure, match=r"refused the funding: funding: .*missing"):
+            with pytest.raises(FundingRefused, match=r"refused the funding: funding: .*missing"):
                 await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, LIFETIME)
             [(record, service)] = buyer.manager.records()
             cid = record.terms.channel_id
