@@ -31,7 +31,7 @@ from mesh.channel.pays import fold_payments
 from mesh.channel.state import Payee, Payer, Record, Role
 from mesh.channel.store import ChannelStore
 from mesh.channel.txs import Terms
-from mesh.health import STORAGE_ERRORS, StorageHealth, backoff
+from mesh.health import StorageHealth
 from mesh.identity import Identity
 from mesh.transport import Node, SessionClosed
 from mesh.wire import ChannelAck, ChannelError, Frame
@@ -237,18 +237,7 @@ class ChannelBase:
         to `health` and the write tried again (0.5 s doubling to 5 s) until it works: the
         caller waits, so nothing that must follow the write (a broadcast after recording
         a transaction) happens before it."""
-        delay = 0.0
-        while True:
-            try:
-                result = await self._thread(fn, *args)
-            except STORAGE_ERRORS as exc:
-                self.health.fault("channel-records", exc)
-                delay = backoff(delay)
-                await trio.sleep(delay)
-                continue
-            if delay:
-                self.health.ok("channel-records")
-            return result
+        return await self.health.retry("channel-records", lambda: self._thread(fn, *args))
 
     async def _thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._db)

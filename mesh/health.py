@@ -18,14 +18,16 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
 from mesh.store import StoreError
 
 log = logging.getLogger("mesh.health")
+T = TypeVar("T")
 
 STORAGE_ERRORS: tuple[type[Exception], ...] = (sqlite3.OperationalError, StoreError, OSError)
 """What a store write raises when the disk is full or failing. Not every `sqlite3.Error`:
@@ -139,6 +141,29 @@ class StorageHealth:
         self._since = None
         self._unlogged = 0
         self._recovered.set()
+
+    async def retry(
+        self,
+        component: str,
+        write: Callable[[], Awaitable[T]],
+        on_fault: Callable[[BaseException], None] | None = None,
+    ) -> T:
+        """Run `write` until it works: each failure for want of storage is reported
+        (`fault`, then `on_fault`) and the same write tried again after `backoff` --
+        never skipped, so whatever must follow it (an ack, a broadcast) waits for it."""
+        delay = 0.0
+        while True:
+            try:
+                result = await write()
+            except STORAGE_ERRORS as exc:
+                self.fault(component, exc)
+                if on_fault is not None:
+                    on_fault(exc)
+                delay = backoff(delay)
+                await trio.sleep(delay)
+                continue
+            self.ok(component)
+            return result
 
     async def wait_healthy(self) -> None:
         """Return once every component can write (at once when healthy)."""

@@ -101,3 +101,23 @@ def test_backoff_doubles_from_half_a_second_to_five() -> None:
     for _ in range(5):
         delays.append(backoff(delays[-1]))
     assert delays == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+async def test_retry_repeats_a_write_until_it_works_and_reports_the_fault(
+    autojump_clock: object,
+) -> None:
+    health = StorageHealth(clock=trio.current_time)
+    seen: list[str] = []
+    attempts = {"n": 0}
+
+    async def write() -> str:
+        attempts["n"] += 1
+        if attempts["n"] <= 3:
+            raise OSError(28, "No space left on device")
+        assert not health.healthy  # reported before the write works again
+        return "written"
+
+    started = trio.current_time()
+    assert await health.retry("x", write, lambda exc: seen.append(str(exc))) == "written"
+    assert attempts["n"] == 4 and len(seen) == 3 and health.healthy
+    assert trio.current_time() - started == 0.5 + 1.0 + 2.0  # the back-off

@@ -70,7 +70,7 @@ from mesh.chain.errors import ChainUnavailable, TxRejected, WalletError
 from mesh.chain.tx import parse_exact
 from mesh.chain.wallet import Wallet
 from mesh.errors import LocalProtocolError
-from mesh.health import STORAGE_ERRORS, StorageHealth, backoff, describe
+from mesh.health import StorageHealth, describe
 from mesh.identity import Identity
 from mesh.store import Store, StoreError
 
@@ -208,21 +208,13 @@ class Anchorer:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
 
     async def _write(self, fn: Callable[..., T], *args: object) -> T:
-        """A store or wallet write in a worker thread. While storage fails the fault is
-        reported and the same write tried again after a back-off -- never skipped, so
-        nothing that must follow it (an ack, a broadcast) happens first."""
-        delay = 0.0
-        while True:
-            try:
-                result = await self._thread(fn, *args)
-            except STORAGE_ERRORS as exc:
-                self._last_error = f"store write failed: {describe(exc)}"
-                self._health.fault("anchoring", exc)
-                delay = backoff(delay)
-                await trio.sleep(delay)
-                continue
-            self._health.ok("anchoring")
-            return result
+        """A store or wallet write in a worker thread, tried again while storage fails
+        (`StorageHealth.retry`): nothing that must follow it happens first."""
+
+        def failed(exc: BaseException) -> None:
+            self._last_error = f"store write failed: {describe(exc)}"
+
+        return await self._health.retry("anchoring", lambda: self._thread(fn, *args), failed)
 
     # ---------------------------------------------------------------- logging
 
