@@ -64,8 +64,11 @@ class Archive:
             log.warning("reading from %s: %s", signed.agent.hex()[:16], finding)
 
     def close(self) -> None:
-        """Close its store connection."""
-        self._store.close()
+        """Write what waits of its index, and close its store connection."""
+        try:
+            self.archive.close()
+        finally:
+            self._store.close()
 
 
 @dataclass(frozen=True)

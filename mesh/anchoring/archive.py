@@ -52,6 +52,7 @@ class BuyerArchive:
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.records = AnchorStore(store)
         self.kept = KeptRecords(store)
+        self.kept.log.recover()  # index what a crash left unindexed in the segments
         self._clock = clock
 
     def keep(self, body: bytes, signature: bytes, *, producer: bytes | None = None) -> Kept:
@@ -107,7 +108,12 @@ class BuyerArchive:
 
     def proof(self, producer: bytes, stream: str, seq: int) -> Proof:
         """The proof of a kept record (`NotAnchored` until a receipt covered it)."""
+        self.kept.log.fold()
         return self.records.proof(producer, stream, seq)
+
+    def close(self) -> None:
+        """Write what waits of the kept records' index (before the store closes)."""
+        self.kept.log.close()
 
     def held(self, producer: bytes, stream: str, seqs: Sequence[int]) -> dict[int, bytes]:
         """The record hashes held among `seqs` (what a receipt request would name)."""

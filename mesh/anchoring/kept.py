@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from mesh.anchoring.receipt import AnchorReceipt, CheckedReceipt
 from mesh.anchoring.record import SignedRecord
+from mesh.anchoring.recordlog import RecordLog
 from mesh.anchoring.store import ANCHORING_SCHEMA
 from mesh.store import Store
 
@@ -25,6 +26,9 @@ class KeptRecords:
     def __init__(self, store: Store) -> None:
         self._store = store
         store.register(ANCHORING_SCHEMA)
+        self.log = RecordLog(store, "kept")
+        """Where kept records are written: a segment append each, the index folded
+        in groups (`mesh.anchoring.recordlog`)."""
 
     def keep(self, signed: SignedRecord) -> bytes | None:
         """Store a producer's record; returns the hash already held at that seq, if any.
@@ -32,25 +36,17 @@ class KeptRecords:
         Nothing is written when a record is already held at (agent, stream, seq): the
         caller tells a duplicate (same hash) from a fork (another hash).
         """
-        with self._store.write() as db:
+        held = self.log.pending_hash(signed.agent, signed.stream, signed.seq)
+        if held is not None:
+            return held
+        with self._store.read() as db:
             row = db.execute(
                 "SELECT hash FROM anchor_records WHERE agent = ? AND stream = ? AND seq = ?",
                 (signed.agent, signed.stream, signed.seq),
             ).fetchone()
-            if row is not None:
-                return bytes(row[0])
-            db.execute(
-                "INSERT INTO anchor_records (agent, stream, seq, hash, body, signature, origin)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'kept')",
-                (
-                    signed.agent,
-                    signed.stream,
-                    signed.seq,
-                    signed.hash,
-                    signed.body,
-                    signed.signature,
-                ),
-            )
+        if row is not None:
+            return bytes(row[0])
+        self.log.append([(signed, None)])
         return None
 
     def last_kept(self, agent: bytes, stream: str) -> int | None:
@@ -60,13 +56,18 @@ class KeptRecords:
                 "SELECT MAX(seq) FROM anchor_records WHERE agent = ? AND stream = ?",
                 (agent, stream),
             ).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        stored = None if row is None or row[0] is None else int(row[0])
+        waiting = self.log.pending_top(agent, stream)
+        if waiting is None or (stored is not None and stored > waiting):
+            return stored
+        return waiting
 
     def held_hashes(self, agent: bytes, stream: str, seqs: Sequence[int]) -> dict[int, bytes]:
         """Hashes of the records held among `seqs` of a producer's stream."""
         wanted = set(seqs)
         if not wanted:
             return {}
+        self.log.fold()
         with self._store.read() as db:
             rows = db.execute(
                 "SELECT seq, hash FROM anchor_records WHERE agent = ? AND stream = ?"
@@ -78,6 +79,7 @@ class KeptRecords:
     def unproven(self, producer: bytes, per_stream: int) -> dict[str, list[int]]:
         """A producer's kept records still waiting for a receipt: stream -> the lowest
         `per_stream` seqs."""
+        self.log.fold()
         with self._store.read() as db:
             streams = [
                 str(r[0])
@@ -107,6 +109,7 @@ class KeptRecords:
         A batch already known with another anchor transaction keeps the first one.
         """
         anchor = checked.anchor
+        self.log.fold()
         with self._store.write() as db:
             db.execute(
                 "INSERT OR IGNORE INTO anchor_batches (agent, stream, first_seq, last_seq, root,"

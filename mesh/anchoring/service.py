@@ -70,7 +70,7 @@ from mesh.chain.errors import ChainUnavailable, TxRejected, WalletError
 from mesh.chain.tx import parse_exact
 from mesh.chain.wallet import Wallet
 from mesh.errors import LocalProtocolError
-from mesh.health import StorageHealth, describe
+from mesh.health import STORAGE_ERRORS, StorageHealth, describe
 from mesh.identity import Identity
 from mesh.store import Store, StoreError
 
@@ -194,8 +194,14 @@ class Anchorer:
                 nursery.start_soon(self._confirm_loop)
                 task_status.started()
         finally:
+            failed = self._failure is not None
             self._writer = None
             self._fail("the anchorer stopped")
+            with trio.CancelScope(shield=True):  # index what waits; the segment closes
+                try:
+                    await self._thread(functools.partial(self.records.log.close, fold=not failed))
+                except (*STORAGE_ERRORS, sqlite3.Error) as exc:  # rebuilt at the next start
+                    log.warning("record index not written at stop: %s", describe(exc))
 
     def _fail(self, why: str) -> None:
         """Refuse new records and wake every `log` waiting for a commit, with an error."""
@@ -214,7 +220,12 @@ class Anchorer:
         def failed(exc: BaseException) -> None:
             self._last_error = f"store write failed: {describe(exc)}"
 
-        return await self._health.retry("anchoring", lambda: self._thread(fn, *args), failed)
+        try:
+            return await self._health.retry("anchoring", lambda: self._thread(fn, *args), failed)
+        except (sqlite3.Error, StoreError) as exc:  # not a storage fault: a bug, or a foreign
+            # writer (a record index row already there): the log must stop pretending
+            self._fail(f"store write failed: {exc}")
+            raise AnchoringError(f"the record log cannot be stored: {exc}") from exc
 
     # ---------------------------------------------------------------- logging
 
@@ -268,11 +279,10 @@ class Anchorer:
                     # Signed already: written as they are (never signed again, which
                     # would fork the stream), however long storage takes to come back.
                     await self._write(self.records.insert_own, records, audiences)
-                except (sqlite3.Error, StoreError) as exc:
-                    commit.error = f"store write failed: {exc}"
+                except AnchoringError as exc:
+                    commit.error = self._failure or str(exc)
                     commit.event.set()
-                    self._fail(commit.error)
-                    raise AnchoringError(f"the record log cannot be stored: {exc}") from exc
+                    raise
                 except BaseException:
                     commit.error = "the anchorer stopped during the commit"
                     commit.event.set()

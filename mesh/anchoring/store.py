@@ -36,6 +36,7 @@ from mesh.anchoring.hashchain import Head
 from mesh.anchoring.proof import Proof, make_proof
 from mesh.anchoring.receipt import AnchorReceipt, make_receipts, split_path
 from mesh.anchoring.record import SignedRecord, decode_record, record_hash
+from mesh.anchoring.recordlog import RecordLog, read_record, segments_dir
 from mesh.store import Schema, Store
 
 ANCHORING_SCHEMA = Schema(
@@ -81,6 +82,18 @@ ANCHORING_SCHEMA = Schema(
         ALTER TABLE anchor_records ADD COLUMN audience BLOB;
         CREATE INDEX anchor_records_unproven ON anchor_records (agent, stream, seq)
             WHERE origin = 'kept' AND path IS NULL;
+        """,
+        # 3: record bodies move to segment files (`mesh.anchoring.recordlog`): a row
+        # with ``seg`` set holds an empty body and signature, read from (seg, off).
+        """
+        ALTER TABLE anchor_records ADD COLUMN seg INTEGER;
+        ALTER TABLE anchor_records ADD COLUMN off INTEGER;
+        CREATE TABLE anchor_segments (
+            id INTEGER PRIMARY KEY,
+            origin TEXT NOT NULL CHECK (origin IN ('own', 'kept')),
+            indexed_to INTEGER NOT NULL,
+            live INTEGER NOT NULL
+        );
         """,
     ),
 )
@@ -189,6 +202,9 @@ class AnchorStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         store.register(ANCHORING_SCHEMA)
+        self.log = RecordLog(store, "own")
+        """Where `insert_own` writes (only the agent's anchorer writes through it)."""
+        self.segments = segments_dir(store)
 
     @property
     def store(self) -> Store:
@@ -200,25 +216,20 @@ class AnchorStore:
     def insert_own(
         self, records: Sequence[SignedRecord], audiences: Sequence[bytes | None] | None = None
     ) -> None:
-        """Persist our own freshly signed records (one commit for all of them).
+        """Persist our own freshly signed records (one append for all of them; their
+        index rows follow in a later fold, see `mesh.anchoring.recordlog`).
 
         ``audiences[i]`` is the peer key record i was delivered to, if any: the one peer
         that may ask for its receipt.
         """
         to = audiences if audiences is not None else [None] * len(records)
-        with self._store.write() as db:
-            db.executemany(
-                "INSERT INTO anchor_records"
-                " (agent, stream, seq, hash, body, signature, origin, audience)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'own', ?)",
-                [
-                    (r.agent, r.stream, r.seq, r.hash, r.body, r.signature, a)
-                    for r, a in zip(records, to, strict=True)
-                ],
-            )
+        self.log.append(list(zip(records, to, strict=True)))
 
     def load_state(self, agent: bytes) -> LoadedState:
-        """Stream heads, records not yet in a batch, and batches not yet mined."""
+        """Stream heads, records not yet in a batch, and batches not yet mined (after
+        indexing what a crash left unindexed in the segments)."""
+        self.log.recover()
+        self.log.fold()
         with self._store.read() as db:
             heads = {
                 str(stream): Head(int(seq), bytes(digest))
@@ -250,6 +261,7 @@ class AnchorStore:
 
     def plan_batch(self, agent: bytes, pending: PendingBatch, root: bytes, now: float) -> BatchInfo:
         """Record a new batch (``planned``) and assign its records to it."""
+        self.log.fold()
         with self._store.write() as db:
             cursor = db.execute(
                 "INSERT INTO anchor_batches (agent, stream, first_seq, last_seq, root, origin,"
@@ -345,15 +357,16 @@ class AnchorStore:
 
     def proof(self, agent: bytes, stream: str, seq: int) -> Proof:
         """A proof for one record; `NotAnchored` until its batch is mined."""
+        self.log.fold()
         with self._store.read() as db:
             row = db.execute(
-                "SELECT body, signature, batch, path, origin FROM anchor_records"
+                "SELECT body, signature, batch, path, origin, seg, off FROM anchor_records"
                 " WHERE agent = ? AND stream = ? AND seq = ?",
                 (agent, stream, seq),
             ).fetchone()
             if row is None:
                 raise RecordNotFound(f"no record {stream}/{seq} of agent {agent.hex()}")
-            body, signature, batch_id, stored_path, origin = row
+            body, signature, batch_id, stored_path, origin, seg, off = row
             if batch_id is None and origin == "kept":
                 raise NotAnchored(f"record {stream}/{seq}: no receipt from the producer yet")
             if batch_id is None:
@@ -370,7 +383,7 @@ class AnchorStore:
                         (batch.id,),
                     )
                 ]
-        signed = _signed(bytes(body), bytes(signature))
+        signed = self._body(body, signature, seg, off)
         if leaves is None:
             path = split_path(bytes(stored_path))
         else:
@@ -382,13 +395,20 @@ class AnchorStore:
         with self._store.read() as db:
             batch = self._get(db, batch_id)
             rows = db.execute(
-                "SELECT body, signature FROM anchor_records WHERE batch = ? ORDER BY seq",
+                "SELECT body, signature, seg, off FROM anchor_records WHERE batch = ?"
+                " ORDER BY seq",
                 (batch_id,),
             ).fetchall()
-        signed = [_signed(bytes(b), bytes(s)) for b, s in rows]
+        signed = [self._body(*row) for row in rows]
         levels = batch_levels([r.hash for r in signed])
         for index, record in enumerate(signed):
             yield self._assemble(record, batch, batch_path(levels, index))
+
+    def _body(self, body: Any, signature: Any, seg: Any, off: Any) -> SignedRecord:
+        """A stored record, from its row or (when the row has a segment) its segment."""
+        if seg is not None:
+            body, signature = read_record(self.segments, int(seg), int(off))
+        return _signed(bytes(body), bytes(signature))
 
     @staticmethod
     def _assemble(signed: SignedRecord, batch: BatchInfo, path: Sequence[bytes]) -> Proof:
@@ -409,6 +429,7 @@ class AnchorStore:
 
     def agents_for(self, stream: str) -> list[bytes]:
         """The agents whose records of `stream` this store holds."""
+        self.log.fold()
         with self._store.read() as db:
             return [
                 bytes(r[0])
@@ -419,6 +440,7 @@ class AnchorStore:
 
     def streams(self) -> list[StreamSummary]:
         """Every stream held, with its anchored (mined) seq ranges."""
+        self.log.fold()
         out: list[StreamSummary] = []
         with self._store.read() as db:
             groups = db.execute(

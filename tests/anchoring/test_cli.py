@@ -140,7 +140,10 @@ def test_proof_errors_are_clear(anchored: Anchored, tmp_path: Path) -> None:
     with open_store(data) as store:
         records = AnchorStore(store)
         records.insert_own([StreamWriter(BUYER).append("vibration", b"mine", 1)])
-        KeptRecords(store).keep(StreamWriter(PRODUCER).append("vibration", b"theirs", 1))
+        kept = KeptRecords(store)
+        kept.keep(StreamWriter(PRODUCER).append("vibration", b"theirs", 1))
+        records.log.close()  # as an agent does when it stops: the index is written
+        kept.log.close()
     for args, expected in [
         (("--data-dir", data, "--stream", "vibration", "--seq", "0"), "pick --agent"),
         (

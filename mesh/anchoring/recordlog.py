@@ -1,0 +1,276 @@
+"""`RecordLog`: where an agent's records are written -- segment files plus a lazy index.
+
+One `RecordLog` writes the records of one origin (``own``: the agent's signed log;
+``kept``: producers' records a buyer holds) of one agent store. `append` puts the
+records into the current segment (`mesh.anchoring.segments`, one write for the lot)
+and queues their index rows (``anchor_records``: agent, stream, seq, hash, audience,
+segment and offset; body and signature stay empty there). The queued rows are
+folded into SQLite in one transaction once `fold_rows` wait, or whenever a query
+needs them (`fold`, which a caller may run inside its own write transaction). So a
+reading costs one append of its own bytes and a share of an index commit, instead of
+an SQLite commit of its own (~20 KB written, see the segments module).
+
+Crash: what `append` returned is on disk (durable as the store is, see the segments
+module); index rows not folded yet are rebuilt by `recover` from each segment's tail
+past its ``indexed_to`` (run it before the first `append` and before reading heads).
+
+Segments rotate at `segment_bytes`; ``anchor_segments.live`` counts the index rows
+pointing into each one, so retention (`mesh.anchoring.retention`) knows when a segment
+file holds nothing anyone needs. Readers in other processes (``mesh proof``) see the
+folded index only: at most `fold_rows` records behind a running agent.
+
+Blocking file and SQLite work; the caller serialises the use of one `RecordLog`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from mesh.anchoring.record import SignedRecord, decode_record, record_hash
+from mesh.anchoring.segments import SegmentError, SegmentWriter, read_entry, scan
+from mesh.store import Store
+
+FOLD_ROWS = 1024
+"""Index rows kept in memory before they are folded into SQLite."""
+SEGMENT_BYTES = 64 << 20
+"""A segment file is closed, and a new one begun, past this size."""
+
+_INSERT = (  # a row already there is another writer or a bug: loud, never ignored
+    "INSERT INTO anchor_records"
+    " (agent, stream, seq, hash, body, signature, origin, audience, seg, off)"
+    " VALUES (?, ?, ?, ?, x'', x'', ?, ?, ?, ?)"
+)
+
+
+def segments_dir(store: Store) -> Path:
+    """Where a store's record segments live: ``records/`` beside the database."""
+    return store.path.parent / "records"
+
+
+def segment_path(directory: Path, segment: int) -> Path:
+    """The file of segment `segment`."""
+    return directory / f"{segment:08d}.seg"
+
+
+def encode(signed: SignedRecord, audience: bytes | None) -> bytes:
+    """A record as a segment entry."""
+    packed: bytes = msgpack.packb([signed.body, signed.signature, audience], use_bin_type=True)
+    return packed
+
+
+def decode(payload: bytes) -> tuple[bytes, bytes, bytes | None]:
+    """(body, signature, audience) of a segment entry."""
+    try:
+        body, signature, audience = msgpack.unpackb(payload, raw=False)
+    except (ValueError, TypeError, msgpack.ExtraData) as exc:
+        raise SegmentError(f"a segment entry does not decode: {exc}") from None
+    if not isinstance(body, bytes) or not isinstance(signature, bytes):
+        raise SegmentError("a segment entry is not a record")
+    return body, signature, audience if isinstance(audience, bytes) else None
+
+
+def read_record(directory: Path, segment: int, offset: int) -> tuple[bytes, bytes]:
+    """(body, signature) of the record stored at `offset` of `segment`."""
+    body, signature, _ = decode(read_entry(segment_path(directory, segment), offset))
+    return body, signature
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    agent: bytes
+    stream: str
+    seq: int
+    hash: bytes
+    audience: bytes | None
+    segment: int
+    offset: int
+    end: int
+
+
+class RecordLog:
+    """Appends one origin's records to segments and folds their index (see module)."""
+
+    def __init__(
+        self,
+        store: Store,
+        origin: str,
+        *,
+        fold_rows: int = FOLD_ROWS,
+        segment_bytes: int = SEGMENT_BYTES,
+    ) -> None:
+        """Nothing is read or written until `recover` or `append`."""
+        if origin not in ("own", "kept"):
+            raise ValueError(f"origin must be 'own' or 'kept', not {origin!r}")
+        self._store = store
+        self.origin = origin
+        self.directory = segments_dir(store)
+        self.fold_rows = fold_rows
+        self.segment_bytes = segment_bytes
+        self._writer: SegmentWriter | None = None
+        self._segment = 0
+        self._pending: list[_Row] = []
+        self._held: dict[tuple[bytes, str, int], bytes] = {}  # pending rows' hashes
+        self._top: dict[tuple[bytes, str], int] = {}  # highest pending seq per stream
+        self._recovered = False
+
+    # ---------------------------------------------------------------- writing
+
+    def recover(self) -> int:
+        """Index what the segments hold past their ``indexed_to`` (a crash lost those
+        rows); cut a torn tail off the newest segment. Returns rows indexed."""
+        if self._recovered:
+            return 0
+        rows: list[_Row] = []
+        newest: tuple[int, int] | None = None
+        with self._store.read() as db:
+            segments = db.execute(
+                "SELECT id, indexed_to FROM anchor_segments WHERE origin = ? ORDER BY id",
+                (self.origin,),
+            ).fetchall()
+        for segment, indexed_to in segments:
+            path = segment_path(self.directory, int(segment))
+            valid_to = int(indexed_to)
+            if not path.exists():  # removed by hand: never append where offsets lie
+                newest = None
+                continue
+            for offset, end, payload in scan(path, int(indexed_to)):
+                rows.append(self._row(payload, int(segment), offset, end))
+                valid_to = end
+            newest = (int(segment), valid_to)
+        if rows:
+            with self._store.write() as db:
+                self._insert(db, rows)
+        if newest is not None:
+            self._open(*newest)
+        self._recovered = True
+        return len(rows)
+
+    def append(self, records: Sequence[tuple[SignedRecord, bytes | None]]) -> None:
+        """Write records (with the peer each was delivered to) to the current segment;
+        their index rows wait for the next fold. Returns once the bytes are written."""
+        if not records:
+            return
+        if not self._recovered:
+            self.recover()
+        writer = self._current()
+        offsets = writer.append([encode(signed, audience) for signed, audience in records])
+        ends = [*offsets[1:], writer.size]
+        for (signed, audience), offset, end in zip(records, offsets, ends, strict=True):
+            self._pending.append(
+                _Row(
+                    signed.agent,
+                    signed.stream,
+                    signed.seq,
+                    signed.hash,
+                    audience,
+                    self._segment,
+                    offset,
+                    end,
+                )
+            )
+            self._held[(signed.agent, signed.stream, signed.seq)] = signed.hash
+            key = (signed.agent, signed.stream)
+            self._top[key] = max(self._top.get(key, -1), signed.seq)
+        if len(self._pending) >= self.fold_rows:
+            self.fold()
+
+    def fold(self) -> int:
+        """Write the waiting index rows in one transaction; returns how many. (They
+        leave memory only once committed: a failed fold loses nothing.)"""
+        if not self._pending:
+            return 0
+        rows = self._pending
+        with self._store.write() as db:
+            self._insert(db, rows)
+        self._pending, self._held, self._top = [], {}, {}
+        return len(rows)
+
+    def pending_hash(self, agent: bytes, stream: str, seq: int) -> bytes | None:
+        """The hash of a record appended but not folded yet, at that seq."""
+        return self._held.get((agent, stream, seq))
+
+    def pending_top(self, agent: bytes, stream: str) -> int | None:
+        """The highest seq of a stream appended but not folded yet."""
+        return self._top.get((agent, stream))
+
+    @property
+    def waiting(self) -> int:
+        """Index rows not folded yet."""
+        return len(self._pending)
+
+    def close(self, *, fold: bool = True) -> None:
+        """Fold what waits (unless told not to: `recover` will) and close the file."""
+        try:
+            if fold:
+                self.fold()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    # ---------------------------------------------------------------- internals
+
+    def _row(self, payload: bytes, segment: int, offset: int, end: int) -> _Row:
+        body, _, audience = decode(payload)
+        record = decode_record(body)
+        return _Row(
+            record.agent,
+            record.stream,
+            record.seq,
+            record_hash(body),
+            audience,
+            segment,
+            offset,
+            end,
+        )
+
+    def _insert(self, db: sqlite3.Connection, rows: Sequence[_Row]) -> None:
+        db.executemany(
+            _INSERT,
+            [
+                (r.agent, r.stream, r.seq, r.hash, self.origin, r.audience, r.segment, r.offset)
+                for r in rows
+            ],
+        )
+        reach: dict[int, int] = {}
+        count: dict[int, int] = {}
+        for r in rows:
+            reach[r.segment] = max(reach.get(r.segment, 0), r.end)
+            count[r.segment] = count.get(r.segment, 0) + 1
+        db.executemany(
+            "UPDATE anchor_segments SET indexed_to = MAX(indexed_to, ?), live = live + ?"
+            " WHERE id = ?",
+            [(reach[s], count[s], s) for s in reach],
+        )
+
+    def _current(self) -> SegmentWriter:
+        writer = self._writer
+        if writer is not None and writer.size < self.segment_bytes:
+            return writer
+        if writer is not None:
+            self.fold()  # rows of the full segment first: its indexed_to is final
+            writer.close()
+            self._writer = None
+        with self._store.write() as db:
+            segment = int(
+                db.execute(
+                    "INSERT INTO anchor_segments (origin, indexed_to, live) VALUES (?, 0, 0)",
+                    (self.origin,),
+                ).lastrowid
+                or 0
+            )
+        return self._open(segment, None)
+
+    def _open(self, segment: int, valid_to: int | None) -> SegmentWriter:
+        sync = self._store.synchronous == "FULL"
+        writer = SegmentWriter(segment_path(self.directory, segment), sync=sync, valid_to=valid_to)
+        self._writer, self._segment = writer, segment
+        return writer
+
+
+__all__ = ["FOLD_ROWS", "RecordLog", "decode", "encode", "read_record", "segments_dir"]
