@@ -42,6 +42,7 @@ from agents.services.vendor import (
 )
 from mesh.anchoring.record import Record as AnchorRecord
 from mesh.anchoring.record import SignedRecord, sign_record
+from mesh.errors import MeshError
 from mesh.health import StorageHealth
 from mesh.identity import Identity
 from mesh.metering import BuyerMeter, ProviderMeter
@@ -194,6 +195,14 @@ class Provider:
         cell = self._meters.get(channel_id)
         if cell is not None and not cell.meter.frozen:
             cell.update(cell.meter.freeze())
+
+    def channel_final(self, channel_id: bytes) -> None:
+        """The channel is settled and the manager let it go: so does its meter (an
+        order still running on it keeps its own reference to the frozen cell)."""
+        cell = self._meters.pop(channel_id, None)
+        if cell is not None and not cell.meter.frozen:
+            cell.update(cell.meter.freeze())
+        self._ended.discard(channel_id)
 
     def peer_back(self, peer_id: str) -> None:
         """The buyer has a session again."""
@@ -371,10 +380,16 @@ class OrderResult:
     delivered: int
     paid: int
     reason: str
-    readings: list[tuple[bytes, bytes]] = field(default_factory=list)
     fault: str = ""
     """Why the seller is to blame, if it is: "cheat" (a delivery that did not verify),
-    "silent" (no unit within the want's wait limit), "refused", "lost" (session gone)."""
+    "silent" (no unit within the want's wait limit), "refused", "lost" (session gone).
+    An order whose channel could not pay any more ("payment failed: ...") is nobody's
+    fault: it still counts what arrived and what was paid."""
+
+    @property
+    def stopped_by_channel(self) -> bool:
+        """Whether the channel ended the order (it is full, closed or gone)."""
+        return self.reason.startswith("payment failed")
 
 
 @dataclass
@@ -412,6 +427,11 @@ class Buyer:
                 running.result.reason, running.result.fault = "seller lost", "lost"
                 running.scope.cancel()
 
+    def channel_final(self, channel_id: bytes) -> None:
+        """The channel is settled and the manager let it go: forget what was paid
+        ahead on it (nothing more can be delivered against it)."""
+        self._ahead.pop(channel_id, None)
+
     def in_flight(self) -> list[OrderResult]:
         """Orders still running, with what they have delivered and paid so far."""
         return [order.result for order in self._orders.values()]
@@ -436,11 +456,14 @@ class Buyer:
         channel_id: bytes,
         *,
         stop: trio.Event | None = None,
-        keep_readings: bool = True,
+        on_unit: Callable[[bytes], None] | None = None,
     ) -> OrderResult:
         """Order `want` from `provider` at `price` and pay as units arrive.
 
-        Setting `stop` asks the provider to finish what is paid for and end.
+        Setting `stop` asks the provider to finish what is paid for and end. Each unit
+        that arrived and verified goes to `on_unit` (its payload), if given: the buyer
+        keeps nothing per unit. A payment the channel refuses (`MeshError`: it is full,
+        closing or gone) ends the order with what arrived and was paid counted.
         """
         order_id = secrets.token_bytes(16)
         budget = min(want.budget, want.units * price)
@@ -458,14 +481,22 @@ class Buyer:
         check = DeliveryCheck(expected, trio.current_time(), self._seqs)
         try:
             with running.scope:
-                await self._order_and_pay(
-                    running, want, price, channel_id, order_id, receive, stop, check,
-                    keep_readings=keep_readings,
-                )  # fmt: skip
+                try:
+                    await self._order_and_pay(
+                        running, want, price, channel_id, order_id, receive, stop, check,
+                        on_unit=on_unit,
+                    )  # fmt: skip
+                except MeshError as exc:  # the channel cannot pay: the order ends here
+                    result.reason = f"payment failed: {exc}"
+                    log.info("order %s: %s", order_id.hex()[:8], result.reason)
+                    await self._send(provider, ServiceStop(order_id, result.reason))
             if running.scope.cancelled_caught:  # the seller is gone: owe it no prepay
                 running.meter = replace(running.meter, prepay=0)
                 with trio.move_on_after(SETTLE_AFTER_LOSS):  # pay what arrived, if we can
-                    await self._settle_running(running, channel_id)
+                    try:
+                        await self._settle_running(running, channel_id)
+                    except MeshError as exc:
+                        log.info("order %s: paying after loss failed: %s", order_id.hex()[:8], exc)
         finally:
             del self._orders[order_id]
             meter = running.meter
@@ -484,7 +515,7 @@ class Buyer:
         stop: trio.Event | None,
         check: DeliveryCheck,
         *,
-        keep_readings: bool,
+        on_unit: Callable[[bytes], None] | None,
     ) -> None:
         """Send the order, then pay for what arrives -- verified, new, no faster than the
         clock (`check`) -- until it is done, cheats or falls silent; `running.meter` and
@@ -527,8 +558,8 @@ class Buyer:
             result.delivered += 1
             if reading is not None and self.keep_record is not None:
                 self.keep_record(reading)
-            if keep_readings and frame.payload:
-                result.readings.append((frame.payload, frame.signature))
+            if on_unit is not None:
+                on_unit(frame.payload)
             await self._settle_running(running, channel_id)
         # Pay what is owed for what arrived, and nothing ahead.
         running.meter = replace(running.meter, prepay=0)

@@ -70,7 +70,7 @@ from mesh.chain.errors import ChainUnavailable, TxRejected, WalletError
 from mesh.chain.tx import parse_exact
 from mesh.chain.wallet import Wallet
 from mesh.errors import LocalProtocolError
-from mesh.health import STORAGE_ERRORS, StorageHealth, describe
+from mesh.health import StorageHealth, describe
 from mesh.identity import Identity
 from mesh.store import Store, StoreError
 
@@ -200,7 +200,7 @@ class Anchorer:
             with trio.CancelScope(shield=True):  # index what waits; the segment closes
                 try:
                     await self._thread(functools.partial(self.records.log.close, fold=not failed))
-                except (*STORAGE_ERRORS, sqlite3.Error) as exc:  # rebuilt at the next start
+                except (sqlite3.Error, StoreError, OSError) as exc:  # rebuilt at the next start
                     log.warning("record index not written at stop: %s", describe(exc))
 
     def _fail(self, why: str) -> None:
