@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -83,15 +84,30 @@ def _confirm(table: PeerTable, mailbox: str, info: PeerInfo) -> None:
     )
 
 
+RECENT_ORDERS = 16
+"""Finished orders a want remembers (for status); older ones live on only in its
+totals and in the signed meter statements."""
+
+
 @dataclass
 class WantProgress:
-    """How one of the profile's wants is going."""
+    """How one of the profile's wants is going: totals over every order however it
+    ended, and the last few orders. ``state`` is looking, buying, done (every unit
+    bought), budget spent, or stopped."""
 
     want: WantSpec
     delivered: int = 0
     paid: int = 0
-    orders: list[OrderResult] = field(default_factory=list)
+    placed: int = 0
+    orders: deque[OrderResult] = field(default_factory=lambda: deque(maxlen=RECENT_ORDERS))
     state: str = "looking"
+
+    def count(self, result: OrderResult) -> None:
+        """Add a finished order to the totals."""
+        self.placed += 1
+        self.delivered += result.delivered
+        self.paid += result.paid
+        self.orders.append(result)
 
 
 class Agent:
@@ -300,11 +316,12 @@ class Agent:
     # ------------------------------------------------------------------ wiring
 
     async def _sync_wallet(self, chain: LocalChain) -> None:
-        """Add coins paying any of our addresses that the wallet does not know yet."""
+        """Add coins the wallet does not know yet, asking the chain only about its watch
+        set (`Wallet.watch_addresses`): a pass costs the same after a year of anchors."""
         assert self.wallet is not None
         wallet = self.wallet
-        addresses = await trio.to_thread.run_sync(wallet.addresses, limiter=self._db)
-        if not addresses:
+        addresses = await trio.to_thread.run_sync(wallet.watch_addresses, limiter=self._db)
+        if not addresses:  # no receive key yet: one to be funded at
             addresses = [await trio.to_thread.run_sync(wallet.new_address, limiter=self._db)]
         for address in addresses:
             coins = await chain.utxos(address)
@@ -312,10 +329,18 @@ class Agent:
                 await trio.to_thread.run_sync(wallet.add_utxos, coins, limiter=self._db)
 
     async def _keep_wallet_synced(self, chain: LocalChain) -> None:
+        """Sync the wallet every 5 s and prune its spent history hourly -- never soon
+        after a start, while the anchorer and the channels finish what a stop left."""
+        assert self.wallet is not None
+        wallet = self.wallet
+        prune_at = trio.current_time() + 3600.0
         while True:
             await trio.sleep(5.0)
             try:
                 await self._sync_wallet(chain)
+                if trio.current_time() >= prune_at:
+                    await trio.to_thread.run_sync(wallet.prune, limiter=self._db)
+                    prune_at = trio.current_time() + 3600.0
             except STORAGE_ERRORS as exc:  # the coins are added at a later pass
                 self.storage.fault("wallet", exc)
             else:
@@ -443,11 +468,17 @@ class Agent:
                     await self._buying_stop.wait()
                 continue
             provider, price = offer
+            budget = want.budget - progress.paid
+            if budget < price:  # not one more unit: the want ends here, and says so
+                log.info("want %s: budget spent (%d sat paid)", want.service, progress.paid)
+                progress.state = "budget spent"
+                return
             progress.state = "buying"
             try:
-                channel_id = await self._channel_for(provider, want, price)
+                need = min(budget, (want.units - progress.delivered) * price)
+                channel_id, room = await self._channel_for(provider, want.service, price, need)
                 remaining = replace(
-                    want, units=want.units - progress.delivered, budget=want.budget - progress.paid
+                    want, units=want.units - progress.delivered, budget=min(budget, room)
                 )
                 result = await self.buyer.buy(
                     provider, remaining, price, channel_id, stop=self._buying_stop
@@ -462,7 +493,7 @@ class Agent:
                 with trio.move_on_after(1.0):
                     await self._buying_stop.wait()
                 continue
-            progress.orders.append(result)
+            progress.count(result)
             aside = self._standing.judge(provider, result.fault, trio.current_time())
             if aside is not None:
                 log.warning(
@@ -479,8 +510,6 @@ class Agent:
                 result.paid,
                 result.reason,
             )
-            progress.delivered += result.delivered
-            progress.paid += result.paid
             await self._log_record(
                 "meters",
                 statement(
@@ -516,22 +545,35 @@ class Agent:
                 offers.append((price, peer.peer_id))
         return (min(offers)[1], min(offers)[0]) if offers else None
 
-    async def _channel_for(self, provider: str, want: WantSpec, price: int) -> bytes:
+    async def _channel_for(
+        self, provider: str, service: str, price: int, need: int
+    ) -> tuple[bytes, int]:
+        """A channel to pay `provider` for `service` on, and how much it can still pay.
+
+        An open channel with room for a unit is used again (an order that stopped
+        resumes on it); one without room is closed, so its coins do not stay locked.
+        A new channel holds what the want still needs, at most the profile's
+        ``[channels] capacity``: the coins locked per seller are bounded by
+        configuration, never by the whole budget.
+        """
         assert self.manager is not None
-        need = min(want.budget, want.units * price)
-        for record, service in self.manager.records():
+        for record, svc in self.manager.records():
             if (
                 record.role is Role.PAYER
                 and record.peer_id == provider
-                and service == want.service
+                and svc == service
                 and record.state is State.OPEN
-                and record.terms.max_total - record.total >= need
             ):
-                return record.terms.channel_id
-        capacity = max(self.profile.capacity, need + self.manager.config.close_fee)
-        return await self.manager.open(
-            provider, want.service, capacity, self.profile.lifetime_blocks
+                room = record.terms.max_total - record.total
+                if room >= price:
+                    return record.terms.channel_id, room
+                await self._close_quietly(record.terms.channel_id)  # full: settle it
+        capacity = min(need, self.profile.capacity) + self.manager.config.close_fee
+        channel_id = await self.manager.open(
+            provider, service, capacity, self.profile.lifetime_blocks
         )
+        record = self.manager.record(channel_id)
+        return channel_id, record.terms.max_total - record.total
 
     # ------------------------------------------------------------------ control
 
@@ -645,6 +687,8 @@ class Agent:
                     "delivered": p.delivered + sum(o.delivered for o in live[p.want.service]),
                     "paid": p.paid + sum(o.paid for o in live[p.want.service]),
                     "units": p.want.units,
+                    "budget": p.want.budget,
+                    "placed": p.placed + len(live[p.want.service]),
                 }
                 for p in self.wants
             ],

@@ -10,9 +10,10 @@ version is read and advanced under SQLite's write lock.
 
 Pragmas, and why: ``journal_mode=WAL`` so readers never block the writer and a crash at
 any point leaves the last committed state; ``busy_timeout`` so concurrent writers queue
-instead of failing; ``foreign_keys=ON``; ``synchronous`` is FULL by default (a commit
-survives power loss, DESIGN §7) and may be NORMAL where losing the last commits on power
-loss is acceptable (the local test ledger).
+instead of failing; ``foreign_keys=ON``; ``journal_size_limit`` so a WAL that grew
+(a long reader held the checkpoint back) does not keep its size; ``synchronous`` is
+FULL by default (a commit survives power loss, DESIGN §7) and may be NORMAL where losing
+the last commits on power loss is acceptable (the local test ledger).
 
 It must never: know any component's tables, swallow an SQLite error, or let a caller
 hold a write transaction open across anything but SQLite work.
@@ -33,6 +34,10 @@ from mesh.errors import MeshError
 
 Synchronous = Literal["FULL", "NORMAL"]
 DEFAULT_BUSY_TIMEOUT = 30.0
+WAL_LIMIT = 8 << 20
+"""Bytes a WAL file is cut back to after a checkpoint (``journal_size_limit``): a
+store's disk use is its data plus at most about this much (the automatic checkpoint
+runs at 1 000 pages, ~4 MB)."""
 
 
 class StoreError(MeshError):
@@ -113,12 +118,19 @@ class Store:
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             self._db.execute(f"PRAGMA synchronous = {synchronous}")
             self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: cannot open as an SQLite database ({exc})") from None
         if str(mode).lower() != "wal":
             raise StoreError(f"{path}: SQLite refused WAL mode (got {mode!r})")
 
     # ---------------------------------------------------------------- lifecycle
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database and empty it (best effort: False while a
+        reader or writer elsewhere holds it). Bounds the files for retention."""
+        busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return int(busy) == 0
 
     def close(self) -> None:
         """Close the connection; uncommitted work is rolled back by SQLite."""

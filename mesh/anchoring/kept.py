@@ -137,14 +137,22 @@ class KeptRecords:
             if row is None or str(row[1]) != checked.txid:
                 return 0
             batch_id = int(row[0])
-            db.executemany(
+            proven = db.executemany(
                 "UPDATE anchor_records SET batch = ?, path = ? WHERE agent = ? AND stream = ?"
-                " AND seq = ? AND origin = 'kept'",
+                " AND seq = ? AND origin = 'kept' AND path IS NULL",
                 [
                     (batch_id, path, anchor.agent, anchor.stream, seq)
                     for seq, path in checked.paths.items()
                 ],
-            )
+            ).rowcount
+            if proven > 0:  # `mesh proof --list` reads these, not every record
+                first, last = min(checked.paths), max(checked.paths)
+                db.execute(
+                    "UPDATE anchor_batches SET held = COALESCE(held, 0) + ?,"
+                    " held_first = MIN(COALESCE(held_first, ?), ?),"
+                    " held_last = MAX(COALESCE(held_last, ?), ?) WHERE id = ?",
+                    (proven, first, first, last, last, batch_id),
+                )
         return len(checked.paths)
 
 

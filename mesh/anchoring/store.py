@@ -84,10 +84,22 @@ ANCHORING_SCHEMA = Schema(
             WHERE origin = 'kept' AND path IS NULL;
         """,
         # 3: record bodies move to segment files (`mesh.anchoring.recordlog`): a row
-        # with ``seg`` set holds an empty body and signature, read from (seg, off).
+        # with ``seg`` set holds an empty body and signature, read from (seg, off); a
+        # kept batch counts the records it proved (``held``, first and last seq held).
         """
         ALTER TABLE anchor_records ADD COLUMN seg INTEGER;
         ALTER TABLE anchor_records ADD COLUMN off INTEGER;
+        ALTER TABLE anchor_batches ADD COLUMN held INTEGER;
+        ALTER TABLE anchor_batches ADD COLUMN held_first INTEGER;
+        ALTER TABLE anchor_batches ADD COLUMN held_last INTEGER;
+        UPDATE anchor_batches SET
+            held = (SELECT COUNT(*) FROM anchor_records r
+                    WHERE r.batch = anchor_batches.id AND r.path IS NOT NULL),
+            held_first = (SELECT MIN(seq) FROM anchor_records r
+                          WHERE r.batch = anchor_batches.id AND r.path IS NOT NULL),
+            held_last = (SELECT MAX(seq) FROM anchor_records r
+                         WHERE r.batch = anchor_batches.id AND r.path IS NOT NULL)
+            WHERE origin = 'kept';
         CREATE TABLE anchor_segments (
             id INTEGER PRIMARY KEY,
             origin TEXT NOT NULL CHECK (origin IN ('own', 'kept')),
@@ -395,8 +407,7 @@ class AnchorStore:
         with self._store.read() as db:
             batch = self._get(db, batch_id)
             rows = db.execute(
-                "SELECT body, signature, seg, off FROM anchor_records WHERE batch = ?"
-                " ORDER BY seq",
+                "SELECT body, signature, seg, off FROM anchor_records WHERE batch = ? ORDER BY seq",
                 (batch_id,),
             ).fetchall()
         signed = [self._body(*row) for row in rows]
@@ -439,42 +450,48 @@ class AnchorStore:
             ]
 
     def streams(self) -> list[StreamSummary]:
-        """Every stream held, with its anchored (mined) seq ranges."""
+        """Every stream held, with its anchored (mined) seq ranges.
+
+        Read from the batches and the records not in one yet, never from every record,
+        so ``mesh proof --list`` costs the same after a year. A kept stream's ranges span
+        the seqs held of each batch a receipt proved (held seqs may have gaps inside:
+        a producer's stream interleaves its buyers).
+        """
         self.log.fold()
-        out: list[StreamSummary] = []
+        totals: dict[tuple[bytes, str, str], tuple[int, int, list[tuple[int, int]]]] = {}
+
+        def add(key: tuple[bytes, str, str], records: int, anchored: int) -> list[Any]:
+            count, proven, spans = totals.get(key, (0, 0, []))
+            totals[key] = (count + records, proven + anchored, spans)
+            return spans
+
         with self._store.read() as db:
-            groups = db.execute(
-                "SELECT agent, stream, origin, COUNT(*) FROM anchor_records"
-                " GROUP BY agent, stream, origin ORDER BY origin DESC, stream, agent"
-            ).fetchall()
-            for agent, stream, origin, count in groups:
+            batches = db.execute(
+                "SELECT agent, stream, origin, first_seq, last_seq, state, held,"
+                " held_first, held_last FROM anchor_batches ORDER BY first_seq"
+            )
+            for agent, stream, origin, first, last, state, held, held_first, held_last in batches:
+                key = (bytes(agent), str(stream), str(origin))
                 if origin == "own":
-                    spans = db.execute(
-                        "SELECT first_seq, last_seq FROM anchor_batches WHERE agent = ?"
-                        " AND stream = ? AND state = 'mined' ORDER BY first_seq",
-                        (agent, stream),
-                    ).fetchall()
-                    ranges = _ranges([(int(a), int(b)) for a, b in spans])
-                else:
-                    seqs = db.execute(
-                        "SELECT r.seq FROM anchor_records r JOIN anchor_batches b"
-                        " ON b.id = r.batch WHERE r.agent = ? AND r.stream = ?"
-                        " AND b.state = 'mined' AND r.path IS NOT NULL ORDER BY r.seq",
-                        (agent, stream),
-                    ).fetchall()
-                    ranges = _ranges([(int(s), int(s)) for (s,) in seqs])
-                anchored = sum(last - first + 1 for first, last in ranges)
-                out.append(
-                    StreamSummary(
-                        bytes(agent).hex(),
-                        str(stream),
-                        str(origin),
-                        int(count),
-                        ranges,
-                        int(count) - anchored,
-                    )
-                )
-        return out
+                    size = int(last) - int(first) + 1
+                    mined = state == "mined"
+                    spans = add(key, size, size if mined else 0)
+                    if mined:
+                        spans.append((int(first), int(last)))
+                elif held:
+                    add(key, int(held), int(held)).append((int(held_first), int(held_last)))
+            for agent, stream, origin, count in db.execute(
+                "SELECT agent, stream, origin, COUNT(*) FROM anchor_records"
+                " INDEXED BY anchor_records_by_batch WHERE batch IS NULL"
+                " GROUP BY agent, stream, origin"
+            ):
+                add((bytes(agent), str(stream), str(origin)), int(count), 0)
+        return [
+            StreamSummary(agent.hex(), stream, origin, count, _ranges(spans), count - proven)
+            for (agent, stream, origin), (count, proven, spans) in sorted(
+                totals.items(), key=lambda item: (item[0][2] != "own", item[0][1], item[0][0])
+            )
+        ]
 
     # ---------------------------------------------------------------- receipts
 

@@ -25,14 +25,21 @@ first until covered. Change below 1 sat is left to the fee. Fees come from the e
 bsv-sdk `SatoshisPerKilobyte` model of the given `Policy` (never the SDK default, which
 makes HTTP calls), with the policy's minimum.
 
+Running for months costs what the first day did: a sync asks the chain only about
+`watch_addresses` (change of a broadcast transaction is booked by `mark_broadcast`,
+never looked for), `prune` deletes spent history past a retention horizon, and the
+cache of derived keys is a bounded LRU.
+
 Wallet methods block on SQLite; from Trio call them through `trio.to_thread` and open
-the store with ``check_same_thread=False``. This module never broadcasts anything.
+the store with ``check_same_thread=False``. This module never broadcasts anything, and
+never deletes a coin that is available or reserved, nor a draft that is still pending.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +62,13 @@ from mesh.store import Schema, Store
 WALLET_PROTOCOL = "m2mesh wallet"
 WALLET_SECURITY_LEVEL = 2
 DUST_LIMIT = 1
+KEY_CACHE_SIZE = 256  # derived keys kept in memory, least recently used out first
+WATCH_WAITING = 16  # newest receive keys not seen funded: watched every pass
+WATCH_PENDING = 8  # change keys of built, unbroadcast drafts: watched every pass
+WATCH_SWEEP = 4  # older receive keys watched per pass, in turn
+SPENT_RETENTION = 24 * 3600.0
+"""How long `prune` keeps a spent coin by default: long past any block that could undo
+its spend."""
 
 WALLET_SCHEMA = Schema(
     "wallet",
@@ -91,6 +105,28 @@ WALLET_SCHEMA = Schema(
         """
         ALTER TABLE wallet_keys ADD COLUMN label TEXT;
         CREATE UNIQUE INDEX wallet_keys_by_label ON wallet_keys (label);
+        """,
+        # What the watch set and `prune` need, kept on the rows they read so that neither
+        # depends on history: a key's role, whether a coin to it was seen; a spend's time.
+        """
+        ALTER TABLE wallet_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'receive'
+            CHECK (role IN ('receive', 'change'));
+        ALTER TABLE wallet_keys ADD COLUMN funded INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE wallet_coins ADD COLUMN spent_at REAL;
+        UPDATE wallet_keys SET role = 'change'
+            WHERE idx IN (SELECT change_key FROM wallet_txs WHERE change_key IS NOT NULL);
+        UPDATE wallet_keys SET funded = 1 WHERE idx IN (SELECT key_idx FROM wallet_coins);
+        UPDATE wallet_coins
+            SET spent_at = (SELECT created_at FROM wallet_txs WHERE txid = spent_by)
+            WHERE state = 'spent';
+        CREATE INDEX wallet_keys_receiving ON wallet_keys (idx) WHERE role = 'receive';
+        CREATE INDEX wallet_keys_waiting ON wallet_keys (idx)
+            WHERE role = 'receive' AND funded = 0;
+        CREATE INDEX wallet_coins_by_key ON wallet_coins (key_idx);
+        CREATE INDEX wallet_txs_by_state ON wallet_txs (state, created_at);
+        CREATE INDEX wallet_txs_by_reservation ON wallet_txs (reservation);
+        CREATE INDEX wallet_coins_by_reservation ON wallet_coins (reservation)
+            WHERE reservation IS NOT NULL;
         """,
     ),
 )
@@ -173,7 +209,8 @@ class Wallet:
     ) -> None:
         self._store = store
         self._deriver = KeyDeriver(identity.key)
-        self._keys: dict[int, PrivateKey] = {}  # keys that have a row, by index
+        self._keys: OrderedDict[int, PrivateKey] = OrderedDict()  # keys with a row (LRU)
+        self._swept = -1  # the last receive key index the watch set's sweep visited
         self._fee_key: PrivateKey | None = None
         self.policy = policy or Policy()
         self._clock = clock
@@ -184,14 +221,15 @@ class Wallet:
     def private_key(self, index: int) -> PrivateKey:
         """The BRC-42 key number `index` (derived from the identity, cached): key id
         str(index), or the label of an adopted key."""
-        key = self._keys.get(index)
-        if key is not None:
-            return key
-        rows = self._store.query("SELECT label FROM wallet_keys WHERE idx = ?", (index,))
-        label = rows[0][0] if rows else None
-        key = self._derive(str(index) if label is None else str(label))
-        if rows:  # a key that has a row never changes; one without may still be adopted
-            self._keys[index] = key
+        key = self._keys.pop(index, None)  # (pop and put back: safe if another thread evicts)
+        if key is None:
+            rows = self._store.query("SELECT label FROM wallet_keys WHERE idx = ?", (index,))
+            key = self._derive(str(index) if not rows or rows[0][0] is None else str(rows[0][0]))
+            if not rows:  # a key that has a row never changes; one without may be adopted
+                return key
+        self._keys[index] = key
+        if len(self._keys) > KEY_CACHE_SIZE:
+            self._keys.popitem(last=False)
         return key
 
     def address(self, index: int) -> str:
@@ -202,12 +240,44 @@ class Wallet:
     def new_address(self) -> str:
         """Allocate the next key and return its address."""
         with self._store.write() as db:
-            return self._allocate_key(db)[1]
+            return self._allocate_key(db, "receive")[1]
 
     def addresses(self) -> list[str]:
-        """Every address handed out so far (adopted labelled keys included)."""
+        """Every address with a key row, oldest first: receive keys (adopted ones too) and
+        change keys `prune` left. Grows with history: a sync uses `watch_addresses`."""
         with self._store.read() as db:
             return [str(r[0]) for r in db.execute("SELECT address FROM wallet_keys ORDER BY idx")]
+
+    def watch_addresses(self) -> list[str]:
+        """The addresses a sync pass asks the chain about: a bounded set, however long
+        the history (empty only while there is no receive key).
+
+        The newest receive keys (`new_address`, `adopt`) not seen funded yet; the change
+        keys of built, unbroadcast drafts (one broadcast just before a crash is never
+        marked); and the next few older receive keys in turn -- each call moves this
+        sweep on -- so that a late or second payment to any receive key is found too.
+        """
+        with self._store.read() as db:
+            rows = db.execute(
+                "SELECT idx, address FROM wallet_keys WHERE role = 'receive' AND funded = 0"
+                " ORDER BY idx DESC LIMIT ?",
+                (WATCH_WAITING,),
+            ).fetchall()
+            rows += db.execute(
+                "SELECT k.idx, k.address FROM wallet_txs AS t"
+                " JOIN wallet_keys AS k ON k.idx = t.change_key"
+                " WHERE t.state = 'built' ORDER BY t.created_at DESC LIMIT ?",
+                (WATCH_PENDING,),
+            ).fetchall()
+            sweep = "SELECT idx, address FROM wallet_keys WHERE role = 'receive' AND idx {} ?"
+            sweep += " ORDER BY idx LIMIT ?"
+            swept = db.execute(sweep.format(">"), (self._swept, WATCH_SWEEP)).fetchall()
+            if len(swept) < WATCH_SWEEP:  # past the newest: on from the oldest
+                more = WATCH_SWEEP - len(swept)
+                swept += db.execute(sweep.format("<="), (self._swept, more)).fetchall()
+        if swept:
+            self._swept = int(swept[-1][0])
+        return list(dict.fromkeys(str(address) for _, address in rows + swept))
 
     def payout_address(self, label: str) -> str:
         """The address of the key labelled `label`: pure, no row is written and nothing
@@ -218,34 +288,28 @@ class Wallet:
     def adopt(self, label: str) -> int:
         """Make the key labelled `label` one of ours (its coins are looked for, taken by
         `add_utxos` and spendable); return its index. Idempotent."""
-        key = self._derive(_key_id(label))
+        key_id = _key_id(label)
         known = self._store.query("SELECT idx FROM wallet_keys WHERE label = ?", (label,))
         if known:  # (a close tried again: no write lock for nothing)
             return int(str(known[0][0]))
-        address: str = key.address()
-        script: bytes = P2PKH().lock(address).serialize()
         with self._store.write() as db:
             row = db.execute("SELECT idx FROM wallet_keys WHERE label = ?", (label,)).fetchone()
             if row is not None:
                 return int(row[0])
-            (last,) = db.execute("SELECT COALESCE(MAX(idx), -1) FROM wallet_keys").fetchone()
-            index = int(last) + 1
-            db.execute(
-                "INSERT INTO wallet_keys (idx, script, address, label) VALUES (?, ?, ?, ?)",
-                (index, script, address, label),
-            )
-        self._keys[index] = key
-        return index
+            return self._allocate_key(db, "receive", key_id)[0]
 
-    def _allocate_key(self, conn: sqlite3.Connection) -> tuple[int, str]:
+    def _allocate_key(
+        self, conn: sqlite3.Connection, role: str, label: str | None = None
+    ) -> tuple[int, str]:
+        # The next index after the newest row: `prune` never deletes the newest key, so
+        # no index (and no address) is ever handed out twice.
         (last,) = conn.execute("SELECT COALESCE(MAX(idx), -1) FROM wallet_keys").fetchone()
         index = int(last) + 1
-        key = self._derive(str(index))
-        address: str = key.address()
+        address: str = self._derive(str(index) if label is None else label).address()
         script: bytes = P2PKH().lock(address).serialize()
         conn.execute(
-            "INSERT INTO wallet_keys (idx, script, address) VALUES (?, ?, ?)",
-            (index, script, address),
+            "INSERT INTO wallet_keys (idx, script, address, role, label) VALUES (?, ?, ?, ?, ?)",
+            (index, script, address, role, label),
         )
         return index, address
 
@@ -267,17 +331,21 @@ class Wallet:
         """
         added = 0
         with self._store.write() as db:
-            keys = {bytes(s): int(i) for i, s in db.execute("SELECT idx, script FROM wallet_keys")}
             for utxo in utxos:
-                index = keys.get(utxo.script)
-                if index is None or utxo.satoshis <= 0:
+                if utxo.satoshis <= 0:
+                    continue
+                row = db.execute(
+                    "SELECT idx FROM wallet_keys WHERE script = ?", (bytes(utxo.script),)
+                ).fetchone()
+                if row is None:
                     continue
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO wallet_coins (txid, vout, satoshis, key_idx, state)"
                     " VALUES (?, ?, ?, ?, 'available')",
-                    (utxo.txid, utxo.vout, utxo.satoshis, index),
+                    (utxo.txid, utxo.vout, utxo.satoshis, int(row[0])),
                 )
                 added += cursor.rowcount
+                db.execute("UPDATE wallet_keys SET funded = 1 WHERE idx = ?", (int(row[0]),))
         return added
 
     def coins(self, state: str = "available") -> list[Coin]:
@@ -342,7 +410,7 @@ class Wallet:
                 " WHERE txid = ? AND vout = ? AND state = 'available'",
                 [(reservation, None if ttl is None else now + ttl, c.txid, c.vout) for c in chosen],
             )
-            change_key = self._allocate_key(db)[0] if change else None
+            change_key = self._allocate_key(db, "change")[0] if change else None
         try:
             tx = self._sign(chosen, outputs, change, change_key)
         except BaseException:
@@ -370,6 +438,7 @@ class Wallet:
 
     def mark_broadcast(self, txid: str) -> None:
         """The draft `txid` was broadcast: its coins are spent, its change is ours."""
+        now = self._clock()
         with self._store.write() as db:
             row = db.execute(
                 "SELECT reservation, state, change_vout, change_key, raw FROM wallet_txs"
@@ -384,9 +453,9 @@ class Wallet:
             if state != "built":
                 raise WalletError(f"wallet transaction {txid} is {state}, not built")
             db.execute(
-                "UPDATE wallet_coins SET state = 'spent', spent_by = ?, reserved_until = NULL"
-                " WHERE reservation = ? AND state = 'reserved'",
-                (txid, reservation),
+                "UPDATE wallet_coins SET state = 'spent', spent_by = ?, spent_at = ?,"
+                " reserved_until = NULL WHERE reservation = ? AND state = 'reserved'",
+                (txid, now, reservation),
             )
             if change_vout is not None:
                 tx = Transaction.from_hex(bytes(raw))
@@ -396,6 +465,7 @@ class Wallet:
                     " VALUES (?, ?, ?, ?, 'available')",
                     (txid, int(change_vout), value, int(change_key)),
                 )
+                db.execute("UPDATE wallet_keys SET funded = 1 WHERE idx = ?", (int(change_key),))
             db.execute("UPDATE wallet_txs SET state = 'broadcast' WHERE txid = ?", (txid,))
 
     def abandon(self, txid: str) -> None:
@@ -436,6 +506,41 @@ class Wallet:
                 ).fetchall()
             ]
             return sum(_free(db, reservation) for reservation in expired)
+
+    def prune(self, before: float | None = None) -> int:
+        """Delete what only history needs; return how many rows went.
+
+        Spent coins whose spend was recorded before `before` (wall-clock; by default now
+        less `SPENT_RETENTION`), the broadcast transactions that spent them, drafts
+        abandoned before `before`, and the change keys none of what stays needs (never
+        the newest key: the next index follows it). Available and reserved coins, built
+        drafts and receive keys always stay, so the balance is what it was.
+        """
+        cutoff = self._clock() - SPENT_RETENTION if before is None else before
+        with self._store.write() as db:
+            gone = db.execute(
+                "SELECT spent_by, key_idx FROM wallet_coins WHERE state = 'spent' AND spent_at < ?"
+                " UNION ALL SELECT txid, change_key FROM wallet_txs"
+                " WHERE state = 'abandoned' AND created_at < ?",
+                (cutoff, cutoff),
+            ).fetchall()
+            deleted = db.execute(
+                "DELETE FROM wallet_coins WHERE state = 'spent' AND spent_at < ?", (cutoff,)
+            ).rowcount
+            deleted += db.executemany(
+                "DELETE FROM wallet_txs WHERE txid = ? AND state IN ('broadcast', 'abandoned')",
+                [(txid,) for txid in {str(r[0]) for r in gone}],
+            ).rowcount
+            keys = {int(r[1]) for r in gone if r[1] is not None}
+            deleted += db.executemany(
+                "DELETE FROM wallet_keys WHERE idx = ?1 AND role = 'change'"
+                " AND idx < (SELECT MAX(idx) FROM wallet_keys)"
+                " AND NOT EXISTS (SELECT 1 FROM wallet_coins WHERE key_idx = ?1)"
+                " AND NOT EXISTS"
+                " (SELECT 1 FROM wallet_txs WHERE state = 'built' AND change_key = ?1)",
+                [(k,) for k in sorted(keys)],
+            ).rowcount
+        return int(deleted)
 
     # ---------------------------------------------------------------- internals
 

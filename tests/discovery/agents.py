@@ -51,7 +51,8 @@ class RunningAgent:
                  body: str, netns: str | None = None, funds: int = 0, *,
                  identity: Identity | None = None,
                  static_peers: Sequence[str] = (),
-                 data_dir: Path | None = None, site: str = "default") -> None:  # fmt: skip
+                 data_dir: Path | None = None, site: str = "default",
+                 capacity: int = 2_000_000) -> None:  # fmt: skip
         self.data = data_dir or root / name
         self.log_path = root / f"{name}.log" if data_dir else self.data / "agent.log"
         identity = identity or Identity.generate()
@@ -62,7 +63,7 @@ class RunningAgent:
         profile.write_text(
             f'[agent]\nname = "{name}"\nsite = "{site}"\nmailbox = "{mailbox}"\nheartbeat = 0.5\n'
             f'dead_after = 2.0\n\n[discovery]\ninterfaces = ["{interface}"]\nttl = 3\n'
-            f"static_peers = [{statics}]\n\n[channels]\ncapacity = 2000000\n{body}"
+            f"static_peers = [{statics}]\n\n[channels]\ncapacity = {capacity}\n{body}"
         )
         if funds:
             with Store(self.data / "agent.db") as store:
