@@ -4,6 +4,12 @@
 queries, and sends, rejects and runs database work for the parts built on it:
 `agents.settlement` (closing, releasing, refunds, the expiry watcher) and
 `agents.channels` (opening, paying, the frames, resuming after a restart).
+
+It also decides how long a channel's state stays in memory: an agent runs for months,
+so nothing held per channel may grow with the channels it ever had. A channel's
+state is released (`_release`, then `on_final`) once it is final and no longer among
+the `keep_final` most recent final channels, or when it was an unfunded proposal
+that expired; from then on the store answers for it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from mesh.chain.tx import p2pkh_script
 from mesh.chain.wallet import Wallet
 from mesh.channel.admission import Admission
 from mesh.channel.pays import fold_payments
-from mesh.channel.state import Payee, Payer, Record, Role
+from mesh.channel.state import FINAL_STATES, Payee, Payer, Record, Role, State
 from mesh.channel.store import ChannelStore
 from mesh.channel.txs import Terms
 from mesh.health import StorageHealth
@@ -38,6 +44,8 @@ from mesh.wire import ChannelAck, ChannelError, Frame
 
 log = logging.getLogger("agents.channels")
 T = TypeVar("T")
+UNFUNDED = frozenset({State.PROPOSED, State.REFUND_SIGNED})
+"""A payee's proposals that no coin backs yet: bounded and expiring (`Admission`)."""
 
 
 class ChannelBase:
@@ -70,6 +78,10 @@ class ChannelBase:
         self.on_ended: Callable[[bytes], None] | None = None
         """on_ended(channel_id): a channel we are paid on ended early (its funding is
         gone): deliver nothing more against it."""
+        self.on_final: Callable[[bytes], None] | None = None
+        """on_final(channel_id): the manager let go of a channel's state (final and
+        past `keep_final`, or an unfunded proposal forgotten): let go of whatever else
+        is kept per channel. Called once per channel, never for one still held."""
         self._channels = channels
         self._db = db_limiter
         self._ends: dict[bytes, Payer | Payee] = {}
@@ -83,6 +95,7 @@ class ChannelBase:
             db_limiter,
             gather=self.config.commit_gather,
             health=self.health,
+            committed=self._committed,
         )
         # A payer sends half a window at a time (at most 64): the payee verifies one
         # batch while the next is signed, and a batch costs one commit, one packet
@@ -103,6 +116,9 @@ class ChannelBase:
         self._funding_checked: dict[bytes, float] = {}  # channel id -> last check (Trio time)
         self._settling: set[bytes] = set()  # payee closes being recorded and broadcast now
         self._network: str | None = None  # our chain's network id, once asked
+        self._final: dict[bytes, None] = {}  # final channels held, in the order they ended
+        self._released = 0
+        self._compacted = 0
 
     # ------------------------------------------------------------------ queries
 
@@ -122,10 +138,13 @@ class ChannelBase:
             proposals_expired=admission.expired,
             peers_set_aside=admission.set_aside,
             fundings_lost=self._fundings_lost,
+            channels_released=self._released,
+            channels_compacted=self._compacted,
         )
 
     def records(self) -> list[tuple[Record, str]]:
-        """Every channel this manager holds, with its service."""
+        """Every channel this manager holds (the `keep_final` most recent final ones
+        among them), with its service."""
         return [(end.record(), self._service[cid]) for cid, end in self._ends.items()]
 
     def record(self, channel_id: bytes) -> Record:
@@ -142,7 +161,88 @@ class ChannelBase:
         end = self._ends.get(channel_id)
         return end if end is not None and end.record().peer_id == peer_id else None
 
+    # ------------------------------------------------------------------ retention
+
+    def _committed(self, records: list[Record]) -> None:
+        """After each commit (the database is ours): note the channels it made final
+        and release the oldest final ones beyond `keep_final`. One marked again for
+        the next commit stays until a later one: that commit reads its state."""
+        for record in records:
+            if record.state in FINAL_STATES:
+                self._final.setdefault(record.terms.channel_id)
+        excess = len(self._final) - self.config.keep_final
+        if excess <= 0:
+            return
+        for cid in list(self._final)[:excess]:
+            if not self._commits.marked(cid):
+                self._channels.forget_written(cid)
+                self._release(cid)
+
+    def _release(self, channel_id: bytes) -> None:
+        """Let go of everything held in memory for a channel (its row stays in the
+        store); `on_final` hears of it once. Nothing happens for one not held."""
+        if self._ends.pop(channel_id, None) is None:
+            return
+        self._final.pop(channel_id, None)
+        self._service.pop(channel_id, None)
+        self._funding.pop(channel_id, None)
+        self._funding_checked.pop(channel_id, None)
+        self._unconfirmed.discard(channel_id)
+        self.admission.settled(channel_id)
+        self._notify_ack(channel_id)  # (a waiter holds the end and sees it final)
+        self._released += 1
+        if self.on_final is not None:
+            self.on_final(channel_id)
+
+    async def _reused(self, channel_id: bytes, txid: str, vout: int) -> tuple[str, str] | None:
+        """Why an offered channel id or funding outpoint can never be served: held now,
+        or seen before in any state -- a released or compacted channel is still in the
+        store -- so a settled channel is never opened (nor its row overwritten) again."""
+        if channel_id in self._ends:
+            return "duplicate-channel", "channel id already in use"
+        seen = await self._thread(self._channels.seen, channel_id, txid, vout)
+        if seen is not None:
+            return "duplicate-channel", seen
+        if any(
+            (e.terms.funding_txid, e.terms.funding_vout) == (txid, vout)
+            for e in self._ends.values()
+        ):
+            return "duplicate-channel", "funding outpoint already in use"
+        return None
+
+    async def _forget_proposals(self) -> None:
+        """Delete unfunded proposals whose lifetime is over (memory and store), each at
+        most one lifetime late (one may arrive while nothing is pending)."""
+        lifetime = self.admission.limits.lifetime
+        while True:
+            await trio.sleep_until(
+                min(self.admission.next_deadline(), trio.current_time() + lifetime)
+            )
+            gone = [
+                cid
+                for cid in self.admission.expired(trio.current_time())
+                if cid in self._ends and self._ends[cid].state in UNFUNDED
+            ]
+            if not gone:
+                continue
+            for cid in gone:
+                self._release(cid)
+            await self._write(self._channels.forget_unfunded, gone)
+            log.info("forgot %d unfunded channel proposal(s)", len(gone))
+
     # ------------------------------------------------------------------ plumbing
+
+    async def _foreign(self, peer_id: str) -> tuple[str, str] | None:
+        """Why a peer's network is not ours (None when it is, or nobody says)."""
+        session = self.node.session(peer_id)
+        if session is None or not session.peer.network:
+            return None
+        if self._network is None:  # the chain's genesis never changes: ask once
+            self._network = await self.chain.network_id()
+        ours = self._network
+        if session.peer.network == ours:
+            return None
+        return "network", f"peer is on network {session.peer.network[:16]}…, we on {ours[:16]}…"
 
     async def _send(self, peer_id: str, frame: Frame) -> None:
         session = self.node.session(peer_id)
@@ -206,13 +306,10 @@ class ChannelBase:
 
     async def _holds(self, txid: str, vout: int, satoshis: int, script: bytes) -> bool:
         """Whether the chain shows the unspent output `txid:vout` of `satoshis` to `script`
-        (one of our wallet's P2PKH scripts)."""
-        addresses = await self._thread(self.wallet.addresses)  # (a read)
-        for address in addresses:
-            if p2pkh_script(address) == script:
-                coins = await self.chain.utxos(address)
-                return any((c.txid, c.vout, c.satoshis) == (txid, vout, satoshis) for c in coins)
-        return False
+        (one of our wallet's P2PKH scripts): one lookup, however many addresses the
+        wallet made (a payer makes one per channel, so a scan grew with every channel)."""
+        out = await self.chain.output(txid, vout)
+        return (out.state, out.satoshis, out.script) == (OutputState.UNSPENT, satoshis, script)
 
     def _new_payout(self) -> bytes:
         """A payer's payout: a fresh wallet key (opening is its own decision)."""
@@ -266,4 +363,4 @@ def funding_outpoint(terms: Terms) -> tuple[str, int]:
     return terms.funding_txid, terms.funding_vout
 
 
-__all__ = ["ChannelBase", "funding_outpoint", "funding_problem", "payout_label"]
+__all__ = ["UNFUNDED", "ChannelBase", "funding_outpoint", "funding_problem", "payout_label"]

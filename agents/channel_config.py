@@ -1,4 +1,5 @@
-"""Channel policy and the channel manager's public types (`agents.channels` re-exports them)."""
+"""Channel policy, the payee's checks of an offer against it, and the channel
+manager's public types (`agents.channels` re-exports them)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mesh.channel.admission import AdmissionLimits
+from mesh.channel.txs import is_p2pkh
 from mesh.errors import MeshError
+from mesh.wire import ChannelOpen
 
 PaidCallback = Callable[[bytes, str, str, int], None]
 """on_paid(channel_id, peer_id, service, total): a payee's durable new total."""
 AckedCallback = Callable[[bytes, int], None]
 """on_acked(channel_id, seq): the payer received the payee's ack up to `seq`."""
+MAX_LOCKTIME_HEIGHT = 500_000_000
+"""nLockTime values from here on are times, not heights: no refund can expire there."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,10 @@ class ChannelStatistics:
     proposals_expired: int = 0
     peers_set_aside: int = 0
     fundings_lost: int = 0
+    channels_released: int = 0
+    """Final channels (and forgotten proposals) whose in-memory state was released."""
+    channels_compacted: int = 0
+    """Settled channels cut to a tombstone in the store since start."""
 
 
 class ChannelFailure(MeshError):
@@ -65,13 +74,68 @@ class ChannelConfig:
     commit_gather: int = 16
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     """Bounds on unfunded proposals, and strikes before a peer is set aside."""
+    keep_final: int = 32
+    """How many final channels (closed, refunded, failed) stay in memory, the most
+    recent ones: `mesh status` lists them and a payee tells a reconnecting payer of
+    their close again. Older ones are released (`on_final`); their rows stay in the
+    store, which still refuses their ids and outpoints and answers a repeated close."""
+    keep_settled: float = 30 * 86400.0
+    """Seconds a final channel keeps its whole row in the store; then it is cut to a
+    tombstone (`ChannelStore.compact`, at start and every `compact_every` seconds)."""
+    compact_every: float = 3600.0
+    """Seconds between two compactions (a pass reads the payment journal, ≤ 1 MiB)."""
+
+
+def offer_problem(config: ChannelConfig, frame: ChannelOpen) -> tuple[str, str] | None:
+    """Why a payee refuses the terms of `frame` under `config` (code, reason), checked
+    before anything costs a lookup: terms no transaction can carry first, then the
+    bounds. None when they are acceptable."""
+    c = config
+    if len(frame.channel_id) != 32:
+        return "bad-terms", "channel id must be 32 bytes"
+    if not 0 < frame.capacity <= c.max_capacity:
+        return "capacity", f"capacity must be 1..{c.max_capacity}"
+    if not c.min_close_fee <= frame.close_fee <= c.max_fee:
+        return "fee", f"close fee must be {c.min_close_fee}..{c.max_fee}"
+    if not 0 <= frame.refund_fee <= c.max_fee or frame.close_fee >= frame.capacity:
+        return "fee", "fees out of range"
+    if frame.refund_fee >= frame.capacity:
+        return "fee", "the refund fee must be below the capacity"
+    if not is_p2pkh(frame.payer_payout) or not is_txid(frame.funding_txid):
+        return "bad-terms", "payout must be P2PKH and the funding txid 64 hex digits"
+    if not 0 <= frame.funding_vout <= 0xFFFFFFFF:
+        return "bad-terms", "funding vout must fit in 32 bits"
+    if frame.expiry_height >= MAX_LOCKTIME_HEIGHT:
+        return "expiry", f"expiry {frame.expiry_height} is not a block height"
+    return None
+
+
+def expiry_problem(
+    config: ChannelConfig, frame: ChannelOpen, height: int
+) -> tuple[str, str] | None:
+    """Why the expiry of `frame` is too soon at chain height `height` (None: it is not)."""
+    if frame.expiry_height < height + config.min_lifetime_blocks:
+        return "expiry", f"expiry {frame.expiry_height} is too soon (height {height})"
+    return None
+
+
+def is_txid(text: str) -> bool:
+    """Whether `text` is a txid: 64 hex digits."""
+    try:
+        return len(text) == 64 and len(bytes.fromhex(text)) == 32
+    except ValueError:
+        return False
 
 
 __all__ = [
+    "MAX_LOCKTIME_HEIGHT",
     "AckedCallback",
     "ChannelConfig",
     "ChannelFailure",
     "ChannelStatistics",
     "FundingRefused",
     "PaidCallback",
+    "expiry_problem",
+    "is_txid",
+    "offer_problem",
 ]

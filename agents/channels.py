@@ -30,7 +30,7 @@ import secrets
 
 import trio
 
-from agents.channel_base import funding_outpoint, funding_problem
+from agents.channel_base import UNFUNDED, funding_outpoint, funding_problem
 from agents.channel_config import (
     AckedCallback,
     ChannelConfig,
@@ -38,6 +38,9 @@ from agents.channel_config import (
     ChannelStatistics,
     FundingRefused,
     PaidCallback,
+    expiry_problem,
+    is_txid,
+    offer_problem,
 )
 from agents.settlement import ChannelSettlement, close_request
 from mesh.chain.errors import ChainError, ChainUnavailable, TxRejected
@@ -53,7 +56,7 @@ from mesh.channel.state import (
     Role,
     State,
 )
-from mesh.channel.txs import Terms, is_p2pkh, multisig_script
+from mesh.channel.txs import Terms, multisig_script
 from mesh.health import STORAGE_ERRORS, describe
 from mesh.identity import parse_peer_id
 from mesh.wire import (
@@ -83,16 +86,13 @@ CHANNEL_FRAMES = (
     ChannelClosed,
     ChannelError,
 )
-UNFUNDED = frozenset({State.PROPOSED, State.REFUND_SIGNED})
-"""A payee's proposals that no coin backs yet: bounded and expiring (`Admission`)."""
 FUNDING_REFUSALS = frozenset({"funding", "not-open", "unknown-channel"})
 """A payee's answers to `ChannelFunded` that no resend can change: the funding is not
-acceptable in its chain view, or it holds the channel no longer (failed, forgotten).
+acceptable in its chain view, or it holds the channel no longer (failed, forgotten,
+released: `agents.channel_base`).
 (A chain that did not answer it is ``chain-unavailable``: the funding is offered again.)"""
 REFUSAL_CHARS = 240
 """How much of a payee's refusal a payer keeps (the peer's text, stored and shown)."""
-MAX_LOCKTIME_HEIGHT = 500_000_000
-"""nLockTime values from here on are times, not heights: no refund can expire there."""
 
 
 class ChannelManager(ChannelSettlement):
@@ -103,12 +103,14 @@ class ChannelManager(ChannelSettlement):
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the committer, reload stored channels, then watch expiry."""
+        """Run the committer, reload stored channels, then watch expiry, forget
+        expired proposals and compact settled channels."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._commits.run)
             await self._reload()
             nursery.start_soon(self._watcher)
             nursery.start_soon(self._forget_proposals)
+            nursery.start_soon(self._compact_settled)
             task_status.started()
 
     async def _reload(self) -> None:
@@ -116,7 +118,7 @@ class ChannelManager(ChannelSettlement):
         # storing the channel or while failing it -- left coins reserved that nothing
         # else would release. A failed channel's funding never went out.
         for reservation in await self._thread(self.wallet.reservations):
-            if not _is_txid(reservation):  # not a channel's id
+            if not is_txid(reservation):  # not a channel's id
                 continue
             state = await self._thread(self._channels.state_of, bytes.fromhex(reservation))
             if state is None or state is State.FAILED:
@@ -164,23 +166,6 @@ class ChannelManager(ChannelSettlement):
                     raw = end.closing_tx()
                     await self._write(functools.partial(self._channels.save_raw, cid, close=raw))
                 await self._finish_close(end, raw)
-
-    async def _forget_proposals(self) -> None:
-        """Delete unfunded proposals whose lifetime is over (memory and store)."""
-        while True:
-            await trio.sleep_until(min(self.admission.next_deadline(), trio.current_time() + 60))
-            gone = [
-                cid
-                for cid in self.admission.expired(trio.current_time())
-                if cid in self._ends and self._ends[cid].state in UNFUNDED
-            ]
-            if not gone:
-                continue
-            for cid in gone:
-                del self._ends[cid]
-                self._service.pop(cid, None)
-            await self._write(self._channels.forget_unfunded, gone)
-            log.info("forgot %d unfunded channel proposal(s)", len(gone))
 
     # ------------------------------------------------------------------ payer side
 
@@ -280,7 +265,7 @@ class ChannelManager(ChannelSettlement):
                 await self._commits.flush(channel_id)
                 await self._write(self.wallet.abandon, funding_txid)
             return  # funded: the refund (or a later close) settles it
-        self._ends.pop(channel_id, None)
+        self._release(channel_id)
         await self._write(self.wallet.release, channel_id.hex())
 
     async def _broadcast_funding(self, payer: Payer) -> None:
@@ -406,27 +391,13 @@ class ChannelManager(ChannelSettlement):
         # Terms no transaction can carry first (each named), then the bounds, then what
         # costs a lookup: the height, the ids in use, the store.
         if problem is None:
-            problem = self._check_terms(frame)
+            problem = offer_problem(self.config, frame)
         if problem is None:
             problem = self.admission.check(peer_id, trio.current_time())
         if problem is None:
-            problem = self._check_expiry(frame, await self.chain.height())
-        if problem is None and cid in self._ends:
-            problem = ("duplicate-channel", "channel id already in use")
+            problem = expiry_problem(self.config, frame, await self.chain.height())
         if problem is None:
-            # An id or outpoint seen before, in any state: a settled channel is never
-            # opened (nor its row overwritten) again.
-            seen = await self._thread(
-                self._channels.seen, cid, frame.funding_txid, frame.funding_vout
-            )
-            if seen is not None:
-                problem = ("duplicate-channel", seen)
-        if problem is None and any(
-            (end.terms.funding_txid, end.terms.funding_vout)
-            == (frame.funding_txid, frame.funding_vout)
-            for end in self._ends.values()
-        ):
-            problem = ("duplicate-channel", "funding outpoint already in use")
+            problem = await self._reused(cid, frame.funding_txid, frame.funding_vout)
         if problem is not None:
             await self._reject(peer_id, cid, *problem)
             return
@@ -459,43 +430,6 @@ class ChannelManager(ChannelSettlement):
         self.admission.add(peer_id, cid, trio.current_time())
         await self._commits.flush(cid)
         await self._send(peer_id, ChannelRefundSigned(cid, signature, payee_payout))
-
-    async def _foreign(self, peer_id: str) -> tuple[str, str] | None:
-        """Why a peer's network is not ours (None when it is, or nobody says)."""
-        session = self.node.session(peer_id)
-        if session is None or not session.peer.network:
-            return None
-        if self._network is None:  # the chain's genesis never changes: ask once
-            self._network = await self.chain.network_id()
-        ours = self._network
-        if session.peer.network == ours:
-            return None
-        return "network", f"peer is on network {session.peer.network[:16]}…, we on {ours[:16]}…"
-
-    def _check_terms(self, frame: ChannelOpen) -> tuple[str, str] | None:
-        c = self.config
-        if len(frame.channel_id) != 32:
-            return "bad-terms", "channel id must be 32 bytes"
-        if not 0 < frame.capacity <= c.max_capacity:
-            return "capacity", f"capacity must be 1..{c.max_capacity}"
-        if not c.min_close_fee <= frame.close_fee <= c.max_fee:
-            return "fee", f"close fee must be {c.min_close_fee}..{c.max_fee}"
-        if not 0 <= frame.refund_fee <= c.max_fee or frame.close_fee >= frame.capacity:
-            return "fee", "fees out of range"
-        if frame.refund_fee >= frame.capacity:
-            return "fee", "the refund fee must be below the capacity"
-        if not is_p2pkh(frame.payer_payout) or not _is_txid(frame.funding_txid):
-            return "bad-terms", "payout must be P2PKH and the funding txid 64 hex digits"
-        if not 0 <= frame.funding_vout <= 0xFFFFFFFF:
-            return "bad-terms", "funding vout must fit in 32 bits"
-        if frame.expiry_height >= MAX_LOCKTIME_HEIGHT:
-            return "expiry", f"expiry {frame.expiry_height} is not a block height"
-        return None
-
-    def _check_expiry(self, frame: ChannelOpen, height: int) -> tuple[str, str] | None:
-        if frame.expiry_height < height + self.config.min_lifetime_blocks:
-            return "expiry", f"expiry {frame.expiry_height} is too soon (height {height})"
-        return None
 
     async def _on_funded(self, peer_id: str, frame: ChannelFunded) -> None:
         cid = frame.channel_id
@@ -643,13 +577,6 @@ class ChannelManager(ChannelSettlement):
 
 def _window_full(record: Record, window: int) -> bool:
     return record.seq - record.acked_seq >= window
-
-
-def _is_txid(text: str) -> bool:
-    try:
-        return len(text) == 64 and len(bytes.fromhex(text)) == 32
-    except ValueError:
-        return False
 
 
 def _describe(frame: Frame) -> str:

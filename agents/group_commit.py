@@ -47,6 +47,9 @@ Acknowledge = Callable[[Record, str, bool], Frame | None]
 """acknowledge(record, service, reack): the ack the durable `record` allows, if any."""
 SendMany = Callable[[str, list[Frame]], Awaitable[None]]
 """send_many(peer_id, frames): best effort, in order, as one packet where possible."""
+Committed = Callable[[list[Record]], None]
+"""committed(records): these records are durable now (called once per commit, after
+its acknowledgements were made and before its frames go out; the database is held)."""
 
 
 @dataclass
@@ -73,11 +76,13 @@ class GroupCommit:
         *,
         gather: int = 16,
         health: StorageHealth | None = None,
+        committed: Committed | None = None,
     ) -> None:
         """`current(channel_id)` is a channel's record and service now; `db` serialises
         every use of the SQLite connection (capacity 1); failed saves are reported to
-        `health` (as component ``channels``)."""
+        `health` (as component ``channels``); `committed` hears of every batch written."""
         self._current = current
+        self._on_committed = committed
         self._save = save
         self._acknowledge = acknowledge
         self._send_many = send_many
@@ -113,6 +118,10 @@ class GroupCommit:
     def send_after_commit(self, peer_id: str, frame: Frame) -> None:
         """Send `frame` right after the next commit (a state must be durable first)."""
         self._outbox.append((peer_id, frame))
+
+    def marked(self, channel_id: bytes) -> bool:
+        """Whether `channel_id` waits to be written by the next commit."""
+        return channel_id in self._dirty
 
     def waiting(self) -> int:
         """How many frames wait for the next commit."""
@@ -220,6 +229,8 @@ class GroupCommit:
             if ack is not None:
                 outbox.append((record.peer_id, ack))
                 counters.acks_sent += 1
+        if self._on_committed is not None:
+            self._on_committed([record for record, _ in batch])
         by_peer: dict[str, list[Frame]] = {}
         for peer_id, frame in outbox:
             by_peer.setdefault(peer_id, []).append(frame)

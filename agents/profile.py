@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mesh.anchoring.retention import Keep, RetentionPolicy
 from mesh.channel.admission import AdmissionLimits
 from mesh.discovery.table import parse_static
 from mesh.errors import MeshError
@@ -76,6 +77,17 @@ class WantSpec:
 
 
 @dataclass(frozen=True)
+class RetentionSpec:
+    """The profile's ``[retention]``: how long what is settled stays in the stores."""
+
+    records: RetentionPolicy = field(default_factory=RetentionPolicy)
+    channels_days: float = 30.0
+    wallet_days: float = 1.0
+    interval: float = 3600.0
+    """Seconds between two retention passes."""
+
+
+@dataclass(frozen=True)
 class Profile:
     """A validated agent profile."""
 
@@ -100,6 +112,7 @@ class Profile:
     anchor_seconds: float = 10.0
     receipt_interval: float = 2.0
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    retention: RetentionSpec = field(default_factory=lambda: RetentionSpec())
     extra: dict[str, Any] = field(default_factory=dict)
 
     def service(self, service_id: str) -> ServiceSpec | None:
@@ -178,6 +191,31 @@ def _admission(channels: _Table) -> AdmissionLimits:
     strikes = channels.get("strikes", int, d.max_strikes, check=_positive)
     backoff = channels.get("set_aside", float, d.backoff, check=_positive)
     return AdmissionLimits(per_peer, total, lifetime, strikes, backoff, max(backoff, d.max_backoff))
+
+
+def _retention(section: _Table) -> RetentionSpec:
+    """How long anchored records, settled channels and spent coins stay in the stores
+    (`mesh.anchoring.retention`); records past it go to ``DATA_DIR/archive``."""
+    d = RetentionSpec()
+    streams = section.table("streams")
+    per_stream = {
+        name: Keep(streams.get(name, float, check=_non_negative)) for name in streams.data
+    }
+    online_mb = section.get("online_mb", float, 0.0, check=_non_negative)
+    records = RetentionPolicy(
+        default=Keep(section.get("days", float, 30.0, check=_non_negative)),
+        streams=per_stream,
+        online_mb=online_mb or None,
+        archive=section.get("archive", bool, True),
+    )
+    spec = RetentionSpec(
+        records=records,
+        channels_days=section.get("channels_days", float, d.channels_days, check=_non_negative),
+        wallet_days=section.get("wallet_days", float, d.wallet_days, check=_non_negative),
+        interval=section.get("interval", float, d.interval, check=_positive),
+    )
+    streams.done()
+    return spec
 
 
 def _positive(value: float) -> str | None:
@@ -261,6 +299,8 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
     discovery = top.table("discovery")
     channels = top.table("channels")
     anchoring = top.table("anchoring")
+    kept = top.table("retention")
+    retention = _retention(kept)
     services = [
         _service(path, f"services[{i}]", item)
         for i, item in enumerate(top.get("services", list, []))
@@ -292,8 +332,9 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         receipt_interval=anchoring.get("receipts", float, 2.0, check=_positive),
         services=tuple(services),
         wants=tuple(wants),
+        retention=retention,
     )
-    for section in (agent, discovery, channels, anchoring, top):
+    for section in (agent, discovery, channels, anchoring, kept, top):
         section.done()
     for i, peer in enumerate(profile.static_peers):
         try:

@@ -6,9 +6,12 @@
     mesh verify PROOF [--ledger FILE | --headers FILE]
 
 `proof` reads the agent store ``DIR/agent.db`` (a running agent may keep writing to
-it): one record's proof as JSON (`mesh.anchoring.proof` documents every field), or
-the streams it holds with their anchored seq ranges. ``--agent`` picks whose record
-when the store holds the same stream of several agents (a buyer's kept records).
+it) and the archive files in ``DIR/archive/`` that retention moved old anchored
+records to (`mesh.anchoring.cold`): one record's proof as JSON (`mesh.anchoring.proof`
+documents every field), from the store or else the archive; or the streams held with
+their anchored seq ranges (``anchored``: in the store, ``archived``: in archive files).
+``--agent`` picks whose record when the same stream of several agents is held (a
+buyer's kept records).
 ``--export-headers`` writes a ledger's header chain as a headers file
 (`mesh.anchoring.headers`) for verifiers that do not have the ledger.
 
@@ -24,13 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from agents.ledger_cli import DEFAULT_LEDGER
-from mesh.anchoring.errors import AnchoringError, ProofFailed
+from mesh.anchoring.cold import ARCHIVE_DIR, ColdArchive
+from mesh.anchoring.errors import AnchoringError, ProofFailed, RecordNotFound
 from mesh.anchoring.headers import HeaderChain, write_headers
-from mesh.anchoring.proof import load_proof, verify_proof
+from mesh.anchoring.proof import Proof, load_proof, verify_proof
 from mesh.anchoring.store import ANCHORING_SCHEMA, AnchorStore
 from mesh.chain.errors import LedgerError
 from mesh.chain.ledger import LocalLedger
@@ -47,17 +53,76 @@ def _iso(seconds: float, timespec: str = "seconds") -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
-def _open_records(data_dir: Path | None) -> tuple[Store, AnchorStore]:
+class _Records:
+    """Where `mesh proof` finds records: the agent store first, then the archive files."""
+
+    def __init__(self, store: AnchorStore | None, archive: ColdArchive | None) -> None:
+        self.store = store
+        self.archive = archive
+
+    def agents_for(self, stream: str) -> list[bytes]:
+        """Whose records of `stream` are held, in the store or archived."""
+        found = [] if self.store is None else self.store.agents_for(stream)
+        archived = [] if self.archive is None else self.archive.agents_for(stream)
+        return found + [a for a in archived if a not in found]
+
+    def proof(self, agent: bytes, stream: str, seq: int) -> Proof:
+        """The store's proof of a record, else the archive's (retention moved it)."""
+        missing = RecordNotFound(f"no record {stream}/{seq} of agent {agent.hex()}")
+        if self.store is not None:
+            try:
+                return self.store.proof(agent, stream, seq)
+            except RecordNotFound as exc:
+                missing = exc
+        if self.archive is not None:
+            try:
+                return self.archive.proof(agent, stream, seq)
+            except RecordNotFound:
+                pass
+        raise missing
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Per (agent, stream, origin): the store's summary, and the archived ranges."""
+        rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for s in [] if self.store is None else self.store.streams():
+            rows[(s.agent, s.stream, s.origin)] = s.to_json() | {
+                "archived": [],
+                "archived_records": 0,
+            }
+        for a in [] if self.archive is None else self.archive.streams():
+            row = rows.setdefault(
+                (a.agent, a.stream, a.origin),
+                {
+                    "agent": a.agent,
+                    "stream": a.stream,
+                    "origin": a.origin,
+                    "records": 0,
+                    "anchored": [],
+                    "unanchored": 0,
+                },
+            )
+            row["archived"] = [list(r) for r in a.anchored]
+            row["archived_records"] = a.records
+        ordered = sorted(rows.values(), key=lambda r: (r["stream"], r["agent"]))
+        return sorted(ordered, key=lambda r: str(r["origin"]), reverse=True)  # own first
+
+
+def _open_records(data_dir: Path | None, stack: ExitStack) -> _Records:
     if data_dir is None:
         raise ProofCliError("--data-dir DIR is required (the agent's data directory)")
+    archive_dir = data_dir / ARCHIVE_DIR
+    archive = ColdArchive(archive_dir) if archive_dir.is_dir() else None
     path = data_dir / "agent.db"
     if not path.is_file():
-        raise ProofCliError(f"{path}: no agent store here (is --data-dir an agent's data dir?)")
-    store = Store(path)
+        if archive is None:
+            raise ProofCliError(f"{path}: no agent store here (is --data-dir an agent's data dir?)")
+        return _Records(None, archive)
+    store = stack.enter_context(Store(path))
     if store.version(ANCHORING_SCHEMA.component) == 0:
-        store.close()
-        raise ProofCliError(f"{data_dir}: this agent has logged no records")
-    return store, AnchorStore(store)
+        if archive is None:
+            raise ProofCliError(f"{data_dir}: this agent has logged no records")
+        return _Records(None, archive)
+    return _Records(AnchorStore(store), archive)
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
@@ -71,11 +136,10 @@ def cmd_proof(args: argparse.Namespace) -> int:
             raise ProofCliError(f"--ledger {ledger_path}: {exc}") from None
         print(f"wrote {args.export_headers}: headers 0..{tip} of {ledger_path}", file=sys.stderr)
         return 0
-    store, records = _open_records(args.data_dir)
-    with store:
+    with ExitStack() as stack:
+        records = _open_records(args.data_dir, stack)
         if args.list:
-            streams = [s.to_json() for s in records.streams()]
-            print(json.dumps({"streams": streams}, indent=1))
+            print(json.dumps({"streams": records.listing()}, indent=1))
             return 0
         if args.stream is None or args.seq is None:
             raise ProofCliError("give --stream S and --seq N (or --list)")
@@ -142,15 +206,18 @@ def add_proof_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "proof",
         help="export a proof that a record was anchored, or list anchored streams",
         description="Export the proof that a record an agent logged was anchored on the "
-        "ledger (--stream S --seq N, as JSON), list the streams in an agent's store with "
-        "their anchored seq ranges (--list), or write a ledger's header chain for "
-        "verifiers that do not have the ledger (--export-headers FILE). A running agent "
-        "may keep writing meanwhile.",
+        "ledger (--stream S --seq N, as JSON; from the agent's store, or from the archive "
+        "files in DIR/archive/ once retention moved it there), list the streams held with "
+        "their anchored seq ranges, in the store and archived (--list), or write a "
+        "ledger's header chain for verifiers that do not have the ledger (--export-headers "
+        "FILE). A running agent may keep writing meanwhile.",
     )
     proof.add_argument("--data-dir", type=Path, help="the agent's data directory")
     mode = proof.add_mutually_exclusive_group(required=True)
     mode.add_argument("--seq", type=int, help="the record's seq (with --stream)")
-    mode.add_argument("--list", action="store_true", help="print streams and anchored ranges")
+    mode.add_argument(
+        "--list", action="store_true", help="print streams and their anchored and archived ranges"
+    )
     mode.add_argument(
         "--export-headers", type=Path, metavar="FILE", help="write a ledger's headers file"
     )

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from agents.channels import ChannelConfig, ChannelFailure, ChannelManager, FundingRefused
+from agents.buying import RECENT_ORDERS, Purchases, WantProgress
+from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
 from agents.control import serve_control
 from agents.profile import KINDS, Profile, ProfileError, WantSpec
 from agents.receipts import Archive, ReceiptExchange
-from agents.services.orders import Buyer, OrderResult, Provider, statement
+from agents.services.orders import Buyer, OrderResult, Provider
 from agents.services.standing import SellerStanding
 from agents.services.vendor import Handler, HandlerError, resolve
 from mesh.anchoring import (
@@ -42,6 +43,8 @@ from mesh.anchoring import (
     AnchoringError,
     BatchPolicy,
 )
+from mesh.anchoring.cold import ColdArchiveError
+from mesh.anchoring.retention import Retention
 from mesh.chain.local import LocalChain
 from mesh.chain.wallet import Wallet
 from mesh.channel.state import Role, State
@@ -63,16 +66,6 @@ MINED_WAIT_SECONDS = 3.0
 """At shutdown, how long to wait for the last anchors to be mined."""
 
 
-def parse_offer(summary: str, service: str) -> int | None:
-    """The price of `service` in an mDNS ``svc`` summary (``id=price/unit,...``)."""
-    for item in summary.split(","):
-        sid, _, rest = item.partition("=")
-        if sid.strip() == service:
-            price = rest.split("/", 1)[0].strip()
-            return int(price) if price.isdigit() else None
-    return None
-
-
 def _confirm(table: PeerTable, mailbox: str, info: PeerInfo) -> None:
     """Record in the table that a handshake proved `info`'s peer at `mailbox`."""
     table.confirm(
@@ -82,32 +75,6 @@ def _confirm(table: PeerTable, mailbox: str, info: PeerInfo) -> None:
         name=info.profile.name,
         services=",".join(info.profile.services),
     )
-
-
-RECENT_ORDERS = 16
-"""Finished orders a want remembers (for status); older ones live on only in its
-totals and in the signed meter statements."""
-
-
-@dataclass
-class WantProgress:
-    """How one of the profile's wants is going: totals over every order however it
-    ended, and the last few orders. ``state`` is looking, buying, done (every unit
-    bought), budget spent, or stopped."""
-
-    want: WantSpec
-    delivered: int = 0
-    paid: int = 0
-    placed: int = 0
-    orders: deque[OrderResult] = field(default_factory=lambda: deque(maxlen=RECENT_ORDERS))
-    state: str = "looking"
-
-    def count(self, result: OrderResult) -> None:
-        """Add a finished order to the totals."""
-        self.placed += 1
-        self.delivered += result.delivered
-        self.paid += result.paid
-        self.orders.append(result)
 
 
 class Agent:
@@ -136,6 +103,7 @@ class Agent:
         self.identity: Identity | None = None
         self.anchorer: Anchorer | None = None
         self.receipts: ReceiptExchange | None = None
+        self.purchases: Purchases | None = None
         self.wants = [WantProgress(w) for w in profile.wants]
         self._table: PeerTable | None = None
         self._discovery: Discovery | None = None
@@ -214,12 +182,17 @@ class Agent:
                     self.wallet,
                     channels,
                     self._db,
-                    ChannelConfig(window=profile.window, admission=profile.admission),
+                    ChannelConfig(
+                        window=profile.window,
+                        admission=profile.admission,
+                        keep_settled=profile.retention.channels_days * 86_400,
+                    ),
                     on_paid=self.provider.on_paid,
                     health=self.storage,
                 )
                 self.manager.on_ended = self.provider.channel_ended
                 self.buyer = Buyer(self._send, self._pay)
+                self.manager.on_final = self._channel_final
                 await self._sync_wallet(chain)
                 await nursery.start(self.manager.run)
                 self.anchorer = Anchorer(
@@ -246,14 +219,26 @@ class Agent:
                 self.provider.log_record = self._log_record
                 self.buyer.keep_record = archive.keep_signed
                 nursery.start_soon(self._keep_wallet_synced, chain)
+                nursery.start_soon(self._keep_retention, store)
                 nursery.start_soon(node.serve, self._dispatch)
                 self._table = discovery.table
                 self._discovery = discovery
                 nursery.start_soon(self._watch_sessions, sessions, discovery.table)
                 nursery.start_soon(self._connector, node, discovery.table)
                 await nursery.start(serve_control, self.data_dir / "control.sock", self.control)
+                self.purchases = Purchases(
+                    profile,
+                    self.manager,
+                    self.buyer,
+                    node,
+                    lambda: self._table,
+                    self._log_record,
+                    self._close_quietly,
+                    self._standing,
+                    self._buying_stop,
+                )
                 for progress in self.wants:
-                    nursery.start_soon(self._buy, progress, discovery.table)
+                    nursery.start_soon(self.purchases.want, progress)
                 task_status.started()
                 log.info("%s up: %s at %s", profile.name, identity.peer_id[:16], node.address)
                 await self._stop.wait()
@@ -329,22 +314,60 @@ class Agent:
                 await trio.to_thread.run_sync(wallet.add_utxos, coins, limiter=self._db)
 
     async def _keep_wallet_synced(self, chain: LocalChain) -> None:
-        """Sync the wallet every 5 s and prune its spent history hourly -- never soon
-        after a start, while the anchorer and the channels finish what a stop left."""
-        assert self.wallet is not None
-        wallet = self.wallet
-        prune_at = trio.current_time() + 3600.0
+        """Sync the wallet every 5 s (its history is pruned by `_keep_retention`)."""
         while True:
             await trio.sleep(5.0)
             try:
                 await self._sync_wallet(chain)
-                if trio.current_time() >= prune_at:
-                    await trio.to_thread.run_sync(wallet.prune, limiter=self._db)
-                    prune_at = trio.current_time() + 3600.0
             except STORAGE_ERRORS as exc:  # the coins are added at a later pass
                 self.storage.fault("wallet", exc)
             else:
                 self.storage.ok("wallet")
+
+    async def _keep_retention(self, store: Store) -> None:
+        """Every ``[retention] interval``: anchored records past their days (or above
+        ``online_mb``) go to the archive, spent wallet rows past ``wallet_days`` go.
+        The first pass waits one interval, while the anchorer and the channels finish
+        what a stop left. A failure to write is a storage fault like any other."""
+        spec = self.profile.retention
+        retention = Retention(store, spec.records)
+        assert self.wallet is not None
+        wallet = self.wallet
+        while True:
+            await trio.sleep(spec.interval)
+            try:
+                moved = 0
+                while True:  # a pass moves at most PASS_BATCHES batches: catch up
+                    done = await trio.to_thread.run_sync(
+                        retention.run_once, time.time(), limiter=self._db
+                    )
+                    moved += done.records
+                    if not done.moved:
+                        break
+                before = time.time() - spec.wallet_days * 86_400
+                pruned = await trio.to_thread.run_sync(wallet.prune, before, limiter=self._db)
+            except STORAGE_ERRORS as exc:
+                self.storage.fault("retention", exc)
+                continue
+            except ColdArchiveError as exc:  # a batch that does not hold together: stays
+                log.warning("retention: %s", exc)
+                continue
+            self.storage.ok("retention")
+            if moved or pruned:
+                log.info(
+                    "retention: %d record(s) to %s, %d wallet row(s) pruned; store %.1f MB",
+                    moved,
+                    "the archive" if spec.records.archive else "nowhere (archive = false)",
+                    pruned,
+                    done.store_bytes / 1e6,
+                )
+
+    def _channel_final(self, channel_id: bytes) -> None:
+        """The manager let a settled channel go: so do the meters on it."""
+        if self.provider is not None:
+            self.provider.channel_final(channel_id)
+        if self.buyer is not None:
+            self.buyer.channel_final(channel_id)
 
     async def _dispatch(self, peer_id: str, frame: Frame) -> None:
         assert self.manager and self.provider and self.buyer and self.receipts
@@ -456,125 +479,6 @@ class Agent:
                 return None
         return "unknown channel"
 
-    # ------------------------------------------------------------------ buying
-
-    async def _buy(self, progress: WantProgress, table: Any, peer: str | None = None) -> None:
-        want = progress.want
-        assert self.manager and self.buyer and self.node
-        while not self._buying_stop.is_set() and progress.delivered < want.units:
-            offer = self._best_offer(want, peer)
-            if offer is None:
-                with trio.move_on_after(0.5):
-                    await self._buying_stop.wait()
-                continue
-            provider, price = offer
-            budget = want.budget - progress.paid
-            if budget < price:  # not one more unit: the want ends here, and says so
-                log.info("want %s: budget spent (%d sat paid)", want.service, progress.paid)
-                progress.state = "budget spent"
-                return
-            progress.state = "buying"
-            try:
-                need = min(budget, (want.units - progress.delivered) * price)
-                channel_id, room = await self._channel_for(provider, want.service, price, need)
-                remaining = replace(
-                    want, units=want.units - progress.delivered, budget=min(budget, room)
-                )
-                result = await self.buyer.buy(
-                    provider, remaining, price, channel_id, stop=self._buying_stop
-                )
-            except (ChannelFailure, MeshError) as exc:
-                log.warning("buying %s from %s failed: %s", want.service, provider[:16], exc)
-                # A payee that refused our funding locked our coins until the expiry:
-                # never fund it again soon. Any other failure: a short back-off.
-                fault = "funding" if isinstance(exc, FundingRefused) else "refused"
-                self._standing.judge(provider, fault, trio.current_time())
-                progress.state = "looking"
-                with trio.move_on_after(1.0):
-                    await self._buying_stop.wait()
-                continue
-            progress.count(result)
-            aside = self._standing.judge(provider, result.fault, trio.current_time())
-            if aside is not None:
-                log.warning(
-                    "seller %s set aside for %.0f s: %s",
-                    provider[:16],
-                    aside - trio.current_time(),
-                    result.reason,
-                )
-            log.info(
-                "order for %s from %s: %d unit(s), %d sat, %s",
-                want.service,
-                provider[:16],
-                result.delivered,
-                result.paid,
-                result.reason,
-            )
-            await self._log_record(
-                "meters",
-                statement(
-                    "buyer",
-                    result.order_id,
-                    result.service,
-                    result.provider,
-                    result.channel_id,
-                    result.delivered,
-                    result.price,
-                    result.paid,
-                ),
-            )
-            if result.delivered == 0 and not self._buying_stop.is_set():
-                progress.state = "looking"
-                await trio.sleep(1.0)
-        progress.state = "done" if progress.delivered >= want.units else "stopped"
-
-    def _best_offer(self, want: WantSpec, only: str | None = None) -> tuple[str, int] | None:
-        assert self.node is not None
-        offers = []
-        peers = self._table.snapshot() if self._table is not None else {}
-        for peer in peers.values():
-            if only is not None and peer.peer_id != only:
-                continue
-            price = parse_offer(peer.services, want.service)
-            if (
-                price is not None
-                and price <= want.max_price
-                and self.node.session(peer.peer_id)
-                and self._standing.usable(peer.peer_id, trio.current_time())
-            ):
-                offers.append((price, peer.peer_id))
-        return (min(offers)[1], min(offers)[0]) if offers else None
-
-    async def _channel_for(
-        self, provider: str, service: str, price: int, need: int
-    ) -> tuple[bytes, int]:
-        """A channel to pay `provider` for `service` on, and how much it can still pay.
-
-        An open channel with room for a unit is used again (an order that stopped
-        resumes on it); one without room is closed, so its coins do not stay locked.
-        A new channel holds what the want still needs, at most the profile's
-        ``[channels] capacity``: the coins locked per seller are bounded by
-        configuration, never by the whole budget.
-        """
-        assert self.manager is not None
-        for record, svc in self.manager.records():
-            if (
-                record.role is Role.PAYER
-                and record.peer_id == provider
-                and svc == service
-                and record.state is State.OPEN
-            ):
-                room = record.terms.max_total - record.total
-                if room >= price:
-                    return record.terms.channel_id, room
-                await self._close_quietly(record.terms.channel_id)  # full: settle it
-        capacity = min(need, self.profile.capacity) + self.manager.config.close_fee
-        channel_id = await self.manager.open(
-            provider, service, capacity, self.profile.lifetime_blocks
-        )
-        record = self.manager.record(channel_id)
-        return channel_id, record.terms.max_total - record.total
-
     # ------------------------------------------------------------------ control
 
     async def control(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -603,9 +507,11 @@ class Agent:
             )
             progress = WantProgress(want)
             self.wants.append(progress)
-            assert self.node is not None
+            if len(self.wants) - len(self.profile.wants) > RECENT_ORDERS:
+                del self.wants[len(self.profile.wants)]  # the oldest `mesh buy` goes
+            assert self.purchases is not None
             with trio.move_on_after(float(command.get("timeout", 60))):
-                await self._buy(progress, None, peer=command.get("peer"))
+                await self.purchases.want(progress, peer=command.get("peer"))
             return {
                 "service": want.service,
                 "state": progress.state,

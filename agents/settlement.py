@@ -10,12 +10,17 @@ refund once it is final.
 Accounting follows the chain: a settled channel records what its settlement paid the
 payee (`Record.paid_on_chain`) beside the latest total the payer signed, and
 `channel_summary` shows both, and how long a payer's coins stay locked in a channel.
+
+Settled channels do not pile up: once final for `keep_settled` seconds, a channel's
+row is cut to a tombstone (`ChannelStore.compact`, at start and every
+`compact_every` seconds).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import trio
@@ -25,7 +30,7 @@ from agents.channel_config import ChannelFailure
 from mesh.chain.base import OutputState, Utxo
 from mesh.chain.errors import ChainUnavailable, TxRejected
 from mesh.chain.tx import parse_exact
-from mesh.channel.state import Payee, Payer, PaymentRejected, Record, Role, State
+from mesh.channel.state import FINAL_STATES, Payee, Payer, PaymentRejected, Record, Role, State
 from mesh.channel.txs import Terms
 from mesh.wire import ChannelClose, ChannelClosed, ChannelError, ChannelRelease, Frame
 
@@ -40,9 +45,15 @@ class ChannelSettlement(ChannelBase):
 
         A channel nothing was paid on is released instead (`ChannelRelease`): the payee
         co-signs our signature on the release, and the coins, less the close fee, come
-        back at once rather than with the refund at the expiry.
+        back at once rather than with the refund at the expiry. A final channel no longer
+        held in memory is answered from the store.
         """
-        end = self._end(channel_id)
+        end = self._ends.get(channel_id)
+        if end is None:
+            stored = await self._thread(self._channels.find, channel_id)
+            if stored is None or stored.record.state not in FINAL_STATES:
+                raise ChannelFailure(f"no channel {channel_id.hex()}")
+            return stored.record
         if isinstance(end, Payee):
             await self._close_as_payee(end)
             return end.record()
@@ -98,16 +109,18 @@ class ChannelSettlement(ChannelBase):
         # A payee's word is not a close. Believe it only when the chain holds our part of
         # a close we signed: once marked closed we stop watching, and the refund at the
         # expiry is what protects our coins from a payee that never really closes. With
-        # nothing left for us (rest 0) there is nothing to look up: the expiry settles it.
-        # Our output is the second of a close, the only one of a release (total 0).
+        # nothing left for us (rest 0: a channel paid to its capacity) the close must be
+        # what spends the funding output; our output is the second of a close, the only
+        # one of a release (total 0).
         record = payer.record()
         rest = payer.terms.max_total - frame.total
         vout = 1 if frame.total else 0
-        if not (
-            record.acked_total <= frame.total <= record.total
-            and rest > 0
-            and await self._holds(frame.close_txid, vout, rest, payer.terms.payer_payout)
-        ):
+        if rest > 0:
+            shown = await self._holds(frame.close_txid, vout, rest, payer.terms.payer_payout)
+        else:
+            funding = await self.chain.output(*funding_outpoint(payer.terms))
+            shown = funding.state is OutputState.SPENT and funding.spent_by == frame.close_txid
+        if not (record.acked_total <= frame.total <= record.total and shown):
             log.warning(
                 "peer %s claims close %s of channel %s paying %d; the chain does not show it",
                 peer_id[:16],
@@ -118,8 +131,9 @@ class ChannelSettlement(ChannelBase):
             return
         payer.mark_closed(frame.close_txid, frame.total)  # perhaps less than we signed
         await self._commits.flush(frame.channel_id)
-        coin = Utxo(frame.close_txid, vout, rest, payer.terms.payer_payout)
-        await self._write(self.wallet.add_utxos, [coin])
+        if rest > 0:
+            coin = Utxo(frame.close_txid, vout, rest, payer.terms.payer_payout)
+            await self._write(self.wallet.add_utxos, [coin])
         self._notify_ack(frame.channel_id)
 
     async def _close_as_payee(self, payee: Payee) -> None:
@@ -195,6 +209,18 @@ class ChannelSettlement(ChannelBase):
             except ChainUnavailable as exc:
                 log.warning("expiry watch: the chain did not answer: %s", exc)
             await trio.sleep(self.config.watch_interval)
+
+    async def _compact_settled(self) -> None:
+        """At start, then every `compact_every` seconds: cut the channels final for
+        longer than `keep_settled` to tombstones. A storage fault goes to `health`, and
+        the compaction is tried again until it works (`_write`)."""
+        while True:
+            before = time.time() - self.config.keep_settled
+            compacted = await self._write(self._channels.compact, before)
+            self._compacted += compacted
+            if compacted:
+                log.info("compacted %d settled channel(s) to tombstones", compacted)
+            await trio.sleep(self.config.compact_every)
 
     async def check_expiry(self, height: int) -> None:
         """Close (payee) or refund (payer) every channel whose expiry is near or past;

@@ -17,12 +17,15 @@ The shells:
 - `service`: `Anchorer`, the Trio task that logs, batches, anchors and confirms;
 - `kept`: `KeptRecords`, the tables' rows a buyer keeps (producers' records, receipts).
 - `archive`: `BuyerArchive`, a data-feed buyer's kept records and their proofs.
+- `cold`: archive files that old anchored records move to (`write_cold`), and
+  `ColdArchive`, which still proves them.
 
 `mesh proof` / `mesh verify` (agents/proof_cli.py) are the command line.
 """
 
 from mesh.anchoring.archive import BuyerArchive, Kept
 from mesh.anchoring.batch import BatchPolicy, batch_path, batch_root, root_from_path
+from mesh.anchoring.cold import ColdArchive, ColdArchiveError, ColdBatch, ColdRecord, write_cold
 from mesh.anchoring.errors import (
     REASONS,
     AnchoringError,
@@ -57,6 +60,10 @@ __all__ = [
     "BatchInfo",
     "BatchPolicy",
     "BuyerArchive",
+    "ColdArchive",
+    "ColdArchiveError",
+    "ColdBatch",
+    "ColdRecord",
     "Finding",
     "Head",
     "HeaderChain",
@@ -88,5 +95,6 @@ __all__ = [
     "root_from_path",
     "sign_record",
     "verify_proof",
+    "write_cold",
     "write_headers",
 ]

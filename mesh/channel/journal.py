@@ -24,8 +24,10 @@ Durability is the store's: a write survives `kill -9` (it is in the page cache)
 and, like SQLite's WAL with ``synchronous=NORMAL``, may be lost on power loss;
 with ``sync=True`` each append is fdatasync'ed (the store's ``FULL``). A torn
 last record (power loss mid-write) fails its CRC: reading stops there, and the
-next writer truncates it before appending. This module does blocking file I/O
-only; the caller serialises its use (one writer per file).
+next writer truncates it before appending. Entries an earlier writer left (a run
+that stopped before its next checkpoint) are kept by the next one as `leftover`, so
+the checkpoint that empties the file can fold them in first. This module does
+blocking file I/O only; the caller serialises its use (one writer per file).
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ class Journal:
         self._sync = sync
         self._fd: int | None = None
         self._size = 0
+        self._leftover: dict[bytes, Hot] = {}
 
     def size(self) -> int:
         """Bytes of valid records in the file (0 before the first append)."""
@@ -147,14 +150,27 @@ class Journal:
             os.fdatasync(fd)
         self._size += written
 
+    def leftover(self) -> dict[bytes, Hot]:
+        """The latest entry of each channel that the file held when this writer opened
+        it (an earlier run's, perhaps never folded into the table); opens an existing
+        file to read them. Raises `OSError`."""
+        if self._fd is None and self.path.exists():
+            self._open()
+        return self._leftover
+
     def clear(self) -> None:
-        """Empty the journal (after a checkpoint made its content redundant)."""
+        """Empty the journal (after a checkpoint made its content redundant), an
+        earlier run's file too; raises `OSError`."""
         if self._fd is None:
-            return
+            if not self.path.exists():
+                return
+            self._open()
+        assert self._fd is not None
         os.ftruncate(self._fd, 0)
         if self._sync:
             os.fdatasync(self._fd)
         self._size = 0
+        self._leftover = {}
 
     def close(self) -> None:
         """Close the file (reopened by the next append)."""
@@ -166,12 +182,12 @@ class Journal:
         if self._fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                _, valid = parse(os.pread(fd, os.fstat(fd).st_size, 0))
+                leftover, valid = parse(os.pread(fd, os.fstat(fd).st_size, 0))
                 os.ftruncate(fd, valid)  # a torn or corrupt tail would misalign us
             except BaseException:
                 os.close(fd)
                 raise
-            self._fd, self._size = fd, valid
+            self._fd, self._size, self._leftover = fd, valid, leftover
         return self._fd
 
 

@@ -5,15 +5,23 @@ payments and acknowledgements, folded into the table every MiB) and the mapping
 between a `Record` and its row. One `save` call writes any number of records -- the
 table's in one transaction, the journal's in one append (group commit); the channel
 manager calls it before it sends or acknowledges anything (DESIGN §7).
+
+A channel that is final (closed, refunded, failed) is never loaded or rewritten; the
+row records when it became final (``final_at``, wall clock), and `compact` later cuts
+it to a tombstone: what refuses a reuse of its id or funding outpoint (`seen`) and
+what its history shows (state, totals, close txid), without the raw transactions and
+signatures. Nothing of a funded channel is ever deleted.
 Blocking SQLite: one caller at a time (the manager serialises every use of the store).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mesh.channel.journal import Hot, Journal
 from mesh.channel.journal import read as read_journal
@@ -68,6 +76,15 @@ CHANNEL_SCHEMA = Schema(
         """,
         # Why the payee refused a payer's funding (`Record.refused`): none before.
         "ALTER TABLE channels ADD COLUMN refused TEXT NOT NULL DEFAULT '';",
+        # When a channel became final (wall clock, seconds; rows final before this
+        # migration count from it), and whether `compact` cut it to a tombstone.
+        """
+        ALTER TABLE channels ADD COLUMN final_at REAL;
+        ALTER TABLE channels ADD COLUMN compacted INTEGER NOT NULL DEFAULT 0;
+        UPDATE channels SET final_at = CAST(strftime('%s', 'now') AS REAL)
+            WHERE state IN ('closed', 'refunded', 'failed');
+        CREATE INDEX channels_to_compact ON channels (final_at) WHERE compacted = 0;
+        """,
     ),
 )
 
@@ -81,20 +98,31 @@ _COLUMNS = (
 
 @dataclass(frozen=True)
 class StoredChannel:
-    """A record as stored, with the service it pays for and the raw transactions."""
+    """A record as stored, with the service it pays for and the raw transactions.
+
+    A compacted channel (`compacted`) keeps its terms, state, totals and close txid;
+    its signatures are empty and its raw transactions None."""
 
     record: Record
     service: str
     funding_raw: bytes | None
     close_raw: bytes | None
+    final_at: float | None = None
+    """When the channel became final (wall clock), None while it is not."""
+    compacted: bool = False
 
 
+_FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
+_FINAL_SQL = ", ".join(f"'{value}'" for value in sorted(_FINAL_VALUES))
 _UPSERT = (
-    f"INSERT INTO channels ({_COLUMNS}) VALUES ({', '.join('?' * len(_COLUMNS.split(',')))})"
+    f"INSERT INTO channels ({_COLUMNS}, final_at)"
+    f" VALUES ({', '.join('?' * (len(_COLUMNS.split(',')) + 1))})"
     " ON CONFLICT (channel_id) DO UPDATE SET "
     + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _COLUMNS.split(",")[1:])
+    # The first time a channel is final counts; a tombstone is never rewritten.
+    + ", final_at = COALESCE(channels.final_at, excluded.final_at) WHERE channels.compacted = 0"
 )
-_SELECT = f"SELECT {_COLUMNS}, funding_raw, close_raw FROM channels"
+_SELECT = f"SELECT {_COLUMNS}, final_at, compacted, funding_raw, close_raw FROM channels"
 """Every stored column of a channel, in the order `_stored` reads them."""
 _PAY_FROM, _PAY_TO = 15, 20
 """`_row[_PAY_FROM:_PAY_TO]` is seq, total, payer_sig, acked_seq, acked_total: all that a
@@ -102,6 +130,20 @@ payment or an acknowledgement changes."""
 _UPDATE_PAYMENT = (
     "UPDATE channels SET seq = ?, total = ?, payer_sig = ?, acked_seq = ?, acked_total = ?"
     " WHERE channel_id = ?"
+)
+# Journal entries no remembered row stands for, folded by the journal's own rule: each
+# pair only ever grows, so an entry wins only where its seq (or acked_seq) is higher.
+_MERGE_PAYMENT = (
+    "UPDATE channels SET seq = ?, total = ?, payer_sig = ?"
+    " WHERE channel_id = ? AND seq < ? AND compacted = 0"
+)
+_MERGE_ACK = (
+    "UPDATE channels SET acked_seq = ?, acked_total = ?"
+    " WHERE channel_id = ? AND acked_seq < ? AND compacted = 0"
+)
+_COMPACT = (
+    "UPDATE channels SET payer_sig = x'', refund_sig = x'', funding_raw = NULL,"
+    " close_raw = NULL, compacted = 1 WHERE channel_id = ?"
 )
 
 
@@ -197,15 +239,22 @@ class ChannelStore:
     """Persist and reload channel records."""
 
     def __init__(
-        self, store: Store, *, journal: bool = True, checkpoint_bytes: int = CHECKPOINT_BYTES
+        self,
+        store: Store,
+        *,
+        journal: bool = True,
+        checkpoint_bytes: int = CHECKPOINT_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Register the channel schema in `store`.
 
         With `journal` (the default), payments and acknowledgements are appended to
         the payment journal beside the database (`journal_path`) and folded into the
-        table whenever the journal has grown past `checkpoint_bytes`.
+        table whenever the journal has grown past `checkpoint_bytes`. `clock` (wall
+        time) dates a channel's first final row (`compact`).
         """
         self._store = store
+        self._clock = clock
         store.register(CHANNEL_SCHEMA)
         # The row each channel has on disk (table or journal) as of our last write. This
         # store is the only writer of a channel's row (one manager owns an agent's channels).
@@ -215,6 +264,9 @@ class ChannelStore:
         )
         self._checkpoint_bytes = checkpoint_bytes
         self._journaled: set[object] = set()  # channels whose latest row is in the journal
+        # The journaled latest of channels forgotten since (`forget_written`: few, a
+        # final channel's last full row is in the table): the next checkpoint folds them.
+        self._stray: dict[bytes, Hot] = {}
 
     def save(self, records: Iterable[tuple[Record, str]]) -> None:
         """Write (record, service) pairs durably, all or (on an error) none of the table
@@ -238,13 +290,9 @@ class ChannelStore:
             self._write_table(full, [row for _, row in hot])
         elif journal.size() >= self._checkpoint_bytes:
             # Fold the journal into the table with this batch, then empty it.
-            folded = [self._written[cid] for cid in self._journaled]
-            self._write_table(full, [*folded, *(row for _, row in hot)])
-            try:
-                journal.clear()
-            except OSError as exc:  # kept: replaying it changes nothing
-                raise StoreError(f"{journal.path}: cannot truncate ({exc})") from None
-            self._journaled.clear()
+            folded, merged = self._unfolded()
+            self._write_table(full, [*folded, *(row for _, row in hot)], merged)
+            self._cleared()
         else:
             entries = [(record, row, Hot.of(record)) for record, row in hot]
             table = [row for _, row, h in entries if not h.fits()]
@@ -259,17 +307,52 @@ class ChannelStore:
                     self._written[row[0]] = row
                     self._journaled.add(row[0])
 
-    def _write_table(self, full: list[tuple[object, ...]], hot: list[tuple[object, ...]]) -> None:
-        """Upsert `full` rows and narrow-update `hot` ones in one transaction."""
-        if not (full or hot):
+    def _write_table(
+        self,
+        full: list[tuple[object, ...]],
+        hot: list[tuple[object, ...]],
+        merged: dict[bytes, Hot] | None = None,
+    ) -> None:
+        """Upsert `full` rows, narrow-update `hot` ones and fold `merged` journal
+        entries in, in one transaction."""
+        if not (full or hot or merged):
             return
+        now = self._clock()
         with self._store.write() as db:
             if full:
-                db.executemany(_UPSERT, full)
+                dated = [(*r, now if r[2] in _FINAL_VALUES else None) for r in full]
+                db.executemany(_UPSERT, dated)
             if hot:
                 db.executemany(_UPDATE_PAYMENT, [(*r[_PAY_FROM:_PAY_TO], r[0]) for r in hot])
+            if merged:
+                _merge(db, merged)
         for row in (*full, *hot):
             self._written[row[0]] = row
+            self._journaled.discard(row[0])  # its journal entries are folded or older
+
+    def _unfolded(self) -> tuple[list[tuple[object, ...]], dict[bytes, Hot]]:
+        """What the journal holds that the table may not: the rows this store journaled,
+        and the entries no remembered row stands for (an earlier run's, or of channels
+        forgotten since). Raises `StoreError`."""
+        leftover: dict[bytes, Hot] = {}
+        if self._journal is not None:
+            try:
+                leftover = self._journal.leftover()
+            except OSError as exc:
+                raise StoreError(f"{self._journal.path}: cannot read ({exc})") from None
+        folded = [self._written[cid] for cid in self._journaled]
+        return folded, {**leftover, **self._stray}
+
+    def _cleared(self) -> None:
+        """Empty the journal once the table holds all of it (`_unfolded`). A journal
+        that cannot be truncated is kept: replaying it changes nothing."""
+        if self._journal is not None:
+            try:
+                self._journal.clear()
+            except OSError as exc:
+                raise StoreError(f"{self._journal.path}: cannot truncate ({exc})") from None
+        self._journaled.clear()
+        self._stray.clear()
 
     def close(self) -> None:
         """Close the journal file (the database is the caller's)."""
@@ -330,9 +413,38 @@ class ChannelStore:
 
     def forget_written(self, channel_id: bytes) -> None:
         """Drop what this store remembers of a final channel's last row (its next write,
-        if any, is a full row): memory stays bounded by the channels in use."""
-        self._written.pop(channel_id, None)
-        self._journaled.discard(channel_id)
+        if any, is a full row): memory stays bounded by the channels in use. Its latest
+        journal entry, if any, is still folded in by the next checkpoint."""
+        row = self._written.pop(channel_id, None)
+        if channel_id in self._journaled:
+            self._journaled.discard(channel_id)
+            if row is not None:
+                self._stray[channel_id] = _hot(row)
+
+    def compact(self, before: float) -> int:
+        """Cut every channel that became final before `before` (wall clock) to a
+        tombstone; returns how many. A tombstone keeps the terms, role, peer, service,
+        state, totals, close txid and refusal -- enough to refuse its id and funding
+        outpoint again (`seen`) and to show its history -- and loses its signatures
+        and raw transactions. The journal is folded into the table first and emptied
+        (a checkpoint), so it holds nothing of a compacted channel."""
+        folded, merged = self._unfolded()
+        with self._store.write() as db:
+            if folded:
+                db.executemany(_UPDATE_PAYMENT, [(*r[_PAY_FROM:_PAY_TO], r[0]) for r in folded])
+            _merge(db, merged)
+            ids = [
+                bytes(row[0])
+                for row in db.execute(
+                    "SELECT channel_id FROM channels WHERE compacted = 0 AND final_at < ?",
+                    (before,),
+                )
+            ]
+            db.executemany(_COMPACT, [(cid,) for cid in ids])
+        self._cleared()
+        for cid in ids:
+            self._written.pop(cid, None)
+        return len(ids)
 
     def find(self, channel_id: bytes) -> StoredChannel | None:
         """One channel by id, whatever its state (None if we never stored it)."""
@@ -344,11 +456,11 @@ class ChannelStore:
 
     def load(self, *, include_final: bool = False) -> list[StoredChannel]:
         """Every channel (by default only those not yet closed, refunded or failed)."""
+        where = "" if include_final else f" WHERE state NOT IN ({_FINAL_SQL})"
         with self._store.read() as db:
-            rows = db.execute(f"{_SELECT} ORDER BY rowid").fetchall()
+            rows = db.execute(f"{_SELECT}{where} ORDER BY rowid").fetchall()
         latest = read_journal(journal_path(self._store.path))
-        stored = [_merged(_stored(row), latest) for row in rows]
-        return [s for s in stored if include_final or s.record.state not in FINAL_STATES]
+        return [_merged(_stored(row), latest) for row in rows]
 
 
 def journal_path(database: Path) -> Path:
@@ -364,11 +476,30 @@ def _merged(stored: StoredChannel, latest: dict[bytes, Hot]) -> StoredChannel:
 
 
 def _stored(row: Sequence[Any]) -> StoredChannel:
-    record, service = _record(tuple(row[:-2]))
-    funding, close = row[-2], row[-1]
+    record, service = _record(tuple(row[:-4]))
+    final_at, compacted, funding, close = row[-4:]
     return StoredChannel(
         record,
         service,
         None if funding is None else bytes(funding),
         None if close is None else bytes(close),
+        None if final_at is None else float(final_at),
+        bool(compacted),
+    )
+
+
+def _hot(row: tuple[object, ...]) -> Hot:
+    """The hot fields of a row made by `_row`."""
+    return Hot(*cast(tuple[int, int, bytes, int, int], row[_PAY_FROM:_PAY_TO]))
+
+
+def _merge(db: sqlite3.Connection, entries: dict[bytes, Hot]) -> None:
+    """Fold journal entries into the table by the journal's rule (never backwards)."""
+    db.executemany(
+        _MERGE_PAYMENT,
+        [(h.seq, h.total, h.payer_sig, cid, h.seq) for cid, h in entries.items()],
+    )
+    db.executemany(
+        _MERGE_ACK,
+        [(h.acked_seq, h.acked_total, cid, h.acked_seq) for cid, h in entries.items()],
     )

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from agents.buying import parse_offer
 from agents.profile import ProfileError, load_profile
-from agents.runtime import Agent, parse_offer
+from agents.runtime import Agent
 
 PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 GOOD = """

@@ -20,6 +20,7 @@ from mesh.anchoring.errors import NotAnchored
 from mesh.anchoring.proof import verify_proof
 from mesh.anchoring.service import AnchorConfig
 from mesh.identity import Identity
+from mesh.store import Store
 from mesh.wire import MAX_RECEIPT_REQUEST, AnchorReceipt, Frame, ReceiptRequest, decode, encode
 from tests.anchoring.helpers import (
     BUYER,
@@ -61,7 +62,8 @@ def exchanges(
 ) -> tuple[ReceiptExchange, ReceiptExchange]:
     """(producer side, buyer side)."""
     producer = ReceiptExchange(
-        BuyerArchive(run.store),
+        # Its own connection, as the runtime's: `run.store` is the anchorer's (threads).
+        BuyerArchive(Store(run.store.path, synchronous="NORMAL")),
         run.anchorer,
         link.sender(PRODUCER.peer_id),
         lambda: [BUYER.peer_id],

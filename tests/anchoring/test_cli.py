@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from mesh.anchoring.cold import ARCHIVE_DIR, write_cold
 from mesh.anchoring.hashchain import StreamWriter
 from mesh.anchoring.kept import KeptRecords
 from mesh.anchoring.store import AnchorStore
+from mesh.store import Store
 from tests.anchoring.conftest import Anchored
 from tests.anchoring.helpers import BUYER, PRODUCER, flip, open_store
+from tests.anchoring.test_cold import cold_batches, copy_data_dir, evict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,3 +167,73 @@ def test_proof_errors_are_clear(anchored: Anchored, tmp_path: Path) -> None:
             args,
             result.stderr,
         )
+
+
+# --------------------------------------------------------------------------- archives
+
+
+def test_proof_falls_back_to_the_archive_files(anchored: Anchored, tmp_path: Path) -> None:
+    data = copy_data_dir(anchored.data_dir, tmp_path / "agent")
+    with open_store(data) as store:  # retention: block 1's batches move to DATA_DIR/archive
+        moved = cold_batches(store, upto=1)
+        write_cold(data / ARCHIVE_DIR, moved)
+        evict(store, moved)
+        assert [(b.stream, b.first_seq) for b in moved] == [("vibration", 0), ("vibration", 50)]
+    listed = mesh("proof", "--data-dir", data, "--list")
+    assert listed.returncode == 0, listed.stderr
+    streams = {s["stream"]: s for s in json.loads(listed.stdout)["streams"]}
+    assert streams["vibration"]["anchored"] == [[100, 122]]
+    assert streams["vibration"]["archived"] == [[0, 99]]
+    assert streams["vibration"]["records"] == 23 and streams["vibration"]["archived_records"] == 100
+    assert streams["meter"]["anchored"] == [[0, 6]] and streams["meter"]["archived"] == []
+    for seq in (42, 110):  # from the archive, then from the store
+        proof = tmp_path / f"vib-{seq}.json"
+        result = mesh("proof", "--data-dir", data, "--stream", "vibration", "--seq", str(seq),
+                      "--out", proof)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert json.loads(proof.read_text()) == anchored.proofs[("vibration", seq)].to_document()
+        result = mesh("verify", proof, "--headers", anchored.headers_file)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith(f"VALID block {1 if seq < 100 else 2} ")
+    missing = mesh("proof", "--data-dir", data, "--stream", "vibration", "--seq", "123")
+    assert missing.returncode == 1 and "no record vibration/123" in missing.stderr
+
+
+@pytest.mark.parametrize("store", ["none", "no anchoring tables"])
+def test_proof_from_an_archive_alone(anchored: Anchored, tmp_path: Path, store: str) -> None:
+    data = tmp_path / "agent"
+    with open_store(anchored.data_dir) as source:
+        write_cold(data / ARCHIVE_DIR, cold_batches(source))
+    if store == "no anchoring tables":
+        Store(data / "agent.db").close()
+    listed = mesh("proof", "--data-dir", data, "--list")
+    assert listed.returncode == 0, listed.stderr
+    assert [
+        (s["stream"], s["anchored"], s["archived"]) for s in json.loads(listed.stdout)["streams"]
+    ] == [
+        ("meter", [], [[0, 6]]),
+        ("vibration", [], [[0, 122]]),
+    ]
+    printed = mesh("proof", "--data-dir", data, "--stream", "meter", "--seq", "3")
+    assert printed.returncode == 0, printed.stderr
+    (tmp_path / "meter.json").write_text(printed.stdout)
+    result = mesh("verify", tmp_path / "meter.json", "--ledger", anchored.ledger)
+    assert result.returncode == 0 and result.stdout.startswith("VALID block 2 "), result.stdout
+
+
+def test_a_damaged_archive_file_is_one_clear_line(anchored: Anchored, tmp_path: Path) -> None:
+    data = tmp_path / "agent"
+    with open_store(anchored.data_dir) as source:
+        vibration = write_cold(data / ARCHIVE_DIR, cold_batches(source, stream="vibration"))
+        write_cold(data / ARCHIVE_DIR, cold_batches(source, stream="meter"))
+    raw = bytearray(vibration.read_bytes())
+    raw[-10] ^= 0x20
+    vibration.write_bytes(bytes(raw))
+    result = mesh("proof", "--data-dir", data, "--stream", "vibration", "--seq", "120")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"mesh proof: error: {vibration}: damaged archive file (block 2 fails its checksum)\n"
+    )
+    # The other file, and the listing (the index), are still of use.
+    assert mesh("proof", "--data-dir", data, "--stream", "meter", "--seq", "3").returncode == 0
+    assert mesh("proof", "--data-dir", data, "--list").returncode == 0

@@ -20,7 +20,7 @@ from mesh.chain.tx import p2pkh_script
 from mesh.chain.wallet import Wallet
 from mesh.channel.store import ChannelStore
 from mesh.identity import Identity, load_identity, save_identity
-from mesh.store import Store
+from mesh.store import DEFAULT_BUSY_TIMEOUT, Store
 from mesh.transport import Node, NodeConfig, open_node
 from mesh.wire import Frame
 
@@ -68,6 +68,7 @@ async def agentlet(
     intercept: Callable[[str, Frame], Awaitable[bool]] | None = None,
     watch_sessions: bool = True,
     network: str = "",
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
 ) -> AsyncIterator[Agentlet]:
     """Run one agentlet: its node, its manager, and a frame dispatcher.
 
@@ -75,10 +76,16 @@ async def agentlet(
     True). With `watch_sessions` (the default, as in the runtime), the manager hears of
     every session that comes up (`peer_connected`: resends and acks again after a
     reconnect; a restarted payer pays nothing until the payee has acked).
+    `busy_timeout` is how long the store waits for another writer's lock.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     identity = identity_at(data_dir / "identity.key")
-    store = Store(data_dir / "agent.db", check_same_thread=False, synchronous="NORMAL")
+    store = Store(
+        data_dir / "agent.db",
+        check_same_thread=False,
+        synchronous="NORMAL",
+        busy_timeout=busy_timeout,
+    )
     chain = LocalChain.open(ledger_path)
     db = trio.CapacityLimiter(1)
     node_config = node_config or NodeConfig(dead_after=60)

@@ -177,3 +177,47 @@ def test_a_journal_that_cannot_be_written_fails_the_save(tmp_path: Path) -> None
         channels.save([(payer.record(), "a")])  # nothing was taken as written
         channels.close()
     assert stored(path) == [payer.record()]
+
+
+def test_a_checkpoint_folds_in_what_an_earlier_run_left_in_the_journal(tmp_path: Path) -> None:
+    """A run that stopped before its checkpoint leaves payments in the journal only; the
+    next run's checkpoint must fold them in before it empties the file, even for a
+    channel that run never writes (an idle payee's channel, say)."""
+    path = tmp_path / "agent.db"
+    idle, _, _, _ = make_pair()
+    busy, _, _, _ = make_pair()
+    with Store(path) as store:
+        channels = ChannelStore(store, checkpoint_bytes=3 * RECORD_SIZE)
+        channels.save([(idle.record(), "a"), (busy.record(), "b")])
+        for _ in range(2):
+            idle.pay(5)
+            channels.save([(idle.record(), "a")])
+        channels.close()
+    with Store(path) as store:
+        channels = ChannelStore(store, checkpoint_bytes=3 * RECORD_SIZE)
+        for _ in range(3):  # the second of these checkpoints
+            busy.pay(1)
+            channels.save([(busy.record(), "b")])
+        channels.close()
+    assert table_only(path) == stored(path) == [idle.record(), busy.record()]
+    assert idle.record().total == 10
+
+
+def test_a_checkpoint_folds_in_a_forgotten_channels_journaled_payments(tmp_path: Path) -> None:
+    """A channel the store was told to forget (a final channel the manager released)
+    whose latest payment or ack went to the journal: the next checkpoint folds it in."""
+    path = tmp_path / "agent.db"
+    gone, _, _, _ = make_pair()
+    busy, _, _, _ = make_pair()
+    with Store(path) as store:
+        channels = ChannelStore(store, checkpoint_bytes=3 * RECORD_SIZE)
+        channels.save([(gone.record(), "a"), (busy.record(), "b")])
+        gone.pay(4)
+        channels.save([(gone.record(), "a")])  # (journal)
+        channels.forget_written(gone.terms.channel_id)
+        for _ in range(3):  # the third of these checkpoints
+            busy.pay(1)
+            channels.save([(busy.record(), "b")])
+        channels.close()
+    assert journal_path(path).stat().st_size == 0
+    assert table_only(path) == [gone.record(), busy.record()]

@@ -1,0 +1,221 @@
+"""Buying what an agent wants: the cheapest usable offer, a channel with room, orders
+until the units are bought or the budget is spent.
+
+`Purchases.want(progress)` runs one want (a profile's ``[[wants]]`` entry, or a
+`mesh buy`): it picks the cheapest seller with a session whose offer is within the
+want's price and whose standing allows it (`SellerStanding`: a cheat, a silent seller or
+a refused funding sets it aside), finds or opens a channel, and lets the `Buyer` run an
+order on it. Every order counts toward the want however it ended, and a signed meter
+statement records it. Then, until the want is done:
+
+* a want whose remaining budget cannot pay one more unit stops ("budget spent");
+* an open channel with room for a unit is used again (a stopped order resumes on it),
+  a full one is closed first so its coins do not stay locked;
+* a new channel holds what the want still needs, at most the profile's
+  ``[channels] capacity``: what is locked per seller is bounded by configuration.
+
+Nothing here is kept per unit; `WantProgress` keeps totals and the last few orders.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+import trio
+
+from agents.channels import ChannelFailure, ChannelManager, FundingRefused
+from agents.profile import Profile, WantSpec
+from agents.services.orders import Buyer, LogRecord, OrderResult, statement
+from agents.services.standing import SellerStanding
+from mesh.channel.state import Role, State
+from mesh.discovery import PeerTable
+from mesh.errors import MeshError
+from mesh.transport import Node
+
+log = logging.getLogger("agents.runtime")
+
+RECENT_ORDERS = 16
+"""Finished orders a want remembers (for status); older ones live on only in its
+totals and in the signed meter statements."""
+
+
+def parse_offer(summary: str, service: str) -> int | None:
+    """The price of `service` in an mDNS ``svc`` summary (``id=price/unit,...``)."""
+    for item in summary.split(","):
+        sid, _, rest = item.partition("=")
+        if sid.strip() == service:
+            price = rest.split("/", 1)[0].strip()
+            return int(price) if price.isdigit() else None
+    return None
+
+
+@dataclass
+class WantProgress:
+    """How one want is going: totals over every order however it ended, and the last
+    few orders. ``state`` is looking, buying, done (every unit bought), budget spent,
+    or stopped."""
+
+    want: WantSpec
+    delivered: int = 0
+    paid: int = 0
+    placed: int = 0
+    orders: deque[OrderResult] = field(default_factory=lambda: deque(maxlen=RECENT_ORDERS))
+    state: str = "looking"
+
+    def count(self, result: OrderResult) -> None:
+        """Add a finished order to the totals."""
+        self.placed += 1
+        self.delivered += result.delivered
+        self.paid += result.paid
+        self.orders.append(result)
+
+
+class Purchases:
+    """Runs wants against the agent's channels, buyer and peer table (see module)."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        manager: ChannelManager,
+        buyer: Buyer,
+        node: Node,
+        table: Callable[[], PeerTable | None],
+        log_record: LogRecord,
+        close: Callable[[bytes], Awaitable[None]],
+        standing: SellerStanding,
+        stop: trio.Event,
+    ) -> None:
+        """`close(channel_id)` closes a channel cooperatively (never raising); `stop`
+        ends every want (providers finish what is paid)."""
+        self.profile = profile
+        self._manager = manager
+        self._buyer = buyer
+        self._node = node
+        self._table = table
+        self._log_record = log_record
+        self._close = close
+        self._standing = standing
+        self._stop = stop
+
+    async def want(self, progress: WantProgress, peer: str | None = None) -> None:
+        """Buy `progress.want` (only from `peer`, if given) until done, spent or stopped."""
+        want = progress.want
+        while not self._stop.is_set() and progress.delivered < want.units:
+            offer = self.best_offer(want, peer)
+            if offer is None:
+                with trio.move_on_after(0.5):
+                    await self._stop.wait()
+                continue
+            provider, price = offer
+            budget = want.budget - progress.paid
+            if budget < price:  # not one more unit: the want ends here, and says so
+                log.info("want %s: budget spent (%d sat paid)", want.service, progress.paid)
+                progress.state = "budget spent"
+                return
+            progress.state = "buying"
+            try:
+                need = min(budget, (want.units - progress.delivered) * price)
+                channel_id, room = await self.channel_for(provider, want.service, price, need)
+                remaining = replace(
+                    want, units=want.units - progress.delivered, budget=min(budget, room)
+                )
+                result = await self._buyer.buy(
+                    provider, remaining, price, channel_id, stop=self._stop
+                )
+            except (ChannelFailure, MeshError) as exc:
+                log.warning("buying %s from %s failed: %s", want.service, provider[:16], exc)
+                # A payee that refused our funding locked our coins until the expiry:
+                # never fund it again soon. Any other failure: a short back-off.
+                fault = "funding" if isinstance(exc, FundingRefused) else "refused"
+                self._standing.judge(provider, fault, trio.current_time())
+                progress.state = "looking"
+                with trio.move_on_after(1.0):
+                    await self._stop.wait()
+                continue
+            progress.count(result)
+            await self._record(result)
+            if result.delivered == 0 and not self._stop.is_set():
+                progress.state = "looking"
+                await trio.sleep(1.0)
+        progress.state = "done" if progress.delivered >= want.units else "stopped"
+
+    async def _record(self, result: OrderResult) -> None:
+        """Judge the seller by how the order ended, log it, and sign its statement."""
+        provider = result.provider
+        aside = self._standing.judge(provider, result.fault, trio.current_time())
+        if aside is not None:
+            log.warning(
+                "seller %s set aside for %.0f s: %s",
+                provider[:16],
+                aside - trio.current_time(),
+                result.reason,
+            )
+        log.info(
+            "order for %s from %s: %d unit(s), %d sat, %s",
+            result.service,
+            provider[:16],
+            result.delivered,
+            result.paid,
+            result.reason,
+        )
+        await self._log_record(
+            "meters",
+            statement(
+                "buyer",
+                result.order_id,
+                result.service,
+                result.provider,
+                result.channel_id,
+                result.delivered,
+                result.price,
+                result.paid,
+            ),
+            None,
+        )
+
+    def best_offer(self, want: WantSpec, only: str | None = None) -> tuple[str, int] | None:
+        """(seller, price) of the cheapest usable offer of `want`, if any."""
+        offers = []
+        table = self._table()
+        peers = table.snapshot() if table is not None else {}
+        for peer in peers.values():
+            if only is not None and peer.peer_id != only:
+                continue
+            price = parse_offer(peer.services, want.service)
+            if (
+                price is not None
+                and price <= want.max_price
+                and self._node.session(peer.peer_id)
+                and self._standing.usable(peer.peer_id, trio.current_time())
+            ):
+                offers.append((price, peer.peer_id))
+        return (min(offers)[1], min(offers)[0]) if offers else None
+
+    async def channel_for(
+        self, provider: str, service: str, price: int, need: int
+    ) -> tuple[bytes, int]:
+        """A channel to pay `provider` for `service` on, and how much it can still pay
+        (see the module docstring for which one)."""
+        for record, svc in self._manager.records():
+            if (
+                record.role is Role.PAYER
+                and record.peer_id == provider
+                and svc == service
+                and record.state is State.OPEN
+            ):
+                room = record.terms.max_total - record.total
+                if room >= price:
+                    return record.terms.channel_id, room
+                await self._close(record.terms.channel_id)  # full: settle it
+        capacity = min(need, self.profile.capacity) + self._manager.config.close_fee
+        channel_id = await self._manager.open(
+            provider, service, capacity, self.profile.lifetime_blocks
+        )
+        record = self._manager.record(channel_id)
+        return channel_id, record.terms.max_total - record.total
+
+
+__all__ = ["RECENT_ORDERS", "Purchases", "WantProgress", "parse_offer"]
