@@ -32,7 +32,7 @@ from pathlib import Path
 import msgpack
 
 from mesh.anchoring.record import SignedRecord, decode_record, record_hash
-from mesh.anchoring.segments import SegmentError, SegmentWriter, read_entry, scan
+from mesh.anchoring.segments import HEADER, SegmentError, SegmentWriter, read_entry, scan
 from mesh.store import Store
 
 FOLD_ROWS = 1024
@@ -141,7 +141,7 @@ class RecordLog:
             for offset, end, payload in scan(path, int(indexed_to)):
                 rows.append(self._row(payload, int(segment), offset, end))
                 valid_to = end
-            newest = (int(segment), valid_to)
+            newest = (int(segment), max(valid_to, HEADER))
         if rows:
             with self._store.write() as db:
                 self._insert(db, rows)

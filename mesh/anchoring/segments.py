@@ -56,6 +56,8 @@ def scan(path: Path, start: int = HEADER) -> Iterator[tuple[int, int, bytes]]:
     first torn or damaged entry (the end of what was durably appended)."""
     with path.open("rb") as f:
         head = f.read(HEADER)
+        if len(head) < HEADER and MAGIC.startswith(head):
+            return  # created, killed before its header was whole: nothing in it yet
         if head != MAGIC:
             raise SegmentError(f"{path}: not a record segment")
         offset = max(start, HEADER)

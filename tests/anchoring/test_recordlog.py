@@ -143,3 +143,22 @@ def test_kept_records_are_found_before_and_after_their_index_is_written(tmp_path
     }
     kept.log.close()
     store.close()
+
+
+def test_a_segment_killed_before_its_header_was_whole_is_begun_again(tmp_path: Path) -> None:
+    data = tmp_path / "a"
+    store = open_store(data)
+    records = AnchorStore(store)
+    writer = StreamWriter(PRODUCER)
+    records.insert_own([writer.append("vibration", b"0", 1)])
+    records.log.close(fold=False)
+    segment = next(segments_dir(store).glob("*.seg"))
+    segment.write_bytes(segment.read_bytes()[:3])  # the file as a kill during creation left it
+    store.close()
+    store = open_store(data)
+    records = AnchorStore(store)
+    assert records.load_state(PRODUCER.public_key).heads == {}
+    records.insert_own([StreamWriter(PRODUCER).append("vibration", b"0", 1)])
+    records.log.close()
+    assert [seq for _, seq, _ in records.load_state(PRODUCER.public_key).pending] == [0]
+    store.close()
