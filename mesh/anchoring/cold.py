@@ -3,253 +3,70 @@
 An agent that runs for months moves its mined batches past a retention horizon out of
 SQLite into archive files in ``DATA_DIR/archive/`` (`ARCHIVE_DIR`). `write_cold` writes
 one new file per call; `ColdArchive` finds a record's file through a small index, and
-exports the same `Proof` the store would have (`mesh proof` falls back to it).
+exports the same `Proof` the store would have (`mesh proof` falls back to it). What the
+files hold, byte for byte, is `mesh.anchoring.coldcodec`'s: this module owns the files
+and the directory.
 
-**A data file** (``cold-<lowest block height>-<16 hex of its SHA-256>.m2c``)::
+**The index** ``cold.index`` lists each data file with the seq spans of the records it
+holds: a lookup reads the index and then the header and one block of the file whose
+spans cover the record; `streams` reads the index only. It is rewritten atomically
+after each new data file, so a crash between the two leaves a data file the index does
+not name: readers find such files by listing the directory, and read their headers. A
+damaged or missing index is replaced by the headers the same way (the next write
+rewrites it).
 
-    preamble  b"M2MCOLD\\n" | format u16 | header length u32 | CRC-32 of the header
-    header    zlib(MessagePack [entry, ...]), one entry per batch:
-              [agent, stream, origin, first_seq, last_seq, held, length, crc32]
-              (``held``: the archived seqs as flat [first, last, ...] ranges)
-    blocks    one per batch, back to back in header order; each is zlib(MessagePack
-              [[origin, agent, stream, first_seq, last_seq, root, anchor tx, block height,
-                block hash, BUMP], [seqs, timestamps, payloads, prevs, signatures, paths]])
-
-A block stores its records column by column and drops what it can rebuild: agent,
-stream and record version (the batch's), seq (implied in an own batch, which holds
-every record; deltas in a kept one), ``prev`` where it is the hash of the record just
-before it in the block, the record hash, and the DER framing of signatures (64 bytes
-r || s each, all in one string; a block whose signatures are not all strict DER keeps
-them as they are). Timestamps are deltas. Bodies are canonical (`mesh.anchoring.record`),
-so the fields rebuild the exact bytes that were signed; `write_cold` reads every block
-back before it writes, to be sure. An own record's Merkle path is rebuilt from the
-batch's leaves; a kept record's is kept as the store held it.
-
-**The index** ``cold.index`` (b"M2MCIDX\\n", same preamble, then zlib(MessagePack))
-lists each data file with, per (agent, stream, origin), how many records it holds and
-the seq spans they lie in (per batch, so it grows with batches, never with records): a
-lookup reads the index and then the header and one block of the file whose spans cover
-the record; `streams` reads the index only. It is rewritten atomically after each new
-data file, so a crash between the two leaves a data file the index does not name:
-readers find such files by listing the directory, and read their headers. A damaged
-or missing index is replaced by the headers the same way (the next write rewrites it).
-
-Every section has a CRC-32: a damaged or truncated file is a `ColdArchiveError` naming
-it, never a traceback. The CRCs catch damage, not forgery; a forged record fails
-`verify_proof` like any other. This module does blocking file I/O on the archive
-directory only: it never opens the agent store or the network, and never reads a clock.
+A damaged, truncated or unreadable file is a `ColdArchiveError` naming it, never a
+traceback. This module does blocking file I/O on the archive directory only: it never
+opens the agent store or the network, never reads a clock, and never encodes or decodes
+a section itself (the codec does).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
-import struct
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import msgpack
-
-from mesh.anchoring.batch import batch_levels, batch_path, batch_root, path_depth, root_from_path
-from mesh.anchoring.errors import AnchoringError, RecordError, RecordNotFound
-from mesh.anchoring.payload import AnchorFormatError, find_anchor
-from mesh.anchoring.proof import Proof, make_proof
-from mesh.anchoring.receipt import split_path
-from mesh.anchoring.record import MAX_SIGNATURE, Record, SignedRecord, decode_record, record_hash
-from mesh.chain.errors import TxRejected
-from mesh.chain.tx import parse_exact, txid_of
+from mesh.anchoring.coldcodec import (
+    FILE_NAME,
+    PREAMBLE_SIZE,
+    ColdArchiveError,
+    ColdBatch,
+    ColdRecord,
+    Damaged,
+    Entry,
+    Listed,
+    block_proof,
+    block_proofs,
+    count_seqs,
+    decode_block,
+    decode_header,
+    decode_index,
+    encode_file,
+    encode_index,
+    header_section,
+    index_groups,
+    merge_ranges,
+    within,
+)
+from mesh.anchoring.errors import RecordNotFound
+from mesh.anchoring.proof import Proof
+from mesh.anchoring.record import SignedRecord
 
 if TYPE_CHECKING:
     from mesh.anchoring.store import StreamSummary
 
 ARCHIVE_DIR = "archive"
 """Where an agent's archive files live, inside its data directory."""
-FORMAT = 1
 INDEX_NAME = "cold.index"
-MAX_SECTION = 256 * 1024 * 1024
-"""The most bytes one header, block or index inflates to (a damaged length cannot
-make a reader allocate more)."""
 
-_MAGIC = b"M2MCOLD\n"
-_INDEX_MAGIC = b"M2MCIDX\n"
-_PREAMBLE = struct.Struct(">8sHII")
-_FILE_NAME = re.compile(r"cold-[0-9]{9,}-[0-9a-f]{16}\.m2c\Z")
-_ORIGINS = ("own", "kept")
 _log = logging.getLogger(__name__)
-# A block is [the batch's fields, less txid and records; the records' columns].
-_BATCH_FIELDS = (
-    "origin",
-    "agent",
-    "stream",
-    "first_seq",
-    "last_seq",
-    "root",
-    "raw",
-    "block_height",
-    "block_hash",
-    "bump",
-)
-_BATCH_KINDS = (str, bytes, str, int, int, bytes, bytes, int, str, bytes)
-_NONE = type(None)
-_COLUMNS = ((list, _NONE), list, list, list, (bytes, list), (list, _NONE))
-_Kind = type | tuple[type, ...]
 
 
-class ColdArchiveError(AnchoringError):
-    """An archive file or the index cannot be used (damaged, truncated, missing,
-    unreadable), or a batch cannot be archived because it does not hold together.
-
-    `path` names the file when there is one.
-    """
-
-    def __init__(self, detail: str, path: Path | None = None) -> None:
-        super().__init__(detail if path is None else f"{path}: {detail}")
-        self.detail = detail
-        self.path = path
-
-
-@dataclass(frozen=True)
-class ColdRecord:
-    """One record to archive, as the store holds it.
-
-    `path` is a kept record's Merkle path exactly as ``anchor_records.path`` holds it
-    (concatenated 32-byte entries); None for an own record (rebuilt from the leaves).
-    """
-
-    seq: int
-    body: bytes
-    signature: bytes
-    path: bytes | None = None
-
-
-@dataclass(frozen=True)
-class ColdBatch:
-    """One mined batch to archive: the anchor, where it was mined, and its records.
-
-    An own batch holds every record ``first_seq..last_seq`` in seq order; a kept batch
-    the records the buyer holds (each with its path), in seq order.
-    """
-
-    agent: bytes
-    stream: str
-    origin: str
-    first_seq: int
-    last_seq: int
-    root: bytes
-    txid: str
-    raw: bytes
-    block_height: int
-    block_hash: str
-    bump: bytes
-    records: tuple[ColdRecord, ...]
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """A data file header's entry for one batch (where its block is)."""
-
-    agent: bytes
-    stream: str
-    origin: str
-    first_seq: int
-    last_seq: int
-    held: tuple[tuple[int, int], ...]
-    offset: int
-    length: int
-    crc: int
-
-
-@dataclass(frozen=True)
-class _Group:
-    """The index's view of a file: one (agent, stream, origin), how many of its records
-    the file holds, and the seq spans they lie in (merged batch spans for own records;
-    for kept ones, per batch the first to the last seq held, as the store lists them:
-    the index grows with batches, never with records)."""
-
-    agent: bytes
-    stream: str
-    origin: str
-    records: int
-    spans: tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True)
-class _Listed:
-    """One data file as the index lists it."""
-
-    name: str
-    groups: tuple[_Group, ...]
-
-
-class _Damaged(Exception):
-    """Bytes that passed no check; the caller names the file."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, merged (first, last) ranges: touching and overlapping ones become one."""
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(ranges):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return merged
-
-
-def _flat(ranges: Iterable[tuple[int, int]]) -> list[int]:
-    return [n for pair in ranges for n in pair]
-
-
-def _pairs(flat: list[Any]) -> tuple[tuple[int, int], ...]:
-    values = _column(flat, int, "seq ranges")
-    pairs = tuple(zip(values[::2], values[1::2], strict=True)) if len(values) % 2 == 0 else None
-    if pairs is None or any(a > b for a, b in pairs):
-        raise _Damaged("a seq range ends before it starts")
-    return pairs
-
-
-def _fields(value: Any, kinds: Sequence[_Kind], what: str) -> list[Any]:
-    """`value` as a list of exactly `len(kinds)` values of those exact types."""
-    if type(value) is not list or len(value) != len(kinds):
-        raise _Damaged(f"{what} is not a list of {len(kinds)} fields")
-    for i, (item, kind) in enumerate(zip(value, kinds, strict=True)):
-        if type(item) not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise _Damaged(f"{what}: field {i} is {type(item).__name__}")
-    return value
-
-
-def _column(value: list[Any], kind: _Kind, what: str) -> list[Any]:
-    """A list whose every item has type `kind`."""
-    return _fields(value, [kind] * len(value), what)
-
-
-def _pack(document: object) -> bytes:
-    return zlib.compress(msgpack.packb(document, use_bin_type=True), 9)
-
-
-def _unpack(data: bytes) -> Any:
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(data, MAX_SECTION)
-    except zlib.error as exc:
-        raise _Damaged(f"does not inflate ({exc})") from None
-    if inflater.unconsumed_tail:
-        raise _Damaged(f"inflates to more than {MAX_SECTION} bytes")
-    if not inflater.eof or inflater.unused_data:
-        raise _Damaged("the compressed section is cut short or has trailing bytes")
-    try:
-        return msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise _Damaged(f"not MessagePack ({exc or type(exc).__name__})") from None
+# --------------------------------------------------------------------------- files
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -271,307 +88,22 @@ def _write_atomically(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-# --------------------------------------------------------------------------- blocks
-
-
-def _check(batch: ColdBatch) -> list[SignedRecord]:
-    """The batch's records decoded; raise `ColdArchiveError` when the batch does not hold
-    together (records, paths, root and anchor transaction must agree: the rows are about
-    to be deleted from the store, so the archive must prove exactly what the store did)."""
-    where = f"{batch.origin} batch {batch.stream} {batch.first_seq}..{batch.last_seq}"
-
-    def refuse(why: str) -> ColdArchiveError:
-        return ColdArchiveError(f"cannot archive the {where} of {batch.agent.hex()[:16]}: {why}")
-
-    if batch.origin not in _ORIGINS:
-        raise refuse(f"origin must be one of {_ORIGINS}")
-    if not batch.records:
-        raise refuse("it has no records")
-    try:
-        _, anchor = find_anchor(parse_exact(batch.raw))
-    except TxRejected as exc:
-        raise refuse(f"the anchor transaction does not parse ({exc.detail})") from None
-    except AnchorFormatError as exc:
-        raise refuse(f"the anchor transaction is not an anchor ({exc})") from None
-    if txid_of(batch.raw) != batch.txid:
-        raise refuse("the anchor transaction does not hash to its txid")
-    committed = (anchor.agent, anchor.stream, anchor.first_seq, anchor.last_seq, anchor.root)
-    if committed != (batch.agent, batch.stream, batch.first_seq, batch.last_seq, batch.root):
-        raise refuse("the anchor transaction commits to another batch")
-    try:
-        if len(bytes.fromhex(batch.block_hash)) != 32:
-            raise ValueError
-    except ValueError:
-        raise refuse("the block hash is not 32 bytes of hex") from None
-    if batch.block_height < 0 or not batch.bump:
-        raise refuse("no block height or BUMP")
-    signed: list[SignedRecord] = []
-    for item in batch.records:
-        try:
-            record = decode_record(item.body)
-        except RecordError as exc:
-            raise refuse(f"seq {item.seq}: {exc}") from None
-        if (record.agent, record.stream, record.seq) != (batch.agent, batch.stream, item.seq):
-            raise refuse(f"seq {item.seq}: the body is another agent's, stream's or seq's")
-        if not batch.first_seq <= item.seq <= batch.last_seq:
-            raise refuse(f"seq {item.seq} is outside the batch")
-        if signed and item.seq <= signed[-1].seq:
-            raise refuse(f"seq {item.seq} is out of order or repeated")
-        if type(item.signature) is not bytes or not 8 <= len(item.signature) <= MAX_SIGNATURE:
-            raise refuse(f"seq {item.seq}: not a DER signature")
-        signed.append(SignedRecord(record, item.body, record_hash(item.body), item.signature))
-    count = batch.last_seq - batch.first_seq + 1
-    if batch.origin == "own":
-        if len(signed) != count or any(item.path is not None for item in batch.records):
-            raise refuse("an own batch holds every record of the batch, without paths")
-        if batch_root([s.hash for s in signed]) != batch.root:
-            raise refuse("its records do not hash to its root")
-        return signed
-    for item, leaf in zip(batch.records, signed, strict=True):
-        if item.path is None or len(item.path) != 32 * path_depth(count):
-            raise refuse(f"seq {item.seq}: a kept record needs its {path_depth(count)}-entry path")
-        try:
-            index = item.seq - batch.first_seq
-            reached = root_from_path(leaf.hash, index, count, split_path(item.path))
-        except ValueError as exc:
-            raise refuse(f"seq {item.seq}: {exc}") from None
-        if reached != batch.root:
-            raise refuse(f"seq {item.seq}: the path does not lead to the root")
-    return signed
-
-
-def _encode_block(batch: ColdBatch, signed: Sequence[SignedRecord]) -> bytes:
-    records = [s.record for s in signed]
-    seqs: list[int] | None = None
-    if batch.origin == "kept":
-        seqs = [
-            r.seq - (batch.first_seq - 1 if i == 0 else records[i - 1].seq)
-            for i, r in enumerate(records)
-        ]
-    timestamps = [
-        r.timestamp_ms - (0 if i == 0 else records[i - 1].timestamp_ms)
-        for i, r in enumerate(records)
-    ]
-    prevs = [
-        None if i and r.seq == records[i - 1].seq + 1 and r.prev == signed[i - 1].hash else r.prev
-        for i, r in enumerate(records)
-    ]
-    paths = None if batch.origin == "own" else [item.path for item in batch.records]
-    compact = [_compact_signature(s.signature) for s in signed]
-    signatures = (
-        [s.signature for s in signed] if None in compact else b"".join(filter(None, compact))
-    )
-    columns = [seqs, timestamps, [r.payload for r in records], prevs, signatures, paths]
-    return _pack([[getattr(batch, name) for name in _BATCH_FIELDS], columns])
-
-
-def _compact_signature(der: bytes) -> bytes | None:
-    """r || s (32 bytes each) of a strict-DER signature; None when `der` is not exactly
-    what `_der_signature` rebuilds from them (such a block keeps the DER bytes)."""
-    try:
-        r_end = 4 + der[3]
-        r, s = der[4:r_end], der[r_end + 2 :]
-        compact = int.from_bytes(r, "big").to_bytes(32, "big")
-        compact += int.from_bytes(s, "big").to_bytes(32, "big")
-    except (IndexError, OverflowError):
-        return None
-    return compact if _der_signature(compact) == der else None
-
-
-def _der_signature(compact: bytes) -> bytes:
-    """The strict-DER signature of r || s."""
-    parts = b""
-    for half in (compact[:32], compact[32:]):
-        value = half.lstrip(b"\x00") or b"\x00"
-        if value[0] & 0x80:
-            value = b"\x00" + value
-        parts += bytes([0x02, len(value)]) + value
-    return bytes([0x30, len(parts)]) + parts
-
-
-def _decode_block(data: bytes) -> tuple[ColdBatch, list[SignedRecord]]:
-    """A block back into its batch and its records; raises `_Damaged`."""
-    block, columns = _fields(_unpack(data), (list, list), "a block")
-    batch = dict(zip(_BATCH_FIELDS, _fields(block, _BATCH_KINDS, "a block's batch"), strict=True))
-    seqs, timestamps, payloads, prevs, signatures, paths = _fields(columns, _COLUMNS, "columns")
-    origin, agent, stream = batch["origin"], batch["agent"], batch["stream"]
-    first_seq, last_seq = batch["first_seq"], batch["last_seq"]
-    count = len(payloads)
-    if type(signatures) is bytes:  # r || s each: rebuild the DER the store held
-        if len(signatures) != 64 * count:
-            raise _Damaged("a block's signatures do not match its records")
-        signatures = [_der_signature(signatures[i : i + 64]) for i in range(0, len(signatures), 64)]
-    own = origin == "own"
-    if origin not in _ORIGINS or (seqs is None) != own or (paths is None) != own:
-        raise _Damaged("a block's origin, seqs and paths disagree")
-    columns = [timestamps, signatures, prevs, *(c for c in (seqs, paths) if c is not None)]
-    if not count or any(len(column) != count for column in columns):
-        raise _Damaged("a block's columns are empty or differ in length")
-    if own and count != last_seq - first_seq + 1:
-        raise _Damaged("an own block does not hold its whole batch")
-    _column(timestamps, int, "timestamps")
-    _column(payloads, bytes, "payloads")
-    _column(prevs, (bytes, _NONE), "prevs")
-    _column(signatures, bytes, "signatures")
-    steps = [1] * count if seqs is None else _column(seqs, int, "seqs")
-    depth = path_depth(last_seq - first_seq + 1) if last_seq >= first_seq else -1
-    if any(len(p) != 32 * depth for p in _column(paths or [], bytes, "paths")):
-        raise _Damaged("a kept record's path is not as deep as its batch")
-    signed: list[SignedRecord] = []
-    items: list[ColdRecord] = []
-    seq, timestamp = first_seq - 1, 0
-    try:
-        for i in range(count):
-            seq += steps[i]
-            if steps[i] < 1 or seq > last_seq:
-                raise _Damaged(f"seq {seq} is out of order or outside the batch")
-            timestamp += timestamps[i]
-            prev = prevs[i]
-            if prev is None:
-                if not signed or signed[-1].seq != seq - 1:
-                    raise _Damaged(f"seq {seq} has no prev to rebuild")
-                prev = signed[-1].hash
-            record = Record(agent, stream, seq, timestamp, payloads[i], prev)
-            body = record.encode()
-            signed.append(SignedRecord(record, body, record_hash(body), signatures[i]))
-            items.append(ColdRecord(seq, body, signatures[i], None if paths is None else paths[i]))
-    except RecordError as exc:
-        raise _Damaged(f"a record does not rebuild ({exc})") from None
-    return ColdBatch(**batch, txid=txid_of(batch["raw"]), records=tuple(items)), signed
-
-
-def _proof(
-    batch: ColdBatch,
-    signed: Sequence[SignedRecord],
-    index: int,
-    levels: Sequence[Sequence[bytes]] | None = None,
-) -> Proof:
-    """The proof of record `index` of a decoded block; an own batch's path comes from
-    its leaves (pass `levels` to build the tree once for many records)."""
-    item, record = batch.records[index], signed[index]
-    if item.path is None:
-        tree = levels if levels is not None else batch_levels([s.hash for s in signed])
-        path = batch_path(tree, item.seq - batch.first_seq)
-    else:
-        path = split_path(item.path)
-    return make_proof(
-        record, batch.root, path, batch.raw, batch.block_height, batch.block_hash, batch.bump
-    )
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _preamble(data: bytes, magic: bytes, path: Path) -> tuple[int, int]:
-    """(length, crc) of the section after a file's preamble; checks magic and format."""
-    if len(data) < _PREAMBLE.size:
-        raise _Damaged("empty" if not data else "shorter than its preamble")
-    found, version, length, crc = _PREAMBLE.unpack_from(data)
-    if found != magic:
-        what = "archive file" if magic == _MAGIC else "archive index"
-        raise _Damaged(f"not an m2mesh {what}")
-    if version != FORMAT:
-        raise ColdArchiveError(f"archive format {version}; this m2mesh reads format {FORMAT}", path)
-    return int(length), int(crc)
-
-
-def _section(data: bytes, length: int, crc: int, what: str) -> Any:
-    if len(data) < length:
-        raise _Damaged(f"the {what} is cut short")
-    if zlib.crc32(data[:length]) != crc:
-        raise _Damaged(f"the {what} fails its checksum")
-    return _unpack(data[:length])
-
-
-_HEADER_ENTRY = (bytes, str, str, int, int, list, int, int)
-
-
-def _read_header(handle: BinaryIO, path: Path) -> list[_Entry]:
+def _read_header(handle: BinaryIO, path: Path) -> list[Entry]:
     """The block entries of an open data file (checked against the file's size)."""
-    length, crc = _preamble(handle.read(_PREAMBLE.size), _MAGIC, path)
-    header = _section(handle.read(length), length, crc, "header")
-    offset = _PREAMBLE.size + length
-    entries: list[_Entry] = []
-    for i, item in enumerate(_column(header, list, "the header")):
-        agent, stream, origin, first, last, held, size, block_crc = _fields(
-            item, _HEADER_ENTRY, f"header entry {i}"
-        )
-        if origin not in _ORIGINS:
-            raise _Damaged(f"header entry {i} has origin {origin!r}")
-        held = _pairs(held)
-        entries.append(_Entry(agent, stream, origin, first, last, held, offset, size, block_crc))
-        offset += size
+    length, crc = header_section(handle.read(PREAMBLE_SIZE), path)
+    entries, offset = decode_header(handle.read(length), length, crc)
     actual = os.fstat(handle.fileno()).st_size
     if actual != offset:
         state = "truncated" if actual < offset else "has trailing bytes"
-        raise _Damaged(f"{state}: {actual} bytes, its header describes {offset}")
+        raise Damaged(f"{state}: {actual} bytes, its header describes {offset}")
     return entries
 
 
 def _read_block(
-    handle: BinaryIO, entry: _Entry, number: int
+    handle: BinaryIO, entry: Entry, number: int
 ) -> tuple[ColdBatch, list[SignedRecord]]:
     handle.seek(entry.offset)
-    data = handle.read(entry.length)
-    if len(data) != entry.length or zlib.crc32(data) != entry.crc:
-        raise _Damaged(f"block {number} fails its checksum")
-    batch, signed = _decode_block(data)
-    described = (entry.agent, entry.stream, entry.origin, entry.first_seq, entry.last_seq)
-    if (batch.agent, batch.stream, batch.origin, batch.first_seq, batch.last_seq) != described:
-        raise _Damaged(f"block {number} is not the batch its header entry describes")
-    if tuple(_merge((s.seq, s.seq) for s in signed)) != entry.held:
-        raise _Damaged(f"block {number} does not hold the seqs its header entry lists")
-    return batch, signed
-
-
-def _groups(entries: Iterable[_Entry]) -> tuple[_Group, ...]:
-    """A file's header entries as the index lists them (see `_Group`)."""
-    groups: dict[tuple[bytes, str, str], tuple[int, list[tuple[int, int]]]] = {}
-    for e in entries:
-        records, spans = groups.get((e.agent, e.stream, e.origin), (0, []))
-        spans.append((e.held[0][0], e.held[-1][1]))
-        groups[(e.agent, e.stream, e.origin)] = (records + _count(e.held), spans)
-    return tuple(_Group(*key, n, tuple(_merge(spans))) for key, (n, spans) in groups.items())
-
-
-def _count(ranges: Iterable[tuple[int, int]]) -> int:
-    return sum(last - first + 1 for first, last in ranges)
-
-
-def _encode_index(listed: Iterable[_Listed]) -> bytes:
-    body = _pack(
-        [
-            [
-                item.name,
-                [[g.agent, g.stream, g.origin, g.records, _flat(g.spans)] for g in item.groups],
-            ]
-            for item in sorted(listed, key=lambda item: item.name)
-        ]
-    )
-    return _PREAMBLE.pack(_INDEX_MAGIC, FORMAT, len(body), zlib.crc32(body)) + body
-
-
-_INDEX_GROUP = (bytes, str, str, int, list)
-
-
-def _decode_index(data: bytes, path: Path) -> dict[str, _Listed]:
-    length, crc = _preamble(data, _INDEX_MAGIC, path)
-    if len(data) != _PREAMBLE.size + length:
-        raise _Damaged("truncated or with trailing bytes")
-    document = _section(data[_PREAMBLE.size :], length, crc, "index")
-    out: dict[str, _Listed] = {}
-    for item in _column(document, list, "the index"):
-        name, groups = _fields(item, (str, list), "an index entry")
-        if not _FILE_NAME.match(name):
-            raise _Damaged(f"the index names {name!r}, not an archive file")
-        parsed: list[_Group] = []
-        for group in _column(groups, list, "an index entry's groups"):
-            agent, stream, origin, records, flat = _fields(group, _INDEX_GROUP, "an index group")
-            if origin not in _ORIGINS:
-                raise _Damaged(f"an index group has origin {origin!r}")
-            parsed.append(_Group(agent, stream, origin, records, _pairs(flat)))
-        out[name] = _Listed(name, tuple(parsed))
-    return out
+    return decode_block(handle.read(entry.length), entry, number)
 
 
 @contextmanager
@@ -580,7 +112,7 @@ def _reading(path: Path) -> Iterator[BinaryIO]:
     try:
         with open(path, "rb") as handle:
             yield handle
-    except _Damaged as exc:
+    except Damaged as exc:
         raise ColdArchiveError(f"damaged archive file ({exc})", path) from None
     except FileNotFoundError:
         raise ColdArchiveError("the archive file is missing (the index lists it)", path) from None
@@ -605,38 +137,12 @@ def write_cold(directory: Path, batches: Sequence[ColdBatch]) -> Path:
     if not batches:
         raise ColdArchiveError("nothing to archive: no batches given")
     catalog = {item.name: item for item in ColdArchive(directory)._catalog()}
-    blocks: list[bytes] = []
-    entries: list[_Entry] = []
-    offset = _PREAMBLE.size
-    for batch in batches:
-        signed = _check(batch)
-        blob = _encode_block(batch, signed)
-        if _decode_block(blob)[0] != replace(batch, records=tuple(batch.records)):
-            raise ColdArchiveError(  # a codec bug: refuse now rather than lose the records
-                f"the {batch.origin} batch {batch.stream} {batch.first_seq}..{batch.last_seq}"
-                " does not read back as it was given"
-            )
-        held = tuple(_merge((r.seq, r.seq) for r in batch.records))
-        entry = (batch.agent, batch.stream, batch.origin, batch.first_seq, batch.last_seq)
-        entries.append(_Entry(*entry, held, offset, len(blob), zlib.crc32(blob)))
-        blocks.append(blob)
-        offset += len(blob)
-    header = _pack(
-        [
-            [e.agent, e.stream, e.origin, e.first_seq, e.last_seq, _flat(e.held), e.length, e.crc]
-            for e in entries
-        ]
-    )
-    data = b"".join(
-        [_PREAMBLE.pack(_MAGIC, FORMAT, len(header), zlib.crc32(header)), header, *blocks]
-    )
-    lowest = min(b.block_height for b in batches)
-    name = f"cold-{lowest:09d}-{hashlib.sha256(data).hexdigest()[:16]}.m2c"
+    listed, data = encode_file(batches)
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomically(directory / name, data)
-    catalog[name] = _Listed(name, _groups(entries))
-    _write_atomically(directory / INDEX_NAME, _encode_index(catalog.values()))
-    return directory / name
+    _write_atomically(directory / listed.name, data)
+    catalog[listed.name] = listed
+    _write_atomically(directory / INDEX_NAME, encode_index(catalog.values()))
+    return directory / listed.name
 
 
 def rebuild_index(directory: Path) -> Path:
@@ -645,7 +151,7 @@ def rebuild_index(directory: Path) -> Path:
     archive = ColdArchive(directory)
     listed = [archive._header_listing(name) for name in archive._names()]
     path = directory / INDEX_NAME
-    _write_atomically(path, _encode_index(listed))
+    _write_atomically(path, encode_index(listed))
     return path
 
 
@@ -663,20 +169,19 @@ class ColdArchive:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._index_key: tuple[int, int, int] | None = None
-        self._indexed: dict[str, _Listed] = {}
-        self._headers: dict[str, _Listed] = {}
+        self._indexed: dict[str, Listed] = {}
+        self._headers: dict[str, Listed] = {}
         self._warned = False
 
     def proof(self, agent: bytes, stream: str, seq: int) -> Proof:
         """The proof of an archived record; `RecordNotFound` when it is not archived."""
         batch, signed = self._find(agent, stream, seq)
-        return _proof(batch, signed, [r.seq for r in batch.records].index(seq))
+        return block_proof(batch, signed, seq)
 
     def batch_proofs(self, agent: bytes, stream: str, seq: int) -> list[Proof]:
         """The proofs of every archived record of the batch that holds `seq`."""
         batch, signed = self._find(agent, stream, seq)
-        levels = batch_levels([s.hash for s in signed]) if batch.origin == "own" else None
-        return [_proof(batch, signed, i, levels) for i in range(len(signed))]
+        return block_proofs(batch, signed)
 
     def streams(self) -> list[StreamSummary]:
         """Archived records per (agent, stream, origin) with their seq spans, as the store
@@ -691,9 +196,9 @@ class ColdArchive:
                 groups[(g.agent, g.stream, g.origin)] = (records + g.records, [*spans, *g.spans])
         out: list[StreamSummary] = []
         for (agent, stream, origin), (records, spans) in groups.items():
-            merged = _merge(spans)
+            merged = merge_ranges(spans)
             if origin == "own":  # whole batches: one archived twice (a retried move) counts once
-                records = _count(merged)
+                records = count_seqs(merged)
             out.append(StreamSummary(agent.hex(), stream, origin, records, merged, 0))
         out.sort(key=lambda s: (s.stream, s.agent))
         out.sort(key=lambda s: s.origin, reverse=True)  # own first, as the store lists them
@@ -710,39 +215,39 @@ class ColdArchive:
 
     def _names(self) -> list[str]:
         try:
-            return sorted(n for n in os.listdir(self.directory) if _FILE_NAME.match(n))
+            return sorted(n for n in os.listdir(self.directory) if FILE_NAME.match(n))
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise ColdArchiveError(f"cannot list ({exc.strerror or exc})", self.directory) from None
 
-    def _catalog(self) -> list[_Listed]:
+    def _catalog(self) -> list[Listed]:
         """Every data file with what it holds: the index's entries, then the headers of
         files the index does not name (a writer stopped between its two renames)."""
         names = self._names()
         indexed = self._load_index(bool(names))
         return [*indexed.values(), *(self._header_listing(n) for n in names if n not in indexed)]
 
-    def _header_listing(self, name: str) -> _Listed:
+    def _header_listing(self, name: str) -> Listed:
         if name not in self._headers:  # names are content hashes: a header never changes
             path = self.directory / name
             with _reading(path) as handle:
-                self._headers[name] = _Listed(name, _groups(_read_header(handle, path)))
+                self._headers[name] = Listed(name, index_groups(_read_header(handle, path)))
         return self._headers[name]
 
-    def _load_index(self, files_exist: bool) -> dict[str, _Listed]:
+    def _load_index(self, files_exist: bool) -> dict[str, Listed]:
         path = self.directory / INDEX_NAME
         try:
             stat = path.stat()
             key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
             if key != self._index_key:
-                self._indexed = _decode_index(path.read_bytes(), path)
+                self._indexed = decode_index(path.read_bytes(), path)
                 self._index_key = key
         except FileNotFoundError:
             self._index_key, self._indexed = None, {}
             if files_exist:
                 self._warn(f"{path} is missing")
-        except (_Damaged, OSError) as exc:
+        except (Damaged, OSError) as exc:
             # The index only repeats the files' headers: read those instead.
             self._index_key, self._indexed = None, {}
             self._warn(f"{path} is unusable ({exc})")
@@ -758,20 +263,16 @@ class ColdArchive:
         cover it (one, unless a kept batch was archived again with more records)."""
         for listed in self._catalog():
             if not any(
-                (g.agent, g.stream) == (agent, stream) and _within(seq, g.spans)
+                (g.agent, g.stream) == (agent, stream) and within(seq, g.spans)
                 for g in listed.groups
             ):
                 continue
             path = self.directory / listed.name
             with _reading(path) as handle:
                 for number, entry in enumerate(_read_header(handle, path)):
-                    if (entry.agent, entry.stream) == (agent, stream) and _within(seq, entry.held):
+                    if (entry.agent, entry.stream) == (agent, stream) and within(seq, entry.held):
                         return _read_block(handle, entry, number)
         raise RecordNotFound(f"no record {stream}/{seq} of agent {agent.hex()} is archived")
-
-
-def _within(seq: int, ranges: Iterable[tuple[int, int]]) -> bool:
-    return any(first <= seq <= last for first, last in ranges)
 
 
 __all__ = [
