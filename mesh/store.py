@@ -11,9 +11,10 @@ version is read and advanced under SQLite's write lock.
 Pragmas, and why: ``journal_mode=WAL`` so readers never block the writer and a crash at
 any point leaves the last committed state; ``busy_timeout`` so concurrent writers queue
 instead of failing; ``foreign_keys=ON``; ``journal_size_limit`` so a WAL that grew
-(a long reader held the checkpoint back) does not keep its size; ``synchronous`` is
-FULL by default (a commit survives power loss, DESIGN §7) and may be NORMAL where losing
-the last commits on power loss is acceptable (the local test ledger).
+(a long reader held the checkpoint back) does not keep its size; ``temp_store=MEMORY``
+so statement journals (every multi-row UPDATE writes one) never touch the disk;
+``synchronous`` is FULL by default (a commit survives power loss, DESIGN §7) and may be
+NORMAL where losing the last commits on power loss is acceptable (the local test ledger).
 
 It must never: know any component's tables, swallow an SQLite error, or let a caller
 hold a write transaction open across anything but SQLite work.
@@ -119,6 +120,7 @@ class Store:
             self._db.execute(f"PRAGMA synchronous = {synchronous}")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+            self._db.execute("PRAGMA temp_store = MEMORY")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: cannot open as an SQLite database ({exc})") from None
         if str(mode).lower() != "wal":

@@ -35,16 +35,20 @@ from mesh.anchoring.record import SignedRecord, decode_record, record_hash
 from mesh.anchoring.segments import HEADER, SegmentError, SegmentWriter, read_entry, scan
 from mesh.store import Store
 
-FOLD_ROWS = 1024
-"""Index rows kept in memory before they are folded into SQLite."""
+FOLD_ROWS = 2048
+"""Index rows kept in memory before they are folded into SQLite (more than a batch of
+the default 1 000 records: rows are then folded as their batch is planned, already
+assigned to it, and never written twice)."""
 SEGMENT_BYTES = 64 << 20
 """A segment file is closed, and a new one begun, past this size."""
 
 _INSERT = (  # a row already there is another writer or a bug: loud, never ignored
     "INSERT INTO anchor_records"
-    " (agent, stream, seq, hash, body, signature, origin, audience, seg, off)"
-    " VALUES (?, ?, ?, ?, x'', x'', ?, ?, ?, ?)"
+    " (agent, stream, seq, hash, body, signature, origin, audience, seg, off, batch)"
+    " VALUES (?, ?, ?, ?, x'', x'', ?, ?, ?, ?, ?)"
 )
+Span = tuple[bytes, str, int, int, int]
+"""A batch a fold assigns rows to: agent, stream, first seq, last seq, batch id."""
 
 
 def segments_dir(store: Store) -> Path:
@@ -184,11 +188,31 @@ class RecordLog:
         leave memory only once committed: a failed fold loses nothing.)"""
         if not self._pending:
             return 0
-        rows = self._pending
+        count = len(self._pending)
         with self._store.write() as db:
-            self._insert(db, rows)
+            self.insert_waiting(db)
+        self.folded()
+        return count
+
+    def insert_waiting(self, db: sqlite3.Connection, batch: Span | None = None) -> int:
+        """Insert the waiting index rows inside the caller's write transaction; those of
+        `batch` (agent, stream, first seq, last seq, batch id) already assigned to it,
+        so planning a batch rewrites no row. Returns how many rows fell in `batch`.
+        Call `folded` once that transaction committed (and only then)."""
+        inside = 0
+        if batch is not None:
+            agent, stream, first, last, _ = batch
+            inside = sum(
+                1
+                for r in self._pending
+                if r.agent == agent and r.stream == stream and first <= r.seq <= last
+            )
+        self._insert(db, self._pending, batch)
+        return inside
+
+    def folded(self) -> None:
+        """The rows `insert_waiting` wrote are committed: forget them here."""
         self._pending, self._held, self._top = [], {}, {}
-        return len(rows)
 
     def pending_hash(self, agent: bytes, stream: str, seq: int) -> bytes | None:
         """The hash of a record appended but not folded yet, at that seq."""
@@ -229,11 +253,30 @@ class RecordLog:
             end,
         )
 
-    def _insert(self, db: sqlite3.Connection, rows: Sequence[_Row]) -> None:
+    def _insert(
+        self, db: sqlite3.Connection, rows: Sequence[_Row], batch: Span | None = None
+    ) -> None:
+        def batch_of(r: _Row) -> int | None:
+            if batch is None:
+                return None
+            agent, stream, first, last, batch_id = batch
+            inside = r.agent == agent and r.stream == stream and first <= r.seq <= last
+            return batch_id if inside else None
+
         db.executemany(
             _INSERT,
             [
-                (r.agent, r.stream, r.seq, r.hash, self.origin, r.audience, r.segment, r.offset)
+                (
+                    r.agent,
+                    r.stream,
+                    r.seq,
+                    r.hash,
+                    self.origin,
+                    r.audience,
+                    r.segment,
+                    r.offset,
+                    batch_of(r),
+                )
                 for r in rows
             ],
         )

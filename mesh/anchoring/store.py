@@ -272,8 +272,8 @@ class AnchorStore:
         return LoadedState(heads, pending, unfinished)
 
     def plan_batch(self, agent: bytes, pending: PendingBatch, root: bytes, now: float) -> BatchInfo:
-        """Record a new batch (``planned``) and assign its records to it."""
-        self.log.fold()
+        """Record a new batch (``planned``) and assign its records to it: the index
+        rows still waiting are written with it, those of the batch already assigned."""
         with self._store.write() as db:
             cursor = db.execute(
                 "INSERT INTO anchor_batches (agent, stream, first_seq, last_seq, root, origin,"
@@ -281,17 +281,21 @@ class AnchorStore:
                 (agent, pending.stream, pending.first_seq, pending.last_seq, root, now),
             )
             batch_id = int(cursor.lastrowid or 0)
-            updated = db.execute(
+            span = (agent, pending.stream, pending.first_seq, pending.last_seq, batch_id)
+            assigned = self.log.insert_waiting(db, span)
+            assigned += db.execute(  # rows folded earlier (more than a fold's worth waited)
                 "UPDATE anchor_records SET batch = ? WHERE agent = ? AND stream = ?"
                 " AND seq BETWEEN ? AND ? AND batch IS NULL",
                 (batch_id, agent, pending.stream, pending.first_seq, pending.last_seq),
             ).rowcount
-            if updated != len(pending.hashes):
+            if assigned != len(pending.hashes):
                 raise AnchoringError(  # rolls the batch back: the store disagrees with us
                     f"batch {pending.stream} {pending.first_seq}..{pending.last_seq}:"
-                    f" only {updated} of {len(pending.hashes)} records are stored and unbatched"
+                    f" only {assigned} of {len(pending.hashes)} records are stored and unbatched"
                 )
-            return self._get(db, batch_id)
+            planned = self._get(db, batch_id)
+        self.log.folded()
+        return planned
 
     def record_draft(self, batch_id: int, txid: str, raw: bytes, fee: int) -> None:
         """The anchor transaction is built and signed: record it before broadcasting."""
