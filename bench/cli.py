@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import soak
 from bench.procs import ROOT
 from bench.report import Row, markdown_table, text_table
 
@@ -161,7 +162,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}",
+        help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}; or `soak` alone "
+        "(see its options below)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a brief run of each scenario (CI smoke test)"
@@ -173,9 +175,18 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help=f"directory for results.json, results.md and plots (default {DEFAULT_OUT})",
     )
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    soak.add_options(parser.add_argument_group("soak", soak.GROUP_HELP))
 
 
 def _command(args: argparse.Namespace) -> int:
+    if "soak" in args.scenarios:
+        if args.scenarios != ["soak"] or args.quick:
+            print("bench: soak runs alone and has no --quick (use --minutes)", file=sys.stderr)
+            return 2
+        return soak.command(args)
+    if soak.used(args):
+        print(f"bench: {', '.join(soak.used(args))}: soak options", file=sys.stderr)
+        return 2
     unknown = [n for n in args.scenarios if n not in SCENARIOS]
     if unknown:
         print(
