@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mesh.anchoring.errors import RecordError, RecordRejected
+from mesh.anchoring.errors import NotAnchored, RecordError, RecordRejected
 from mesh.anchoring.hashchain import Finding
 from mesh.anchoring.kept import KeptRecords
 from mesh.anchoring.proof import Proof
@@ -108,7 +108,8 @@ class BuyerArchive:
 
     def proof(self, producer: bytes, stream: str, seq: int) -> Proof:
         """The proof of a kept record (`NotAnchored` until a receipt covered it)."""
-        self.kept.log.fold()
+        if self.kept.log.pending_hash(producer, stream, seq) is not None:
+            raise NotAnchored(f"record {stream}/{seq}: no receipt from the producer yet")
         return self.records.proof(producer, stream, seq)
 
     def close(self) -> None:

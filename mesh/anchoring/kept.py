@@ -67,19 +67,24 @@ class KeptRecords:
         wanted = set(seqs)
         if not wanted:
             return {}
-        self.log.fold()
+        waiting = {
+            seq: digest
+            for seq in wanted
+            if (digest := self.log.pending_hash(agent, stream, seq)) is not None
+        }
         with self._store.read() as db:
             rows = db.execute(
                 "SELECT seq, hash FROM anchor_records WHERE agent = ? AND stream = ?"
                 " AND seq BETWEEN ? AND ?",
                 (agent, stream, min(wanted), max(wanted)),
             ).fetchall()
-        return {int(s): bytes(h) for s, h in rows if int(s) in wanted}
+        return {**{int(s): bytes(h) for s, h in rows if int(s) in wanted}, **waiting}
 
     def unproven(self, producer: bytes, per_stream: int) -> dict[str, list[int]]:
         """A producer's kept records still waiting for a receipt: stream -> the lowest
-        `per_stream` seqs."""
-        self.log.fold()
+        `per_stream` seqs (held in the index without a path, or still waiting in memory
+        for their receipt)."""
+        waiting = self.log.waiting_seqs(producer)
         with self._store.read() as db:
             streams = [
                 str(r[0])
@@ -90,7 +95,7 @@ class KeptRecords:
                     (producer,),
                 )
             ]
-            return {
+            stored = {
                 stream: [
                     int(r[0])
                     for r in db.execute(
@@ -102,6 +107,10 @@ class KeptRecords:
                 ]
                 for stream in streams
             }
+        return {
+            stream: sorted({*stored.get(stream, ()), *waiting.get(stream, ())})[:per_stream]
+            for stream in {*stored, *waiting}
+        }
 
     def store_receipt(self, receipt: AnchorReceipt, checked: CheckedReceipt, now: float) -> int:
         """Record a checked receipt's batch (mined) and its paths; returns records proven.
@@ -109,7 +118,6 @@ class KeptRecords:
         A batch already known with another anchor transaction keeps the first one.
         """
         anchor = checked.anchor
-        self.log.fold()
         with self._store.write() as db:
             db.execute(
                 "INSERT OR IGNORE INTO anchor_batches (agent, stream, first_seq, last_seq, root,"
@@ -137,14 +145,22 @@ class KeptRecords:
             if row is None or str(row[1]) != checked.txid:
                 return 0
             batch_id = int(row[0])
-            proven = db.executemany(
-                "UPDATE anchor_records SET batch = ?, path = ? WHERE agent = ? AND stream = ?"
-                " AND seq = ? AND origin = 'kept' AND path IS NULL",
-                [
-                    (batch_id, path, anchor.agent, anchor.stream, seq)
-                    for seq, path in checked.paths.items()
-                ],
-            ).rowcount
+            # Rows still in memory are written now, once, with their path; rows folded
+            # before (a restart, or more than `HOLD_ROWS` waited) get it added.
+            inserted = self.log.insert_proven(
+                db, anchor.agent, anchor.stream, checked.paths, batch_id
+            )
+            proven = len(inserted)
+            if len(inserted) < len(checked.paths):
+                proven += db.executemany(
+                    "UPDATE anchor_records SET batch = ?, path = ? WHERE agent = ?"
+                    " AND stream = ? AND seq = ? AND origin = 'kept' AND path IS NULL",
+                    [
+                        (batch_id, path, anchor.agent, anchor.stream, seq)
+                        for seq, path in checked.paths.items()
+                        if seq not in inserted
+                    ],
+                ).rowcount
             if proven > 0:  # `mesh proof --list` reads these, not every record
                 first, last = min(checked.paths), max(checked.paths)
                 db.execute(
@@ -153,6 +169,7 @@ class KeptRecords:
                     " held_last = MAX(COALESCE(held_last, ?), ?) WHERE id = ?",
                     (proven, first, first, last, last, batch_id),
                 )
+        self.log.taken(anchor.agent, anchor.stream, inserted)
         return len(checked.paths)
 
 

@@ -25,7 +25,7 @@ Blocking file and SQLite work; the caller serialises the use of one `RecordLog`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,9 @@ from mesh.anchoring.record import SignedRecord, decode_record, record_hash
 from mesh.anchoring.segments import HEADER, SegmentError, SegmentWriter, read_entry, scan
 from mesh.store import Store
 
+HOLD_ROWS = 8192
+"""Kept records (a buyer's) wait in memory until their receipt proves them, so each row
+is written once, with its path; past this many, they are folded without it."""
 FOLD_ROWS = 2048
 """Index rows kept in memory before they are folded into SQLite (more than a batch of
 the default 1 000 records: rows are then folded as their batch is planned, already
@@ -44,8 +47,8 @@ SEGMENT_BYTES = 64 << 20
 
 _INSERT = (  # a row already there is another writer or a bug: loud, never ignored
     "INSERT INTO anchor_records"
-    " (agent, stream, seq, hash, body, signature, origin, audience, seg, off, batch)"
-    " VALUES (?, ?, ?, ?, x'', x'', ?, ?, ?, ?, ?)"
+    " (agent, stream, seq, hash, body, signature, origin, audience, seg, off, batch, path)"
+    " VALUES (?, ?, ?, ?, x'', x'', ?, ?, ?, ?, ?, ?)"
 )
 Span = tuple[bytes, str, int, int, int]
 """A batch a fold assigns rows to: agent, stream, first seq, last seq, batch id."""
@@ -96,6 +99,20 @@ class _Row:
     end: int
 
 
+def _indexed(db: sqlite3.Connection, row: _Row) -> bool:
+    """Whether `row` is in the index already; another record at its seq is loud."""
+    found = db.execute(
+        "SELECT hash FROM anchor_records WHERE agent = ? AND stream = ? AND seq = ?",
+        (row.agent, row.stream, row.seq),
+    ).fetchone()
+    if found is not None and bytes(found[0]) != row.hash:
+        raise SegmentError(
+            f"{row.stream}/{row.seq}: the index holds another record than segment"
+            f" {row.segment} at offset {row.offset}"
+        )
+    return found is not None
+
+
 class RecordLog:
     """Appends one origin's records to segments and folds their index (see module)."""
 
@@ -104,17 +121,19 @@ class RecordLog:
         store: Store,
         origin: str,
         *,
-        fold_rows: int = FOLD_ROWS,
+        fold_rows: int | None = None,
         segment_bytes: int = SEGMENT_BYTES,
     ) -> None:
-        """Nothing is read or written until `recover` or `append`."""
+        """Nothing is read or written until `recover` or `append`. `fold_rows` rows
+        wait in memory before a fold (for kept records, `HOLD_ROWS` by default)."""
         if origin not in ("own", "kept"):
             raise ValueError(f"origin must be 'own' or 'kept', not {origin!r}")
         self._store = store
         self.origin = origin
         self.directory = segments_dir(store)
-        self.fold_rows = fold_rows
+        self.fold_rows = fold_rows or (FOLD_ROWS if origin == "own" else HOLD_ROWS)
         self.segment_bytes = segment_bytes
+        self._ends: dict[int, int] = {}  # segment -> end of what was appended to it
         self._writer: SegmentWriter | None = None
         self._segment = 0
         self._pending: list[_Row] = []
@@ -146,9 +165,14 @@ class RecordLog:
                 rows.append(self._row(payload, int(segment), offset, end))
                 valid_to = end
             newest = (int(segment), max(valid_to, HEADER))
+        for r in rows:
+            self._ends[r.segment] = max(self._ends.get(r.segment, 0), r.end)
         if rows:
             with self._store.write() as db:
-                self._insert(db, rows)
+                # Kept rows may have been indexed out of order (proven first), past
+                # `indexed_to`: those are there already.
+                fresh = [r for r in rows if not _indexed(db, r)]
+                self._insert(db, fresh, touched={r.segment for r in rows})
         if newest is not None:
             self._open(*newest)
         self._recovered = True
@@ -164,6 +188,7 @@ class RecordLog:
         writer = self._current()
         offsets = writer.append([encode(signed, audience) for signed, audience in records])
         ends = [*offsets[1:], writer.size]
+        self._ends[self._segment] = writer.size
         for (signed, audience), offset, end in zip(records, offsets, ends, strict=True):
             self._pending.append(
                 _Row(
@@ -214,6 +239,48 @@ class RecordLog:
         """The rows `insert_waiting` wrote are committed: forget them here."""
         self._pending, self._held, self._top = [], {}, {}
 
+    def insert_proven(
+        self,
+        db: sqlite3.Connection,
+        agent: bytes,
+        stream: str,
+        paths: Mapping[int, bytes],
+        batch_id: int,
+    ) -> set[int]:
+        """Insert, inside the caller's write transaction, the waiting rows of `paths`'
+        seqs with their batch and Merkle path: a kept record proven before it was ever
+        folded is written once. Returns the seqs inserted; call `taken` with them once
+        the transaction committed."""
+        rows = [
+            r for r in self._pending if r.agent == agent and r.stream == stream and r.seq in paths
+        ]
+        if rows:
+            rest = [r for r in self._pending if not (r.agent == agent and r.stream == stream
+                                                     and r.seq in paths)]  # fmt: skip
+            self._insert(db, rows, paths=paths, batch_id=batch_id, remaining=rest)
+        return {r.seq for r in rows}
+
+    def taken(self, agent: bytes, stream: str, seqs: set[int]) -> None:
+        """The rows `insert_proven` wrote are committed: forget them here."""
+        if not seqs:
+            return
+        self._pending = [
+            r for r in self._pending if not (r.agent == agent and r.stream == stream
+                                             and r.seq in seqs)
+        ]  # fmt: skip
+        for seq in seqs:
+            self._held.pop((agent, stream, seq), None)
+
+    def waiting_seqs(self, agent: bytes) -> dict[str, list[int]]:
+        """stream -> seqs of `agent`'s records appended and not indexed yet, ascending."""
+        out: dict[str, list[int]] = {}
+        for r in self._pending:
+            if r.agent == agent:
+                out.setdefault(r.stream, []).append(r.seq)
+        for seqs in out.values():
+            seqs.sort()
+        return out
+
     def pending_hash(self, agent: bytes, stream: str, seq: int) -> bytes | None:
         """The hash of a record appended but not folded yet, at that seq."""
         return self._held.get((agent, stream, seq))
@@ -254,14 +321,27 @@ class RecordLog:
         )
 
     def _insert(
-        self, db: sqlite3.Connection, rows: Sequence[_Row], batch: Span | None = None
+        self,
+        db: sqlite3.Connection,
+        rows: Sequence[_Row],
+        batch: Span | None = None,
+        *,
+        paths: Mapping[int, bytes] | None = None,
+        batch_id: int | None = None,
+        remaining: Sequence[_Row] = (),
+        touched: set[int] | None = None,
     ) -> None:
+        """Insert index rows and move each segment's ``indexed_to`` to where the first
+        row still waiting (`remaining`) begins: everything before it is indexed."""
+
         def batch_of(r: _Row) -> int | None:
+            if batch_id is not None:
+                return batch_id
             if batch is None:
                 return None
-            agent, stream, first, last, batch_id = batch
+            agent, stream, first, last, span_id = batch
             inside = r.agent == agent and r.stream == stream and first <= r.seq <= last
-            return batch_id if inside else None
+            return span_id if inside else None
 
         db.executemany(
             _INSERT,
@@ -276,19 +356,22 @@ class RecordLog:
                     r.segment,
                     r.offset,
                     batch_of(r),
+                    None if paths is None else paths[r.seq],
                 )
                 for r in rows
             ],
         )
-        reach: dict[int, int] = {}
         count: dict[int, int] = {}
         for r in rows:
-            reach[r.segment] = max(reach.get(r.segment, 0), r.end)
             count[r.segment] = count.get(r.segment, 0) + 1
+        reach: dict[int, int] = {}
+        for segment in touched if touched is not None else {r.segment for r in rows}:
+            waiting = [r.offset for r in remaining if r.segment == segment]
+            reach[segment] = min(waiting) if waiting else self._ends.get(segment, 0)
         db.executemany(
             "UPDATE anchor_segments SET indexed_to = MAX(indexed_to, ?), live = live + ?"
             " WHERE id = ?",
-            [(reach[s], count[s], s) for s in reach],
+            [(reach[s], count.get(s, 0), s) for s in reach],
         )
 
     def _current(self) -> SegmentWriter:

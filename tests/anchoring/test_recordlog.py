@@ -162,3 +162,58 @@ def test_a_segment_killed_before_its_header_was_whole_is_begun_again(tmp_path: P
     records.log.close()
     assert [seq for _, seq, _ in records.load_state(PRODUCER.public_key).pending] == [0]
     store.close()
+
+
+async def test_kept_records_are_written_once_with_their_path_and_survive_a_crash(
+    tmp_path: Path,
+) -> None:
+    """A buyer's readings wait in memory for their receipt and are indexed once, path
+    included (no second write of every row). Proven out of order and then killed: the
+    restart indexes the rest from the segment and skips what is there."""
+    from mesh.anchoring.archive import BuyerArchive
+    from mesh.anchoring.batch import BatchPolicy
+    from mesh.anchoring.proof import verify_proof
+    from mesh.anchoring.service import AnchorConfig
+    from tests.anchoring.helpers import create_ledger, running_anchorer
+
+    ledger = create_ledger(tmp_path / "ledger.db")
+    config = AnchorConfig(batch=BatchPolicy(max_records=5, max_age=1e9))
+    store = open_store(tmp_path / "buyer")
+    archive = BuyerArchive(store)
+    async with running_anchorer(tmp_path / "producer", ledger, config=config) as run:
+        records = await run.anchorer.log_many("vibration", [b"rms=%d" % i for i in range(10)])
+        for record in records:
+            archive.keep(record.body, record.signature, producer=PRODUCER.public_key)
+        assert archive.kept.log.waiting == 10
+        await run.anchorer.anchor_now()
+        await run.chain.mine()
+        await run.anchorer.wait_mined()
+        receipts = await run.anchorer.receipts("vibration", list(range(10)))
+        headers = _headers(tmp_path / "ledger.db")
+    second = next(r for r in receipts if r.paths[0].seq == 5)
+    assert archive.accept_receipt(PRODUCER.public_key, second) == 5  # 5..9 first
+    assert archive.kept.log.waiting == 5
+    with store.read() as db:
+        rows = db.execute("SELECT seq, path IS NOT NULL FROM anchor_records").fetchall()
+    assert sorted(rows) == [(seq, 1) for seq in range(5, 10)]  # inserted with the path
+    archive.kept.log.close(fold=False)  # killed: 0..4 were never indexed
+    store.close()
+
+    store = open_store(tmp_path / "buyer")
+    archive = BuyerArchive(store)  # recovers 0..4, skips 5..9
+    assert archive.unproven(PRODUCER.public_key, 100) == {"vibration": [0, 1, 2, 3, 4]}
+    first = next(r for r in receipts if r.paths[0].seq == 0)
+    assert archive.accept_receipt(PRODUCER.public_key, first) == 5
+    for seq in range(10):
+        assert verify_proof(archive.proof(PRODUCER.public_key, "vibration", seq), headers)
+    assert archive.unproven(PRODUCER.public_key, 100) == {}
+    archive.close()
+    store.close()
+
+
+def _headers(ledger: Path) -> object:
+    from mesh.anchoring.headers import HeaderChain
+    from mesh.chain.ledger import LocalLedger
+
+    with LocalLedger.open(ledger) as opened:
+        return HeaderChain.from_ledger(opened)
