@@ -57,6 +57,10 @@ LogRecord = Callable[[str, bytes, str | None], Awaitable[tuple[bytes, bytes]]]
 """log_record(stream, payload, audience) -> (record body, signature): the agent's signed
 log; `audience` is the peer id the record goes to (the one that may ask for its receipt).
 It returns once the record is stored (waiting while storage fails)."""
+STALL_FLOOR = 1.0
+"""Seconds a provider waits for a payment at least, however short its tick: at 100
+readings/s three ticks are 30 ms, and a scheduler hiccup would end the order. Waiting
+costs nothing -- it delivers nothing more meanwhile."""
 MAX_UNLOGGED_STATEMENTS = 1024
 """Meter statements kept in memory while they wait for storage to work again."""
 STATEMENT_UNITS = 100
@@ -271,7 +275,8 @@ class Provider:
                     if running.stopping or meter.frozen:
                         reason = "stopped by buyer" if running.stopping else "buyer lost"
                         break
-                    with trio.move_on_after(self._stall_ticks * spec.tick) as waited:
+                    stall = max(self._stall_ticks * spec.tick, STALL_FLOOR)
+                    with trio.move_on_after(stall) as waited:
                         await cell.changed.wait()
                     # Payments may be waiting for storage: no stall while it fails.
                     if waited.cancelled_caught and not faulted and self._health.healthy:
