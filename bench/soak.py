@@ -12,264 +12,83 @@ the run (``bench/soak_profiles/``; each run fills in its site and sizes).
 
 Every ``--interval`` seconds it samples each agent process from /proc -- RSS (VmRSS),
 CPU (utime + stime), bytes written to disk (``write_bytes - cancelled_write_bytes``) --
-the bytes each store holds (every file under the agent's data dir; the shared ledger's
-files apart) and, over the control socket, the readings the buyer verified and the
-capacity its channels lock (funded, open, closing or refused). Growth counts from the
-end of a warm-up (the first 20 % of the run, and until both wants deliver), per reading
-delivered: the reading is the soak's unit of work, so the mill's and the buyer's
-numbers are per sensor reading too. At the warm-up's end and at the end it times
-``mesh status`` and ``mesh proof --list`` on every agent (interpreter start included).
+the bytes under each entry of every agent's data dir and of the shared ledger's, each
+open database's size as of its last commit (from SQLite's WAL index), and, over the
+control socket, the readings the buyer verified and the capacity its channels
+lock (funded, open, closing or refused). At the end of a warm-up (the first 20 % of the
+run, and until both wants deliver) and at the end it times ``mesh status`` and
+``mesh proof --list`` on every agent (interpreter start included).
 
-Targets (issue "Running for months", for a 30-minute run; printed beside the values):
-RSS growth < 5 MB per agent (per reading: 5 MB over the readings a 30-minute run
-measures), bytes written <= 2x bytes stored, CPU per reading flat within 10 % (the
-last fifth of the measured period against the first), and with ``--retention-mb X``
-every agent's online store (``agent.db``, its WAL and ``records/``: what retention
-bounds; not ``archive/``) at most X MB (10^6 bytes) in every sample. Targets are
-reported, never asserted.
+`bench.soak_numbers` turns the samples into growth per reading and holds it to the
+targets of a 30-minute run: RSS growth < 5 MB, bytes written <= 2x bytes stored -- the
+growth of ``agent.db`` as committed, ``records/`` and ``archive/``; never the WAL,
+``-shm`` or a journal, which are scratch -- CPU per reading flat within 10 %, and with
+``--retention-mb`` every online store within its bound. Targets are reported, never
+asserted.
 
 Results go where the other benchmarks' go (``--out``, default bench/out): the rows in
 ``results.json`` and ``results.md``, and under ``scenarios.soak.soak`` in the JSON the
-summary and every sample. This module must never leave a process behind: its children
-stop in order at the end and on Ctrl-C or SIGTERM, and die with it if it is killed.
+summary and every sample. This module owns the processes, /proc, the data dirs and the
+command line; it must never compute or judge a number from the samples itself (that is
+`bench.soak_numbers`'s), and never leave a process behind: its children stop in order
+at the end and on Ctrl-C or SIGTERM, and die with it if it is killed.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import math
 import os
 import shutil
 import signal
 import string
+import struct
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
-from statistics import median
 from types import FrameType
 from typing import Any
 
 from agents.control import ControlError, request
 from agents.demo import new_site, with_site
 from agents.profile import ProfileError, load_profile
-from agents.settlement import LOCKING_STATES
 from bench.procs import ROOT, module_cmd
-from bench.report import Row, Target, fmt, text_table
+from bench.report import Row
+from bench.soak_numbers import (
+    AGENTS,
+    BUYER,
+    MILL,
+    SCENARIO,
+    SENSOR,
+    TARGET_MINUTES,
+    WARMUP,
+    Config,
+    Proc,
+    Sample,
+    SoakError,
+    buyer_counts,
+    progress_line,
+    proof_counts,
+    report_lines,
+    rows,
+    summarise,
+)
 
-SCENARIO = "soak"
 PROFILES = Path(__file__).resolve().parent / "soak_profiles"
-SENSOR, MILL, BUYER = "vibration-sensor", "cnc-mill", "robot-cell"
-AGENTS = (SENSOR, MILL, BUYER)
-"""Started in this order (providers first); stopped buyer first."""
 MINER = "ledger-miner"
 BLOCK_SECONDS = 2.0
 READING_PRICE, SPINDLE_PRICE, SPINDLE_TICK = 1, 2, 0.25
 """As in bench/soak_profiles/: what the buyer's units and budgets are sized from."""
-WARMUP = 0.2
-WINDOW = 0.2
-"""CPU flatness compares the first and the last fifth of the measured period."""
-TARGET_MINUTES = 30.0
-TARGET_RSS_MB = 5.0
-TARGET_WRITTEN_X = 2.0
-TARGET_CPU_FLAT = 0.10
-LOCKED = frozenset(state.value for state in LOCKING_STATES)
-MB = 1_000_000
-ONLINE = frozenset({"agent.db", "agent.db-wal", "records"})
-"""The data-dir entries a retention bound holds: the database, its WAL and the record
-segments (`mesh.anchoring.retention.store_bytes`); not the archive it moves records to."""
+WAL_INDEX_HEADER = 48
+"""Bytes of one copy of the header of SQLite's WAL index (``WalIndexHdr``, wal.c)."""
+WAL_INDEX_VERSION = 3007000
 STOP_SECONDS = 20.0
 """How long a process may take to stop on its own before it is killed."""
-
-
-class SoakError(Exception):
-    """The soak could not set up, start or keep its agents running."""
-
-
-@dataclass(frozen=True)
-class Config:
-    """One soak run's parameters."""
-
-    minutes: float = TARGET_MINUTES
-    interval: float = 10.0
-    rate: float = 100.0
-    retention_mb: float | None = None
-    retention_interval: float | None = None
-    log_level: str = "warning"
-
-    @property
-    def seconds(self) -> float:
-        """The run's length, from the agents' spawn to the last sample."""
-        return self.minutes * 60
-
-    def rss_per_reading_target(self) -> float:
-        """Bytes per reading: 5 MB over what a 30-minute run measures after warm-up."""
-        return TARGET_RSS_MB * MB / (self.rate * TARGET_MINUTES * 60 * (1 - WARMUP))
-
-
-# ---------------------------------------------------------------- samples (no I/O)
-
-
-@dataclass(frozen=True)
-class Proc:
-    """One process's counters at one moment."""
-
-    rss: int
-    """VmRSS, bytes."""
-    cpu: float
-    """utime + stime, seconds."""
-    written: int
-    """write_bytes - cancelled_write_bytes: what it made the kernel write to disk."""
-    wchar: int
-    """Bytes it passed to write(2) and the like, sockets included."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """Everything measured at one moment `t` (seconds since the agents' spawn)."""
-
-    t: float
-    procs: Mapping[str, Proc]
-    stores: Mapping[str, Mapping[str, int]]
-    """Per agent (and "ledger"): bytes under each top-level entry of its directory."""
-    readings: int | None
-    """Readings the buyer verified so far (None when it did not answer)."""
-    spindle: int | None
-    locked: int | None
-    """Capacity of the buyer's channels that lock its coins, sat."""
-    status_s: Mapping[str, float] = field(default_factory=dict)
-    """Each agent's status round trip over its control socket, seconds."""
-
-    def online(self, name: str) -> int:
-        """What `[retention] online_mb` bounds of the agent's store (ONLINE)."""
-        return sum(n for entry, n in self.stores[name].items() if entry in ONLINE)
-
-
-def _per(delta: float, readings: int) -> float | None:
-    return delta / readings if readings > 0 else None
-
-
-def _ratio(value: float | None, base: float | None) -> float | None:
-    return value / base if value is not None and base is not None and base > 0 else None
-
-
-def summarise(
-    samples: Sequence[Sample], latency: Mapping[str, Any], warmup: Sequence[Sample] = ()
-) -> dict[str, Any]:
-    """Per-agent growth, writes and CPU per reading over `samples` (the first is the
-    baseline at the warm-up's end, the last the end of the run), with the times of
-    `mesh status` and `mesh proof --list` (`latency`) at both ends."""
-    measured = [s for s in samples if s.readings is not None]
-    if len(measured) < 3:
-        raise SoakError(f"{len(measured)} samples with readings after warm-up; 3 needed")
-    first, last = measured[0], measured[-1]
-    readings = (last.readings or 0) - (first.readings or 0)
-    span = max(1, math.ceil(WINDOW * (len(measured) - 1)))
-    windows = ((measured[0], measured[span]), (measured[-1 - span], measured[-1]))
-    start, end = latency.get("start", {}), latency.get("end", {})
-    agents: dict[str, Any] = {}
-    for name in AGENTS:
-        a, b = first.procs[name], last.procs[name]
-        stored = sum(last.stores[name].values()) - sum(first.stores[name].values())
-        cpu = [
-            _per(w1.procs[name].cpu - w0.procs[name].cpu, (w1.readings or 0) - (w0.readings or 0))
-            for w0, w1 in windows
-        ]
-        socket = [s.status_s[name] for s in measured if name in s.status_s]
-        k = max(1, math.ceil(WINDOW * len(socket)))
-        then, now = start.get(name, {}), end.get(name, {})
-        agents[name] = {
-            "rss_start": a.rss,
-            "rss_end": b.rss,
-            "rss_growth": b.rss - a.rss,
-            "rss_per_reading": _per(b.rss - a.rss, readings),
-            "written": b.written - a.written,
-            "stored_growth": stored,
-            "written_per_reading": _per(b.written - a.written, readings),
-            "stored_per_reading": _per(stored, readings),
-            "written_over_stored": _ratio(b.written - a.written, stored),
-            "cpu_first": cpu[0],
-            "cpu_last": cpu[1],
-            "cpu_flatness": _ratio(cpu[1], cpu[0]),
-            "stored_end": sum(last.stores[name].values()),
-            "online_end": last.online(name),
-            "online_max": max(s.online(name) for s in [*warmup, *samples]),
-            "entries_end": dict(last.stores[name]),
-            "status_socket_first": median(socket[:k]) if socket else None,
-            "status_socket_last": median(socket[-k:]) if socket else None,
-            "status_cli_start": then.get("status", {}).get("s"),
-            "status_cli_end": now.get("status", {}).get("s"),
-            "proof_list_start": then.get("proof --list", {}).get("s"),
-            "proof_list_end": now.get("proof --list", {}).get("s"),
-        }
-    ledger = sum(last.stores["ledger"].values()) - sum(first.stores["ledger"].values())
-    seconds = last.t - first.t
-    return {
-        "measured_seconds": seconds,
-        "readings": readings,
-        "rate": readings / seconds if seconds > 0 else 0.0,
-        "spindle_units": (last.spindle or 0) - (first.spindle or 0),
-        "window_intervals": span,
-        "locked_start": first.locked,
-        "locked_end": last.locked,
-        "ledger_stored_growth": ledger,
-        "ledger_stored_per_reading": _per(ledger, readings),
-        "orders_ended": end.get(BUYER, {}).get("meter_statements"),
-        "agents": agents,
-    }
-
-
-AGENT_ROWS = (
-    # metric; the agent summary's key of the value and of the baseline; unit; scale
-    ("RSS growth after warm-up", "rss_growth", "rss_start", "MB", 1 / MB),
-    ("RSS growth per reading", "rss_per_reading", "", "B/reading", 1),
-    ("bytes written per reading", "written_per_reading", "stored_per_reading", "B/reading", 1),
-    ("CPU per reading, last window", "cpu_last", "cpu_first", "us", 1e6),
-    ("online store, largest sample", "online_max", "", "MB", 1 / MB),
-    ("status over control socket, last window", "status_socket_last", "status_socket_first",
-     "ms", 1e3),
-    ("`mesh status` latency at end", "status_cli_end", "status_cli_start", "s", 1),
-    ("`mesh proof --list` latency at end", "proof_list_end", "proof_list_start", "s", 1),
-)  # fmt: skip
-BASELINE_NAMES = {
-    "rss_start": "RSS at warm-up end",
-    "stored_per_reading": "stored",
-    "cpu_first": "first window",
-    "status_socket_first": "first window",
-}
-
-
-def rows(summary: Mapping[str, Any], config: Config) -> list[Row]:
-    """The soak's table: each number beside its start (or what was stored) and its target."""
-    targets = {
-        "rss_growth": Target(max_value=TARGET_RSS_MB),
-        "rss_per_reading": Target(max_value=config.rss_per_reading_target()),
-        "written_per_reading": Target(max_ratio=TARGET_WRITTEN_X),
-        "cpu_last": Target(min_ratio=1 - TARGET_CPU_FLAT, max_ratio=1 + TARGET_CPU_FLAT),
-        "online_max": Target(max_value=config.retention_mb) if config.retention_mb else None,
-    }
-    out = [Row(SCENARIO, "readings delivered per second", summary["rate"], "/s", config.rate)]
-    for name, a in summary["agents"].items():
-        for metric, key, base_key, unit, scale in AGENT_ROWS:
-            base = a.get(base_key)
-            base = base * scale if base is not None and base > 0 else None  # else no ratio
-            named = BASELINE_NAMES.get(base_key, "at warm-up end")
-            if a[key] is not None:
-                row = Row(SCENARIO, f"{metric}, {name}", a[key] * scale, unit, base, named)
-                out.append(replace(row, target=targets.get(key), params={"agent": name}))
-    if summary["locked_end"] is not None:
-        metric, start = f"locked channel capacity at end, {BUYER}", summary["locked_start"]
-        row = Row(SCENARIO, metric, summary["locked_end"], "sat", start, "at warm-up end")
-        out.append(replace(row, params={"agent": BUYER}))
-    ledger = summary["ledger_stored_per_reading"]
-    if ledger is not None:
-        out.append(Row(SCENARIO, "ledger bytes stored per reading (shared)", ledger, "B/reading"))
-    return out
 
 
 # ---------------------------------------------------------------- /proc and files
@@ -289,6 +108,40 @@ def read_proc(pid: int) -> Proc:
     return Proc(rss * 1024, cpu, io["write_bytes"] - io["cancelled_write_bytes"], io["wchar"])
 
 
+def committed_bytes(database: Path) -> int | None:
+    """The SQLite database at `database` as of its last commit (pages x page size),
+    wherever its pages are: in the file, or still in the WAL. Read from the header of
+    its WAL index (`database`-shm, native byte order, kept twice so that a reader can
+    tell a torn copy); None without an agent holding the index or with no settled copy."""
+    for _ in range(5):
+        try:
+            with open(f"{database}-shm", "rb") as index:
+                head = index.read(2 * WAL_INDEX_HEADER)
+        except FileNotFoundError:
+            return None
+        if len(head) < 2 * WAL_INDEX_HEADER:
+            return None
+        if head[:WAL_INDEX_HEADER] == head[WAL_INDEX_HEADER:]:  # else a commit is under way
+            fields: tuple[int, ...] = struct.unpack("=IIIBBHII", head[:24])
+            version, _, _, ready, _, page, _, pages = fields
+            if version != WAL_INDEX_VERSION or not ready:
+                return None
+            return pages * (65_536 if page == 1 else page)
+        time.sleep(0.001)
+    return None
+
+
+def databases(directory: Path, *names: str) -> dict[str, int]:
+    """The committed size (`committed_bytes`) of each database in `directory` that an
+    agent has open, by its name."""
+    out = {}
+    for name in names:
+        size = committed_bytes(directory / name)
+        if size is not None:
+            out[name] = size
+    return out
+
+
 def tree_bytes(directory: Path) -> dict[str, int]:
     """Bytes under each top-level entry of `directory` (a subdirectory summed whole)."""
     out: dict[str, int] = {}
@@ -304,11 +157,6 @@ def tree_bytes(directory: Path) -> dict[str, int]:
                             total += os.lstat(os.path.join(root, f)).st_size
                 out[entry.name] = total
     return out
-
-
-def held(stream: Mapping[str, Any]) -> int:
-    """Records of one stream `mesh proof --list` shows: in the store and archived."""
-    return int(stream["records"]) + int(stream.get("archived_records", 0))
 
 
 def _child() -> None:
@@ -434,20 +282,20 @@ class Soak:
         return reply, time.perf_counter() - started
 
     def sample(self, t: float) -> Sample:
-        """Every process's counters and every store's size, then the agents' answers."""
+        """Every process's counters, every store's size and its databases' committed
+        size, then the agents' answers."""
         procs = {name: read_proc(proc.pid) for name, proc in self.procs.items()}
         stores = {name: tree_bytes(self.data(name)) for name in AGENTS}
         stores["ledger"] = tree_bytes(self.ledger.parent)
+        committed = {name: databases(self.data(name), "agent.db") for name in AGENTS}
+        committed["ledger"] = databases(self.ledger.parent, self.ledger.name)
         answers = {name: self.status(name) for name in AGENTS}
         buyer = answers[BUYER][0]
         readings = spindle = locked = None
         if buyer is not None:
-            wants = {w["service"]: w["delivered"] for w in buyer["wants"]}
-            readings, spindle = wants.get("vibration"), wants.get("spindle-time")
-            payer = [c for c in buyer["channels"] if c["role"] == "payer"]
-            locked = sum(c["capacity"] for c in payer if c["state"] in LOCKED)
+            readings, spindle, locked = buyer_counts(buyer)
         socket = {name: s for name, (reply, s) in answers.items() if reply is not None}
-        return Sample(t, procs, stores, readings, spindle, locked, socket)
+        return Sample(t, procs, stores, readings, spindle, locked, socket, committed)
 
     def latencies(self) -> dict[str, dict[str, Any]]:
         """Wall time of `mesh status` and `mesh proof --list` on every agent, and how
@@ -467,10 +315,7 @@ class Soak:
                     error = str(exc)[-300:]
                 out[name][command] = {"s": time.perf_counter() - started, "error": error}
             if stdout:  # proof --list's
-                streams = json.loads(stdout)["streams"]
-                own = [s for s in streams if s["origin"] == "own" and s["stream"] == "meters"]
-                out[name]["records"] = sum(held(s) for s in streams)
-                out[name]["meter_statements"] = sum(held(s) for s in own)
+                out[name].update(proof_counts(stdout))
         return out
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
@@ -512,21 +357,6 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def _progress(s: Sample, before: Sample | None, config: Config, phase: str = "") -> str:
-    def mmss(t: float) -> str:
-        return f"{int(t // 60)}:{int(t % 60):02d}"
-
-    line = f"[soak] {mmss(s.t)}/{mmss(config.seconds)} readings {s.readings}"
-    if before is not None and s.readings is not None and before.readings is not None:
-        line += f" ({(s.readings - before.readings) / (s.t - before.t):.1f}/s)"
-    for name in AGENTS:
-        line += f" | {name} {s.procs[name].rss / MB:.1f} MB"
-        if before is not None:
-            line += f" {100 * (s.procs[name].cpu - before.procs[name].cpu) / (s.t - before.t):.0f}%"
-    locked = "?" if s.locked is None else fmt(s.locked)
-    return f"{line} | locked {locked} sat{phase}"
-
-
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -556,7 +386,7 @@ def measure(soak: Soak, say: Callable[[str], None]) -> dict[str, Any]:
             soak.check_alive()
             warmup.append(soak.sample(time.monotonic() - spawned))
             s = warmup[-1]
-            say(_progress(s, warmup[-2] if len(warmup) > 1 else None, config, " (warm-up)"))
+            say(progress_line(s, warmup[-2] if len(warmup) > 1 else None, config, " (warm-up)"))
             if s.readings and s.spindle and s.t >= WARMUP * config.seconds:
                 break
             if s.t > config.seconds:
@@ -568,7 +398,7 @@ def measure(soak: Soak, say: Callable[[str], None]) -> dict[str, Any]:
             time.sleep(min(config.interval, config.seconds - measured[-1].t))
             soak.check_alive()
             measured.append(soak.sample(time.monotonic() - spawned))
-            say(_progress(measured[-1], measured[-2], config))
+            say(progress_line(measured[-1], measured[-2], config))
         latency["end"] = soak.latencies()
     except KeyboardInterrupt:
         outcome.update(status="interrupted", error="interrupted (Ctrl-C or SIGTERM)")
@@ -648,29 +478,7 @@ def print_report(
     exits: Mapping[str, int | None],
 ) -> None:
     """The table beside the targets, what each store holds, how the processes ended."""
-    print()
-    if table:
-        print(text_table(table) + "\n")
-    if summary is not None:
-        print(
-            f"measured {summary['measured_seconds']:.0f} s after warm-up: {summary['readings']}"
-            f" readings, {summary['spindle_units']} spindle ticks. Bytes held at the end:"
-        )
-        for name, a in summary["agents"].items():
-            entries = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(a["entries_end"].items()))
-            print(f"  {name:<17} {entries}")
-        if summary["orders_ended"] is not None:
-            print(
-                f"orders the buyer ended before the end: {summary['orders_ended']} (0: one"
-                " order per want throughout; --log-level info names each one's reason)"
-            )
-    print(f"exit codes (None: killed after {STOP_SECONDS:g} s): {dict(exits)}")
-    verdicts = [r.verdict for r in table if r.verdict]
-    print(
-        f"targets (of a {TARGET_MINUTES:g}-minute run): {verdicts.count('pass')} pass,"
-        f" {verdicts.count('short')} short; status {outcome['status']}"
-        + (f": {outcome['error']}" if outcome["error"] else "")
-    )
+    print("\n".join(report_lines(outcome, table, summary, exits, STOP_SECONDS)))
 
 
 # ---------------------------------------------------------------- command line
