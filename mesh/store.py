@@ -134,6 +134,17 @@ class Store:
         busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         return int(busy) == 0
 
+    @contextmanager
+    def foreign_keys_off(self) -> Iterator[None]:
+        """Foreign keys unchecked on this connection for a while (no transaction may be
+        open): for deletes that keep the references whole themselves, on a child key
+        without an index, where SQLite would scan the child table per parent row."""
+        self._db.execute("PRAGMA foreign_keys = OFF")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA foreign_keys = ON")
+
     def close(self) -> None:
         """Close the connection; uncommitted work is rolled back by SQLite."""
         self._db.close()

@@ -90,8 +90,8 @@ class KeptRecords:
                 str(r[0])
                 for r in db.execute(
                     "SELECT DISTINCT stream FROM anchor_records"
-                    " INDEXED BY anchor_records_unproven"
-                    " WHERE agent = ? AND origin = 'kept' AND path IS NULL",
+                    " INDEXED BY anchor_records_unbatched"
+                    " WHERE agent = ? AND origin = 'kept' AND batch IS NULL",
                     (producer,),
                 )
             ]
@@ -99,8 +99,8 @@ class KeptRecords:
                 stream: [
                     int(r[0])
                     for r in db.execute(
-                        "SELECT seq FROM anchor_records INDEXED BY anchor_records_unproven"
-                        " WHERE agent = ? AND stream = ? AND origin = 'kept' AND path IS NULL"
+                        "SELECT seq FROM anchor_records INDEXED BY anchor_records_unbatched"
+                        " WHERE agent = ? AND stream = ? AND origin = 'kept' AND batch IS NULL"
                         " ORDER BY seq LIMIT ?",
                         (producer, stream, per_stream),
                     )

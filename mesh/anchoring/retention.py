@@ -32,6 +32,7 @@ from pathlib import Path
 
 from mesh.anchoring.cold import ARCHIVE_DIR, ColdBatch, ColdRecord, write_cold
 from mesh.anchoring.recordlog import read_record, segment_path, segments_dir
+from mesh.anchoring.store import IN_BATCH as _IN_BATCH
 from mesh.store import Store
 
 PASS_BATCHES = 64
@@ -155,12 +156,11 @@ class Retention:
                 " block_height, block_hash, bump FROM anchor_batches WHERE id = ?",
                 (batch_id,),
             ).fetchone()
+            agent, stream, origin, first, last, root, txid, raw, height, block_hash, bump = batch
             rows = db.execute(
-                "SELECT seq, body, signature, seg, off, path FROM anchor_records"
-                " WHERE batch = ? ORDER BY seq",
-                (batch_id,),
+                "SELECT seq, body, signature, seg, off, path" + _IN_BATCH,
+                (agent, stream, first, last, batch_id),
             ).fetchall()
-        agent, stream, origin, first, last, root, txid, raw, height, block_hash, bump = batch
         directory = segments_dir(self._store)
         records = []
         for seq, body, signature, seg, off, path in rows:
@@ -190,22 +190,35 @@ class Retention:
         )
 
     def _delete(self, batch_ids: list[int]) -> int:
-        marks = ",".join("?" * len(batch_ids))
-        with self._store.write() as db:
-            per_segment = db.execute(
-                f"SELECT seg, COUNT(*) FROM anchor_records WHERE batch IN ({marks})"
-                " AND seg IS NOT NULL GROUP BY seg",
-                batch_ids,
-            ).fetchall()
-            records = db.execute(
-                f"DELETE FROM anchor_records WHERE batch IN ({marks})", batch_ids
-            ).rowcount
-            db.execute(f"DELETE FROM anchor_batches WHERE id IN ({marks})", batch_ids)
+        """Delete the batches' rows, then the batches, in one transaction. Their rows go
+        first, so no record is left pointing at a deleted batch; the foreign key is not
+        checked meanwhile (no index on ``batch``: SQLite would scan every record for
+        each batch deleted)."""
+        records = 0
+        per_segment: dict[int, int] = {}
+        with self._store.foreign_keys_off(), self._store.write() as db:
+            for batch_id in batch_ids:
+                agent, stream, first, last = db.execute(
+                    "SELECT agent, stream, first_seq, last_seq FROM anchor_batches WHERE id = ?",
+                    (batch_id,),
+                ).fetchone()
+                span = (agent, stream, first, last, batch_id)
+                for seg, count in db.execute(
+                    "SELECT seg, COUNT(*)"
+                    + _IN_BATCH.replace(" ORDER BY seq", "")
+                    + " AND seg IS NOT NULL GROUP BY seg",
+                    span,
+                ):
+                    per_segment[int(seg)] = per_segment.get(int(seg), 0) + int(count)
+                records += db.execute(
+                    "DELETE" + _IN_BATCH.replace(" ORDER BY seq", ""), span
+                ).rowcount
+                db.execute("DELETE FROM anchor_batches WHERE id = ?", (batch_id,))
             db.executemany(
                 "UPDATE anchor_segments SET live = live - ? WHERE id = ?",
-                [(int(count), int(seg)) for seg, count in per_segment],
+                [(count, seg) for seg, count in per_segment.items()],
             )
-        return int(records)
+        return records
 
     def _delete_segments(self) -> int:
         """Delete segment files nothing points into any more (never an origin's newest)."""

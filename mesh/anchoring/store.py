@@ -107,8 +107,23 @@ ANCHORING_SCHEMA = Schema(
             live INTEGER NOT NULL
         );
         """,
+        # 4: a batch's records are found by their seq range (the primary key); the only
+        # secondary index left holds the records not in a batch yet (own records not
+        # batched, kept ones not proven), which are few: every index entry is written,
+        # and checkpointed, once per record.
+        """
+        DROP INDEX anchor_records_by_batch;
+        DROP INDEX anchor_records_unproven;
+        CREATE INDEX anchor_records_unbatched ON anchor_records (agent, stream, seq)
+            WHERE batch IS NULL;
+        """,
     ),
 )
+IN_BATCH = (
+    " FROM anchor_records WHERE agent = ? AND stream = ? AND seq BETWEEN ? AND ?"
+    " AND batch = ? ORDER BY seq"
+)
+"""The rows of one batch, by the primary key (bind `_span(batch)`)."""
 
 _BATCH_COLUMNS = (
     "id, agent, stream, first_seq, last_seq, root, origin, state, txid, raw, fee,"
@@ -257,6 +272,7 @@ class AnchorStore:
                 (str(s), int(q), bytes(h))
                 for s, q, h in db.execute(
                     "SELECT stream, seq, hash FROM anchor_records"
+                    " INDEXED BY anchor_records_unbatched"
                     " WHERE agent = ? AND batch IS NULL ORDER BY stream, seq",
                     (agent,),
                 )
@@ -353,12 +369,8 @@ class AnchorStore:
     def batch_leaves(self, batch_id: int) -> list[bytes]:
         """The record hashes of a batch, in seq order (the tree's leaves)."""
         with self._store.read() as db:
-            return [
-                bytes(r[0])
-                for r in db.execute(
-                    "SELECT hash FROM anchor_records WHERE batch = ? ORDER BY seq", (batch_id,)
-                )
-            ]
+            batch = self._get(db, batch_id)
+            return [bytes(r[0]) for r in db.execute("SELECT hash" + IN_BATCH, _span(batch))]
 
     @staticmethod
     def _get(db: sqlite3.Connection, batch_id: int) -> BatchInfo:
@@ -392,13 +404,7 @@ class AnchorStore:
                 raise NotAnchored(f"record {stream}/{seq}: no receipt from the producer yet")
             leaves = None
             if stored_path is None:
-                leaves = [
-                    bytes(r[0])
-                    for r in db.execute(
-                        "SELECT hash FROM anchor_records WHERE batch = ? ORDER BY seq",
-                        (batch.id,),
-                    )
-                ]
+                leaves = [bytes(r[0]) for r in db.execute("SELECT hash" + IN_BATCH, _span(batch))]
         signed = self._body(body, signature, seg, off)
         if leaves is None:
             path = split_path(bytes(stored_path))
@@ -411,8 +417,7 @@ class AnchorStore:
         with self._store.read() as db:
             batch = self._get(db, batch_id)
             rows = db.execute(
-                "SELECT body, signature, seg, off FROM anchor_records WHERE batch = ? ORDER BY seq",
-                (batch_id,),
+                "SELECT body, signature, seg, off" + IN_BATCH, _span(batch)
             ).fetchall()
         signed = [self._body(*row) for row in rows]
         levels = batch_levels([r.hash for r in signed])
@@ -486,7 +491,7 @@ class AnchorStore:
                     add(key, int(held), int(held)).append((int(held_first), int(held_last)))
             for agent, stream, origin, count in db.execute(
                 "SELECT agent, stream, origin, COUNT(*) FROM anchor_records"
-                " INDEXED BY anchor_records_by_batch WHERE batch IS NULL"
+                " INDEXED BY anchor_records_unbatched WHERE batch IS NULL"
                 " GROUP BY agent, stream, origin"
             ):
                 add((bytes(agent), str(stream), str(origin)), int(count), 0)
@@ -551,6 +556,11 @@ class AnchorStore:
                 )
             )
         return out
+
+
+def _span(batch: BatchInfo) -> tuple[bytes, str, int, int, int]:
+    """The parameters of `IN_BATCH` for `batch`."""
+    return (batch.agent, batch.stream, batch.first_seq, batch.last_seq, batch.id)
 
 
 def _signed(body: bytes, signature: bytes) -> SignedRecord:
