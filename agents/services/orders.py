@@ -476,8 +476,16 @@ class Buyer:
         # paid for this one: a seller that took a prepay and delivered nothing is not
         # paid ahead again, however often it is ordered from.
         ahead = self._ahead.pop(channel_id, 0)
+        # Paid in steps of half the prepay window (a unit at least): the seller never
+        # runs dry, and a fast feed is not one signed update -- and one journal write
+        # on each side -- per reading.
+        window = want.prepay * price
         meter = BuyerMeter(
-            price=price, prepay=want.prepay * price, budget=max(budget, ahead), paid=ahead
+            price=price,
+            prepay=window,
+            budget=max(budget, ahead),
+            paid=ahead,
+            min_payment=max(price, window // 2),
         )
         send, receive = trio.open_memory_channel[Frame](min(want.units, 4096) + 16)
         result = OrderResult(order_id, want.service, provider, channel_id, price, 0, 0, "")
