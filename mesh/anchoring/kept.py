@@ -118,6 +118,7 @@ class KeptRecords:
         A batch already known with another anchor transaction keeps the first one.
         """
         anchor = checked.anchor
+        staged = self.log.stage_paths(anchor.agent, anchor.stream, checked.paths)
         with self._store.write() as db:
             db.execute(
                 "INSERT OR IGNORE INTO anchor_batches (agent, stream, first_seq, last_seq, root,"
@@ -145,11 +146,10 @@ class KeptRecords:
             if row is None or str(row[1]) != checked.txid:
                 return 0
             batch_id = int(row[0])
-            # Rows still in memory are written now, once, with their path; rows folded
-            # before (a restart, or more than `HOLD_ROWS` waited) get it added.
-            inserted = self.log.insert_proven(
-                db, anchor.agent, anchor.stream, checked.paths, batch_id
-            )
+            # Rows still in memory are written now, once, their paths appended to the
+            # segment; rows folded before (a restart, or more than `HOLD_ROWS` waited)
+            # get the path added to the row.
+            inserted = self.log.insert_proven(db, anchor.agent, anchor.stream, staged, batch_id)
             proven = len(inserted)
             if len(inserted) < len(checked.paths):
                 proven += db.executemany(

@@ -46,10 +46,11 @@ SEGMENT_BYTES = 64 << 20
 """A segment file is closed, and a new one begun, past this size."""
 
 _INSERT = (  # a row already there is another writer or a bug: loud, never ignored
-    "INSERT INTO anchor_records"
-    " (agent, stream, seq, hash, body, signature, origin, audience, seg, off, batch, path)"
-    " VALUES (?, ?, ?, ?, x'', x'', ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO anchor_records (agent, stream, seq, hash, body, signature, origin,"
+    " audience, seg, off, batch, pseg, poff) VALUES (?, ?, ?, ?, x'', x'', ?, ?, ?, ?, ?, ?, ?)"
 )
+PATH_ENTRY = "path"
+"""The first element of a segment entry holding a kept record's Merkle path."""
 Span = tuple[bytes, str, int, int, int]
 """A batch a fold assigns rows to: agent, stream, first seq, last seq, batch id."""
 
@@ -70,12 +71,54 @@ def encode(signed: SignedRecord, audience: bytes | None) -> bytes:
     return packed
 
 
-def decode(payload: bytes) -> tuple[bytes, bytes, bytes | None]:
-    """(body, signature, audience) of a segment entry."""
+def encode_path(path: bytes) -> bytes:
+    """A kept record's Merkle path as a segment entry (written once, when its receipt
+    arrives, instead of into the record's index row)."""
+    packed: bytes = msgpack.packb([PATH_ENTRY, path], use_bin_type=True)
+    return packed
+
+
+def _unpack(payload: bytes) -> list[object]:
     try:
-        body, signature, audience = msgpack.unpackb(payload, raw=False)
+        value = msgpack.unpackb(payload, raw=False)
     except (ValueError, TypeError, msgpack.ExtraData) as exc:
         raise SegmentError(f"a segment entry does not decode: {exc}") from None
+    if not isinstance(value, list):
+        raise SegmentError("a segment entry is not a list")
+    return value
+
+
+def is_path(payload: bytes) -> bool:
+    """Whether a segment entry holds a Merkle path (not a record)."""
+    return _unpack(payload)[:1] == [PATH_ENTRY]
+
+
+def read_path(directory: Path, segment: int, offset: int) -> bytes:
+    """The Merkle path stored at `offset` of `segment`."""
+    value = _unpack(read_entry(segment_path(directory, segment), offset))
+    if len(value) != 2 or value[0] != PATH_ENTRY or not isinstance(value[1], bytes):
+        raise SegmentError(f"segment {segment} offset {offset}: not a Merkle path")
+    return value[1]
+
+
+def kept_path(
+    directory: Path, path: bytes | None, segment: int | None, offset: int | None
+) -> bytes | None:
+    """A kept record's Merkle path from its index row: the ``path`` column, or the
+    segment entry ``pseg``/``poff`` point to; None while it has no receipt."""
+    if path is not None:
+        return bytes(path)
+    if segment is None or offset is None:
+        return None
+    return read_path(directory, int(segment), int(offset))
+
+
+def decode(payload: bytes) -> tuple[bytes, bytes, bytes | None]:
+    """(body, signature, audience) of a segment entry."""
+    value = _unpack(payload)
+    if len(value) != 3:
+        raise SegmentError("a segment entry is not a record")
+    body, signature, audience = value
     if not isinstance(body, bytes) or not isinstance(signature, bytes):
         raise SegmentError("a segment entry is not a record")
     return body, signature, audience if isinstance(audience, bytes) else None
@@ -162,7 +205,8 @@ class RecordLog:
                 newest = None
                 continue
             for offset, end, payload in scan(path, int(indexed_to)):
-                rows.append(self._row(payload, int(segment), offset, end))
+                if not is_path(payload):  # a path's row points at it, or it is an orphan
+                    rows.append(self._row(payload, int(segment), offset, end))
                 valid_to = end
             newest = (int(segment), max(valid_to, HEADER))
         for r in rows:
@@ -239,25 +283,44 @@ class RecordLog:
         """The rows `insert_waiting` wrote are committed: forget them here."""
         self._pending, self._held, self._top = [], {}, {}
 
+    def stage_paths(
+        self, agent: bytes, stream: str, paths: Mapping[int, bytes]
+    ) -> dict[int, tuple[int, int]]:
+        """Append the Merkle paths of the waiting rows among `paths`' seqs to the segment
+        (one write; outside any transaction: the segment may rotate); returns seq ->
+        (segment, offset) for `insert_proven`. An entry whose row is never inserted is
+        an orphan nothing points at."""
+        seqs = sorted(
+            r.seq for r in self._pending if r.agent == agent and r.stream == stream
+            and r.seq in paths
+        )  # fmt: skip
+        if not seqs:
+            return {}
+        writer = self._current()
+        offsets = writer.append([encode_path(paths[seq]) for seq in seqs])
+        self._ends[self._segment] = writer.size
+        return {seq: (self._segment, offset) for seq, offset in zip(seqs, offsets, strict=True)}
+
     def insert_proven(
         self,
         db: sqlite3.Connection,
         agent: bytes,
         stream: str,
-        paths: Mapping[int, bytes],
+        staged: Mapping[int, tuple[int, int]],
         batch_id: int,
     ) -> set[int]:
-        """Insert, inside the caller's write transaction, the waiting rows of `paths`'
-        seqs with their batch and Merkle path: a kept record proven before it was ever
-        folded is written once. Returns the seqs inserted; call `taken` with them once
-        the transaction committed."""
+        """Insert, inside the caller's write transaction, the waiting rows `stage_paths`
+        wrote paths for, with their batch: a kept record proven before it was ever
+        folded is written once, its path in the segment. Returns the seqs inserted;
+        call `taken` with them once the transaction committed."""
         rows = [
-            r for r in self._pending if r.agent == agent and r.stream == stream and r.seq in paths
-        ]
+            r for r in self._pending
+            if r.agent == agent and r.stream == stream and r.seq in staged
+        ]  # fmt: skip
         if rows:
             rest = [r for r in self._pending if not (r.agent == agent and r.stream == stream
-                                                     and r.seq in paths)]  # fmt: skip
-            self._insert(db, rows, paths=paths, batch_id=batch_id, remaining=rest)
+                                                     and r.seq in staged)]  # fmt: skip
+            self._insert(db, rows, staged=staged, batch_id=batch_id, remaining=rest)
         return {r.seq for r in rows}
 
     def taken(self, agent: bytes, stream: str, seqs: set[int]) -> None:
@@ -326,7 +389,7 @@ class RecordLog:
         rows: Sequence[_Row],
         batch: Span | None = None,
         *,
-        paths: Mapping[int, bytes] | None = None,
+        staged: Mapping[int, tuple[int, int]] | None = None,
         batch_id: int | None = None,
         remaining: Sequence[_Row] = (),
         touched: set[int] | None = None,
@@ -356,16 +419,19 @@ class RecordLog:
                     r.segment,
                     r.offset,
                     batch_of(r),
-                    None if paths is None else paths[r.seq],
+                    *(staged[r.seq] if staged is not None else (None, None)),
                 )
                 for r in rows
             ],
         )
-        count: dict[int, int] = {}
+        count: dict[int, int] = {}  # index rows pointing into each segment, paths too
         for r in rows:
             count[r.segment] = count.get(r.segment, 0) + 1
+            if staged is not None:
+                pseg = staged[r.seq][0]
+                count[pseg] = count.get(pseg, 0) + 1
         reach: dict[int, int] = {}
-        for segment in touched if touched is not None else {r.segment for r in rows}:
+        for segment in touched if touched is not None else set(count):
             waiting = [r.offset for r in remaining if r.segment == segment]
             reach[segment] = min(waiting) if waiting else self._ends.get(segment, 0)
         db.executemany(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh.anchoring.cold import ARCHIVE_DIR, ColdBatch, ColdRecord, write_cold
-from mesh.anchoring.recordlog import read_record, segment_path, segments_dir
+from mesh.anchoring.recordlog import kept_path, read_record, segment_path, segments_dir
 from mesh.anchoring.store import IN_BATCH as _IN_BATCH
 from mesh.store import Store
 
@@ -158,22 +158,16 @@ class Retention:
             ).fetchone()
             agent, stream, origin, first, last, root, txid, raw, height, block_hash, bump = batch
             rows = db.execute(
-                "SELECT seq, body, signature, seg, off, path" + _IN_BATCH,
+                "SELECT seq, body, signature, seg, off, path, pseg, poff" + _IN_BATCH,
                 (agent, stream, first, last, batch_id),
             ).fetchall()
         directory = segments_dir(self._store)
         records = []
-        for seq, body, signature, seg, off, path in rows:
+        for seq, body, signature, seg, off, path, pseg, poff in rows:
             if seg is not None:
                 body, signature = read_record(directory, int(seg), int(off))
-            records.append(
-                ColdRecord(
-                    int(seq),
-                    bytes(body),
-                    bytes(signature),
-                    None if origin == "own" or path is None else bytes(path),
-                )
-            )
+            kept = None if origin == "own" else kept_path(directory, path, pseg, poff)
+            records.append(ColdRecord(int(seq), bytes(body), bytes(signature), kept))
         return ColdBatch(
             bytes(agent),
             str(stream),
@@ -203,13 +197,14 @@ class Retention:
                     (batch_id,),
                 ).fetchone()
                 span = (agent, stream, first, last, batch_id)
-                for seg, count in db.execute(
-                    "SELECT seg, COUNT(*)"
-                    + _IN_BATCH.replace(" ORDER BY seq", "")
-                    + " AND seg IS NOT NULL GROUP BY seg",
-                    span,
-                ):
-                    per_segment[int(seg)] = per_segment.get(int(seg), 0) + int(count)
+                where = _IN_BATCH.replace(" ORDER BY seq", "")
+                for column in ("seg", "pseg"):  # records, and kept records' paths
+                    for seg, count in db.execute(
+                        f"SELECT {column}, COUNT(*) {where} AND {column} IS NOT NULL"
+                        f" GROUP BY {column}",
+                        span,
+                    ):
+                        per_segment[int(seg)] = per_segment.get(int(seg), 0) + int(count)
                 records += db.execute(
                     "DELETE" + _IN_BATCH.replace(" ORDER BY seq", ""), span
                 ).rowcount

@@ -36,7 +36,7 @@ from mesh.anchoring.hashchain import Head
 from mesh.anchoring.proof import Proof, make_proof
 from mesh.anchoring.receipt import AnchorReceipt, make_receipts, split_path
 from mesh.anchoring.record import SignedRecord, decode_record, record_hash
-from mesh.anchoring.recordlog import RecordLog, read_record, segments_dir
+from mesh.anchoring.recordlog import RecordLog, kept_path, read_record, segments_dir
 from mesh.store import Schema, Store
 
 ANCHORING_SCHEMA = Schema(
@@ -116,6 +116,11 @@ ANCHORING_SCHEMA = Schema(
         DROP INDEX anchor_records_unproven;
         CREATE INDEX anchor_records_unbatched ON anchor_records (agent, stream, seq)
             WHERE batch IS NULL;
+        """,
+        # 5: a kept record's Merkle path may live in a segment (``pseg``, ``poff``).
+        """
+        ALTER TABLE anchor_records ADD COLUMN pseg INTEGER;
+        ALTER TABLE anchor_records ADD COLUMN poff INTEGER;
         """,
     ),
 )
@@ -388,13 +393,14 @@ class AnchorStore:
         self.log.fold()
         with self._store.read() as db:
             row = db.execute(
-                "SELECT body, signature, batch, path, origin, seg, off FROM anchor_records"
-                " WHERE agent = ? AND stream = ? AND seq = ?",
+                "SELECT body, signature, batch, path, origin, seg, off, pseg, poff"
+                " FROM anchor_records WHERE agent = ? AND stream = ? AND seq = ?",
                 (agent, stream, seq),
             ).fetchone()
             if row is None:
                 raise RecordNotFound(f"no record {stream}/{seq} of agent {agent.hex()}")
-            body, signature, batch_id, stored_path, origin, seg, off = row
+            body, signature, batch_id, column_path, origin, seg, off, pseg, poff = row
+            stored_path = kept_path(self.segments, column_path, pseg, poff)
             if batch_id is None and origin == "kept":
                 raise NotAnchored(f"record {stream}/{seq}: no receipt from the producer yet")
             if batch_id is None:
@@ -406,9 +412,10 @@ class AnchorStore:
             if stored_path is None:
                 leaves = [bytes(r[0]) for r in db.execute("SELECT hash" + IN_BATCH, _span(batch))]
         signed = self._body(body, signature, seg, off)
-        if leaves is None:
-            path = split_path(bytes(stored_path))
+        if stored_path is not None:
+            path = split_path(stored_path)
         else:
+            assert leaves is not None
             path = batch_path(batch_levels(leaves), seq - batch.first_seq)
         return self._assemble(signed, batch, path)
 

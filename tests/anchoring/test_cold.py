@@ -27,7 +27,7 @@ from mesh.anchoring.cold import (
 from mesh.anchoring.errors import RecordNotFound
 from mesh.anchoring.headers import HeaderChain
 from mesh.anchoring.proof import Proof, verify_proof
-from mesh.anchoring.recordlog import read_record, segments_dir
+from mesh.anchoring.recordlog import kept_path, read_record, segments_dir
 from mesh.anchoring.service import AnchorConfig
 from mesh.anchoring.store import AnchorStore
 from mesh.store import Store
@@ -52,19 +52,16 @@ def cold_batches(
             continue
         with store.read() as db:
             rows = db.execute(
-                "SELECT seq, body, signature, path, seg, off FROM anchor_records"
+                "SELECT seq, body, signature, path, seg, off, pseg, poff FROM anchor_records"
                 " WHERE batch = ? ORDER BY seq",
                 (b.id,),
             ).fetchall()
         records = []
-        for seq, body, signature, path, segment, offset in rows:
+        for seq, body, signature, path, segment, offset, pseg, poff in rows:
             if segment is not None:  # the body lives in a segment file, not in the row
                 body, signature = read_record(segments_dir(store), segment, offset)
-            records.append(
-                ColdRecord(
-                    seq, bytes(body), bytes(signature), None if path is None else bytes(path)
-                )
-            )
+            kept = kept_path(segments_dir(store), path, pseg, poff)  # the row's, or a segment's
+            records.append(ColdRecord(seq, bytes(body), bytes(signature), kept))
         out.append(
             ColdBatch(b.agent, b.stream, b.origin, b.first_seq, b.last_seq, b.root, b.txid,
                       b.raw, b.block_height, b.block_hash, b.bump, tuple(records))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -158,3 +159,20 @@ def _headers(ledger: Path) -> HeaderChain:
     busy in the anchorer's threads)."""
     with LocalLedger.open(ledger) as opened:
         return HeaderChain.from_ledger(opened)
+
+
+def test_a_buyers_kept_readings_move_with_their_paths(tmp_path: Path) -> None:
+    """Kept records' paths live in the segments; retention carries them into the
+    archive, whose proofs equal the store's."""
+    from tests.anchoring.test_cold import _build_buyer, copy_data_dir
+
+    (tmp_path / "built").mkdir()
+    buyer = _build_buyer(tmp_path / "built")
+    data = copy_data_dir(buyer.data_dir, tmp_path / "buyer")
+    with open_store(data) as store:
+        later = time.time() + 40 * DAY  # receipts are dated by the buyer's wall clock
+        done = Retention(store, RetentionPolicy()).run_once(later)
+        assert done.batches == 3 and done.records == 10, done  # kept: every batch may go
+    cold = ColdArchive(data / "archive")
+    for seq, proof in buyer.proofs.items():
+        assert cold.proof(PRODUCER.public_key, "feed", seq) == proof
