@@ -4,9 +4,11 @@ One `RecordLog` writes the records of one origin (``own``: the agent's signed lo
 ``kept``: producers' records a buyer holds) of one agent store. `append` puts the
 records into the current segment (`mesh.anchoring.segments`, one write for the lot)
 and queues their index rows (``anchor_records``: agent, stream, seq, hash, audience,
-segment and offset; body and signature stay empty there). The queued rows are
-folded into SQLite in one transaction once `fold_rows` wait, or whenever a query
-needs them (`fold`, which a caller may run inside its own write transaction). So a
+segment and offset; body and signature stay empty there). Queued rows are written
+once, as late as possible: an own record's with its batch when the batch is planned
+(`insert_waiting`), a kept record's with its batch and Merkle path (appended to the
+segment, `stage_paths`) when its receipt proves it (`insert_proven`); a query that
+needs them, or more than `fold_rows` waiting, folds them as they are (`fold`). So a
 reading costs one append of its own bytes and a share of an index commit, instead of
 an SQLite commit of its own (~20 KB written, see the segments module).
 
@@ -15,9 +17,10 @@ module); index rows not folded yet are rebuilt by `recover` from each segment's 
 past its ``indexed_to`` (run it before the first `append` and before reading heads).
 
 Segments rotate at `segment_bytes`; ``anchor_segments.live`` counts the index rows
-pointing into each one, so retention (`mesh.anchoring.retention`) knows when a segment
-file holds nothing anyone needs. Readers in other processes (``mesh proof``) see the
-folded index only: at most `fold_rows` records behind a running agent.
+(and kept paths) pointing into each one, so retention (`mesh.anchoring.retention`)
+knows when a segment file holds nothing anyone needs. Readers in other processes
+(``mesh proof``) see the written index only: at most `fold_rows` records behind a
+running agent (unanchored or unproven ones, which have no proof yet anyway).
 
 Blocking file and SQLite work; the caller serialises the use of one `RecordLog`.
 """
