@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -11,10 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pynng
 import trio
 
 from agents.control import request
-from agents.profile import KINDS, load_profile
+from agents.ledger_cli import wait_until_unlocked
+from agents.profile import KINDS, Profile, load_profile
 from agents.runtime import Agent
 from mesh.errors import MeshError
 
@@ -28,15 +31,35 @@ def default_ledger(data_dir: Path) -> Path:
     return Path(os.environ.get("M2MESH_LEDGER", data_dir / "ledger.db"))
 
 
+def _check_data_dir(data_dir: Path) -> None:
+    """Refuse a data dir the agent could not keep its stores and socket in."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise AgentCliError(f"--data-dir {data_dir} is not a directory")
+    if data_dir.is_dir() and not os.access(data_dir, os.W_OK | os.X_OK):
+        raise AgentCliError(
+            f"--data-dir {data_dir} is not writable (a read-only directory or file system);"
+            " the agent keeps its stores and control socket there"
+        )
+
+
+def _first(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run an agent from a profile until SIGINT/SIGTERM."""
     data_dir: Path = args.data_dir
+    _check_data_dir(data_dir)
     profile = load_profile(args.profile, data_dir=data_dir)
     ledger = args.ledger or default_ledger(data_dir)
     if not ledger.exists():
         raise AgentCliError(
             f"no ledger at {ledger}: create one with `mesh ledger init --db {ledger}`"
         )
+    wait_until_unlocked(ledger, "ledger")
+    wait_until_unlocked(data_dir / "agent.db", "agent's store")
     passphrase = None
     if profile.passphrase_env:
         value = os.environ.get(profile.passphrase_env)
@@ -44,8 +67,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise AgentCliError(f"the profile wants the passphrase in ${profile.passphrase_env}")
         passphrase = value.encode()
     agent = Agent(profile, data_dir, ledger, passphrase=passphrase)
-    trio.run(_run_until_signal, agent)
+    try:
+        trio.run(_run_until_signal, agent)
+    except* pynng.NNGException as failed:
+        # Only the mailbox's listener lets an nng error out of the agent.
+        raise _mailbox_error(profile, _first(failed)) from None
     return 0
+
+
+def _mailbox_error(profile: Profile, exc: BaseException) -> AgentCliError:
+    return AgentCliError(
+        f"{profile.path}: agent.mailbox: cannot listen on {profile.mailbox}: {exc}"
+        " (is the host one of this machine's addresses, and the port free?)"
+    )
 
 
 async def _run_until_signal(agent: Agent) -> None:
@@ -163,7 +197,8 @@ def cmd_buy(args: argparse.Namespace) -> int:
         command["peer"] = args.peer
     if args.max_price:
         command["max_price"] = args.max_price
-    print(f"buying {args.units} unit(s) of {args.service}…", file=sys.stderr)
+    if logging.getLogger().isEnabledFor(logging.WARNING):  # --log-level error: errors only
+        print(f"buying {args.units} unit(s) of {args.service}…", file=sys.stderr)
     print(json.dumps(_ask(args.data_dir, command)))
     return 0
 

@@ -1,8 +1,10 @@
 """The `mesh` command line.
 
 Each subcommand is a small function taking parsed arguments and returning an
-exit code. Expected failures (a bad key file, a missing passphrase) are printed
-as one clear line on stderr with exit code 1; only bugs give a traceback.
+exit code. Expected failures (a bad key file, a missing passphrase, a corrupted or
+locked database, a file system that refuses a write, an address that cannot be
+bound) are printed as one clear line on stderr with exit code 1, also when they come
+out of an agent's nursery wrapped in an exception group; only bugs give a traceback.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import argparse
 import importlib.util
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import pynng
 
 from agents.agent_cli import add_agent_commands
 from agents.demo import add_demo_command
@@ -46,7 +51,14 @@ def _passphrase(var: str | None) -> bytes | None:
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Create a new identity key file and print its peer id."""
     identity = Identity.generate()
-    save_identity(identity, args.out, _passphrase(args.passphrase_env), overwrite=args.force)
+    passphrase = _passphrase(args.passphrase_env)
+    blocker = next((p for p in args.out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise CliError(f"cannot write {args.out}: {blocker} is not a directory")
+    try:
+        save_identity(identity, args.out, passphrase, overwrite=args.force)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.out}: {describe_os_error(exc)}") from None
     print(identity.peer_id)
     print(f"wrote {args.out} (mode 0600)", file=sys.stderr)
     return 0
@@ -139,6 +151,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# SQLite's words for the faults an operator can fix, and what to say instead.
+_SQLITE_FAULTS = (
+    ("locked", "a database is locked by another process"),
+    ("readonly", "a database is read-only (check the permissions of the data dir and its files)"),
+    ("unable to open", "cannot open a database file (is its directory there and writable?)"),
+    ("malformed", "a database file is corrupted"),
+    ("not a database", "a database file is corrupted (not an SQLite database)"),
+    ("full", "the disk is full"),
+    ("disk i/o", "the disk failed a read or write"),
+)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`exc` as `PATH: reason` (the way Unix tools say it), without the errno."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    if exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    return f"{exc.filename}: {reason}"
+
+
+def _expected(exc: BaseException) -> bool:
+    # sqlite3 errors only where the database or the disk is at fault: a ProgrammingError
+    # or IntegrityError is our bug. pynng errors: an address that cannot be bound.
+    if isinstance(exc, sqlite3.DatabaseError):
+        return type(exc) in (sqlite3.DatabaseError, sqlite3.OperationalError)
+    return isinstance(exc, (MeshError, OSError, pynng.NNGException))
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def expected_error(exc: BaseException) -> BaseException | None:
+    """The expected error `exc` stands for: itself, or the first error inside an
+    exception group raised out of a nursery; None when anything in it is unexpected
+    (a bug), which must keep its traceback."""
+    leaves = _leaves(exc)
+    if not all(_expected(leaf) for leaf in leaves):
+        return None
+    return leaves[0]
+
+
+def one_line(exc: BaseException) -> str:
+    """What the user reads about an expected error: one line, no traceback."""
+    if isinstance(exc, MeshError):
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        text = describe_os_error(exc)
+    elif isinstance(exc, sqlite3.Error):
+        detail = str(exc)
+        text = next(
+            (f"{said} ({detail})" for word, said in _SQLITE_FAULTS if word in detail.lower()),
+            f"SQLite: {detail}",
+        )
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.splitlines()) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mesh` console script."""
     args = build_parser().parse_args(argv)
@@ -151,11 +226,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args)
-    except MeshError as exc:
-        print(f"mesh {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is not None:
+            return 130
+        expected = expected_error(group)
+        if expected is None:
+            raise
+        print(f"mesh {args.command}: error: {one_line(expected)}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if expected_error(exc) is None:
+            raise
+        print(f"mesh {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
     finally:
         for handler, budget in budgets:
             budget.flush()

@@ -63,7 +63,11 @@ async def serve_control(
 
 
 def request(path: Path, command: dict[str, Any], timeout: float = 70.0) -> dict[str, Any]:
-    """Send one command to the agent listening at `path` (blocking; for the CLI)."""
+    """Send one command to the agent listening at `path` (blocking; for the CLI).
+
+    Every way the exchange can fail -- no agent, an agent that stops or dies before it
+    answers, no answer within `timeout`, an answer that is not one JSON object -- is a
+    `ControlError` saying so."""
     if not path.exists():
         raise ControlError(f"no agent is running with this data dir ({path} does not exist)")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -72,14 +76,33 @@ def request(path: Path, command: dict[str, Any], timeout: float = 70.0) -> dict[
             sock.connect(str(path))
         except OSError as exc:
             raise ControlError(f"cannot reach the agent at {path}: {exc}") from None
-        sock.sendall(json.dumps(command).encode() + b"\n")
         data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    reply: dict[str, Any] = json.loads(data)
+        try:
+            sock.sendall(json.dumps(command).encode() + b"\n")
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            raise ControlError(
+                f"the agent at {path} did not answer within {timeout:.0f} s"
+            ) from None
+        except OSError as exc:
+            raise ControlError(
+                f"the agent at {path} went away before answering ({exc.strerror or exc})"
+            ) from None
+    if not data.endswith(b"\n"):
+        raise ControlError(
+            f"the agent at {path} closed the connection without answering"
+            " (did it stop or die? see its log)"
+        )
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise ControlError(f"the agent at {path} answered something that is not a JSON object")
     if "error" in reply:
         raise ControlError(str(reply["error"]))
     return reply

@@ -10,17 +10,20 @@
 
 The ledger file defaults to ``$M2MESH_LEDGER`` or ``$M2MESH_HOME/ledger.db`` (home:
 ``~/.m2mesh``); every agent on the host shares it. Each handler returns an exit code;
-expected failures (no ledger, a rejected transaction) are `MeshError`s that `mesh`
-prints as one line. This module only parses arguments and prints; the ledger does
-the work.
+expected failures (no ledger, a rejected transaction, a ledger another process keeps
+locked) are `MeshError`s that `mesh` prints as one line. This module only parses
+arguments and prints; the ledger does the work.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import sqlite3
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,68 @@ from mesh.chain.ledger import LocalLedger
 from mesh.chain.local import LocalChain
 from mesh.chain.rules import FINALITY_RULES, Policy
 from mesh.chain.tx import address_to_pkh, p2pkh_script
+from mesh.store import StoreError
 
 _HOME = Path(os.environ.get("M2MESH_HOME", Path.home() / ".m2mesh"))
 DEFAULT_LEDGER = Path(os.environ.get("M2MESH_LEDGER", _HOME / "ledger.db"))
+LOCK_WAIT = 5.0
+"""Seconds a command waits for another process to let go of a database's write lock
+before it gives up (the stores' own busy timeout, for agents, is 30 s)."""
+
+log = logging.getLogger(__name__)
+
+
+def wait_until_unlocked(path: Path, what: str, *, seconds: float = LOCK_WAIT) -> None:
+    """Wait at most `seconds` until no other process holds `path`'s SQLite write lock.
+
+    Says once (a warning on stderr) that it waits and for what; raises `StoreError`
+    if the lock is still held then. A file that is missing, unreadable or not a
+    database is left to the code that opens it next, which says what is wrong.
+    """
+    if not path.is_file():
+        return
+    try:
+        db = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=0, isolation_level=None
+        )
+    except sqlite3.Error:
+        return
+    deadline = time.monotonic() + seconds
+    said = False
+    try:
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    return
+            except sqlite3.DatabaseError:
+                return
+            else:
+                db.execute("ROLLBACK")
+                return
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"{path}: the {what} is locked by another process (still after "
+                    f"{seconds:.0f} s); stop the process holding it, or try again"
+                )
+            if not said:
+                log.warning(
+                    "waiting up to %.0f s for the %s %s: another process holds its lock",
+                    seconds,
+                    what,
+                    path,
+                )
+                said = True
+            time.sleep(0.1)
+    finally:
+        db.close()
+
+
+def _open(db: Path) -> LocalLedger:
+    """Open the ledger at `db`, waiting a little if another process holds it locked."""
+    wait_until_unlocked(db, "ledger")
+    return LocalLedger.open(db)
 
 
 def _script_for(address: str) -> bytes:
@@ -48,6 +110,7 @@ def _script_for(address: str) -> bytes:
 def cmd_init(args: argparse.Namespace) -> int:
     """Create a ledger file with its genesis block."""
     args.db.parent.mkdir(parents=True, exist_ok=True)
+    wait_until_unlocked(args.db, "ledger")
     policy = Policy(fee_rate=args.fee_rate, finality=args.finality)
     with LocalLedger.create(args.db, policy=policy) as ledger:
         genesis = ledger.headers()[0].hash_hex
@@ -61,7 +124,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_fund(args: argparse.Namespace) -> int:
     """Mint test coins to an address; print the new outpoint."""
     script = _script_for(args.address)
-    with LocalLedger.open(args.db) as ledger:
+    with _open(args.db) as ledger:
         outpoint = ledger.faucet(script, args.satoshis)
         if args.mine:
             ledger.mine()
@@ -74,9 +137,10 @@ def cmd_mine(args: argparse.Namespace) -> int:
     if args.interval is not None:
         if args.interval <= 0:
             raise LedgerError("--interval must be positive")
+        wait_until_unlocked(args.db, "ledger")
         trio.run(_mine_forever, args.db, args.interval)
         return 0
-    with LocalLedger.open(args.db) as ledger:
+    with _open(args.db) as ledger:
         for block in ledger.mine(args.count):
             print(f"{block.height} {block.hash} {block.tx_count} tx")
     return 0
@@ -93,7 +157,7 @@ async def _mine_forever(db: Path, interval: float) -> None:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Summarise the ledger, or list an address's unspent outputs."""
-    with LocalLedger.open(args.db) as ledger:
+    with _open(args.db) as ledger:
         if args.address:
             utxos = ledger.utxos(_script_for(args.address))
             rows = [
@@ -129,7 +193,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_tx(args: argparse.Namespace) -> int:
     """Show one transaction as JSON, or submit one with --send."""
-    with LocalLedger.open(args.db) as ledger:
+    with _open(args.db) as ledger:
         if args.send is not None:
             text = sys.stdin.read() if args.send == "-" else args.send
             try:
@@ -159,7 +223,7 @@ def cmd_tx(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Print every block and transaction (JSON with --json, else a readable list)."""
-    with LocalLedger.open(args.db) as ledger:
+    with _open(args.db) as ledger:
         document = ledger.export()
     if args.json:
         json.dump(document, sys.stdout)

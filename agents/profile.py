@@ -1,18 +1,26 @@
 """Vendor profiles: what an agent is, sells and buys, loaded from TOML and checked.
 
 A profile is the only file a vendor writes. Every mistake -- an unknown key, a
-wrong type, a negative price, a missing key file -- is a `ProfileError` whose
-message names the file, the key (as a dotted path such as ``services[1].price``)
-and the problem. `profiles/README.md` documents every key by example.
+wrong type, a negative price, a missing key file, a name peers could not display, an
+interface this host does not have -- is a `ProfileError` whose message names the
+file, the key (as a dotted path such as ``services[1].price``) and the problem; a
+misspelt key is named with the key it was probably meant to be. `profiles/README.md`
+documents every key by example.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import tomllib
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import ifaddr
 
 from mesh.anchoring.retention import Keep, RetentionPolicy
 from mesh.channel.admission import AdmissionLimits
@@ -22,6 +30,43 @@ from mesh.identity import parse_peer_id
 from mesh.session import DEFAULT_SITE, site_problem
 
 KINDS = ("tool-time", "data-feed", "call")
+
+MAX_NAME_BYTES = 63
+"""Longest agent name (UTF-8 bytes). Peers see it in the mDNS TXT ``name=`` string (at
+most 250 bytes there, sharing a 1 300-byte record with the service list) and in the
+handshake; the mDNS instance label is derived from the peer id, not from the name. 63
+bytes, a DNS label's size, is plenty for a human name and leaves the record room."""
+
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+"""Characters that reorder the text around them (Trojan-source style): a name holding
+one reads differently in `mesh status` than what it is."""
+
+# The keys of the tables that have required keys: a key outside these, next to a
+# missing required one, is most likely that key misspelt (`prcie = 5`).
+AGENT_KEYS = (
+    "name",
+    "site",
+    "vendor",
+    "key_file",
+    "passphrase_env",
+    "mailbox",
+    "heartbeat",
+    "dead_after",
+)
+SERVICE_KEYS = ("id", "kind", "unit", "price", "tick", "credit", "handler", "buyers", "description")
+WANT_KEYS = (
+    "service",
+    "max_price",
+    "units",
+    "budget",
+    "prepay",
+    "kind",
+    "tick",
+    "request",
+    "deadline",
+)
 
 T = TypeVar("T")
 
@@ -131,10 +176,12 @@ class Profile:
 class _Table:
     """A TOML table being read: typed getters that know the key path and the file."""
 
-    def __init__(self, path: Path, where: str, data: object) -> None:
+    def __init__(self, path: Path, where: str, data: object, keys: tuple[str, ...] = ()) -> None:
         if not isinstance(data, dict):
             raise ProfileError(path, where or "(top level)", "expected a table")
         self.path, self.where, self.data = path, where, data
+        self.keys = keys
+        """Every key the table may hold (given where a key is required)."""
         self._seen: set[str] = set()
 
     def key(self, name: str) -> str:
@@ -148,9 +195,12 @@ class _Table:
         *,
         check: Callable[[T], str | None] | None = None,
     ) -> T:
+        if self.keys and name not in self.keys:  # our bug: the key list must name it
+            raise TypeError(f"{self.key(name)} is read but missing from the table's keys")
         self._seen.add(name)
         if name not in self.data:
             if default is None:
+                self._misspelt(name)
                 raise ProfileError(self.path, self.key(name), "is required")
             return default
         value = self.data[name]
@@ -172,14 +222,25 @@ class _Table:
             raise ProfileError(self.path, self.key(name), "expected a list of strings")
         return tuple(values)
 
-    def table(self, name: str) -> _Table:
+    def table(self, name: str, keys: tuple[str, ...] = ()) -> _Table:
         self._seen.add(name)
-        return _Table(self.path, self.key(name), self.data.get(name, {}))
+        return _Table(self.path, self.key(name), self.data.get(name, {}), keys)
+
+    def _misspelt(self, name: str) -> None:
+        """Before saying `name` is required: name an unknown key that looks like it."""
+        unknown = [str(k) for k in self.data if k not in self.keys and k not in self._seen]
+        close = difflib.get_close_matches(name, unknown, n=1)
+        if close:
+            raise ProfileError(
+                self.path, self.key(close[0]), f"unknown key (did you mean {name!r}?)"
+            )
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self._seen)
         if unknown:
-            raise ProfileError(self.path, self.key(unknown[0]), "unknown key")
+            close = difflib.get_close_matches(unknown[0], sorted(self._seen), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ProfileError(self.path, self.key(unknown[0]), f"unknown key{hint}")
 
 
 def _admission(channels: _Table) -> AdmissionLimits:
@@ -227,7 +288,82 @@ def _non_negative(value: float) -> str | None:
 
 
 def _mailbox(value: str) -> str | None:
-    return None if value.startswith(("tcp://", "ipc://")) else "must be a tcp:// or ipc:// URL"
+    if not value.startswith(("tcp://", "ipc://")):
+        return "must be a tcp:// or ipc:// URL"
+    if value.startswith("ipc://"):
+        return None if len(value) > len("ipc://") else "ipc:// needs a socket path"
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError as exc:  # a port out of range or not a number
+        return f"{value!r} is not a valid tcp:// URL ({exc})"
+    host = url.hostname or ""
+    if port is None or not host:
+        return f"{value!r} must be tcp://HOST:PORT (port 0 = any free port)"
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host!r} in {value!r} is not an IPv4 address"
+    return None
+
+
+def _name(value: str) -> str | None:
+    """Why `value` cannot be an agent's name (None: it can)."""
+    size = len(value.encode())
+    if size > MAX_NAME_BYTES:
+        return f"is {size} bytes long; at most {MAX_NAME_BYTES} (UTF-8)"
+    for i, c in enumerate(value):
+        if c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp"):
+            what = "a bidi control" if c in _BIDI_CONTROLS else "a control character"
+            return (
+                f"contains {what} (U+{ord(c):04X} at position {i}); peers must be able to show it"
+            )
+    return None
+
+
+def _host_addresses() -> dict[str, tuple[str, ...]]:
+    """This host's network interfaces and their IPv4 addresses, by interface name."""
+    return {
+        adapter.name: tuple(ip.ip for ip in adapter.ips if isinstance(ip.ip, str))
+        for adapter in ifaddr.get_adapters()
+    }
+
+
+def _interfaces(path: Path, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Resolve `discovery.interfaces` -- IPv4 addresses of this host or interface names
+    (``"lo"``, ``"eth0"``: all their IPv4 addresses) -- to addresses for mDNS."""
+    if not names:
+        raise ProfileError(
+            path, "discovery.interfaces", "must name an interface or address, e.g. ['127.0.0.1']"
+        )
+    host = _host_addresses()
+    ours = {address for addresses in host.values() for address in addresses}
+    resolved: list[str] = []
+    for i, text in enumerate(names):
+        key = f"discovery.interfaces[{i}]"
+        try:
+            address = ipaddress.IPv4Address(text)
+        except ValueError:
+            if text not in host:
+                known = ", ".join(sorted(host)) or "none"
+                raise ProfileError(
+                    path,
+                    key,
+                    f"{text!r} is neither an IPv4 address nor an interface of "
+                    f"this host (interfaces: {known})",
+                ) from None
+            if not host[text]:
+                raise ProfileError(path, key, f"interface {text!r} has no IPv4 address") from None
+            resolved += host[text]
+            continue
+        if str(address) not in ours:
+            mine = ", ".join(sorted(ours)) or "none"
+            raise ProfileError(
+                path, key, f"{text} is not an address of this host (its addresses: {mine})"
+            )
+        resolved.append(str(address))
+    return tuple(dict.fromkeys(resolved))
 
 
 def _kind(value: str) -> str | None:
@@ -235,7 +371,7 @@ def _kind(value: str) -> str | None:
 
 
 def _service(path: Path, where: str, data: object) -> ServiceSpec:
-    t = _Table(path, where, data)
+    t = _Table(path, where, data, SERVICE_KEYS)
     spec = ServiceSpec(
         id=t.get(
             "id",
@@ -266,7 +402,7 @@ def _service(path: Path, where: str, data: object) -> ServiceSpec:
 
 
 def _want(path: Path, where: str, data: object) -> WantSpec:
-    t = _Table(path, where, data)
+    t = _Table(path, where, data, WANT_KEYS)
     want = WantSpec(
         service=t.get("service", str),
         max_price=t.get("max_price", int, check=_positive),
@@ -295,7 +431,7 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(path, "(syntax)", str(exc)) from None
     top = _Table(path, "", raw)
-    agent = top.table("agent")
+    agent = top.table("agent", AGENT_KEYS)
     discovery = top.table("discovery")
     channels = top.table("channels")
     anchoring = top.table("anchoring")
@@ -312,7 +448,7 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
             raise ProfileError(path, f"services[{i}].id", f"duplicate service id {sid!r}")
     profile = Profile(
         path=path,
-        name=agent.get("name", str),
+        name=agent.get("name", str, check=_name),
         site=agent.get("site", str, DEFAULT_SITE, check=site_problem),
         vendor=agent.get("vendor", str, ""),
         key_file=agent.get("key_file", str, "identity.key"),
@@ -320,7 +456,7 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         mailbox=agent.get("mailbox", str, "tcp://127.0.0.1:0", check=_mailbox),
         heartbeat=agent.get("heartbeat", float, 2.0, check=_positive),
         dead_after=agent.get("dead_after", float, 8.0, check=_positive),
-        interfaces=discovery.strings("interfaces", ("127.0.0.1",)),
+        interfaces=_interfaces(path, discovery.strings("interfaces", ("127.0.0.1",))),
         static_peers=discovery.strings("static_peers"),
         discovery_ttl=discovery.get("ttl", int, 120, check=_positive),
         capacity=channels.get("capacity", int, 100_000, check=_positive),
