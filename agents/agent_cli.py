@@ -1,4 +1,5 @@
-"""`mesh run`, `mesh status`, `mesh buy`, `mesh channels`: run an agent and talk to it."""
+"""`mesh run`, `mesh status`, `mesh buy`, `mesh channels`: run an agent and talk to it
+(a stopped one: `mesh status` and `mesh channels` read its store, `agents.offline`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pynng
 import trio
 
-from agents.control import request
+from agents.commands import at_expiry, channel_prefix
+from agents.control import ControlError, NotRunning, request
 from agents.ledger_cli import wait_until_unlocked
+from agents.offline import stored_state
 from agents.profile import KINDS, Profile, load_profile
 from agents.runtime import Agent
 from mesh.errors import MeshError
@@ -124,9 +127,58 @@ def _ask(data_dir: Path, command: dict[str, Any]) -> dict[str, Any]:
     return request(data_dir / "control.sock", command)
 
 
+def _stored(args: argparse.Namespace, not_running: NotRunning) -> dict[str, Any]:
+    """The stored state of the stopped agent of ``--data-dir`` (`agents.offline`), or
+    `not_running` said again when it has no store either."""
+    if not (args.data_dir / "agent.db").is_file():
+        raise ControlError(
+            f"{not_running}; nor is there a stored state to show"
+            f" ({args.data_dir / 'agent.db'} does not exist)"
+        )
+    return stored_state(args.data_dir, args.ledger or default_ledger(args.data_dir))
+
+
+def _print_stored_header(
+    stored: dict[str, Any], data_dir: Path, file: TextIO | None = None
+) -> None:
+    print(
+        f"the agent of {data_dir} is not running: this is its stored state"
+        f" ({stored['store']}, read-only)",
+        file=file,
+    )
+    if stored["height"] is None:
+        print(
+            f"ledger: height unknown ({stored['ledger_error']}; give --ledger FILE)",
+            file=file,
+        )
+    else:
+        print(f"ledger {stored['ledger']}: height {stored['height']}", file=file)
+
+
+def _print_channels(channels: list[dict[str, Any]], height: int | None, width: int) -> None:
+    """One line per channel (its id cut to `width` hex digits), and under it what its
+    expiry means."""
+    print(f"channels ({len(channels)}):")
+    for ch in channels:
+        cid = ch["channel_id"][:width]
+        print(f"  {cid} {ch['role']:<5} {ch['service']:<16} {channel_line(ch)}")
+        print(f"      {at_expiry(ch, height)}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show a running agent's peers, sessions, channels, meters and wallet."""
-    status = _ask(args.data_dir, {"cmd": "status"})
+    """Show a running agent's peers, sessions, channels, meters and wallet; of a
+    stopped one (nothing answers on its control socket), its stored channels."""
+    try:
+        status = _ask(args.data_dir, {"cmd": "status"})
+    except NotRunning as exc:
+        if args.json:  # the live status only: scripts wait on it for the agent to be up
+            raise ControlError(
+                f"{exc}; its stored state: `mesh status` without --json, or `mesh channels --json`"
+            ) from None
+        stored = _stored(args, exc)
+        _print_stored_header(stored, args.data_dir)
+        _print_channels(stored["channels"], stored["height"], 16)
+        return 0
     if args.json:
         print(json.dumps(status, indent=1))
         return 0
@@ -152,9 +204,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for peer in status["peers"]:
         live = "session" if peer["peer_id"] in status["sessions"] else "-"
         print(f"  {peer['name'] or '?':<20} {peer['peer_id'][:16]}  {live:<7} {peer['services']}")
-    print(f"channels ({len(status['channels'])}):")
-    for ch in status["channels"]:
-        print(f"  {ch['channel_id'][:16]} {ch['role']:<5} {ch['service']:<16} {channel_line(ch)}")
+    _print_channels(status["channels"], status.get("height"), 16)
     for want in status["wants"]:
         print(
             f"  want {want['service']}: {want['state']}, "
@@ -204,18 +254,43 @@ def cmd_buy(args: argparse.Namespace) -> int:
 
 
 def cmd_channels(args: argparse.Namespace) -> int:
-    """List a running agent's channels, or close one."""
+    """List an agent's channels (a stopped one's from its store), or close one."""
     if args.action == "close":
         if not args.channel_id:
             raise AgentCliError("channels close needs a CHANNEL_ID")
-        print(json.dumps(_ask(args.data_dir, {"cmd": "close", "channel_id": args.channel_id})))
+        prefix = channel_prefix(args.channel_id)  # (a bad one is refused before asking)
+        try:
+            reply = _ask(args.data_dir, {"cmd": "close", "channel_id": prefix})
+        except NotRunning as exc:
+            raise ControlError(
+                f"{exc}: only a running agent closes a channel (start it with `mesh run`;"
+                " `mesh channels` shows its stored ones)"
+            ) from None
+        print(json.dumps(reply))
         return 0
-    print(json.dumps(_ask(args.data_dir, {"cmd": "status"})["channels"], indent=1))
+    try:
+        status = _ask(args.data_dir, {"cmd": "status"})
+    except NotRunning as exc:
+        status = _stored(args, exc)
+        # With --json the note goes to stderr: stdout stays one JSON document.
+        _print_stored_header(status, args.data_dir, sys.stderr if args.json else None)
+    channels, height = status["channels"], status.get("height")
+    if args.json:
+        for ch in channels:
+            ch["blocks_to_expiry"] = None if height is None else ch["expiry_height"] - height
+            ch["at_expiry"] = at_expiry(ch, height)
+        print(json.dumps(channels, indent=1))
+    else:
+        _print_channels(channels, height, 64)
     return 0
 
 
 DATA_DIR_HELP = "the agent's data directory"
 RUNNING_HELP = "the data directory of the running agent to ask"
+STOPPED_LEDGER_HELP = (
+    "of a stopped agent: the LocalLedger file whose height counts the blocks left"
+    " (read-only; default $M2MESH_LEDGER or DATA_DIR/ledger.db)"
+)
 
 
 def add_agent_commands(sub: Any) -> None:
@@ -256,14 +331,19 @@ def add_agent_commands(sub: Any) -> None:
 
     status = sub.add_parser(
         "status",
-        help="show a running agent's state",
+        help="show an agent's state (a stopped one's stored channels)",
         description="Show a running agent's peers, sessions, channels, orders and wallet "
-        "(asked over DATA_DIR/control.sock).",
+        "(asked over DATA_DIR/control.sock); under each channel, its expiry height, the "
+        "blocks left to it and what happens then. Of a stopped agent, its stored "
+        "channels, read from DATA_DIR/agent.db without writing anything.",
     )
-    status.add_argument("--data-dir", type=Path, required=True, help=RUNNING_HELP)
+    status.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
     status.add_argument(
-        "--json", action="store_true", help="all of it as JSON, with the node's counters"
+        "--json",
+        action="store_true",
+        help="all of it as JSON, with the node's counters (a running agent only)",
     )
+    status.add_argument("--ledger", type=Path, help=STOPPED_LEDGER_HELP)
     status.set_defaults(func=cmd_status)
 
     buy = sub.add_parser(
@@ -300,13 +380,22 @@ def add_agent_commands(sub: Any) -> None:
 
     channels = sub.add_parser(
         "channels",
-        help="list a running agent's channels, or close one",
-        description="List a running agent's channels as JSON, or close one cooperatively: "
-        "the payee co-signs the latest payment and the close transaction is broadcast.",
+        help="list an agent's channels, or close one",
+        description="List an agent's channels -- each with its expiry height, the blocks "
+        "left to it and what happens then; a stopped agent's from its store, read-only -- "
+        "or ask a running agent to close one: a payer asks the payee to co-sign the "
+        "latest payment (or a release) and broadcast it; a payee co-signs and broadcasts "
+        "alone. A close the payee does not answer says when the refund comes instead.",
     )
     channels.add_argument(
         "action", nargs="?", choices=["list", "close"], default="list", help="(default list)"
     )
-    channels.add_argument("channel_id", nargs="?", help="the channel to close (hex, as listed)")
-    channels.add_argument("--data-dir", type=Path, required=True, help=RUNNING_HELP)
+    channels.add_argument(
+        "channel_id",
+        nargs="?",
+        help="the channel to close: its id or a unique prefix of at least 8 hex digits",
+    )
+    channels.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    channels.add_argument("--json", action="store_true", help="list the channels as JSON")
+    channels.add_argument("--ledger", type=Path, help=STOPPED_LEDGER_HELP)
     channels.set_defaults(func=cmd_channels)

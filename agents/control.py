@@ -24,6 +24,10 @@ class ControlError(MeshError):
     """The agent is not running (no socket) or answered with an error."""
 
 
+class NotRunning(ControlError):
+    """No agent listens on the socket: it is missing, or left by one that died."""
+
+
 async def serve_control(
     path: Path, handler: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -52,7 +56,9 @@ async def serve_control(
                 if not isinstance(request, dict):
                     raise TypeError("request must be a JSON object")
                 reply = await handler(request)
-            except (ValueError, TypeError, KeyError, MeshError) as exc:
+            except MeshError as exc:  # said for the operator: one line as it is
+                reply = {"error": str(exc)}
+            except (ValueError, TypeError, KeyError) as exc:  # a malformed request
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             await stream.send_all(json.dumps(reply).encode() + b"\n")
 
@@ -67,13 +73,18 @@ def request(path: Path, command: dict[str, Any], timeout: float = 70.0) -> dict[
 
     Every way the exchange can fail -- no agent, an agent that stops or dies before it
     answers, no answer within `timeout`, an answer that is not one JSON object -- is a
-    `ControlError` saying so."""
+    `ControlError` saying so; `NotRunning` when no agent listens at all."""
     if not path.exists():
-        raise ControlError(f"no agent is running with this data dir ({path} does not exist)")
+        raise NotRunning(f"no agent is running with this data dir ({path} does not exist)")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise NotRunning(
+                f"no agent is running with this data dir (nothing answers on {path},"
+                " left by an agent that did not stop cleanly)"
+            ) from None
         except OSError as exc:
             raise ControlError(f"cannot reach the agent at {path}: {exc}") from None
         data = b""

@@ -31,6 +31,7 @@ import trio
 
 from agents.buying import RECENT_ORDERS, Purchases, WantProgress
 from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
+from agents.commands import close_channel
 from agents.control import serve_control
 from agents.profile import KINDS, Profile, ProfileError, WantSpec
 from agents.receipts import Archive, ReceiptExchange
@@ -523,15 +524,10 @@ class Agent:
             assert self.anchorer is not None
             batches = await self.anchorer.anchor_now()
             return {"batches": len(batches)}
-        if cmd == "close":
+        if cmd == "close":  # the id may be a unique prefix (`find_channel`)
             assert self.manager is not None
-            record = await self.manager.close(bytes.fromhex(str(command["channel_id"])))
-            return {
-                "channel_id": record.terms.channel_id.hex(),
-                "state": record.state.value,
-                "total": record.total,
-                "close_txid": record.close_txid,
-            }
+            database = self.data_dir / "agent.db"
+            return await close_channel(self.manager, database, str(command["channel_id"]))
         return {"error": f"unknown command {cmd!r}"}
 
     def status(self, height: int | None = None) -> dict[str, Any]:

@@ -12,6 +12,8 @@ it to a tombstone: what refuses a reuse of its id or funding outpoint (`seen`) a
 what its history shows (state, totals, close txid), without the raw transactions and
 signatures. Nothing of a funded channel is ever deleted.
 Blocking SQLite: one caller at a time (the manager serialises every use of the store).
+`load_channels` and `ids_with_prefix` only read, on any connection: a read-only one
+to a stopped agent's store too (`agents.offline`).
 """
 
 from __future__ import annotations
@@ -456,11 +458,39 @@ class ChannelStore:
 
     def load(self, *, include_final: bool = False) -> list[StoredChannel]:
         """Every channel (by default only those not yet closed, refunded or failed)."""
-        where = "" if include_final else f" WHERE state NOT IN ({_FINAL_SQL})"
         with self._store.read() as db:
-            rows = db.execute(f"{_SELECT}{where} ORDER BY rowid").fetchall()
-        latest = read_journal(journal_path(self._store.path))
-        return [_merged(_stored(row), latest) for row in rows]
+            return load_channels(db, self._store.path, include_final=include_final)
+
+
+def load_channels(
+    db: sqlite3.Connection, database: Path, *, include_final: bool = False
+) -> list[StoredChannel]:
+    """`ChannelStore.load` on any connection to the database at `database` -- a
+    read-only one too (a stopped agent's store): it only reads, the table and the
+    payment journal beside the database."""
+    where = "" if include_final else f" WHERE state NOT IN ({_FINAL_SQL})"
+    rows = db.execute(f"{_SELECT}{where} ORDER BY rowid").fetchall()
+    latest = read_journal(journal_path(database))
+    return [_merged(_stored(row), latest) for row in rows]
+
+
+def ids_with_prefix(db: sqlite3.Connection, prefix: str, limit: int = 10) -> list[bytes]:
+    """At most `limit` ids of stored channels whose lowercase hex starts with `prefix`
+    (hex digits, any number), in id order: a range scan of the primary key, read-only.
+
+    Ids sort as bytes, so those with the prefix follow one another from the prefix
+    padded with zeros."""
+    start = bytes.fromhex(prefix + "0" * (len(prefix) % 2))
+    found: list[bytes] = []
+    cursor = db.execute(
+        "SELECT channel_id FROM channels WHERE channel_id >= ? ORDER BY channel_id", (start,)
+    )
+    for (cid,) in cursor:
+        if len(found) >= limit or not bytes(cid).hex().startswith(prefix):
+            break
+        found.append(bytes(cid))
+    cursor.close()
+    return found
 
 
 def journal_path(database: Path) -> Path:
