@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
-import platform
 import sys
 import time
 import traceback
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench import soak
 from bench.procs import ROOT
-from bench.report import Row, markdown_table, text_table
+from bench.report import Row, text_table, write_results
 
 SCENARIOS: dict[str, str] = {
     "primitives": "bench.primitives",
@@ -84,40 +81,6 @@ def run_scenario(name: str, quick: bool) -> dict[str, Any]:
     outcome["load_before"] = load_before
     outcome["load_after"] = os.getloadavg()
     return outcome
-
-
-def _host() -> dict[str, Any]:
-    try:
-        import bsv
-
-        native = str(bsv.native_status())
-    except (ImportError, AttributeError) as exc:
-        native = f"unknown ({exc})"
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "bsv_native": native,
-    }
-
-
-def write_results(out: Path, quick: bool, outcomes: dict[str, dict[str, Any]]) -> Path:
-    """Write results.json (every row, status and load) and results.md; returns the json path."""
-    out.mkdir(parents=True, exist_ok=True)
-    document = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "quick": quick,
-        "host": _host(),
-        "note": "shared 2-core machine: compare ratios, not absolute values",
-        "scenarios": {
-            name: {**o, "rows": [r.to_json() for r in o["rows"]]} for name, o in outcomes.items()
-        },
-    }
-    path = out / "results.json"
-    path.write_text(json.dumps(document, indent=1) + "\n")
-    rows = [r for o in outcomes.values() for r in o["rows"]]
-    (out / "results.md").write_text(markdown_table(rows) + "\n")
-    return path
 
 
 def run(names: Sequence[str], quick: bool, out: Path, plots: bool = True) -> int:

@@ -10,9 +10,14 @@ absolute numbers say more about the neighbours than about the code.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 Param = int | float | str
@@ -177,3 +182,37 @@ def markdown_table(rows: Sequence[Row]) -> str:
         verdict = f"**{line[-1]}**" if line[-1] == "short" else line[-1]
         lines.append("| " + " | ".join([*line[:-1], verdict]) + " |")
     return "\n".join(lines)
+
+
+def _host() -> dict[str, Any]:
+    try:
+        import bsv
+
+        native = str(bsv.native_status())
+    except (ImportError, AttributeError) as exc:
+        native = f"unknown ({exc})"
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "bsv_native": native,
+    }
+
+
+def write_results(out: Path, quick: bool, outcomes: dict[str, dict[str, Any]]) -> Path:
+    """Write results.json (every row, status and load) and results.md; returns the json path."""
+    out.mkdir(parents=True, exist_ok=True)
+    document = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "host": _host(),
+        "note": "shared 2-core machine: compare ratios, not absolute values",
+        "scenarios": {
+            name: {**o, "rows": [r.to_json() for r in o["rows"]]} for name, o in outcomes.items()
+        },
+    }
+    path = out / "results.json"
+    path.write_text(json.dumps(document, indent=1) + "\n")
+    rows = [r for o in outcomes.values() for r in o["rows"]]
+    (out / "results.md").write_text(markdown_table(rows) + "\n")
+    return path

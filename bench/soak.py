@@ -58,7 +58,7 @@ from agents.control import ControlError, request
 from agents.demo import new_site, with_site
 from agents.profile import ProfileError, load_profile
 from bench.procs import ROOT, module_cmd
-from bench.report import Row
+from bench.report import Row, write_results
 from bench.soak_numbers import (
     AGENTS,
     BUYER,
@@ -412,7 +412,6 @@ def measure(soak: Soak, say: Callable[[str], None]) -> dict[str, Any]:
 
 def run_soak(config: Config, out: Path, data_dir: Path | None, keep: bool) -> int:
     """The whole soak: set up, measure, stop every process, report; the exit code."""
-    from bench.cli import write_results  # bench.cli imports this module
 
     root = data_dir or Path(tempfile.mkdtemp(prefix="m2mesh-soak-"))
     root.mkdir(parents=True, exist_ok=True)
