@@ -11,8 +11,9 @@ statement records it. Then, until the want is done:
 * a want whose remaining budget cannot pay one more unit stops ("budget spent");
 * an open channel with room for a unit is used again (a stopped order resumes on it),
   a full one is closed first so its coins do not stay locked;
-* a new channel holds what the want still needs, at most the profile's
-  ``[channels] capacity``: what is locked per seller is bounded by configuration.
+* a new channel holds the profile's ``[channels] capacity``, or what is left of the
+  want's budget if that is less: what is locked per seller is bounded by configuration,
+  never by the whole budget, and a channel outlives the order that opened it.
 
 Nothing here is kept per unit; `WantProgress` keeps totals and the last few orders.
 """
@@ -117,8 +118,7 @@ class Purchases:
                 return
             progress.state = "buying"
             try:
-                need = min(budget, (want.units - progress.delivered) * price)
-                channel_id, room = await self.channel_for(provider, want.service, price, need)
+                channel_id, room = await self.channel_for(provider, want.service, price, budget)
                 remaining = replace(
                     want, units=want.units - progress.delivered, budget=min(budget, room)
                 )
@@ -195,7 +195,7 @@ class Purchases:
         return (min(offers)[1], min(offers)[0]) if offers else None
 
     async def channel_for(
-        self, provider: str, service: str, price: int, need: int
+        self, provider: str, service: str, price: int, budget: int
     ) -> tuple[bytes, int]:
         """A channel to pay `provider` for `service` on, and how much it can still pay
         (see the module docstring for which one)."""
@@ -210,7 +210,7 @@ class Purchases:
                 if room >= price:
                     return record.terms.channel_id, room
                 await self._close(record.terms.channel_id)  # full: settle it
-        capacity = min(need, self.profile.capacity) + self._manager.config.close_fee
+        capacity = min(budget, self.profile.capacity) + self._manager.config.close_fee
         channel_id = await self._manager.open(
             provider, service, capacity, self.profile.lifetime_blocks
         )

@@ -21,6 +21,7 @@ from typing import Any
 
 from agents.services.orders import STATEMENT_UNITS
 from mesh.anchoring.record import decode_record
+from mesh.anchoring.recordlog import read_record
 from mesh.channel.store import ChannelStore
 from mesh.store import Store
 from tests.discovery.agents import FEED, RunningAgent, delivered, sessions
@@ -79,9 +80,11 @@ def recorded(database: Path) -> int:
     latest: dict[str, int] = {}
     with sqlite3.connect(database) as db:
         rows = db.execute(
-            "SELECT body FROM anchor_records WHERE stream = 'meters' ORDER BY seq"
+            "SELECT body, seg, off FROM anchor_records WHERE stream = 'meters' ORDER BY seq"
         ).fetchall()
-    for (body,) in rows:
+    for body, seg, off in rows:
+        if seg is not None:  # the record lives in a segment file beside the database
+            body, _ = read_record(database.parent / "records", seg, off)
         statement = json.loads(decode_record(bytes(body)).payload)
         latest[statement["order"]] = statement["units"]
     return sum(latest.values())
