@@ -13,8 +13,8 @@ any point leaves the last committed state; ``busy_timeout`` so concurrent writer
 instead of failing; ``foreign_keys=ON``; ``journal_size_limit`` so a WAL that grew
 (a long reader held the checkpoint back) does not keep its size; ``temp_store=MEMORY``
 so statement journals (every multi-row UPDATE writes one) never touch the disk;
-``synchronous`` is FULL by default (a commit survives power loss, DESIGN §7) and may be
-NORMAL where losing the last commits on power loss is acceptable (the local test ledger).
+``synchronous`` is FULL by default (a commit survives power loss, docs/ARCHITECTURE.md §7) and may
+be NORMAL where losing the last commits on power loss is acceptable (the local test ledger).
 
 It must never: know any component's tables, swallow an SQLite error, or let a caller
 hold a write transaction open across anything but SQLite work.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +108,8 @@ class Store:
         self._busy_timeout = busy_timeout
         self._busy_ms = int(busy_timeout * 1000)
         self._polling = False  # SQLite's busy handler is off (see `_begin_immediate`)
+        self._write_depth = 0  # open `write` blocks: >1 are savepoints
+        self._committed: list[Callable[[], None]] = []  # `after_commit` callbacks
         try:
             self._db = sqlite3.connect(
                 path,
@@ -213,13 +215,25 @@ class Store:
         applied to — no other writer can slip in between (the basis of first-seen
         double-spend rejection across processes). Commits on normal exit, rolls back on
         any exception, which propagates.
+
+        Inside another `write` of this store it is a savepoint of that transaction: its
+        changes commit (or roll back) with the outer one, and an exception undoes just
+        them. Components compose their writes this way into one commit (one set of
+        pages written, e.g. an anchor's funding and its batch rows).
         """
+        if self._write_depth:
+            yield from self._savepoint()
+            return
         self._begin_immediate()
+        self._write_depth = 1
+        self._committed = []
         try:
             yield self._db
         except BaseException:
+            self._write_depth = 0
             self._db.execute("ROLLBACK")
             raise
+        self._write_depth = 0
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error:
@@ -228,6 +242,33 @@ class Store:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+        done, self._committed = self._committed, []
+        for fn in done:
+            fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Call `fn` once the write transaction open now has committed (never if it
+        rolls back): in-memory state that must follow the stored one, e.g. forgetting
+        rows a nested write stored, waits for the outermost commit."""
+        if not self._write_depth:
+            raise StoreError("after_commit needs an open write transaction")
+        self._committed.append(fn)
+
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        name = f"nested{self._write_depth}"
+        self._db.execute(f"SAVEPOINT {name}")
+        self._write_depth += 1
+        callbacks = len(self._committed)
+        try:
+            yield self._db
+        except BaseException:
+            del self._committed[callbacks:]  # what the undone part asked for is void
+            self._write_depth -= 1
+            self._db.execute(f"ROLLBACK TO {name}")
+            self._db.execute(f"RELEASE {name}")
+            raise
+        self._write_depth -= 1
+        self._db.execute(f"RELEASE {name}")
 
     def _begin_immediate(self) -> None:
         """Take the write lock, polling every 0.2-2 ms until the busy timeout.

@@ -163,6 +163,14 @@ class Batcher:
             if len(p.hashes) >= self.policy.max_records or now >= p.opened_at + self.policy.max_age
         ]
 
+    def riding(self, now: float) -> list[str]:
+        """Streams not due yet whose batch is at least half its `max_age` old: cut with
+        a due one, they share its commits (a slow stream stops costing a cycle of its
+        own, and is anchored at most twice as often as on its own)."""
+        due = set(self.due(now))
+        half = self.policy.max_age / 2
+        return [s for s, p in self._pending.items() if s not in due and now >= p.opened_at + half]
+
     def next_deadline(self) -> float | None:
         """When the oldest waiting batch becomes due by age (None when nothing waits)."""
         if not self._pending:

@@ -159,6 +159,14 @@ def _indexed(db: sqlite3.Connection, row: _Row) -> bool:
     return found is not None
 
 
+def _span_of(r: _Row, batches: Sequence[Span]) -> int | None:
+    """The id of the batch among `batches` that row `r` falls in, if any."""
+    for agent, stream, first, last, span_id in batches:
+        if r.agent == agent and r.stream == stream and first <= r.seq <= last:
+            return span_id
+    return None
+
+
 class RecordLog:
     """Appends one origin's records to segments and folds their index (see module)."""
 
@@ -266,20 +274,13 @@ class RecordLog:
         self.folded()
         return count
 
-    def insert_waiting(self, db: sqlite3.Connection, batch: Span | None = None) -> int:
+    def insert_waiting(self, db: sqlite3.Connection, batches: Sequence[Span] = ()) -> int:
         """Insert the waiting index rows inside the caller's write transaction; those of
-        `batch` (agent, stream, first seq, last seq, batch id) already assigned to it,
-        so planning a batch rewrites no row. Returns how many rows fell in `batch`.
-        Call `folded` once that transaction committed (and only then)."""
-        inside = 0
-        if batch is not None:
-            agent, stream, first, last, _ = batch
-            inside = sum(
-                1
-                for r in self._pending
-                if r.agent == agent and r.stream == stream and first <= r.seq <= last
-            )
-        self._insert(db, self._pending, batch)
+        `batches` (each agent, stream, first seq, last seq, batch id) already assigned
+        to theirs, so planning batches rewrites no row. Returns how many rows fell in
+        `batches`. Call `folded` once that transaction committed (and only then)."""
+        inside = sum(1 for r in self._pending if _span_of(r, batches) is not None)
+        self._insert(db, self._pending, batches)
         return inside
 
     def folded(self) -> None:
@@ -390,7 +391,7 @@ class RecordLog:
         self,
         db: sqlite3.Connection,
         rows: Sequence[_Row],
-        batch: Span | None = None,
+        batches: Sequence[Span] = (),
         *,
         staged: Mapping[int, tuple[int, int]] | None = None,
         batch_id: int | None = None,
@@ -401,13 +402,7 @@ class RecordLog:
         row still waiting (`remaining`) begins: everything before it is indexed."""
 
         def batch_of(r: _Row) -> int | None:
-            if batch_id is not None:
-                return batch_id
-            if batch is None:
-                return None
-            agent, stream, first, last, span_id = batch
-            inside = r.agent == agent and r.stream == stream and first <= r.seq <= last
-            return span_id if inside else None
+            return batch_id if batch_id is not None else _span_of(r, batches)
 
         db.executemany(
             _INSERT,

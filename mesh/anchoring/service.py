@@ -10,12 +10,24 @@ What it does, in one nursery (`run`):
   the same seq — a fork.
 - **batch**: committed records wait in a `Batcher`; when a stream reaches
   ``max_records`` or its oldest record has waited ``max_age`` seconds of Trio time, the
-  batch is cut: its root computed, the batch recorded (``planned``), the anchor
-  transaction funded by the agent's `Wallet` (explicit fee, change back to the wallet),
-  recorded (``built``), broadcast through the `Chain`, and marked (``broadcast``).
+  batch is cut (and with it every stream half-way to its deadline): its root computed,
+  the batch recorded (``planned``), the anchor transaction funded by the agent's
+  `Wallet` (explicit fee, change back to the wallet), recorded (``built``), broadcast
+  through the `Chain`, and marked (``broadcast``) with the next commit.
 - **confirm**: every ``confirm_interval`` seconds, broadcast anchors are looked up; a
   mined one gets its BUMP and block stored (``mined``), from which proofs and receipts
   are made. An anchor the chain has forgotten is broadcast again.
+
+Commits, and why so few: every SQLite commit writes each page it changed whole (4 KiB,
+twice: WAL, then checkpoint), and an anchor touches the wallet's and the batches' tables
+and their indexes -- about a dozen pages -- however little it changes. So a cycle
+writes one commit per anchor transaction: planning the batches shares the first
+funding's commit; booking a broadcast (the wallet's coins spent, its change ours; the
+batch ``broadcast``) rides on the next commit, the next funding's or the block's
+(`anchor_now` and a clean stop book at once). Until then the batch is ``built``, which
+a restart treats as "maybe on chain": it is broadcast again, and the chain says it has
+it. (A sensor at 100 readings/s with two streams wrote 2.8x the bytes it stored at
+seven commits per anchor; 2x at this.)
 - `anchor_now()` cuts every waiting record into batches at once and anchors them,
   raising if that cannot be done; `wait_mined()` waits until every broadcast anchor is
   mined. The demo calls both before it ends.
@@ -57,7 +69,7 @@ from typing import TypeVar
 
 import trio
 
-from mesh.anchoring.batch import Batcher, BatchPolicy, batch_root
+from mesh.anchoring.batch import Batcher, BatchPolicy, PendingBatch, batch_root
 from mesh.anchoring.errors import AnchoringError, RecordError
 from mesh.anchoring.hashchain import StreamWriter
 from mesh.anchoring.payload import AnchorPayload
@@ -154,6 +166,8 @@ class Anchorer:
         self._confirm_lock = trio.Lock()
         self._failure: str | None = None
         self._planned: dict[int, BatchInfo] = {}
+        self._to_plan: list[tuple[PendingBatch, bytes]] = []  # cut, planned by `_step`
+        self._unbooked: list[BatchInfo] = []  # broadcast, booked by the next commit
         self._unconfirmed: dict[int, BatchInfo] = {}
         self._retry_at = math.inf
         self._logged = 0
@@ -173,6 +187,7 @@ class Anchorer:
         state = await self._thread(self.records.load_state, self._agent)
         self._batcher = Batcher(self.config.batch)
         self._queue, self._audiences, self._planned, self._unconfirmed = [], [], {}, {}
+        self._to_plan, self._unbooked = [], []
         self._retry_at = math.inf
         now = trio.current_time()
         for stream, seq, digest in state.pending:
@@ -199,6 +214,9 @@ class Anchorer:
             self._fail("the anchorer stopped")
             with trio.CancelScope(shield=True):  # index what waits; the segment closes
                 try:
+                    if self._unbooked:  # else the next start broadcasts them again
+                        await self._thread(self._book_now, list(self._unbooked))
+                        self._unbooked = []
                     await self._thread(functools.partial(self.records.log.close, fold=not failed))
                 except (sqlite3.Error, StoreError, OSError) as exc:  # rebuilt at the next start
                     log.warning("record index not written at stop: %s", describe(exc))
@@ -310,26 +328,28 @@ class Anchorer:
                 await self._batch_wake.wait()
             self._batch_wake = trio.Event()
             async with self._anchor_lock:
-                await self._cut(force=False)
-                if self._planned and trio.current_time() >= self._retry_at:
+                self._cut(force=False)
+                if (self._planned or self._to_plan) and trio.current_time() >= self._retry_at:
                     await self._anchor_planned(raise_errors=False)
 
-    async def _cut(self, *, force: bool) -> None:
-        """Turn due (or, forced, all) waiting records into planned batches."""
+    def _cut(self, *, force: bool) -> None:
+        """Take due (or, forced, all) waiting records out of the batcher as batches to
+        plan; streams half-way to their deadline ride along with a due one. They are
+        written by the next `_step`, with the funding of the first of them."""
         now = trio.current_time()
         streams = self._batcher.streams() if force else self._batcher.due(now)
-        cut = False
+        if streams and not force:
+            streams += self._batcher.riding(now)
         for stream in streams:
-            while self._batcher.waiting(stream) and (force or stream in self._batcher.due(now)):
+            first = True
+            while self._batcher.waiting(stream) and (
+                force or first or stream in self._batcher.due(now)
+            ):
                 pending = self._batcher.take(stream, now)
                 assert pending is not None
-                root = batch_root(pending.hashes)
-                batch = await self._write(
-                    self.records.plan_batch, self._agent, pending, root, self._clock()
-                )
-                self._planned[batch.id] = batch
-                cut = True
-        if cut:
+                self._to_plan.append((pending, batch_root(pending.hashes)))
+                first = False
+        if self._to_plan:
             self._retry_at = now
 
     async def anchor_now(self) -> list[BatchInfo]:
@@ -344,63 +364,143 @@ class Anchorer:
             await (self._in_flight or self._next_commit).event.wait()
         async with self._anchor_lock:
             before = set(self._unconfirmed)
-            await self._cut(force=True)
+            self._cut(force=True)
             await self._anchor_planned(raise_errors=True)
+            if self._unbooked:  # booked before returning: the wallet shows it spent
+                unbooked = list(self._unbooked)
+                await self._write(self._book_now, unbooked)
+                self._committed(unbooked, [])
             return [b for i, b in self._unconfirmed.items() if i not in before]
 
     async def _anchor_planned(self, *, raise_errors: bool) -> None:
-        for batch_id in sorted(self._planned):
-            batch = self._planned[batch_id]
-            try:
-                await self._anchor(batch)
-            except _RETRYABLE as exc:
-                self._last_error = (
-                    f"batch {batch.stream} {batch.first_seq}..{batch.last_seq}: {exc}"
-                )
-                self._retry_at = trio.current_time() + self.config.retry_interval
-                self._batch_wake.set()  # the batch loop re-reads its deadline
-                log.warning("anchoring delayed: %s", self._last_error)
-                if raise_errors:
-                    raise AnchoringError(f"cannot anchor {self._last_error}") from exc
-                return
-        self._retry_at = math.inf
+        """Plan the batches cut, then fund, record and broadcast each planned batch.
 
-    async def _anchor(self, batch: BatchInfo) -> None:
-        """Fund (if needed), record, broadcast and mark one batch's anchor."""
-        if batch.state == "planned":
-            # A crash between funding and recording the draft leaves coins reserved.
-            await self._write(self._wallet.release, batch.reservation)
-            script = AnchorPayload(
-                batch.agent, batch.stream, batch.first_seq, batch.last_seq, batch.root
-            ).script()
-            draft = await self._write(
-                functools.partial(
-                    self._wallet.fund,
-                    [(script, self.config.anchor_satoshis)],
-                    reservation=batch.reservation,
-                )
+        One transaction per batch (a proof names one anchor output), each spending the
+        last one's change; but one commit per batch: planning shares the first
+        funding's commit, and booking what the chain accepted rides on the next commit
+        (the next funding's, or the block's). Each commit rewrites the wallet's and the
+        batches' pages, whatever it changed in them.
+        """
+        failure: tuple[BatchInfo, Exception] | None = None
+        rejected: list[BatchInfo] = []
+        tried: set[int] = set()
+        while True:
+            fund = next((self._planned[i] for i in sorted(self._planned) if i not in tried), None)
+            if fund is None and not self._to_plan:
+                break
+            unbooked, to_plan = list(self._unbooked), list(self._to_plan)
+            planned, batch, unfunded = await self._write(
+                self._step, unbooked, rejected, to_plan, fund
             )
-            await self._write(self.records.record_draft, batch.id, draft.txid, draft.raw, draft.fee)
-            batch = replace(batch, state="built", txid=draft.txid, raw=draft.raw, fee=draft.fee)
+            self._committed(unbooked, rejected)
+            rejected = []
+            del self._to_plan[: len(to_plan)]
+            for new in planned:
+                self._planned[new.id] = new
+            if batch is None:
+                break
+            tried.add(batch.id)
+            if unfunded is not None:
+                failure = (batch, unfunded)
+                break
             self._planned[batch.id] = batch
-        assert batch.raw is not None and batch.txid is not None
-        try:
-            await self._chain.broadcast(parse_exact(batch.raw))
-        except TxRejected:
-            await self._write(self._wallet.abandon, batch.txid)
-            await self._write(self.records.clear_draft, batch.id)
-            self._planned[batch.id] = replace(batch, state="planned", txid=None, raw=None, fee=None)
-            raise
-        await self._write(self._wallet.mark_broadcast, batch.txid)
-        await self._write(self.records.mark_broadcast, batch.id)
+            assert batch.raw is not None
+            try:
+                await self._chain.broadcast(parse_exact(batch.raw))
+            except TxRejected as exc:
+                rejected.append(batch)
+                failure = (batch, exc)
+                break
+            except ChainUnavailable as exc:  # stays built: the next try broadcasts it again
+                failure = (batch, exc)
+                break
+            self._accepted(batch)
+        if rejected:
+            unbooked = list(self._unbooked)
+            await self._write(self._step, unbooked, rejected, [], None)
+            self._committed(unbooked, rejected)
+        if failure is None:
+            self._retry_at = math.inf
+            return
+        failed, error = failure
+        self._last_error = f"batch {failed.stream} {failed.first_seq}..{failed.last_seq}: {error}"
+        self._retry_at = trio.current_time() + self.config.retry_interval
+        self._batch_wake.set()  # the batch loop re-reads its deadline
+        log.warning("anchoring delayed: %s", self._last_error)
+        if raise_errors:
+            raise AnchoringError(f"cannot anchor {self._last_error}") from error
+
+    def _step(
+        self,
+        unbooked: list[BatchInfo],
+        rejected: list[BatchInfo],
+        to_plan: list[tuple[PendingBatch, bytes]],
+        fund: BatchInfo | None,
+    ) -> tuple[list[BatchInfo], BatchInfo | None, WalletError | None]:
+        """Worker thread, one transaction: book the anchors the chain accepted (their
+        coins spent, their change ours), drop the `rejected` drafts, plan the batches
+        cut, and fund and record the draft of `fund` (or of the first batch planned
+        now). A funding that fails leaves the rest to commit. Returns the batches
+        planned, the batch funded (or tried) and that failure."""
+        with self.records.write():
+            self._book(unbooked)
+            for refused in rejected:
+                assert refused.txid is not None
+                self._wallet.abandon(refused.txid)
+                self.records.clear_draft(refused.id)
+            planned = self.records.plan_batches(self._agent, to_plan, self._clock())
+            batch = fund or (planned[0] if planned else None)
+            if batch is None or batch.state != "planned":
+                return planned, batch, None
+            try:
+                return planned, self._fund(batch), None
+            except WalletError as exc:
+                return planned, batch, exc
+
+    def _book(self, unbooked: list[BatchInfo]) -> None:
+        """Worker thread, inside a write: record broadcast anchors (idempotent)."""
+        for done in unbooked:
+            assert done.txid is not None
+            self._wallet.mark_broadcast(done.txid)
+            self.records.mark_broadcast(done.id)
+
+    def _book_now(self, unbooked: list[BatchInfo]) -> None:
+        """Worker thread: `_book` in a transaction of its own."""
+        with self.records.write():
+            self._book(unbooked)
+
+    def _accepted(self, batch: BatchInfo) -> None:
+        """The chain took `batch`'s anchor: watch it; book it with the next commit."""
         del self._planned[batch.id]
         self._unconfirmed[batch.id] = replace(batch, state="broadcast")
+        self._unbooked.append(batch)
         self._anchored += 1
         self._fees += batch.fee or 0
-        self._bytes += len(batch.raw)
+        self._bytes += len(batch.raw or b"")
         log.info(
             "anchored %s %d..%d in %s", batch.stream, batch.first_seq, batch.last_seq, batch.txid
         )
+
+    def _committed(self, booked: list[BatchInfo], rejected: list[BatchInfo]) -> None:
+        """The in-memory side of a committed `_step` or `_mark_mined`."""
+        ids = {b.id for b in booked}
+        self._unbooked = [b for b in self._unbooked if b.id not in ids]
+        for batch in rejected:
+            self._planned[batch.id] = replace(batch, state="planned", txid=None, raw=None, fee=None)
+
+    def _fund(self, batch: BatchInfo) -> BatchInfo:
+        """Worker thread, inside `_fund_all`'s transaction: one batch's draft."""
+        # A crash between funding and recording the draft, before they shared a
+        # transaction, left coins reserved: free them first.
+        self._wallet.release(batch.reservation)
+        script = AnchorPayload(
+            batch.agent, batch.stream, batch.first_seq, batch.last_seq, batch.root
+        ).script()
+        draft = self._wallet.fund(
+            [(script, self.config.anchor_satoshis)], reservation=batch.reservation
+        )
+        self.records.record_draft(batch.id, draft.txid, draft.raw, draft.fee)
+        return replace(batch, state="built", txid=draft.txid, raw=draft.raw, fee=draft.fee)
 
     # ---------------------------------------------------------------- confirming
 
@@ -411,6 +511,7 @@ class Anchorer:
 
     async def _confirm_once(self) -> None:
         async with self._confirm_lock:
+            mined: list[tuple[int, int, str, bytes]] = []
             for batch in list(self._unconfirmed.values()):
                 assert batch.txid is not None and batch.raw is not None
                 try:
@@ -437,15 +538,25 @@ class Anchorer:
                     self._last_error = f"the chain's proof of {batch.txid} is unusable: {exc}"
                     log.warning("%s", self._last_error)
                     continue
-                await self._write(
-                    self.records.mark_mined,
-                    batch.id,
-                    status.block_height,
-                    status.block_hash,
-                    minimal,
-                )
-                del self._unconfirmed[batch.id]
-                self._mined += 1
+                mined.append((batch.id, status.block_height, status.block_hash, minimal))
+            if mined or self._unbooked:  # one commit: what was found mined, and the
+                # broadcasts no funding booked since (a booking waits at most a pass)
+                unbooked = list(self._unbooked)
+                await self._write(self._mark_mined, unbooked, mined)
+                self._committed(unbooked, [])
+                for batch_id, *_ in mined:
+                    del self._unconfirmed[batch_id]
+                self._mined += len(mined)
+
+    def _mark_mined(
+        self, unbooked: list[BatchInfo], mined: list[tuple[int, int, str, bytes]]
+    ) -> None:
+        """Worker thread: record the broadcasts not booked yet and the blocks of mined
+        anchors, in one transaction."""
+        with self.records.write():
+            self._book(unbooked)
+            for batch_id, height, block_hash, bump in mined:
+                self.records.mark_mined(batch_id, height, block_hash, bump)
 
     async def wait_mined(self) -> None:
         """Return once every broadcast anchor is mined (someone must mine)."""

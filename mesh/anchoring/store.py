@@ -12,7 +12,7 @@ Component ``anchoring`` of `mesh.store.Store` (one SQLite file per agent, WAL):
   batch is recorded ``mined`` straight from a checked receipt.
 
 A batch's transaction is recorded (``built``) before it is broadcast and marked after,
-so a restart can always tell which anchors may be on chain (DESIGN §7).
+so a restart can always tell which anchors may be on chain (docs/ARCHITECTURE.md §7).
 
 This module holds the schema and every query on the agent's own records, its batches,
 proofs and the receipts it gives out; the queries on kept rows (keeping, receipts
@@ -36,7 +36,7 @@ from mesh.anchoring.hashchain import Head
 from mesh.anchoring.proof import Proof, make_proof
 from mesh.anchoring.receipt import AnchorReceipt, make_receipts, split_path
 from mesh.anchoring.record import SignedRecord, decode_record, record_hash
-from mesh.anchoring.recordlog import RecordLog, kept_path, read_record, segments_dir
+from mesh.anchoring.recordlog import RecordLog, Span, kept_path, read_record, segments_dir
 from mesh.store import Schema, Store
 
 ANCHORING_SCHEMA = Schema(
@@ -292,30 +292,40 @@ class AnchorStore:
             ]
         return LoadedState(heads, pending, unfinished)
 
-    def plan_batch(self, agent: bytes, pending: PendingBatch, root: bytes, now: float) -> BatchInfo:
-        """Record a new batch (``planned``) and assign its records to it: the index
-        rows still waiting are written with it, those of the batch already assigned."""
+    def plan_batches(
+        self, agent: bytes, cut: Sequence[tuple[PendingBatch, bytes]], now: float
+    ) -> list[BatchInfo]:
+        """Record new batches (``planned``; each a pending batch and its root) in one
+        transaction and assign their records: the index rows still waiting are written
+        with them, those already written are assigned."""
+        if not cut:
+            return []
         with self._store.write() as db:
-            cursor = db.execute(
-                "INSERT INTO anchor_batches (agent, stream, first_seq, last_seq, root, origin,"
-                " state, created_at) VALUES (?, ?, ?, ?, ?, 'own', 'planned', ?)",
-                (agent, pending.stream, pending.first_seq, pending.last_seq, root, now),
-            )
-            batch_id = int(cursor.lastrowid or 0)
-            span = (agent, pending.stream, pending.first_seq, pending.last_seq, batch_id)
-            assigned = self.log.insert_waiting(db, span)
-            assigned += db.execute(  # rows folded earlier (more than a fold's worth waited)
-                "UPDATE anchor_records SET batch = ? WHERE agent = ? AND stream = ?"
-                " AND seq BETWEEN ? AND ? AND batch IS NULL",
-                (batch_id, agent, pending.stream, pending.first_seq, pending.last_seq),
-            ).rowcount
-            if assigned != len(pending.hashes):
-                raise AnchoringError(  # rolls the batch back: the store disagrees with us
-                    f"batch {pending.stream} {pending.first_seq}..{pending.last_seq}:"
-                    f" only {assigned} of {len(pending.hashes)} records are stored and unbatched"
+            spans: list[Span] = []
+            for pending, root in cut:
+                cursor = db.execute(
+                    "INSERT INTO anchor_batches (agent, stream, first_seq, last_seq, root,"
+                    " origin, state, created_at) VALUES (?, ?, ?, ?, ?, 'own', 'planned', ?)",
+                    (agent, pending.stream, pending.first_seq, pending.last_seq, root, now),
                 )
-            planned = self._get(db, batch_id)
-        self.log.folded()
+                batch_id = int(cursor.lastrowid or 0)
+                spans.append((agent, pending.stream, pending.first_seq, pending.last_seq, batch_id))
+            assigned = self.log.insert_waiting(db, spans)
+            for (pending, _), span in zip(cut, spans, strict=True):
+                assigned += db.execute(  # rows folded earlier (more than a fold's worth waited)
+                    "UPDATE anchor_records SET batch = ? WHERE agent = ? AND stream = ?"
+                    " AND seq BETWEEN ? AND ? AND batch IS NULL",
+                    (span[4], agent, pending.stream, pending.first_seq, pending.last_seq),
+                ).rowcount
+            expected = sum(len(pending.hashes) for pending, _ in cut)
+            if assigned != expected:
+                raise AnchoringError(  # rolls the batches back: the store disagrees with us
+                    "batches "
+                    + ", ".join(f"{p.stream} {p.first_seq}..{p.last_seq}" for p, _ in cut)
+                    + f": only {assigned} of {expected} records are stored and unbatched"
+                )
+            planned = [self._get(db, span[4]) for span in spans]
+            self._store.after_commit(self.log.folded)
         return planned
 
     def record_draft(self, batch_id: int, txid: str, raw: bytes, fee: int) -> None:
@@ -352,6 +362,11 @@ class AnchorStore:
                 " bump = ? WHERE id = ? AND state = 'broadcast'",
                 (height, block_hash, bump, batch_id),
             )
+
+    def write(self) -> Any:
+        """One write transaction of the store these tables live in: the methods above
+        called inside it (and the wallet's, on the same store) commit together."""
+        return self._store.write()
 
     def batch(self, batch_id: int) -> BatchInfo:
         """One batch by id."""

@@ -136,3 +136,33 @@ def test_split_statements() -> None:
     with pytest.raises(StoreError, match="incomplete"):
         split_statements("CREATE TABLE x (a)")
     assert sqlite3.complete_statement(split_statements(V1)[0])
+
+
+def test_nested_writes_commit_together_and_fail_alone(tmp_path: Path) -> None:
+    """A `write` inside a `write` is a savepoint: its rows commit with the outer
+    transaction (one commit: another connection sees nothing before it), and an
+    exception inside undoes only its own rows."""
+    path = tmp_path / "a.db"
+    with Store(path) as store, Store(path) as other:
+        store.register(Schema("things", (V1,)))
+
+        def names(s: Store) -> list[str]:
+            return [str(r[0]) for r in s.query("SELECT name FROM things ORDER BY id")]
+
+        with store.write() as db:
+            db.execute("INSERT INTO things (name) VALUES ('outer')")
+            with store.write() as inner:
+                inner.execute("INSERT INTO things (name) VALUES ('kept')")
+            with pytest.raises(ValueError), store.write() as inner:
+                inner.execute("INSERT INTO things (name) VALUES ('undone')")
+                raise ValueError("the inner part fails")
+            assert names(other) == ["first"]  # nothing committed yet
+        assert names(other) == ["first", "outer", "kept"]
+        with pytest.raises(ValueError), store.write() as db:
+            with store.write() as inner:
+                inner.execute("INSERT INTO things (name) VALUES ('gone')")
+            raise ValueError("the outer part fails")
+        assert names(other) == ["first", "outer", "kept"]
+        with store.write() as db:  # the store is usable again, at depth 0
+            db.execute("INSERT INTO things (name) VALUES ('after')")
+        assert names(other)[-1] == "after"

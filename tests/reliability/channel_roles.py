@@ -43,7 +43,7 @@ SERVICE = "spindle-time"
 # --------------------------------------------------------------------------- crash points
 
 
-ANCHOR_STORE_POINTS = ("insert_own", "plan_batch", "record_draft", "mark_broadcast", "mark_mined")
+ANCHOR_STORE_POINTS = ("insert_own", "plan_batches", "record_draft", "mark_broadcast", "mark_mined")
 
 
 def arm_kill(spec: str | None) -> None:

@@ -602,7 +602,7 @@ async def ledger_trial(tmp_path: Path, seed: int) -> dict[str, object]:
 
 # --------------------------------------------------------------------------- anchoring agent
 
-ANCHOR_POINTS = ("insert_own", "plan_batch", "record_draft", "mark_broadcast", "mark_mined")
+ANCHOR_POINTS = ("insert_own", "plan_batches", "record_draft", "mark_broadcast", "mark_mined")
 
 
 async def anchoring_trial(tmp_path: Path, seed: int) -> dict[str, object]:
