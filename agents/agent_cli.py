@@ -10,17 +10,29 @@ import os
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
 import pynng
 import trio
 
+from agents.buy_command import (
+    BUY_DESCRIPTION,
+    MAX_REQUEST_BYTES,
+    STOP_GRACE,
+    add_buy_arguments,
+    complete,
+    delivery_lines,
+    json_document,
+    request_field,
+    summary_line,
+)
 from agents.commands import at_expiry, channel_prefix
 from agents.control import ControlError, NotRunning, request
 from agents.ledger_cli import wait_until_unlocked
 from agents.offline import stored_state
-from agents.profile import KINDS, Profile, load_profile
+from agents.profile import Profile, load_profile
 from agents.runtime import Agent
 from mesh.errors import MeshError
 
@@ -235,22 +247,73 @@ def channel_line(ch: dict[str, Any]) -> str:
 
 
 def cmd_buy(args: argparse.Namespace) -> int:
-    """Ask a running agent to buy units of a service and wait for the result."""
+    """Ask a running agent to buy units of a service; show what was delivered."""
+    if args.units < 1:
+        raise AgentCliError(f"--units {args.units}: buy at least 1 unit")
+    if args.timeout <= 0:
+        raise AgentCliError(f"--timeout {args.timeout:g}: give a number of seconds above 0")
     command: dict[str, Any] = {
         "cmd": "buy",
         "service": args.service,
         "units": args.units,
         "kind": args.kind,
         "tick": args.tick,
+        "timeout": args.timeout,
+        "deliveries": True,
     }
+    if args.request is not None:
+        command.update(request_field(_request_payload(args.request)))
     if args.peer:
         command["peer"] = args.peer
     if args.max_price:
         command["max_price"] = args.max_price
-    if logging.getLogger().isEnabledFor(logging.WARNING):  # --log-level error: errors only
-        print(f"buying {args.units} unit(s) of {args.service}…", file=sys.stderr)
-    print(json.dumps(_ask(args.data_dir, command)))
+    with ExitStack() as stack:
+        out = stack.enter_context(_open_out(args.out)) if args.out else sys.stdout
+        if logging.getLogger().isEnabledFor(logging.WARNING):  # --log-level error: errors only
+            print(f"buying {args.units} unit(s) of {args.service}…", file=sys.stderr)
+        wait = args.timeout + STOP_GRACE + 10  # the agent answers within timeout + grace
+        reply = request(args.data_dir / "control.sock", command, timeout=wait)
+        if args.out:
+            out.truncate(0)
+        if args.json:
+            print(json_document(reply), file=out)
+        else:
+            for line in delivery_lines(reply):
+                print(line, file=out)
+    summary = summary_line(reply, str(args.out) if args.out else None)
+    if not complete(reply):
+        raise AgentCliError(summary)
+    if not args.json or args.out:
+        print(summary, file=sys.stderr)
     return 0
+
+
+def _request_payload(given: str) -> bytes:
+    """`--request TEXT` as UTF-8, or `--request @FILE`'s bytes."""
+    if given.startswith("@"):
+        path = Path(given[1:])
+        try:
+            payload = path.read_bytes()
+        except OSError as exc:
+            raise AgentCliError(
+                f"--request {given}: cannot read {path}: {exc.strerror or exc}"
+            ) from None
+    else:
+        payload = given.encode()
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise AgentCliError(
+            f"--request: {len(payload)} bytes; a request is at most {MAX_REQUEST_BYTES}"
+        )
+    return payload
+
+
+def _open_out(path: Path) -> TextIO:
+    """`--out FILE`, opened before anything is bought (a path that cannot be written
+    costs nothing) without emptying it: `cmd_buy` empties it when it writes."""
+    try:
+        return path.open("a", encoding="utf-8")
+    except OSError as exc:
+        raise AgentCliError(f"--out {path}: cannot write it: {exc.strerror or exc}") from None
 
 
 def cmd_channels(args: argparse.Namespace) -> int:
@@ -348,33 +411,10 @@ def add_agent_commands(sub: Any) -> None:
 
     buy = sub.add_parser(
         "buy",
-        help="ask a running agent to buy a service",
-        description="Ask a running agent to buy UNITS of SERVICE at the cheapest offer among "
-        "the peers it is connected to (or from --peer), paying through a channel it opens "
-        "on demand. Waits up to 60 s and prints the order as JSON: its state, the units "
-        "delivered and the satoshis paid.",
+        help="ask a running agent to buy a service and show what was delivered",
+        description=BUY_DESCRIPTION,
     )
-    buy.add_argument("service", help="service id, e.g. spindle-time")
-    buy.add_argument(
-        "--units", type=int, required=True, help="how many units (ticks, readings, calls)"
-    )
-    buy.add_argument(
-        "--kind",
-        required=True,
-        choices=KINDS,
-        help="what is bought: the buyer pays only for units it can verify as this kind "
-        "(a signed new reading, an answer, or tool time no faster than --tick)",
-    )
-    buy.add_argument(
-        "--tick",
-        type=float,
-        default=1.0,
-        help="seconds one unit lasts (tool time: no unit is paid faster); default 1",
-    )
-    buy.add_argument("--peer", help="buy from this peer id only")
-    buy.add_argument(
-        "--max-price", type=int, help="refuse offers above this many satoshis per unit"
-    )
+    add_buy_arguments(buy)
     buy.add_argument("--data-dir", type=Path, required=True, help=RUNNING_HELP)
     buy.set_defaults(func=cmd_buy)
 

@@ -65,6 +65,8 @@ class WantProgress:
     placed: int = 0
     orders: deque[OrderResult] = field(default_factory=lambda: deque(maxlen=RECENT_ORDERS))
     state: str = "looking"
+    failure: str = ""
+    """The latest attempt that placed no order (a channel that could not be opened)."""
 
     def count(self, result: OrderResult) -> None:
         """Add a finished order to the totals."""
@@ -101,14 +103,39 @@ class Purchases:
         self._standing = standing
         self._stop = stop
 
-    async def want(self, progress: WantProgress, peer: str | None = None) -> None:
-        """Buy `progress.want` (only from `peer`, if given) until done, spent or stopped."""
+    async def want(
+        self,
+        progress: WantProgress,
+        peer: str | None = None,
+        *,
+        stop: trio.Event | None = None,
+        on_unit: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """Buy `progress.want` (only from `peer`, if given) until done, spent or stopped:
+        by the agent's stop, or by `stop` if given (a `mesh buy` whose time is up). Each
+        unit that arrived and verified goes to `on_unit` (its payload), if given; nothing
+        is kept here."""
+        if stop is None:
+            await self._want(progress, peer, self._stop, on_unit)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_relay, self._stop, stop)  # the agent's stop ends it too
+            await self._want(progress, peer, stop, on_unit)
+            nursery.cancel_scope.cancel()
+
+    async def _want(
+        self,
+        progress: WantProgress,
+        peer: str | None,
+        stop: trio.Event,
+        on_unit: Callable[[bytes], None] | None,
+    ) -> None:
         want = progress.want
-        while not self._stop.is_set() and progress.delivered < want.units:
+        while not stop.is_set() and progress.delivered < want.units:
             offer = self.best_offer(want, peer)
             if offer is None:
                 with trio.move_on_after(0.5):
-                    await self._stop.wait()
+                    await stop.wait()
                 continue
             provider, price = offer
             budget = want.budget - progress.paid
@@ -123,21 +150,22 @@ class Purchases:
                     want, units=want.units - progress.delivered, budget=min(budget, room)
                 )
                 result = await self._buyer.buy(
-                    provider, remaining, price, channel_id, stop=self._stop
+                    provider, remaining, price, channel_id, stop=stop, on_unit=on_unit
                 )
             except (ChannelFailure, MeshError) as exc:
                 log.warning("buying %s from %s failed: %s", want.service, provider[:16], exc)
+                progress.failure = f"buying from {provider[:16]} failed: {exc}"
                 # A payee that refused our funding locked our coins until the expiry:
                 # never fund it again soon. Any other failure: a short back-off.
                 fault = "funding" if isinstance(exc, FundingRefused) else "refused"
                 self._standing.judge(provider, fault, trio.current_time())
                 progress.state = "looking"
                 with trio.move_on_after(1.0):
-                    await self._stop.wait()
+                    await stop.wait()
                 continue
             progress.count(result)
             await self._record(result)
-            if result.delivered == 0 and not self._stop.is_set():
+            if result.delivered == 0 and not stop.is_set():
                 progress.state = "looking"
                 await trio.sleep(1.0)
         progress.state = "done" if progress.delivered >= want.units else "stopped"
@@ -216,6 +244,11 @@ class Purchases:
         )
         record = self._manager.record(channel_id)
         return channel_id, record.terms.max_total - record.total
+
+
+async def _relay(source: trio.Event, target: trio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 __all__ = ["RECENT_ORDERS", "Purchases", "WantProgress", "parse_offer"]

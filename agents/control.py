@@ -1,11 +1,16 @@
 """The agent's control socket: `mesh status`, `mesh buy`, `mesh channels` talk to a
 running agent through a Unix socket in its data dir (mode 0600, one JSON request
-per connection, one JSON answer). Only the local user who owns the data dir can
-reach it; nothing listens on the network."""
+per connection, one JSON answer, each one line). Only the local user who owns the data
+dir can reach it; nothing listens on the network.
+
+A request is at most `MAX_REQUEST` bytes (a `mesh buy` request payload, hex, fits); an
+answer has no limit here -- what makes it large (the deliveries a `mesh buy` asked
+for) is bounded where it is collected (`agents.buy_command`)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -16,8 +21,9 @@ import trio
 
 from mesh.errors import MeshError
 
+log = logging.getLogger("agents.control")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-MAX_REQUEST = 64 * 1024
+MAX_REQUEST = 256 * 1024
 
 
 class ControlError(MeshError):
@@ -52,6 +58,8 @@ async def serve_control(
                     break
                 data += chunk
             try:
+                if not data.endswith(b"\n") and len(data) >= MAX_REQUEST:
+                    raise ValueError(f"a control request is at most {MAX_REQUEST} bytes")
                 request = json.loads(data)
                 if not isinstance(request, dict):
                     raise TypeError("request must be a JSON object")
@@ -60,7 +68,10 @@ async def serve_control(
                 reply = {"error": str(exc)}
             except (ValueError, TypeError, KeyError) as exc:  # a malformed request
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
-            await stream.send_all(json.dumps(reply).encode() + b"\n")
+            try:
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+            except trio.BrokenResourceError:  # the asker is gone (a `mesh buy` interrupted)
+                log.info("control: the asker left before the answer")
 
     try:
         await trio.serve_listeners(answer, [listener])
@@ -87,14 +98,14 @@ def request(path: Path, command: dict[str, Any], timeout: float = 70.0) -> dict[
             ) from None
         except OSError as exc:
             raise ControlError(f"cannot reach the agent at {path}: {exc}") from None
-        data = b""
+        chunks = [b""]
         try:
             sock.sendall(json.dumps(command).encode() + b"\n")
-            while not data.endswith(b"\n"):
+            while not chunks[-1].endswith(b"\n"):  # a JSON line holds no raw newline
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
-                data += chunk
+                chunks.append(chunk)
         except TimeoutError:
             raise ControlError(
                 f"the agent at {path} did not answer within {timeout:.0f} s"
@@ -103,6 +114,7 @@ def request(path: Path, command: dict[str, Any], timeout: float = 70.0) -> dict[
             raise ControlError(
                 f"the agent at {path} went away before answering ({exc.strerror or exc})"
             ) from None
+    data = b"".join(chunks)
     if not data.endswith(b"\n"):
         raise ControlError(
             f"the agent at {path} closed the connection without answering"

@@ -29,11 +29,12 @@ from typing import Any
 
 import trio
 
+from agents.buy_command import buy
 from agents.buying import RECENT_ORDERS, Purchases, WantProgress
 from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
 from agents.commands import close_channel
 from agents.control import serve_control
-from agents.profile import KINDS, Profile, ProfileError, WantSpec
+from agents.profile import Profile, ProfileError
 from agents.receipts import Archive, ReceiptExchange
 from agents.services.orders import Buyer, OrderResult, Provider
 from agents.services.standing import SellerStanding
@@ -492,34 +493,9 @@ class Agent:
                 balance = await trio.to_thread.run_sync(self.wallet.balance, limiter=self._db)
                 status["wallet"] = {"available": balance.available, "reserved": balance.reserved}
             return status
-        if cmd == "buy":
-            kind = str(command.get("kind", ""))
-            if kind not in KINDS:
-                return {"error": f"buy: kind must be one of {', '.join(KINDS)}, not {kind!r}"}
-            want = WantSpec(
-                service=str(command["service"]),
-                max_price=int(command.get("max_price", 10**9)),
-                units=int(command["units"]),
-                budget=int(command.get("budget", 10**12)),
-                prepay=int(command.get("prepay", 1)),
-                kind=kind,
-                tick=float(command.get("tick", 1.0)),
-                deadline=float(command.get("deadline", 0.0)),
-            )
-            progress = WantProgress(want)
-            self.wants.append(progress)
-            if len(self.wants) - len(self.profile.wants) > RECENT_ORDERS:
-                del self.wants[len(self.profile.wants)]  # the oldest `mesh buy` goes
+        if cmd == "buy":  # `mesh buy`: a want of its own (agents.buy_command)
             assert self.purchases is not None
-            with trio.move_on_after(float(command.get("timeout", 60))):
-                await self.purchases.want(progress, peer=command.get("peer"))
-            return {
-                "service": want.service,
-                "state": progress.state,
-                "delivered": progress.delivered,
-                "paid": progress.paid,
-                "reason": progress.orders[-1].reason if progress.orders else "",
-            }
+            return await buy(self.purchases, command, self._track_buy)
         if cmd == "anchor":
             assert self.anchorer is not None
             batches = await self.anchorer.anchor_now()
@@ -529,6 +505,12 @@ class Agent:
             database = self.data_dir / "agent.db"
             return await close_channel(self.manager, database, str(command["channel_id"]))
         return {"error": f"unknown command {cmd!r}"}
+
+    def _track_buy(self, progress: WantProgress) -> None:
+        """Show a `mesh buy`'s want in status; past `RECENT_ORDERS` of them, the oldest goes."""
+        self.wants.append(progress)
+        if len(self.wants) - len(self.profile.wants) > RECENT_ORDERS:
+            del self.wants[len(self.profile.wants)]
 
     def status(self, height: int | None = None) -> dict[str, Any]:
         """Everything `mesh status` shows, as JSON-ready data; with the chain's

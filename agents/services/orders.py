@@ -534,9 +534,8 @@ class Buyer:
         clock (`check`) -- until it is done, cheats or falls silent; `running.meter` and
         `running.result` stay current (also when the order is cancelled)."""
         provider, result = running.provider, running.result
-        order = ServiceOrder(
-            order_id, want.service, channel_id, want.units, price, want.request.encode()
-        )
+        request = want.request.encode(errors="surrogateescape")  # any bytes `mesh buy` sent
+        order = ServiceOrder(order_id, want.service, channel_id, want.units, price, request)
         await self._send(provider, order)
         await self._settle_running(running, channel_id)
         stop_sent = False

@@ -1,4 +1,4 @@
-"""A full disk pauses an agent's business, never the agent (issue 24, DESIGN §10).
+"""A full disk pauses an agent's business, never the agent (issue 24, docs/ARCHITECTURE.md §10).
 
 A seller runs as a real `mesh run` process with its data dir on a 2 MiB tmpfs; a buyer
 runs beside it on the ordinary disk. The test fills the tmpfs while the buyer orders
