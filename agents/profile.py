@@ -2,10 +2,10 @@
 
 A profile is the only file a vendor writes. Every mistake -- an unknown key, a
 wrong type, a negative price, a missing key file, a name peers could not display, an
-interface this host does not have -- is a `ProfileError` whose message names the
-file, the key (as a dotted path such as ``services[1].price``) and the problem; a
-misspelt key is named with the key it was probably meant to be. `profiles/README.md`
-documents every key by example.
+interface this host does not have, a handler no installed package declares -- is a
+`ProfileError` whose message names the file, the key (as a dotted path such as
+``services[1].price``) and the problem; a misspelt key is named with the key it was
+probably meant to be. `profiles/README.md` documents every key by example.
 """
 
 from __future__ import annotations
@@ -398,7 +398,21 @@ def _service(path: Path, where: str, data: object) -> ServiceSpec:
             except ValueError as exc:
                 raise ProfileError(path, f"{where}.buyers", str(exc)) from None
     t.done()
+    _check_handler(path, f"{where}.handler", spec)
     return spec
+
+
+def _check_handler(path: Path, key: str, spec: ServiceSpec) -> None:
+    """Resolve the service's handler now, so that a name no installed package declares,
+    or a handler of another kind, stops the profile at load time (the naming rule:
+    `agents.services.vendor`). The agent resolves it again when it starts."""
+    # Imported here: agents.services imports this module (ServiceSpec, WantSpec).
+    from agents.services.vendor import HandlerError, resolve
+
+    try:
+        resolve(spec.handler, spec.kind)
+    except HandlerError as exc:
+        raise ProfileError(path, key, str(exc)) from None
 
 
 def _want(path: Path, where: str, data: object) -> WantSpec:

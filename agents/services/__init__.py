@@ -2,17 +2,20 @@
 
 from agents.services.orders import Buyer, OrderResult, Provider
 from agents.services.vendor import (
+    ENTRY_POINT_GROUP,
     CallContext,
     FeedContext,
     Handler,
     HandlerError,
     ServiceContext,
     ToolContext,
+    installed_handlers,
     resolve,
     vendor,
 )
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "Buyer",
     "CallContext",
     "FeedContext",
@@ -22,6 +25,7 @@ __all__ = [
     "Provider",
     "ServiceContext",
     "ToolContext",
+    "installed_handlers",
     "resolve",
     "vendor",
 ]
