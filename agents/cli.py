@@ -24,6 +24,7 @@ from agents.agent_cli import add_agent_commands
 from agents.demo import add_demo_command
 from agents.ledger_cli import add_ledger_commands
 from agents.proof_cli import add_proof_commands
+from agents.site import add_up_command
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity, save_identity
 from mesh.logbudget import LogBudget
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     ident.set_defaults(func=cmd_id)
 
     add_demo_command(sub)
+    add_up_command(sub)
     add_ledger_commands(sub)
     add_agent_commands(sub)
     add_proof_commands(sub)
