@@ -8,7 +8,7 @@ and reloads everything after a restart. It is built in three layers: `ChannelBas
 (`agents.settlement`: closing, releasing, refunds, the expiry watcher) and
 `ChannelManager` here (opening, paying, the channel frames, resuming).
 
-Durability (DESIGN §7), by group commit (`agents.group_commit`): state changes mark
+Durability (docs/ARCHITECTURE.md §7), by group commit (`agents.group_commit`): state changes mark
 their channel dirty; the payer's `ChannelPay` frames wait for the commit that makes
 their state durable, and the payee's cumulative `ChannelAck`s (and payment callbacks)
 are issued only for what a commit wrote. Where a batch is known to be complete -- a

@@ -3,7 +3,11 @@
 Also ``mesh bench`` from a source checkout (`add_bench_command`). It runs the
 chosen scenarios one after the other, prints the table (scenario, metric, value,
 baseline, ratio, target, pass/short), and writes ``results.json``,
-``results.md`` (the table as Markdown, for the README) and PNG plots to DIR.
+``results.md`` (the table as Markdown) and PNG plots to DIR. A full run -- every
+scenario, not ``--quick``, the default DIR, no scenario failed -- also makes itself
+the latest run in bench/RESULTS.md, whose previous latest run moves to its history
+(`refreshes_results_file`): a partial, quick, failed or redirected run must not
+replace the full table there.
 
 A scenario is a module with ``run(quick: bool) -> list[Row]``. One that fails is
 reported with its traceback and the run goes on with the next; the exit status
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -27,7 +32,7 @@ from typing import Any
 
 from bench import soak
 from bench.procs import ROOT
-from bench.report import Row, text_table, write_results
+from bench.report import RESULTS_FILE, Row, text_table, update_results_file, write_results
 
 SCENARIOS: dict[str, str] = {
     "primitives": "bench.primitives",
@@ -83,6 +88,20 @@ def run_scenario(name: str, quick: bool) -> dict[str, Any]:
     return outcome
 
 
+def refreshes_results_file(
+    names: Sequence[str], quick: bool, out: Path, outcomes: dict[str, dict[str, Any]]
+) -> bool:
+    """Whether a run writes bench/RESULTS.md: every scenario ran and none failed, not
+    ``--quick`` (its numbers mean nothing), and ``--out`` left at its default (a run
+    sent elsewhere is an experiment, or a test, and leaves the repository alone)."""
+    return (
+        list(names) == list(SCENARIOS)
+        and not quick
+        and out.resolve() == DEFAULT_OUT.resolve()
+        and all(outcomes.get(name, {}).get("status") == "ok" for name in SCENARIOS)
+    )
+
+
 def run(names: Sequence[str], quick: bool, out: Path, plots: bool = True) -> int:
     """Run `names` in registry order, report, write files; returns the exit code."""
     wanted = [n for n in SCENARIOS if n in names]
@@ -112,6 +131,12 @@ def run(names: Sequence[str], quick: bool, out: Path, plots: bool = True) -> int
     print("values are from a shared 2-core machine: read the ratios, not the absolute numbers")
     path = write_results(out, quick, outcomes)
     print(f"wrote {path} and {out / 'results.md'}")
+    if refreshes_results_file(wanted, quick, out, outcomes):
+        try:
+            update_results_file(RESULTS_FILE, json.loads(path.read_text()))
+            print(f"wrote the latest run into {RESULTS_FILE}")
+        except (OSError, ValueError) as exc:  # the run's own results are written already
+            print(f"bench: {RESULTS_FILE} not updated: {exc}", file=sys.stderr)
     if plots:
         from bench.plots import write_plots
 
@@ -135,7 +160,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=DEFAULT_OUT,
-        help=f"directory for results.json, results.md and plots (default {DEFAULT_OUT})",
+        help=f"directory for results.json, results.md and plots (default {DEFAULT_OUT};"
+        " only a full run there also updates bench/RESULTS.md)",
     )
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     soak.add_options(parser.add_argument_group("soak", soak.GROUP_HELP))

@@ -137,20 +137,26 @@ HEADER = ("scenario", "metric", "value", "baseline", "ratio", "target", "result"
 
 def cells(row: Row) -> tuple[str, ...]:
     """The table cells of one row."""
+    return json_cells(row.to_json())
+
+
+def json_cells(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The table cells of one row as `Row.to_json` (and results.json) holds it."""
+    unit = row["unit"]
     baseline = "-"
-    if row.baseline is not None:
-        baseline = f"{fmt(row.baseline)} {row.unit}"
-        if row.baseline_name:
-            baseline += f" ({row.baseline_name})"
-    ratio = row.ratio
+    if row["baseline"] is not None:
+        baseline = f"{fmt(row['baseline'])} {unit}"
+        if row["baseline_name"]:
+            baseline += f" ({row['baseline_name']})"
+    ratio = row["ratio"]
     return (
-        row.scenario,
-        row.metric,
-        f"{fmt(row.value)} {row.unit}",
+        row["scenario"],
+        row["metric"],
+        f"{fmt(row['value'])} {unit}",
         baseline,
         "-" if ratio is None else f"{ratio:.2f}x",
-        row.target.describe(row.unit) if row.target else "-",
-        row.verdict or "-",
+        row["target"] or "-",
+        row["verdict"] or "-",
     )
 
 
@@ -172,13 +178,16 @@ def text_table(rows: Sequence[Row]) -> str:
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    """A GitHub-flavoured Markdown table (what the README shows)."""
+    """A GitHub-flavoured Markdown table (results.md, bench/RESULTS.md)."""
+    return _markdown([cells(row) for row in rows])
+
+
+def _markdown(table: Sequence[tuple[str, ...]]) -> str:
     lines = [
         "| " + " | ".join(HEADER) + " |",
         "|---|---|--:|--:|--:|---|---|",
     ]
-    for row in rows:
-        line = cells(row)
+    for line in table:
         verdict = f"**{line[-1]}**" if line[-1] == "short" else line[-1]
         lines.append("| " + " | ".join([*line[:-1], verdict]) + " |")
     return "\n".join(lines)
@@ -216,3 +225,108 @@ def write_results(out: Path, quick: bool, outcomes: dict[str, dict[str, Any]]) -
     rows = [r for o in outcomes.values() for r in o["rows"]]
     (out / "results.md").write_text(markdown_table(rows) + "\n")
     return path
+
+
+RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
+"""The benchmark history kept in the repository. A full run of ``python -m bench``
+(`bench.cli.refreshes_results_file` says which runs count) rewrites its latest-run
+section with `update_results_file`; the run it replaces moves to the top of the history."""
+
+LATEST_START = "<!-- bench:latest:start -->"
+LATEST_END = "<!-- bench:latest:end -->"
+HISTORY_MARK = "<!-- bench:history -->"
+
+_NEW_RESULTS_FILE = f"""# Benchmark results
+
+Written by `python -m bench`: a full run rewrites the latest run below, and the run it
+replaces moves to the top of the history with its rows that have a target.
+
+## Latest full run
+
+{LATEST_START}
+{LATEST_END}
+
+## History
+
+{HISTORY_MARK}
+"""
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def latest_section(document: Mapping[str, Any]) -> str:
+    """The latest-run section of bench/RESULTS.md for one results.json `document`:
+    a heading with the run's date, one line on the run, and every row's table."""
+    outcomes: Mapping[str, Mapping[str, Any]] = document["scenarios"]
+    rows = [row for outcome in outcomes.values() for row in outcome["rows"]]
+    host: Mapping[str, Any] = document.get("host", {})
+    facts = [
+        f"{len(outcomes)} scenarios in {_duration(sum(o['seconds'] for o in outcomes.values()))}"
+    ]
+    if host.get("cpus"):
+        facts.append(f"{host['cpus']} CPUs")
+    if host.get("python"):
+        facts.append(f"Python {host['python']}")
+    loads = [o["load_before"] for o in outcomes.values() if o.get("load_before")]
+    if loads:
+        facts.append(f"load average {loads[0][0]:.1f} at the start")
+    verdicts = [row["verdict"] for row in rows if row["verdict"]]
+    return "\n".join(
+        [
+            f"### `python -m bench`, {document['when']}",
+            "",
+            f"{', '.join(facts)}. Targets: {verdicts.count('pass')} pass, "
+            f"{verdicts.count('short')} short.",
+            "",
+            _markdown([json_cells(row) for row in rows]),
+        ]
+    )
+
+
+def _judged(section: str) -> str:
+    """A latest-run section cut down for the history: its text, and of its table only
+    the rows held to a target."""
+    kept: list[str] = []
+    dropped = 0
+    for line in section.strip().splitlines():
+        is_row = line.startswith("| ") and not line.startswith("| scenario |")
+        if is_row and line.split(" | ")[5] == "-":
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        rows = (
+            "1 row without a target is" if dropped == 1 else f"{dropped} rows without a target are"
+        )
+        kept += ["", f"({rows} left out here.)"]
+    return "\n".join(kept)
+
+
+def update_results_file(path: Path, document: Mapping[str, Any]) -> None:
+    """Make `document` (a results.json document) the latest run of the results file at
+    `path`, and move the latest run it held to the top of the history below it.
+
+    The file is created if missing. Its three markers (`LATEST_START`, `LATEST_END`,
+    `HISTORY_MARK`, in this order) delimit what is rewritten; everything else is kept
+    as it is. A file without them is refused with `ValueError`, never overwritten.
+    """
+    text = path.read_text() if path.exists() else _NEW_RESULTS_FILE
+    start, end, mark = (text.find(m) for m in (LATEST_START, LATEST_END, HISTORY_MARK))
+    if not 0 <= start < end < mark:
+        raise ValueError(
+            f"{path}: needs the markers {LATEST_START}, {LATEST_END} and {HISTORY_MARK},"
+            " in this order"
+        )
+    previous = text[start + len(LATEST_START) : end].strip()
+    after_mark = mark + len(HISTORY_MARK)
+    demoted = f"\n\n{_judged(previous)}" if previous else ""
+    updated = (
+        f"{text[: start + len(LATEST_START)]}\n{latest_section(document)}\n\n"
+        f"{text[end:after_mark]}{demoted}{text[after_mark:]}"
+    )
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(updated)
+    temporary.replace(path)

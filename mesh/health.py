@@ -1,6 +1,6 @@
 """Storage health: whether the agent's stores can be written, and why not.
 
-A full disk or an I/O error must never end the agent (DESIGN §10, money rules). The
+A full disk or an I/O error must never end the agent (docs/ARCHITECTURE.md §10, money rules). The
 components that write -- the channel group commit, the signed log and its anchoring --
 report each failed write (`fault`) and each write that worked (`ok`) to one
 `StorageHealth`. While any component is faulted the agent takes no new channels or

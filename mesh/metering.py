@@ -5,7 +5,7 @@ relationship, which is also one payment channel. Amounts are satoshis; a unit is
 what the service sells (a tick of tool time, a reading, a call) at a fixed price
 agreed when the relationship starts.
 
-The two promises of the mesh (DESIGN §6) are invariants of these classes:
+The two promises of the mesh (docs/ARCHITECTURE.md §6) are invariants of these classes:
 
 * a provider never delivers beyond what is paid plus its credit window:
   ``delivered_value <= paid + credit`` at all times;

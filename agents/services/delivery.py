@@ -1,7 +1,7 @@
 """What a buyer counts as delivered: verified, new, and no faster than the clock. No I/O.
 
-"Delivered" must never be the seller's word (DESIGN §10, money rules). A buyer pays for
-a unit only when `DeliveryCheck.accept` counted it:
+"Delivered" must never be the seller's word (docs/ARCHITECTURE.md §10, money rules). A buyer pays
+for a unit only when `DeliveryCheck.accept` counted it:
 
 * every delivery is exactly one unit, and never more than the order asked for;
 * **data feed**: a reading is a well-formed record signed by the seller's identity key,

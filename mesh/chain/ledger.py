@@ -1,6 +1,6 @@
 """`LocalLedger`: an embedded BSV ledger in one SQLite file that many processes share.
 
-This is the default chain on a single host (DESIGN §5). It owns the ledger's
+This is the default chain on a single host (docs/ARCHITECTURE.md §5). It owns the ledger's
 behaviour: accepting transactions, mining blocks, the faucet, proofs and the export,
 and when each runs under which lock. The rules live in `mesh.chain.rules` (pure); the
 tables and the SQL on them in `mesh.chain.ledger_db`.

@@ -15,7 +15,7 @@ Decisions:
   "teranode"`` takes Teranode's height rule instead (``tip_height + 1 >= nLockTime``,
   i.e. ``nLockTime <= next_height``: one block earlier); time locks are judged the same
   under both. Non-final transactions are rejected, not held (Teranode rejects them;
-  DESIGN §4).
+  docs/ARCHITECTURE.md §4).
 - Zero-satoshi outputs are allowed only as data outputs (``OP_FALSE OP_RETURN``).
 - Scripts run in bsv-sdk's interpreter (`Spend`), which applies the version-1
   malleability rules (push-only, low-S, NULLFAIL, clean stack).
@@ -61,7 +61,7 @@ class Policy:
             raise ValueError(f"finality must be one of {FINALITY_RULES}, not {self.finality!r}")
 
     def fee_model(self) -> SatoshisPerKilobyte:
-        """The bsv-sdk fee model for this policy (always pass one: DESIGN §5)."""
+        """The bsv-sdk fee model for this policy (always pass one: docs/ARCHITECTURE.md §5)."""
         return SatoshisPerKilobyte(self.fee_rate)
 
     def required_fee(self, size: int) -> int:

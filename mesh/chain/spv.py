@@ -1,7 +1,7 @@
 """SPV: bsv-sdk `ChainTracker`s over our chains, and an SPV check that cannot be fooled.
 
 bsv-sdk's `Transaction.verify` and `Beef` verification accept fabricated parents and
-ignore fees and finality (DESIGN §5). `verify_spv` does not: a transaction with its
+ignore fees and finality (docs/ARCHITECTURE.md §5). `verify_spv` does not: a transaction with its
 linked ancestry is valid only if
 
 - every transaction that carries a Merkle proof (a *leaf* of the check) has a proof that

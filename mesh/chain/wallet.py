@@ -2,7 +2,7 @@
 
 Keys: each receive or change address is P2PKH to a BRC-42 child of the identity key
 (`KeyDeriver`, protocol ``m2mesh wallet`` at security level 2, key id = the index,
-counterparty *self*), so the identity key itself never appears on chain (DESIGN §4.1)
+counterparty *self*), so the identity key itself never appears on chain (docs/ARCHITECTURE.md §4.1)
 and every key can be re-derived from the identity alone.
 
 A *labelled* key has the label as its key id instead (`payout_address`): its address is
@@ -11,7 +11,7 @@ is offered a payout this way, and a stranger's thousand unfunded proposals add n
 and no chain lookup. Only `adopt`, once something is to be received there, makes it one
 of the wallet's keys (a row with its label, looked for and spendable like any other).
 
-Spending is two-phase so that a crash never loses track of a coin (DESIGN §7):
+Spending is two-phase so that a crash never loses track of a coin (docs/ARCHITECTURE.md §7):
 
 1. `fund` selects coins and marks them *reserved* under a caller-chosen reservation id
    inside one SQLite write transaction — two concurrent `fund` calls (threads or

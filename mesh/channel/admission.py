@@ -1,8 +1,8 @@
 """Which channel proposals a payee takes: bounded, expiring, with back-off. No I/O.
 
-Anything a stranger can make a payee keep must be bounded and must expire (DESIGN §10).
-A `ChannelOpen` costs the payee a refund signature and a stored row before any coin is
-on chain, so:
+Anything a stranger can make a payee keep must be bounded and must expire
+(docs/ARCHITECTURE.md §10). A `ChannelOpen` costs the payee a refund signature and a
+stored row before any coin is on chain, so:
 
 * at most `per_peer` unfunded proposals per peer and `total` over all peers; more are
   refused before anything is signed;

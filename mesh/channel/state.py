@@ -7,7 +7,7 @@ and its refund at the expiry takes the coins back. Allowed transitions are data
 (`PAYER_TABLE`, `PAYEE_TABLE`); an event that is not in the table for the current
 state is a `ChannelStateError`. The objects here hold the channel's state and check every
 rule; the shell (the channel manager) persists `record()` after every call that
-changes it and only then sends or acknowledges (DESIGN §7).
+changes it and only then sends or acknowledges (docs/ARCHITECTURE.md §7).
 
 The payee's checks on a payment, in order (each rejection leaves the state
 untouched and names its code): ``not-open`` (not yet funded, or closing),

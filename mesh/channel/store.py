@@ -4,7 +4,7 @@ Owns the ``channels`` table, the payment journal beside it (`mesh.channel.journa
 payments and acknowledgements, folded into the table every MiB) and the mapping
 between a `Record` and its row. One `save` call writes any number of records -- the
 table's in one transaction, the journal's in one append (group commit); the channel
-manager calls it before it sends or acknowledges anything (DESIGN §7).
+manager calls it before it sends or acknowledges anything (docs/ARCHITECTURE.md §7).
 
 A channel that is final (closed, refunded, failed) is never loaded or rewritten; the
 row records when it became final (``final_at``, wall clock), and `compact` later cuts

@@ -8,7 +8,7 @@ zeroconf loop thread) reach Trio through a memory channel (bridge.py). This
 module must never block the Trio thread and never decide trust: it verifies
 signatures (records.py) and hands hints to the table (table.py).
 
-Decisions (see DESIGN.md §8 for the measurements behind them):
+Decisions (see docs/ARCHITECTURE.md §8 for the measurements behind them):
 
 * Interfaces are an explicit, required list of IPv4 addresses; zeroconf is
   created with exactly those and ``IPVersion.V4Only``. Use ``["127.0.0.1"]`` for

@@ -5,7 +5,7 @@ their processes have stopped -- and recomputes what it needs independently of th
 code under test (the ledger's own bookkeeping is checked against a replay of its raw
 transactions, the close transaction against bsv-sdk's interpreter).
 
-For a channel it asserts (DESIGN §4 and §7):
+For a channel it asserts (docs/ARCHITECTURE.md §4 and §7):
 
 * satoshis are conserved: the ledger balances, and the funding output is spent
   exactly once -- by a close paying the payee its final total and the payer the rest
