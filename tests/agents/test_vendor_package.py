@@ -41,7 +41,8 @@ from tests.discovery.agents import RunningAgent, sessions
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "acme-printer"
-PROFILE = EXAMPLE / "profile.toml"
+PROFILE = EXAMPLE / "printer.toml"
+BUYER_PROFILE = EXAMPLE / "buyer.toml"
 BACKEND = "setuptools>=70.1"
 """A build backend that builds wheels by itself."""
 HAS_BACKEND = """
@@ -209,6 +210,18 @@ def test_the_example_package_installs_with_pip_and_its_agent_sells(tmp_path: Pat
     # The vendor's stop hook ran in the printer's agent when the order ended.
     assert "acme-printer: job paused after 2.0 s of printing" in text, text[-3000:]
     assert buyer is not None and not buyer.log_lines("Traceback")
+    # The same package bought through `mesh up`: the printer's profile beside a buyer's,
+    # one local site run by the venv's `mesh`, reconciled to the satoshi.
+    site_dir = tmp_path / "up"
+    up = run(
+        [python, "-m", "agents.cli", "up", PROFILE, BUYER_PROFILE, "--seconds", "60",
+         "--data-dir", site_dir],
+        "mesh up of the printer and a buyer", cwd=tmp_path,
+    )  # fmt: skip
+    assert "reconcile exactly" in up.stdout and "Traceback" not in up.stdout + up.stderr
+    earned = [line.split() for line in up.stdout.splitlines() if " earned " in line]
+    assert ["printer", "earned", "9", "spent", "0"] in earned, up.stdout  # 2 x 3 + 3 x 1 sat
+    assert ["buyer", "earned", "0", "spent", "9"] in earned, up.stdout
     print(
         f"\nvenv + pip install {installed - started:.1f} s, selling"
         f" {sold - installed:.1f} s, in all {time.monotonic() - started:.1f} s"
