@@ -5,9 +5,11 @@ for a unit only when `DeliveryCheck.accept` counted it:
 
 * every delivery is exactly one unit, and never more than the order asked for;
 * **data feed**: a reading is a well-formed record signed by the seller's identity key,
-  on the ordered service's readings stream (``readings/<service>``), with a seq above
-  every seq this buyer accepted on that stream before -- across orders, so a genuine
-  reading sold twice counts once (`SeqMemory`);
+  on the ordered service's readings stream (``readings/<service>``), with a seq this
+  buyer never accepted on that stream before, across orders, and not far below the
+  highest it did -- so a genuine reading sold twice counts once and a stale one not at
+  all, while two orders of one feed at once may count their interleaved seqs in either
+  order (`SeqMemory`);
 * **call**: one answer (a non-empty payload) per request;
 * **tool time**: at most one unit per `tick` of time since the order was sent, plus a
   `slack` of units for latency and rounding (an honest seller's units arrive later than
@@ -36,19 +38,47 @@ class DeliveryViolation(MeshError):
 
 
 class SeqMemory:
-    """The highest reading seq a buyer accepted per (seller, stream), kept across
-    orders (bounded: one int per seller and stream it ever bought from)."""
+    """The reading seqs a buyer accepted per (seller, stream), across orders: the
+    highest, and which of the `REORDER` seqs below it (bounded: at most `REORDER` ints
+    per seller and stream it ever bought from).
+
+    A seq is new if it is above the highest, or within `REORDER` below it and not
+    accepted yet: two orders of one feed at once get interleaved seqs of the seller's
+    one stream, and either order may count its reading first. Anything else is a
+    reading sold again, or a stale one."""
+
+    REORDER = 256
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], int] = {}
+        self._below: dict[tuple[str, str], set[int]] = {}
 
     def last(self, seller: str, stream: str) -> int:
         """The highest seq accepted on that stream, -1 when none."""
         return self._last.get((seller, stream), -1)
 
+    def refusal(self, seller: str, stream: str, seq: int) -> str | None:
+        """Why `seq` is not a new reading of that stream (None: it is new)."""
+        last = self.last(seller, stream)
+        if seq > last:
+            return None
+        if seq in self._below.get((seller, stream), ()):
+            return f"reading seq {seq} again"
+        if seq <= last - self.REORDER:
+            return f"reading seq {seq} is stale (had up to {last})"
+        return None
+
     def accept(self, seller: str, stream: str, seq: int) -> None:
         """Remember `seq` as accepted (the caller checked it is new)."""
-        self._last[(seller, stream)] = seq
+        key = (seller, stream)
+        last = self.last(seller, stream)
+        below = self._below.setdefault(key, set())
+        below.add(seq)
+        if seq > last:
+            self._last[key] = seq
+            floor = seq - self.REORDER
+            if len(below) > self.REORDER or min(below) <= floor:
+                self._below[key] = {s for s in below if s > floor}
 
 
 @dataclass(frozen=True)
@@ -115,9 +145,9 @@ class DeliveryCheck:
             raise DeliveryViolation("a reading signed by another agent than the seller")
         if record.stream != e.stream:
             raise DeliveryViolation(f"a record of stream {record.stream!r}, not {e.stream!r}")
-        last = self._seqs.last(e.seller, e.stream)
-        if record.seq <= last:
-            raise DeliveryViolation(f"reading seq {record.seq} again (had up to {last})")
+        refused = self._seqs.refusal(e.seller, e.stream, record.seq)
+        if refused is not None:
+            raise DeliveryViolation(refused)
         self._seqs.accept(e.seller, e.stream, record.seq)
         return signed
 
