@@ -217,6 +217,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         live = "session" if peer["peer_id"] in status["sessions"] else "-"
         print(f"  {peer['name'] or '?':<20} {peer['peer_id'][:16]}  {live:<7} {peer['services']}")
     _print_channels(status["channels"], status.get("height"), 16)
+    for service in status.get("services", []):
+        print(
+            f"  sells {service['id']} ({service['kind']}):"
+            f" {service['price']} sat per {service['unit']}"
+        )
+    for meter in status.get("meters", []):
+        print(
+            f"  meter {meter['channel_id'][:16]} {meter['service']} to {meter['buyer'][:16]}:"
+            f" {meter['delivered_units']} unit(s) delivered, {meter['paid']} sat paid"
+            + (" (frozen)" if meter["frozen"] else "")
+        )
     for want in status["wants"]:
         print(
             f"  want {want['service']}: {want['state']}, "

@@ -520,11 +520,15 @@ class Agent:
         channels = manager.summaries(height) if manager is not None else []
         meters = []
         if self.provider is not None:
+            parties = self.provider.meter_parties()
             for cid, meter in self.provider.meters().items():
+                buyer, service = parties.get(cid, ("", ""))
                 meters.append(
                     {
                         "channel_id": cid.hex(),
                         "role": "provider",
+                        "buyer": buyer,
+                        "service": service,
                         "price": meter.price,
                         "delivered_units": meter.delivered_units,
                         "paid": meter.paid,

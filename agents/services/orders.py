@@ -117,6 +117,7 @@ class _MeterCell:
 
     meter: ProviderMeter
     peer_id: str
+    service: str
     changed: trio.Event = field(default_factory=trio.Event)
 
     def update(self, meter: ProviderMeter) -> None:
@@ -170,6 +171,10 @@ class Provider:
         """Every meter by channel id (snapshots)."""
         return {cid: cell.meter for cid, cell in self._meters.items()}
 
+    def meter_parties(self) -> dict[bytes, tuple[str, str]]:
+        """Every meter's buyer (peer id) and service, by channel id."""
+        return {cid: (cell.peer_id, cell.service) for cid, cell in self._meters.items()}
+
     def on_paid(self, channel_id: bytes, peer_id: str, service: str, total: int) -> None:
         """The channel manager's durable new total for a channel we are paid on."""
         cell = self._meters.get(channel_id)
@@ -182,7 +187,7 @@ class Provider:
             # delivered, so a restart never gives the paid-ahead units away twice.
             price = spec[0].price
             meter = ProviderMeter(price, spec[0].credit * price, -(-total // price), total)
-            cell = self._meters[channel_id] = _MeterCell(meter, peer_id)
+            cell = self._meters[channel_id] = _MeterCell(meter, peer_id, service)
         if total > cell.meter.paid:
             cell.update(cell.meter.paid_up_to(total))
 
@@ -251,7 +256,9 @@ class Provider:
         cell = self._meters.get(order.channel_id)
         if cell is None:
             cell = self._meters[order.channel_id] = _MeterCell(
-                ProviderMeter(price=spec.price, credit=spec.credit * spec.price), peer_id
+                ProviderMeter(price=spec.price, credit=spec.credit * spec.price),
+                peer_id,
+                order.service,
             )
         running = self._orders[order.order_id] = _ProviderOrder(order, peer_id)
         self._nursery.start_soon(self._run, running, spec, handler, cell)

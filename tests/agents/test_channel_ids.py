@@ -116,6 +116,12 @@ def test_a_unique_prefix_of_8_hex_digits_names_a_channel_and_a_stopped_agent_sho
         assert shown.returncode == 0 and f"  {cid[:16]} payer" in shown.stdout, shown.stdout
         left = channel["expiry_height"] - height(ledger)
         assert f"expiry {channel['expiry_height']} ({left} blocks left)" in shown.stdout
+        # The provider's view: what it sells and, per meter, to whom and what.
+        sold = mesh("status", "--data-dir", seller.data).stdout
+        service = channel["service"]
+        assert f"  sells {service} (" in sold, sold
+        meter = f"  meter {cid[:16]} {service} to {buyer.peer_id[:16]}: "
+        assert any(line.startswith(meter) for line in sold.splitlines()), sold
 
         short = one_line_error(mesh("channels", "close", cid[:7], *data))
         assert short == (
