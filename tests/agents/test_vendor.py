@@ -263,13 +263,13 @@ def test_the_readmes_vendor_package_is_the_example_and_runs() -> None:
     assert lines[1].startswith("acme-print-time tool-time stop {'printing': False, 'printed_s'")
     tomls = readme_blocks("toml")
     assert (EXAMPLE / "pyproject.toml").read_text() in tomls
-    assert (EXAMPLE / "profile.toml").read_text() in tomls
+    assert (EXAMPLE / "printer.toml").read_text() in tomls
     project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
     declared = project["project"]["entry-points"]["m2mesh.services"]
     assert declared == {
         "acme-print-time": "acme_printer.handlers:print_time",
         "acme-nozzle-temp": "acme_printer.handlers:nozzle_temperature",
     }
-    profile = tomllib.loads((EXAMPLE / "profile.toml").read_text())
+    profile = tomllib.loads((EXAMPLE / "printer.toml").read_text())
     assert [s["handler"] for s in profile["services"]] == list(declared)
     assert json.loads(lines[0].split(" ", 2)[2])["nozzle_c"] > 200
