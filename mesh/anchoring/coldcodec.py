@@ -257,7 +257,7 @@ def _check(batch: ColdBatch) -> list[SignedRecord]:
     if not batch.records:
         raise refuse("it has no records")
     try:
-        _, anchor = find_anchor(parse_exact(batch.raw))
+        _, anchor = find_anchor(parse_exact(batch.raw), batch.agent, batch.stream, batch.first_seq)
     except TxRejected as exc:
         raise refuse(f"the anchor transaction does not parse ({exc.detail})") from None
     except AnchorFormatError as exc:

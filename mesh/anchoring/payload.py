@@ -1,6 +1,7 @@
 """The anchor output: what a batch puts on chain, as an ``OP_FALSE OP_RETURN`` script.
 
-One anchor transaction carries one batch in one data output whose script is exactly
+An anchor transaction carries one or more batches of one agent, each in a data output
+whose script is exactly
 
     OP_FALSE OP_RETURN <tag> <version> <agent> <stream> <first_seq> <last_seq> <root>
 
@@ -15,11 +16,13 @@ each ``<…>`` a minimal push (`mesh.chain.tx.push`):
 
 With a 10-character stream the script is 114 bytes; the whole anchor transaction (one
 P2PKH input, the data output, change) is about 315 bytes, i.e. 0.3 byte per record in
-a batch of 1 000.
+a batch of 1 000. An agent anchors the batches of all its streams due at once in one
+transaction (one output each): one funding, one fee, one set of writes.
 
 Who paid for the anchor does not matter to a verifier: the records' signatures prove
-authorship, the anchor only proves the batch existed by the block's time. A transaction
-with more than one anchor output is refused (a proof must not have to choose).
+authorship, the anchor only proves the batch existed by the block's time. A record's
+anchor is the one output of its agent and stream whose seq range holds its seq; a
+transaction with no such output, or more than one, proves nothing for it.
 
 This module owns the script format; it does no I/O.
 """
@@ -135,14 +138,42 @@ def parse_anchor_script(script: bytes) -> AnchorPayload:
     return payload
 
 
-def find_anchor(tx: Transaction) -> tuple[int, AnchorPayload]:
-    """The output index and payload of the single anchor output of `tx`."""
+def anchors_in(tx: Transaction) -> list[tuple[int, AnchorPayload]]:
+    """Every anchor output of `tx` (output index, payload), in output order; raises
+    `AnchorFormatError` for an output that carries the tag but is not a valid anchor."""
+    return [
+        (index, parse_anchor_script(script))
+        for index, script in (
+            (i, bytes(out.locking_script.serialize())) for i, out in enumerate(tx.outputs)
+        )
+        if is_anchor_script(script)
+    ]
+
+
+def find_anchor(
+    tx: Transaction, agent: bytes | None = None, stream: str | None = None, seq: int | None = None
+) -> tuple[int, AnchorPayload]:
+    """The output index and payload of the one anchor output of `tx` for `agent`,
+    `stream` and `seq` (each None: any); `AnchorFormatError` when none or several match."""
     found = [
-        (index, bytes(out.locking_script.serialize()))
-        for index, out in enumerate(tx.outputs)
-        if is_anchor_script(bytes(out.locking_script.serialize()))
+        (index, anchor)
+        for index, anchor in anchors_in(tx)
+        if (agent is None or anchor.agent == agent)
+        and (stream is None or anchor.stream == stream)
+        and (seq is None or anchor.first_seq <= seq <= anchor.last_seq)
     ]
     if len(found) != 1:
-        raise AnchorFormatError(f"expected one m2mesh anchor output, found {len(found)}")
-    index, script = found[0]
-    return index, parse_anchor_script(script)
+        wanted = " for" + "".join(
+            part
+            for part, value in (
+                (f" agent {agent.hex()[:16] if agent else ''}…", agent),
+                (f" stream {stream!r}", stream),
+                (f" seq {seq}", seq),
+            )
+            if value is not None
+        )
+        raise AnchorFormatError(
+            f"expected one m2mesh anchor output{wanted if wanted != ' for' else ''},"
+            f" found {len(found)}"
+        )
+    return found[0]

@@ -34,8 +34,9 @@ them. `verify_proof` checks, in this order, and names the first link that fails
 
 1. ``record-hash``      body hashes to ``record.hash``; ``fields`` match the body;
 2. ``record-signature`` the signature is the agent's over that hash;
-3. ``anchor-tx``        ``anchor.tx`` hashes to ``anchor.txid``, parses exactly, has one
-                        anchor output, for this agent and stream, with seq in its range;
+3. ``anchor-tx``        ``anchor.tx`` hashes to ``anchor.txid``, parses exactly, and has
+                        exactly one anchor output for this agent and stream with seq in
+                        its range (a transaction may anchor several streams' batches);
 4. ``anchor-root-mismatch`` ``batch.root`` is the root in the anchor output;
 5. ``merkle-path``      the path leads from the record hash to ``batch.root``;
 6. ``header-unknown``   the trusted header chain has block ``block.hash`` at
@@ -65,7 +66,7 @@ from bsv.utils import Reader
 from mesh.anchoring.batch import root_from_path
 from mesh.anchoring.errors import ProofFailed, RecordError
 from mesh.anchoring.headers import HeaderChain
-from mesh.anchoring.payload import AnchorFormatError, AnchorPayload, find_anchor
+from mesh.anchoring.payload import AnchorFormatError, AnchorPayload, anchors_in
 from mesh.anchoring.record import Record, SignedRecord, decode_record, record_hash
 from mesh.chain.errors import TxRejected
 from mesh.chain.merkle import display
@@ -75,7 +76,15 @@ from mesh.identity import verify_digest
 PROOF_FORMAT = 1
 MAX_PROOF_FILE = 1024 * 1024
 MAX_BUMP = 64 * 1024
-_BUMP_ERRORS = (ValueError, IndexError, KeyError, TypeError, struct.error, OverflowError)
+_BUMP_ERRORS = (
+    ValueError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    OverflowError,
+    StopIteration,
+)  # bsv-sdk's MerklePath raises StopIteration on some malformed levels
 
 
 @dataclass(frozen=True)
@@ -273,22 +282,31 @@ def verify_proof(proof: Proof, headers: HeaderChain) -> Verified:
     if txid_of(proof.anchor_tx) != proof.anchor_txid:
         raise ProofFailed("anchor-tx", "anchor.tx does not hash to anchor.txid")
     try:
-        vout, anchor = _anchor_of(proof.anchor_tx)
+        anchors = _anchors_of(proof.anchor_tx)
     except TxRejected as exc:
         raise ProofFailed("anchor-tx", f"not a transaction ({exc.detail})") from None
     except AnchorFormatError as exc:
         raise ProofFailed("anchor-tx", str(exc)) from None
-    if anchor.agent != record.agent or anchor.stream != record.stream:
+    if not anchors:
+        raise ProofFailed("anchor-tx", "expected one m2mesh anchor output, found 0")
+    mine = [(v, a) for v, a in anchors if (a.agent, a.stream) == (record.agent, record.stream)]
+    if not mine:
+        shown = ", ".join(f"agent {a.agent.hex()[:16]}… stream {a.stream!r}" for _, a in anchors)
         raise ProofFailed(
             "anchor-tx",
-            f"the anchor is for agent {anchor.agent.hex()[:16]}… stream {anchor.stream!r},"
+            f"the anchor is for {shown},"
             f" the record is {record.agent.hex()[:16]}… {record.stream!r}",
         )
-    if not anchor.first_seq <= record.seq <= anchor.last_seq:
+    holding = [(v, a) for v, a in mine if a.first_seq <= record.seq <= a.last_seq]
+    if len(holding) != 1:
+        ranges = ", ".join(f"{a.first_seq}..{a.last_seq}" for _, a in mine)
         raise ProofFailed(
             "anchor-tx",
-            f"the anchor covers seq {anchor.first_seq}..{anchor.last_seq}, not {record.seq}",
+            f"the anchor covers seq {ranges}, not {record.seq}"
+            if not holding
+            else f"{len(holding)} anchor outputs of this stream cover seq {record.seq}",
         )
+    vout, anchor = holding[0]
     # 4. + 5. the batch root, and the path from the record to it
     if proof.root != anchor.root:
         raise ProofFailed("anchor-root-mismatch", "batch.root is not the root the anchor carries")
@@ -338,9 +356,9 @@ def verify_proof(proof: Proof, headers: HeaderChain) -> Verified:
 
 
 @functools.lru_cache(maxsize=256)
-def _anchor_of(raw: bytes) -> tuple[int, AnchorPayload]:
-    """The anchor output of exactly-parsed transaction bytes."""
-    return find_anchor(parse_exact(raw))
+def _anchors_of(raw: bytes) -> tuple[tuple[int, AnchorPayload], ...]:
+    """The anchor outputs of exactly-parsed transaction bytes."""
+    return tuple(anchors_in(parse_exact(raw)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -414,5 +432,5 @@ def single_tx_bump(bump: MerklePath, txid: str) -> bytes:
 
 def clear_caches() -> None:
     """Forget parsed anchor transactions and BUMPs (benchmarks measure cold checks)."""
-    _anchor_of.cache_clear()
+    _anchors_of.cache_clear()
     _bump_root.cache_clear()

@@ -40,7 +40,7 @@ from bsv.merkle_path import MerklePath
 
 from mesh.anchoring.batch import batch_path, path_depth, root_from_path
 from mesh.anchoring.errors import ReceiptRejected
-from mesh.anchoring.payload import AnchorFormatError, AnchorPayload, find_anchor
+from mesh.anchoring.payload import AnchorFormatError, AnchorPayload, anchors_in
 from mesh.chain.errors import TxRejected
 from mesh.chain.tx import parse_exact, txid_of
 from mesh.wire import MAX_FRAME_SIZE, AnchorReceipt, ReceiptPath, ReceiptRequest
@@ -106,11 +106,25 @@ def check_receipt(receipt: AnchorReceipt, producer: bytes, held: HeldLookup) -> 
     for records we do not hold are ignored. Raises `ReceiptRejected` naming the field.
     """
     try:
-        _, anchor = find_anchor(parse_exact(receipt.anchor_tx))
+        anchors = [a for _, a in anchors_in(parse_exact(receipt.anchor_tx))]
     except (TxRejected, AnchorFormatError) as exc:
         raise ReceiptRejected("AnchorReceipt.anchor_tx", str(exc)) from None
-    if anchor.agent != producer:
+    if not anchors:
+        raise ReceiptRejected("AnchorReceipt.anchor_tx", "expected an m2mesh anchor output")
+    if all(a.agent != producer for a in anchors):
         raise ReceiptRejected("AnchorReceipt.anchor_tx", "the anchor is another agent's")
+    seqs = [item.seq for item in receipt.paths]
+    # A transaction may anchor several of the producer's streams; the receipt's paths
+    # are of one batch: the outputs whose range holds every seq are the candidates.
+    candidates = [
+        a
+        for a in anchors
+        if a.agent == producer and all(a.first_seq <= q <= a.last_seq for q in seqs)
+    ]
+    if not candidates:
+        raise ReceiptRejected(
+            "AnchorReceipt.paths", "no anchor output of the producer holds these seqs"
+        )
     txid = txid_of(receipt.anchor_tx)
     try:
         bump = MerklePath.from_binary(receipt.bump)
@@ -126,6 +140,28 @@ def check_receipt(receipt: AnchorReceipt, producer: bytes, held: HeldLookup) -> 
             raise ValueError
     except ValueError:
         raise ReceiptRejected("AnchorReceipt.block_hash", "not a 32-byte hash in hex") from None
+    # Paths are checked against each candidate's root with the hashes we hold on its
+    # stream: only the right batch's root can be reached from our records.
+    first_error: ReceiptRejected | None = None
+    fallback: CheckedReceipt | None = None
+    for anchor in candidates:
+        try:
+            proven = _proven(receipt, anchor, held)
+        except ReceiptRejected as exc:
+            first_error = first_error or exc
+            continue
+        if proven:
+            return CheckedReceipt(txid, anchor, proven)
+        fallback = fallback or CheckedReceipt(txid, anchor, proven)
+    if fallback is not None:
+        return fallback
+    assert first_error is not None
+    raise first_error
+
+
+def _proven(receipt: AnchorReceipt, anchor: AnchorPayload, held: HeldLookup) -> dict[int, bytes]:
+    """The receipt's paths that lead from records we hold to `anchor`'s root; raises
+    `ReceiptRejected` for a path of a record we hold that does not."""
     depth = path_depth(anchor.count)
     hashes = held(anchor.stream, [item.seq for item in receipt.paths])
     proven: dict[int, bytes] = {}
@@ -145,7 +181,7 @@ def check_receipt(receipt: AnchorReceipt, producer: bytes, held: HeldLookup) -> 
         if root != anchor.root:
             raise ReceiptRejected(where, f"seq {item.seq}: the path does not lead to the root")
         proven[item.seq] = item.path
-    return CheckedReceipt(txid, anchor, proven)
+    return proven
 
 
 __all__ = [

@@ -17,20 +17,22 @@ What it does, in one nursery (`run`):
 - **confirm**: every ``confirm_interval`` seconds, broadcast anchors are looked up; a
   mined one gets its BUMP and block stored (``mined``), from which proofs and receipts
   are made. An anchor the chain has forgotten is broadcast again.
-
-Commits, and why so few: every SQLite commit writes each page it changed whole (4 KiB,
-twice: WAL, then checkpoint), and an anchor touches the wallet's and the batches' tables
-and their indexes -- about a dozen pages -- however little it changes. So a cycle
-writes one commit per anchor transaction: planning the batches shares the first
-funding's commit; booking a broadcast (the wallet's coins spent, its change ours; the
-batch ``broadcast``) rides on the next commit, the next funding's or the block's
-(`anchor_now` and a clean stop book at once). Until then the batch is ``built``, which
-a restart treats as "maybe on chain": it is broadcast again, and the chain says it has
-it. (A sensor at 100 readings/s with two streams wrote 2.8x the bytes it stored at
-seven commits per anchor; 2x at this.)
 - `anchor_now()` cuts every waiting record into batches at once and anchors them,
   raising if that cannot be done; `wait_mined()` waits until every broadcast anchor is
   mined. The demo calls both before it ends.
+
+Transactions and commits, and why so few: every SQLite commit writes each page it
+changed whole (4 KiB, twice: WAL, then checkpoint), and an anchor touches the wallet's
+and the batches' tables and their indexes -- about a dozen pages -- however little it
+changes. So the batches cut together (every stream due, and those half-way to their
+deadline riding along) share one anchor transaction, an output each (a proof names its
+output by agent, stream and seq), and a cycle is one commit: planning those batches,
+booking the previous broadcast (the wallet's coins spent, its change ours; its batches
+``broadcast``) and funding the new transaction. A broadcast is booked by the next commit,
+the next cycle's or the block's (`anchor_now` and a clean stop book at once); until then
+its batches are ``built``, which a restart treats as "maybe on chain": it is broadcast
+again, and the chain says it has it. (A sensor at 100 readings/s with two streams wrote
+2.8x the bytes it stored with a transaction per batch and seven commits each.)
 
 Restart: `run` reloads stream heads, waiting records and unfinished batches; a
 ``planned`` batch releases any reservation a crash left and is funded again, a
@@ -71,8 +73,8 @@ import trio
 
 from mesh.anchoring.batch import Batcher, BatchPolicy, PendingBatch, batch_root
 from mesh.anchoring.errors import AnchoringError, RecordError
+from mesh.anchoring.funding import AnchorBooks, next_group
 from mesh.anchoring.hashchain import StreamWriter
-from mesh.anchoring.payload import AnchorPayload
 from mesh.anchoring.proof import Proof, single_tx_bump
 from mesh.anchoring.receipt import AnchorReceipt
 from mesh.anchoring.record import MAX_PAYLOAD, SignedRecord, check_stream
@@ -148,6 +150,9 @@ class Anchorer:
         self.identity = identity
         self.config = config or AnchorConfig()
         self.records = AnchorStore(store)
+        self._books = AnchorBooks(
+            self.records, wallet, identity.public_key, clock, self.config.anchor_satoshis
+        )
         self._agent = identity.public_key
         self._wallet = wallet
         self._chain = chain
@@ -166,7 +171,7 @@ class Anchorer:
         self._confirm_lock = trio.Lock()
         self._failure: str | None = None
         self._planned: dict[int, BatchInfo] = {}
-        self._to_plan: list[tuple[PendingBatch, bytes]] = []  # cut, planned by `_step`
+        self._to_plan: list[tuple[PendingBatch, bytes]] = []  # cut, planned by the next cycle
         self._unbooked: list[BatchInfo] = []  # broadcast, booked by the next commit
         self._unconfirmed: dict[int, BatchInfo] = {}
         self._retry_at = math.inf
@@ -215,7 +220,7 @@ class Anchorer:
             with trio.CancelScope(shield=True):  # index what waits; the segment closes
                 try:
                     if self._unbooked:  # else the next start broadcasts them again
-                        await self._thread(self._book_now, list(self._unbooked))
+                        await self._thread(self._books.book_now, list(self._unbooked))
                         self._unbooked = []
                     await self._thread(functools.partial(self.records.log.close, fold=not failed))
                 except (sqlite3.Error, StoreError, OSError) as exc:  # rebuilt at the next start
@@ -335,7 +340,7 @@ class Anchorer:
     def _cut(self, *, force: bool) -> None:
         """Take due (or, forced, all) waiting records out of the batcher as batches to
         plan; streams half-way to their deadline ride along with a due one. They are
-        written by the next `_step`, with the funding of the first of them."""
+        written by the next cycle's commit (`AnchorBooks.step`)."""
         now = trio.current_time()
         streams = self._batcher.streams() if force else self._batcher.due(now)
         if streams and not force:
@@ -368,56 +373,62 @@ class Anchorer:
             await self._anchor_planned(raise_errors=True)
             if self._unbooked:  # booked before returning: the wallet shows it spent
                 unbooked = list(self._unbooked)
-                await self._write(self._book_now, unbooked)
+                await self._write(self._books.book_now, unbooked)
                 self._committed(unbooked, [])
             return [b for i, b in self._unconfirmed.items() if i not in before]
 
     async def _anchor_planned(self, *, raise_errors: bool) -> None:
-        """Plan the batches cut, then fund, record and broadcast each planned batch.
+        """Plan the batches cut, then fund, record and broadcast what is planned.
 
-        One transaction per batch (a proof names one anchor output), each spending the
-        last one's change; but one commit per batch: planning shares the first
-        funding's commit, and booking what the chain accepted rides on the next commit
-        (the next funding's, or the block's). Each commit rewrites the wallet's and the
-        batches' pages, whatever it changed in them.
+        The batches planned together share one anchor transaction (an output each, up
+        to `MAX_OUTPUTS`), and a cycle writes one commit for it: planning, booking the
+        previous broadcast (its coins spent, its change ours) and the funding commit
+        together, and this broadcast is booked by the next commit (the next cycle's, or
+        the block's). Each commit rewrites the wallet's and the batches' pages, whatever
+        it changed in them; each transaction writes the chain's. Built batches (a
+        restart) are broadcast again first, a transaction at a time.
         """
         failure: tuple[BatchInfo, Exception] | None = None
         rejected: list[BatchInfo] = []
         tried: set[int] = set()
         while True:
-            fund = next((self._planned[i] for i in sorted(self._planned) if i not in tried), None)
-            if fund is None and not self._to_plan:
+            group = next_group([b for i, b in sorted(self._planned.items()) if i not in tried])
+            if not group and not self._to_plan:
                 break
             unbooked, to_plan = list(self._unbooked), list(self._to_plan)
-            planned, batch, unfunded = await self._write(
-                self._step, unbooked, rejected, to_plan, fund
+            planned, group, unfunded = await self._write(
+                self._books.step, unbooked, rejected, to_plan, group
             )
             self._committed(unbooked, rejected)
             rejected = []
             del self._to_plan[: len(to_plan)]
             for new in planned:
                 self._planned[new.id] = new
-            if batch is None:
+            if not group:
                 break
-            tried.add(batch.id)
+            tried.update(b.id for b in group)
             if unfunded is not None:
-                failure = (batch, unfunded)
+                failure = (group[0], unfunded)
                 break
-            self._planned[batch.id] = batch
-            assert batch.raw is not None
+            for batch in group:
+                self._planned[batch.id] = batch
+            raw = group[0].raw
+            assert raw is not None
             try:
-                await self._chain.broadcast(parse_exact(batch.raw))
+                await self._chain.broadcast(parse_exact(raw))
             except TxRejected as exc:
-                rejected.append(batch)
-                failure = (batch, exc)
+                rejected.extend(group)
+                failure = (group[0], exc)
                 break
             except ChainUnavailable as exc:  # stays built: the next try broadcasts it again
-                failure = (batch, exc)
+                failure = (group[0], exc)
                 break
-            self._accepted(batch)
+            self._bytes += len(raw)
+            for batch in group:
+                self._accepted(batch)
         if rejected:
             unbooked = list(self._unbooked)
-            await self._write(self._step, unbooked, rejected, [], None)
+            await self._write(self._books.step, unbooked, rejected, [], [])
             self._committed(unbooked, rejected)
         if failure is None:
             self._retry_at = math.inf
@@ -430,45 +441,6 @@ class Anchorer:
         if raise_errors:
             raise AnchoringError(f"cannot anchor {self._last_error}") from error
 
-    def _step(
-        self,
-        unbooked: list[BatchInfo],
-        rejected: list[BatchInfo],
-        to_plan: list[tuple[PendingBatch, bytes]],
-        fund: BatchInfo | None,
-    ) -> tuple[list[BatchInfo], BatchInfo | None, WalletError | None]:
-        """Worker thread, one transaction: book the anchors the chain accepted (their
-        coins spent, their change ours), drop the `rejected` drafts, plan the batches
-        cut, and fund and record the draft of `fund` (or of the first batch planned
-        now). A funding that fails leaves the rest to commit. Returns the batches
-        planned, the batch funded (or tried) and that failure."""
-        with self.records.write():
-            self._book(unbooked)
-            for refused in rejected:
-                assert refused.txid is not None
-                self._wallet.abandon(refused.txid)
-                self.records.clear_draft(refused.id)
-            planned = self.records.plan_batches(self._agent, to_plan, self._clock())
-            batch = fund or (planned[0] if planned else None)
-            if batch is None or batch.state != "planned":
-                return planned, batch, None
-            try:
-                return planned, self._fund(batch), None
-            except WalletError as exc:
-                return planned, batch, exc
-
-    def _book(self, unbooked: list[BatchInfo]) -> None:
-        """Worker thread, inside a write: record broadcast anchors (idempotent)."""
-        for done in unbooked:
-            assert done.txid is not None
-            self._wallet.mark_broadcast(done.txid)
-            self.records.mark_broadcast(done.id)
-
-    def _book_now(self, unbooked: list[BatchInfo]) -> None:
-        """Worker thread: `_book` in a transaction of its own."""
-        with self.records.write():
-            self._book(unbooked)
-
     def _accepted(self, batch: BatchInfo) -> None:
         """The chain took `batch`'s anchor: watch it; book it with the next commit."""
         del self._planned[batch.id]
@@ -476,31 +448,16 @@ class Anchorer:
         self._unbooked.append(batch)
         self._anchored += 1
         self._fees += batch.fee or 0
-        self._bytes += len(batch.raw or b"")
         log.info(
             "anchored %s %d..%d in %s", batch.stream, batch.first_seq, batch.last_seq, batch.txid
         )
 
     def _committed(self, booked: list[BatchInfo], rejected: list[BatchInfo]) -> None:
-        """The in-memory side of a committed `_step` or `_mark_mined`."""
+        """The in-memory side of a committed `AnchorBooks.step` or `mark_mined`."""
         ids = {b.id for b in booked}
         self._unbooked = [b for b in self._unbooked if b.id not in ids]
         for batch in rejected:
             self._planned[batch.id] = replace(batch, state="planned", txid=None, raw=None, fee=None)
-
-    def _fund(self, batch: BatchInfo) -> BatchInfo:
-        """Worker thread, inside `_fund_all`'s transaction: one batch's draft."""
-        # A crash between funding and recording the draft, before they shared a
-        # transaction, left coins reserved: free them first.
-        self._wallet.release(batch.reservation)
-        script = AnchorPayload(
-            batch.agent, batch.stream, batch.first_seq, batch.last_seq, batch.root
-        ).script()
-        draft = self._wallet.fund(
-            [(script, self.config.anchor_satoshis)], reservation=batch.reservation
-        )
-        self.records.record_draft(batch.id, draft.txid, draft.raw, draft.fee)
-        return replace(batch, state="built", txid=draft.txid, raw=draft.raw, fee=draft.fee)
 
     # ---------------------------------------------------------------- confirming
 
@@ -512,7 +469,11 @@ class Anchorer:
     async def _confirm_once(self) -> None:
         async with self._confirm_lock:
             mined: list[tuple[int, int, str, bytes]] = []
-            for batch in list(self._unconfirmed.values()):
+            by_tx: dict[str | None, list[BatchInfo]] = {}  # one transaction, several batches
+            for batch in self._unconfirmed.values():
+                by_tx.setdefault(batch.txid, []).append(batch)
+            for batches in by_tx.values():
+                batch = batches[0]
                 assert batch.txid is not None and batch.raw is not None
                 try:
                     status = await self._chain.status(batch.txid)
@@ -538,25 +499,16 @@ class Anchorer:
                     self._last_error = f"the chain's proof of {batch.txid} is unusable: {exc}"
                     log.warning("%s", self._last_error)
                     continue
-                mined.append((batch.id, status.block_height, status.block_hash, minimal))
+                height, block = status.block_height, status.block_hash
+                mined.extend((b.id, height, block, minimal) for b in batches)
             if mined or self._unbooked:  # one commit: what was found mined, and the
                 # broadcasts no funding booked since (a booking waits at most a pass)
                 unbooked = list(self._unbooked)
-                await self._write(self._mark_mined, unbooked, mined)
+                await self._write(self._books.mark_mined, unbooked, mined)
                 self._committed(unbooked, [])
                 for batch_id, *_ in mined:
                     del self._unconfirmed[batch_id]
                 self._mined += len(mined)
-
-    def _mark_mined(
-        self, unbooked: list[BatchInfo], mined: list[tuple[int, int, str, bytes]]
-    ) -> None:
-        """Worker thread: record the broadcasts not booked yet and the blocks of mined
-        anchors, in one transaction."""
-        with self.records.write():
-            self._book(unbooked)
-            for batch_id, height, block_hash, bump in mined:
-                self.records.mark_mined(batch_id, height, block_hash, bump)
 
     async def wait_mined(self) -> None:
         """Return once every broadcast anchor is mined (someone must mine)."""

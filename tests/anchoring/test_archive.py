@@ -124,6 +124,40 @@ async def test_forged_receipts_are_rejected(tmp_path: Path) -> None:
         verify_proof(archive.proof(P, "vibration", 3), headers)
 
 
+async def test_receipts_of_two_streams_anchored_in_one_transaction(tmp_path: Path) -> None:
+    """The producer's two streams, seqs 0..4 each, anchored by one transaction (an
+    output each): each receipt is matched to its stream's output by the paths of the
+    records we hold, and a path made for the other stream is refused."""
+    ledger = create_ledger(tmp_path / "ledger.db")
+    with open_store(tmp_path / "buyer") as buyer_store:
+        archive = BuyerArchive(buyer_store)
+        async with running_anchorer(tmp_path / "producer", ledger) as run:
+            for stream in ("vibration", "meter"):
+                for record in await run.anchorer.log_many(stream, [b"%d" % i for i in range(5)]):
+                    archive.keep(record.body, record.signature, producer=P)
+            batches = await run.anchorer.anchor_now()
+            assert len(batches) == 2 and len({b.txid for b in batches}) == 1
+            await run.chain.mine()
+            await run.anchorer.wait_mined()
+            (vibration,) = await run.anchorer.receipts("vibration", range(5))
+            (meter,) = await run.anchorer.receipts("meter", range(5))
+            headers = run.headers()
+        swapped = AnchorReceipt(
+            meter.anchor_tx,
+            meter.block_height,
+            meter.block_hash,
+            meter.bump,
+            (vibration.paths[0], *meter.paths[1:]),
+        )
+        with pytest.raises(ReceiptRejected, match="does not lead to the root"):
+            archive.accept_receipt(P, swapped)
+        assert archive.accept_receipt(P, vibration) == 5
+        assert archive.accept_receipt(P, meter) == 5
+        for stream in ("vibration", "meter"):
+            for seq in range(5):
+                assert verify_proof(archive.proof(P, stream, seq), headers).record.seq == seq
+
+
 @pytest.mark.parametrize("count", [10_000, 100_000])
 def test_receipts_split_to_fit_a_wire_frame(count: int) -> None:
     leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(count)]

@@ -11,6 +11,7 @@ from mesh.anchoring.payload import (
     ANCHOR_TAG,
     AnchorFormatError,
     AnchorPayload,
+    anchors_in,
     find_anchor,
     parse_anchor_script,
 )
@@ -72,3 +73,17 @@ def test_a_transaction_carries_exactly_one_anchor() -> None:
         find_anchor(tx(other))
     with pytest.raises(AnchorFormatError, match="found 2"):
         find_anchor(tx(PAYLOAD.script(), PAYLOAD.script()))
+
+
+def test_a_transaction_may_anchor_several_streams_one_output_each() -> None:
+    readings = AnchorPayload(PRODUCER.public_key, "readings/v", 0, 999, bytes(32))
+    meters = AnchorPayload(PRODUCER.public_key, "meters", 0, 9, bytes(range(32)))
+    tx = Transaction([], [TransactionOutput(Script(p.script()), 1) for p in (readings, meters)])
+    agent = PRODUCER.public_key
+    assert find_anchor(tx, agent, "meters", 5) == (1, meters)
+    assert find_anchor(tx, agent, "readings/v", 5) == (0, readings)
+    with pytest.raises(AnchorFormatError, match="stream 'meters' seq 10, found 0"):
+        find_anchor(tx, agent, "meters", 10)
+    with pytest.raises(AnchorFormatError, match="found 2"):
+        find_anchor(tx)  # no stream named: a proof must not have to choose
+    assert [a for _, a in anchors_in(tx)] == [readings, meters]

@@ -130,16 +130,28 @@ def test_structural_edits_fail_with_their_reason(
 
 
 def test_a_valid_anchor_of_another_batch_is_anchor_tx(anchored: Anchored) -> None:
-    record = anchored.proofs[("vibration", 10)]
-    other_batch = anchored.proofs[("vibration", 60)]  # same stream, other seq range
-    other_stream = anchored.proofs[("meter", 1)]
-    for donor, reason in ((other_batch, "anchor-tx"), (other_stream, "anchor-tx")):
+    proofs = anchored.proofs
+    for record, donor in (
+        (proofs[("vibration", 10)], proofs[("vibration", 110)]),  # same stream, other range
+        (proofs[("meter", 1)], proofs[("vibration", 10)]),  # a transaction of another stream
+    ):
+        assert record.anchor_txid != donor.anchor_txid
 
         def change(doc: dict[str, Any], donor: Proof = donor) -> None:
             doc["anchor"] = donor.to_document()["anchor"]
             doc["block"] = donor.to_document()["block"]
 
-        assert _reason(edited(record, change), anchored.headers) == reason
+        assert _reason(edited(record, change), anchored.headers) == "anchor-tx"
+
+
+def test_one_transaction_anchors_the_batches_cut_together(anchored: Anchored) -> None:
+    """Two batches of one stream, and two streams' batches, each share a transaction
+    (an output each); every record's proof verifies against its own output."""
+    proofs = anchored.proofs
+    assert proofs[("vibration", 10)].anchor_txid == proofs[("vibration", 60)].anchor_txid
+    assert proofs[("vibration", 110)].anchor_txid == proofs[("meter", 1)].anchor_txid
+    outputs = {verify_proof(proofs[k], anchored.headers).vout for k in proofs}
+    assert len(outputs) == 2  # two outputs in each transaction
 
 
 def test_the_same_proof_against_another_chain_is_header_unknown(
