@@ -7,11 +7,11 @@ they may fail while the growth they measure is being fixed, and then say by how 
 
 Short-run bounds, and why:
 
-* written <= 2x stored for the buyer; <= 3.5x for the sensor, whose target is not met
-  yet (2.84x over 30 minutes: two anchor transactions every 10 s, each ~22 pages of
-  wallet and batch updates; README "What an agent costs per day"), so the test guards
-  against a regression and the soak's report says "short". A ratio needs no scaling,
-  and no allowance either. Stored is the growth of what an agent keeps (``agent.db``
+* written <= 2x stored for the buyer; <= 2.3x for the sensor, whose 2x target is met in
+  3-minute runs (1.9x) but not quite over 30 minutes (2.02x; README "What an agent
+  costs per day"), and one checkpoint more or less in the 2 minutes measured moves its
+  ratio by a few tenths (below). A ratio needs no scaling. Stored
+  is the growth of what an agent keeps (``agent.db``
   at its committed size, ``records/``, ``archive/``), never of the WAL, ``-shm`` or the
   payment journal:
   these start the run empty and grow in its first minutes, which would flatter a
@@ -62,7 +62,7 @@ from bench.soak_numbers import (
 
 RSS_PER_READING_BOUND = 500.0
 CPU_FLAT_SHORT = 0.25
-WRITTEN_X = {"robot-cell": 2.0, "vibration-sensor": 3.5}
+WRITTEN_X = {"robot-cell": 2.0, "vibration-sensor": 2.3}
 """The bound asserted per agent that keeps readings (see the module docstring)."""
 METRICS = (
     "RSS growth after warm-up",
