@@ -29,7 +29,8 @@ import trio
 
 from agents.channels import ChannelFailure, ChannelManager, FundingRefused
 from agents.profile import Profile, WantSpec
-from agents.services.orders import Buyer, LogRecord, OrderResult, statement
+from agents.services.buyer import Buyer, OrderResult
+from agents.services.orders import LogRecord, statement
 from agents.services.standing import SellerStanding
 from mesh.channel.state import Role, State
 from mesh.discovery import PeerTable

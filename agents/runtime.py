@@ -36,7 +36,8 @@ from agents.commands import close_channel
 from agents.control import serve_control
 from agents.profile import Profile, ProfileError
 from agents.receipts import Archive, ReceiptExchange
-from agents.services.orders import Buyer, OrderResult, Provider
+from agents.services.buyer import Buyer, OrderResult
+from agents.services.orders import Provider
 from agents.services.standing import SellerStanding
 from agents.services.vendor import Handler, HandlerError, resolve
 from mesh.anchoring import (

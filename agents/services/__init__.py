@@ -1,6 +1,7 @@
 """Service kinds (tool-time, data-feed, call), the vendor API, and order handling."""
 
-from agents.services.orders import Buyer, OrderResult, Provider
+from agents.services.buyer import Buyer, OrderResult
+from agents.services.orders import Provider
 from agents.services.vendor import (
     ENTRY_POINT_GROUP,
     CallContext,

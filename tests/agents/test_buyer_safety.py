@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from agents.profile import WantSpec
-from agents.services.orders import Buyer, OrderResult
+from agents.services.buyer import Buyer, OrderResult
 from agents.services.standing import SellerStanding
 from mesh.anchoring.record import Record as AnchorRecord
 from mesh.anchoring.record import sign_record

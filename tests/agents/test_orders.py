@@ -15,7 +15,8 @@ import pytest
 import trio
 
 from agents.profile import ServiceSpec, WantSpec
-from agents.services.orders import STATEMENT_UNITS, Buyer, OrderResult, Provider
+from agents.services.buyer import Buyer, OrderResult
+from agents.services.orders import STATEMENT_UNITS, Provider
 from agents.services.vendor import Handler, Registry, ServiceContext, resolve
 from mesh.health import StorageHealth
 from mesh.identity import Identity
