@@ -28,10 +28,11 @@ changes. So the batches cut together (every stream due, and those half-way to th
 deadline riding along) share one anchor transaction, an output each (a proof names its
 output by agent, stream and seq), and a cycle is one commit: planning those batches,
 booking the previous broadcast (the wallet's coins spent, its change ours; its batches
-``broadcast``) and funding the new transaction. A broadcast is booked by the next commit,
-the next cycle's or the block's (`anchor_now` and a clean stop book at once); until then
-its batches are ``built``, which a restart treats as "maybe on chain": it is broadcast
-again, and the chain says it has it. (A sensor at 100 readings/s with two streams wrote
+``broadcast``) and funding the new transaction. A broadcast is booked by the next commit:
+the next cycle's, or the next confirm pass's (at most ``confirm_interval`` later, with the
+blocks found; `anchor_now` and a clean stop book at once). Until then its batches are
+``built``, which a restart treats as "maybe on chain": it is broadcast again, and the
+chain says it has it. (A sensor at 100 readings/s with two streams wrote
 2.8x the bytes it stored with a transaction per batch and seven commits each.)
 
 Restart: `run` reloads stream heads, waiting records and unfinished batches; a
@@ -384,7 +385,7 @@ class Anchorer:
         to `MAX_OUTPUTS`), and a cycle writes one commit for it: planning, booking the
         previous broadcast (its coins spent, its change ours) and the funding commit
         together, and this broadcast is booked by the next commit (the next cycle's, or
-        the block's). Each commit rewrites the wallet's and the batches' pages, whatever
+        the next confirm pass's). Each commit rewrites the wallet's and the batches' pages, whatever
         it changed in them; each transaction writes the chain's. Built batches (a
         restart) are broadcast again first, a transaction at a time.
         """
