@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -363,7 +364,7 @@ class AnchorStore:
                 (height, block_hash, bump, batch_id),
             )
 
-    def write(self) -> Any:
+    def write(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction of the store these tables live in: the methods above
         called inside it (and the wallet's, on the same store) commit together."""
         return self._store.write()
