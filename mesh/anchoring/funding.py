@@ -5,8 +5,8 @@ nested in it). No Trio, no chain: the shell broadcasts between these calls.
 A cycle is one commit (`step`): book the anchors broadcast since the last commit (the
 wallet's coins spent, its change ours; their batches ``broadcast``), drop drafts the chain
 refused, plan the batches just cut, and fund and record one anchor transaction with an
-output per planned batch (at most `MAX_OUTPUTS`). A confirm pass is one more
-(`mark_mined`): it books what no cycle booked yet, and marks the blocks found. It must
+output per planned batch (at most `MAX_OUTPUTS`). A confirm pass that finds blocks is one
+more (`mark_mined`): it books what no cycle booked yet, and marks the blocks found. It must
 never record a draft without its coins reserved in the same transaction, or mark a batch
 mined before it is booked.
 """

@@ -29,8 +29,9 @@ deadline riding along) share one anchor transaction, an output each (a proof nam
 output by agent, stream and seq), and a cycle is one commit: planning those batches,
 booking the previous broadcast (the wallet's coins spent, its change ours; its batches
 ``broadcast``) and funding the new transaction. A broadcast is booked by the next commit:
-the next cycle's, or the next confirm pass's (at most ``confirm_interval`` later, with the
-blocks found; `anchor_now` and a clean stop book at once). Until then its batches are
+the next cycle's, or the confirm pass's that finds its block (and marks it mined in the
+same commit); a confirm pass commits a booking alone only once it waited `BOOK_WITHIN`
+seconds (`anchor_now` and a clean stop book at once). Until then its batches are
 ``built``, which a restart treats as "maybe on chain": it is broadcast again, and the
 chain says it has it. (A sensor at 100 readings/s with two streams wrote
 2.8x the bytes it stored with a transaction per batch and seven commits each.)
@@ -92,6 +93,10 @@ from mesh.store import Store, StoreError
 log = logging.getLogger("mesh.anchoring")
 T = TypeVar("T")
 _RETRYABLE = (WalletError, TxRejected, ChainUnavailable)
+BOOK_WITHIN = 10.0
+"""Seconds an accepted anchor waits at most to be booked by a cycle's commit, or by its
+block's: past them a confirm pass commits the booking alone (the wallet shows its change
+no later than this)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,7 @@ class Anchorer:
         self._planned: dict[int, BatchInfo] = {}
         self._to_plan: list[tuple[PendingBatch, bytes]] = []  # cut, planned by the next cycle
         self._unbooked: list[BatchInfo] = []  # broadcast, booked by the next commit
+        self._unbooked_since: float | None = None  # Trio time the oldest was accepted
         self._unconfirmed: dict[int, BatchInfo] = {}
         self._retry_at = math.inf
         self._logged = 0
@@ -193,7 +199,7 @@ class Anchorer:
         state = await self._thread(self.records.load_state, self._agent)
         self._batcher = Batcher(self.config.batch)
         self._queue, self._audiences, self._planned, self._unconfirmed = [], [], {}, {}
-        self._to_plan, self._unbooked = [], []
+        self._to_plan, self._unbooked, self._unbooked_since = [], [], None
         self._retry_at = math.inf
         now = trio.current_time()
         for stream, seq, digest in state.pending:
@@ -222,7 +228,7 @@ class Anchorer:
                 try:
                     if self._unbooked:  # else the next start broadcasts them again
                         await self._thread(self._books.book_now, list(self._unbooked))
-                        self._unbooked = []
+                        self._unbooked, self._unbooked_since = [], None
                     await self._thread(functools.partial(self.records.log.close, fold=not failed))
                 except (sqlite3.Error, StoreError, OSError) as exc:  # rebuilt at the next start
                     log.warning("record index not written at stop: %s", describe(exc))
@@ -446,6 +452,8 @@ class Anchorer:
         """The chain took `batch`'s anchor: watch it; book it with the next commit."""
         del self._planned[batch.id]
         self._unconfirmed[batch.id] = replace(batch, state="broadcast")
+        if not self._unbooked:
+            self._unbooked_since = trio.current_time()
         self._unbooked.append(batch)
         self._anchored += 1
         self._fees += batch.fee or 0
@@ -457,6 +465,8 @@ class Anchorer:
         """The in-memory side of a committed `AnchorBooks.step` or `mark_mined`."""
         ids = {b.id for b in booked}
         self._unbooked = [b for b in self._unbooked if b.id not in ids]
+        if not self._unbooked:
+            self._unbooked_since = None
         for batch in rejected:
             self._planned[batch.id] = replace(batch, state="planned", txid=None, raw=None, fee=None)
 
@@ -502,8 +512,10 @@ class Anchorer:
                     continue
                 height, block = status.block_height, status.block_hash
                 mined.extend((b.id, height, block, minimal) for b in batches)
-            if mined or self._unbooked:  # one commit: what was found mined, and the
-                # broadcasts no funding booked since (a booking waits at most a pass)
+            since = self._unbooked_since
+            overdue = since is not None and trio.current_time() - since >= BOOK_WITHIN
+            if mined or overdue:  # one commit: what was found mined, and the broadcasts
+                # no cycle booked since (a booking waits for its block or BOOK_WITHIN)
                 unbooked = list(self._unbooked)
                 await self._write(self._books.mark_mined, unbooked, mined)
                 self._committed(unbooked, [])

@@ -19,7 +19,7 @@ from mesh.anchoring.hashchain import audit
 from mesh.anchoring.headers import HeaderChain, write_headers
 from mesh.anchoring.payload import find_anchor
 from mesh.anchoring.proof import Proof, verify_proof
-from mesh.anchoring.service import AnchorConfig, Anchorer
+from mesh.anchoring.service import BOOK_WITHIN, AnchorConfig, Anchorer
 from mesh.anchoring.store import AnchorStore
 from mesh.chain.base import TxState
 from mesh.chain.ledger import LocalLedger
@@ -228,6 +228,38 @@ async def test_no_coins_delays_anchoring_and_it_retries(
         await run.chain.mine()
         await _wait(lambda: run.anchorer.statistics().batches_mined == 1, run)
         assert run.anchorer.records.batch(batch.id).state == "mined"
+
+
+async def test_a_confirm_pass_books_a_broadcast_with_its_block_or_after_book_within(
+    tmp_path: Path, mock_clock: MockClock
+) -> None:
+    # A confirm pass that finds no block writes nothing (a commit costs a dozen pages):
+    # a cycle's broadcast stays `built` until its block's commit, or until BOOK_WITHIN,
+    # when the booking is committed alone and the wallet shows the change.
+    mock_clock.autojump_threshold = 0.005
+    ledger = create_ledger(tmp_path / "ledger.db")
+    config = _config(records=3, confirm_interval=1)
+    async with running_anchorer(tmp_path / "a", ledger, config=config) as run:
+        await run.anchorer.log_many("vibration", [b"x"] * 3)
+        await _wait(lambda: run.anchorer.statistics().batches_anchored == 1, run)
+        (first,) = run.anchorer.records.batches()
+        await trio.sleep(BOOK_WITHIN / 2)  # several passes, no block
+        assert run.anchorer.records.batch(first.id).state == "built"
+        assert run.wallet.balance().available == 0  # the coin is spent, no change yet
+        await run.chain.mine()
+        await _wait(lambda: run.anchorer.statistics().batches_mined == 1, run)
+        assert run.anchorer.records.batch(first.id).state == "mined"
+        change = run.wallet.balance().available
+        assert change > 0
+
+        await run.anchorer.log_many("vibration", [b"y"] * 3)
+        await _wait(lambda: run.anchorer.statistics().batches_anchored == 2, run)
+        accepted = trio.current_time()
+        second = run.anchorer.records.batches()[1]
+        assert run.wallet.balance().available == 0
+        await _wait(lambda: run.anchorer.records.batch(second.id).state == "broadcast", run)
+        assert trio.current_time() - accepted >= BOOK_WITHIN - 0.1
+        assert 0 < run.wallet.balance().available < change  # booked: the change is ours
 
 
 async def test_a_rejected_anchor_gives_the_coins_back(tmp_path: Path) -> None:
