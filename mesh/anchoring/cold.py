@@ -27,8 +27,9 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import Any, BinaryIO
 
 from mesh.anchoring.coldcodec import (
     FILE_NAME,
@@ -56,14 +57,35 @@ from mesh.anchoring.errors import RecordNotFound
 from mesh.anchoring.proof import Proof
 from mesh.anchoring.record import SignedRecord
 
-if TYPE_CHECKING:
-    from mesh.anchoring.store import StreamSummary
-
 ARCHIVE_DIR = "archive"
 """Where an agent's archive files live, inside its data directory."""
 INDEX_NAME = "cold.index"
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """A stream as `mesh proof --list` shows it: the store's own summaries
+    (`mesh.anchoring.store.AnchorStore.streams`) and the archive's, side by side."""
+
+    agent: str
+    stream: str
+    origin: str
+    records: int
+    anchored: list[tuple[int, int]]
+    unanchored: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "agent": self.agent,
+            "stream": self.stream,
+            "origin": self.origin,
+            "records": self.records,
+            "anchored": [list(r) for r in self.anchored],
+            "unanchored": self.unanchored,
+        }
 
 
 # --------------------------------------------------------------------------- files
@@ -186,9 +208,6 @@ class ColdArchive:
     def streams(self) -> list[StreamSummary]:
         """Archived records per (agent, stream, origin) with their seq spans, as the store
         summarises its own (all anchored); reads only the index."""
-        # Imported here, so that the store's modules may import this one.
-        from mesh.anchoring.store import StreamSummary
-
         groups: dict[tuple[bytes, str, str], tuple[int, list[tuple[int, int]]]] = {}
         for listed in self._catalog():
             for g in listed.groups:
@@ -281,6 +300,7 @@ __all__ = [
     "ColdArchiveError",
     "ColdBatch",
     "ColdRecord",
+    "StreamSummary",
     "rebuild_index",
     "write_cold",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from mesh.anchoring.receipt import AnchorReceipt, CheckedReceipt
 from mesh.anchoring.record import SignedRecord
-from mesh.anchoring.recordlog import RecordLog
+from mesh.anchoring.recordlog import STREAM_ID, RecordLog
 from mesh.anchoring.store import ANCHORING_SCHEMA
 from mesh.store import Store
 
@@ -41,7 +41,7 @@ class KeptRecords:
             return held
         with self._store.read() as db:
             row = db.execute(
-                "SELECT hash FROM anchor_records WHERE agent = ? AND stream = ? AND seq = ?",
+                f"SELECT hash FROM anchor_records WHERE sid = {STREAM_ID} AND seq = ?",
                 (signed.agent, signed.stream, signed.seq),
             ).fetchone()
         if row is not None:
@@ -53,7 +53,7 @@ class KeptRecords:
         """The highest seq held of a producer's stream."""
         with self._store.read() as db:
             row = db.execute(
-                "SELECT MAX(seq) FROM anchor_records WHERE agent = ? AND stream = ?",
+                f"SELECT MAX(seq) FROM anchor_records WHERE sid = {STREAM_ID}",
                 (agent, stream),
             ).fetchone()
         stored = None if row is None or row[0] is None else int(row[0])
@@ -74,7 +74,7 @@ class KeptRecords:
         }
         with self._store.read() as db:
             rows = db.execute(
-                "SELECT seq, hash FROM anchor_records WHERE agent = ? AND stream = ?"
+                f"SELECT seq, hash FROM anchor_records WHERE sid = {STREAM_ID}"
                 " AND seq BETWEEN ? AND ?",
                 (agent, stream, min(wanted), max(wanted)),
             ).fetchall()
@@ -86,27 +86,22 @@ class KeptRecords:
         for their receipt)."""
         waiting = self.log.waiting_seqs(producer)
         with self._store.read() as db:
-            streams = [
-                str(r[0])
-                for r in db.execute(
-                    "SELECT DISTINCT stream FROM anchor_records"
-                    " INDEXED BY anchor_records_unbatched"
-                    " WHERE agent = ? AND origin = 'kept' AND batch IS NULL",
-                    (producer,),
-                )
-            ]
-            stored = {
-                stream: [
+            streams = db.execute(
+                "SELECT id, stream FROM anchor_streams WHERE agent = ?", (producer,)
+            ).fetchall()
+            stored: dict[str, list[int]] = {}
+            for sid, stream in streams:
+                seqs = [
                     int(r[0])
                     for r in db.execute(
                         "SELECT seq FROM anchor_records INDEXED BY anchor_records_unbatched"
-                        " WHERE agent = ? AND stream = ? AND origin = 'kept' AND batch IS NULL"
+                        " WHERE sid = ? AND origin = 'kept' AND batch IS NULL"
                         " ORDER BY seq LIMIT ?",
-                        (producer, stream, per_stream),
+                        (sid, per_stream),
                     )
                 ]
-                for stream in streams
-            }
+                if seqs:
+                    stored[str(stream)] = seqs
         return {
             stream: sorted({*stored.get(stream, ()), *waiting.get(stream, ())})[:per_stream]
             for stream in {*stored, *waiting}
@@ -153,8 +148,8 @@ class KeptRecords:
             proven = len(inserted)
             if len(inserted) < len(checked.paths):
                 proven += db.executemany(
-                    "UPDATE anchor_records SET batch = ?, path = ? WHERE agent = ?"
-                    " AND stream = ? AND seq = ? AND origin = 'kept' AND path IS NULL",
+                    f"UPDATE anchor_records SET batch = ?, path = ? WHERE sid = {STREAM_ID}"
+                    " AND seq = ? AND origin = 'kept' AND path IS NULL",
                     [
                         (batch_id, path, anchor.agent, anchor.stream, seq)
                         for seq, path in checked.paths.items()

@@ -3,8 +3,8 @@
 One `RecordLog` writes the records of one origin (``own``: the agent's signed log;
 ``kept``: producers' records a buyer holds) of one agent store. `append` puts the
 records into the current segment (`mesh.anchoring.segments`, one write for the lot)
-and queues their index rows (``anchor_records``: agent, stream, seq, hash, audience,
-segment and offset; body and signature stay empty there). Queued rows are written
+and queues their index rows (``anchor_records``: stream id, seq, hash, audience id,
+segment and offset; no body or signature). Queued rows are written
 once, as late as possible: an own record's with its batch when the batch is planned
 (`insert_waiting`), a kept record's with its batch and Merkle path (appended to the
 segment, `stage_paths`) when its receipt proves it (`insert_proven`); a query that
@@ -15,6 +15,12 @@ an SQLite commit of its own (~20 KB written, see the segments module).
 Crash: what `append` returned is on disk (durable as the store is, see the segments
 module); index rows not folded yet are rebuilt by `recover` from each segment's tail
 past its ``indexed_to`` (run it before the first `append` and before reading heads).
+
+Ids: a row names its (agent, stream) pair and its audience's peer key by ids
+(``anchor_streams``, ``anchor_peers``), looked up or inserted inside the write
+transaction that writes the row, and remembered only once it committed (an id from a
+transaction that rolled back names nothing); readers in other processes find them in
+SQL (`STREAM_ID`, `PEER_ID`).
 
 Segments rotate at `segment_bytes`; ``anchor_segments.live`` counts the index rows
 (and kept paths) pointing into each one, so retention (`mesh.anchoring.retention`)
@@ -48,9 +54,18 @@ assigned to it, and never written twice)."""
 SEGMENT_BYTES = 64 << 20
 """A segment file is closed, and a new one begun, past this size."""
 
+PEER_IDS = 4096
+"""Audience keys whose ids a log remembers; past this many it forgets them all (a miss
+costs one indexed SELECT)."""
+STREAM_ID = "(SELECT id FROM anchor_streams WHERE agent = ? AND stream = ?)"
+"""SQL for the id of an (agent, stream) pair, ``anchor_records.sid`` (bind agent and
+stream): how a query that holds no id reaches a stream's rows by their primary key."""
+PEER_ID = "(SELECT id FROM anchor_peers WHERE key = ?)"
+"""SQL for the id of an audience's peer key, ``anchor_records.audience`` (bind the key)."""
+
 _INSERT = (  # a row already there is another writer or a bug: loud, never ignored
-    "INSERT INTO anchor_records (agent, stream, seq, hash, body, signature, origin,"
-    " audience, seg, off, batch, pseg, poff) VALUES (?, ?, ?, ?, x'', x'', ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO anchor_records (sid, seq, hash, origin, audience, seg, off, batch, pseg,"
+    " poff) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 PATH_ENTRY = "path"
 """The first element of a segment entry holding a kept record's Merkle path."""
@@ -148,7 +163,7 @@ class _Row:
 def _indexed(db: sqlite3.Connection, row: _Row) -> bool:
     """Whether `row` is in the index already; another record at its seq is loud."""
     found = db.execute(
-        "SELECT hash FROM anchor_records WHERE agent = ? AND stream = ? AND seq = ?",
+        f"SELECT hash FROM anchor_records WHERE sid = {STREAM_ID} AND seq = ?",
         (row.agent, row.stream, row.seq),
     ).fetchone()
     if found is not None and bytes(found[0]) != row.hash:
@@ -165,6 +180,62 @@ def _span_of(r: _Row, batches: Sequence[Span]) -> int | None:
         if r.agent == agent and r.stream == stream and first <= r.seq <= last:
             return span_id
     return None
+
+
+class _Ids:
+    """The ids a log's rows name their (agent, stream) pairs and audiences by (see module).
+
+    The stream map stays small (an agent's streams, a buyer's producers' streams); the
+    peer map is bounded by `PEER_IDS`."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._streams: dict[tuple[bytes, str], int] = {}
+        self._peers: dict[bytes, int] = {}
+
+    def resolve(
+        self, db: sqlite3.Connection, rows: Sequence[_Row]
+    ) -> tuple[dict[tuple[bytes, str], int], dict[bytes, int]]:
+        """The ids of `rows`' streams and audiences, inserted where missing inside the
+        caller's write transaction; remembered once it commits."""
+        streams: dict[tuple[bytes, str], int] = {}
+        peers: dict[bytes, int] = {}
+        for r in rows:
+            key = (r.agent, r.stream)
+            if key not in streams:
+                known = self._streams.get(key)
+                streams[key] = known if known is not None else _stream_id(db, *key)
+            if r.audience is not None and r.audience not in peers:
+                known = self._peers.get(r.audience)
+                peers[r.audience] = known if known is not None else _peer_id(db, r.audience)
+        self._store.after_commit(lambda: self._remember(streams, peers))
+        return streams, peers
+
+    def _remember(self, streams: dict[tuple[bytes, str], int], peers: dict[bytes, int]) -> None:
+        self._streams.update(streams)
+        fresh = [(key, id_) for key, id_ in peers.items() if key not in self._peers]
+        if len(self._peers) + len(fresh) > PEER_IDS:
+            self._peers.clear()
+        self._peers.update(fresh[:PEER_IDS])
+
+
+def _stream_id(db: sqlite3.Connection, agent: bytes, stream: str) -> int:
+    """The id of (agent, stream), inserted when it has none (inside a write transaction)."""
+    row = db.execute(
+        "SELECT id FROM anchor_streams WHERE agent = ? AND stream = ?", (agent, stream)
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    cursor = db.execute("INSERT INTO anchor_streams (agent, stream) VALUES (?, ?)", (agent, stream))
+    return int(cursor.lastrowid or 0)
+
+
+def _peer_id(db: sqlite3.Connection, key: bytes) -> int:
+    """The id of a peer key, inserted when it has none (inside a write transaction)."""
+    row = db.execute("SELECT id FROM anchor_peers WHERE key = ?", (key,)).fetchone()
+    if row is not None:
+        return int(row[0])
+    return int(db.execute("INSERT INTO anchor_peers (key) VALUES (?)", (key,)).lastrowid or 0)
 
 
 class RecordLog:
@@ -193,6 +264,7 @@ class RecordLog:
         self._pending: list[_Row] = []
         self._held: dict[tuple[bytes, str, int], bytes] = {}  # pending rows' hashes
         self._top: dict[tuple[bytes, str], int] = {}  # highest pending seq per stream
+        self._ids = _Ids(store)
         self._recovered = False
 
     # ---------------------------------------------------------------- writing
@@ -404,16 +476,16 @@ class RecordLog:
         def batch_of(r: _Row) -> int | None:
             return batch_id if batch_id is not None else _span_of(r, batches)
 
+        streams, peers = self._ids.resolve(db, rows)
         db.executemany(
             _INSERT,
             [
                 (
-                    r.agent,
-                    r.stream,
+                    streams[(r.agent, r.stream)],
                     r.seq,
                     r.hash,
                     self.origin,
-                    r.audience,
+                    None if r.audience is None else peers[r.audience],
                     r.segment,
                     r.offset,
                     batch_of(r),
@@ -463,4 +535,13 @@ class RecordLog:
         return writer
 
 
-__all__ = ["FOLD_ROWS", "RecordLog", "decode", "encode", "read_record", "segments_dir"]
+__all__ = [
+    "FOLD_ROWS",
+    "PEER_ID",
+    "STREAM_ID",
+    "RecordLog",
+    "decode",
+    "encode",
+    "read_record",
+    "segments_dir",
+]

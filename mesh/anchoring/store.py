@@ -3,9 +3,12 @@
 Component ``anchoring`` of `mesh.store.Store` (one SQLite file per agent, WAL):
 
 - ``anchor_records``: every signed record the agent holds — its own (``origin='own'``)
-  and those it kept as a buyer (``'kept'``, signed by a producer) — keyed by (agent,
-  stream, seq), with the batch it was anchored in and, for kept records, the Merkle path
-  the producer's receipt gave;
+  and those it kept as a buyer (``'kept'``, signed by a producer) — keyed by (stream id,
+  seq), with the batch it was anchored in and, for kept records, the Merkle path the
+  producer's receipt gave;
+- ``anchor_streams``, ``anchor_peers``: the ids records name an (agent, stream) and an
+  audience's peer key by: a row, written once per reading, holds small integers, not two
+  33-byte keys (`mesh.anchoring.recordlog` writes them; readers join, or `STREAM_ID`);
 - ``anchor_batches``: one row per batch: seq range, root, and how far anchoring got:
   ``planned`` (records assigned, no transaction yet) → ``built`` (the wallet's signed
   draft is recorded) → ``broadcast`` → ``mined`` (block height, hash, BUMP). A kept
@@ -32,12 +35,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.anchoring.batch import PendingBatch, batch_levels, batch_path
+from mesh.anchoring.cold import StreamSummary as StreamSummary
+from mesh.anchoring.coldcodec import merge_ranges
 from mesh.anchoring.errors import AnchoringError, NotAnchored, RecordNotFound
 from mesh.anchoring.hashchain import Head
 from mesh.anchoring.proof import Proof, make_proof
 from mesh.anchoring.receipt import AnchorReceipt, make_receipts, split_path
 from mesh.anchoring.record import SignedRecord, decode_record, record_hash
-from mesh.anchoring.recordlog import RecordLog, Span, kept_path, read_record, segments_dir
+from mesh.anchoring.recordlog import (
+    PEER_ID,
+    STREAM_ID,
+    RecordLog,
+    Span,
+    kept_path,
+    read_record,
+    segments_dir,
+)
 from mesh.store import Schema, Store
 
 ANCHORING_SCHEMA = Schema(
@@ -123,10 +136,46 @@ ANCHORING_SCHEMA = Schema(
         ALTER TABLE anchor_records ADD COLUMN pseg INTEGER;
         ALTER TABLE anchor_records ADD COLUMN poff INTEGER;
         """,
+        # 6: rows name their (agent, stream) and audience by ids (~165 bytes a row
+        # down to ~67); a row whose record is in a segment holds no body or signature.
+        """
+        CREATE TABLE anchor_streams (
+            id INTEGER PRIMARY KEY, agent BLOB NOT NULL, stream TEXT NOT NULL,
+            UNIQUE (agent, stream)
+        );
+        CREATE TABLE anchor_peers (id INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE);
+        INSERT INTO anchor_streams (agent, stream)
+            SELECT DISTINCT agent, stream FROM anchor_records ORDER BY agent, stream;
+        INSERT INTO anchor_peers (key)
+            SELECT DISTINCT audience FROM anchor_records WHERE audience IS NOT NULL;
+        CREATE TABLE anchor_records_6 (
+            sid INTEGER NOT NULL REFERENCES anchor_streams (id),
+            seq INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            origin TEXT NOT NULL CHECK (origin IN ('own', 'kept')),
+            batch INTEGER REFERENCES anchor_batches (id),
+            audience INTEGER REFERENCES anchor_peers (id),
+            seg INTEGER, off INTEGER, body BLOB, signature BLOB,
+            path BLOB, pseg INTEGER, poff INTEGER,
+            PRIMARY KEY (sid, seq)
+        ) WITHOUT ROWID;
+        INSERT INTO anchor_records_6 (sid, seq, hash, origin, batch, audience, seg, off,
+                                      body, signature, path, pseg, poff)
+            SELECT s.id, r.seq, r.hash, r.origin, r.batch, p.id, r.seg, r.off,
+                   NULLIF(r.body, x''), NULLIF(r.signature, x''), r.path, r.pseg, r.poff
+            FROM anchor_records r
+            JOIN anchor_streams s ON s.agent = r.agent AND s.stream = r.stream
+            LEFT JOIN anchor_peers p ON p.key = r.audience
+            ORDER BY s.id, r.seq;
+        DROP TABLE anchor_records;
+        ALTER TABLE anchor_records_6 RENAME TO anchor_records;
+        CREATE INDEX anchor_records_unbatched ON anchor_records (sid, seq)
+            WHERE batch IS NULL;
+        """,
     ),
 )
 IN_BATCH = (
-    " FROM anchor_records WHERE agent = ? AND stream = ? AND seq BETWEEN ? AND ?"
+    f" FROM anchor_records WHERE sid = {STREAM_ID} AND seq BETWEEN ? AND ?"
     " AND batch = ? ORDER BY seq"
 )
 """The rows of one batch, by the primary key (bind `_span(batch)`)."""
@@ -195,40 +244,6 @@ class LoadedState:
     unfinished: list[BatchInfo]
 
 
-@dataclass(frozen=True)
-class StreamSummary:
-    """A stream as `mesh proof --list` shows it."""
-
-    agent: str
-    stream: str
-    origin: str
-    records: int
-    anchored: list[tuple[int, int]]
-    unanchored: int
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "agent": self.agent,
-            "stream": self.stream,
-            "origin": self.origin,
-            "records": self.records,
-            "anchored": [list(r) for r in self.anchored],
-            "unanchored": self.unanchored,
-        }
-
-
-def _ranges(seqs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Merge sorted (first, last) ranges that touch."""
-    merged: list[tuple[int, int]] = []
-    for first, last in seqs:
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return merged
-
-
 class AnchorStore:
     """The anchoring tables of one agent store."""
 
@@ -267,19 +282,20 @@ class AnchorStore:
             heads = {
                 str(stream): Head(int(seq), bytes(digest))
                 for stream, seq, digest in db.execute(
-                    "SELECT r.stream, r.seq, r.hash FROM anchor_records r"
-                    " JOIN (SELECT stream, MAX(seq) AS top FROM anchor_records"
-                    "       WHERE agent = ? GROUP BY stream) m"
-                    " ON r.stream = m.stream AND r.seq = m.top WHERE r.agent = ?",
-                    (agent, agent),
+                    "SELECT s.stream, r.seq, r.hash FROM anchor_streams s"
+                    " JOIN anchor_records r ON r.sid = s.id"
+                    " AND r.seq = (SELECT MAX(seq) FROM anchor_records WHERE sid = s.id)"
+                    " WHERE s.agent = ?",
+                    (agent,),
                 )
             }
             pending = [
                 (str(s), int(q), bytes(h))
                 for s, q, h in db.execute(
-                    "SELECT stream, seq, hash FROM anchor_records"
-                    " INDEXED BY anchor_records_unbatched"
-                    " WHERE agent = ? AND batch IS NULL ORDER BY stream, seq",
+                    "SELECT s.stream, r.seq, r.hash FROM anchor_streams s"
+                    " JOIN anchor_records r INDEXED BY anchor_records_unbatched"
+                    " ON r.sid = s.id WHERE s.agent = ? AND r.batch IS NULL"
+                    " ORDER BY s.stream, r.seq",
                     (agent,),
                 )
             ]
@@ -314,7 +330,7 @@ class AnchorStore:
             assigned = self.log.insert_waiting(db, spans)
             for (pending, _), span in zip(cut, spans, strict=True):
                 assigned += db.execute(  # rows folded earlier (more than a fold's worth waited)
-                    "UPDATE anchor_records SET batch = ? WHERE agent = ? AND stream = ?"
+                    f"UPDATE anchor_records SET batch = ? WHERE sid = {STREAM_ID}"
                     " AND seq BETWEEN ? AND ? AND batch IS NULL",
                     (span[4], agent, pending.stream, pending.first_seq, pending.last_seq),
                 ).rowcount
@@ -410,7 +426,7 @@ class AnchorStore:
         with self._store.read() as db:
             row = db.execute(
                 "SELECT body, signature, batch, path, origin, seg, off, pseg, poff"
-                " FROM anchor_records WHERE agent = ? AND stream = ? AND seq = ?",
+                f" FROM anchor_records WHERE sid = {STREAM_ID} AND seq = ?",
                 (agent, stream, seq),
             ).fetchone()
             if row is None:
@@ -477,7 +493,9 @@ class AnchorStore:
             return [
                 bytes(r[0])
                 for r in db.execute(
-                    "SELECT DISTINCT agent FROM anchor_records WHERE stream = ?", (stream,)
+                    "SELECT agent FROM anchor_streams s WHERE stream = ? AND EXISTS"
+                    " (SELECT 1 FROM anchor_records WHERE sid = s.id) ORDER BY agent",
+                    (stream,),
                 )
             ]
 
@@ -513,13 +531,13 @@ class AnchorStore:
                 elif held:
                     add(key, int(held), int(held)).append((int(held_first), int(held_last)))
             for agent, stream, origin, count in db.execute(
-                "SELECT agent, stream, origin, COUNT(*) FROM anchor_records"
-                " INDEXED BY anchor_records_unbatched WHERE batch IS NULL"
-                " GROUP BY agent, stream, origin"
+                "SELECT s.agent, s.stream, r.origin, COUNT(*) FROM anchor_records r"
+                " INDEXED BY anchor_records_unbatched JOIN anchor_streams s ON s.id = r.sid"
+                " WHERE r.batch IS NULL GROUP BY s.agent, s.stream, r.origin"
             ):
                 add((bytes(agent), str(stream), str(origin)), int(count), 0)
         return [
-            StreamSummary(agent.hex(), stream, origin, count, _ranges(spans), count - proven)
+            StreamSummary(agent.hex(), stream, origin, count, merge_ranges(spans), count - proven)
             for (agent, stream, origin), (count, proven, spans) in sorted(
                 totals.items(), key=lambda item: (item[0][2] != "own", item[0][1], item[0][0])
             )
@@ -542,8 +560,8 @@ class AnchorStore:
                 theirs = {
                     int(r[0])
                     for r in db.execute(
-                        "SELECT seq FROM anchor_records WHERE agent = ? AND stream = ?"
-                        " AND seq BETWEEN ? AND ? AND audience = ?",
+                        f"SELECT seq FROM anchor_records WHERE sid = {STREAM_ID}"
+                        f" AND seq BETWEEN ? AND ? AND audience = {PEER_ID}",
                         (agent, stream, wanted[0], wanted[-1], audience),
                     )
                 }

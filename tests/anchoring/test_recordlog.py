@@ -94,8 +94,10 @@ def test_records_survive_a_crash_before_their_index_is_written(tmp_path: Path) -
     assert state.heads["vibration"].hash == signed[9].hash
     assert [seq for _, seq, _ in state.pending] == list(range(10))
     with store.read() as db:
-        audience = db.execute(
-            "SELECT audience FROM anchor_records WHERE seq = 2 AND stream = 'vibration'"
+        audience = db.execute(  # rows name their stream and audience by ids
+            "SELECT p.key FROM anchor_records r JOIN anchor_streams s ON s.id = r.sid"
+            " JOIN anchor_peers p ON p.id = r.audience"
+            " WHERE r.seq = 2 AND s.stream = 'vibration'"
         ).fetchone()[0]
     assert bytes(audience) == BUYER.public_key
     records.log.close()

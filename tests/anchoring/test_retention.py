@@ -145,7 +145,9 @@ def _key(record: object) -> tuple[bytes, str, int]:
 def _stored_hash(store: object, seq: int) -> bytes | None:
     with store.read() as db:  # type: ignore[attr-defined]
         row = db.execute(
-            "SELECT hash FROM anchor_records WHERE stream = 'vibration' AND seq = ?", (seq,)
+            "SELECT hash FROM anchor_records JOIN anchor_streams s ON s.id = sid"
+            " WHERE s.stream = 'vibration' AND seq = ?",
+            (seq,),
         ).fetchone()
     return None if row is None else bytes(row[0])
 

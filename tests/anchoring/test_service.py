@@ -338,8 +338,13 @@ async def test_a_failing_store_write_fails_the_log_loudly(tmp_path: Path) -> Non
         def squat(store: object) -> None:  # someone else holds seq 1: indexing must fail
             with run.store.write() as db:
                 db.execute(
-                    "INSERT INTO anchor_records (agent, stream, seq, hash, body, signature,"
-                    " origin) VALUES (?, 'vibration', 1, x'00', x'00', x'00', 'own')",
+                    "INSERT OR IGNORE INTO anchor_streams (agent, stream) VALUES (?, 'vibration')",
+                    (PRODUCER.public_key,),
+                )
+                db.execute(
+                    "INSERT INTO anchor_records (sid, seq, hash, body, signature, origin)"
+                    " SELECT id, 1, x'00', x'00', x'00', 'own' FROM anchor_streams"
+                    " WHERE agent = ? AND stream = 'vibration'",
                     (PRODUCER.public_key,),
                 )
 

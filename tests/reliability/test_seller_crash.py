@@ -80,7 +80,8 @@ def recorded(database: Path) -> int:
     latest: dict[str, int] = {}
     with sqlite3.connect(database) as db:
         rows = db.execute(
-            "SELECT body, seg, off FROM anchor_records WHERE stream = 'meters' ORDER BY seq"
+            "SELECT body, seg, off FROM anchor_records JOIN anchor_streams s ON s.id = sid"
+            " WHERE s.stream = 'meters' ORDER BY seq"
         ).fetchall()
     for body, seg, off in rows:
         if seg is not None:  # the record lives in a segment file beside the database
