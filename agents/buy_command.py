@@ -33,6 +33,7 @@ from agents.buying import Purchases, WantProgress
 from agents.profile import KINDS, WantSpec
 from mesh.anchoring.record import decode_record
 from mesh.errors import MeshError
+from mesh.readings import decode_reading, reading_from_json
 
 KEEP_BYTES = 16 * 1024 * 1024
 """Payload bytes one `mesh buy` keeps in the agent, at most; a unit that no longer fits
@@ -119,12 +120,16 @@ class DeliverySink:
 
     def to_json(self) -> list[dict[str, Any]]:
         """The kept units: ``unit`` (1, 2, ... in this buy), ``kind``, a reading's
-        ``seq``, and ``payload`` (UTF-8 text) or ``payload_hex``."""
+        ``seq`` and ``reading`` (`Reading.to_json`), else ``payload`` (UTF-8 text) or
+        ``payload_hex``."""
         shown = []
         for unit, seq, payload in self._kept:
             item: dict[str, Any] = {"unit": unit, "kind": self.kind}
-            if seq is not None:
+            if seq is not None:  # a verified feed delivery: its payload is a typed reading
                 item["seq"] = seq
+                item["reading"] = decode_reading(payload).to_json()
+                shown.append(item)
+                continue
             try:
                 item["payload"] = payload.decode()
             except UnicodeDecodeError:
@@ -259,7 +264,8 @@ def add_buy_arguments(buy: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one JSON document instead: service, units, state, delivered, paid, "
         "placed (orders), reason (the last order's end), why (empty when complete), "
-        "deliveries (unit, kind, seq of a reading, payload as text or payload_hex) and "
+        "deliveries (unit, kind, a reading's seq and its fields: name, kind, value, unit, "
+        "quality, source and agent times; a call's answer as payload text or payload_hex) and "
         f"not_kept (units past {KEEP_BYTES // 2**20} MiB of payload, counted, not shown)",
     )
     buy.add_argument(
@@ -272,12 +278,17 @@ def add_buy_arguments(buy: argparse.ArgumentParser) -> None:
 
 
 def delivery_lines(reply: dict[str, Any]) -> Iterator[str]:
-    """One line per delivered unit: ``#SEQ  READING`` for a data feed, the answer of a
+    """One line per delivered unit: ``#SEQ  NAME = VALUE UNIT (QUALITY, measured TIME)``
+    for a data feed, the answer of a
     call, ``tick N`` for tool time. Text that is not one printable line is shown as a
     JSON string (a seller's bytes never drive the terminal); non-UTF-8 as ``hex:...``."""
     for item in reply.get("deliveries", []):
         if item["kind"] == "tool-time":
             yield f"tick {item['unit']}"
+            continue
+        if "reading" in item:
+            text = reading_from_json(item["reading"]).describe()
+            yield f"#{item['seq']}  {text if text.isprintable() else json.dumps(text)}"
             continue
         if "payload" in item:
             text = str(item["payload"])

@@ -41,6 +41,7 @@ from mesh.anchoring.store import ANCHORING_SCHEMA, AnchorStore
 from mesh.chain.errors import LedgerError
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import parse_peer_id
+from mesh.readings import READINGS_PREFIX, ReadingError, decode_reading
 from mesh.store import Store
 
 
@@ -193,6 +194,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     signed_at = _iso(record.timestamp_ms / 1000, "milliseconds")
     print(f"  record    {verified.record_hash.hex()}, signed at {signed_at}")
     print(f"            (agent's clock), payload {len(record.payload)} bytes")
+    if record.stream.startswith(READINGS_PREFIX):  # a feed's record: show its reading
+        try:
+            text = decode_reading(record.payload).describe()
+        except ReadingError as exc:
+            text = f"not a typed reading ({exc})"
+        print(f"  reading   {text if text.isprintable() else json.dumps(text)}")
     print(f"  batch     {anchor.stream} seq {anchor.first_seq}..{anchor.last_seq}")
     print(f"  anchor    {verified.txid} output {verified.vout}")
     print(f"  block     {verified.block_height} {verified.block_hash}")

@@ -9,6 +9,7 @@ import math
 import trio
 
 from agents.services.vendor import ServiceContext, vendor
+from mesh.readings import Reading
 
 
 @vendor.tool("spindle")
@@ -27,12 +28,12 @@ async def spindle_stop(ctx: ServiceContext) -> None:
 
 
 @vendor.feed("vibration")
-async def vibration(ctx: ServiceContext) -> bytes:
+async def vibration(ctx: ServiceContext) -> Reading:
     """One vibration reading (RMS velocity, mm/s) every `tick` seconds."""
     await trio.sleep(ctx.tick)
     n = ctx.state["readings"] = ctx.state.get("readings", 0) + 1
     value = round(2.0 + 0.5 * math.sin(n / 5) + 0.1 * math.sin(n * 1.7), 4)
-    return json.dumps({"sensor": ctx.service_id, "n": n, "rms_mm_s": value}).encode()
+    return Reading.of("rms_velocity", value, "mm/s")
 
 
 @vendor.call("inspection")

@@ -5,6 +5,7 @@ for a unit only when `DeliveryCheck.accept` counted it:
 
 * every delivery is exactly one unit, and never more than the order asked for;
 * **data feed**: a reading is a well-formed record signed by the seller's identity key,
+  whose payload is a typed reading (`mesh.readings`),
   on the ordered service's readings stream (``readings/<service>``), with a seq this
   buyer never accepted on that stream before, across orders, and not far below the
   highest it did -- so a genuine reading sold twice counts once and a stale one not at
@@ -27,6 +28,7 @@ from agents.profile import KINDS
 from mesh.anchoring.errors import RecordError
 from mesh.anchoring.record import SignedRecord, open_record
 from mesh.errors import MeshError
+from mesh.readings import ReadingError, decode_reading, readings_stream
 from mesh.wire import ServiceDelivery
 
 SLACK_UNITS = 1
@@ -94,7 +96,7 @@ class Expected:
     @property
     def stream(self) -> str:
         """The stream a data feed's readings must be on."""
-        return f"readings/{self.service}"
+        return readings_stream(self.service)
 
 
 class DeliveryCheck:
@@ -148,6 +150,10 @@ class DeliveryCheck:
         refused = self._seqs.refusal(e.seller, e.stream, record.seq)
         if refused is not None:
             raise DeliveryViolation(refused)
+        try:
+            decode_reading(record.payload)
+        except ReadingError as exc:
+            raise DeliveryViolation(f"not a typed reading: {exc}") from None
         self._seqs.accept(e.seller, e.stream, record.seq)
         return signed
 

@@ -34,6 +34,7 @@ from agents.services.vendor import (
     CallHandler,
     FeedHandler,
     Handler,
+    HandlerError,
     ServiceContext,
     ToolHandler,
 )
@@ -42,6 +43,7 @@ from mesh.anchoring.record import sign_record
 from mesh.health import StorageHealth
 from mesh.identity import Identity
 from mesh.metering import ProviderMeter
+from mesh.readings import Reading, now_ms, readings_stream
 from mesh.wire import Frame, ServiceDelivery, ServiceDone, ServiceOrder, ServiceStop
 
 log = logging.getLogger("agents.services")
@@ -99,7 +101,7 @@ def _standalone(identity: Identity, ctx: ServiceContext, reading: bytes, seq: in
     grows over the provider's life, as a log's would (buyers refuse a seq again)."""
     return AnchorRecord(
         agent=identity.public_key,
-        stream=f"readings/{ctx.service_id}",
+        stream=readings_stream(ctx.service_id),
         seq=seq,
         timestamp_ms=0,
         payload=reading,
@@ -162,6 +164,9 @@ class Provider:
         self.state: dict[str, dict[str, Any]] = {sid: {} for sid in services}
         self.log_record: LogRecord | None = None
         """Set by the runtime: readings and meter statements go into the signed log."""
+        self.on_reading: Callable[[str, Reading], None] | None = None
+        """Set by the runtime: each reading sold (service id, reading as signed), for the
+        bridges that publish it."""
 
     def meters(self) -> dict[bytes, ProviderMeter]:
         """Every meter by channel id (snapshots)."""
@@ -287,7 +292,16 @@ class Provider:
                         break
                     continue
                 ctx.seq = running.delivered
-                payload, signature = await self._produce(handler, ctx, order)
+                try:
+                    payload, signature = await self._produce(handler, ctx, order)
+                except HandlerError as exc:
+                    log.error("service %s: %s", spec.id, exc)  # noqa: TRY400 - one line says it
+                    reason = f"handler failed: {exc}"
+                    break
+                except Exception as exc:  # vendor code: its bug ends the order, not the agent
+                    log.exception("service %s: handler %s failed", spec.id, handler.name)
+                    reason = f"handler failed: {type(exc).__name__}: {exc}"
+                    break
                 if cell.meter.deliverable_units() == 0:  # frozen while producing
                     reason = "buyer lost"
                     break
@@ -364,13 +378,24 @@ class Provider:
             await handler.run(ctx)
             return b"", b""
         if isinstance(handler, FeedHandler):
-            reading = await handler.read(ctx)
+            produced = await handler.read(ctx)
+            if not isinstance(produced, Reading):
+                raise HandlerError(
+                    f"feed handler {handler.name!r} returned a {type(produced).__name__},"
+                    " not a mesh.readings.Reading"
+                )
+            stamped = produced.stamped(now_ms())
+            reading = stamped.encode()
             if self.log_record is not None:  # a signed, hash-chained, anchored record
-                return await self.log_record(f"readings/{ctx.service_id}", reading, ctx.buyer)
-            seq = self._standalone_seqs[ctx.service_id] = (
-                self._standalone_seqs.get(ctx.service_id, -1) + 1
-            )
-            signed = sign_record(self.identity, _standalone(self.identity, ctx, reading, seq))
-            return signed.body, signed.signature
+                logged = await self.log_record(readings_stream(ctx.service_id), reading, ctx.buyer)
+            else:
+                seq = self._standalone_seqs[ctx.service_id] = (
+                    self._standalone_seqs.get(ctx.service_id, -1) + 1
+                )
+                signed = sign_record(self.identity, _standalone(self.identity, ctx, reading, seq))
+                logged = signed.body, signed.signature
+            if self.on_reading is not None:  # signed (and stored): the bridges may show it
+                self.on_reading(ctx.service_id, stamped)
+            return logged
         assert isinstance(handler, CallHandler)
         return await handler.handle(ctx, order.request), b""

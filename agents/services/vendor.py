@@ -7,6 +7,7 @@ a call. It is registered with a decorator under the name a profile gives it::
     import trio
 
     from agents.services.vendor import CallContext, FeedContext, ToolContext, vendor
+    from mesh.readings import Reading
 
 
     @vendor.tool("lathe")
@@ -21,9 +22,9 @@ a call. It is registered with a decorator under the name a profile gives it::
 
 
     @vendor.feed("coolant-temp")
-    async def coolant_temp(ctx: FeedContext) -> bytes:
-        await trio.sleep(ctx.tick)          # one reading per tick
-        return b'{"coolant_c": 21.5}'
+    async def coolant_temp(ctx: FeedContext) -> Reading:
+        await trio.sleep(ctx.tick)          # one typed reading per tick
+        return Reading.of("coolant_temp", 21.5, "Cel")
 
 
     @vendor.call("inspect")
@@ -63,6 +64,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from mesh.errors import MeshError
+from mesh.readings import Reading
 
 ENTRY_POINT_GROUP = "m2mesh.services"
 """The entry-point group whose entries name installed vendor handlers."""
@@ -100,7 +102,7 @@ FeedContext = ServiceContext
 CallContext = ServiceContext
 
 ToolFn = Callable[[ServiceContext], Awaitable[None]]
-FeedFn = Callable[[ServiceContext], Awaitable[bytes]]
+FeedFn = Callable[[ServiceContext], Awaitable[Reading]]
 CallFn = Callable[[ServiceContext, bytes], Awaitable[bytes]]
 
 
@@ -125,7 +127,8 @@ class ToolHandler:
 
 @dataclass
 class FeedHandler:
-    """A data feed: `read` produces one reading (bytes) per tick."""
+    """A data feed: `read` produces one typed `Reading` per tick (`Reading.of(name,
+    value, unit)`; the agent stamps its own time when it signs it)."""
 
     name: str
     read: FeedFn

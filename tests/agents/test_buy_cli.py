@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from agents.control import request, serve_control
 from mesh.anchoring.record import Record
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import Identity
+from mesh.readings import Quality, Reading
 from tests.discovery.agents import FEED, RunningAgent, sessions
 from tests.reliability.procs import free_port
 
@@ -107,10 +109,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         seller.stop()
 
 
-def vibration(n: int) -> dict[str, Any]:
-    """The n-th reading of `builtin:vibration` (agents/services/builtin.py)."""
-    value = round(2.0 + 0.5 * math.sin(n / 5) + 0.1 * math.sin(n * 1.7), 4)
-    return {"sensor": "vibration", "n": n, "rms_mm_s": value}
+def vibration(n: int) -> float:
+    """The value of the n-th reading of `builtin:vibration` (agents/services/builtin.py)."""
+    return round(2.0 + 0.5 * math.sin(n / 5) + 0.1 * math.sin(n * 1.7), 4)
 
 
 def test_a_feed_bought_with_json_shows_each_signed_reading(pair: Pair) -> None:
@@ -123,8 +124,14 @@ def test_a_feed_bought_with_json_shows_each_signed_reading(pair: Pair) -> None:
     assert {d["kind"] for d in deliveries} == {"data-feed"}
     seqs = [d["seq"] for d in deliveries]
     assert seqs == sorted(set(seqs)), seqs
-    for d in deliveries:  # the reading in the record at that seq of the seller's log
-        assert json.loads(d["payload"]) == vibration(d["seq"] + 1), d
+    for d in deliveries:  # the typed reading in the record at that seq of the seller's log
+        reading = d["reading"]
+        assert reading["value"] == vibration(d["seq"] + 1), d
+        assert (reading["name"], reading["unit"], reading["kind"]) == (
+            "rms_velocity", "mm/s", "float"
+        )  # fmt: skip
+        assert reading["quality"] == "good" and reading["source_ms"] <= reading["agent_ms"]
+        assert reading["source_time"].endswith("Z")
 
 
 def test_a_call_carries_the_request_and_shows_its_answers(pair: Pair) -> None:
@@ -164,7 +171,9 @@ def test_a_thousand_readings_come_back_in_one_answer(pair: Pair) -> None:
     lines = result.stdout.splitlines()
     assert len(lines) == 1000
     seq, text = lines[-1].split("  ", 1)
-    assert seq.startswith("#") and json.loads(text)["sensor"] == "fast"
+    assert seq.startswith("#") and re.fullmatch(
+        r"rms_velocity = \d+\.\d+ mm/s \(good, measured \d{4}-\d\d-\d\dT[\d:.]+Z\)", text
+    ), text
     [summary] = result.stderr.splitlines()
     assert summary == "1000/1000 unit(s) of fast delivered, 1000 sat paid (done)"
 
@@ -215,17 +224,25 @@ def reading(identity: Identity, seq: int, payload: bytes) -> bytes:
 
 def test_the_sink_keeps_at_most_the_units_asked_and_its_bytes() -> None:
     key = Identity.generate()
-    sink = DeliverySink("data-feed", units=3, keep_bytes=10)
-    for seq, payload in enumerate([b"12345", b"\xff\xfe", b"123456", b"x", b"y"]):
-        sink.add(reading(key, seq, payload))
-    assert (sink.count, sink.not_kept) == (3, 1)  # the 3rd is over 10 bytes; 4, 5 not asked
+    at = {"source_ms": 1_765_000_000_123, "agent_ms": 1_765_000_000_200}
+    first = Reading.of("rms_velocity", 2.5, "mm/s", **at)
+    second = Reading.of("state", "run\nning", quality=Quality.UNCERTAIN, **at)
+    big = Reading.of("spectrum", [0.5] * 100, "mm/s", **at)
+    room = len(first.encode()) + len(second.encode()) + 10
+    sink = DeliverySink("data-feed", units=3, keep_bytes=room)
+    for seq, one in enumerate([first, second, big, first, first]):
+        sink.add(reading(key, seq, one.encode()))
+    assert (sink.count, sink.not_kept) == (3, 1)  # the 3rd is over the room; 4, 5 not asked
     assert sink.to_json() == [
-        {"unit": 1, "kind": "data-feed", "seq": 0, "payload": "12345"},
-        {"unit": 2, "kind": "data-feed", "seq": 1, "payload_hex": "fffe"},
+        {"unit": 1, "kind": "data-feed", "seq": 0, "reading": first.to_json()},
+        {"unit": 2, "kind": "data-feed", "seq": 1, "reading": second.to_json()},
     ]
     reply = {"service": "x", "units": 3, "delivered": 3, "paid": 3, "state": "done",
              "why": "", "deliveries": sink.to_json(), "not_kept": 1}  # fmt: skip
-    assert list(delivery_lines(reply)) == ["#0  12345", "#1  hex:fffe"]
+    assert list(delivery_lines(json.loads(json.dumps(reply)))) == [
+        "#0  rms_velocity = 2.5 mm/s (good, measured 2025-12-06T05:46:40.123Z)",
+        "#1  state = 'run\\nning' (uncertain, measured 2025-12-06T05:46:40.123Z)",
+    ]
     assert summary_line(reply).endswith("; 1 not kept (over 16 MiB)")
 
 

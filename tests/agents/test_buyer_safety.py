@@ -22,6 +22,7 @@ from agents.services.standing import SellerStanding
 from mesh.anchoring.record import Record as AnchorRecord
 from mesh.anchoring.record import sign_record
 from mesh.identity import Identity
+from mesh.readings import Reading
 from mesh.wire import Frame, ServiceDelivery, ServiceDone, ServiceOrder
 
 CHANNEL = b"\x07" * 32
@@ -30,7 +31,8 @@ PREPAY = 3  # units
 
 
 def reading(seller: Identity, seq: int, stream: str = "readings/svc") -> tuple[bytes, bytes]:
-    record = AnchorRecord(seller.public_key, stream, seq, 0, b"%d mm/s" % seq, bytes(32))
+    payload = Reading.of("rms_velocity", seq / 10, "mm/s", source_ms=seq).encode()
+    record = AnchorRecord(seller.public_key, stream, seq, 0, payload, bytes(32))
     signed = sign_record(seller, record)
     return signed.body, signed.signature
 

@@ -9,13 +9,16 @@ from agents.services.delivery import DeliveryCheck, DeliveryViolation, Expected,
 from mesh.anchoring.record import Record as AnchorRecord
 from mesh.anchoring.record import sign_record
 from mesh.identity import Identity
+from mesh.readings import Reading
 from mesh.wire import ServiceDelivery
 
 SELLER = Identity.generate()
 
 
-def delivery(seq: int) -> ServiceDelivery:
-    record = AnchorRecord(SELLER.public_key, "readings/svc", seq, 0, b"%d" % seq, bytes(32))
+def delivery(seq: int, payload: bytes | None = None) -> ServiceDelivery:
+    if payload is None:
+        payload = Reading.of("rms_velocity", seq / 10, "mm/s", source_ms=seq).encode()
+    record = AnchorRecord(SELLER.public_key, "readings/svc", seq, 0, payload, bytes(32))
     signed = sign_record(SELLER, record)
     return ServiceDelivery(b"o" * 16, 1, 1, signed.body, signed.signature)
 
@@ -50,3 +53,18 @@ def test_a_stale_reading_is_refused_and_memory_stays_bounded() -> None:
         order(seqs).accept(delivery(4998 - SeqMemory.REORDER - 1), 1.0)
     order(seqs).accept(delivery(4998 - SeqMemory.REORDER + 1), 1.0)  # within the window
     assert all(len(below) <= SeqMemory.REORDER for below in seqs._below.values())
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"rms_mm_s": 2.5}',  # an untyped reading (what every feed sent before protocol 7)
+        Reading.of("x", 1.0).encode()[:-1],  # truncated
+        b"\x98\x01\xa1x\x02\xca\x3f\x80\x00\x00\xa0\x00\x00\x00",  # not canonical
+    ],
+)
+def test_a_signed_record_that_is_not_a_typed_reading_is_not_paid(payload: bytes) -> None:
+    check = order(SeqMemory())
+    with pytest.raises(DeliveryViolation, match="not a typed reading"):
+        check.accept(delivery(7, payload), 1.0)
+    assert check.counted == 0

@@ -10,6 +10,7 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trio
@@ -20,6 +21,7 @@ from agents.services.orders import STATEMENT_UNITS, Provider
 from agents.services.vendor import Handler, Registry, ServiceContext, resolve
 from mesh.health import StorageHealth
 from mesh.identity import Identity
+from mesh.readings import Reading
 from mesh.wire import Frame
 
 CHANNEL = secrets.token_bytes(32)
@@ -117,9 +119,9 @@ async def test_data_feed_readings_are_signed_and_verified(autojump_clock: object
 
 
 async def test_a_forged_reading_stops_the_order(autojump_clock: object) -> None:
-    async def read(ctx: ServiceContext) -> bytes:
+    async def read(ctx: ServiceContext) -> Reading:
         await trio.sleep(ctx.tick)
-        return b"reading"
+        return Reading.of("rms_velocity", 1.5, "mm/s")
 
     async with trio.open_nursery() as nursery:
         link = Link(nursery, spec("data-feed", price=1), registry_with("data-feed", read))
@@ -127,6 +129,30 @@ async def test_a_forged_reading_stops_the_order(autojump_clock: object) -> None:
         result = await link.buy(units=5, price=1)
     assert result.reason.startswith("violation: a reading signed by another agent")
     assert result.delivered == 0 and result.fault == "cheat"
+
+
+@pytest.mark.parametrize(
+    ("produced", "reason"),
+    [
+        (b"1.5 mm/s", "handler failed: feed handler 'x' returned a bytes, not a"),
+        (ZeroDivisionError("the sensor's driver"), "handler failed: ZeroDivisionError"),
+    ],
+)
+async def test_a_feed_handler_that_fails_ends_its_order_not_the_agent(
+    autojump_clock: object, produced: object, reason: str
+) -> None:
+    async def read(ctx: ServiceContext) -> Any:
+        await trio.sleep(ctx.tick)
+        if isinstance(produced, Exception):
+            raise produced
+        return produced
+
+    async with trio.open_nursery() as nursery:
+        link = Link(nursery, spec("data-feed", price=1), registry_with("data-feed", read))
+        result = await link.buy(units=5, price=1)
+        assert result.delivered == 0 and result.reason.startswith(reason), result.reason
+        again = await link.buy(units=1, price=1)  # the provider still runs
+        assert again.delivered == 0 and again.reason.startswith(reason)
 
 
 async def test_calls_are_paid_before_they_run(autojump_clock: object) -> None:

@@ -12,7 +12,6 @@ Python in profiles/README.md run as written, each in a fresh interpreter.
 from __future__ import annotations
 
 import importlib
-import json
 import re
 import subprocess
 import sys
@@ -31,6 +30,7 @@ EXAMPLE = ROOT / "examples" / "acme-printer"
 MODULE = "m2mesh_test_vendor_handlers"
 HANDLERS = """
 from agents.services.vendor import ServiceContext, vendor
+from mesh.readings import Reading
 
 
 @vendor.tool("tv-tool")
@@ -39,8 +39,8 @@ async def tool(ctx: ServiceContext) -> None:
 
 
 @vendor.feed("tv-feed")
-async def feed(ctx: ServiceContext) -> bytes:
-    return b"1"
+async def feed(ctx: ServiceContext) -> Reading:
+    return Reading.of("level", 1)
 
 
 @vendor.call("tv-call")
@@ -219,7 +219,7 @@ async def drive() -> None:
                 await handler.stop(ctx)
             print(name, handler.kind, "stop" if handler.stop else "", ctx.state)
         elif isinstance(handler, FeedHandler):
-            print(name, handler.kind, (await handler.read(ctx)).decode())
+            print(name, handler.kind, (await handler.read(ctx)).describe())
         else:
             print(name, handler.kind, (await handler.handle(ctx, b"part-7")).decode())
 
@@ -244,7 +244,9 @@ def test_the_vendor_docstrings_example_works_as_written() -> None:
     doc = importlib.import_module("agents.services.vendor").__doc__ or ""
     block = doc.split("::\n", 1)[1].split("\nHandlers never see payments", 1)[0]
     lines = run_example(textwrap.dedent(block))
-    assert lines[0] == "coolant-temp data-feed " + '{"coolant_c": 21.5}'
+    assert re.fullmatch(
+        r"coolant-temp data-feed coolant_temp = 21.5 Cel \(good, measured .*Z\)", lines[0]
+    )
     assert lines[1] == "inspect call PASS part-7"
     assert lines[2] == "lathe tool-time stop {'running': False}"
 
@@ -259,7 +261,7 @@ def test_the_readmes_vendor_package_is_the_example_and_runs() -> None:
     [code] = readme_blocks("python")
     assert code in handlers  # the README shows the file (less its docstring)
     lines = run_example(code)
-    assert lines[0].startswith('acme-nozzle-temp data-feed {"service": "acme-nozzle-temp", "n": 1')
+    assert lines[0].startswith("acme-nozzle-temp data-feed nozzle_temp = 21"), lines[0]
     assert lines[1].startswith("acme-print-time tool-time stop {'printing': False, 'printed_s'")
     tomls = readme_blocks("toml")
     assert (EXAMPLE / "pyproject.toml").read_text() in tomls
@@ -272,4 +274,4 @@ def test_the_readmes_vendor_package_is_the_example_and_runs() -> None:
     }
     profile = tomllib.loads((EXAMPLE / "printer.toml").read_text())
     assert [s["handler"] for s in profile["services"]] == list(declared)
-    assert json.loads(lines[0].split(" ", 2)[2])["nozzle_c"] > 200
+    assert 200 < float(lines[0].split(" = ")[1].split(" ")[0]) < 230

@@ -9,12 +9,12 @@ sold. `ctx.state` is kept per service across orders: the job's progress lives th
 
 from __future__ import annotations
 
-import json
 import math
 
 import trio
 
 from agents.services.vendor import FeedContext, ToolContext, vendor
+from mesh.readings import Reading
 
 
 @vendor.tool("acme-print-time")
@@ -34,9 +34,9 @@ async def pause(ctx: ToolContext) -> None:
 
 
 @vendor.feed("acme-nozzle-temp")
-async def nozzle_temperature(ctx: FeedContext) -> bytes:
-    """One nozzle temperature reading (°C) per tick, as JSON."""
+async def nozzle_temperature(ctx: FeedContext) -> Reading:
+    """One nozzle temperature reading (degrees Celsius, UCUM ``Cel``) per tick."""
     await trio.sleep(ctx.tick)
     n = ctx.state["readings"] = ctx.state.get("readings", 0) + 1
     celsius = 215.0 + 1.2 * math.sin(n / 4) + 0.3 * math.sin(n * 2.3)  # a real one: the sensor
-    return json.dumps({"service": ctx.service_id, "n": n, "nozzle_c": round(celsius, 2)}).encode()
+    return Reading.of("nozzle_temp", round(celsius, 2), "Cel")
