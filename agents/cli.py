@@ -23,6 +23,7 @@ import pynng
 from agents.agent_cli import add_agent_commands
 from agents.demo import add_demo_command
 from agents.ledger_cli import add_ledger_commands
+from agents.ot_cli import add_ot_commands
 from agents.proof_cli import add_proof_commands
 from agents.site import add_up_command
 from mesh.errors import MeshError
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ledger_commands(sub)
     add_agent_commands(sub)
     add_proof_commands(sub)
+    add_ot_commands(sub)
     if importlib.util.find_spec("bench") is not None:  # bench/ is in the source tree, not the wheel
         from bench.cli import add_bench_command
 

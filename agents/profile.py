@@ -22,6 +22,15 @@ from urllib.parse import urlsplit
 
 import ifaddr
 
+from agents.profile_bridges import (
+    SOURCES,
+    SURFACES,
+    BridgeError,
+    SourceSpec,
+    Surfaces,
+    service_source,
+    surfaces,
+)
 from mesh.anchoring.retention import Keep, RetentionPolicy
 from mesh.channel.admission import AdmissionLimits
 from mesh.discovery.table import parse_static
@@ -55,7 +64,18 @@ AGENT_KEYS = (
     "heartbeat",
     "dead_after",
 )
-SERVICE_KEYS = ("id", "kind", "unit", "price", "tick", "credit", "handler", "buyers", "description")
+SERVICE_KEYS = (
+    "id",
+    "kind",
+    "unit",
+    "price",
+    "tick",
+    "credit",
+    "handler",
+    "buyers",
+    "description",
+    *SOURCES,
+)
 WANT_KEYS = (
     "service",
     "max_price",
@@ -94,6 +114,8 @@ class ServiceSpec:
     handler: str
     buyers: tuple[str, ...]
     description: str = ""
+    source: SourceSpec | None = None
+    """Where a bridged feed's readings come from (then `handler` is empty)."""
 
     def may_buy(self, peer_id: str) -> bool:
         """Whether `peer_id` is allowed to buy this service."""
@@ -158,6 +180,8 @@ class Profile:
     receipt_interval: float = 2.0
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     retention: RetentionSpec = field(default_factory=lambda: RetentionSpec())
+    surfaces: Surfaces = field(default_factory=Surfaces)
+    """The OPC UA server and Sparkplug publisher the agent runs, if any."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def service(self, service_id: str) -> ServiceSpec | None:
@@ -372,6 +396,13 @@ def _kind(value: str) -> str | None:
 
 def _service(path: Path, where: str, data: object) -> ServiceSpec:
     t = _Table(path, where, data, SERVICE_KEYS)
+    kind = t.get("kind", str, check=_kind)
+    try:
+        source = service_source(where, t.data, kind, path.parent)
+    except BridgeError as exc:
+        raise ProfileError(path, exc.key, exc.problem) from None
+    if source is not None:
+        t.get(source.kind, dict)  # read: checked by the bridge
     spec = ServiceSpec(
         id=t.get(
             "id",
@@ -382,14 +413,15 @@ def _service(path: Path, where: str, data: object) -> ServiceSpec:
                 else "must be non-empty without ',' or '='"
             ),
         ),
-        kind=t.get("kind", str, check=_kind),
+        kind=kind,
         unit=t.get("unit", str),
         price=t.get("price", int, check=_positive),
         tick=t.get("tick", float, 1.0, check=_positive),
         credit=t.get("credit", int, 1, check=_non_negative),
-        handler=t.get("handler", str),
+        handler="" if source is not None else t.get("handler", str),
         buyers=t.strings("buyers", ("*",)),
         description=t.get("description", str, ""),
+        source=source,
     )
     for buyer in spec.buyers:
         if buyer != "*":
@@ -398,7 +430,8 @@ def _service(path: Path, where: str, data: object) -> ServiceSpec:
             except ValueError as exc:
                 raise ProfileError(path, f"{where}.buyers", str(exc)) from None
     t.done()
-    _check_handler(path, f"{where}.handler", spec)
+    if source is None:
+        _check_handler(path, f"{where}.handler", spec)
     return spec
 
 
@@ -451,6 +484,13 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
     anchoring = top.table("anchoring")
     kept = top.table("retention")
     retention = _retention(kept)
+    try:
+        shown = surfaces(raw, path.parent)
+    except BridgeError as exc:
+        raise ProfileError(path, exc.key, exc.problem) from None
+    for name in SURFACES:
+        if name in raw:
+            top.table(name)  # read: checked by the bridge
     services = [
         _service(path, f"services[{i}]", item)
         for i, item in enumerate(top.get("services", list, []))
@@ -483,6 +523,7 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         services=tuple(services),
         wants=tuple(wants),
         retention=retention,
+        surfaces=shown,
     )
     for section in (agent, discovery, channels, anchoring, kept, top):
         section.done()

@@ -63,6 +63,10 @@ class Archive:
         for finding in kept.findings:
             log.warning("reading from %s: %s", signed.agent.hex()[:16], finding)
 
+    def last_proven(self, producer: bytes, stream: str) -> int | None:
+        """The highest seq of `producer`'s `stream` a receipt proved here (None: none)."""
+        return self.archive.last_proven(producer, stream)
+
     def close(self) -> None:
         """Write what waits of its index, and close its store connection."""
         try:

@@ -23,12 +23,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from agents.bridges import Bridges
 from agents.buy_command import buy
 from agents.buying import RECENT_ORDERS, Purchases, WantProgress
 from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
@@ -47,6 +49,7 @@ from mesh.anchoring import (
     BatchPolicy,
 )
 from mesh.anchoring.cold import ColdArchiveError
+from mesh.anchoring.record import SignedRecord
 from mesh.anchoring.retention import Retention
 from mesh.chain.local import LocalChain
 from mesh.chain.wallet import Wallet
@@ -116,7 +119,11 @@ class Agent:
         self.storage = StorageHealth()
         """Whether the stores can be written: a fault stops new business, not the agent."""
         self._handlers: dict[str, tuple[Any, Handler]] = {}
+        self.bridges = Bridges(profile)
         for i, spec in enumerate(profile.services):
+            if spec.source is not None:  # a bridged feed: its source's readings
+                self._handlers[spec.id] = (spec, self.bridges.handler(spec))
+                continue
             try:
                 self._handlers[spec.id] = (spec, resolve(spec.handler, spec.kind))
             except HandlerError as exc:
@@ -221,6 +228,10 @@ class Agent:
                 nursery.start_soon(self.receipts.run)
                 self.provider.log_record = self._log_record
                 self.buyer.keep_record = archive.keep_signed
+                if self.bridges.wanted:
+                    await nursery.start(self.bridges.run, self.status, archive.last_proven)
+                    self.buyer.keep_record = self._keep_and_show(archive.keep_signed)
+                    self.provider.on_reading = self.bridges.sold
                 nursery.start_soon(self._keep_wallet_synced, chain)
                 nursery.start_soon(self._keep_retention, store)
                 nursery.start_soon(node.serve, self._dispatch)
@@ -364,6 +375,17 @@ class Agent:
                     pruned,
                     done.store_bytes / 1e6,
                 )
+
+    def _keep_and_show(
+        self, keep: Callable[[SignedRecord], object]
+    ) -> Callable[[SignedRecord], None]:
+        """The buyer's record keeper, also showing each bought reading on the bridges."""
+
+        def keep_and_show(signed: SignedRecord) -> None:
+            keep(signed)
+            self.bridges.bought(signed)
+
+        return keep_and_show
 
     def _channel_final(self, channel_id: bytes) -> None:
         """The manager let a settled channel go: so do the meters on it."""
@@ -519,23 +541,7 @@ class Agent:
         node, manager = self.node, self.manager
         # Per channel: signed and on-chain totals, locked-until (`channel_summary`).
         channels = manager.summaries(height) if manager is not None else []
-        meters = []
-        if self.provider is not None:
-            parties = self.provider.meter_parties()
-            for cid, meter in self.provider.meters().items():
-                buyer, service = parties.get(cid, ("", ""))
-                meters.append(
-                    {
-                        "channel_id": cid.hex(),
-                        "role": "provider",
-                        "buyer": buyer,
-                        "service": service,
-                        "price": meter.price,
-                        "delivered_units": meter.delivered_units,
-                        "paid": meter.paid,
-                        "frozen": meter.frozen,
-                    }
-                )
+        meters = self.provider.meter_rows() if self.provider is not None else []
         live: dict[str, list[OrderResult]] = {p.want.service: [] for p in self.wants}
         for order in self.buyer.in_flight() if self.buyer is not None else []:
             live.setdefault(order.service, []).append(order)
@@ -561,9 +567,17 @@ class Agent:
             "sessions": [s.peer_id for s in node.sessions()] if node else [],
             "node": asdict(node.statistics()) if node else None,
             "services": [
-                {"id": s.id, "kind": s.kind, "unit": s.unit, "price": s.price}
+                {
+                    "id": s.id,
+                    "kind": s.kind,
+                    "unit": s.unit,
+                    "price": s.price,
+                    "source": s.source.kind if s.source is not None else s.handler,
+                }
                 for s in self.profile.services
             ],
+            "vendor": self.profile.vendor,
+            "bridges": self.bridges.statistics() if self.bridges.wanted else None,
             "channels": channels,
             "meters": meters,
             "anchoring": asdict(self.anchorer.statistics()) if self.anchorer else None,

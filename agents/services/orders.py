@@ -172,9 +172,21 @@ class Provider:
         """Every meter by channel id (snapshots)."""
         return {cid: cell.meter for cid, cell in self._meters.items()}
 
-    def meter_parties(self) -> dict[bytes, tuple[str, str]]:
-        """Every meter's buyer (peer id) and service, by channel id."""
-        return {cid: (cell.peer_id, cell.service) for cid, cell in self._meters.items()}
+    def meter_rows(self) -> list[dict[str, Any]]:
+        """Every meter as `mesh status` shows it: channel, buyer, service, units, sats."""
+        return [
+            {
+                "channel_id": cid.hex(),
+                "role": "provider",
+                "buyer": cell.peer_id,
+                "service": cell.service,
+                "price": cell.meter.price,
+                "delivered_units": cell.meter.delivered_units,
+                "paid": cell.meter.paid,
+                "frozen": cell.meter.frozen,
+            }
+            for cid, cell in self._meters.items()
+        ]
 
     def on_paid(self, channel_id: bytes, peer_id: str, service: str, total: int) -> None:
         """The channel manager's durable new total for a channel we are paid on."""

@@ -53,6 +53,7 @@ class BuyerArchive:
         self.records = AnchorStore(store)
         self.kept = KeptRecords(store)
         self.kept.log.recover()  # index what a crash left unindexed in the segments
+        self._store = store
         self._clock = clock
 
     def keep(self, body: bytes, signature: bytes, *, producer: bytes | None = None) -> Kept:
@@ -111,6 +112,16 @@ class BuyerArchive:
         if self.kept.log.pending_hash(producer, stream, seq) is not None:
             raise NotAnchored(f"record {stream}/{seq}: no receipt from the producer yet")
         return self.records.proof(producer, stream, seq)
+
+    def last_proven(self, producer: bytes, stream: str) -> int | None:
+        """The highest seq of `producer`'s `stream` a receipt proved (None: none yet)."""
+        with self._store.read() as db:
+            row = db.execute(
+                "SELECT MAX(held_last) FROM anchor_batches"
+                " WHERE agent = ? AND stream = ? AND origin = 'kept'",
+                (producer, stream),
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def close(self) -> None:
         """Write what waits of the kept records' index (before the store closes)."""
