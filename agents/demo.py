@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agents import site
+from agents.demo_plant import demo_plant
 from agents.site import RunOptions, add_site_options, load_agents, run_site, with_site
 
 __all__ = ["AGENTS", "PROFILES", "add_demo_command", "cmd_demo", "new_site", "with_site"]
@@ -65,18 +66,26 @@ reconcile; 1 otherwise (an unmet want is named on an `UNMET:` line)."""
 def cmd_demo(args: argparse.Namespace) -> int:
     """Entry point of `mesh demo`."""
     without = tuple(args.without or ())
-    agents = load_agents([PROFILES / f"{name}.toml" for name in AGENTS if name not in without])
-    options = RunOptions(
-        seconds=args.seconds,
-        keep=args.keep,
-        as_json=args.json,
-        data_dir=args.data_dir,
-        log_level=args.log_level,
-        site=new_site(),
-        label="demo",
-        note=f" (without {', '.join(without)})" if without else "",
-    )
-    return run_site(agents, options)
+    site_name = new_site()
+    with demo_plant(PROFILES, site_name, enabled=not args.no_plant) as plant:
+        paths = [
+            plant.profile(name) if plant is not None else PROFILES / f"{name}.toml"
+            for name in AGENTS
+            if name not in without
+        ]
+        agents = load_agents(paths)
+        options = RunOptions(
+            seconds=args.seconds,
+            keep=args.keep,
+            as_json=args.json,
+            data_dir=args.data_dir,
+            log_level=args.log_level,
+            site=site_name,
+            label="demo",
+            note=f" (without {', '.join(without)})" if without else "",
+            report=plant.report if plant is not None else None,
+        )
+        return run_site(agents, options)
 
 
 def add_demo_command(sub: Any) -> None:
@@ -96,5 +105,11 @@ def add_demo_command(sub: Any) -> None:
         help="run the factory without this machine (repeatable; one of "
         f"{', '.join(PROVIDERS)}): the others still trade and settle, the robot cell's "
         "want of it goes unmet and the demo says so and exits 1",
+    )
+    demo.add_argument(
+        "--no-plant",
+        action="store_true",
+        help="leave out the plant path (the simulated OPC UA controller, the sensor's "
+        "OPC UA-sourced feed, the robot cell's OPC UA server and Sparkplug publishing)",
     )
     demo.set_defaults(func=cmd_demo)

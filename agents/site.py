@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +323,9 @@ class RunOptions:
     """What the run is called: the live view's title, the site's and data dir's prefix."""
     note: str = ""
     """Said after the number of agents at the start, e.g. who was left out."""
+    report: Callable[[Roster], list[str]] | None = None
+    """Lines to add to the end, made once the agents stopped (their data dirs still
+    there): `mesh demo`'s plant path."""
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -366,6 +369,8 @@ def run_site(agents: tuple[SiteAgent, ...], options: RunOptions) -> int:
             out.line(f"UNMET: {line}")
     else:
         print_summary(summary, out)
+    for line in summary["report"]:
+        out.line(line)
     exited = summary["exited"]
     for agent, code in exited.items():
         out.line(f"{agent} exited with {code} while the site ran; its log: {site.log(agent)}")
@@ -400,6 +405,7 @@ def _run_and_reconcile(site: Site, options: RunOptions, out: Out) -> dict[str, A
         for name, st in statuses.items()
     }
     summary = reconcile(roster, _settle(site, roster, statuses))
+    summary["report"] = options.report(roster) if options.report is not None else []
     for agent in summary["agents"]:
         agent["met"] = met.get(agent["name"], [])
         proc = site.procs.get(agent["name"])

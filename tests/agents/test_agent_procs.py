@@ -13,6 +13,7 @@ from typing import Any
 
 import pynng
 
+from agents.demo_plant import broker_binary
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import Identity, save_identity
 from mesh.logbudget import BURST, RATE
@@ -42,13 +43,14 @@ def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
         ("robot-cell", "spindle-time", "done"),
         ("robot-cell", "vibration", "done"),
         ("robot-cell", "inspection", "done"),
+        ("robot-cell", "spindle-vibration", "done"),  # the plant path (the ot extra)
     }
     ids = {a["peer_id"] for a in summary["agents"]}
     assert len(ids) == 4
     for agent in summary["agents"]:  # everyone met everyone
         assert set(agent["met"]) == ids - {agent["peer_id"]}, agent
     services = {c["service"] for c in summary["channels"]}
-    assert services == {"spindle-time", "vibration", "inspection"}
+    assert services == {"spindle-time", "vibration", "inspection", "spindle-vibration"}
     for channel in summary["channels"]:
         assert channel["payer_agent"] == "robot-cell", channel
         assert channel["state"] == "closed" and channel["close_mined"], channel
@@ -85,7 +87,11 @@ def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
     assert verified.returncode == 0 and verified.stdout.startswith("VALID"), verified.stdout
     # The robot cell proves the readings it bought from its own data dir: the sensor's
     # receipts gave it the Merkle paths, its archive the signed readings.
-    (kept,) = [r for r in summary["records"] if r["origin"] == "kept"]
+    (kept,) = [
+        r
+        for r in summary["records"]
+        if r["origin"] == "kept" and r["stream"] == "readings/vibration"
+    ]
     assert kept["holder"] == "robot-cell" and kept["stream"] == "readings/vibration"
     # (Readings sold in the last seconds may be anchored after the buyer left: those
     # receipts arrive at its next run. The first batch is always in.)
@@ -104,6 +110,14 @@ def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
     assert exported.returncode == 0, exported.stderr
     verified = mesh("verify", str(bought), "--ledger", summary["ledger"])
     assert verified.returncode == 0 and verified.stdout.startswith("VALID"), verified.stdout
+    # The plant path: the controller's values, bought, shown on the robot cell's OPC UA
+    # server to an independent client, published over Sparkplug, one of them proven.
+    report = "\n".join(summary["report"])
+    assert re.search(r"Feeds/spindle-vibration@\w{16} = [\d.]+ mm/s, seq \d+", report), report
+    if broker_binary() is not None:
+        assert re.search(r"seen: NBIRTH \d+, DBIRTH \d+, DDATA \d+", report), report
+    assert re.search(r"readings/spindle-vibration #0 \(\S+ store\): VALID block", report), report
+    assert re.search(r" Vibration = [\d.]+ mm/s \(good, measured ", report), report
 
 
 def test_status_reflects_a_running_agent_and_sigterm_stops_it(tmp_path: Path) -> None:
