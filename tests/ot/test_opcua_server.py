@@ -175,3 +175,48 @@ def test_a_bad_server_table_is_refused(table: dict[str, object], problem: str) -
     with pytest.raises(ValueError, match=r"^opcua_server") as caught:
         OpcUaServerConfig.from_table(table, "opcua_server", Path("/p"))
     assert problem in str(caught.value)
+
+
+async def test_a_source_reads_a_node_over_basic256sha256(tmp_path: Path) -> None:
+    # The agent's own server under Basic256Sha256 is a secured OPC UA server like a
+    # controller's: an OpcUaSource with a client certificate polls one of its nodes.
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from agents.ot.opcua_source import OpcUaSource, OpcUaSourceConfig
+
+    for who, use in (
+        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        await setup_self_signed_certificate(
+            tmp_path / f"{who}-key.pem", tmp_path / f"{who}-cert.der", f"urn:m2mesh:{who}",
+            "127.0.0.1", [use], {"commonName": f"m2mesh {who}"},
+        )  # fmt: skip
+    server = _config(
+        security="Basic256Sha256",
+        certificate=tmp_path / "server-cert.der",
+        private_key=tmp_path / "server-key.pem",
+    )
+    table = {
+        "endpoint": server.endpoint,
+        "node": "ns=2;s=Identity.Height",
+        "mode": "poll",
+        "interval": 0.05,
+        "unit": "1",
+        "security": "Basic256Sha256",
+        "certificate": "client-cert.der",
+        "private_key": "client-key.pem",
+    }
+    config = OpcUaSourceConfig.from_table(table, "services[0].opcua", tmp_path)
+    async with serving(server, []) as (_, portal):
+        source = OpcUaSource(config, portal)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(source.run)
+            with trio.fail_after(20):
+                while source.feed.latest() is None:
+                    await trio.sleep(0.05)
+            reading = source.feed.latest()
+            assert reading is not None and (reading.name, reading.value) == ("Height", 812)
+            assert source.status().startswith("connected")
+            nursery.cancel_scope.cancel()
