@@ -59,6 +59,27 @@ def _config(**kw: Any) -> OpcUaServerConfig:
     return OpcUaServerConfig(endpoint=f"opc.tcp://127.0.0.1:{free_port('127.0.0.1')}/m2mesh", **kw)
 
 
+async def _secured(tmp_path: Path) -> OpcUaServerConfig:
+    """A Basic256Sha256 server config; self-signed server and client certificates and
+    keys in `tmp_path` (``server-cert.der``, ``client-key.pem``, ...)."""
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    for who, use in (
+        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        await setup_self_signed_certificate(
+            tmp_path / f"{who}-key.pem", tmp_path / f"{who}-cert.der", f"urn:m2mesh:{who}",
+            "127.0.0.1", [use], {"commonName": f"m2mesh {who}"},
+        )  # fmt: skip
+    return _config(
+        security="Basic256Sha256",
+        certificate=tmp_path / "server-cert.der",
+        private_key=tmp_path / "server-key.pem",
+    )
+
+
 async def _browse(endpoint: str, security: str = "") -> dict[str, Any]:
     """What an independent client sees: every variable under Objects/M2Mesh by path,
     and the DataValue of the first feed's Value; then a write it must be refused."""
@@ -132,22 +153,7 @@ async def test_a_new_reading_shows_within_a_second() -> None:
 
 
 async def test_basic256sha256_serves_a_client_with_a_certificate(tmp_path: Path) -> None:
-    from asyncua.crypto.cert_gen import setup_self_signed_certificate
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    for who, use in (
-        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
-    ):
-        await setup_self_signed_certificate(
-            tmp_path / f"{who}-key.pem", tmp_path / f"{who}-cert.der", f"urn:m2mesh:{who}",
-            "127.0.0.1", [use], {"commonName": f"m2mesh {who}"},
-        )  # fmt: skip
-    config = _config(
-        security="Basic256Sha256",
-        certificate=tmp_path / "server-cert.der",
-        private_key=tmp_path / "server-key.pem",
-    )
+    config = await _secured(tmp_path)
     security = (
         f"Basic256Sha256,SignAndEncrypt,{tmp_path / 'client-cert.der'},"
         f"{tmp_path / 'client-key.pem'}"
@@ -180,24 +186,9 @@ def test_a_bad_server_table_is_refused(table: dict[str, object], problem: str) -
 async def test_a_source_reads_a_node_over_basic256sha256(tmp_path: Path) -> None:
     # The agent's own server under Basic256Sha256 is a secured OPC UA server like a
     # controller's: an OpcUaSource with a client certificate polls one of its nodes.
-    from asyncua.crypto.cert_gen import setup_self_signed_certificate
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
     from agents.ot.opcua_source import OpcUaSource, OpcUaSourceConfig
 
-    for who, use in (
-        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
-    ):
-        await setup_self_signed_certificate(
-            tmp_path / f"{who}-key.pem", tmp_path / f"{who}-cert.der", f"urn:m2mesh:{who}",
-            "127.0.0.1", [use], {"commonName": f"m2mesh {who}"},
-        )  # fmt: skip
-    server = _config(
-        security="Basic256Sha256",
-        certificate=tmp_path / "server-cert.der",
-        private_key=tmp_path / "server-key.pem",
-    )
+    server = await _secured(tmp_path)
     table = {
         "endpoint": server.endpoint,
         "node": "ns=2;s=Identity.Height",
