@@ -33,7 +33,7 @@ from agents.buying import Purchases, WantProgress
 from agents.profile import KINDS, WantSpec
 from mesh.anchoring.record import decode_record
 from mesh.errors import MeshError
-from mesh.readings import decode_reading, reading_from_json
+from mesh.readings import decode_reading, now_ms, reading_from_json
 
 KEEP_BYTES = 16 * 1024 * 1024
 """Payload bytes one `mesh buy` keeps in the agent, at most; a unit that no longer fits
@@ -92,19 +92,29 @@ def want_of(command: dict[str, Any]) -> WantSpec:
 
 class DeliverySink:
     """The units one `mesh buy` received, as its reply shows them: a reading's seq in
-    the seller's signed log and its payload, a call's answer, a tick. Bounded by the
-    units asked for and by `keep_bytes` of payload."""
+    the seller's signed log and its payload, a call's answer, a tick, and when the agent
+    held each (`clock`: wall-clock ms). Bounded by the units asked for and by
+    `keep_bytes` of payload."""
 
-    def __init__(self, kind: str, units: int, keep_bytes: int = KEEP_BYTES) -> None:
+    def __init__(
+        self,
+        kind: str,
+        units: int,
+        keep_bytes: int = KEEP_BYTES,
+        *,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self.kind = kind
         self.units = units
         self.count = 0
         self.not_kept = 0
         self._room = keep_bytes
-        self._kept: list[tuple[int, int | None, bytes]] = []  # (unit, seq, payload)
+        self._clock = clock
+        self._kept: list[tuple[int, int | None, bytes, int]] = []  # (unit, seq, payload, ms)
 
     def add(self, payload: bytes) -> None:
-        """One unit that arrived and verified (`Buyer.buy`'s ``on_unit``)."""
+        """One unit that arrived and verified (`Buyer.buy`'s ``on_unit``): held now."""
+        received_ms = self._clock()  # first: what follows is the sink's own work
         if self.count >= self.units:
             return  # never more than asked for (the orders cannot deliver more)
         self.count += 1
@@ -116,15 +126,16 @@ class DeliverySink:
             self.not_kept += 1
             return
         self._room -= len(payload)
-        self._kept.append((self.count, seq, payload))
+        self._kept.append((self.count, seq, payload, received_ms))
 
     def to_json(self) -> list[dict[str, Any]]:
-        """The kept units: ``unit`` (1, 2, ... in this buy), ``kind``, a reading's
-        ``seq`` and ``reading`` (`Reading.to_json`), else ``payload`` (UTF-8 text) or
-        ``payload_hex``."""
+        """The kept units: ``unit`` (1, 2, ... in this buy), ``kind``,
+        ``received_ms`` (when the agent held it, verified: ms since the epoch, its wall
+        clock), a reading's ``seq`` and ``reading`` (`Reading.to_json`), else ``payload``
+        (UTF-8 text) or ``payload_hex``."""
         shown = []
-        for unit, seq, payload in self._kept:
-            item: dict[str, Any] = {"unit": unit, "kind": self.kind}
+        for unit, seq, payload, received_ms in self._kept:
+            item: dict[str, Any] = {"unit": unit, "kind": self.kind, "received_ms": received_ms}
             if seq is not None:  # a verified feed delivery: its payload is a typed reading
                 item["seq"] = seq
                 item["reading"] = decode_reading(payload).to_json()
@@ -264,7 +275,8 @@ def add_buy_arguments(buy: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one JSON document instead: service, units, state, delivered, paid, "
         "placed (orders), reason (the last order's end), why (empty when complete), "
-        "deliveries (unit, kind, a reading's seq and its fields: name, kind, value, unit, "
+        "deliveries (unit, kind, received_ms: when this agent held the unit, verified, in "
+        "ms since 1970 by its clock; a reading's seq and its fields: name, kind, value, unit, "
         "quality, source and agent times; a call's answer as payload text or payload_hex) and "
         f"not_kept (units past {KEEP_BYTES // 2**20} MiB of payload, counted, not shown)",
     )

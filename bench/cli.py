@@ -43,6 +43,7 @@ SCENARIOS: dict[str, str] = {
     "discovery": "bench.discovery_bench",
     "mesh": "bench.mesh_bench",
     "anchoring": "bench.anchoring_scenario",
+    "ot": "bench.ot",
 }
 """Scenario name -> module, in the order a run takes them (cheap ones first)."""
 

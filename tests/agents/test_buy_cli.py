@@ -229,14 +229,17 @@ def test_the_sink_keeps_at_most_the_units_asked_and_its_bytes() -> None:
     second = Reading.of("state", "run\nning", quality=Quality.UNCERTAIN, **at)
     big = Reading.of("spectrum", [0.5] * 100, "mm/s", **at)
     room = len(first.encode()) + len(second.encode()) + 10
-    sink = DeliverySink("data-feed", units=3, keep_bytes=room)
+    clock = iter(range(1_765_000_000_300, 1_765_000_000_400, 10))
+    sink = DeliverySink("data-feed", units=3, keep_bytes=room, clock=lambda: next(clock))
     for seq, one in enumerate([first, second, big, first, first]):
         sink.add(reading(key, seq, one.encode()))
     assert (sink.count, sink.not_kept) == (3, 1)  # the 3rd is over the room; 4, 5 not asked
     assert sink.to_json() == [
-        {"unit": 1, "kind": "data-feed", "seq": 0, "reading": first.to_json()},
-        {"unit": 2, "kind": "data-feed", "seq": 1, "reading": second.to_json()},
-    ]
+        {"unit": 1, "kind": "data-feed", "received_ms": 1_765_000_000_300, "seq": 0,
+         "reading": first.to_json()},
+        {"unit": 2, "kind": "data-feed", "received_ms": 1_765_000_000_310, "seq": 1,
+         "reading": second.to_json()},
+    ]  # fmt: skip
     reply = {"service": "x", "units": 3, "delivered": 3, "paid": 3, "state": "done",
              "why": "", "deliveries": sink.to_json(), "not_kept": 1}  # fmt: skip
     assert list(delivery_lines(json.loads(json.dumps(reply)))) == [
