@@ -233,6 +233,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  want {want['service']}: {want['state']}, "
             f"{want['delivered']}/{want['units']} units, paid {want['paid']}"
         )
+    bridges = status.get("bridges") or {}
+    for service, said in bridges.get("sources", {}).items():
+        print(f"  source of {service}: {said}")
+    if bridges.get("opcua_server"):
+        print(f"  OPC UA server: {bridges['opcua_server']} (read-only)")
+    if bridges.get("sparkplug"):
+        print(f"  Sparkplug B: {bridges['sparkplug']}")
     return 0
 
 

@@ -161,6 +161,11 @@ def test_opc_ua_values_are_sold_signed_and_shown_in_opc_ua_and_sparkplug(
     assert all(r["agent_ms"] >= r["source_ms"] for r in readings)
     status = seller.status()
     assert status["bridges"]["sources"]["spindle-vibration"].startswith("connected")
+    shown = mesh("status", "--data-dir", seller.data).stdout
+    assert f"source of spindle-vibration: connected to {plant[0].endpoint}" in shown
+    said = mesh("status", "--data-dir", buyer.data).stdout
+    assert f"OPC UA server: opc.tcp://127.0.0.1:{ua_port}/m2mesh (read-only)" in said
+    assert "Sparkplug B: online at mqtt://" in said
     folder = f"spindle-vibration@{seller.peer_id[:16]}"
     endpoint = f"opc.tcp://127.0.0.1:{ua_port}/m2mesh"
     shown = asyncio.run(_read_feed(endpoint, folder))
