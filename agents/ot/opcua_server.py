@@ -46,6 +46,7 @@ from urllib.parse import urlparse
 
 import trio
 
+from agents.ot import certificate_paths, check_keys
 from agents.ot.portal import AsyncioPortal
 from mesh.readings import Kind, Quality, Reading
 
@@ -69,10 +70,7 @@ class OpcUaServerConfig:
     @classmethod
     def from_table(cls, table: dict[str, object], where: str, base: Path) -> OpcUaServerConfig:
         """The config of a profile's ``[opcua_server]``; ValueError("KEY: PROBLEM")."""
-        known = set(cls.__dataclass_fields__)
-        for key in table:
-            if key not in known:
-                raise ValueError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        check_keys(table, sorted(cls.__dataclass_fields__), where)
         endpoint = table.get("endpoint", DEFAULT_ENDPOINT)
         if not isinstance(endpoint, str) or not endpoint.startswith("opc.tcp://"):
             raise ValueError(f"{where}.endpoint: {endpoint!r} is not an opc.tcp:// URL")
@@ -82,20 +80,13 @@ class OpcUaServerConfig:
         security = table.get("security", "none")
         if security not in ("none", "Basic256Sha256"):
             raise ValueError(f"{where}.security: {security!r} is not none or Basic256Sha256")
-        paths: dict[str, Path | None] = {}
-        for key in ("certificate", "private_key"):
-            given = table.get(key)
-            if given is not None and (not isinstance(given, str) or not given):
-                raise ValueError(f"{where}.{key}: a file path")
-            paths[key] = None if given is None else (base / given).resolve()
-        if security != "none" and (paths["certificate"] is None or paths["private_key"] is None):
-            raise ValueError(f"{where}.security: Basic256Sha256 needs certificate and private_key")
+        certificate, private_key = certificate_paths(table, where, base, str(security))
         if security == "none" and not _loopback(url.hostname):
             raise ValueError(
                 f"{where}.endpoint: {url.hostname} is not loopback: serving the plant's "
                 'network needs security = "Basic256Sha256" with a certificate'
             )
-        return cls(endpoint, str(security), paths["certificate"], paths["private_key"])
+        return cls(endpoint, str(security), certificate, private_key)
 
 
 def _loopback(host: str) -> bool:

@@ -38,6 +38,7 @@ from typing import Any
 
 import trio
 
+from agents.ot import certificate_paths, check_keys
 from agents.ot.portal import AsyncioPortal
 from agents.ot.source import ChangeFeed
 from mesh.readings import MAX_UNIT, Quality, Reading, ReadingError, kind_of, now_ms
@@ -70,10 +71,7 @@ class OpcUaSourceConfig:
     def from_table(cls, table: dict[str, object], where: str, base: Path) -> OpcUaSourceConfig:
         """The config a profile's table gives (paths relative to `base`); raises
         ValueError("KEY: PROBLEM") naming the key."""
-        known = {f for f in cls.__dataclass_fields__}
-        for key in table:
-            if key not in known:
-                raise ValueError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        check_keys(table, sorted(cls.__dataclass_fields__), where)
 
         def text(key: str, default: str | None = None) -> str:
             value = table.get(key, default)
@@ -93,17 +91,7 @@ class OpcUaSourceConfig:
         security = text("security", "none")
         if security not in SECURITY:
             raise ValueError(f"{where}.security: {security!r} is not one of {', '.join(SECURITY)}")
-        paths: dict[str, Path | None] = {}
-        for key in ("certificate", "private_key"):
-            given = table.get(key)
-            if given is None:
-                paths[key] = None
-                continue
-            if not isinstance(given, str) or not given:
-                raise ValueError(f"{where}.{key}: a file path")
-            paths[key] = (base / given).resolve()
-        if security != "none" and (paths["certificate"] is None or paths["private_key"] is None):
-            raise ValueError(f"{where}.security: {security} needs certificate and private_key")
+        certificate, private_key = certificate_paths(table, where, base, security)
         unit = table.get("unit")
         if unit is not None and (not isinstance(unit, str) or len(unit) > MAX_UNIT):
             raise ValueError(f"{where}.unit: a UCUM code of at most {MAX_UNIT} characters")
@@ -115,8 +103,8 @@ class OpcUaSourceConfig:
             name=text("name", ""),
             unit=unit,
             security=security,
-            certificate=paths["certificate"],
-            private_key=paths["private_key"],
+            certificate=certificate,
+            private_key=private_key,
             username=text("username", ""),
             password=text("password", ""),
         )

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import trio
 
+from agents.ot import check_keys
 from agents.ot.mqtt import BrokerUrl, Message, MqttClient, MqttError, MqttOptions, MqttStatistics
 from agents.ot.source import ChangeFeed
 from agents.ot.sparkplug import (
@@ -76,9 +77,7 @@ def _id(table: dict[str, object], where: str, key: str) -> str:
 def _common(
     table: dict[str, object], where: str, known: tuple[str, ...]
 ) -> tuple[BrokerUrl, str, str, str, str]:
-    for key in table:
-        if key not in known:
-            raise ValueError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
+    check_keys(table, known, where)
     url = _text(table, where, "broker")
     try:
         broker = BrokerUrl.parse(url)
