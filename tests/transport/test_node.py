@@ -91,10 +91,10 @@ async def test_pending_handshakes_are_capped_and_expire() -> None:
     config = NodeConfig(max_pending_handshakes=8, handshake_timeout=5.0)
     async with open_node(Identity.generate(), config=config) as bob:
         stalled = LocalIdentity.create(Identity.generate(), "tcp://127.0.0.1:9")
-        with pynng.Pair1() as push:
+        with pynng.Pair1(send_timeout=5000) as push, trio.fail_after(10):
             push.dial(bob.address, block=True)
             for _ in range(30):
-                push.send(Handshake(stalled, initiator=True).start())
+                await push.asend(Handshake(stalled, initiator=True).start())
             with trio.fail_after(10):
                 while bob.statistics().handshakes_evicted < 22:
                     await trio.sleep(0.01)

@@ -98,10 +98,12 @@ async def test_empty_and_tiny_packets_are_dropped_not_fatal(served: bool) -> Non
             nursery.start_soon(bob.serve, handler)
         else:
             nursery.start_soon(take, bob)
-        with pynng.Pair1() as raw:
+        # asynchronous sends under a deadline: a synchronous send waits for the
+        # receiving pipe, and so can block the very loop that would drain it.
+        with pynng.Pair1(send_timeout=5000) as raw, trio.fail_after(10):
             raw.dial(bob.address, block=True)
             for junk in (b"", b"\x00", b"\x03", b"\x01" + bytes(3)):
-                raw.send(junk)
+                await raw.asend(junk)
         async with open_node(Identity.generate()) as alice:
             session = await alice.connect(bob.address)
             await session.send(Message("still here", b""))
