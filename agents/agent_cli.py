@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,9 +32,11 @@ from agents.buy_command import (
 from agents.commands import at_expiry, channel_prefix
 from agents.control import ControlError, NotRunning, request
 from agents.ledger_cli import wait_until_unlocked
+from agents.logs import console_line
 from agents.offline import stored_state
 from agents.profile import Profile, load_profile
 from agents.runtime import Agent
+from agents.web.config import exposure_problem, parse_listen
 from mesh.errors import MeshError
 
 
@@ -81,13 +84,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         if value is None:
             raise AgentCliError(f"the profile wants the passphrase in ${profile.passphrase_env}")
         passphrase = value.encode()
-    agent = Agent(profile, data_dir, ledger, passphrase=passphrase)
+    dashboard = None
+    if args.dashboard is not None:  # the profile's [dashboard] token stays
+        host, port = parse_listen(args.dashboard)
+        dashboard = replace(profile.dashboard, host=host, port=port)
+        problem = exposure_problem(dashboard)
+        if problem:
+            raise AgentCliError(f"--dashboard: {problem}")
+    agent = Agent(profile, data_dir, ledger, passphrase=passphrase, dashboard=dashboard)
     try:
-        trio.run(_run_until_signal, agent)
+        trio.run(_run_until_signal, agent, getattr(args, "log_format", "plain"))
     except* pynng.NNGException as failed:
         # Only the mailbox's listener lets an nng error out of the agent.
         raise _mailbox_error(profile, _first(failed)) from None
     return 0
+
+
+def _listen(text: str) -> str:
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _mailbox_error(profile: Profile, exc: BaseException) -> AgentCliError:
@@ -97,24 +115,20 @@ def _mailbox_error(profile: Profile, exc: BaseException) -> AgentCliError:
     )
 
 
-async def _run_until_signal(agent: Agent) -> None:
+async def _run_until_signal(agent: Agent, log_format: str = "plain") -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
             peer_id = agent.identity.peer_id if agent.identity else "?"
             mailbox = agent.node.address if agent.node else "?"
-            print(
-                f"{agent.profile.name}: running as {peer_id} at {mailbox} (Ctrl-C to stop)",
-                file=sys.stderr,
-                flush=True,
-            )
+            view = f", dashboard {agent.dashboard_url}" if agent.dashboard_url else ""
+            line = f"{agent.profile.name}: running as {peer_id} at {mailbox}{view} (Ctrl-C to stop)"
+            print(console_line(line, log_format), file=sys.stderr, flush=True)
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
-                    print(
-                        f"{agent.profile.name}: {signal.Signals(signum).name}, stopping",
-                        file=sys.stderr,
-                    )
+                    said = f"{agent.profile.name}: {signal.Signals(signum).name}, stopping"
+                    print(console_line(said, log_format), file=sys.stderr, flush=True)
                     agent.request_stop()
                     return
 
@@ -195,6 +209,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=1))
         return 0
     print(f"{status['agent']}  {status['peer_id']}  {status['mailbox']}")
+    if status.get("dashboard"):
+        print(f"dashboard: {status['dashboard']}")
     network = status.get("network") or ""
     ignored = (status.get("discovery") or {}).get("ignored_foreign", 0)
     print(
@@ -397,6 +413,15 @@ def add_agent_commands(sub: Any) -> None:
         "--ledger",
         type=Path,
         help="LocalLedger file (default: $M2MESH_LEDGER or DATA_DIR/ledger.db)",
+    )
+    run.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT|off",
+        type=_listen,
+        help="serve the read-only dashboard, /metrics and proofs here (default: the"
+        " profile's [dashboard] listen, else 127.0.0.1 on a free port; `mesh status`"
+        " prints the URL); an address other machines reach needs the profile's"
+        " dashboard.token_file; off: serve nothing",
     )
     run.set_defaults(func=cmd_run)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from agents.channels import ChannelFailure, ChannelManager, FundingRefused
+from agents.logs import log_context
 from agents.profile import Profile, WantSpec
 from agents.services.buyer import Buyer, OrderResult
 from agents.services.orders import LogRecord, statement
@@ -174,22 +175,23 @@ class Purchases:
     async def _record(self, result: OrderResult) -> None:
         """Judge the seller by how the order ended, log it, and sign its statement."""
         provider = result.provider
-        aside = self._standing.judge(provider, result.fault, trio.current_time())
-        if aside is not None:
-            log.warning(
-                "seller %s set aside for %.0f s: %s",
+        with log_context(peer=provider, channel=result.channel_id.hex(), service=result.service):
+            aside = self._standing.judge(provider, result.fault, trio.current_time())
+            if aside is not None:
+                log.warning(
+                    "seller %s set aside for %.0f s: %s",
+                    provider[:16],
+                    aside - trio.current_time(),
+                    result.reason,
+                )
+            log.info(
+                "order for %s from %s: %d unit(s), %d sat, %s",
+                result.service,
                 provider[:16],
-                aside - trio.current_time(),
+                result.delivered,
+                result.paid,
                 result.reason,
             )
-        log.info(
-            "order for %s from %s: %d unit(s), %d sat, %s",
-            result.service,
-            provider[:16],
-            result.delivered,
-            result.paid,
-            result.reason,
-        )
         await self._log_record(
             "meters",
             statement(

@@ -110,7 +110,15 @@ class ChannelBase:
         # signed until the payee's ack tells us where the channel stands.
         self._unconfirmed: set[bytes] = set()
         self._counts = dict.fromkeys(
-            ("payments_signed", "payments_accepted", "acks_received", "rejections"), 0
+            (
+                "payments_signed",
+                "payments_accepted",
+                "acks_received",
+                "rejections",
+                "sat_paid",
+                "sat_earned",
+            ),
+            0,
         )
         self._fundings_lost = 0
         self._funding_checked: dict[bytes, float] = {}  # channel id -> last check (Trio time)

@@ -41,6 +41,10 @@ class ChannelStatistics:
     """Final channels (and forgotten proposals) whose in-memory state was released."""
     channels_compacted: int = 0
     """Settled channels cut to a tombstone in the store since start."""
+    sat_paid: int = 0
+    """Satoshis this agent's signed payments moved, as payer, since start."""
+    sat_earned: int = 0
+    """Satoshis the payments it accepted moved, as payee, since start."""
 
 
 class ChannelFailure(MeshError):

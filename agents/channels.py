@@ -42,6 +42,7 @@ from agents.channel_config import (
     is_txid,
     offer_problem,
 )
+from agents.logs import log_context
 from agents.settlement import ChannelSettlement, close_request
 from mesh.chain.errors import ChainError, ChainUnavailable, TxRejected
 from mesh.chain.tx import parse_exact, txid_of
@@ -177,85 +178,90 @@ class ChannelManager(ChannelSettlement):
         if foreign is not None:
             raise ChannelFailure(f"not opening a channel to {peer_id[:16]}…: {foreign[1]}")
         channel_id = secrets.token_bytes(32)
-        expiry = await self.chain.height() + lifetime_blocks
-        payer_payout = await self._write(self._new_payout)
-        c = self.config
-        binding = terms_binding(capacity, c.close_fee, c.refund_fee, expiry, payer_payout)
-        keys = derive_channel_keys(
-            self.identity, parse_peer_id(peer_id), channel_id, Role.PAYER, binding
-        )
-        funding_script = multisig_script(keys.payer_key, keys.payee_key)
-        try:
-            draft = await self._thread(
-                lambda: self.wallet.fund([(funding_script, capacity)], reservation=channel_id.hex())
+        with log_context(peer=peer_id, channel=channel_id.hex(), service=service):
+            expiry = await self.chain.height() + lifetime_blocks
+            payer_payout = await self._write(self._new_payout)
+            c = self.config
+            binding = terms_binding(capacity, c.close_fee, c.refund_fee, expiry, payer_payout)
+            keys = derive_channel_keys(
+                self.identity, parse_peer_id(peer_id), channel_id, Role.PAYER, binding
             )
-        except STORAGE_ERRORS as exc:
-            self.health.fault("channel-records", exc)
-            raise ChannelFailure(f"storage fault: {describe(exc)}") from None
-        replies_send, replies = trio.open_memory_channel[Frame](4)
-        self._replies[channel_id] = replies_send
-        try:
-            await self._send(
-                peer_id,
-                ChannelOpen(
-                    channel_id,
-                    service,
-                    capacity,
-                    self.config.close_fee,
-                    self.config.refund_fee,
-                    expiry,
-                    draft.txid,
-                    0,
-                    payer_payout,
-                ),
-            )
-            with trio.fail_after(self.config.open_timeout):
-                reply = await replies.receive()
-                if not isinstance(reply, ChannelRefundSigned):
-                    raise ChannelFailure(f"payee refused the channel: {_describe(reply)}")
-                terms = Terms(
-                    channel_id,
-                    keys.payer_key,
-                    keys.payee_key,
-                    capacity,
-                    self.config.close_fee,
-                    self.config.refund_fee,
-                    expiry,
-                    draft.txid,
-                    0,
-                    payer_payout,
-                    reply.payee_payout,
+            funding_script = multisig_script(keys.payer_key, keys.payee_key)
+            try:
+                draft = await self._thread(
+                    lambda: self.wallet.fund(
+                        [(funding_script, capacity)], reservation=channel_id.hex()
+                    )
                 )
-                payer = Payer(Record(Role.PAYER, State.PROPOSED, terms, peer_id), keys.own)
-                payer.accept_refund_signature(reply.signature)
-                # Record the refund and the signed funding before it can reach the chain.
-                self._ends[channel_id] = payer
-                self._service[channel_id] = service
-                self._funding[channel_id] = draft.raw
-                await self._commits.flush(channel_id)
-                await self._write(lambda: self._channels.save_raw(channel_id, funding=draft.raw))
-                await self._broadcast_funding(payer)
-                ack = await replies.receive()
-                if isinstance(ack, ChannelError) and await self._funding_refused(payer, ack):
-                    raise FundingRefused(f"payee refused the funding: {_describe(ack)}")
-                if not (isinstance(ack, ChannelAck) and ack.seq == 0):
-                    raise ChannelFailure(f"payee did not open the channel: {_describe(ack)}")
-                payer.event("opened")
-                await self._commits.flush(channel_id)
-        except (trio.TooSlowError, ChannelFailure, PaymentRejected, ChainError) as exc:
-            await self._abandon_open(channel_id, draft.txid)
-            failure = FundingRefused if isinstance(exc, FundingRefused) else ChannelFailure
-            raise failure(f"opening a channel to {peer_id[:16]}…: {exc}") from None
-        finally:
-            del self._replies[channel_id]
-        log.info(
-            "channel %s to %s open: %d sat until height %d",
-            channel_id.hex()[:16],
-            peer_id[:16],
-            capacity,
-            expiry,
-        )
-        return channel_id
+            except STORAGE_ERRORS as exc:
+                self.health.fault("channel-records", exc)
+                raise ChannelFailure(f"storage fault: {describe(exc)}") from None
+            replies_send, replies = trio.open_memory_channel[Frame](4)
+            self._replies[channel_id] = replies_send
+            try:
+                await self._send(
+                    peer_id,
+                    ChannelOpen(
+                        channel_id,
+                        service,
+                        capacity,
+                        self.config.close_fee,
+                        self.config.refund_fee,
+                        expiry,
+                        draft.txid,
+                        0,
+                        payer_payout,
+                    ),
+                )
+                with trio.fail_after(self.config.open_timeout):
+                    reply = await replies.receive()
+                    if not isinstance(reply, ChannelRefundSigned):
+                        raise ChannelFailure(f"payee refused the channel: {_describe(reply)}")
+                    terms = Terms(
+                        channel_id,
+                        keys.payer_key,
+                        keys.payee_key,
+                        capacity,
+                        self.config.close_fee,
+                        self.config.refund_fee,
+                        expiry,
+                        draft.txid,
+                        0,
+                        payer_payout,
+                        reply.payee_payout,
+                    )
+                    payer = Payer(Record(Role.PAYER, State.PROPOSED, terms, peer_id), keys.own)
+                    payer.accept_refund_signature(reply.signature)
+                    # Record the refund and the signed funding before it can reach the chain.
+                    self._ends[channel_id] = payer
+                    self._service[channel_id] = service
+                    self._funding[channel_id] = draft.raw
+                    await self._commits.flush(channel_id)
+                    await self._write(
+                        lambda: self._channels.save_raw(channel_id, funding=draft.raw)
+                    )
+                    await self._broadcast_funding(payer)
+                    ack = await replies.receive()
+                    if isinstance(ack, ChannelError) and await self._funding_refused(payer, ack):
+                        raise FundingRefused(f"payee refused the funding: {_describe(ack)}")
+                    if not (isinstance(ack, ChannelAck) and ack.seq == 0):
+                        raise ChannelFailure(f"payee did not open the channel: {_describe(ack)}")
+                    payer.event("opened")
+                    await self._commits.flush(channel_id)
+            except (trio.TooSlowError, ChannelFailure, PaymentRejected, ChainError) as exc:
+                await self._abandon_open(channel_id, draft.txid)
+                failure = FundingRefused if isinstance(exc, FundingRefused) else ChannelFailure
+                raise failure(f"opening a channel to {peer_id[:16]}…: {exc}") from None
+            finally:
+                del self._replies[channel_id]
+            log.info(
+                "channel %s to %s open: %d sat until height %d",
+                channel_id.hex()[:16],
+                peer_id[:16],
+                capacity,
+                expiry,
+            )
+            return channel_id
 
     async def _abandon_open(self, channel_id: bytes, funding_txid: str) -> None:
         end = self._ends.get(channel_id)
@@ -311,6 +317,7 @@ class ChannelManager(ChannelSettlement):
             waited = True
         record = payer.pay(amount)
         self._counts["payments_signed"] += 1
+        self._counts["sat_paid"] += amount
         self._commits.send_after_commit(record.peer_id, latest_payment(record))
         if record.seq - record.acked_seq == 1 or self._commits.waiting() >= self._pay_batch:
             # A lone payment, or a batch's worth signed: persist and send from here,
@@ -347,37 +354,38 @@ class ChannelManager(ChannelSettlement):
         """Handle a channel frame from `peer_id`; False when it is not one."""
         if not isinstance(frame, CHANNEL_FRAMES):
             return False
-        reply_to = self._replies.get(frame.channel_id)
-        if reply_to is not None and isinstance(frame, ChannelRefundSigned | ChannelError):
-            reply_to.send_nowait(frame)
+        with log_context(peer=peer_id, channel=frame.channel_id):
+            reply_to = self._replies.get(frame.channel_id)
+            if reply_to is not None and isinstance(frame, ChannelRefundSigned | ChannelError):
+                reply_to.send_nowait(frame)
+                return True
+            if isinstance(frame, ChannelPays):
+                await self._on_pays(peer_id, frame)
+            elif isinstance(frame, ChannelPay):
+                one = ChannelPays(frame.channel_id, frame.seq, (frame.total,), (frame.signature,))
+                await self._on_pays(peer_id, one)
+            elif isinstance(frame, ChannelAck):
+                self._on_ack(peer_id, frame)
+            elif isinstance(frame, ChannelOpen):
+                await self._on_open(peer_id, frame)
+            elif isinstance(frame, ChannelFunded):
+                await self._on_funded(peer_id, frame)
+            elif isinstance(frame, ChannelClose | ChannelRelease):
+                await self._on_close_request(peer_id, frame)
+            elif isinstance(frame, ChannelClosed):
+                await self._on_closed(peer_id, frame)
+            elif isinstance(frame, ChannelError):
+                log.warning(
+                    "peer %s: channel %s error %s: %s",
+                    peer_id[:16],
+                    frame.channel_id.hex()[:16],
+                    frame.code,
+                    frame.reason,
+                )
+                payer = self._owned(peer_id, frame.channel_id)
+                if isinstance(payer, Payer):  # (a resent funding's refusal: no open waits)
+                    await self._funding_refused(payer, frame)
             return True
-        if isinstance(frame, ChannelPays):
-            await self._on_pays(peer_id, frame)
-        elif isinstance(frame, ChannelPay):
-            one = ChannelPays(frame.channel_id, frame.seq, (frame.total,), (frame.signature,))
-            await self._on_pays(peer_id, one)
-        elif isinstance(frame, ChannelAck):
-            self._on_ack(peer_id, frame)
-        elif isinstance(frame, ChannelOpen):
-            await self._on_open(peer_id, frame)
-        elif isinstance(frame, ChannelFunded):
-            await self._on_funded(peer_id, frame)
-        elif isinstance(frame, ChannelClose | ChannelRelease):
-            await self._on_close_request(peer_id, frame)
-        elif isinstance(frame, ChannelClosed):
-            await self._on_closed(peer_id, frame)
-        elif isinstance(frame, ChannelError):
-            log.warning(
-                "peer %s: channel %s error %s: %s",
-                peer_id[:16],
-                frame.channel_id.hex()[:16],
-                frame.code,
-                frame.reason,
-            )
-            payer = self._owned(peer_id, frame.channel_id)
-            if isinstance(payer, Payer):  # (a resent funding's refusal: no open waits)
-                await self._funding_refused(payer, frame)
-        return True
 
     async def _on_open(self, peer_id: str, frame: ChannelOpen) -> None:
         cid = frame.channel_id
@@ -481,8 +489,10 @@ class ChannelManager(ChannelSettlement):
         if not isinstance(payee, Payee):
             await self._reject(peer_id, cid, "unknown-channel", "no such channel")
             return
+        before = payee.record().total
         fresh, rejection = payee.accept_payments(frame.seq, frame.totals, frame.signatures)
         self._counts["payments_accepted"] += fresh
+        self._counts["sat_earned"] += payee.record().total - before
         if fresh or rejection is None:
             if not fresh:  # a resend after a reconnect: acknowledge it again once durable
                 self._commits.reack([cid])

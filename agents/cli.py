@@ -23,12 +23,12 @@ import pynng
 from agents.agent_cli import add_agent_commands
 from agents.demo import add_demo_command
 from agents.ledger_cli import add_ledger_commands
+from agents.logs import FORMATS, configure, console_line
 from agents.ot_cli import add_ot_commands
 from agents.proof_cli import add_proof_commands
 from agents.site import add_up_command
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity, save_identity
-from mesh.logbudget import LogBudget
 
 DEFAULT_KEY = Path(os.environ.get("M2MESH_HOME", Path.home() / ".m2mesh")) / "identity.key"
 
@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="warning",
         choices=["debug", "info", "warning", "error"],
         help="how much to log on stderr (default warning)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="plain",
+        choices=FORMATS,
+        help="how log lines look (default plain); json: one JSON object per line with time, "
+        "level, logger, message and the peer, channel and service it concerns",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -218,15 +225,15 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.splitlines()) or type(exc).__name__
 
 
+def _error(args: argparse.Namespace, exc: BaseException) -> None:
+    text = f"mesh {args.command}: error: {one_line(exc)}"
+    print(console_line(text, args.log_format, logging.ERROR), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `mesh` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    budgets = [(handler, LogBudget()) for handler in logging.getLogger().handlers]
-    for handler, budget in budgets:
-        handler.addFilter(budget)  # a peer must not fill the disk with our warnings
+    budgets = configure(args.log_level, args.log_format)
     func: Command = args.func
     try:
         return func(args)
@@ -238,12 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         expected = expected_error(group)
         if expected is None:
             raise
-        print(f"mesh {args.command}: error: {one_line(expected)}", file=sys.stderr)
+        _error(args, expected)
         return 1
     except Exception as exc:
         if expected_error(exc) is None:
             raise
-        print(f"mesh {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        _error(args, exc)
         return 1
     finally:
         for handler, budget in budgets:

@@ -80,6 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             as_json=args.json,
             data_dir=args.data_dir,
             log_level=args.log_level,
+            log_format=args.log_format,
             site=site_name,
             label="demo",
             note=f" (without {', '.join(without)})" if without else "",

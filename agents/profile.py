@@ -31,6 +31,7 @@ from agents.profile_bridges import (
     service_source,
     surfaces,
 )
+from agents.web.config import DEFAULT_LISTEN, DashboardConfig, dashboard_config
 from mesh.anchoring.retention import Keep, RetentionPolicy
 from mesh.channel.admission import AdmissionLimits
 from mesh.discovery.table import parse_static
@@ -181,6 +182,7 @@ class Profile:
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     retention: RetentionSpec = field(default_factory=lambda: RetentionSpec())
     surfaces: Surfaces = field(default_factory=Surfaces)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     """The OPC UA server and Sparkplug publisher the agent runs, if any."""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -483,6 +485,14 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
     channels = top.table("channels")
     anchoring = top.table("anchoring")
     kept = top.table("retention")
+    web = top.table("dashboard")
+    try:
+        dashboard = dashboard_config(
+            web.get("listen", str, DEFAULT_LISTEN), web.get("token_file", str, ""), path.parent
+        )
+    except ValueError as exc:
+        where, _, problem = str(exc).partition(": ")
+        raise ProfileError(path, where, problem) from None
     retention = _retention(kept)
     try:
         shown = surfaces(raw, path.parent)
@@ -524,8 +534,9 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         wants=tuple(wants),
         retention=retention,
         surfaces=shown,
+        dashboard=dashboard,
     )
-    for section in (agent, discovery, channels, anchoring, kept, top):
+    for section in (agent, discovery, channels, anchoring, kept, web, top):
         section.done()
     for i, peer in enumerate(profile.static_peers):
         try:

@@ -54,7 +54,7 @@ def _iso(seconds: float, timespec: str = "seconds") -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
-class _Records:
+class Records:
     """Where `mesh proof` finds records: the agent store first, then the archive files."""
 
     def __init__(self, store: AnchorStore | None, archive: ColdArchive | None) -> None:
@@ -108,7 +108,7 @@ class _Records:
         return sorted(ordered, key=lambda r: str(r["origin"]), reverse=True)  # own first
 
 
-def _open_records(data_dir: Path | None, stack: ExitStack) -> _Records:
+def open_records(data_dir: Path | None, stack: ExitStack) -> Records:
     if data_dir is None:
         raise ProofCliError("--data-dir DIR is required (the agent's data directory)")
     archive_dir = data_dir / ARCHIVE_DIR
@@ -117,13 +117,13 @@ def _open_records(data_dir: Path | None, stack: ExitStack) -> _Records:
     if not path.is_file():
         if archive is None:
             raise ProofCliError(f"{path}: no agent store here (is --data-dir an agent's data dir?)")
-        return _Records(None, archive)
+        return Records(None, archive)
     store = stack.enter_context(Store(path))
     if store.version(ANCHORING_SCHEMA.component) == 0:
         if archive is None:
             raise ProofCliError(f"{data_dir}: this agent has logged no records")
-        return _Records(None, archive)
-    return _Records(AnchorStore(store), archive)
+        return Records(None, archive)
+    return Records(AnchorStore(store), archive)
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
@@ -138,7 +138,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
         print(f"wrote {args.export_headers}: headers 0..{tip} of {ledger_path}", file=sys.stderr)
         return 0
     with ExitStack() as stack:
-        records = _open_records(args.data_dir, stack)
+        records = open_records(args.data_dir, stack)
         if args.list:
             print(json.dumps({"streams": records.listing()}, indent=1))
             return 0

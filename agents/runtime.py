@@ -21,27 +21,32 @@ nursery, which sends mDNS goodbyes and closes the sockets -- within 10 s.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from agents.agent_status import agent_status
 from agents.bridges import Bridges
 from agents.buy_command import buy
 from agents.buying import RECENT_ORDERS, Purchases, WantProgress
 from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
 from agents.commands import close_channel
 from agents.control import serve_control
+from agents.logs import log_context
 from agents.profile import Profile, ProfileError
 from agents.receipts import Archive, ReceiptExchange
-from agents.services.buyer import Buyer, OrderResult
+from agents.services.buyer import Buyer
 from agents.services.orders import Provider
 from agents.services.standing import SellerStanding
 from agents.services.vendor import Handler, HandlerError, resolve
+from agents.web.app import agent_app
+from agents.web.config import DashboardConfig
+from agents.web.lag import LagMonitor
+from agents.web.records import RecordsView
+from agents.web.server import serve_app
 from mesh.anchoring import (
     AnchorConfig,
     Anchorer,
@@ -93,9 +98,13 @@ class Agent:
         ledger: Path,
         *,
         passphrase: bytes | None = None,
+        dashboard: DashboardConfig | None = None,
     ) -> None:
-        """Prepare (nothing runs until `run`)."""
+        """Prepare (nothing runs until `run`); `dashboard` overrides the profile's."""
         self.profile = profile
+        self.dashboard = dashboard if dashboard is not None else profile.dashboard
+        self.dashboard_url: str | None = None
+        self.lag = LagMonitor()
         self.data_dir = data_dir
         self.ledger = ledger
         self._passphrase = passphrase
@@ -111,8 +120,8 @@ class Agent:
         self.receipts: ReceiptExchange | None = None
         self.purchases: Purchases | None = None
         self.wants = [WantProgress(w) for w in profile.wants]
-        self._table: PeerTable | None = None
-        self._discovery: Discovery | None = None
+        self.table: PeerTable | None = None
+        self.discovery: Discovery | None = None
         self.network: str | None = None
         self._db = trio.CapacityLimiter(1)
         self._standing = SellerStanding()
@@ -235,17 +244,20 @@ class Agent:
                 nursery.start_soon(self._keep_wallet_synced, chain)
                 nursery.start_soon(self._keep_retention, store)
                 nursery.start_soon(node.serve, self._dispatch)
-                self._table = discovery.table
-                self._discovery = discovery
+                self.table = discovery.table
+                self.discovery = discovery
                 nursery.start_soon(self._watch_sessions, sessions, discovery.table)
                 nursery.start_soon(self._connector, node, discovery.table)
                 await nursery.start(serve_control, self.data_dir / "control.sock", self.control)
+                nursery.start_soon(self.lag.run)
+                if self.dashboard.enabled:
+                    await self._serve_dashboard(nursery)
                 self.purchases = Purchases(
                     profile,
                     self.manager,
                     self.buyer,
                     node,
-                    lambda: self._table,
+                    lambda: self.table,
                     self._log_record,
                     self._close_quietly,
                     self._standing,
@@ -268,6 +280,20 @@ class Agent:
             archive.close()
             store.close()
             (self.data_dir / "control.sock").unlink(missing_ok=True)
+
+    async def _serve_dashboard(self, nursery: trio.Nursery) -> None:
+        """Serve the dashboard, `/metrics` and proofs (read-only) in the agent's nursery."""
+        config = self.dashboard
+        assert config.host is not None
+        app = agent_app(self.snapshot, RecordsView(self.data_dir), config.token)
+        try:
+            self.dashboard_url = await nursery.start(serve_app, app, config.host, config.port)
+        except OSError as exc:
+            raise MeshError(
+                f"dashboard: cannot listen on {config.host}:{config.port}:"
+                f" {exc.strerror or exc} (another agent's port? --dashboard off)"
+            ) from None
+        log.info("dashboard: %s", self.dashboard_url)
 
     async def _shutdown(self) -> None:
         """Stop buying, let orders settle, close every channel."""
@@ -396,13 +422,14 @@ class Agent:
 
     async def _dispatch(self, peer_id: str, frame: Frame) -> None:
         assert self.manager and self.provider and self.buyer and self.receipts
-        if not (
-            await self.manager.handle(peer_id, frame)
-            or await self.provider.handle(peer_id, frame)
-            or await self.buyer.handle(peer_id, frame)
-            or await self.receipts.handle(peer_id, frame)
-        ):
-            log.info("peer %s sent %s; ignored", peer_id[:16], type(frame).__name__)
+        with log_context(peer=peer_id):  # the frame handlers add its channel and service
+            if not (
+                await self.manager.handle(peer_id, frame)
+                or await self.provider.handle(peer_id, frame)
+                or await self.buyer.handle(peer_id, frame)
+                or await self.receipts.handle(peer_id, frame)
+            ):
+                log.info("peer %s sent %s; ignored", peer_id[:16], type(frame).__name__)
 
     async def _watch_sessions(
         self, events: trio.MemoryReceiveChannel[Any], table: PeerTable
@@ -510,12 +537,7 @@ class Agent:
         """Answer a control-socket command: status, buy, close."""
         cmd = command.get("cmd")
         if cmd == "status":
-            height = await self.manager.chain_height() if self.manager is not None else None
-            status = self.status(height)
-            if self.wallet is not None:
-                balance = await trio.to_thread.run_sync(self.wallet.balance, limiter=self._db)
-                status["wallet"] = {"available": balance.available, "reserved": balance.reserved}
-            return status
+            return await self.snapshot()
         if cmd == "buy":  # `mesh buy`: a want of its own (agents.buy_command)
             assert self.purchases is not None
             return await buy(self.purchases, command, self._track_buy)
@@ -536,63 +558,15 @@ class Agent:
             del self.wants[len(self.profile.wants)]
 
     def status(self, height: int | None = None) -> dict[str, Any]:
-        """Everything `mesh status` shows, as JSON-ready data; with the chain's
-        `height`, how long a payer's coins stay locked in each channel."""
-        node, manager = self.node, self.manager
-        # Per channel: signed and on-chain totals, locked-until (`channel_summary`).
-        channels = manager.summaries(height) if manager is not None else []
-        meters = self.provider.meter_rows() if self.provider is not None else []
-        live: dict[str, list[OrderResult]] = {p.want.service: [] for p in self.wants}
-        for order in self.buyer.in_flight() if self.buyer is not None else []:
-            live.setdefault(order.service, []).append(order)
-        return {
-            "agent": self.profile.name,
-            "site": self.profile.site,
-            "network": self.network,
-            "height": height,
-            "discovery": asdict(self._discovery.statistics()) if self._discovery else None,
-            "peer_id": self.identity.peer_id if self.identity else None,
-            "mailbox": node.address if node else None,
-            "pid": os.getpid(),
-            "peers": [
-                {
-                    "peer_id": p.peer_id,
-                    "name": p.name,
-                    "mailbox": p.mailbox,
-                    "services": p.services,
-                    "confirmed": p.confirmed,
-                }
-                for p in (self._table.snapshot() if self._table else {}).values()
-            ],
-            "sessions": [s.peer_id for s in node.sessions()] if node else [],
-            "node": asdict(node.statistics()) if node else None,
-            "services": [
-                {
-                    "id": s.id,
-                    "kind": s.kind,
-                    "unit": s.unit,
-                    "price": s.price,
-                    "source": s.source.kind if s.source is not None else s.handler,
-                }
-                for s in self.profile.services
-            ],
-            "vendor": self.profile.vendor,
-            "bridges": self.bridges.statistics() if self.bridges.wanted else None,
-            "channels": channels,
-            "meters": meters,
-            "anchoring": asdict(self.anchorer.statistics()) if self.anchorer else None,
-            "storage": asdict(self.storage.statistics()),
-            "receipts": asdict(self.receipts.statistics()) if self.receipts else None,
-            "wants": [
-                {
-                    "service": p.want.service,
-                    "state": p.state,
-                    "delivered": p.delivered + sum(o.delivered for o in live[p.want.service]),
-                    "paid": p.paid + sum(o.paid for o in live[p.want.service]),
-                    "units": p.want.units,
-                    "budget": p.want.budget,
-                    "placed": p.placed + len(live[p.want.service]),
-                }
-                for p in self.wants
-            ],
-        }
+        """Everything `mesh status` shows (`agents.agent_status`), from memory."""
+        return agent_status(self, height)
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The status with the chain's height and the wallet's balance: what `mesh status
+        --json`, the dashboard and `/metrics` show."""
+        height = await self.manager.chain_height() if self.manager is not None else None
+        status = self.status(height)
+        if self.wallet is not None:
+            balance = await trio.to_thread.run_sync(self.wallet.balance, limiter=self._db)
+            status["wallet"] = {"available": balance.available, "reserved": balance.reserved}
+        return status

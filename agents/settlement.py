@@ -27,6 +27,7 @@ import trio
 
 from agents.channel_base import ChannelBase, funding_outpoint
 from agents.channel_config import ChannelFailure
+from agents.logs import log_context
 from mesh.chain.base import OutputState, Utxo
 from mesh.chain.errors import ChainUnavailable, TxRejected
 from mesh.chain.tx import parse_exact
@@ -54,22 +55,25 @@ class ChannelSettlement(ChannelBase):
             if stored is None or stored.record.state not in FINAL_STATES:
                 raise ChannelFailure(f"no channel {channel_id.hex()}")
             return stored.record
-        if isinstance(end, Payee):
-            await self._close_as_payee(end)
+        with log_context(peer=end.record().peer_id, channel=channel_id.hex()):
+            if isinstance(end, Payee):
+                await self._close_as_payee(end)
+                return end.record()
+            if end.state is State.REFUSED:
+                return end.record()  # never opened: nothing to close, the refund settles it
+            if end.state in (State.OPEN, State.FUNDED):  # funded: the payee may hold it open
+                end.event("close")
+                await self._commits.flush(channel_id)
+            await self._send(end.record().peer_id, close_request(end))
+            try:
+                with trio.fail_after(self.config.open_timeout):
+                    while end.state is State.CLOSING:
+                        await self._ack_event(channel_id).wait()
+            except trio.TooSlowError:  # not TimeoutError: callers expect a ChannelFailure
+                raise ChannelFailure(
+                    f"channel {channel_id.hex()[:16]} not closed in time"
+                ) from None
             return end.record()
-        if end.state is State.REFUSED:
-            return end.record()  # never opened: nothing to close, the refund settles it
-        if end.state in (State.OPEN, State.FUNDED):  # funded: the payee may hold it open
-            end.event("close")
-            await self._commits.flush(channel_id)
-        await self._send(end.record().peer_id, close_request(end))
-        try:
-            with trio.fail_after(self.config.open_timeout):
-                while end.state is State.CLOSING:
-                    await self._ack_event(channel_id).wait()
-        except trio.TooSlowError:  # not TimeoutError: callers expect a ChannelFailure
-            raise ChannelFailure(f"channel {channel_id.hex()[:16]} not closed in time") from None
-        return end.record()
 
     async def _on_close_request(self, peer_id: str, frame: ChannelClose | ChannelRelease) -> None:
         cid = frame.channel_id
@@ -226,21 +230,22 @@ class ChannelSettlement(ChannelBase):
         """Close (payee) or refund (payer) every channel whose expiry is near or past;
         end a payee's channel whose funding output is gone."""
         for end in list(self._ends.values()):
-            expiry = end.terms.expiry_height
-            if isinstance(end, Payee):
-                if end.state is State.CLOSING:  # not accepted yet: until it is, again
-                    await self._retry_close(end)
-                    continue
-                if end.state is not State.OPEN:
-                    self._funding_checked.pop(end.terms.channel_id, None)
-                    continue
-                if height >= expiry - self.config.close_margin_blocks:
-                    log.info("channel %s near expiry: closing", end.terms.channel_id.hex()[:16])
-                    await self._close_as_payee(end)
-                elif self._funding_due(end.terms.channel_id):
-                    await self._check_funding(end)
-            elif end.state in LOCKING_STATES and height >= expiry:
-                await self._refund(end)
+            with log_context(peer=end.record().peer_id, channel=end.terms.channel_id.hex()):
+                expiry = end.terms.expiry_height
+                if isinstance(end, Payee):
+                    if end.state is State.CLOSING:  # not accepted yet: until it is, again
+                        await self._retry_close(end)
+                        continue
+                    if end.state is not State.OPEN:
+                        self._funding_checked.pop(end.terms.channel_id, None)
+                        continue
+                    if height >= expiry - self.config.close_margin_blocks:
+                        log.info("channel %s near expiry: closing", end.terms.channel_id.hex()[:16])
+                        await self._close_as_payee(end)
+                    elif self._funding_due(end.terms.channel_id):
+                        await self._check_funding(end)
+                elif end.state in LOCKING_STATES and height >= expiry:
+                    await self._refund(end)
 
     def _funding_due(self, channel_id: bytes) -> bool:
         """Whether an open channel's funding is due for a check (every

@@ -50,6 +50,7 @@ from agents.site_view import (
     progress_line,
     reconcile,
 )
+from agents.web.site_server import SiteServer
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import p2pkh_script
 from mesh.chain.wallet import Wallet
@@ -171,11 +172,12 @@ class Site:
         site: str,
         log_level: str,
         funds: int = FUNDS,
+        log_format: str = "plain",
     ) -> None:
         self.root = root
         self.agents = agents
         self.site = site
-        self.log_level = log_level
+        self.log_level, self.log_format = log_level, log_format
         self.funds = funds
         self.ledger = root / "ledger.db"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -242,6 +244,8 @@ class Site:
                     "agents.cli",
                     "--log-level",
                     self.log_level,
+                    "--log-format",
+                    self.log_format,
                     "run",
                     str(self.profile(name)),
                     "--data-dir",
@@ -317,6 +321,7 @@ class RunOptions:
     as_json: bool = False
     data_dir: Path | None = None
     log_level: str = "warning"
+    log_format: str = "plain"
     site: str | None = None
     funds: int = FUNDS
     label: str = "up"
@@ -351,7 +356,7 @@ def run_site(agents: tuple[SiteAgent, ...], options: RunOptions) -> int:
     root = _data_dir(options)
     keep = options.keep or options.data_dir is not None
     name = options.site or new_site(options.label)
-    site = Site(root, agents, name, options.log_level, options.funds)
+    site = Site(root, agents, name, options.log_level, options.funds, options.log_format)
     out = Out(sys.stderr if options.as_json else sys.stdout)
     try:
         with _stop_signals():
@@ -432,6 +437,10 @@ def _run(
     exited: dict[str, int] = {}
     started = time.monotonic()
     last_print = 0.0
+    view = SiteServer(site.site, roster.names, site.status)
+    url = view.start()
+    shown = f"site view: {url}" if url else f"no site view ({view.error})"
+    out.line(shown)
     try:
         site.start()
         with site.mining(BLOCK_SECONDS):  # anchors and channels confirm as they go
@@ -445,13 +454,16 @@ def _run(
                     break
                 now = time.monotonic()
                 if out.tty:
-                    out.screen(live_lines(options.label, roster, statuses, started))
+                    lines = live_lines(options.label, roster, statuses, started)
+                    out.screen([*lines[:1], shown, *lines[1:]])
                 elif now - last_print >= 2.0:
                     out.line(progress_line(roster, statuses, started))
                     last_print = now
                 time.sleep(0.5)
     except KeyboardInterrupt:
         out.line("interrupted: stopping (Ctrl-C again kills the agents)…")
+    finally:
+        view.stop()
     for name, code in exited.items():
         tail = site.log(name).read_text(errors="replace").strip().splitlines()[-5:]
         out.line(f"{name} exited with {code}; the end of its log:")
@@ -553,6 +565,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         as_json=args.json,
         data_dir=args.data_dir,
         log_level=args.log_level,
+        log_format=args.log_format,
         site=args.site,
         funds=args.funds,
     )

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
+from agents.logs import log_context
 from agents.profile import WantSpec
 from agents.services.delivery import DeliveryCheck, DeliveryViolation, Expected, SeqMemory
 from agents.services.orders import Pay, Send
+from agents.services.tally import Tallies
 from mesh.anchoring.record import SignedRecord
 from mesh.errors import MeshError
 from mesh.metering import BuyerMeter
@@ -77,6 +79,8 @@ class Buyer:
         self._orders: dict[bytes, _BuyerOrder] = {}
         self._ahead: dict[bytes, int] = {}  # channel id -> paid ahead, not yet received
         self._seqs = SeqMemory()
+        self.purchases = Tallies()
+        """Orders placed and units accepted per service (status, metrics)."""
         self.keep_record: Callable[[SignedRecord], None] | None = None
         """Set by the runtime: readings the buyer paid for, kept for later proofs."""
 
@@ -146,30 +150,34 @@ class Buyer:
         send, receive = trio.open_memory_channel[Frame](min(want.units, 4096) + 16)
         result = OrderResult(order_id, want.service, provider, channel_id, price, 0, 0, "")
         running = self._orders[order_id] = _BuyerOrder(send, provider, result, meter, ahead)
+        self.purchases[want.service].orders += 1
         expected = Expected(want.kind, want.service, provider, want.units, want.tick)
         check = DeliveryCheck(expected, trio.current_time(), self._seqs)
-        try:
-            with running.scope:
-                try:
-                    await self._order_and_pay(
-                        running, want, price, channel_id, order_id, receive, stop, check,
-                        on_unit=on_unit,
-                    )  # fmt: skip
-                except MeshError as exc:  # the channel cannot pay: the order ends here
-                    result.reason = f"payment failed: {exc}"
-                    log.info("order %s: %s", order_id.hex()[:8], result.reason)
-                    await self._send(provider, ServiceStop(order_id, result.reason))
-            if running.scope.cancelled_caught:  # the seller is gone: owe it no prepay
-                running.meter = replace(running.meter, prepay=0)
-                with trio.move_on_after(SETTLE_AFTER_LOSS):  # pay what arrived, if we can
+        with log_context(peer=provider, channel=channel_id.hex(), service=want.service):
+            try:
+                with running.scope:
                     try:
-                        await self._settle_running(running, channel_id)
-                    except MeshError as exc:
-                        log.info("order %s: paying after loss failed: %s", order_id.hex()[:8], exc)
-        finally:
-            del self._orders[order_id]
-            meter = running.meter
-            self._ahead[channel_id] = max(0, meter.paid - meter.received_value)
+                        await self._order_and_pay(
+                            running, want, price, channel_id, order_id, receive, stop, check,
+                            on_unit=on_unit,
+                        )  # fmt: skip
+                    except MeshError as exc:  # the channel cannot pay: the order ends here
+                        result.reason = f"payment failed: {exc}"
+                        log.info("order %s: %s", order_id.hex()[:8], result.reason)
+                        await self._send(provider, ServiceStop(order_id, result.reason))
+                if running.scope.cancelled_caught:  # the seller is gone: owe it no prepay
+                    running.meter = replace(running.meter, prepay=0)
+                    with trio.move_on_after(SETTLE_AFTER_LOSS):  # pay what arrived, if we can
+                        try:
+                            await self._settle_running(running, channel_id)
+                        except MeshError as exc:
+                            log.info(
+                                "order %s: paying after loss failed: %s", order_id.hex()[:8], exc
+                            )
+            finally:
+                del self._orders[order_id]
+                meter = running.meter
+                self._ahead[channel_id] = max(0, meter.paid - meter.received_value)
         result.paid = meter.paid - ahead
         return result
 
@@ -224,6 +232,7 @@ class Buyer:
                 break
             running.meter = running.meter.receive(1)
             result.delivered += 1
+            self.purchases[result.service].deliveries += 1
             if reading is not None and self.keep_record is not None:
                 self.keep_record(reading)
             if on_unit is not None:

@@ -29,7 +29,9 @@ from typing import Any
 
 import trio
 
+from agents.logs import log_context
 from agents.profile import ServiceSpec
+from agents.services.tally import Tallies
 from agents.services.vendor import (
     CallHandler,
     FeedHandler,
@@ -164,6 +166,8 @@ class Provider:
         self.state: dict[str, dict[str, Any]] = {sid: {} for sid in services}
         self.log_record: LogRecord | None = None
         """Set by the runtime: readings and meter statements go into the signed log."""
+        self.sales = Tallies()
+        """Orders begun and units delivered per service (status, metrics)."""
         self.on_reading: Callable[[str, Reading], None] | None = None
         """Set by the runtime: each reading sold (service id, reading as signed), for the
         bridges that publish it."""
@@ -234,8 +238,9 @@ class Provider:
 
     async def handle(self, peer_id: str, frame: Frame) -> bool:
         """Handle an order-related frame from a buyer; False if it is not one."""
-        if isinstance(frame, ServiceOrder):
-            await self._start(peer_id, frame)
+        if isinstance(frame, ServiceOrder):  # its deliveries run in a task started inside
+            with log_context(peer=peer_id, channel=frame.channel_id.hex(), service=frame.service):
+                await self._start(peer_id, frame)
         elif isinstance(frame, ServiceStop):
             running = self._orders.get(frame.order_id)
             if running is not None and running.peer_id == peer_id:
@@ -274,6 +279,7 @@ class Provider:
                 order.service,
             )
         running = self._orders[order.order_id] = _ProviderOrder(order, peer_id)
+        self.sales[spec.id].orders += 1
         self._nursery.start_soon(self._run, running, spec, handler, cell)
 
     async def _run(
@@ -319,6 +325,7 @@ class Provider:
                     break
                 cell.update(cell.meter.deliver(1))
                 running.delivered += 1
+                self.sales[spec.id].deliveries += 1
                 await self._send(
                     running.peer_id,
                     ServiceDelivery(order.order_id, running.delivered, 1, payload, signature),

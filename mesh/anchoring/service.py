@@ -126,6 +126,8 @@ class AnchorStatistics:
     fees_paid: int
     bytes_on_chain: int
     last_error: str
+    last_txid: str = ""
+    """The anchor transaction broadcast last ("" before the first)."""
 
 
 @dataclass
@@ -188,6 +190,7 @@ class Anchorer:
         self._fees = 0
         self._bytes = 0
         self._last_error = ""
+        self._last_txid = ""
 
     # ---------------------------------------------------------------- running
 
@@ -457,6 +460,7 @@ class Anchorer:
         self._unbooked.append(batch)
         self._anchored += 1
         self._fees += batch.fee or 0
+        self._last_txid = batch.txid or ""
         log.info(
             "anchored %s %d..%d in %s", batch.stream, batch.first_seq, batch.last_seq, batch.txid
         )
@@ -559,4 +563,5 @@ class Anchorer:
             fees_paid=self._fees,
             bytes_on_chain=self._bytes,
             last_error=self._last_error,
+            last_txid=self._last_txid,
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.agent_cli import channel_line
+from agents.channel_config import ChannelStatistics
 from agents.profile import load_profile
 from agents.runtime import Agent
 from agents.settlement import channel_summary
@@ -64,7 +65,7 @@ def test_a_settled_channel_shows_what_the_chain_paid_against_what_was_signed() -
 
 
 class Manager:
-    """The two things `Agent.control("status")` asks of the channel manager."""
+    """What `Agent.control("status")` asks of the channel manager."""
 
     def __init__(self, records: list[Record]) -> None:
         self._records = records
@@ -74,6 +75,9 @@ class Manager:
 
     def summaries(self, height: int | None) -> list[dict[str, Any]]:
         return [channel_summary(r, "svc", height) for r in self._records]
+
+    def statistics(self) -> ChannelStatistics:
+        return ChannelStatistics(len(self._records), 0, 0, 0.0, 0, 0, 0, 0, 0)
 
 
 async def test_agent_status_carries_the_height_and_each_channels_accounting(

@@ -9,6 +9,7 @@ import pytest
 from agents.buying import parse_offer
 from agents.profile import ProfileError, load_profile
 from agents.runtime import Agent
+from agents.web.config import DashboardConfig
 
 PROFILES = Path(__file__).resolve().parents[2] / "profiles"
 GOOD = """
@@ -63,6 +64,10 @@ def test_shipped_profiles_load(name: str, tmp_path: Path) -> None:
         (GOOD + "[channels]\ncapacity = 'lots'\n", "channels.capacity", "expected int"),
         (GOOD.replace("unit = ", 'buyers = ["not-a-key"]\nunit = '), "services[0].buyers", "hex"),
         ("[agent\nname=1", "(syntax)", ""),
+        (GOOD + "[dashboard]\nlisten = '0.0.0.0:8470'\n", "dashboard.listen", "token_file"),
+        (GOOD + "[dashboard]\nlisten = 'localhost:1'\n", "dashboard.listen", "not an IP"),
+        (GOOD + "[dashboard]\ntoken_file = 'nope'\n", "dashboard.token_file", "cannot read"),
+        (GOOD + "[dashboard]\nlistn = '127.0.0.1:1'\n", "dashboard.listn", "unknown key"),
     ],
 )
 def test_each_mistake_names_file_and_key(tmp_path: Path, edit: str, key: str, problem: str) -> None:
@@ -135,3 +140,17 @@ def test_the_site_is_a_short_printable_name(tmp_path: Path) -> None:
         path.write_text(f'[agent]\nname = "m"\nsite = "{bad}"\n')
         with pytest.raises(ProfileError, match=r"agent\.site"):
             load_profile(path)
+
+
+def test_the_dashboard_table_says_where_and_with_which_token(tmp_path: Path) -> None:
+    assert load_profile(write(tmp_path, GOOD)).dashboard == DashboardConfig("127.0.0.1", 0)
+    (tmp_path / "web.token").write_text("0123456789abcdef0123\n")
+    text = GOOD + "[dashboard]\nlisten = '0.0.0.0:8470'\ntoken_file = 'web.token'\n"
+    dashboard = load_profile(write(tmp_path, text)).dashboard
+    assert (dashboard.host, dashboard.port, dashboard.token) == (
+        "0.0.0.0",
+        8470,
+        "0123456789abcdef0123",
+    )
+    off = load_profile(write(tmp_path, GOOD + "[dashboard]\nlisten = 'off'\n")).dashboard
+    assert not off.enabled

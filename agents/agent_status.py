@@ -1,0 +1,84 @@
+"""What an agent shows of itself: the one status snapshot behind `mesh status`, the
+dashboard and `/metrics`, so the three always agree.
+
+`agent_status` is synchronous and reads only memory (counters, tables, meters);
+`Agent.snapshot` adds the chain height and the wallet's balance, which need I/O."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agents.runtime import Agent
+    from agents.services.buyer import OrderResult
+
+
+def agent_status(agent: Agent, height: int | None = None) -> dict[str, Any]:
+    """Everything `mesh status` shows, as JSON-ready data; with the chain's `height`,
+    how long a payer's coins stay locked in each channel."""
+    node, manager, profile = agent.node, agent.manager, agent.profile
+    # Per channel: signed and on-chain totals, locked-until (`channel_summary`).
+    channels = manager.summaries(height) if manager is not None else []
+    meters = agent.provider.meter_rows() if agent.provider is not None else []
+    live: dict[str, list[OrderResult]] = {p.want.service: [] for p in agent.wants}
+    for order in agent.buyer.in_flight() if agent.buyer is not None else []:
+        live.setdefault(order.service, []).append(order)
+    table, discovery = agent.table, agent.discovery
+    return {
+        "agent": profile.name,
+        "site": profile.site,
+        "network": agent.network,
+        "height": height,
+        "discovery": asdict(discovery.statistics()) if discovery else None,
+        "peer_id": agent.identity.peer_id if agent.identity else None,
+        "mailbox": node.address if node else None,
+        "dashboard": agent.dashboard_url,
+        "pid": os.getpid(),
+        "peers": [
+            {
+                "peer_id": p.peer_id,
+                "name": p.name,
+                "mailbox": p.mailbox,
+                "services": p.services,
+                "confirmed": p.confirmed,
+            }
+            for p in (table.snapshot() if table else {}).values()
+        ],
+        "sessions": [s.peer_id for s in node.sessions()] if node else [],
+        "node": asdict(node.statistics()) if node else None,
+        "services": [
+            {
+                "id": s.id,
+                "kind": s.kind,
+                "unit": s.unit,
+                "price": s.price,
+                "source": s.source.kind if s.source is not None else s.handler,
+            }
+            for s in profile.services
+        ],
+        "vendor": profile.vendor,
+        "bridges": agent.bridges.statistics() if agent.bridges.wanted else None,
+        "channels": channels,
+        "channel_stats": asdict(manager.statistics()) if manager is not None else None,
+        "meters": meters,
+        "sales": agent.provider.sales.to_json() if agent.provider is not None else {},
+        "purchases": agent.buyer.purchases.to_json() if agent.buyer is not None else {},
+        "anchoring": asdict(agent.anchorer.statistics()) if agent.anchorer else None,
+        "storage": asdict(agent.storage.statistics()),
+        "receipts": asdict(agent.receipts.statistics()) if agent.receipts else None,
+        "loop": asdict(agent.lag.lag),
+        "wants": [
+            {
+                "service": p.want.service,
+                "state": p.state,
+                "delivered": p.delivered + sum(o.delivered for o in live[p.want.service]),
+                "paid": p.paid + sum(o.paid for o in live[p.want.service]),
+                "units": p.want.units,
+                "budget": p.want.budget,
+                "placed": p.placed + len(live[p.want.service]),
+            }
+            for p in agent.wants
+        ],
+    }

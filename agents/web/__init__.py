@@ -1,0 +1,1 @@
+"""The agent's read-only web view: dashboard, site page, `/metrics` (`agents.web.app`)."""
