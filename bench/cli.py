@@ -44,6 +44,7 @@ SCENARIOS: dict[str, str] = {
     "mesh": "bench.mesh_bench",
     "anchoring": "bench.anchoring_scenario",
     "ot": "bench.ot",
+    "dashboard": "bench.dashboard",
 }
 """Scenario name -> module, in the order a run takes them (cheap ones first)."""
 
