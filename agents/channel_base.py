@@ -33,6 +33,7 @@ from mesh.chain.base import Chain, OutputState, OutputStatus
 from mesh.chain.tx import p2pkh_script
 from mesh.chain.wallet import Wallet
 from mesh.channel.admission import Admission
+from mesh.channel.frames import ChannelAck, ChannelError
 from mesh.channel.pays import fold_payments
 from mesh.channel.state import FINAL_STATES, Payee, Payer, Record, Role, State
 from mesh.channel.store import ChannelStore
@@ -40,7 +41,7 @@ from mesh.channel.txs import Terms
 from mesh.health import StorageHealth
 from mesh.identity import Identity
 from mesh.transport import Node, SessionClosed
-from mesh.wire import ChannelAck, ChannelError, Frame
+from mesh.wire import Frame
 
 log = logging.getLogger("agents.channels")
 T = TypeVar("T")

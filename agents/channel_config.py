@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mesh.channel.admission import AdmissionLimits
+from mesh.channel.frames import ChannelOpen
 from mesh.channel.txs import is_p2pkh
 from mesh.errors import MeshError
-from mesh.wire import ChannelOpen
 
 PaidCallback = Callable[[bytes, str, str, int], None]
 """on_paid(channel_id, peer_id, service, total): a payee's durable new total."""

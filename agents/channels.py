@@ -46,6 +46,18 @@ from agents.logs import log_context
 from agents.settlement import ChannelSettlement, close_request
 from mesh.chain.errors import ChainError, ChainUnavailable, TxRejected
 from mesh.chain.tx import parse_exact, txid_of
+from mesh.channel.frames import (
+    ChannelAck,
+    ChannelClose,
+    ChannelClosed,
+    ChannelError,
+    ChannelFunded,
+    ChannelOpen,
+    ChannelPay,
+    ChannelPays,
+    ChannelRefundSigned,
+    ChannelRelease,
+)
 from mesh.channel.keys import ChannelKeyError, derive_channel_keys, keys_for, terms_binding
 from mesh.channel.pays import latest_payment
 from mesh.channel.state import (
@@ -60,19 +72,7 @@ from mesh.channel.state import (
 from mesh.channel.txs import Terms, multisig_script
 from mesh.health import STORAGE_ERRORS, describe
 from mesh.identity import parse_peer_id
-from mesh.wire import (
-    ChannelAck,
-    ChannelClose,
-    ChannelClosed,
-    ChannelError,
-    ChannelFunded,
-    ChannelOpen,
-    ChannelPay,
-    ChannelPays,
-    ChannelRefundSigned,
-    ChannelRelease,
-    Frame,
-)
+from mesh.wire import Frame
 
 log = logging.getLogger("agents.channels")
 CHANNEL_FRAMES = (

@@ -10,7 +10,6 @@ out of an agent's nursery wrapped in an exception group; only bugs give a traceb
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sqlite3
@@ -155,10 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_commands(sub)
     add_proof_commands(sub)
     add_ot_commands(sub)
-    if importlib.util.find_spec("bench") is not None:  # bench/ is in the source tree, not the wheel
-        from bench.cli import add_bench_command
-
-        add_bench_command(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ log collector picks out one peer's or one channel's lines without parsing messag
 A call that names them itself (``extra={"peer": ...}``) wins over the context.
 
 This module only shapes lines. It never decides what is logged, and the budget that
-keeps a peer from filling the disk with our lines stays `mesh.logbudget`'s: `configure`
+keeps a peer from filling the disk with our lines stays `agents.logbudget`'s: `configure`
 puts one on each handler as before.
 """
 
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 
-from mesh.logbudget import LogBudget
+from agents.logbudget import LogBudget
 
 FORMATS = ("plain", "json")
 """The values of ``--log-format``."""

@@ -34,12 +34,13 @@ import trio
 
 from mesh.anchoring.archive import BuyerArchive
 from mesh.anchoring.errors import ReceiptRejected
+from mesh.anchoring.frames import MAX_RECEIPT_REQUEST, AnchorReceipt, ReceiptRequest
 from mesh.anchoring.record import SignedRecord
 from mesh.anchoring.service import Anchorer
 from mesh.identity import parse_peer_id
 from mesh.ratelimit import PeerBudgets
 from mesh.store import Store
-from mesh.wire import MAX_RECEIPT_REQUEST, AnchorReceipt, Frame, ReceiptRequest
+from mesh.wire import Frame
 
 log = logging.getLogger(__name__)
 

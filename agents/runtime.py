@@ -65,9 +65,10 @@ from mesh.errors import MeshError
 from mesh.health import STORAGE_ERRORS, StorageHealth
 from mesh.identity import Identity, load_identity, parse_peer_id
 from mesh.session import PeerInfo
+from mesh.session_frames import ProfileSummary
 from mesh.store import Store
 from mesh.transport import ConnectError, Node, NodeConfig, SessionClosed, open_node
-from mesh.wire import Frame, ProfileSummary
+from mesh.wire import Frame
 
 log = logging.getLogger("agents.runtime")
 SHUTDOWN_SECONDS = 8.0

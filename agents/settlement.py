@@ -31,9 +31,10 @@ from agents.logs import log_context
 from mesh.chain.base import OutputState, Utxo
 from mesh.chain.errors import ChainUnavailable, TxRejected
 from mesh.chain.tx import parse_exact
+from mesh.channel.frames import ChannelClose, ChannelClosed, ChannelError, ChannelRelease
 from mesh.channel.state import FINAL_STATES, Payee, Payer, PaymentRejected, Record, Role, State
 from mesh.channel.txs import Terms
-from mesh.wire import ChannelClose, ChannelClosed, ChannelError, ChannelRelease, Frame
+from mesh.wire import Frame
 
 log = logging.getLogger("agents.channels")
 

@@ -16,8 +16,8 @@ import pynng
 import trio
 
 from mesh.identity import Identity
+from mesh.session_frames import Message
 from mesh.transport import NodeConfig, open_node
-from mesh.wire import Message
 
 MAX = 1 << 20
 

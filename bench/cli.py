@@ -1,6 +1,5 @@
-"""The one benchmark tool: ``python -m bench [SCENARIO ...] [--quick] [--out DIR]``.
-
-Also ``mesh bench`` from a source checkout (`add_bench_command`). It runs the
+"""The one benchmark tool: ``python -m bench [SCENARIO ...] [--quick] [--out DIR]``,
+from a source checkout (the shipped `mesh` command does not import bench/). It runs the
 chosen scenarios one after the other, prints the table (scenario, metric, value,
 baseline, ratio, target, pass/short), and writes ``results.json``,
 ``results.md`` (the table as Markdown) and PNG plots to DIR. A full run -- every
@@ -186,17 +185,6 @@ def _command(args: argparse.Namespace) -> int:
         )
         return 2
     return run(args.scenarios or list(SCENARIOS), args.quick, args.out, not args.no_plots)
-
-
-def add_bench_command(sub: Any) -> None:
-    """Register ``mesh bench`` on the `mesh` CLI's subparsers."""
-    parser = sub.add_parser(
-        "bench",
-        help="run the benchmark suite (from a source checkout)",
-        description=DESCRIPTION,
-    )
-    _configure(parser)
-    parser.set_defaults(func=_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

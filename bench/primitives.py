@@ -31,10 +31,11 @@ import nacl.bindings
 from bsv.keys import PrivateKey
 
 from bench.report import Row
+from mesh.channel.frames import ChannelPay, ChannelPays
 from mesh.channel.txs import PaymentSigner, Terms, hash256, p2pkh_for_key, payment_tx
 from mesh.identity import verify_digest
 from mesh.noise import CipherState
-from mesh.wire import ChannelPay, ChannelPays, decode, encode
+from mesh.wire import decode, encode
 
 SCENARIO = "primitives"
 _NONCE = struct.Struct("<4xQ")

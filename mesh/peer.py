@@ -22,7 +22,8 @@ import trio
 from mesh.errors import LocalProtocolError, MeshError
 from mesh.nngsockets import ConnectionWatch, outbox_socket
 from mesh.session import PeerInfo, Session
-from mesh.wire import Close, Frame, encode
+from mesh.session_frames import Close
+from mesh.wire import Frame, encode
 
 IDLE_FAST_PATH = 0.0002
 """Seconds a session must have been quiet for `send` to write inline.

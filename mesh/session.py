@@ -51,16 +51,8 @@ from enum import Enum
 from mesh import noise
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 from mesh.identity import Identity, is_valid_public_key, verify_digest
-from mesh.wire import (
-    MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
-    Frame,
-    HandshakeStart,
-    Hello,
-    ProfileSummary,
-    decode,
-    encode,
-)
+from mesh.session_frames import HandshakeStart, Hello, ProfileSummary
+from mesh.wire import MAX_FRAME_SIZE, PROTOCOL_VERSION, Frame, decode, encode
 
 HS1, HS2, HS3, DATA, REJECT = 1, 2, 3, 4, 5
 DEFAULT_SITE = "default"

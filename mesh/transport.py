@@ -68,8 +68,8 @@ from mesh.session import (
     reject_packet,
     reject_reason,
 )
+from mesh.session_frames import Close, Error, Heartbeat, ProfileSummary
 from mesh.sources import SourceTable, eviction_victim, source_of
-from mesh.wire import Close, Error, Heartbeat, ProfileSummary
 
 log = logging.getLogger("mesh.transport")
 

@@ -27,16 +27,8 @@ from mesh.session import (
     VersionMismatch,
     binding_digest,
 )
-from mesh.wire import (
-    MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
-    Heartbeat,
-    Hello,
-    Message,
-    ProfileSummary,
-    decode,
-    encode,
-)
+from mesh.session_frames import Heartbeat, Hello, Message, ProfileSummary
+from mesh.wire import MAX_FRAME_SIZE, PROTOCOL_VERSION, decode, encode
 
 ALICE_BOX = "tcp://127.0.0.1:7001"
 BOB_BOX = "tcp://127.0.0.1:7002"

@@ -14,20 +14,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import agents.services.frames
+import mesh.channel.frames
+from mesh.anchoring.frames import ReceiptRequest
 from mesh.errors import LocalProtocolError, RemoteProtocolError
-from mesh.wire import (
-    FRAME_TYPES,
-    MAX_FRAME_SIZE,
-    Frame,
-    Heartbeat,
-    Hello,
-    Message,
-    ProfileSummary,
-    ReceiptRequest,
-    Struct,
-    decode,
-    encode,
-)
+from mesh.session_frames import Heartbeat, Hello, Message, ProfileSummary
+from mesh.wire import FRAME_TYPES, MAX_FRAME_SIZE, Frame, Struct, decode, encode
+
+LAYERS = {  # each layer owns its frames and a range of tags
+    "mesh.session_frames": range(1, 10),
+    "mesh.channel.frames": range(20, 30),
+    "agents.services.frames": range(30, 40),
+    "mesh.anchoring.frames": range(40, 50),
+}
+
+
+def test_every_layer_registers_its_own_frames_in_its_own_tag_range() -> None:
+    assert agents.services.frames.ServiceOrder.TAG == 30  # imported: registered
+    assert mesh.channel.frames.ChannelPay.TAG in LAYERS["mesh.channel.frames"]
+    owners = {cls.__module__ for cls in FRAME_TYPES.values()}
+    assert owners == set(LAYERS), owners  # all four layers are in the fuzzed table below
+    for tag, cls in FRAME_TYPES.items():
+        assert tag in LAYERS[cls.__module__], (tag, cls)
+    assert len(FRAME_TYPES) == 22
 
 
 def strategy_for(hint: Any) -> st.SearchStrategy[Any]:

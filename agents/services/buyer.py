@@ -21,12 +21,13 @@ import trio
 from agents.logs import log_context
 from agents.profile import WantSpec
 from agents.services.delivery import DeliveryCheck, DeliveryViolation, Expected, SeqMemory
+from agents.services.frames import ServiceDelivery, ServiceDone, ServiceOrder, ServiceStop
+from agents.services.metering import BuyerMeter
 from agents.services.orders import Pay, Send
 from agents.services.tally import Tallies
 from mesh.anchoring.record import SignedRecord
 from mesh.errors import MeshError
-from mesh.metering import BuyerMeter
-from mesh.wire import Frame, ServiceDelivery, ServiceDone, ServiceOrder, ServiceStop
+from mesh.wire import Frame
 
 log = logging.getLogger("agents.services")
 

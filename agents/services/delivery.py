@@ -25,11 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agents.profile import KINDS
+from agents.services.frames import ServiceDelivery
 from mesh.anchoring.errors import RecordError
 from mesh.anchoring.record import SignedRecord, open_record
 from mesh.errors import MeshError
 from mesh.readings import ReadingError, decode_reading, readings_stream
-from mesh.wire import ServiceDelivery
 
 SLACK_UNITS = 1
 """Tool-time units allowed beyond ``elapsed / tick`` (the first unit's latency)."""

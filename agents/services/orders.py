@@ -31,6 +31,8 @@ import trio
 
 from agents.logs import log_context
 from agents.profile import ServiceSpec
+from agents.services.frames import ServiceDelivery, ServiceDone, ServiceOrder, ServiceStop
+from agents.services.metering import ProviderMeter
 from agents.services.tally import Tallies
 from agents.services.vendor import (
     CallHandler,
@@ -44,9 +46,8 @@ from mesh.anchoring.record import Record as AnchorRecord
 from mesh.anchoring.record import sign_record
 from mesh.health import StorageHealth
 from mesh.identity import Identity
-from mesh.metering import ProviderMeter
 from mesh.readings import Reading, now_ms, readings_stream
-from mesh.wire import Frame, ServiceDelivery, ServiceDone, ServiceOrder, ServiceStop
+from mesh.wire import Frame
 
 log = logging.getLogger("agents.services")
 Send = Callable[[str, Frame], Awaitable[None]]

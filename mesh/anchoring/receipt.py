@@ -23,7 +23,7 @@ paths           tuple[ReceiptPath, ...]  one per record: ``ReceiptPath(seq, path
 (`mesh.anchoring.batch`), ``32 * ceil(log2(count))`` bytes. A receipt holds at most
 `MAX_RECEIPT_PATHS` paths, fewer for batches so deep that 128 paths would not fit one
 wire frame; `make_receipts` splits larger sets. Both messages are wire frames
-(`mesh.wire.ReceiptRequest`, `mesh.wire.AnchorReceipt`), re-exported here. Nothing
+(`mesh.anchoring.frames.ReceiptRequest`, `.AnchorReceipt`), re-exported here. Nothing
 in a receipt needs to be trusted: the buyer checks every path against the anchor's
 root (`check_receipt`) and the block link is checked again by whoever verifies the
 exported proof.
@@ -40,10 +40,11 @@ from bsv.merkle_path import MerklePath
 
 from mesh.anchoring.batch import batch_path, path_depth, root_from_path
 from mesh.anchoring.errors import ReceiptRejected
+from mesh.anchoring.frames import AnchorReceipt, ReceiptPath, ReceiptRequest
 from mesh.anchoring.payload import AnchorFormatError, AnchorPayload, anchors_in
 from mesh.chain.errors import TxRejected
 from mesh.chain.tx import parse_exact, txid_of
-from mesh.wire import MAX_FRAME_SIZE, AnchorReceipt, ReceiptPath, ReceiptRequest
+from mesh.wire import MAX_FRAME_SIZE
 
 MAX_RECEIPT_PATHS = 128
 _PATH_BUDGET = MAX_FRAME_SIZE - 8_192

@@ -9,8 +9,9 @@ signatures are still verified one by one). A lone payment stays a `ChannelPay`.
 
 from __future__ import annotations
 
+from mesh.channel.frames import ChannelPay, ChannelPays
 from mesh.channel.state import Record
-from mesh.wire import ChannelPay, ChannelPays, Frame
+from mesh.wire import Frame
 
 MAX_PAYS = 256
 """Payments per `ChannelPays`: at most ~85 bytes each, well inside one frame."""

@@ -14,9 +14,9 @@ from typing import Any
 import pynng
 
 from agents.demo_plant import broker_binary
+from agents.logbudget import BURST, RATE
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import Identity, save_identity
-from mesh.logbudget import BURST, RATE
 from mesh.session import HS1
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,12 +18,13 @@ import trio
 
 from agents.profile import WantSpec
 from agents.services.buyer import Buyer, OrderResult
+from agents.services.frames import ServiceDelivery, ServiceDone, ServiceOrder
 from agents.services.standing import SellerStanding
 from mesh.anchoring.record import Record as AnchorRecord
 from mesh.anchoring.record import sign_record
 from mesh.identity import Identity
 from mesh.readings import Reading
-from mesh.wire import Frame, ServiceDelivery, ServiceDone, ServiceOrder
+from mesh.wire import Frame
 
 CHANNEL = b"\x07" * 32
 PRICE = 2

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from agents.services.delivery import DeliveryCheck, DeliveryViolation, Expected, SeqMemory
+from agents.services.frames import ServiceDelivery
 from mesh.anchoring.record import Record as AnchorRecord
 from mesh.anchoring.record import sign_record
 from mesh.identity import Identity
 from mesh.readings import Reading
-from mesh.wire import ServiceDelivery
 
 SELLER = Identity.generate()
 

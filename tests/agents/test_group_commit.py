@@ -13,9 +13,11 @@ import pytest
 import trio
 
 from agents.group_commit import GroupCommit
+from mesh.channel.frames import ChannelAck
 from mesh.channel.state import Record
 from mesh.health import StorageHealth
-from mesh.wire import ChannelAck, Frame, Message
+from mesh.session_frames import Message
+from mesh.wire import Frame
 from tests.channel.helpers import make_pair
 
 

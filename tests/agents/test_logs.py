@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from agents.cli import build_parser
+from agents.logbudget import LogBudget
 from agents.logs import PLAIN, JsonFormatter, configure, console_line, log_context
 from mesh.chain.ledger import LocalLedger
-from mesh.logbudget import LogBudget
 from tests.agents.test_up import site_profiles
 from tests.discovery.agents import FEED, RunningAgent
 

@@ -17,11 +17,12 @@ from agents.receipts import ReceiptExchange, Send
 from mesh.anchoring.archive import BuyerArchive
 from mesh.anchoring.batch import BatchPolicy
 from mesh.anchoring.errors import NotAnchored
+from mesh.anchoring.frames import MAX_RECEIPT_REQUEST, AnchorReceipt, ReceiptRequest
 from mesh.anchoring.proof import verify_proof
 from mesh.anchoring.service import AnchorConfig
 from mesh.identity import Identity
 from mesh.store import Store
-from mesh.wire import MAX_RECEIPT_REQUEST, AnchorReceipt, Frame, ReceiptRequest, decode, encode
+from mesh.wire import Frame, decode, encode
 from tests.anchoring.helpers import (
     BUYER,
     PRODUCER,

@@ -18,18 +18,18 @@ from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.channel import State
 from mesh.channel.admission import AdmissionLimits
-from mesh.channel.store import ChannelStore
-from mesh.identity import Identity
-from mesh.store import Store
-from mesh.wire import (
+from mesh.channel.frames import (
     ChannelClose,
     ChannelClosed,
     ChannelOpen,
     ChannelPay,
     ChannelPays,
     ChannelRefundSigned,
-    Frame,
 )
+from mesh.channel.store import ChannelStore
+from mesh.identity import Identity
+from mesh.store import Store
+from mesh.wire import Frame
 from tests.channel.harness import Agentlet, agentlet
 
 CAPACITY = 200_000

@@ -21,13 +21,14 @@ from mesh.chain.ledger import LocalLedger
 from mesh.chain.rules import Policy
 from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.channel import Payer, State, Terms
+from mesh.channel.frames import ChannelAck, ChannelClosed, ChannelError, ChannelPay, ChannelPays
 from mesh.channel.journal import RECORD_SIZE
 from mesh.channel.store import ChannelStore, journal_path
 from mesh.channel.txs import PaymentSigner, sign_digest
 from mesh.identity import Identity
 from mesh.store import Store
 from mesh.transport import PeerSession
-from mesh.wire import ChannelAck, ChannelClosed, ChannelError, ChannelPay, ChannelPays, Frame
+from mesh.wire import Frame
 from tests.channel.harness import Agentlet, agentlet
 from tests.channel.helpers import check_spends_funding
 

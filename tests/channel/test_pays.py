@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.channel import PaymentRejected
+from mesh.channel.frames import ChannelAck, ChannelPay, ChannelPays
 from mesh.channel.pays import MAX_PAYS, fold_payments
 from mesh.channel.state import Payee, Payer
 from mesh.channel.txs import PaymentSigner, sign_digest
 from mesh.errors import RemoteProtocolError
-from mesh.wire import ChannelAck, ChannelPay, ChannelPays, Frame, decode, encode
+from mesh.wire import Frame, decode, encode
 from tests.channel.helpers import make_pair
 
 A, B = secrets.token_bytes(32), secrets.token_bytes(32)

@@ -18,10 +18,11 @@ from mesh.chain.base import OutputState
 from mesh.chain.errors import ChainUnavailable
 from mesh.chain.ledger import LocalLedger
 from mesh.channel import ChannelStateError, Record, Role, State
+from mesh.channel.frames import ChannelFunded
 from mesh.channel.store import ChannelStore
 from mesh.channel.txs import Terms
 from mesh.store import Store
-from mesh.wire import ChannelFunded, Frame
+from mesh.wire import Frame
 from tests.channel.harness import Agentlet, agentlet
 
 CAPACITY = 200_000

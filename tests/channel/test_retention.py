@@ -21,6 +21,13 @@ from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import p2pkh_script
 from mesh.channel import Record, State
 from mesh.channel.admission import AdmissionLimits
+from mesh.channel.frames import (
+    ChannelClose,
+    ChannelClosed,
+    ChannelError,
+    ChannelOpen,
+    ChannelRefundSigned,
+)
 from mesh.channel.store import (
     _COLUMNS,
     CHANNEL_SCHEMA,
@@ -31,14 +38,7 @@ from mesh.channel.store import (
 )
 from mesh.identity import Identity
 from mesh.store import Schema, Store
-from mesh.wire import (
-    ChannelClose,
-    ChannelClosed,
-    ChannelError,
-    ChannelOpen,
-    ChannelRefundSigned,
-    Frame,
-)
+from mesh.wire import Frame
 from tests.channel.harness import Agentlet, agentlet
 from tests.channel.helpers import make_pair
 

@@ -33,11 +33,7 @@ import trio
 
 from agents.channels import ChannelConfig
 from mesh.chain.tx import p2pkh_script
-from mesh.identity import Identity
-from mesh.nngsockets import SP_HEADER, outbox_socket
-from mesh.session import DATA, HS1, HS2, HS3, MAX_PACKET_SIZE, REJECT, Handshake, LocalIdentity
-from mesh.transport import ConnectError, open_node
-from mesh.wire import (
+from mesh.channel.frames import (
     ChannelClose,
     ChannelClosed,
     ChannelError,
@@ -45,8 +41,12 @@ from mesh.wire import (
     ChannelOpen,
     ChannelPay,
     ChannelPays,
-    Frame,
 )
+from mesh.identity import Identity
+from mesh.nngsockets import SP_HEADER, outbox_socket
+from mesh.session import DATA, HS1, HS2, HS3, MAX_PACKET_SIZE, REJECT, Handshake, LocalIdentity
+from mesh.transport import ConnectError, open_node
+from mesh.wire import Frame
 from tests.reliability.agent import emit, node_config, reliable_agent
 from tests.reliability.channel_roles import describe
 

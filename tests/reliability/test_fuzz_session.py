@@ -48,7 +48,8 @@ from mesh.session import (
     packet_kind,
     receiver_index,
 )
-from mesh.wire import Frame, Heartbeat, Message, ProfileSummary
+from mesh.session_frames import Heartbeat, Message, ProfileSummary
+from mesh.wire import Frame
 from tests.reliability.budget import CI_EXAMPLES, SLOW_EXAMPLES, fuzz_settings
 
 BOXES = ("tcp://10.0.0.1:7000", "tcp://10.0.0.2:7000", "tcp://10.0.0.3:7000")

@@ -22,8 +22,8 @@ import trio
 
 from mesh.identity import Identity
 from mesh.session import Handshake, LocalIdentity
+from mesh.session_frames import Message
 from mesh.transport import open_node
-from mesh.wire import Message
 
 
 def emit(**fields: object) -> None:

@@ -8,8 +8,8 @@ import trio
 from mesh import session as session_mod
 from mesh.identity import Identity
 from mesh.session import DATA, LocalIdentity, binding_digest
+from mesh.session_frames import Message
 from mesh.transport import ConnectError, NodeConfig, open_node
-from mesh.wire import Message
 from tests.transport.mitm import Relay, Tamper, port_of
 
 MARKER = b"TOP-SECRET-SPINDLE-RECIPE"

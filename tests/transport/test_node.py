@@ -10,8 +10,9 @@ import trio
 
 from mesh.identity import Identity
 from mesh.session import HS3, Handshake, LocalIdentity
+from mesh.session_frames import Error, Heartbeat, Message
 from mesh.transport import ConnectError, NodeConfig, SessionClosed, open_node
-from mesh.wire import Error, Frame, Heartbeat, Message
+from mesh.wire import Frame
 from tests.transport.mitm import Relay, port_of
 
 FAST = NodeConfig(handshake_timeout=1.0, connect_attempts=1)

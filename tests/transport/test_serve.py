@@ -8,8 +8,9 @@ import pytest
 import trio
 
 from mesh.identity import Identity
+from mesh.session_frames import Message
 from mesh.transport import Node, open_node
-from mesh.wire import Frame, Message
+from mesh.wire import Frame
 
 
 async def test_a_slow_handler_never_stops_the_node_receiving() -> None:

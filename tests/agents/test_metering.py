@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.metering import BuyerMeter, MeteringError, ProviderMeter
+from agents.services.metering import BuyerMeter, MeteringError, ProviderMeter
 
 steps = st.lists(st.sampled_from(["deliver", "pay", "lose-payment", "freeze", "thaw"]), max_size=80)
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from mesh.logbudget import LogBudget
+from agents.logbudget import LogBudget
 
 
 def record(
