@@ -8,14 +8,45 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from agents.runtime import Agent
-    from agents.services.buyer import OrderResult
+from agents.bridges import Bridges
+from agents.buying import WantProgress
+from agents.channels import ChannelManager
+from agents.profile import Profile
+from agents.receipts import ReceiptExchange
+from agents.services.buyer import Buyer, OrderResult
+from agents.services.orders import Provider
+from agents.web.lag import LagMonitor
+from mesh.anchoring import Anchorer
+from mesh.discovery import Discovery, PeerTable
+from mesh.health import StorageHealth
+from mesh.identity import Identity
+from mesh.net.node import Node
 
 
-def agent_status(agent: Agent, height: int | None = None) -> dict[str, Any]:
+class Shown(Protocol):
+    """What of an agent (`agents.runtime.Agent`) its status reads."""
+
+    profile: Profile
+    node: Node | None
+    manager: ChannelManager | None
+    provider: Provider | None
+    buyer: Buyer | None
+    anchorer: Anchorer | None
+    receipts: ReceiptExchange | None
+    identity: Identity | None
+    table: PeerTable | None
+    discovery: Discovery | None
+    network: str | None
+    dashboard_url: str | None
+    bridges: Bridges
+    storage: StorageHealth
+    lag: LagMonitor
+    wants: list[WantProgress]
+
+
+def agent_status(agent: Shown, height: int | None = None) -> dict[str, Any]:
     """Everything `mesh status` shows, as JSON-ready data; with the chain's `height`,
     how long a payer's coins stay locked in each channel."""
     node, manager, profile = agent.node, agent.manager, agent.profile

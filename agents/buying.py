@@ -36,7 +36,7 @@ from agents.services.standing import SellerStanding
 from mesh.channel.state import Role, State
 from mesh.discovery import PeerTable
 from mesh.errors import MeshError
-from mesh.transport import Node
+from mesh.net.node import Node
 
 log = logging.getLogger("agents.runtime")
 

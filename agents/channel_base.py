@@ -40,7 +40,7 @@ from mesh.channel.store import ChannelStore
 from mesh.channel.txs import Terms
 from mesh.health import StorageHealth
 from mesh.identity import Identity
-from mesh.transport import Node, SessionClosed
+from mesh.net.node import Node, SessionClosed
 from mesh.wire import Frame
 
 log = logging.getLogger("agents.channels")

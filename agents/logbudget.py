@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from mesh.ratelimit import PeerBudgets
+from mesh.net.ratelimit import PeerBudgets
 
 BURST = 50
 """Lines of one kind written at once before the budget applies."""

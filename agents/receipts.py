@@ -38,7 +38,7 @@ from mesh.anchoring.frames import MAX_RECEIPT_REQUEST, AnchorReceipt, ReceiptReq
 from mesh.anchoring.record import SignedRecord
 from mesh.anchoring.service import Anchorer
 from mesh.identity import parse_peer_id
-from mesh.ratelimit import PeerBudgets
+from mesh.net.ratelimit import PeerBudgets
 from mesh.store import Store
 from mesh.wire import Frame
 

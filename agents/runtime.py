@@ -64,10 +64,10 @@ from mesh.discovery import Discovery, PeerTable, open_discovery, parse_static
 from mesh.errors import MeshError
 from mesh.health import STORAGE_ERRORS, StorageHealth
 from mesh.identity import Identity, load_identity, parse_peer_id
+from mesh.net.node import ConnectError, Node, NodeConfig, SessionClosed, open_node
 from mesh.session import PeerInfo
 from mesh.session_frames import ProfileSummary
 from mesh.store import Store
-from mesh.transport import ConnectError, Node, NodeConfig, SessionClosed, open_node
 from mesh.wire import Frame
 
 log = logging.getLogger("agents.runtime")

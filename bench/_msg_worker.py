@@ -16,8 +16,8 @@ import pynng
 import trio
 
 from mesh.identity import Identity
+from mesh.net.node import NodeConfig, open_node
 from mesh.session_frames import Message
-from mesh.transport import NodeConfig, open_node
 
 MAX = 1 << 20
 

@@ -1,10 +1,10 @@
-"""Token buckets per peer (`mesh.ratelimit`), with time passed in."""
+"""Token buckets per peer (`mesh.net.ratelimit`), with time passed in."""
 
 from __future__ import annotations
 
 import pytest
 
-from mesh.ratelimit import PeerBudgets, TokenBucket
+from mesh.net.ratelimit import PeerBudgets, TokenBucket
 
 
 def test_a_bucket_starts_full_empties_and_refills_at_its_rate() -> None:

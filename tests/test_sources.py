@@ -10,7 +10,7 @@ import pynng
 import pytest
 from pynng import ffi, lib
 
-from mesh.sources import UNKNOWN, SourceTable, eviction_victim, source_of
+from mesh.net.sources import UNKNOWN, SourceTable, eviction_victim, source_of
 
 
 def test_a_source_holds_at_most_its_share_and_others_are_unaffected() -> None:

@@ -20,8 +20,8 @@ from mesh.chain.tx import p2pkh_script
 from mesh.chain.wallet import Wallet
 from mesh.channel.store import ChannelStore
 from mesh.identity import Identity, load_identity, save_identity
+from mesh.net.node import Node, NodeConfig, open_node
 from mesh.store import DEFAULT_BUSY_TIMEOUT, Store
-from mesh.transport import Node, NodeConfig, open_node
 from mesh.wire import Frame
 
 

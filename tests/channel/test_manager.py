@@ -26,8 +26,8 @@ from mesh.channel.journal import RECORD_SIZE
 from mesh.channel.store import ChannelStore, journal_path
 from mesh.channel.txs import PaymentSigner, sign_digest
 from mesh.identity import Identity
+from mesh.net.node import PeerSession
 from mesh.store import Store
-from mesh.transport import PeerSession
 from mesh.wire import Frame
 from tests.channel.harness import Agentlet, agentlet
 from tests.channel.helpers import check_spends_funding

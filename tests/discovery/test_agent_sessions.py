@@ -11,7 +11,7 @@ from zeroconf import ServiceInfo, Zeroconf
 from mesh.chain.ledger import LocalLedger
 from mesh.discovery.records import SERVICE_TYPE, announce, instance_name
 from mesh.identity import Identity
-from mesh.transport import open_node
+from mesh.net.node import open_node
 from tests.discovery.agents import FEED, RunningAgent, peers, sessions
 
 

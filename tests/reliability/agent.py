@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from agents.channels import ChannelConfig, PaidCallback
-from mesh.transport import ConnectError, Node, NodeConfig
+from mesh.net.node import ConnectError, Node, NodeConfig
 from mesh.wire import Frame
 from tests.channel.harness import Agentlet, agentlet
 

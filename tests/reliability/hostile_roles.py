@@ -43,9 +43,9 @@ from mesh.channel.frames import (
     ChannelPays,
 )
 from mesh.identity import Identity
-from mesh.nngsockets import SP_HEADER, outbox_socket
+from mesh.net.node import ConnectError, open_node
+from mesh.net.sockets import SP_HEADER, outbox_socket
 from mesh.session import DATA, HS1, HS2, HS3, MAX_PACKET_SIZE, REJECT, Handshake, LocalIdentity
-from mesh.transport import ConnectError, open_node
 from mesh.wire import Frame
 from tests.reliability.agent import emit, node_config, reliable_agent
 from tests.reliability.channel_roles import describe

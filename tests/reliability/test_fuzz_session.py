@@ -4,7 +4,7 @@ Three parties run the real handshake and session cores (`mesh.session`, hence
 `mesh.noise`): Alice and Bob are honest; Mallory has a valid identity of her own, may
 squat Alice's mailbox, sees every packet on the wire and may replay, reorder,
 truncate, splice, bit-flip or forge any of them, and may finish handshakes with
-messages meant for others. Each party keeps the tables `mesh.transport.Node` keeps
+messages meant for others. Each party keeps the tables `mesh.net.node.Node` keeps
 (handshakes in progress, sessions by index) and routes packets the way its
 `_dispatch` does, dropping a session at its first error.
 

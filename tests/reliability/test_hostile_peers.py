@@ -34,9 +34,9 @@ from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import parse_exact
 from mesh.channel import State
 from mesh.identity import Identity, load_identity
+from mesh.net.node import NodeConfig, open_node
 from mesh.session import HS1, HS3
 from mesh.session_frames import Error, Message
-from mesh.transport import NodeConfig, open_node
 from tests.discovery.helpers import AgentProcess, agents_running
 from tests.reliability.invariants import check_ledger, phantom_coins, stored_records
 from tests.reliability.procs import command, event, events, new_ledger, rss, stop

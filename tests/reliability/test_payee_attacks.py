@@ -31,7 +31,7 @@ from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.channel import Payer, State
 from mesh.channel.frames import ChannelError, ChannelFunded, ChannelOpen, ChannelRefundSigned
 from mesh.identity import Identity
-from mesh.transport import ConnectError, NodeConfig
+from mesh.net.node import ConnectError, NodeConfig
 from mesh.wire import Frame
 from tests.channel.harness import Agentlet, agentlet
 from tests.discovery.helpers import AgentProcess, agents_running

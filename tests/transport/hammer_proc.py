@@ -17,7 +17,7 @@ with sockets that redial every 100-5000 ms, as outboxes once did.
 Survivors print one JSON line (connections or sockets made) and exit 0. In our
 trials `push0` died (SIGSEGV or abort) in every run, usually within 5 s, and
 `close-redialling` about once per 35 000 sockets; the others never did
-(`mesh.nngsockets` explains both crashes).
+(`mesh.net.sockets` explains both crashes).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import pynng
 
-from mesh.nngsockets import SP_HEADER, mailbox_socket, outbox_socket
+from mesh.net.sockets import SP_HEADER, mailbox_socket, outbox_socket
 
 PULL0_HEADER = b"\x00SP\x00\x00\x51\x00\x00"
 

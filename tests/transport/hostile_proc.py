@@ -22,7 +22,7 @@ import time
 import pynng
 
 from mesh.identity import Identity
-from mesh.nngsockets import outbox_socket
+from mesh.net.sockets import outbox_socket
 from mesh.session import DATA, HS1, HS3, MAX_PACKET_SIZE, Handshake, LocalIdentity
 
 

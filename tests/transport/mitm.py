@@ -1,7 +1,7 @@
 """A man in the middle for nng's TCP transport: relays, reads, and tampers.
 
 nng over TCP starts with an 8-byte SP header each way, then every message is a
-64-bit big-endian length and the body; pair1 (`mesh.nngsockets`) starts each body
+64-bit big-endian length and the body; pair1 (`mesh.net.sockets`) starts each body
 with a 4-byte hop count. The relay parses that framing on the client-to-server
 direction and lets a test inspect or rewrite each packet (the body after the hop
 count, which it puts back).

@@ -21,9 +21,9 @@ import pynng
 import trio
 
 from mesh.identity import Identity
+from mesh.net.node import open_node
 from mesh.session import Handshake, LocalIdentity
 from mesh.session_frames import Message
-from mesh.transport import open_node
 
 
 def emit(**fields: object) -> None:

@@ -7,9 +7,9 @@ import trio
 
 from mesh import session as session_mod
 from mesh.identity import Identity
+from mesh.net.node import ConnectError, NodeConfig, open_node
 from mesh.session import DATA, LocalIdentity, binding_digest
 from mesh.session_frames import Message
-from mesh.transport import ConnectError, NodeConfig, open_node
 from tests.transport.mitm import Relay, Tamper, port_of
 
 MARKER = b"TOP-SECRET-SPINDLE-RECIPE"

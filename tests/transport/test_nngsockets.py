@@ -1,4 +1,4 @@
-"""The node's nng sockets against the ways nng 1.11 crashes (`mesh.nngsockets`).
+"""The node's nng sockets against the ways nng 1.11 crashes (`mesh.net.sockets`).
 
 A node dials the mailbox a first handshake packet names. With `Push0` outboxes one
 such packet naming a listener that completes the SP header and hangs up at once --
@@ -24,8 +24,8 @@ import pytest
 import trio
 
 from mesh.identity import Identity
-from mesh.nngsockets import SP_HEADER, MailboxReader, mailbox_socket, outbox_socket
-from mesh.peer import NodeConfig, Outbox
+from mesh.net.peer import NodeConfig, Outbox
+from mesh.net.sockets import SP_HEADER, MailboxReader, mailbox_socket, outbox_socket
 from mesh.session import Handshake, LocalIdentity
 from tests.transport.procs import Proc
 from tests.transport.test_node import free_port
@@ -132,7 +132,7 @@ async def test_a_live_outbox_is_not_lost() -> None:
 async def test_a_node_reconnects_to_a_peer_restarted_on_its_address() -> None:
     """The peer is killed: its session here closes within a timer pass (not after the
     15 s heartbeat deadline), and a new connect reaches the restarted peer."""
-    from mesh.transport import open_node
+    from mesh.net.node import open_node
 
     listen = f"tcp://127.0.0.1:{free_port()}"
     first = Proc("idle", "--seconds", "30", "--listen", listen)
@@ -236,7 +236,7 @@ def test_outboxes_closed_as_they_connect_to_a_dead_port_do_not_crash(seconds: fl
 async def test_a_connect_nobody_answers_fails_at_the_connect_timeout() -> None:
     """A refused connection ends the attempt once its outbox is lost, not after the
     handshake timeout; `connect` then retries on a fresh connection."""
-    from mesh.transport import ConnectError, open_node
+    from mesh.net.node import ConnectError, open_node
 
     config = NodeConfig(connect_timeout=0.3, handshake_timeout=5.0, reconnect_min_ms=50)
     async with open_node(Identity.generate(), config=config) as node:

@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from mesh.identity import Identity
+from mesh.net.node import ConnectError, NodeConfig, SessionClosed, open_node
 from mesh.session import HS3, Handshake, LocalIdentity
 from mesh.session_frames import Error, Heartbeat, Message
-from mesh.transport import ConnectError, NodeConfig, SessionClosed, open_node
 from mesh.wire import Frame
 from tests.transport.mitm import Relay, port_of
 
@@ -194,7 +194,7 @@ async def test_no_frame_overtakes_the_handshake_s_last_packet() -> None:
     it. Before the fix, `send_many` wrote straight to the socket: the responder dropped
     that packet (no session yet), then killed the session at the next one (counter 1,
     expected 0). Real sockets: a mailbox socket sees what leaves, in order."""
-    from mesh.peer import Outbox, PeerSession
+    from mesh.net.peer import Outbox, PeerSession
     from mesh.session import DATA, packet_kind
     from tests.test_session import pair
 

@@ -8,8 +8,8 @@ import pytest
 import trio
 
 from mesh.identity import Identity
+from mesh.net.node import Node, open_node
 from mesh.session_frames import Message
-from mesh.transport import Node, open_node
 from mesh.wire import Frame
 
 

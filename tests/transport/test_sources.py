@@ -15,9 +15,9 @@ import pytest
 import trio
 
 from mesh.identity import Identity
-from mesh.nngsockets import outbox_socket
+from mesh.net.node import Node, NodeConfig, open_node
+from mesh.net.sockets import outbox_socket
 from mesh.session import Handshake, LocalIdentity
-from mesh.transport import Node, NodeConfig, open_node
 from tests.transport.procs import Proc
 from tests.transport.test_adversaries import wait_until
 

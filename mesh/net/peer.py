@@ -1,12 +1,12 @@
 """One session with a peer as a node carries it: its send paths and its outbox.
 
-`Outbox` is one nng connection (`mesh.nngsockets.outbox_socket`) to a remote mailbox,
+`Outbox` is one nng connection (`mesh.net.sockets.outbox_socket`) to a remote mailbox,
 shared by every session to that mailbox and driven by fd polling and non-blocking
 sends; it dials once and is `lost` when that connection fails or ends.
 `PeerSession` is what the application holds for a live session: `send` (inline when
 idle, else queued and coalesced by the session's sender task), `send_many` (a batch
 sealed into as few packets as possible), `aclose`. Frames leave in the order they
-were given on every path. The node (`mesh.transport`) creates, tables and ends
+were given on every path. The node (`mesh.net.node`) creates, tables and ends
 these; this module holds no tables and makes no protocol decisions (those are
 `mesh.session`'s).
 """
@@ -20,7 +20,7 @@ import pynng
 import trio
 
 from mesh.errors import LocalProtocolError, MeshError
-from mesh.nngsockets import ConnectionWatch, outbox_socket
+from mesh.net.sockets import ConnectionWatch, outbox_socket
 from mesh.session import PeerInfo, Session
 from mesh.session_frames import Close
 from mesh.wire import Frame, encode
@@ -57,7 +57,7 @@ class NodeConfig:
     reconnect_min_ms: int = 100
     reconnect_max_ms: int = 5_000
     close_grace: float = 0.5
-    # Per network source (an IPv4 address, an IPv6 /64): `mesh.sources`.
+    # Per network source (an IPv4 address, an IPv6 /64): `mesh.net.sources`.
     max_connections_per_source: int = 128
     handshakes_per_source_per_s: float = 100.0
     handshake_burst_per_source: float = 200.0
@@ -81,7 +81,7 @@ class Outbox:
         self.created = trio.current_time()
         self._give_up_at = self.created + config.connect_timeout
         # The one attempt starts here, on the thread that will close the socket
-        # (`mesh.nngsockets`: why).
+        # (`mesh.net.sockets`: why).
         self._sock.dial(mailbox, block=False)
 
     @property

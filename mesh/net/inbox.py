@@ -1,6 +1,6 @@
 """A node's inbox: received application frames on their way to the application.
 
-The node (`mesh.transport`) opens packets and `deliver`s their frames here; the
+The node (`mesh.net.node`) opens packets and `deliver`s their frames here; the
 application takes them from `incoming()` / `receive()` in a task of its own, or has
 them handled by a handler (`Node.serve`), which runs in whichever of the node's
 reading tasks queued them, between turns at reading the mailbox (`reading`).

@@ -1,10 +1,10 @@
 """What a node keeps: its sessions, outboxes, handshakes in progress and watchers.
 
-`NodeTables` is the state half of `mesh.transport.Node`: the tables, the counters, the
+`NodeTables` is the state half of `mesh.net.node.Node`: the tables, the counters, the
 queries the application makes (`session`, `sessions`, `statistics`, `incoming`...),
 and the life of a session in them (registered when a handshake completes, dropped
 when it ends, its outbox shared and closed with the last user). Moving packets --
-reading the mailbox, handshakes, timers -- is `Node`'s, in `mesh.transport`.
+reading the mailbox, handshakes, timers -- is `Node`'s, in `mesh.net.node`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import pynng
 import trio
 
-from mesh.inbox import Inbox
-from mesh.peer import NodeConfig, Outbox, PeerSession, SessionClosed
-from mesh.ratelimit import PeerBudgets
+from mesh.net.inbox import Inbox
+from mesh.net.peer import NodeConfig, Outbox, PeerSession, SessionClosed
+from mesh.net.ratelimit import PeerBudgets
+from mesh.net.sources import SourceTable
 from mesh.session import Handshake, LocalIdentity, PeerInfo, Session
-from mesh.sources import SourceTable
 from mesh.wire import Frame
 
 log = logging.getLogger("mesh.transport")
@@ -71,7 +71,8 @@ class Counters:
 
 
 class NodeTables:
-    """A node's tables and counters, and what the application asks of them."""
+    """A node's tables and counters, and what the application asks of them (the node
+    answers with these; it holds one `NodeTables`, it is not one)."""
 
     def __init__(
         self,
@@ -85,25 +86,23 @@ class NodeTables:
         """Use `open_node` instead (it hands over the `SourceTable` nng's hooks fill)."""
         self.local = local
         self.config = config
-        self._mailbox = mailbox
-        self._nursery = nursery
-        self._allow = allow
-        self._outboxes: dict[str, Outbox] = {}
-        self._sessions: dict[bytes, PeerSession] = {}
+        self.mailbox = mailbox
+        self.nursery = nursery
+        self.allow = allow
+        self.outboxes: dict[str, Outbox] = {}
+        self.live: dict[bytes, PeerSession] = {}
         self._by_peer: dict[str, PeerSession] = {}
-        self._responding: dict[bytes, tuple[Handshake, float, Outbox, str | None]] = {}
-        self._initiating: dict[bytes, tuple[Handshake, Outbox, trio.MemorySendChannel[object]]] = {}
-        self._counters = Counters()
-        self._inbox = Inbox(config.incoming_queue_frames)
-        self._heartbeat_seq = 0
+        self.responding: dict[bytes, tuple[Handshake, float, Outbox, str | None]] = {}
+        self.initiating: dict[bytes, tuple[Handshake, Outbox, trio.MemorySendChannel[object]]] = {}
+        self.counters = Counters()
+        self.inbox = Inbox(config.incoming_queue_frames)
         self._watchers: list[trio.MemorySendChannel[SessionEvent]] = []
-        self._sources = (
+        self.sources = (
             sources if sources is not None else SourceTable(config.max_connections_per_source)
         )
-        self._handshake_budgets = PeerBudgets(
+        self.handshake_budgets = PeerBudgets(
             config.handshakes_per_source_per_s, config.handshake_burst_per_source
         )
-        self._limits_reported = (0, 0)  # (connections refused, handshakes limited) logged
 
     @property
     def address(self) -> str:
@@ -117,26 +116,26 @@ class NodeTables:
 
     def statistics(self) -> NodeStatistics:
         """A frozen snapshot of the node's counters and table sizes."""
-        c = self._counters
+        c = self.counters
         return NodeStatistics(
-            sessions=len(self._sessions),
-            pending_handshakes=len(self._responding) + len(self._initiating),
-            outboxes=len(self._outboxes),
+            sessions=len(self.live),
+            pending_handshakes=len(self.responding) + len(self.initiating),
+            outboxes=len(self.outboxes),
             handshakes_completed=c.handshakes_completed,
             handshakes_failed=c.handshakes_failed,
             handshakes_evicted=c.handshakes_evicted,
             handshakes_timed_out=c.handshakes_timed_out,
             handshakes_limited=c.handshakes_limited,
-            connections_refused=self._sources.refused,
-            outboxes_lost=c.outboxes_lost + sum(box.lost for box in self._outboxes.values()),
+            connections_refused=self.sources.refused,
+            outboxes_lost=c.outboxes_lost + sum(box.lost for box in self.outboxes.values()),
             sessions_failed=c.sessions_failed,
             packets_dropped=c.packets_dropped,
             packets_received=c.packets_received,
         )
 
     def connections_from(self, source: str) -> int:
-        """How many connections to the mailbox `source` holds (see `mesh.sources`)."""
-        return self._sources.held(source)
+        """How many connections to the mailbox `source` holds (see `mesh.net.sources`)."""
+        return self.sources.held(source)
 
     def watch_sessions(
         self, buffer: int = 256, *, replay: bool = False
@@ -179,12 +178,12 @@ class NodeTables:
         if peer is None or peer.hanging_up:
             return False
         peer.hang_up(reason)
-        self._nursery.start_soon(peer.aclose, reason)
+        self.nursery.start_soon(peer.aclose, reason)
         return True
 
     def sessions(self) -> list[PeerSession]:
         """Every live session."""
-        return list(self._sessions.values())
+        return list(self.live.values())
 
     def incoming(self) -> AsyncIterator[tuple[str, Frame]]:
         """Application frames from every peer, in arrival order per peer.
@@ -193,7 +192,7 @@ class NodeTables:
         queued are handed over back to back, so the tasks they wake (a committer,
         a payer) see the whole burst at once instead of one frame each.
         """
-        return self._inbox.incoming()
+        return self.inbox.incoming()
 
     def queued_frames(self) -> int:
         """How many received frames wait behind the one being handled.
@@ -201,16 +200,16 @@ class NodeTables:
         0 while handling a frame means it is the last of what has arrived: a
         handler can finish a batch there (a group commit) rather than wait.
         """
-        return self._inbox.queued()
+        return self.inbox.queued()
 
     async def receive(self) -> tuple[str, Frame]:
         """The next application frame and the peer id that sent it."""
-        return await self._inbox.receive()
+        return await self.inbox.receive()
 
     # ------------------------------------------------------------------ tables
 
-    def _acquire(self, mailbox: str) -> Outbox:
-        outbox = self._outboxes.get(mailbox)
+    def acquire(self, mailbox: str) -> Outbox:
+        outbox = self.outboxes.get(mailbox)
         if outbox is None or (
             outbox.lost
             and trio.current_time() - outbox.created >= self.config.reconnect_min_ms / 1000
@@ -219,21 +218,21 @@ class NodeTables:
             # timer pass); a new user gets a fresh connection -- a peer that restarted,
             # or was not up yet, may be there now -- but no more than one per
             # `reconnect_min_ms` (a flood naming one mailbox gets no socket each).
-            outbox = self._outboxes[mailbox] = Outbox(mailbox, self.config)
+            outbox = self.outboxes[mailbox] = Outbox(mailbox, self.config)
         outbox.users += 1
         return outbox
 
-    def _release(self, outbox: Outbox, *, linger: bool = False) -> None:
+    def release(self, outbox: Outbox, *, linger: bool = False) -> None:
         outbox.users -= 1
         if outbox.users != 0:
             return  # still in use (or let go once too often: already closed)
-        if self._outboxes.get(outbox.mailbox) is outbox:
-            del self._outboxes[outbox.mailbox]
+        if self.outboxes.get(outbox.mailbox) is outbox:
+            del self.outboxes[outbox.mailbox]
         if outbox.lost:
-            self._counters.outboxes_lost += 1
+            self.counters.outboxes_lost += 1
             log.debug("connection to %s lost or never made", outbox.mailbox)
         if linger:
-            self._nursery.start_soon(self._close_later, outbox)
+            self.nursery.start_soon(self._close_later, outbox)
         else:
             outbox.close()
 
@@ -245,12 +244,12 @@ class NodeTables:
         finally:
             outbox.close()
 
-    def _register(self, core: Session, outbox: Outbox, first_packet: bytes | None) -> PeerSession:
-        peer = PeerSession(self.config, core, outbox, self._drop, first_packet)
-        self._sessions[core.index] = peer
+    def register(self, core: Session, outbox: Outbox, first_packet: bytes | None) -> PeerSession:
+        peer = PeerSession(self.config, core, outbox, self.drop, first_packet)
+        self.live[core.index] = peer
         self._by_peer[peer.peer_id] = peer
-        self._counters.handshakes_completed += 1
-        self._nursery.start_soon(self._run_session, peer)
+        self.counters.handshakes_completed += 1
+        self.nursery.start_soon(self._run_session, peer)
         log.info("session with %s (%s) established", peer.peer_id, core.peer.mailbox)
         self._announce(SessionEvent(up=True, peer=core.peer))
         return peer
@@ -258,15 +257,15 @@ class NodeTables:
     async def _run_session(self, peer: PeerSession) -> None:
         with contextlib.suppress(SessionClosed):  # outbox closed: node shutting down
             await peer.run_sender()
-        self._drop(peer, peer.close_reason or "sender finished")
+        self.drop(peer, peer.close_reason or "sender finished")
 
-    def _drop(self, peer: PeerSession, reason: str) -> None:
-        if self._sessions.pop(peer.core.index, None) is None:
+    def drop(self, peer: PeerSession, reason: str) -> None:
+        if self.live.pop(peer.core.index, None) is None:
             return
         if self._by_peer.get(peer.peer_id) is peer:
             del self._by_peer[peer.peer_id]
         peer.stop(reason)
-        self._release(peer.outbox, linger=True)
+        self.release(peer.outbox, linger=True)
         log.info("session with %s closed: %s", peer.peer_id, reason)
         if peer.peer_id not in self._by_peer:
             self._announce(SessionEvent(up=False, peer=peer.peer, reason=reason))

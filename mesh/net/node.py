@@ -2,29 +2,29 @@
 
 Each node has one inbound mailbox, a polyamorous `Pair1` listener, and one outbound
 `Pair1` dialer per remote mailbox, shared by every session to that mailbox
-(`mesh.nngsockets`: why pair1 and not push/pull). A session spans a pair of
+(`mesh.net.sockets`: why pair1 and not push/pull). A session spans a pair of
 connections: our outbox to the peer's mailbox and the peer's outbox to ours. All
 protocol decisions live in `mesh.session`, and the tables a node keeps in
-`mesh.node_tables`; this module only moves packets and enforces resource limits:
+`mesh.net.tables`; this module only moves packets and enforces resource limits:
 
 * sockets are driven by fd polling (`wait_readable` on nng's recv/send fds plus
   non-blocking calls), several times faster under Trio than `asend`/`arecv`;
-* every session (`mesh.peer.PeerSession`, re-exported here with the node's config
+* every session (`mesh.net.peer.PeerSession`, re-exported here with the node's config
   and errors) has a bounded send queue (backpressure, never unbounded memory) and
   one sender task that coalesces whatever is queued into one packet;
 * `recv_max_size` on every socket; a handshake deadline and a cap on handshakes
   in progress, so slow or garbage peers cannot tie the node up;
-* per network source (`mesh.sources`): a cap on connections held (nng's connect
+* per network source (`mesh.net.sources`): a cap on connections held (nng's connect
   hook turns the rest away), a budget of handshakes started per second, and the
   eviction of a full handshake table's slot from the source holding the most;
-* an outbox dials once and never redials (`mesh.nngsockets`): a session whose
+* an outbox dials once and never redials (`mesh.net.sockets`): a session whose
   connection is lost is closed at the next timer pass, and the next use of that
   mailbox dials afresh; `connect` retries a handshake that timed out, with backoff;
 * heartbeats on idle sessions; a silent peer's session is closed;
 * the application takes frames from `incoming()`, or has them handled by `serve`:
   then the task that reads a packet runs the handler itself when no other frame is
   being handled (no hand-off between tasks), and another task reads meanwhile (the
-  frames wait in a `mesh.inbox.Inbox`).
+  frames wait in a `mesh.net.inbox.Inbox`).
 
 A peer's bad input ends that peer's session (logged with the peer and reason)
 and never the node.
@@ -42,16 +42,17 @@ import trio
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 from mesh.identity import Identity
-from mesh.inbox import Handler
-from mesh.nngsockets import MailboxReader, mailbox_socket
-from mesh.node_tables import NodeStatistics, NodeTables, SessionEvent
-from mesh.peer import (
+from mesh.net.inbox import Handler
+from mesh.net.peer import (
     ConnectError,
     NodeConfig,
     Outbox,
     PeerSession,
     SessionClosed,
 )
+from mesh.net.sockets import MailboxReader, mailbox_socket
+from mesh.net.sources import SourceTable, eviction_victim, source_of
+from mesh.net.tables import NodeStatistics, NodeTables, SessionEvent
 from mesh.session import (
     DATA,
     DEFAULT_SITE,
@@ -69,7 +70,7 @@ from mesh.session import (
     reject_reason,
 )
 from mesh.session_frames import Close, Error, Heartbeat, ProfileSummary
-from mesh.sources import SourceTable, eviction_victim, source_of
+from mesh.wire import Frame
 
 log = logging.getLogger("mesh.transport")
 
@@ -83,13 +84,82 @@ the test took 2-3 s at 1, 4-10 s at 8 and failed its 2 s handshakes at 128; a lo
 sender still gets ~28 000 raw messages/s through at 1 (64 000 at 128)."""
 
 
-class Node(NodeTables):
+class Node:
     """An agent's messaging endpoint: one mailbox, many authenticated sessions.
 
     Create with `open_node`. Frames from every peer arrive through `incoming()`
     as ``(peer_id, frame)``, or go to the handler given to `serve`; heartbeats and
-    goodbyes are handled here. The tables it keeps are `NodeTables`'.
+    goodbyes are handled here. What it keeps is its `tables` (`NodeTables`), whose
+    queries it answers with.
     """
+
+    def __init__(
+        self,
+        local: LocalIdentity,
+        mailbox: pynng.Pair1,
+        nursery: trio.Nursery,
+        config: NodeConfig,
+        allow: Collection[str] | None,
+        sources: SourceTable | None = None,
+    ) -> None:
+        """Use `open_node` instead (it hands over the `SourceTable` nng's hooks fill)."""
+        self.tables = NodeTables(local, mailbox, nursery, config, allow, sources)
+        self.local = local
+        self.config = config
+        self._heartbeat_seq = 0
+        self._limits_reported = (0, 0)  # (connections refused, handshakes limited) logged
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def address(self) -> str:
+        """This node's mailbox address, to give to peers."""
+        return self.local.mailbox
+
+    @property
+    def peer_id(self) -> str:
+        """This node's peer id."""
+        return self.local.identity.peer_id
+
+    def statistics(self) -> NodeStatistics:
+        """A frozen snapshot of the node's counters and table sizes."""
+        return self.tables.statistics()
+
+    def connections_from(self, source: str) -> int:
+        """How many connections to the mailbox `source` holds (`mesh.net.sources`)."""
+        return self.tables.connections_from(source)
+
+    def watch_sessions(
+        self, buffer: int = 256, *, replay: bool = False
+    ) -> trio.MemoryReceiveChannel[SessionEvent]:
+        """Sessions up and down from now on (`NodeTables.watch_sessions`)."""
+        return self.tables.watch_sessions(buffer, replay=replay)
+
+    def session(self, peer_id: str) -> PeerSession | None:
+        """The newest live session with `peer_id`, if any."""
+        return self.tables.session(peer_id)
+
+    def sessions(self) -> list[PeerSession]:
+        """Every live session."""
+        return self.tables.sessions()
+
+    def hang_up(self, peer_id: str, reason: str) -> bool:
+        """End the session with `peer_id` without waiting (`NodeTables.hang_up`)."""
+        return self.tables.hang_up(peer_id, reason)
+
+    def incoming(self) -> AsyncIterator[tuple[str, Frame]]:
+        """Application frames from every peer, in arrival order per peer."""
+        return self.tables.incoming()
+
+    def queued_frames(self) -> int:
+        """How many received frames wait behind the one being handled."""
+        return self.tables.queued_frames()
+
+    async def receive(self) -> tuple[str, Frame]:
+        """The next application frame and the peer id that sent it."""
+        return await self.tables.receive()
+
+    # ------------------------------------------------------------------ sessions
 
     async def connect(
         self,
@@ -119,11 +189,11 @@ class Node(NodeTables):
 
     async def _connect_once(self, mailbox: str, expect_peer: str | None) -> object:
         handshake = Handshake(
-            self.local, initiator=True, allow=self._allow, expect_peer=expect_peer
+            self.local, initiator=True, allow=self.tables.allow, expect_peer=expect_peer
         )
-        outbox = self._acquire(mailbox)
+        outbox = self.tables.acquire(mailbox)
         done_send, done_recv = trio.open_memory_channel[object](1)
-        self._initiating[handshake.index] = (handshake, outbox, done_send)
+        self.tables.initiating[handshake.index] = (handshake, outbox, done_send)
         result: object = TimeoutError("handshake timed out")
         registered: PeerSession | None = None  # after HS2, before the responder confirms
         try:
@@ -137,15 +207,15 @@ class Node(NodeTables):
                     outcome = await self._confirmation(outcome)
                 result = outcome
         finally:
-            self._initiating.pop(handshake.index, None)
+            self.tables.initiating.pop(handshake.index, None)
             if registered is not None and result is not registered:
                 # Unconfirmed (the responder never finished: evicted, lost): the
                 # session ends, and with it its hold on the outbox.
-                self._drop(registered, f"handshake not confirmed: {result}")
+                self.tables.drop(registered, f"handshake not confirmed: {result}")
             elif registered is None:
-                self._release(outbox)
+                self.tables.release(outbox)
         if isinstance(result, TimeoutError):
-            self._counters.handshakes_timed_out += 1
+            self.tables.counters.handshakes_timed_out += 1
         return result
 
     async def _confirmation(self, peer: PeerSession) -> object:
@@ -182,7 +252,7 @@ class Node(NodeTables):
         scopes: cancelling `serve` stops new frames from reaching it, and a handler
         still running then is cancelled when the node closes.
         """
-        inbox = self._inbox
+        inbox = self.tables.inbox
         if inbox.handler is not None:
             raise RuntimeError("this node is already being served")
         inbox.handler = handler
@@ -201,11 +271,11 @@ class Node(NodeTables):
         whole burst is queued before any of it is handled, so a handler can tell the
         last frame of a burst (`queued_frames() == 0`).
         """
-        fd = self._mailbox.recv_fd
+        fd = self.tables.mailbox.recv_fd
         more = select.poll()
         more.register(fd, select.POLLIN)
-        reader = MailboxReader(self._mailbox)
-        inbox = self._inbox
+        reader = MailboxReader(self.tables.mailbox)
+        inbox = self.tables.inbox
         while True:
             await inbox.handle_queued()
             await inbox.take_turn()
@@ -215,7 +285,7 @@ class Node(NodeTables):
                     packet = reader.read_nowait()
                     if packet is None:
                         break
-                    self._counters.packets_received += 1
+                    self.tables.counters.packets_received += 1
                     await self._dispatch(*packet)
                     if not more.poll(0):
                         break
@@ -229,7 +299,7 @@ class Node(NodeTables):
         if kind == DATA:
             await self._on_data(packet)
         elif kind == HS1:
-            self._on_hs1(packet, self._sources.source(connection))
+            self._on_hs1(packet, self.tables.sources.source(connection))
         elif kind == HS2:
             self._on_hs2(packet)
         elif kind == HS3:
@@ -237,22 +307,22 @@ class Node(NodeTables):
         elif kind == REJECT:
             self._on_reject(packet)
         else:
-            self._counters.packets_dropped += 1
+            self.tables.counters.packets_dropped += 1
 
     async def _on_data(self, packet: bytes) -> None:
-        peer = self._sessions.get(receiver_index(packet))
+        peer = self.tables.live.get(receiver_index(packet))
         if peer is None or peer.hanging_up:
-            self._counters.packets_dropped += 1
+            self.tables.counters.packets_dropped += 1
             return
         try:
             frames = peer.core.open(packet)
         except RemoteProtocolError as exc:
-            self._counters.sessions_failed += 1
+            self.tables.counters.sessions_failed += 1
             log.warning("session with %s ended: %s", peer.peer_id, exc)
-            self._drop(peer, f"protocol error: {exc}")
+            self.tables.drop(peer, f"protocol error: {exc}")
             return
         except LocalProtocolError:
-            self._counters.packets_dropped += 1  # a straggler for a session we killed
+            self.tables.counters.packets_dropped += 1  # a straggler for a session we killed
             return
         peer.last_received = trio.current_time()
         peer.confirmed.set()
@@ -261,43 +331,45 @@ class Node(NodeTables):
                 if not frame.reply:
                     peer.send_nowait(Heartbeat(frame.seq, reply=True))
             elif isinstance(frame, Close):
-                self._drop(peer, f"peer closed: {frame.reason}")
+                self.tables.drop(peer, f"peer closed: {frame.reason}")
                 return
             elif isinstance(frame, Error) and frame.fatal:
                 # End the session first: the application sees the error with
                 # the session already gone, never a window where it looks alive.
-                self._drop(peer, f"peer error {frame.code}: {frame.reason}")
-                await self._inbox.deliver(peer.peer_id, frame)
+                self.tables.drop(peer, f"peer error {frame.code}: {frame.reason}")
+                await self.tables.inbox.deliver(peer.peer_id, frame)
                 return
             else:
-                await self._inbox.deliver(peer.peer_id, frame)
+                await self.tables.inbox.deliver(peer.peer_id, frame)
 
     def _on_hs1(self, packet: bytes, source: str | None) -> None:
         now = trio.current_time()
-        if source is not None and not self._handshake_budgets.take(source, 1, now):
-            self._counters.handshakes_limited += 1  # before any work: no crypto, no dial
+        if source is not None and not self.tables.handshake_budgets.take(source, 1, now):
+            self.tables.counters.handshakes_limited += 1  # before any work: no crypto, no dial
             return
         try:
-            handshake, hs2, reply_to = Handshake.respond(self.local, packet, allow=self._allow)
+            handshake, hs2, reply_to = Handshake.respond(
+                self.local, packet, allow=self.tables.allow
+            )
         except RemoteProtocolError as exc:
             self._fail_handshake("HS1", exc)
             return
-        if len(self._responding) >= self.config.max_pending_handshakes:
+        if len(self.tables.responding) >= self.config.max_pending_handshakes:
             # Evict rather than refuse the newest, and from the source holding the
             # most slots: a flood from one machine evicts its own handshakes.
-            pending = ((index, entry[3]) for index, entry in self._responding.items())
-            self._release(self._responding.pop(eviction_victim(pending))[2])
-            self._counters.handshakes_evicted += 1
-        outbox = self._acquire(reply_to)
+            pending = ((index, entry[3]) for index, entry in self.tables.responding.items())
+            self.tables.release(self.tables.responding.pop(eviction_victim(pending))[2])
+            self.tables.counters.handshakes_evicted += 1
+        outbox = self.tables.acquire(reply_to)
         deadline = now + self.config.handshake_timeout
-        self._responding[handshake.index] = (handshake, deadline, outbox, source)
-        self._acquire(reply_to)  # the write below holds its own reference
-        self._nursery.start_soon(self._send_and_release, deadline, outbox, hs2)
+        self.tables.responding[handshake.index] = (handshake, deadline, outbox, source)
+        self.tables.acquire(reply_to)  # the write below holds its own reference
+        self.tables.nursery.start_soon(self._send_and_release, deadline, outbox, hs2)
 
     def _on_hs2(self, packet: bytes) -> None:
-        entry = self._initiating.pop(receiver_index(packet), None)
+        entry = self.tables.initiating.pop(receiver_index(packet), None)
         if entry is None:
-            self._counters.packets_dropped += 1
+            self.tables.counters.packets_dropped += 1
             return
         handshake, outbox, done = entry
         try:
@@ -306,13 +378,13 @@ class Node(NodeTables):
             self._fail_handshake(outbox.mailbox, exc)
             done.send_nowait(exc)
             return
-        peer = self._register(core, outbox, first_packet=hs3)
+        peer = self.tables.register(core, outbox, first_packet=hs3)
         done.send_nowait(peer)
 
     def _on_hs3(self, packet: bytes) -> None:
-        entry = self._responding.pop(receiver_index(packet), None)
+        entry = self.tables.responding.pop(receiver_index(packet), None)
         if entry is None:
-            self._counters.packets_dropped += 1
+            self.tables.counters.packets_dropped += 1
             return
         handshake, deadline, outbox, _ = entry
         try:
@@ -320,24 +392,24 @@ class Node(NodeTables):
         except RemoteProtocolError as exc:
             self._fail_handshake(outbox.mailbox, exc)
             refusal = reject_packet(handshake.remote_index, str(exc))
-            self._nursery.start_soon(self._send_and_release, deadline, outbox, refusal)
+            self.tables.nursery.start_soon(self._send_and_release, deadline, outbox, refusal)
             return
-        peer = self._register(core, outbox, first_packet=None)
+        peer = self.tables.register(core, outbox, first_packet=None)
         peer.confirmed.set()
         peer.send_nowait(Heartbeat(0, reply=True))  # confirms the session to the initiator
 
     def _on_reject(self, packet: bytes) -> None:
-        peer = self._sessions.get(receiver_index(packet))
+        peer = self.tables.live.get(receiver_index(packet))
         if peer is None or peer.confirmed.is_set():
-            self._counters.packets_dropped += 1
+            self.tables.counters.packets_dropped += 1
             return
-        self._counters.handshakes_failed += 1
+        self.tables.counters.handshakes_failed += 1
         reason = f"refused by peer: {reject_reason(packet)}"
         log.warning("handshake with %s failed: %s", peer.outbox.mailbox, reason)
-        self._drop(peer, reason)
+        self.tables.drop(peer, reason)
 
     def _fail_handshake(self, where: str, exc: RemoteProtocolError) -> None:
-        self._counters.handshakes_failed += 1
+        self.tables.counters.handshakes_failed += 1
         log.warning("handshake with %s failed: %s", where, exc)
 
     async def _send_and_release(self, deadline: float, outbox: Outbox, packet: bytes) -> None:
@@ -348,7 +420,7 @@ class Node(NodeTables):
         except SessionClosed:
             pass  # node shutting down
         finally:
-            self._release(outbox)
+            self.tables.release(outbox)
 
     # ------------------------------------------------------------------ timers
 
@@ -361,24 +433,24 @@ class Node(NodeTables):
 
     def handle_timer(self, now: float) -> None:
         """One pass of the timer work at time `now` (also called by tests)."""
-        for index, (_, deadline, outbox, _) in list(self._responding.items()):
+        for index, (_, deadline, outbox, _) in list(self.tables.responding.items()):
             if now >= deadline or outbox.lost:  # lost: the reply cannot get through
-                del self._responding[index]
-                self._counters.handshakes_timed_out += 1
-                self._release(outbox)
-        for peer in list(self._sessions.values()):
-            if peer.outbox.lost:  # never redialled (`mesh.nngsockets`): nothing gets through
+                del self.tables.responding[index]
+                self.tables.counters.handshakes_timed_out += 1
+                self.tables.release(outbox)
+        for peer in list(self.tables.live.values()):
+            if peer.outbox.lost:  # never redialled (`mesh.net.sockets`): nothing gets through
                 log.warning(
                     "connection to %s (%s) lost; closing", peer.peer_id, peer.outbox.mailbox
                 )
-                self._drop(peer, "connection to the peer's mailbox lost")
+                self.tables.drop(peer, "connection to the peer's mailbox lost")
             elif now - peer.last_received >= self.config.dead_after:
                 log.warning(
                     "session with %s silent for %.1f s; closing",
                     peer.peer_id,
                     now - peer.last_received,
                 )
-                self._drop(peer, "peer silent (no heartbeat)")
+                self.tables.drop(peer, "peer silent (no heartbeat)")
             elif now - peer.last_sent >= self.config.heartbeat_interval:
                 self._heartbeat_seq += 1
                 if peer.send_nowait(Heartbeat(self._heartbeat_seq, reply=False)):
@@ -387,7 +459,7 @@ class Node(NodeTables):
 
     def _report_limits(self) -> None:
         """Log what the per-source limits turned away since the last pass, if anything."""
-        counts = (self._sources.refused, self._counters.handshakes_limited)
+        counts = (self.tables.sources.refused, self.tables.counters.handshakes_limited)
         refused, limited = (a - b for a, b in zip(counts, self._limits_reported, strict=True))
         if refused or limited:
             log.warning(
@@ -397,11 +469,12 @@ class Node(NodeTables):
             )
             self._limits_reported = counts
 
-    async def _close_all(self) -> None:
+    async def close_all(self) -> None:
+        """Say goodbye on every session, for at most `close_grace`."""
         with trio.move_on_after(self.config.close_grace) as scope:
             scope.shield = True
             async with trio.open_nursery() as nursery:
-                for peer in list(self._sessions.values()):
+                for peer in list(self.tables.live.values()):
                     nursery.start_soon(peer.aclose, "node shutting down")
 
 
@@ -442,9 +515,9 @@ async def open_node(
             try:
                 yield node
             finally:
-                await node._close_all()
+                await node.close_all()
                 nursery.cancel_scope.cancel()
-        for outbox in list(node._outboxes.values()):
+        for outbox in list(node.tables.outboxes.values()):
             outbox.close()
     finally:
         sock.close()

@@ -9,7 +9,7 @@ on the LAN cannot starve the others:
   and removes them from its own threads, so the table takes a lock);
 * `eviction_victim`: when the handshakes in progress fill their table, the one to
   evict is the oldest of the source holding the most slots -- a flood evicts itself;
-* the handshakes a source may start per second are `mesh.ratelimit.PeerBudgets`
+* the handshakes a source may start per second are `mesh.net.ratelimit.PeerBudgets`
   keyed by `source_of`.
 
 Connections over other transports (``ipc://``) have no source and are not limited.
