@@ -350,8 +350,12 @@ class ChannelManager(ChannelSettlement):
 
     # ------------------------------------------------------------------ frames
 
-    async def handle(self, peer_id: str, frame: Frame) -> bool:
-        """Handle a channel frame from `peer_id`; False when it is not one."""
+    async def handle(self, peer_id: str, frame: Frame, last: bool = True) -> bool:
+        """Handle a channel frame from `peer_id`; False when it is not one.
+
+        `last`: no frame waits behind this one (the node's end-of-burst signal,
+        `mesh.net.inbox.Handler`); payments commit there, in the task at hand. A
+        caller that cannot tell leaves it True: each payment commits as it comes."""
         if not isinstance(frame, CHANNEL_FRAMES):
             return False
         with log_context(peer=peer_id, channel=frame.channel_id):
@@ -360,10 +364,10 @@ class ChannelManager(ChannelSettlement):
                 reply_to.send_nowait(frame)
                 return True
             if isinstance(frame, ChannelPays):
-                await self._on_pays(peer_id, frame)
+                await self._on_pays(peer_id, frame, last)
             elif isinstance(frame, ChannelPay):
                 one = ChannelPays(frame.channel_id, frame.seq, (frame.total,), (frame.signature,))
-                await self._on_pays(peer_id, one)
+                await self._on_pays(peer_id, one, last)
             elif isinstance(frame, ChannelAck):
                 self._on_ack(peer_id, frame)
             elif isinstance(frame, ChannelOpen):
@@ -482,7 +486,7 @@ class ChannelManager(ChannelSettlement):
         await self._commits.flush(cid)
         await self._send(peer_id, ChannelAck(cid, 0, 0, b""))
 
-    async def _on_pays(self, peer_id: str, frame: ChannelPays) -> None:
+    async def _on_pays(self, peer_id: str, frame: ChannelPays, last: bool) -> None:
         """One payment or a run of them (`ChannelPay` comes here as a run of one)."""
         cid = frame.channel_id
         payee = self._owned(peer_id, cid)
@@ -496,7 +500,7 @@ class ChannelManager(ChannelSettlement):
         if fresh or rejection is None:
             if not fresh:  # a resend after a reconnect: acknowledge it again once durable
                 self._commits.reack([cid])
-            if self.node.queued_frames() == 0:
+            if last:
                 # The last payment of the burst the node delivered: a natural group
                 # commit. Persist and acknowledge here, without waking the committer.
                 self._commits.mark(cid, wake=False)

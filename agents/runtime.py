@@ -421,11 +421,11 @@ class Agent:
         if self.buyer is not None:
             self.buyer.channel_final(channel_id)
 
-    async def _dispatch(self, peer_id: str, frame: Frame) -> None:
+    async def _dispatch(self, peer_id: str, frame: Frame, last: bool) -> None:
         assert self.manager and self.provider and self.buyer and self.receipts
         with log_context(peer=peer_id):  # the frame handlers add its channel and service
             if not (
-                await self.manager.handle(peer_id, frame)
+                await self.manager.handle(peer_id, frame, last)
                 or await self.provider.handle(peer_id, frame)
                 or await self.buyer.handle(peer_id, frame)
                 or await self.receipts.handle(peer_id, frame)

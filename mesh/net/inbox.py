@@ -5,8 +5,9 @@ application takes them from `incoming()` / `receive()` in a task of its own, or 
 them handled by a handler (`Node.serve`), which runs in whichever of the node's
 reading tasks queued them, between turns at reading the mailbox (`reading`).
 Frames from one peer leave in the order they arrived, and the handler never runs
-twice at once. `queued()` says how many wait: 0 while handling a frame means it is
-the last of what has arrived (a group commit can end there).
+twice at once. The handler is told which frame is the last of what has arrived (its
+`last` argument: nothing waits behind it), so it can end a group commit there.
+`queued()` says how many wait (an observation, for tests and statistics).
 
 This module reads no socket and makes no protocol decision.
 """
@@ -20,8 +21,9 @@ import trio
 from mesh.locks import acquire
 from mesh.wire import Frame
 
-Handler = Callable[[str, Frame], Awaitable[None]]
-"""handler(peer_id, frame): what `Node.serve` does with each application frame."""
+Handler = Callable[[str, Frame, bool], Awaitable[None]]
+"""handler(peer_id, frame, last): what `Node.serve` does with each application frame;
+`last` is the end of a burst: no frame is queued behind this one."""
 
 
 class Inbox:
@@ -96,7 +98,7 @@ class Inbox:
                 except trio.WouldBlock:  # not while `_queued` counts right
                     return
                 self._queued -= 1
-                await handler(peer_id, frame)
+                await handler(peer_id, frame, self._queued == 0)
         finally:
             self._handling = False
 

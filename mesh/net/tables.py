@@ -195,11 +195,8 @@ class NodeTables:
         return self.inbox.incoming()
 
     def queued_frames(self) -> int:
-        """How many received frames wait behind the one being handled.
-
-        0 while handling a frame means it is the last of what has arrived: a
-        handler can finish a batch there (a group commit) rather than wait.
-        """
+        """How many received frames wait behind the one being handled (an
+        observation; `Node.serve` tells its handler the end of a burst)."""
         return self.inbox.queued()
 
     async def receive(self) -> tuple[str, Frame]:

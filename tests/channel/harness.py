@@ -99,9 +99,9 @@ async def agentlet(
             async with trio.open_nursery() as nursery:
                 await nursery.start(manager.run)
 
-                async def dispatch(peer_id: str, frame: Frame) -> None:
+                async def dispatch(peer_id: str, frame: Frame, last: bool) -> None:
                     if intercept is None or not await intercept(peer_id, frame):
-                        await manager.handle(peer_id, frame)
+                        await manager.handle(peer_id, frame, last)
 
                 async def watch() -> None:
                     async for event in events:

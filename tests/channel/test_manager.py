@@ -486,10 +486,10 @@ async def test_a_run_with_a_forged_payment_keeps_the_payments_before_it(
         sigs[2] = sign_digest(Identity.generate().key, signer.sighash(15))
         handle = buyer.manager.handle
 
-        async def recording(peer_id: str, frame: Frame) -> bool:
+        async def recording(peer_id: str, frame: Frame, last: bool = True) -> bool:
             if isinstance(frame, ChannelError | ChannelAck):
                 errors.append(frame)
-            return await handle(peer_id, frame)
+            return await handle(peer_id, frame, last)
 
         buyer.manager.handle = recording  # type: ignore[method-assign]
         await session.send(ChannelPays(cid, 1, (5, 10, 15, 20), tuple(sigs)))

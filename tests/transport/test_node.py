@@ -233,7 +233,7 @@ async def test_hanging_up_on_a_peer_that_stopped_reading_holds_up_no_one() -> No
     async with trio.open_nursery() as nursery, open_node(Identity.generate(), config=config) as bob:
         await nursery.start(relay.run)
 
-        async def handler(peer_id: str, frame: Frame) -> None:
+        async def handler(peer_id: str, frame: Frame, last: bool) -> None:
             assert isinstance(frame, Message)
             handled.append((peer_id, frame.topic, trio.current_time()))
             if frame.topic == "violation":

@@ -22,7 +22,7 @@ async def test_a_slow_handler_never_stops_the_node_receiving() -> None:
 
     async with open_node(Identity.generate()) as bob:
 
-        async def handler(peer_id: str, frame: Frame) -> None:
+        async def handler(peer_id: str, frame: Frame, last: bool) -> None:
             nonlocal running
             assert isinstance(frame, Message)
             running += 1
@@ -62,14 +62,16 @@ async def test_a_slow_handler_never_stops_the_node_receiving() -> None:
     assert [t for p, t in handled if p == carol.peer_id] == [f"c{i}" for i in range(50)]
 
 
-async def test_the_last_frame_of_a_burst_sees_nothing_queued_behind_it() -> None:
-    """A batch sent as one packet is queued whole before it is handled: the handler
-    can finish a group commit on the frame where `queued_frames()` reaches 0."""
+async def test_the_last_frame_of_a_burst_is_marked_last() -> None:
+    """A batch sent as one packet is queued whole before it is handled: the handler is
+    told `last` on the frame with nothing queued behind it (it ends a group commit)."""
     seen: list[int] = []
+    lasts: list[bool] = []
     async with open_node(Identity.generate()) as bob, open_node(Identity.generate()) as alice:
 
-        async def handler(peer_id: str, frame: Frame) -> None:
+        async def handler(peer_id: str, frame: Frame, last: bool) -> None:
             seen.append(bob.queued_frames())
+            lasts.append(last)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(bob.serve, handler)
@@ -80,6 +82,7 @@ async def test_the_last_frame_of_a_burst_sees_nothing_queued_behind_it() -> None
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     assert seen == list(range(19, -1, -1))
+    assert lasts == [False] * 19 + [True]
 
 
 @pytest.mark.parametrize("served", [False, True])
@@ -88,7 +91,7 @@ async def test_empty_and_tiny_packets_are_dropped_not_fatal(served: bool) -> Non
     got: list[Frame] = []
     async with open_node(Identity.generate()) as bob, trio.open_nursery() as nursery:
 
-        async def handler(peer_id: str, frame: Frame) -> None:
+        async def handler(peer_id: str, frame: Frame, last: bool) -> None:
             got.append(frame)
 
         async def take(node: Node) -> None:
@@ -119,7 +122,7 @@ async def test_empty_and_tiny_packets_are_dropped_not_fatal(served: bool) -> Non
 async def test_a_served_node_refuses_incoming() -> None:
     async with open_node(Identity.generate()) as node, trio.open_nursery() as nursery:
 
-        async def handler(peer_id: str, frame: Frame) -> None:
+        async def handler(peer_id: str, frame: Frame, last: bool) -> None:
             pass
 
         nursery.start_soon(node.serve, handler)
