@@ -43,6 +43,7 @@ import trio
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 from mesh.identity import Identity
 from mesh.net.inbox import Handler
+from mesh.net.liveness import Deliver, End, Liveness, Send, on_frames
 from mesh.net.peer import (
     ConnectError,
     NodeConfig,
@@ -69,7 +70,7 @@ from mesh.session import (
     reject_packet,
     reject_reason,
 )
-from mesh.session_frames import Close, Error, Heartbeat, ProfileSummary
+from mesh.session_frames import Heartbeat, ProfileSummary
 from mesh.wire import Frame
 
 log = logging.getLogger("mesh.transport")
@@ -106,7 +107,7 @@ class Node:
         self.tables = NodeTables(local, mailbox, nursery, config, allow, sources)
         self.local = local
         self.config = config
-        self._heartbeat_seq = 0
+        self._liveness = Liveness(config.heartbeat_interval, config.dead_after)
         self._limits_reported = (0, 0)  # (connections refused, handshakes limited) logged
 
     # ------------------------------------------------------------------ queries
@@ -329,21 +330,13 @@ class Node:
             return
         peer.last_received = trio.current_time()
         peer.confirmed.set()
-        for frame in frames:
-            if isinstance(frame, Heartbeat):
-                if not frame.reply:
-                    peer.send_nowait(Heartbeat(frame.seq, reply=True))
-            elif isinstance(frame, Close):
-                self.tables.drop(peer, f"peer closed: {frame.reason}")
-                return
-            elif isinstance(frame, Error) and frame.fatal:
-                # End the session first: the application sees the error with
-                # the session already gone, never a window where it looks alive.
-                self.tables.drop(peer, f"peer error {frame.code}: {frame.reason}")
-                await self.tables.inbox.deliver(peer.peer_id, frame)
-                return
+        for action in on_frames(frames):  # the rules: mesh.net.liveness
+            if isinstance(action, Deliver):
+                await self.tables.inbox.deliver(peer.peer_id, action.frame)
+            elif isinstance(action, Send):
+                peer.send_nowait(action.frame)
             else:
-                await self.tables.inbox.deliver(peer.peer_id, frame)
+                self.tables.drop(peer, action.reason)
 
     def _on_hs1(self, packet: bytes, source: str | None) -> None:
         now = trio.current_time()
@@ -441,23 +434,16 @@ class Node:
                 del self.tables.responding[index]
                 self.tables.counters.handshakes_timed_out += 1
                 self.tables.release(outbox)
-        for peer in list(self.tables.live.values()):
-            if peer.outbox.lost:  # never redialled (`mesh.net.sockets`): nothing gets through
+        for peer in list(self.tables.live.values()):  # the rules: mesh.net.liveness
+            lost = peer.outbox.lost  # never redialled (`mesh.net.sockets`)
+            action = self._liveness.check(now, peer.last_received, peer.last_sent, lost)
+            if isinstance(action, End):
                 log.warning(
-                    "connection to %s (%s) lost; closing", peer.peer_id, peer.outbox.mailbox
+                    "session with %s (%s): %s", peer.peer_id, peer.outbox.mailbox, action.warn
                 )
-                self.tables.drop(peer, "connection to the peer's mailbox lost")
-            elif now - peer.last_received >= self.config.dead_after:
-                log.warning(
-                    "session with %s silent for %.1f s; closing",
-                    peer.peer_id,
-                    now - peer.last_received,
-                )
-                self.tables.drop(peer, "peer silent (no heartbeat)")
-            elif now - peer.last_sent >= self.config.heartbeat_interval:
-                self._heartbeat_seq += 1
-                if peer.send_nowait(Heartbeat(self._heartbeat_seq, reply=False)):
-                    peer.last_sent = now
+                self.tables.drop(peer, action.reason)
+            elif isinstance(action, Send) and peer.send_nowait(action.frame):
+                peer.last_sent = now
         self._report_limits()
 
     def _report_limits(self) -> None:
