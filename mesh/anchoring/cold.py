@@ -42,7 +42,6 @@ from mesh.anchoring.coldcodec import (
     Listed,
     block_proof,
     block_proofs,
-    count_seqs,
     decode_block,
     decode_header,
     decode_index,
@@ -50,11 +49,10 @@ from mesh.anchoring.coldcodec import (
     encode_index,
     header_section,
     index_groups,
-    merge_ranges,
-    within,
 )
 from mesh.anchoring.errors import RecordNotFound
 from mesh.anchoring.proof import Proof
+from mesh.anchoring.ranges import count_seqs, merge_ranges, within
 from mesh.anchoring.record import SignedRecord
 
 ARCHIVE_DIR = "archive"

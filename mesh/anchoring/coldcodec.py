@@ -52,6 +52,7 @@ from mesh.anchoring.batch import batch_levels, batch_path, batch_root, path_dept
 from mesh.anchoring.errors import AnchoringError, RecordError
 from mesh.anchoring.payload import AnchorFormatError, find_anchor
 from mesh.anchoring.proof import Proof, make_proof
+from mesh.anchoring.ranges import count_seqs, merge_ranges
 from mesh.anchoring.receipt import split_path
 from mesh.anchoring.record import MAX_SIGNATURE, Record, SignedRecord, decode_record, record_hash
 from mesh.chain.errors import TxRejected
@@ -180,17 +181,6 @@ class Damaged(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, merged (first, last) ranges: touching and overlapping ones become one."""
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(ranges):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return merged
 
 
 def _flat(ranges: Iterable[tuple[int, int]]) -> list[int]:
@@ -553,11 +543,6 @@ def index_groups(entries: Iterable[Entry]) -> tuple[Group, ...]:
     return tuple(Group(*key, n, tuple(merge_ranges(spans))) for key, (n, spans) in groups.items())
 
 
-def count_seqs(ranges: Iterable[tuple[int, int]]) -> int:
-    """How many seqs the (first, last) `ranges` cover (they must not overlap)."""
-    return sum(last - first + 1 for first, last in ranges)
-
-
 def encode_index(listed: Iterable[Listed]) -> bytes:
     """The index file's bytes, listing `listed` (in name order)."""
     body = _pack(
@@ -597,11 +582,6 @@ def decode_index(data: bytes, path: Path) -> dict[str, Listed]:
     return out
 
 
-def within(seq: int, ranges: Iterable[tuple[int, int]]) -> bool:
-    """Whether `seq` lies in one of the (first, last) `ranges`."""
-    return any(first <= seq <= last for first, last in ranges)
-
-
 __all__ = [
     "FILE_NAME",
     "FORMAT",
@@ -616,7 +596,6 @@ __all__ = [
     "Listed",
     "block_proof",
     "block_proofs",
-    "count_seqs",
     "decode_block",
     "decode_header",
     "decode_index",
@@ -624,6 +603,4 @@ __all__ = [
     "encode_index",
     "header_section",
     "index_groups",
-    "merge_ranges",
-    "within",
 ]

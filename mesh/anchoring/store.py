@@ -36,10 +36,10 @@ from typing import Any
 
 from mesh.anchoring.batch import PendingBatch, batch_levels, batch_path
 from mesh.anchoring.cold import StreamSummary as StreamSummary
-from mesh.anchoring.coldcodec import merge_ranges
 from mesh.anchoring.errors import AnchoringError, NotAnchored, RecordNotFound
 from mesh.anchoring.hashchain import Head
 from mesh.anchoring.proof import Proof, make_proof
+from mesh.anchoring.ranges import merge_ranges
 from mesh.anchoring.receipt import AnchorReceipt, make_receipts, split_path
 from mesh.anchoring.record import SignedRecord, decode_record, record_hash
 from mesh.anchoring.recordlog import (

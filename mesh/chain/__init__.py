@@ -14,6 +14,7 @@ Only the `Chain` shells (`local`, `arc`) use Trio; the rest is synchronous.
 
 from mesh.chain.arc import ArcChain, ArcSettings
 from mesh.chain.base import Chain, OutputState, OutputStatus, TxState, TxStatus, Utxo
+from mesh.chain.coins import Coin, Draft
 from mesh.chain.errors import (
     RULES,
     ChainError,
@@ -29,7 +30,7 @@ from mesh.chain.local import LocalChain
 from mesh.chain.rules import Policy
 from mesh.chain.spv import ChainBackedTracker, HeaderTracker, parse_beef_exact, verify_spv
 from mesh.chain.tx import Outpoint, parse_exact, txid_of
-from mesh.chain.wallet import Coin, Draft, Wallet
+from mesh.chain.wallet import Wallet
 
 __all__ = [
     "RULES",

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from bsv.keys import PrivateKey
 
+from mesh.chain.coins import WALLET_SCHEMA, Coin, select_coins
 from mesh.chain.errors import InsufficientFunds, WalletError
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.rules import Policy
 from mesh.chain.tx import p2pkh_script, txid_of
-from mesh.chain.wallet import WALLET_SCHEMA, Coin, Wallet, select_coins
+from mesh.chain.wallet import Wallet
 from mesh.identity import Identity
 from mesh.store import Schema, Store
 from tests.chain.helpers import FakeClock, p2pkh

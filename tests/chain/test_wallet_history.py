@@ -16,12 +16,12 @@ from bsv.keys import PrivateKey
 from agents.profile import load_profile
 from agents.runtime import Agent
 from mesh.chain.base import Utxo
+from mesh.chain.coins import WALLET_SCHEMA
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.local import LocalChain
 from mesh.chain.tx import p2pkh_script
 from mesh.chain.wallet import (
     KEY_CACHE_SIZE,
-    WALLET_SCHEMA,
     WATCH_PENDING,
     WATCH_SWEEP,
     WATCH_WAITING,
