@@ -439,7 +439,11 @@ class Node:
             action = self._liveness.check(now, peer.last_received, peer.last_sent, lost)
             if isinstance(action, End):
                 log.warning(
-                    "session with %s (%s): %s", peer.peer_id, peer.outbox.mailbox, action.warn
+                    "session with %s (%s): %s",
+                    peer.peer_id,
+                    peer.outbox.mailbox,
+                    action.warn,
+                    extra={"peer": peer.peer_id},  # a JSON log line names the peer
                 )
                 self.tables.drop(peer, action.reason)
             elif isinstance(action, Send) and peer.send_nowait(action.frame):

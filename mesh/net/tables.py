@@ -247,7 +247,12 @@ class NodeTables:
         self._by_peer[peer.peer_id] = peer
         self.counters.handshakes_completed += 1
         self.nursery.start_soon(self._run_session, peer)
-        log.info("session with %s (%s) established", peer.peer_id, core.peer.mailbox)
+        log.info(
+            "session with %s (%s) established",
+            peer.peer_id,
+            core.peer.mailbox,
+            extra={"peer": peer.peer_id},  # a JSON log line names the peer
+        )
         self._announce(SessionEvent(up=True, peer=core.peer))
         return peer
 
@@ -263,7 +268,7 @@ class NodeTables:
             del self._by_peer[peer.peer_id]
         peer.stop(reason)
         self.release(peer.outbox, linger=True)
-        log.info("session with %s closed: %s", peer.peer_id, reason)
+        log.info("session with %s closed: %s", peer.peer_id, reason, extra={"peer": peer.peer_id})
         if peer.peer_id not in self._by_peer:
             self._announce(SessionEvent(up=False, peer=peer.peer, reason=reason))
 
