@@ -44,6 +44,9 @@ from mesh.errors import MeshError
 STATIC = Path(__file__).with_name("static")
 EVENT_INTERVAL = 1.0
 """Seconds between server-sent events: the page is at most this far behind."""
+SNAPSHOT_AGE = 0.9
+"""A snapshot younger than this is served again (below `EVENT_INTERVAL`: each event
+interval computes one)."""
 NO_STORE = {"Cache-Control": "no-store"}
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -117,7 +120,7 @@ def agent_app(
     async def with_records() -> dict[str, Any]:
         return await snapshot() | {"records": await records.listing()}
 
-    cache = SnapshotCache(with_records)
+    cache = SnapshotCache(with_records, SNAPSHOT_AGE)
 
     async def status(request: Request) -> Response:
         return JSONResponse(await cache.get(), headers=NO_STORE)
@@ -157,7 +160,7 @@ def site_app(
     snapshot: Callable[[], Awaitable[dict[str, Any]]], token: str | None = None
 ) -> ASGIApp:
     """The site page's app over `snapshot` (``{"site": …, "agents": [...]}``)."""
-    cache = SnapshotCache(snapshot)
+    cache = SnapshotCache(snapshot, SNAPSHOT_AGE)
 
     async def site(request: Request) -> Response:
         return JSONResponse(await cache.get(), headers=NO_STORE)

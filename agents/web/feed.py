@@ -1,6 +1,11 @@
 """One snapshot shared by every viewer: whatever the number of open dashboards, SSE
 streams and scrapes, the status is computed at most once per `max_age` seconds, and
-not at all while nobody looks (so an agent with no browser open pays nothing)."""
+not at all while nobody looks (so an agent with no browser open pays nothing).
+
+The event streams keep time with the snapshot, not each with its own clock: each
+sleeps until one interval after the snapshot was computed, the first awake computes
+the next, and the others send that same one -- so every page gets a snapshot at most
+~`interval` old, and any number of pages costs one snapshot per interval."""
 
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ class SnapshotCache:
         self._value: Snapshot | None = None
         self._at = -float("inf")
         self._lock = trio.Lock()
+        self.computed_at = -float("inf")
+        """Trio time of the last computation."""
         self.computed = 0
         """How many times `compute` ran (a test's and the benchmark's count)."""
 
@@ -30,8 +37,10 @@ class SnapshotCache:
         """A snapshot at most `max_age` old; concurrent callers share one computation."""
         async with self._lock:
             if self._value is None or trio.current_time() - self._at >= self.max_age:
+                started = trio.current_time()
                 self._value = await self._compute()
                 self._at = trio.current_time()
+                self.computed_at = started
                 self.computed += 1
             return self._value
 
@@ -43,9 +52,10 @@ def sse_message(event: str, data: Snapshot) -> bytes:
 
 
 async def sse_stream(cache: SnapshotCache, event: str, interval: float) -> AsyncIterator[bytes]:
-    """Server-sent events of `cache`'s snapshot every `interval` seconds, the first at
-    once; a comment line first so the browser sees the stream open."""
+    """Server-sent events of `cache`'s snapshot, the first at once, then one `interval`
+    after each computation of it (`cache.max_age` must be below `interval`); a comment
+    line first so the browser sees the stream open."""
     yield b": m2mesh\n\n"
     while True:
         yield sse_message(event, await cache.get())
-        await trio.sleep(interval)
+        await trio.sleep_until(max(cache.computed_at + interval, trio.current_time() + 0.05))

@@ -20,7 +20,8 @@ protocol decisions live in `mesh.session`, and the tables a node keeps in
 * an outbox dials once and never redials (`mesh.net.sockets`): a session whose
   connection is lost is closed at the next timer pass, and the next use of that
   mailbox dials afresh; `connect` retries a handshake that timed out, with backoff;
-* heartbeats on idle sessions; a silent peer's session is closed;
+* heartbeats on idle sessions; a silent peer's session is closed (the rules are
+  `mesh.net.liveness`'s, a pure core: this shell executes its actions);
 * the application takes frames from `incoming()`, or has them handled by `serve`:
   then the task that reads a packet runs the handler itself when no other frame is
   being handled (no hand-off between tasks), and another task reads meanwhile (the

@@ -66,7 +66,7 @@ def test_metrics_parse_and_agree_with_mesh_status_json(tmp_path: Path) -> None:
         for agent in (stream.buyer, stream.seller):
             url = stream.url(agent)
             before = status_json(agent)
-            time.sleep(0.7)  # past the dashboard's snapshot age: the scrape is newer
+            time.sleep(1.0)  # past the dashboard's snapshot age: the scrape is newer
             metrics = scrape(url)
             after = status_json(agent)
             low, high = counters(before), counters(after)
