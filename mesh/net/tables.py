@@ -104,16 +104,6 @@ class NodeTables:
             config.handshakes_per_source_per_s, config.handshake_burst_per_source
         )
 
-    @property
-    def address(self) -> str:
-        """This node's mailbox address, to give to peers."""
-        return self.local.mailbox
-
-    @property
-    def peer_id(self) -> str:
-        """This node's peer id."""
-        return self.local.identity.peer_id
-
     def statistics(self) -> NodeStatistics:
         """A frozen snapshot of the node's counters and table sizes."""
         c = self.counters
