@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -60,17 +61,8 @@ def _check_data_dir(data_dir: Path) -> None:
         )
 
 
-def _first(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run an agent from a profile until SIGINT/SIGTERM."""
-    data_dir: Path = args.data_dir
-    _check_data_dir(data_dir)
-    profile = load_profile(args.profile, data_dir=data_dir)
+def _run_agent(args: argparse.Namespace, profile: Profile, data_dir: Path) -> None:
+    """`mesh run` once the data dir is ours: check the ledger and options, run."""
     ledger = args.ledger or default_ledger(data_dir)
     if not ledger.exists():
         raise AgentCliError(
@@ -97,6 +89,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     except* pynng.NNGException as failed:
         # Only the mailbox's listener lets an nng error out of the agent.
         raise _mailbox_error(profile, _first(failed)) from None
+
+
+def _hold_data_dir(data_dir: Path) -> int:
+    """Take ``DATA_DIR/agent.lock`` for the rest of this process's life (the kernel lets
+    go when it exits, kill -9 included): two agents on one data dir would share its
+    channels and steal each other's control socket. Returns the lock's descriptor."""
+    path = data_dir / "agent.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AgentCliError(
+            f"another agent (pid {holder}) is running with --data-dir {data_dir};"
+            " one agent per data dir (stop it first, or use another data dir)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _first(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run an agent from a profile until SIGINT/SIGTERM."""
+    data_dir: Path = args.data_dir
+    _check_data_dir(data_dir)
+    profile = load_profile(args.profile, data_dir=data_dir)
+    lock = _hold_data_dir(data_dir)
+    try:
+        _run_agent(args, profile, data_dir)
+    finally:
+        os.close(lock)
     return 0
 
 
