@@ -153,11 +153,14 @@ async def buy(
     purchases: Purchases,
     command: dict[str, Any],
     track: Callable[[WantProgress], None],
+    gone: trio.Event | None = None,
 ) -> dict[str, Any]:
     """Run the control socket's ``buy``: its want goes to `track` (to be shown in the
     agent's status) and is bought until done or ``timeout`` seconds; the reply says
     what was delivered and paid, ``why`` not every unit came (empty when they all
-    did), and with ``"deliveries": true`` the units themselves (see module)."""
+    did), and with ``"deliveries": true`` the units themselves (see module). If the
+    asker hangs up (`gone`), the want stops as when its time is up: the seller finishes
+    what is paid for and the buyer pays for what arrived."""
     want = want_of(command)
     peer = str(command["peer"]) if command.get("peer") else None
     timeout = float(command.get("timeout", DEFAULT_TIMEOUT))
@@ -168,6 +171,8 @@ async def buy(
     deadline = trio.current_time() + timeout
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_set_at, deadline, stop)
+        if gone is not None:
+            nursery.start_soon(_set_when, gone, stop)
         with trio.move_on_at(deadline + STOP_GRACE) as cut:
             on_unit = sink.add if sink is not None else None
             await purchases.want(progress, peer, stop=stop, on_unit=on_unit)
@@ -192,6 +197,11 @@ async def buy(
 async def _set_at(deadline: float, event: trio.Event) -> None:
     await trio.sleep_until(deadline)
     event.set()
+
+
+async def _set_when(first: trio.Event, then: trio.Event) -> None:
+    await first.wait()
+    then.set()
 
 
 def _why(

@@ -9,6 +9,7 @@ for) is bounded where it is collected (`agents.buy_command`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,9 @@ import trio
 from mesh.errors import MeshError
 
 log = logging.getLogger("agents.control")
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[dict[str, Any], trio.Event], Awaitable[dict[str, Any]]]
+"""handler(request, gone): the answer to `request`; `gone` is set if the asker closes
+its end meanwhile (a `mesh buy` interrupted), so a long command can stop its work."""
 MAX_REQUEST = 256 * 1024
 
 
@@ -63,7 +66,7 @@ async def serve_control(
                 request = json.loads(data)
                 if not isinstance(request, dict):
                     raise TypeError("request must be a JSON object")
-                reply = await handler(request)
+                reply = await _answer_while_asked(stream, handler, request)
             except MeshError as exc:  # said for the operator: one line as it is
                 reply = {"error": str(exc)}
             except (ValueError, TypeError, KeyError) as exc:  # a malformed request
@@ -77,6 +80,25 @@ async def serve_control(
         await trio.serve_listeners(answer, [listener])
     finally:
         path.unlink(missing_ok=True)
+
+
+async def _answer_while_asked(
+    stream: trio.SocketStream, handler: Handler, request: dict[str, Any]
+) -> dict[str, Any]:
+    """Run `handler`, telling it (its `gone` event) when the asker hangs up."""
+    gone = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while await stream.receive_some(4096):
+                    pass  # nothing more is expected: read to see the end
+            gone.set()
+
+        nursery.start_soon(watch)
+        reply = await handler(request, gone)
+        nursery.cancel_scope.cancel()
+    return reply
 
 
 def request(path: Path, command: dict[str, Any], timeout: float = 70.0) -> dict[str, Any]:

@@ -534,14 +534,17 @@ class Agent:
 
     # ------------------------------------------------------------------ control
 
-    async def control(self, command: dict[str, Any]) -> dict[str, Any]:
-        """Answer a control-socket command: status, buy, close."""
+    async def control(
+        self, command: dict[str, Any], gone: trio.Event | None = None
+    ) -> dict[str, Any]:
+        """Answer a control-socket command: status, buy, close (`gone`: the asker hung
+        up; a `mesh buy` then stops buying, as when its time is up)."""
         cmd = command.get("cmd")
         if cmd == "status":
             return await self.snapshot()
         if cmd == "buy":  # `mesh buy`: a want of its own (agents.buy_command)
             assert self.purchases is not None
-            return await buy(self.purchases, command, self._track_buy)
+            return await buy(self.purchases, command, self._track_buy, gone)
         if cmd == "anchor":
             assert self.anchorer is not None
             batches = await self.anchorer.anchor_now()

@@ -214,6 +214,31 @@ def test_an_interrupted_buy_leaves_the_agent_running(pair: Pair) -> None:
     assert status is not None and status["peer_id"] == pair.buyer.peer_id
 
 
+def test_an_interrupted_buy_stops_buying_and_settles(pair: Pair) -> None:
+    """Ctrl-C on a `mesh buy` of a long feed: the agent stops that want as when its time
+    is up (it used to buy on until --timeout for no one), and pays for what arrived."""
+    argv = ["buy", "vibration", "--kind", "data-feed", "--units", "100000", "--tick", "0.05",
+            "--timeout", "120", "--peer", pair.seller.peer_id]  # fmt: skip
+    buying = subprocess.Popen(
+        [sys.executable, "-m", "agents.cli", *argv, "--data-dir", str(pair.buyer.data)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )  # fmt: skip
+
+    def ours(status: dict[str, Any]) -> dict[str, Any] | None:
+        return next((w for w in status["wants"] if w["units"] == 100_000), None)
+
+    try:
+        pair.buyer.wait(lambda s: (w := ours(s)) is not None and w["delivered"] >= 5, 30, "units")
+    finally:
+        buying.send_signal(signal.SIGINT)
+        buying.wait(timeout=10)
+    pair.buyer.wait(lambda s: ours(s)["state"] not in ("buying", "looking"), 15, "stopped")
+    time.sleep(1.0)
+    want = ours(pair.buyer.status() or {})
+    assert want is not None and want["delivered"] < 1000, want
+    assert want["paid"] == want["delivered"], want  # a reading costs 1: paid for what came
+
+
 # -------------------------------------------------------------- without agents
 
 
@@ -266,7 +291,7 @@ async def test_a_large_answer_crosses_the_control_socket(tmp_path: Path) -> None
     deliveries = [{"unit": i, "kind": "data-feed", "seq": i, "payload": "r" * 500}
                   for i in range(1, 5001)]  # fmt: skip
 
-    async def handler(command: dict[str, Any]) -> dict[str, Any]:
+    async def handler(command: dict[str, Any], gone: trio.Event) -> dict[str, Any]:
         return {"deliveries": deliveries, "asked": len(command["request"])}
 
     async with trio.open_nursery() as nursery:
