@@ -26,20 +26,18 @@ class SnapshotCache:
         self._compute = compute
         self.max_age = max_age
         self._value: Snapshot | None = None
-        self._at = -float("inf")
         self._lock = trio.Lock()
         self.computed_at = -float("inf")
-        """Trio time of the last computation."""
+        """Trio time the last computation started (its age counts from there)."""
         self.computed = 0
         """How many times `compute` ran (a test's and the benchmark's count)."""
 
     async def get(self) -> Snapshot:
         """A snapshot at most `max_age` old; concurrent callers share one computation."""
         async with self._lock:
-            if self._value is None or trio.current_time() - self._at >= self.max_age:
+            if self._value is None or trio.current_time() - self.computed_at >= self.max_age:
                 started = trio.current_time()
                 self._value = await self._compute()
-                self._at = trio.current_time()
                 self.computed_at = started
                 self.computed += 1
             return self._value
