@@ -18,6 +18,7 @@ Bearer``); without, the server only listens on loopback (`agents.web.config`).""
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,13 @@ class TokenGate:
         return hmac.compare_digest(given, self.token)
 
 
+def proof_file_name(stream: str, seq: int) -> str:
+    """The download's file name: the stream's name reduced to safe characters (a kept
+    stream is named by the peer that produced it)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", stream)[:80]
+    return f"proof-{safe}-{seq}.json"
+
+
 def _page(name: str) -> Callable[[Request], Awaitable[Response]]:
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / name, headers=PAGE_HEADERS)
@@ -138,7 +146,7 @@ def agent_app(
             return PlainTextResponse(str(exc), 404)
         except (KeyError, ValueError) as exc:
             return PlainTextResponse(f"give agent, stream and seq: {exc}", 400)
-        name = f"proof-{stream.replace('/', '-')}-{seq}.json"
+        name = proof_file_name(stream, seq)
         headers = NO_STORE | {"Content-Disposition": f'attachment; filename="{name}"'}
         return Response(text, media_type="application/json", headers=headers)
 
@@ -152,7 +160,6 @@ def agent_app(
             Mount("/static", StaticFiles(directory=STATIC)),
         ]
     )
-    app.state.cache = cache
     return TokenGate(app, token)
 
 
@@ -176,4 +183,4 @@ def site_app(
     return TokenGate(app, token)
 
 
-__all__ = ["STATIC", "TokenGate", "agent_app", "site_app"]
+__all__ = ["STATIC", "TokenGate", "agent_app", "proof_file_name", "site_app"]

@@ -29,8 +29,6 @@ class SnapshotCache:
         self._lock = trio.Lock()
         self.computed_at = -float("inf")
         """Trio time the last computation started (its age counts from there)."""
-        self.computed = 0
-        """How many times `compute` ran (a test's and the benchmark's count)."""
 
     async def get(self) -> Snapshot:
         """A snapshot at most `max_age` old; concurrent callers share one computation."""
@@ -39,7 +37,6 @@ class SnapshotCache:
                 started = trio.current_time()
                 self._value = await self._compute()
                 self.computed_at = started
-                self.computed += 1
             return self._value
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from agents.web.app import agent_app, site_app
+from agents.web.app import agent_app, proof_file_name, site_app
 from agents.web.config import DashboardConfig, dashboard_config, exposure_problem, parse_listen
 from agents.web.records import RecordsView
 from agents.web.server import serve_app
@@ -128,6 +128,9 @@ async def test_a_proof_request_says_what_is_wrong(tmp_path: Path) -> None:
         agent = Identity.generate().peer_id
         code, body = await fetch(url + f"proof?agent={agent}&stream=s&seq=1")
         assert code == 404 and b"agent store" in body, body
+        assert proof_file_name('readings/x"\r\nSet-Cookie: a=b', 1) == (
+            "proof-readings-x---Set-Cookie--a-b-1.json"
+        )
         nursery.cancel_scope.cancel()
 
 
