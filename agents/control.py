@@ -96,8 +96,15 @@ async def _answer_while_asked(
             gone.set()
 
         nursery.start_soon(watch)
-        reply = await handler(request, gone)
+        try:
+            reply = await handler(request, gone)
+        except Exception as exc:  # raised below as itself, not inside the nursery's group
+            failed: Exception | None = exc
+        else:
+            failed = None
         nursery.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
     return reply
 
 

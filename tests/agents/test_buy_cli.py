@@ -26,9 +26,10 @@ import pytest
 import trio
 
 from agents.buy_command import DeliverySink, delivery_lines, summary_line
-from agents.control import request, serve_control
+from agents.control import ControlError, request, serve_control
 from mesh.anchoring.record import Record
 from mesh.chain.ledger import LocalLedger
+from mesh.errors import MeshError
 from mesh.identity import Identity
 from mesh.readings import Quality, Reading
 from tests.discovery.agents import FEED, RunningAgent, sessions
@@ -302,3 +303,21 @@ async def test_a_large_answer_crosses_the_control_socket(tmp_path: Path) -> None
         )
         nursery.cancel_scope.cancel()
     assert reply == {"deliveries": deliveries, "asked": 120_000}
+
+
+async def test_a_command_that_fails_is_answered_with_its_one_line(tmp_path: Path) -> None:
+    """The failure of a command (`MeshError`) reaches the asker as its error line, also
+    while the control socket watches whether the asker hangs up."""
+    path = tmp_path / "control.sock"
+
+    async def handler(command: dict[str, Any], gone: trio.Event) -> dict[str, Any]:
+        await trio.sleep(0.05)
+        raise MeshError(f"no channel {command['channel_id']}")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, path, handler)
+        with pytest.raises(ControlError, match="no channel 00000000"):
+            await trio.to_thread.run_sync(
+                lambda: request(path, {"cmd": "close", "channel_id": "00000000"}, timeout=10)
+            )
+        nursery.cancel_scope.cancel()
