@@ -19,10 +19,10 @@ from typing import Any
 
 import trio
 
-from agents.channel_config import ChannelConfig, ChannelFailure
 from agents.channels import ChannelManager
 from agents.offline import stored_ids
-from agents.settlement import LOCKING_STATES
+from mesh.channel.config import ChannelConfig, ChannelFailure
+from mesh.channel.settle import LOCKING_STATES
 from mesh.channel.state import FINAL_STATES, Record, Role, State
 from mesh.errors import MeshError
 

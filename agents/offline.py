@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agents.settlement import channel_summary
 from mesh.chain.ledger_db import tip_block
+from mesh.channel.settle import channel_summary
 from mesh.channel.store import CHANNEL_SCHEMA, ids_with_prefix, load_channels
 from mesh.errors import MeshError
 

@@ -211,7 +211,7 @@ class Agent:
                     health=self.storage,
                 )
                 self.manager.on_ended = self.provider.channel_ended
-                self.buyer = Buyer(self._send, self._pay)
+                self.buyer = Buyer(self._send, self.manager.pay)
                 self.manager.on_final = self._channel_final
                 await self._sync_wallet(chain)
                 await nursery.start(self.manager.run)
@@ -515,22 +515,19 @@ class Agent:
         signed = await self.anchorer.log(stream, payload, audience=to)
         return signed.body, signed.signature
 
-    async def _pay(self, channel_id: bytes, amount: int) -> None:
-        assert self.manager is not None
-        await self.manager.pay(channel_id, amount)
-
     def _check_channel(self, peer_id: str, channel_id: bytes, service: str) -> str | None:
         assert self.manager is not None
-        for record, svc in self.manager.records():
-            if record.terms.channel_id == channel_id:
-                if record.role is not Role.PAYEE or record.peer_id != peer_id:
-                    return "not a channel paying us from this peer"
-                if svc != service:
-                    return f"channel pays for {svc}, not {service}"
-                if record.state is not State.OPEN:
-                    return f"channel is {record.state.value}"
-                return None
-        return "unknown channel"
+        held = self.manager.held(channel_id)
+        if held is None:
+            return "unknown channel"
+        record, svc = held
+        if record.role is not Role.PAYEE or record.peer_id != peer_id:
+            return "not a channel paying us from this peer"
+        if svc != service:
+            return f"channel pays for {svc}, not {service}"
+        if record.state is not State.OPEN:
+            return f"channel is {record.state.value}"
+        return None
 
     # ------------------------------------------------------------------ control
 

@@ -46,8 +46,8 @@ from dataclasses import dataclass, field, replace
 from statistics import median
 from typing import Any
 
-from agents.settlement import LOCKING_STATES
 from bench.report import Row, Target, fmt, text_table
+from mesh.channel.settle import LOCKING_STATES
 
 SCENARIO = "soak"
 SENSOR, MILL, BUYER = "vibration-sensor", "cnc-mill", "robot-cell"

@@ -51,7 +51,7 @@ from mesh.wire import Frame
 
 log = logging.getLogger("agents.services")
 Send = Callable[[str, Frame], Awaitable[None]]
-Pay = Callable[[bytes, int], Awaitable[None]]
+Pay = Callable[[bytes, int], Awaitable[object]]
 
 
 LogRecord = Callable[[str, bytes, str | None], Awaitable[tuple[bytes, bytes]]]

@@ -4,8 +4,8 @@ What it does, in one nursery (`run`):
 
 - **log**: `log(stream, payload)` signs the next record of the stream (`StreamWriter`),
   queues it, and returns once it is committed to the agent store. Records logged while
-  a commit is running share the next commit (group commit), so a burst of records costs
-  one SQLite transaction, not one each. Deliver a record to anyone only after `log`
+  a commit is running share the next commit (a `mesh.commit.GroupCommit`), so a burst
+  of records costs one append, not one each. Deliver a record to anyone only after `log`
   returned: a record signed but lost in a crash would be signed again, differently, at
   the same seq — a fork.
 - **batch**: committed records wait in a `Batcher`; when a stream reaches
@@ -85,6 +85,7 @@ from mesh.chain.base import Chain, TxState
 from mesh.chain.errors import ChainUnavailable, TxRejected, WalletError
 from mesh.chain.tx import parse_exact
 from mesh.chain.wallet import Wallet
+from mesh.commit import CommitFailed, GroupCommit
 from mesh.errors import LocalProtocolError
 from mesh.health import StorageHealth, describe
 from mesh.identity import Identity
@@ -130,12 +131,34 @@ class AnchorStatistics:
     """The anchor transaction broadcast last ("" before the first)."""
 
 
-@dataclass
-class _Commit:
-    """One group commit: set when its records are stored (or failed to be)."""
+_Queued = list[tuple[SignedRecord, bytes | None]]
 
-    event: trio.Event = field(default_factory=trio.Event)
-    error: str | None = None
+
+@dataclass
+class _Queue:
+    """Records signed and waiting to be stored, each with who it was delivered to: the
+    `Staging` of the Anchorer's `GroupCommit`, written by `insert_own` in a worker thread."""
+
+    store: AnchorStore
+    stored: Callable[[list[SignedRecord]], None]  # batch them
+    failed: Callable[[BaseException], None]  # say why in the statistics
+    waiting: _Queued = field(default_factory=list)
+
+    def take(self) -> _Queued | None:
+        batch, self.waiting = self.waiting, []
+        return batch or None
+
+    def write(self, batch: _Queued) -> None:
+        # Signed already: written as they are (never signed again, which would fork
+        # the stream), however long storage takes to come back.
+        self.store.insert_own([r for r, _ in batch], [a for _, a in batch])
+
+    def restore(self, batch: _Queued, error: BaseException) -> None:
+        self.waiting[:0] = batch
+        self.failed(error)
+
+    async def after(self, batch: _Queued) -> None:
+        self.stored([r for r, _ in batch])
 
 
 class Anchorer:
@@ -169,11 +192,7 @@ class Anchorer:
         self._health = health or StorageHealth()
         self._writer: StreamWriter | None = None
         self._batcher = Batcher(self.config.batch)
-        self._queue: list[SignedRecord] = []
-        self._audiences: list[bytes | None] = []  # beside _queue: who each was delivered to
-        self._next_commit = _Commit()
-        self._in_flight: _Commit | None = None
-        self._commit_wake = trio.Event()
+        self._open_log()
         self._batch_wake = trio.Event()
         self._anchor_lock = trio.Lock()
         self._confirm_lock = trio.Lock()
@@ -201,7 +220,7 @@ class Anchorer:
         """
         state = await self._thread(self.records.load_state, self._agent)
         self._batcher = Batcher(self.config.batch)
-        self._queue, self._audiences, self._planned, self._unconfirmed = [], [], {}, {}
+        self._planned, self._unconfirmed = {}, {}
         self._to_plan, self._unbooked, self._unbooked_since = [], [], None
         self._retry_at = math.inf
         now = trio.current_time()
@@ -215,7 +234,7 @@ class Anchorer:
         if self._planned:
             self._retry_at = now
         self._failure = None
-        self._next_commit = _Commit()
+        self._open_log()
         self._writer = StreamWriter(self.identity, state.heads)
         try:
             async with trio.open_nursery() as nursery:
@@ -236,12 +255,21 @@ class Anchorer:
                 except (sqlite3.Error, StoreError, OSError) as exc:  # rebuilt at the next start
                     log.warning("record index not written at stop: %s", describe(exc))
 
+    def _open_log(self) -> None:
+        """An empty queue and its group commit (a new one each run)."""
+        self._queue = _Queue(self.records, self._stored, self._write_failed)
+        self._commits = GroupCommit(
+            self._queue, self._limiter, health=self._health, component="anchoring", in_thread=True
+        )
+
     def _fail(self, why: str) -> None:
         """Refuse new records and wake every `log` waiting for a commit, with an error."""
         if self._failure is None:
             self._failure = why
-        self._next_commit.error = why
-        self._next_commit.event.set()
+        self._commits.fail(why)
+
+    def _write_failed(self, exc: BaseException) -> None:
+        self._last_error = f"store write failed: {describe(exc)}"
 
     async def _thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
@@ -249,12 +277,10 @@ class Anchorer:
     async def _write(self, fn: Callable[..., T], *args: object) -> T:
         """A store or wallet write in a worker thread, tried again while storage fails
         (`StorageHealth.retry`): nothing that must follow it happens first."""
-
-        def failed(exc: BaseException) -> None:
-            self._last_error = f"store write failed: {describe(exc)}"
-
         try:
-            return await self._health.retry("anchoring", lambda: self._thread(fn, *args), failed)
+            return await self._health.retry(
+                "anchoring", lambda: self._thread(fn, *args), self._write_failed
+            )
         except (sqlite3.Error, StoreError) as exc:  # not a storage fault: a bug, or a foreign
             # writer (a record index row already there): the log must stop pretending
             self._fail(f"store write failed: {exc}")
@@ -290,48 +316,36 @@ class Anchorer:
                 raise RecordError("payload", f"bytes of at most {MAX_PAYLOAD}")
         timestamp_ms = int(self._clock() * 1000)
         records = [writer.append(stream, payload, timestamp_ms) for payload in payloads]
-        commit = self._next_commit
-        self._queue.extend(records)
-        self._audiences.extend([audience] * len(records))
-        self._commit_wake.set()
-        await commit.event.wait()
-        if commit.error is not None:
-            raise AnchoringError(f"records not stored: {commit.error}")
+        self._queue.waiting.extend((record, audience) for record in records)
+        await self._flush()
         return records
 
+    async def _flush(self) -> None:
+        """Wait until every record queued so far is stored and batched."""
+        try:
+            await self._commits.flush()
+        except CommitFailed as exc:
+            raise AnchoringError(f"records not stored: {exc}") from exc
+
     async def _committer(self) -> None:
-        while True:
-            await self._commit_wake.wait()
-            self._commit_wake = trio.Event()
-            while self._queue:
-                records, self._queue = self._queue, []
-                audiences, self._audiences = self._audiences, []
-                commit, self._next_commit = self._next_commit, _Commit()
-                self._in_flight = commit
-                try:
-                    # Signed already: written as they are (never signed again, which
-                    # would fork the stream), however long storage takes to come back.
-                    await self._write(self.records.insert_own, records, audiences)
-                except AnchoringError as exc:
-                    commit.error = self._failure or str(exc)
-                    commit.event.set()
-                    raise
-                except BaseException:
-                    commit.error = "the anchorer stopped during the commit"
-                    commit.event.set()
-                    raise
-                now = trio.current_time()
-                deadline = self._batcher.next_deadline()
-                full = False
-                for record in records:
-                    full = self._batcher.add(record.stream, record.seq, record.hash, now) or full
-                self._logged += len(records)
-                commit.event.set()
-                self._in_flight = None
-                # Wake the batch loop when a batch is full, and when a first record gave
-                # a stream an age deadline the loop is not sleeping towards yet.
-                if full or self._batcher.next_deadline() != deadline:
-                    self._batch_wake.set()
+        try:
+            await self._commits.run()
+        except sqlite3.Error as exc:  # not a storage fault (those are retried): see `_write`
+            self._fail(f"store write failed: {exc}")
+            raise AnchoringError(f"the record log cannot be stored: {exc}") from exc
+
+    def _stored(self, records: list[SignedRecord]) -> None:
+        """`records` are committed: they wait for their batch. Wake the batch loop when
+        a batch is full, and when a first record gave a stream an age deadline the loop
+        is not sleeping towards yet."""
+        now = trio.current_time()
+        deadline = self._batcher.next_deadline()
+        full = False
+        for record in records:
+            full = self._batcher.add(record.stream, record.seq, record.hash, now) or full
+        self._logged += len(records)
+        if full or self._batcher.next_deadline() != deadline:
+            self._batch_wake.set()
 
     # ---------------------------------------------------------------- batching
 
@@ -375,8 +389,7 @@ class Anchorer:
         """
         if self._writer is None:
             raise LocalProtocolError("the anchorer is not running")
-        while self._queue or self._in_flight is not None:
-            await (self._in_flight or self._next_commit).event.wait()
+        await self._flush()
         async with self._anchor_lock:
             before = set(self._unconfirmed)
             self._cut(force=True)
@@ -555,7 +568,7 @@ class Anchorer:
         """A snapshot of counters and the last anchoring error."""
         return AnchorStatistics(
             records_logged=self._logged,
-            records_waiting=self._batcher.waiting() + len(self._queue),
+            records_waiting=self._batcher.waiting() + len(self._queue.waiting),
             batches_anchored=self._anchored,
             batches_unanchored=len(self._planned),
             batches_unconfirmed=len(self._unconfirmed),

@@ -95,19 +95,12 @@ class Node:
     queries it answers with.
     """
 
-    def __init__(
-        self,
-        local: LocalIdentity,
-        mailbox: pynng.Pair1,
-        nursery: trio.Nursery,
-        config: NodeConfig,
-        allow: Collection[str] | None,
-        sources: SourceTable | None = None,
-    ) -> None:
-        """Use `open_node` instead (it hands over the `SourceTable` nng's hooks fill)."""
-        self.tables = NodeTables(local, mailbox, nursery, config, allow, sources)
-        self.local = local
-        self.config = config
+    def __init__(self, tables: NodeTables) -> None:
+        """Use `open_node` instead (it builds the tables around the mailbox and the
+        `SourceTable` nng's hooks fill)."""
+        self.tables = tables
+        self.local = tables.local
+        self.config = config = tables.config
         self._liveness = Liveness(config.heartbeat_interval, config.dead_after)
         self._limits_reported = (0, 0)  # (connections refused, handshakes limited) logged
 
@@ -503,7 +496,7 @@ async def open_node(
         mailbox = advertise or _resolved(listen, str(listener.local_address))
         local = LocalIdentity.create(identity, mailbox, profile, site=site, network=network)
         async with trio.open_nursery() as nursery:
-            node = Node(local, sock, nursery, config, allow, sources)
+            node = Node(NodeTables(local, sock, nursery, config, allow, sources))
             nursery.start_soon(node.run_receiver)
             nursery.start_soon(node.run_timers)
             try:

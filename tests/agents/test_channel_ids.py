@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from agents.channel_config import ChannelConfig
 from agents.commands import ChannelIdError, channel_prefix, resolve_channel
 from agents.offline import stored_ids
 from mesh.chain.ledger import LocalLedger
+from mesh.channel.config import ChannelConfig
 from mesh.channel.store import ChannelStore
 from mesh.store import Store
 from tests.channel.helpers import EXPIRY, make_pair

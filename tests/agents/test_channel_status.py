@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from agents.agent_cli import channel_line
-from agents.channel_config import ChannelStatistics
 from agents.profile import load_profile
 from agents.runtime import Agent
-from agents.settlement import channel_summary
 from mesh.channel import Record, State
+from mesh.channel.config import ChannelStatistics
+from mesh.channel.settle import channel_summary
 from mesh.identity import Identity, save_identity
 from tests.channel.helpers import CAPACITY, EXPIRY, make_pair
 

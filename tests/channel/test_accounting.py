@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from agents.agent_cli import channel_line
-from agents.channel_base import payout_label
 from agents.channels import ChannelConfig, ChannelFailure
+from agents.channels.effects import payout_label
 from mesh.chain.errors import TxRejected
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import p2pkh_script, parse_exact

@@ -123,7 +123,7 @@ async def test_payer_refund_after_expiry_when_payee_vanishes(
             cid = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 8)
         # The seller is gone (no payment was ever made, so it had nothing to close).
         record = buyer.manager.record(cid)
-        refund = parse_exact(buyer.manager._end(cid).signed_refund())  # type: ignore[union-attr]
+        refund = parse_exact(buyer.manager.protocol.book.end(cid).signed_refund())  # type: ignore[union-attr]
         with pytest.raises(Exception, match="non-final"):
             await buyer.chain.broadcast(refund)
         # One block short of the expiry the refund is still non-final: nothing happens.
@@ -480,7 +480,7 @@ async def test_a_run_with_a_forged_payment_keeps_the_payments_before_it(
         await buyer.fund(ledger_path, 1_000_000)
         session = await buyer.node.connect(seller.node.address, expect_peer=seller.node.peer_id)
         cid = await buyer.manager.open(seller.node.peer_id, "spindle-time", CAPACITY, 20)
-        payer = buyer.manager._end(cid)
+        payer = buyer.manager.protocol.book.end(cid)
         signer = PaymentSigner(payer.terms)
         sigs = [sign_digest(payer._key, signer.sighash(total)) for total in (5, 10, 15, 20)]
         sigs[2] = sign_digest(Identity.generate().key, signer.sighash(15))
@@ -590,7 +590,7 @@ def teranode_ledger(tmp_path: Path) -> Path:
 async def refund_attempts(payer: Agentlet, cid: bytes, until: float) -> list[str]:
     """A payer that broadcasts its refund every 50 ms (as soon as any node would take
     it), until `until`; the rules it was refused by."""
-    end = payer.manager._ends[cid]
+    end = payer.manager.protocol.book.ends[cid]
     assert isinstance(end, Payer)
     refusals: list[str] = []
     raw = end.signed_refund()

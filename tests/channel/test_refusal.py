@@ -13,12 +13,12 @@ import pytest
 import trio
 
 from agents.channels import ChannelConfig, ChannelFailure, FundingRefused
-from agents.settlement import channel_summary
 from mesh.chain.base import OutputState
 from mesh.chain.errors import ChainUnavailable
 from mesh.chain.ledger import LocalLedger
 from mesh.channel import ChannelStateError, Record, Role, State
 from mesh.channel.frames import ChannelFunded
+from mesh.channel.settle import channel_summary
 from mesh.channel.store import ChannelStore
 from mesh.channel.txs import Terms
 from mesh.store import Store

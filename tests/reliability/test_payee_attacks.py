@@ -29,6 +29,7 @@ import trio
 from agents.channels import ChannelConfig, ChannelFailure
 from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.channel import Payer, State
+from mesh.channel.effects import BroadcastFunding, Send
 from mesh.channel.frames import ChannelError, ChannelFunded, ChannelOpen, ChannelRefundSigned
 from mesh.identity import Identity
 from mesh.net.node import ConnectError, NodeConfig
@@ -104,20 +105,21 @@ async def test_a_funding_spent_before_it_is_announced_is_never_served(tmp_path: 
         await connect(me, hello)
         manager = me.manager
 
-        async def spend_first(payer: Payer) -> None:
+        async def spend_first(effect: BroadcastFunding) -> None:
             """In place of broadcasting the funding and announcing it: broadcast it,
             wait until the payee's refund is final, broadcast the refund, and only then
             send `ChannelFunded`."""
-            cid = payer.terms.channel_id
-            raw = manager._funding[cid]
+            cid, raw = effect.channel_id, effect.raw
+            payer = manager.protocol.book.end(cid)
+            assert isinstance(payer, Payer)
             await me.chain.broadcast(parse_exact(raw))
             height = await me.chain.height()
             await me.chain.mine(max(1, payer.terms.expiry_height - height))
             await me.chain.broadcast(parse_exact(payer.signed_refund()))
             payer.event("funding-accepted")
-            await manager._send(peer, ChannelFunded(cid, raw))
+            await manager.effects.run([Send(peer, ChannelFunded(cid, raw))])
 
-        manager._broadcast_funding = spend_first  # type: ignore[method-assign]
+        manager.effects._broadcast_funding = spend_first  # type: ignore[method-assign]
         with pytest.raises(ChannelFailure, match="spent"):
             await manager.open(peer, SERVICE, CAPACITY, 6)
         report = await stop(provider, "stats")
@@ -175,7 +177,7 @@ async def test_a_settled_channel_id_and_outpoint_are_never_served_again(tmp_path
                 )
             )  # fmt: skip
             other_reply = await replies.wait_for(other)
-            await session.send(ChannelFunded(cid, me.manager._funding[cid]))
+            await session.send(ChannelFunded(cid, me.manager.protocol.book.funding[cid]))
             await trio.sleep(0.5)
             report = await stop(provider, "stats")
 

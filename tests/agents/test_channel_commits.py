@@ -1,4 +1,4 @@
-"""GroupCommit orders "write, then send" (doubles for the store and the sessions),
+"""The channel commits order "write, then send" (doubles for the store and the sessions),
 also while the store cannot be written.
 
 The real path -- a payer and a payee agent over nng with SQLite -- is checked by
@@ -12,8 +12,10 @@ import sqlite3
 import pytest
 import trio
 
-from agents.group_commit import GroupCommit
-from mesh.channel.frames import ChannelAck
+from agents.channels.commits import ChannelCommits
+from mesh.channel.config import ChannelConfig
+from mesh.channel.effects import Effect
+from mesh.channel.protocol import ChannelProtocol
 from mesh.channel.state import Record
 from mesh.health import StorageHealth
 from mesh.session_frames import Message
@@ -23,24 +25,28 @@ from tests.channel.helpers import make_pair
 
 class World:
     """A log of what was saved and sent, in order; the first `failures` saves raise
-    `error` (a full disk, by default)."""
+    `error` (a full disk, by default). The protocol holds one channel: as payee with
+    a payment not acknowledged yet (`paid`: each commit makes its ack), else as payer."""
 
-    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
-        payer, *_ = make_pair()
-        self.record = payer.record()
+    def __init__(
+        self, failures: int = 0, error: Exception | None = None, *, paid: bool = False
+    ) -> None:
+        payer, payee, buyer, seller = make_pair()
+        self.protocol = ChannelProtocol(seller if paid else buyer, ChannelConfig(), bytes)
+        if paid:
+            signed = payer.pay(100)
+            assert payee.accept_payment(signed.seq, signed.total, signed.payer_sig)
+        self.protocol.book.hold(payee if paid else payer, "svc")
+        self.record = (payee if paid else payer).record()
         self.cid = self.record.terms.channel_id
         self.log: list[tuple[str, object]] = []
         self.db = trio.CapacityLimiter(1)
         self.failures = failures
         self.error = error or sqlite3.OperationalError("database or disk is full")
         self.health = StorageHealth()
-        self.commits = GroupCommit(
-            lambda cid: (self.record, "svc"),
-            self.save,
-            self.acknowledge,
-            self.send_many,
-            self.db,
-            health=self.health,
+        self.paid: list[Effect] = []
+        self.commits = ChannelCommits(
+            self.protocol, self, self.send_many, self.effect, self.db, self.health, 16
         )
 
     def save(self, batch: list[tuple[Record, str]]) -> None:
@@ -50,25 +56,30 @@ class World:
             raise self.error
         self.log.append(("save", [r.seq for r, _ in batch]))
 
-    def acknowledge(self, record: Record, service: str, reack: bool) -> Frame | None:
-        return ChannelAck(record.terms.channel_id, record.seq, record.total, b"") if reack else None
+    def forget_written(self, channel_id: bytes) -> None:
+        raise AssertionError("nothing is final here")
+
+    def effect(self, effect: Effect) -> bool:
+        self.paid.append(effect)
+        return True
 
     async def send_many(self, peer_id: str, frames: list[Frame]) -> None:
         self.log.append(("send", [type(f).__name__ for f in frames]))
 
 
 async def test_frames_wait_for_the_commit_and_acks_follow_it() -> None:
-    world = World()
+    world = World(paid=True)
     commits = world.commits
     async with trio.open_nursery() as nursery:
         nursery.start_soon(commits.run)
         commits.send_after_commit(world.record.peer_id, Message("a", b""))
         commits.send_after_commit(world.record.peer_id, Message("b", b""))
-        commits.reack([world.cid])
+        commits.reack(world.cid)
         assert world.log == []
         await commits.flush(world.cid)
         await trio.testing.wait_all_tasks_blocked()
-        assert world.log == [("save", [0]), ("send", ["Message", "Message", "ChannelAck"])]
+        assert world.log == [("save", [1]), ("send", ["Message", "Message", "ChannelAck"])]
+        assert [type(e).__name__ for e in world.paid] == ["Paid"]
         assert (commits.counters.commits, commits.counters.acks_sent) == (1, 1)
         nursery.cancel_scope.cancel()
 
@@ -97,7 +108,7 @@ async def test_a_failing_save_sends_nothing_until_a_save_works(autojump_clock: o
     """Three saves fail (a full disk): nothing is sent or acknowledged, `flush` waits,
     the health says why; the committer retries after 0.5, 1 and 2 s, and the fourth
     save sends everything queued, in order, then the ack it allows."""
-    world = World(failures=3)
+    world = World(failures=3, paid=True)
     commits, peer = world.commits, world.record.peer_id
     flushed: list[float] = []
 
@@ -108,7 +119,7 @@ async def test_a_failing_save_sends_nothing_until_a_save_works(autojump_clock: o
     async with trio.open_nursery() as nursery:
         nursery.start_soon(commits.run)
         commits.send_after_commit(peer, Message("a", b""))
-        commits.reack([world.cid])
+        commits.reack(world.cid)
         nursery.start_soon(flush)
         await trio.sleep(1.0)  # two saves failed by now
         assert [kind for kind, _ in world.log] == ["fail", "fail"]
@@ -124,7 +135,7 @@ async def test_a_failing_save_sends_nothing_until_a_save_works(autojump_clock: o
         ("fail", 0.0),
         ("fail", 0.5),
         ("fail", 1.5),
-        ("save", [0]),
+        ("save", [1]),
         ("send", ["Message", "Message", "ChannelAck"]),
     ]
     assert flushed == [3.5]
