@@ -1,1 +1,4 @@
-"""The m2mesh agent program: runtime, services, profiles and the `mesh` CLI."""
+"""The m2mesh agent program: runtime, services, profiles and the `mesh` CLI.
+
+(docs/ARCHITECTURE.md §1)
+"""

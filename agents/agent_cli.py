@@ -1,5 +1,6 @@
 """`mesh run`, `mesh status`, `mesh buy`, `mesh channels`: run an agent and talk to it
-(a stopped one: `mesh status` and `mesh channels` read its store, `agents.offline`)."""
+(a stopped one: `mesh status` and `mesh channels` read its store, `agents.offline`).
+(docs/ARCHITECTURE.md §6.2)"""
 
 from __future__ import annotations
 

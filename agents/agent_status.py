@@ -2,7 +2,8 @@
 dashboard and `/metrics`, so the three always agree.
 
 `agent_status` is synchronous and reads only memory (counters, tables, meters);
-`Agent.snapshot` adds the chain height and the wallet's balance, which need I/O."""
+`Agent.snapshot` adds the chain height and the wallet's balance, which need I/O.
+(docs/ARCHITECTURE.md §6.2)"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ the OPC UA server shows the latest bought reading of each feed and the Sparkplug
 publisher publishes both, a device per feed (``<service>`` for what it sells,
 ``<service>@<seller 16 hex>`` for what it buys). Nothing here pays or delivers: a
 bridge failing never stops the agent's business (a source that is down delivers
-nothing, so it bills nothing).
+nothing, so it bills nothing). (docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

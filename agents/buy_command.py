@@ -16,7 +16,7 @@ undecodable bytes are surrogate-escaped, so the order carries the exact bytes.
 The command line's side: the command's arguments (`add_buy_arguments`), and the reply
 as one line per unit (`delivery_lines`) or one JSON document (`json_document`), and a
 one-line summary (`summary_line`). Nothing here talks to a seller or touches money: it
-asks `Purchases` and reports.
+asks `Purchases` and reports. (docs/ARCHITECTURE.md §6)
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ statement records it. Then, until the want is done:
   never by the whole budget, and a channel outlives the order that opened it.
 
 Nothing here is kept per unit; `WantProgress` keeps totals and the last few orders.
+(docs/ARCHITECTURE.md §6)
 """
 
 from __future__ import annotations

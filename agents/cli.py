@@ -5,6 +5,7 @@ exit code. Expected failures (a bad key file, a missing passphrase, a corrupted 
 locked database, a file system that refuses a write, an address that cannot be
 bound) are printed as one clear line on stderr with exit code 1, also when they come
 out of an agent's nursery wrapped in an exception group; only bugs give a traceback.
+(docs/ARCHITECTURE.md §1)
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ channel, for a running agent and a stopped one alike.
 
 This module never changes how a channel settles: it asks the manager to close, and
 when the close does not come it says what the manager does instead.
+(docs/ARCHITECTURE.md §4, §6.2)
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ dir can reach it; nothing listens on the network.
 
 A request is at most `MAX_REQUEST` bytes (a `mesh buy` request payload, hex, fits); an
 answer has no limit here -- what makes it large (the deliveries a `mesh buy` asked
-for) is bounded where it is collected (`agents.buy_command`)."""
+for) is bounded where it is collected (`agents.buy_command`).
+(docs/ARCHITECTURE.md §6.2)"""
 
 from __future__ import annotations
 

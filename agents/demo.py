@@ -11,6 +11,7 @@ too (`mesh proof --agent SENSOR …`), through the sensor's receipts.
 This module owns only the demo's defaults: which profiles, where they are found
 (beside the source tree, or where a non-editable `pip install` put them), and which
 may be left out. It must never change the shipped profiles.
+(docs/ARCHITECTURE.md §1, §6.2)
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ With the ``ot`` extra installed, the demo adds to its factory:
 
 The shipped profiles are never changed: the demo writes its copies in a directory of its
 own. Without the extra, the demo runs without this path and says how to get it.
+(docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ The ledger file defaults to ``$M2MESH_LEDGER`` or ``$M2MESH_HOME/ledger.db`` (ho
 ``~/.m2mesh``); every agent on the host shares it. Each handler returns an exit code;
 expected failures (no ledger, a rejected transaction, a ledger another process keeps
 locked) are `MeshError`s that `mesh` prints as one line. This module only parses
-arguments and prints; the ledger does the work.
+arguments and prints; the ledger does the work. (docs/ARCHITECTURE.md §5)
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ bucket: `burst` lines at once, then `rate` lines per second. Lines over the budg
 counted, not written; the next line of that kind to be written says how many were
 left out (or `flush`, at exit). The time is the record's own (`LogRecord.created`),
 so the rule is tested with made-up records; no clock is read here.
+(docs/ARCHITECTURE.md §6.2)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ A call that names them itself (``extra={"peer": ...}``) wins over the context.
 
 This module only shapes lines. It never decides what is logged, and the budget that
 keeps a peer from filling the disk with our lines stays `agents.logbudget`'s: `configure`
-puts one on each handler as before.
+puts one on each handler as before. (docs/ARCHITECTURE.md §6.2)
 """
 
 from __future__ import annotations

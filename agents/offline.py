@@ -6,6 +6,7 @@ looks up channel ids by prefix here (`stored_ids`: the channels only its store k
 released or settled ones). Both files are opened read-only (SQLite ``mode=ro``, a
 short busy timeout). This module must never write the store, the journal or the
 ledger: looking at a stopped agent must not change what it finds when it starts.
+(docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """``mesh controller``: a simulated machine controller served over a real OPC UA server,
-to try the OPC UA bridges without a plant (`agents.ot.controller`)."""
+to try the OPC UA bridges without a plant (`agents.ot.controller`).
+(docs/ARCHITECTURE.md §6.1)"""
 
 from __future__ import annotations
 

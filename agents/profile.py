@@ -6,6 +6,7 @@ interface this host does not have, a handler no installed package declares -- is
 `ProfileError` whose message names the file, the key (as a dotted path such as
 ``services[1].price``) and the problem; a misspelt key is named with the key it was
 probably meant to be. `profiles/README.md` documents every key by example.
+(docs/ARCHITECTURE.md §6)
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ the plant. Read by `agents.profile`; the bridges themselves live in `agents.ot`.
 Each needs the ``ot`` extra; a profile naming one where it is missing stops at load with
 the command that installs it. The tables' keys are checked by the bridges' own config
 classes, and a problem is reported as the profile's (file, key, problem).
+(docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

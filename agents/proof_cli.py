@@ -20,6 +20,7 @@ buyer's kept records).
 with the block height and time and exits 0, or ``INVALID <reason>: <detail>`` naming
 the first link that failed (`mesh.anchoring.errors.REASONS`) and exits 1. An unusable
 header source is an error (exit 1). Nothing here prints a traceback for a bad file.
+(docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

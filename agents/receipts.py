@@ -21,7 +21,7 @@ records, on a store connection of their own (they are written from the Trio thre
 Pull, not push: a receipt lost with a session or a restart costs nothing, the producer
 keeps no per-buyer state beyond what it already stores, and a buyer that comes back
 days later still collects its receipts. A receipt that does not hold is logged, counted
-and dropped; it never changes what the buyer holds.
+and dropped; it never changes what the buyer holds. (docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations

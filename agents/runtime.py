@@ -16,6 +16,7 @@ discovery, the channel manager and the services of its profile, then:
 (providers finish what is paid), close every channel cooperatively, anchor what was
 logged and (for a few seconds) collect receipts for bought readings, then leave the
 nursery, which sends mDNS goodbyes and closes the sockets -- within 10 s.
+(docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations

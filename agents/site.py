@@ -15,7 +15,7 @@ done and every channel matches its meter and the ledger.
 
 Every profile is validated, and the site's names checked, before anything starts. It
 must never change a user's profile (the site goes into each agent's own copy) nor put
-anything outside the data dir.
+anything outside the data dir. (docs/ARCHITECTURE.md §6.2)
 """
 
 from __future__ import annotations

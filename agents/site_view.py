@@ -5,6 +5,7 @@ ledger, and the summary: every line is folded to the width of where it goes (80
 columns unless that is a terminal). It reads the agents' stores, their status
 answers and the ledger; it must never start, stop or fund an agent (agents/site.py
 does that), so a run can always be judged from what it left behind.
+(docs/ARCHITECTURE.md §6.2)
 """
 
 from __future__ import annotations

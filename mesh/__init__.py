@@ -1,6 +1,6 @@
 """m2mesh: a machine-to-machine micropayment and messaging mesh.
 
-The public API is what this module re-exports.
+The public API is what this module re-exports. (docs/ARCHITECTURE.md §1)
 """
 
 from mesh.errors import IdentityError, LocalProtocolError, MeshError, RemoteProtocolError

@@ -4,6 +4,7 @@ Following h11's split: `LocalProtocolError` means *we* were about to break the
 protocol (a bug or a bad call on our side); `RemoteProtocolError` means bytes that
 came from a peer broke it. A remote error ends that peer's session with a clear
 reason and never the agent. This module owns only the types; it does no I/O.
+(docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ Key file (JSON, mode 0600)::
 
 The peer id is stored in clear so tools can show it without the passphrase; after
 decryption it is checked against the key, which also catches a corrupted file.
+(docs/ARCHITECTURE.md §3)
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `await lock.acquire()` always passes through the scheduler, even when the lock is
 free; on paths run once per packet or per commit that trip is a measurable share of
-the work. This module never decides what a lock protects.
+the work. This module never decides what a lock protects. (docs/ARCHITECTURE.md §9)
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ Decisions the spec leaves open:
   same keys (and hence reused nonces) can never exist.
 * Every Noise message, handshake or transport, is at most ``MAX_MESSAGE_LEN``
   bytes including the tag; larger frames must be chunked by the caller.
+
+(docs/ARCHITECTURE.md §3)
 """
 
 from __future__ import annotations

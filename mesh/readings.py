@@ -23,6 +23,7 @@ with ``version`` 1 (`READING_VERSION`), ``kind`` and ``quality`` the ints of `Ki
 `Quality`, floats as float64. *Canonical*: exactly what the ``msgpack`` package writes
 with ``use_bin_type=True``; `decode_reading` re-encodes and demands byte equality, so a
 reading has one encoding and two buyers of one record read one value.
+(docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

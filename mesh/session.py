@@ -37,6 +37,7 @@ on the path and could as well drop the packets.
 
 Both directions rekey (Noise REKEY) after every `REKEY_INTERVAL` messages. With
 messages capped at 64 KiB that also bounds the data under one key to < 1 GiB.
+(docs/ARCHITECTURE.md §3)
 """
 
 from __future__ import annotations

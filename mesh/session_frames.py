@@ -1,6 +1,7 @@
 """The session layer's frames (tags 1-9): the handshake's payloads, `Hello`, the
 session's `Error`, `Heartbeat` and `Close`, and `Message`, an application message
-(`mesh.session`, `mesh.net.node`). Registered in the codec's one table (`mesh.wire`)."""
+(`mesh.session`, `mesh.net.node`). Registered in the codec's one table (`mesh.wire`).
+(docs/ARCHITECTURE.md §3)"""
 
 from __future__ import annotations
 

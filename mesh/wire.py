@@ -22,7 +22,7 @@ the reason. This module does no I/O.
 
 MessagePack is produced and parsed by the `msgpack` package (C extension), the
 codec the project chose; the schema checks are done here in one pass over the
-decoded array, driven by tables built once at import time.
+decoded array, driven by tables built once at import time. (docs/ARCHITECTURE.md §3)
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ address space, Sparkplug births and data). Every reading that crosses is a
 paho-mqtt is driven by Trio through its socket hooks (`agents.ot.mqtt`).
 
 Nothing here is imported unless a profile names a bridge: an agent without the ``ot``
-extra runs, and a profile that needs it says which extra to install (`require`).
+extra runs, and a profile that needs it says which extra to install (`missing`, `OT_EXTRA`).
+(docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

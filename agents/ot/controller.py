@@ -11,6 +11,7 @@ with variables, each in the namespace ``urn:m2mesh:controller`` (index 2):
 
 `set` writes a value with a status and a source time; `simulate` moves the values at a
 rate, as a running mill would. Everything runs on the `AsyncioPortal`'s loop.
+(docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ Guarantees:
 - memory is bounded: at most `MqttOptions.max_unsent` publishes wait to be written
   (`publish_nowait` raises `trio.WouldBlock` beyond), and each subscription's channel
   holds at most its ``buffer`` messages (the broker's extra ones are dropped, counted).
+
+(docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

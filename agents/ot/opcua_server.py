@@ -30,7 +30,7 @@ their browse path under ``Objects/M2Mesh``):
 
 `OpcUaSurface.run` starts the server (asyncua, behind `agents.ot.portal`) and refreshes it
 from the agent's `status()` every `REFRESH` seconds, and at once (at most every 0.1 s)
-when a bought reading arrives: at most a second behind.
+when a bought reading arrives: at most a second behind. (docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

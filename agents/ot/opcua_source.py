@@ -23,7 +23,7 @@ server's StatusCode severity as quality (a Bad value without data keeps the last
 quality bad), its SourceTimestamp (else ServerTimestamp) as the source time. The
 connection is watched (the server's state read every second); when it is lost the source
 says so in `status()`, publishes nothing (so the feed delivers and bills nothing), and
-tries again after 0.5 s, doubling to 30 s.
+tries again after 0.5 s, doubling to 30 s. (docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ thread of its own, for asyncio-only libraries (asyncua).
   raises is logged, never lost silently. After the Trio run ended it is dropped.
 
 No process-wide event-loop policy is changed; one portal per agent is plenty.
+(docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ order that falls more than `ChangeFeed.capacity` readings behind skips the oldes
 feed delivers nothing and bills nothing.
 
 The feed is a ring of the last `capacity` readings: memory is bounded whatever the rate
-or the number of orders.
+or the number of orders. (docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

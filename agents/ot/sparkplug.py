@@ -24,7 +24,7 @@ What it owns:
 Inputs in (readings, received topic and payload bytes, ``now`` in ms); `Outgoing` MQTT
 messages (topic, payload, qos, retain) out. It never opens a socket and never reads a
 clock: the Trio shells are `agents.ot.sparkplug_bridge`; the host side (a source's view
-of a device) is `agents.ot.sparkplug_host`.
+of a device) is `agents.ot.sparkplug_host`. (docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

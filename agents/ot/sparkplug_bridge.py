@@ -26,6 +26,7 @@ publishes the NDEATH; `close` publishes the NDEATH itself and disconnects.
 births and deaths and the device's births, data and deaths, and publishes the metric's
 readings on its `ChangeFeed` (a bad-quality copy when the device or node dies; nothing
 while disconnected); it asks for a rebirth when data comes before a birth.
+(docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

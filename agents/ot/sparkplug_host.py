@@ -18,6 +18,7 @@ the MQTT messages to send. It guarantees:
 
 It never opens a socket and never reads a clock (`now_ms` comes in); sequence numbers
 are not checked, as a subscriber to one device sees only part of its node's sequence.
+(docs/ARCHITECTURE.md §6.1)
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Service kinds (tool-time, data-feed, call), the vendor API, and order handling."""
+"""Service kinds (tool-time, data-feed, call), the vendor API, and order handling.
+
+(docs/ARCHITECTURE.md §6)
+"""
 
 from agents.services.buyer import Buyer, OrderResult
 from agents.services.orders import Provider

@@ -1,5 +1,6 @@
 """Simulated machines for the demo and the tests: a spindle, a vibration sensor, an
-inspection station. Deterministic given their state, cheap, and honest about time."""
+inspection station. Deterministic given their state, cheap, and honest about time.
+(docs/ARCHITECTURE.md §6)"""
 
 from __future__ import annotations
 

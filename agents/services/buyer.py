@@ -6,7 +6,7 @@ the price it agreed or its budget; what counts as arrived is `agents.services.de
 stop, on a delivery that does not verify (a cheat), on silence past the want's wait
 limit, when the seller is lost, or when the channel cannot pay any more; whichever it
 is, `OrderResult` says so, and what was paid ahead on the channel carries to the next
-order on it.
+order on it. (docs/ARCHITECTURE.md §6)
 """
 
 from __future__ import annotations

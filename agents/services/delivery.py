@@ -13,7 +13,7 @@ for a unit only when `DeliveryCheck.accept` counted it:
   order (`SeqMemory`);
 * **call**: one answer (a non-empty payload) per request;
 * **tool time**: at most one unit per `tick` of time since the order was sent, plus a
-  `slack` of units for latency and rounding (an honest seller's units arrive later than
+  `SLACK_UNITS` of units for latency and rounding (an honest seller's units arrive later than
   the clock, never earlier).
 
 Anything else raises `DeliveryViolation`: the buyer pays nothing for that frame and

@@ -1,6 +1,6 @@
 """The services' frames (tags 30-39): a buyer's order, the provider's deliveries, stop
 and done (`agents.services`). The application's own: the library only carries
-them. Registered in the codec's one table (`mesh.wire`)."""
+them. Registered in the codec's one table (`mesh.wire`). (docs/ARCHITECTURE.md §3, §6)"""
 
 from __future__ import annotations
 

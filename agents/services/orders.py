@@ -17,6 +17,7 @@ meanwhile are acknowledged once they are written, and the order goes on (a stop 
 lost buyer still ends it). So a fault costs the buyer time, not its prepay window.
 Meter statements are logged after `ServiceDone` is sent, by a task that waits for
 storage to work; at most `MAX_UNLOGGED_STATEMENTS` wait (more are dropped, and said so).
+(docs/ARCHITECTURE.md §6, §7)
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ refused a funding we put on chain (its coins locked until the expiry), for 10 mi
 then doubling up to a day; silence (no unit within the want's wait limit) for 30 s, doubling up
 to an hour; a refused order for 5 s, doubling up to 5 minutes. A complete order forgives
 silence and refusals, never a cheat. A seller merely lost (its session ended) is not set
-aside: it may be back in a second. No I/O; `now` is injected.
+aside: it may be back in a second. No I/O; `now` is injected. (docs/ARCHITECTURE.md §6)
 """
 
 from __future__ import annotations

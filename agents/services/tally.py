@@ -1,6 +1,7 @@
 """Orders and deliveries per service since the agent started, for `mesh status`, the
 dashboard and `/metrics`: a counter bumped where the order starts and where a unit is
-delivered (seller) or accepted (buyer); nothing else reads or writes it."""
+delivered (seller) or accepted (buyer); nothing else reads or writes it.
+(docs/ARCHITECTURE.md §6.2)"""
 
 from __future__ import annotations
 

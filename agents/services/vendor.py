@@ -50,7 +50,7 @@ which, so no name can mean two things:
   package.
 
 This module owns the registry and that rule; it never touches payments or the network,
-and it imports vendor code only when a profile names it.
+and it imports vendor code only when a profile names it. (docs/ARCHITECTURE.md §6)
 """
 
 from __future__ import annotations

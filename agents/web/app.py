@@ -13,7 +13,8 @@ The site's app (`mesh up`, `mesh demo`): ``/`` (static/site.html), ``/api/site``
 ``/events`` (one `site` event a second: every agent's status and dashboard address).
 
 With a token configured every request must carry it (``?token=`` or ``Authorization:
-Bearer``); without, the server only listens on loopback (`agents.web.config`)."""
+Bearer``); without, the server only listens on loopback (`agents.web.config`).
+(docs/ARCHITECTURE.md §6.2)"""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ and `mesh run --dashboard`.
 Read-only either way. On loopback only local users reach it; any other address needs a
 token (at least 16 characters, in a file beside the profile or at an absolute path),
 which every request must carry as ``?token=`` or ``Authorization: Bearer``.
-``listen = "off"`` serves nothing.
+``listen = "off"`` serves nothing. (docs/ARCHITECTURE.md §6.2, §10)
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ not at all while nobody looks (so an agent with no browser open pays nothing).
 The event streams keep time with the snapshot, not each with its own clock: each
 sleeps until one interval after the snapshot was computed, the first awake computes
 the next, and the others send that same one -- so every page gets a snapshot at most
-~`interval` old, and any number of pages costs one snapshot per interval."""
+~`interval` old, and any number of pages costs one snapshot per interval.
+(docs/ARCHITECTURE.md §6.2)"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """How late the agent's Trio loop runs its tasks: a task sleeps `interval` and measures
 how much longer it took. A loop busy with signatures and commits shows it here first,
-long before payments slow down visibly (`m2mesh_event_loop_lag_seconds`)."""
+long before payments slow down visibly (`m2mesh_event_loop_lag_seconds`).
+(docs/ARCHITECTURE.md §6.2)"""
 
 from __future__ import annotations
 

@@ -63,6 +63,7 @@ Counters count since the agent started. Metrics (type; labels): meaning --
 - `m2mesh_event_loop_lag_max_seconds` (gauge): the largest lag since the agent started
 
 Unless `process=False`, prometheus_client's `process_*` metrics (CPU, memory, files) follow.
+(docs/ARCHITECTURE.md §6.2)
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The dashboard's view of the agent's anchored records: the streams with their anchored
 ranges (`mesh proof --list`), refreshed at most every `max_age` seconds, and one record's
 proof as `mesh proof` exports it. Both read the agent's store through a connection of
-their own, in a worker thread, as `mesh proof` does beside a running agent."""
+their own, in a worker thread, as `mesh proof` does beside a running agent.
+(docs/ARCHITECTURE.md §6.2)"""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 Hypercorn because it runs on Trio itself -- the dashboard lives in the agent's own
 nursery and loop, no thread, no second event loop -- and speaks HTTP/1.1 with
 keep-alive and streaming responses (server-sent events). Starlette (on anyio) routes.
+(docs/ARCHITECTURE.md §6.2)
 """
 
 from __future__ import annotations

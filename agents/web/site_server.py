@@ -3,7 +3,8 @@
 The runner of a site is synchronous (it starts processes, mines blocks, draws the
 terminal view), so the page is served from a thread of its own running a Trio loop.
 Each agent's status comes from its control socket, as the terminal view's does, and
-only while someone has the page open (`agents.web.feed.SnapshotCache`)."""
+only while someone has the page open (`agents.web.feed.SnapshotCache`).
+(docs/ARCHITECTURE.md §6.2)"""
 
 from __future__ import annotations
 

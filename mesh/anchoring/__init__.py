@@ -21,6 +21,7 @@ The shells:
   `ColdArchive`, which still proves them.
 
 `mesh proof` / `mesh verify` (agents/proof_cli.py) are the command line.
+(docs/ARCHITECTURE.md §2, §7)
 """
 
 from mesh.anchoring.archive import BuyerArchive, Kept

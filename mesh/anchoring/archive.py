@@ -18,7 +18,7 @@ here — a producer's stream interleaves readings for all its buyers.
 Everything a peer sent is checked here, and failures are `RecordRejected` /
 `ReceiptRejected` (`RemoteProtocolError`s): they end that peer's exchange, not the
 agent. Methods block on SQLite: from Trio call them through `trio.to_thread` with the
-store's limiter. This module never talks to the network.
+store's limiter. This module never talks to the network. (docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

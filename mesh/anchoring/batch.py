@@ -18,7 +18,7 @@ is). Its length is exactly ``path_depth(count)``. Hashes are in internal byte or
 
 **When a batch is due** (`Batcher`): when a stream has `BatchPolicy.max_records`
 records waiting, or its oldest waiting record has waited `max_age` seconds of the
-caller's clock (``now`` comes in; nothing here reads a clock).
+caller's clock (``now`` comes in; nothing here reads a clock). (docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ rewrites it).
 A damaged, truncated or unreadable file is a `ColdArchiveError` naming it, never a
 traceback. This module does blocking file I/O on the archive directory only: it never
 opens the agent store or the network, never reads a clock, and never encodes or decodes
-a section itself (the codec does).
+a section itself (the codec does). (docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

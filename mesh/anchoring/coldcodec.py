@@ -32,7 +32,7 @@ Every section has a CRC-32: damaged or truncated bytes raise `Damaged` (the call
 names the file) or `ColdArchiveError`, never a traceback. The CRCs catch damage, not
 forgery; a forged record fails `verify_proof` like any other. This module is bytes in,
 values out: it never opens a file or lists a directory (``os`` is not imported), and
-never reads a clock or the network.
+never reads a clock or the network. (docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A proof that does not verify is a `ProofFailed` whose `reason` is one short stab
 string from `REASONS` (tests, logs and `mesh verify` match on it) and whose `detail`
 says what exactly was wrong. Bytes that came from a peer (a receipt) and do not hold
 are a `ReceiptRejected`, a `RemoteProtocolError`: they end that exchange, never the
-agent. This module owns only the types; it does no I/O.
+agent. This module owns only the types; it does no I/O. (docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The anchoring layer's frames (tags 40-49): a buyer's receipt request and the
 producer's receipts (`mesh.anchoring.receipt` owns the rules). Registered in the
-codec's one table (`mesh.wire`)."""
+codec's one table (`mesh.wire`). (docs/ARCHITECTURE.md §3)"""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ refused, plan the batches just cut, and fund and record one anchor transaction w
 output per planned batch (at most `MAX_OUTPUTS`). A confirm pass that finds blocks is one
 more (`mark_mined`): it books what no cycle booked yet, and marks the blocks found. It must
 never record a draft without its coins reserved in the same transaction, or mark a batch
-mined before it is booked.
+mined before it is booked. (docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ received or stored, it names every break:
 - ``foreign``: the record belongs to another agent than expected.
 
 A fork between two validly signed records is evidence of equivocation, not noise.
-This module owns the chaining rules; it does no I/O.
+This module owns the chaining rules; it does no I/O. (docs/ARCHITECTURE.md §2, §7)
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ the party you trust, as you would a checkpoint. For testnet/mainnet, export the 
 from a node you run, in the same format.
 
 This module owns the headers file format and the loading of both sources; it reads
-files but writes only when asked to export.
+files but writes only when asked to export. (docs/ARCHITECTURE.md §5)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ record without overwriting one already held at its seq, finding the readings sti
 without a receipt, and recording a checked receipt's batch (``mined``) and paths.
 `mesh.anchoring.archive.BuyerArchive` is the face of this for the runtime. Methods are
 synchronous SQLite work, each in one transaction; nothing here checks a signature or a
-path (the archive does, before it calls in).
+path (the archive does, before it calls in). (docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

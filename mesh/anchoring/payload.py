@@ -24,7 +24,7 @@ authorship, the anchor only proves the batch existed by the block's time. A reco
 anchor is the one output of its agent and stream whose seq range holds its seq; a
 transaction with no such output, or more than one, proves nothing for it.
 
-This module owns the script format; it does no I/O.
+This module owns the script format; it does no I/O. (docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations

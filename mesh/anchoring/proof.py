@@ -48,6 +48,7 @@ them. `verify_proof` checks, in this order, and names the first link that fails
 A file that is not a proof at all (not JSON, truncated, a field missing) is
 ``format``. This module owns the proof format and the check; it reads the proof file
 and nothing else, and never touches a network, a store or a clock.
+(docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Seq ranges: (first, last) pairs, inclusive, as the stores and the archive keep
-which records of a stream they hold or anchored (pure)."""
+which records of a stream they hold or anchored (pure). (docs/ARCHITECTURE.md §7)"""
 
 from __future__ import annotations
 

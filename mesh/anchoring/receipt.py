@@ -29,6 +29,7 @@ root (`check_receipt`) and the block link is checked again by whoever verifies t
 exported proof.
 
 This module owns the receipt's content and its consistency rules; it does no I/O.
+(docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ hash: the chain commits to what was said, the signature proves who said it, and 
 tampered signature is then told apart from a tampered record.
 
 This module owns the record format; it never stores, sends or anchors anything.
+(docs/ARCHITECTURE.md §2, §6.1)
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ knows when a segment file holds nothing anyone needs. Readers in other processes
 running agent (unanchored or unproven ones, which have no proof yet anyway).
 
 Blocking file and SQLite work; the caller serialises the use of one `RecordLog`.
+(docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

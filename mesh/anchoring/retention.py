@@ -21,7 +21,7 @@ own streams (its last record is the stream's head: a restart continues the hash 
 from it; without it the stream would start again at seq 0 -- a fork).
 
 Blocking SQLite and file work (run it in a worker thread behind the store's limiter);
-times come in as arguments.
+times come in as arguments. (docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

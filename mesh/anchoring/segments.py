@@ -19,7 +19,7 @@ with ``synchronous=NORMAL``, may be lost on power loss. A torn last entry fails 
 length or CRC: scanning stops there and the writer truncates it before appending.
 
 This module does blocking file I/O only; one writer per file, and the caller
-serialises its use. It never interprets a payload.
+serialises its use. It never interprets a payload. (docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

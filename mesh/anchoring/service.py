@@ -57,7 +57,7 @@ with everything else that uses the same `Store`).
 
 It must never broadcast a transaction it has not recorded first, return a record
 before it is committed, or swallow a store error (a storage fault is retried, never
-skipped).
+skipped). (docs/ARCHITECTURE.md §2, §7)
 """
 
 from __future__ import annotations

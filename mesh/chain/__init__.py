@@ -10,6 +10,7 @@
 - `rules`, `merkle`, `tx`: the pure parts (validation rules, Merkle/BUMP/headers, codecs).
 
 Only the `Chain` shells (`local`, `arc`) use Trio; the rest is synchronous.
+(docs/ARCHITECTURE.md §5)
 """
 
 from mesh.chain.arc import ArcChain, ArcSettings

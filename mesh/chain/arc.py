@@ -23,6 +23,7 @@ the only host names in this module are the documented defaults in `DEFAULT_ARC_U
 (the WhatsOnChain default is bsv-sdk's own).
 
 This module never signs, stores or validates transactions; it only carries them.
+(docs/ARCHITECTURE.md §5)
 """
 
 from __future__ import annotations

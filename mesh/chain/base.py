@@ -7,6 +7,7 @@ A `Chain` is what the channel manager, the wallet and anchoring see of the block
 Trio-friendly: backends that block (SQLite, HTTP) run their work in `trio.to_thread`.
 
 This module owns only the interface and its value types; it does no I/O.
+(docs/ARCHITECTURE.md §5)
 """
 
 from __future__ import annotations

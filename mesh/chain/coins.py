@@ -1,5 +1,6 @@
 """What the wallet holds, as data: its SQLite schema, coins, drafts, balances, and coin
-selection (pure). The wallet that reads and writes them is `mesh.chain.wallet`."""
+selection (pure). The wallet that reads and writes them is `mesh.chain.wallet`.
+(docs/ARCHITECTURE.md §5, §7)"""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ A rejected transaction is a `TxRejected` whose `rule` is one short stable string
 SPV failures are `SpvFailed` with a rule as well; they reuse the ledger's rule names
 where the check is the same (``fee``, ``script``, ``non-final`` …) and add their own
 (``proof``, ``unproven-input``, ``parent-mismatch``). This module owns only the types.
+(docs/ARCHITECTURE.md §5)
 """
 
 from __future__ import annotations

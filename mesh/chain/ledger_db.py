@@ -6,7 +6,7 @@ outputs, looking up and classifying the outputs a transaction spends (missing, s
 in a block, or spent by an earlier unmined transaction), building and inserting a
 block (coinbase, Merkle tree, header with regtest proof of work), the median time past
 and the supply accounting. Every function takes the connection of a transaction the
-caller already holds; none opens, commits or sleeps.
+caller already holds; none opens, commits or sleeps. (docs/ARCHITECTURE.md §5)
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ directly while a `LocalChain` owns it.
 
 `run_miner` mines a block every `interval` seconds of Trio time (so tests drive it with
 a mock clock). This module owns only that bridging; all rules live in the ledger.
+(docs/ARCHITECTURE.md §5)
 """
 
 from __future__ import annotations

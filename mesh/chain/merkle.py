@@ -11,6 +11,7 @@ local ledger only a block's coinbase can be alone, and its output is unspendable
 
 Headers carry a real proof of work at regtest difficulty (``bits`` 0x207fffff, about two
 hashes on average), so the header chain can be checked the way a node checks one.
+(docs/ARCHITECTURE.md §5)
 """
 
 from __future__ import annotations

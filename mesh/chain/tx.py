@@ -4,7 +4,7 @@ bsv-sdk's `Transaction.from_hex` is lenient (it ignores trailing bytes and accep
 truncated last output script) and `Transaction.txid()` caches a value that mutation
 does not invalidate. Everything here works from bytes: `parse_exact` accepts only bytes
 that re-serialise to themselves, and `txid_of` hashes the serialisation it is given.
-It never talks to the network or to a database.
+It never talks to the network or to a database. (docs/ARCHITECTURE.md §5)
 """
 
 from __future__ import annotations

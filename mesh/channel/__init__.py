@@ -1,4 +1,9 @@
-"""Spilman payment channels: transaction shapes, state machines, keys (no I/O)."""
+"""Spilman payment channels: the conversation (`protocol`, with `opening`, `settle`,
+`book`), state machines, transactions and keys -- none of them does I/O -- and the
+channel store and payment journal (`store`, `journal`). Re-exported here: the pure parts.
+
+(docs/ARCHITECTURE.md §4)
+"""
 
 from mesh.channel.keys import ChannelKeys, derive_channel_keys
 from mesh.channel.state import (

@@ -1,5 +1,5 @@
 """Channel policy, the payee's checks of an offer against it, and the channel
-manager's public types (`agents.channels` re-exports them)."""
+manager's public types (`agents.channels` re-exports them). (docs/ARCHITECTURE.md §4)"""
 
 from __future__ import annotations
 

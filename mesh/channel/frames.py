@@ -1,6 +1,6 @@
 """The payment channel's frames (tags 20-29): what payer and payee say to each other
-(`mesh.channel.state` holds the rules; `agents.channels` the conversation).
-Registered in the codec's one table (`mesh.wire`)."""
+(`mesh.channel.state` holds the rules; `mesh.channel.protocol` the conversation).
+Registered in the codec's one table (`mesh.wire`). (docs/ARCHITECTURE.md §3, §4)"""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ next writer truncates it before appending. Entries an earlier writer left (a run
 that stopped before its next checkpoint) are kept by the next one as `leftover`, so
 the checkpoint that empties the file can fold them in first. This module does
 blocking file I/O only; the caller serialises its use (one writer per file).
+(docs/ARCHITECTURE.md §7)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ output funded for the old proposal can never match the new one, and the refund t
 payee signed for the old terms can never take back coins it served against. Under
 identical terms the payee signs the identical refund again, which is harmless.
 Channels stored before the binding existed are reloaded with the unbound invoice
-(`LEGACY`).
+(`LEGACY`). (docs/ARCHITECTURE.md §4.1)
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ commit that makes them durable; what leaves together is then folded here: a run 
 payments on one channel with consecutive seqs becomes one `ChannelPays`. The payee
 then decodes, dispatches and records the run once instead of once per payment (the
 signatures are still verified one by one). A lone payment stays a `ChannelPay`.
+(docs/ARCHITECTURE.md §4, §9)
 """
 
 from __future__ import annotations

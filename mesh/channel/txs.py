@@ -20,7 +20,7 @@ Both parties rebuild every transaction from the agreed `Terms` and a total, so o
 BIP143 with FORKID; only ``hashOutputs`` depends on the total, so `PaymentSigner`
 keeps the 104-byte head of the preimage in a SHA-256 state and the 8-byte tail, and
 hashes just the outputs per update (checked byte for byte against bsv-sdk's
-``Transaction.preimage`` in the tests).
+``Transaction.preimage`` in the tests). (docs/ARCHITECTURE.md §4, §9)
 """
 
 from __future__ import annotations

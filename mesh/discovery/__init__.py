@@ -10,6 +10,7 @@ only after a session handshake, which the runtime reports with
 
 ``python -m mesh.discovery`` runs discovery alone and prints the table's events
 as JSON lines (used by the integration tests and the benchmark).
+(docs/ARCHITECTURE.md §2, §8)
 """
 
 from mesh.discovery.records import (

@@ -14,7 +14,7 @@ SIGTERM and SIGINT cancel discovery, which unregisters (goodbyes go out) before
 the process exits with status 0. A setup problem (bad interface, unreadable key)
 is one line on stderr and exit status 1. It is a diagnostic tool and the process
 the integration tests and the benchmark start; the agent runtime embeds
-`open_discovery` instead.
+`open_discovery` instead. (docs/ARCHITECTURE.md §8)
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ browser thread, record listeners on its asyncio loop thread. This module turns
 those calls into frozen events queued with `TrioToken.run_sync_soon` onto a Trio
 memory channel, and must never block those threads or touch Trio state from
 them. If the Trio run has ended the events are dropped (`trio.RunFinishedError`);
-if the channel is full they are dropped and counted.
+if the channel is full they are dropped and counted. (docs/ARCHITECTURE.md §8)
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ TXT record (RFC 6763 §6: length-prefixed ``key=value`` strings)
 In this order, every key present, each string at most 255 bytes and the whole
 record at most 1300 bytes (RFC 6763 §6.2)::
 
-    v=5                          protocol version (decimal, mesh.wire.PROTOCOL_VERSION)
+    v=7                          protocol version (decimal, mesh.wire.PROTOCOL_VERSION)
     id=02ab…(66 hex)             peer id, lowercase hex
     addr=tcp://10.0.0.5:5555     mailbox URL (nng listener of the agent)
     name=Mill 3                  human name, UTF-8, may be empty
@@ -51,7 +51,7 @@ occurrence of a key counts, unknown keys are ignored (they are not signed).
 
 What verification does *not* prove: the announcement is fresh (a signed TXT can be
 replayed, e.g. from another address) or that the agent is reachable. mDNS data is a
-hint; identity is trusted only after the session handshake.
+hint; identity is trusted only after the session handshake. (docs/ARCHITECTURE.md §8, §10)
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ mailbox back to pending.
 
 A static peer may be pinned to the id it must prove (``ID@tcp://host:port``,
 `parse_static`): the runtime then dials it expecting that id, and no other peer
-that claims its mailbox takes its place.
+that claims its mailbox takes its place. (docs/ARCHITECTURE.md §8)
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ twice at once. The handler is told which frame is the last of what has arrived (
 `last` argument: nothing waits behind it), so it can end a group commit there.
 `queued()` says how many wait (an observation, for tests and statistics).
 
-This module reads no socket and makes no protocol decision.
+This module reads no socket and makes no protocol decision. (docs/ARCHITECTURE.md §2, §9)
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ Rules:
 - a fatal `Error` ends the session, then reaches the application, so the application
   never sees it while the session still looks alive;
 - every other frame is the application's.
+
+(docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ protocol decisions live in `mesh.session`, and the tables a node keeps in
   frames wait in a `mesh.net.inbox.Inbox`).
 
 A peer's bad input ends that peer's session (logged with the peer and reason)
-and never the node.
+and never the node. (docs/ARCHITECTURE.md §2, §8)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ idle, else queued and coalesced by the session's sender task), `send_many` (a ba
 sealed into as few packets as possible), `aclose`. Frames leave in the order they
 were given on every path. The node (`mesh.net.node`) creates, tables and ends
 these; this module holds no tables and makes no protocol decisions (those are
-`mesh.session`'s).
+`mesh.session`'s). (docs/ARCHITECTURE.md §2, §8)
 """
 
 from __future__ import annotations

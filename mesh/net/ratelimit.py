@@ -3,6 +3,7 @@
 A bucket holds up to `burst` tokens and refills at `rate` per second; a request for
 `cost` tokens is granted when that many are there. Time is passed in (`now`, any
 monotonic clock in seconds), so the rules are tested without waiting.
+(docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ agent dials the mailbox a first handshake packet names):
 
 `python -m tests.transport.hammer_proc --help` reproduces both and
 `tests/transport/test_nngsockets.py` holds the sockets to it. Pair1's polyamorous
-mode is deprecated in nng 2 (removed there); pynng ships nng 1.
+mode is deprecated in nng 2 (removed there); pynng ships nng 1. (docs/ARCHITECTURE.md §8)
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ on the LAN cannot starve the others:
   keyed by `source_of`.
 
 Connections over other transports (``ipc://``) have no source and are not limited.
+(docs/ARCHITECTURE.md §2, §10)
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ queries the application makes (`session`, `sessions`, `statistics`, `incoming`..
 and the life of a session in them (registered when a handshake completes, dropped
 when it ends, its outbox shared and closed with the last user). Moving packets --
 reading the mailbox, handshakes, timers -- is `Node`'s, in `mesh.net.node`.
+(docs/ARCHITECTURE.md §2)
 """
 
 from __future__ import annotations
