@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import agents.services.frames
+import mesh.certs.frames
 import mesh.channel.frames
 from mesh.anchoring.frames import ReceiptRequest
 from mesh.errors import LocalProtocolError, RemoteProtocolError
@@ -26,6 +27,7 @@ LAYERS = {  # each layer owns its frames and a range of tags
     "mesh.channel.frames": range(20, 30),
     "agents.services.frames": range(30, 40),
     "mesh.anchoring.frames": range(40, 50),
+    "mesh.certs.frames": range(50, 60),
 }
 
 
@@ -33,10 +35,11 @@ def test_every_layer_registers_its_own_frames_in_its_own_tag_range() -> None:
     assert agents.services.frames.ServiceOrder.TAG == 30  # imported: registered
     assert mesh.channel.frames.ChannelPay.TAG in LAYERS["mesh.channel.frames"]
     owners = {cls.__module__ for cls in FRAME_TYPES.values()}
-    assert owners == set(LAYERS), owners  # all four layers are in the fuzzed table below
+    assert owners == set(LAYERS), owners  # all five layers are in the fuzzed table below
     for tag, cls in FRAME_TYPES.items():
         assert tag in LAYERS[cls.__module__], (tag, cls)
-    assert len(FRAME_TYPES) == 22
+    assert mesh.certs.frames.ProofRequest.TAG in LAYERS["mesh.certs.frames"]
+    assert len(FRAME_TYPES) == 25
 
 
 def strategy_for(hint: Any) -> st.SearchStrategy[Any]:
