@@ -15,6 +15,7 @@ from agents.bridges import Bridges
 from agents.buying import WantProgress
 from agents.channels import ChannelManager
 from agents.profile import Profile
+from agents.proofs import Proofs
 from agents.receipts import ReceiptExchange
 from agents.services.buyer import Buyer, OrderResult
 from agents.services.orders import Provider
@@ -32,6 +33,7 @@ class Shown(Protocol):
     profile: Profile
     node: Node | None
     manager: ChannelManager | None
+    proofs: Proofs | None
     provider: Provider | None
     buyer: Buyer | None
     anchorer: Anchorer | None
@@ -100,6 +102,7 @@ def agent_status(agent: Shown, height: int | None = None) -> dict[str, Any]:
         "anchoring": asdict(agent.anchorer.statistics()) if agent.anchorer else None,
         "storage": asdict(agent.storage.statistics()),
         "receipts": asdict(agent.receipts.statistics()) if agent.receipts else None,
+        "certificates": agent.proofs.snapshot() if agent.proofs is not None else None,
         "loop": asdict(agent.lag.lag),
         "wants": [
             {
@@ -110,6 +113,7 @@ def agent_status(agent: Shown, height: int | None = None) -> dict[str, Any]:
                 "units": p.want.units,
                 "budget": p.want.budget,
                 "placed": p.placed + len(live[p.want.service]),
+                "last_failure": p.failure or None,
             }
             for p in agent.wants
         ],

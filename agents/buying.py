@@ -31,6 +31,7 @@ import trio
 from agents.channels import ChannelFailure, ChannelManager, FundingRefused
 from agents.logs import log_context
 from agents.profile import Profile, WantSpec
+from agents.proofs import Proofs
 from agents.services.buyer import Buyer, OrderResult
 from agents.services.orders import LogRecord, statement
 from agents.services.standing import SellerStanding
@@ -93,6 +94,7 @@ class Purchases:
         close: Callable[[bytes], Awaitable[None]],
         standing: SellerStanding,
         stop: trio.Event,
+        proofs: Proofs | None = None,
     ) -> None:
         """`close(channel_id)` closes a channel cooperatively (never raising); `stop`
         ends every want (providers finish what is paid)."""
@@ -105,6 +107,7 @@ class Purchases:
         self._close = close
         self._standing = standing
         self._stop = stop
+        self._proofs = proofs
 
     async def want(
         self,
@@ -148,6 +151,12 @@ class Purchases:
                 return
             progress.state = "buying"
             try:
+                if want.require:  # before any coin moves: the provider proves it first
+                    if self._proofs is None:
+                        raise MeshError(f"no certificate exchange for {want.require}")
+                    progress.state = "asking for proof"
+                    await self._proofs.require(provider, want.require)
+                    progress.state = "buying"
                 channel_id, room = await self.channel_for(provider, want.service, price, budget)
                 remaining = replace(
                     want, units=want.units - progress.delivered, budget=min(budget, room)

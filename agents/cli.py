@@ -21,6 +21,7 @@ from pathlib import Path
 import pynng
 
 from agents.agent_cli import add_agent_commands
+from agents.cert_cli import add_cert_commands
 from agents.demo import add_demo_command
 from agents.ledger_cli import add_ledger_commands
 from agents.logs import FORMATS, configure, console_line
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_commands(sub)
     add_proof_commands(sub)
     add_ot_commands(sub)
+    add_cert_commands(sub)
     return parser
 
 

@@ -6,7 +6,10 @@ vibration sensor, quality lab and robot cell -- under one fresh random site
 robot cell leases spindle time, subscribes to the vibration feed and orders
 inspections, paying through channels, and the run is reconciled with the ledger to
 the satoshi. The readings the robot cell bought are provable from its own data dir
-too (`mesh proof --agent SENSOR …`), through the sensor's receipts.
+too (`mesh proof --agent SENSOR …`), through the sensor's receipts. The quality lab
+buys a few readings too, but only from a sensor that proves its calibration: a
+calibration lab certifies the sensor (`agents.demo_certs`), and the sensor reveals
+its calibration date to the quality lab and nothing else.
 
 This module owns only the demo's defaults: which profiles, where they are found
 (beside the source tree, or where a non-editable `pip install` put them), and which
@@ -18,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from agents import site
+from agents.demo_certs import DemoCertificates
 from agents.demo_plant import demo_plant
 from agents.site import RunOptions, add_site_options, load_agents, run_site, with_site
+from agents.site_view import Roster, Statuses
 
 __all__ = ["AGENTS", "PROFILES", "add_demo_command", "cmd_demo", "new_site", "with_site"]
 
@@ -68,12 +74,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Entry point of `mesh demo`."""
     without = tuple(args.without or ())
     site_name = new_site()
-    with demo_plant(PROFILES, site_name, enabled=not args.no_plant) as plant:
+    with (
+        demo_plant(PROFILES, site_name, enabled=not args.no_plant) as plant,
+        tempfile.TemporaryDirectory(prefix="m2mesh-demo-certs-") as workdir,
+    ):
+        certs = DemoCertificates(Path(workdir))
         paths = [
             plant.profile(name) if plant is not None else PROFILES / f"{name}.toml"
             for name in AGENTS
             if name not in without
         ]
+        paths = [certs.quality_lab(p) if p.stem == "quality-lab" else p for p in paths]
+
+        def report(roster: Roster, statuses: Statuses) -> list[str]:
+            lines = plant.report(roster) if plant is not None else []
+            return lines + certs.report(roster, statuses)
+
         agents = load_agents(paths)
         options = RunOptions(
             seconds=args.seconds,
@@ -85,7 +101,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             site=site_name,
             label="demo",
             note=f" (without {', '.join(without)})" if without else "",
-            report=plant.report if plant is not None else None,
+            report=report,
+            before_start=certs.certify,
         )
         return run_site(agents, options)
 

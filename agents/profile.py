@@ -15,7 +15,7 @@ import difflib
 import ipaddress
 import tomllib
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,8 +32,10 @@ from agents.profile_bridges import (
     service_source,
     surfaces,
 )
+from agents.profile_certs import CertsConfigError, check_uses, held_certificates, requirements
 from agents.web.config import DEFAULT_LISTEN, DashboardConfig, dashboard_config
 from mesh.anchoring.retention import Keep, RetentionPolicy
+from mesh.certs.policy import Held, Requirement
 from mesh.channel.admission import AdmissionLimits
 from mesh.discovery.table import parse_static
 from mesh.errors import MeshError
@@ -76,6 +78,7 @@ SERVICE_KEYS = (
     "handler",
     "buyers",
     "description",
+    "require",
     *SOURCES,
 )
 WANT_KEYS = (
@@ -88,6 +91,7 @@ WANT_KEYS = (
     "tick",
     "request",
     "deadline",
+    "require",
 )
 
 T = TypeVar("T")
@@ -118,6 +122,9 @@ class ServiceSpec:
     description: str = ""
     source: SourceSpec | None = None
     """Where a bridged feed's readings come from (then `handler` is empty)."""
+    require: str = ""
+    """A requirement (`Profile.requirements`) a buyer must prove before it may open
+    a channel for this service ("": none)."""
 
     def may_buy(self, peer_id: str) -> bool:
         """Whether `peer_id` is allowed to buy this service."""
@@ -139,6 +146,8 @@ class WantSpec:
     request: str = ""
     deadline: float = 0.0
     """Seconds without a unit before an order ends (0: 10 ticks, at least 5 s)."""
+    require: str = ""
+    """A requirement (`Profile.requirements`) a provider must prove before we buy."""
 
     def wait_limit(self) -> float:
         """How long an order waits for its next unit before it ends."""
@@ -185,6 +194,10 @@ class Profile:
     surfaces: Surfaces = field(default_factory=Surfaces)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     """The OPC UA server and Sparkplug publisher the agent runs, if any."""
+    certificates: tuple[Held, ...] = ()
+    """Certificates issued to this agent, and what it discloses of each."""
+    requirements: Mapping[str, Requirement] = field(default_factory=dict)
+    """What peers must prove, by name (`agents.profile_certs`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def service(self, service_id: str) -> ServiceSpec | None:
@@ -425,6 +438,7 @@ def _service(path: Path, where: str, data: object) -> ServiceSpec:
         buyers=t.strings("buyers", ("*",)),
         description=t.get("description", str, ""),
         source=source,
+        require=t.get("require", str, ""),
     )
     for buyer in spec.buyers:
         if buyer != "*":
@@ -463,6 +477,7 @@ def _want(path: Path, where: str, data: object) -> WantSpec:
         tick=t.get("tick", float, 1.0, check=_positive),
         request=t.get("request", str, ""),
         deadline=t.get("deadline", float, 0.0, check=_non_negative),
+        require=t.get("require", str, ""),
     )
     t.done()
     return want
@@ -507,6 +522,15 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         for i, item in enumerate(top.get("services", list, []))
     ]
     wants = [_want(path, f"wants[{i}]", item) for i, item in enumerate(top.get("wants", list, []))]
+    try:
+        held = held_certificates(top.get("certificates", list, []), path.parent)
+        required = requirements(top.get("requirements", dict, {}))
+        for i, spec in enumerate(services):
+            check_uses(f"services[{i}].require", spec.require, required)
+        for i, want in enumerate(wants):
+            check_uses(f"wants[{i}].require", want.require, required)
+    except CertsConfigError as exc:
+        raise ProfileError(path, exc.key, exc.problem) from None
     ids = [s.id for s in services]
     for i, sid in enumerate(ids):
         if sid in ids[:i]:
@@ -536,6 +560,8 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         retention=retention,
         surfaces=shown,
         dashboard=dashboard,
+        certificates=held,
+        requirements=required,
     )
     for section in (agent, discovery, channels, anchoring, kept, web, top):
         section.done()

@@ -38,6 +38,8 @@ from agents.commands import close_channel
 from agents.control import serve_control
 from agents.logs import log_context
 from agents.profile import Profile, ProfileError
+from agents.profile_certs import CertsConfigError, check_subject
+from agents.proofs import Proofs
 from agents.receipts import Archive, ReceiptExchange
 from agents.services.buyer import Buyer
 from agents.services.orders import Provider
@@ -114,6 +116,7 @@ class Agent:
         self._buying_stop = trio.Event()
         self.node: Node | None = None
         self.manager: ChannelManager | None = None
+        self.proofs: Proofs | None = None
         self.provider: Provider | None = None
         self.buyer: Buyer | None = None
         self.wallet: Wallet | None = None
@@ -211,6 +214,15 @@ class Agent:
                     on_paid=self.provider.on_paid,
                     health=self.storage,
                 )
+                try:
+                    check_subject(profile.certificates, identity.public_key.hex(), profile.path)
+                except CertsConfigError as exc:
+                    raise ProfileError(profile.path, exc.key, exc.problem) from None
+                self.proofs = Proofs(
+                    identity, profile.certificates, profile.requirements, self._send, chain
+                )
+                await nursery.start(self.proofs.run)
+                self.manager.admit = self._admit
                 self.manager.on_ended = self.provider.channel_ended
                 self.buyer = Buyer(self._send, self.manager.pay)
                 self.manager.on_final = self._channel_final
@@ -264,6 +276,7 @@ class Agent:
                     self._close_quietly,
                     self._standing,
                     self._buying_stop,
+                    self.proofs,
                 )
                 for progress in self.wants:
                     nursery.start_soon(self.purchases.want, progress)
@@ -423,13 +436,14 @@ class Agent:
             self.buyer.channel_final(channel_id)
 
     async def _dispatch(self, peer_id: str, frame: Frame, last: bool) -> None:
-        assert self.manager and self.provider and self.buyer and self.receipts
+        assert self.manager and self.provider and self.buyer and self.receipts and self.proofs
         with log_context(peer=peer_id):  # the frame handlers add its channel and service
             if not (
                 await self.manager.handle(peer_id, frame, last)
                 or await self.provider.handle(peer_id, frame)
                 or await self.buyer.handle(peer_id, frame)
                 or await self.receipts.handle(peer_id, frame)
+                or await self.proofs.handle(peer_id, frame)
             ):
                 log.info("peer %s sent %s; ignored", peer_id[:16], type(frame).__name__)
 
@@ -515,6 +529,14 @@ class Agent:
         to = parse_peer_id(audience) if audience is not None else None
         signed = await self.anchorer.log(stream, payload, audience=to)
         return signed.body, signed.signature
+
+    def _admit(self, peer_id: str, service: str) -> tuple[str, str] | None:
+        """Whether `peer_id` may open a channel paying for `service`: a service that
+        requires proof admits only a buyer that gave it (`agents.proofs`)."""
+        spec = self.profile.service(service)
+        if spec is None or not spec.require or self.proofs is None:
+            return None
+        return self.proofs.admit(peer_id, spec.require)
 
     def _check_channel(self, peer_id: str, channel_id: bytes, service: str) -> str | None:
         assert self.manager is not None

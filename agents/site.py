@@ -328,9 +328,12 @@ class RunOptions:
     """What the run is called: the live view's title, the site's and data dir's prefix."""
     note: str = ""
     """Said after the number of agents at the start, e.g. who was left out."""
-    report: Callable[[Roster], list[str]] | None = None
+    report: Callable[[Roster, Statuses], list[str]] | None = None
     """Lines to add to the end, made once the agents stopped (their data dirs still
-    there): `mesh demo`'s plant path."""
+    there; their last statuses given): `mesh demo`'s plant path and certificates."""
+    before_start: Callable[[Roster], None] | None = None
+    """Called once the agents have keys and coins, before any starts: `mesh demo`
+    issues the sensor's certificate there."""
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -400,6 +403,8 @@ def _data_dir(options: RunOptions) -> Path:
 def _run_and_reconcile(site: Site, options: RunOptions, out: Out) -> dict[str, Any]:
     """Set the site up, run it, settle it; the reconciled summary."""
     roster = site.prepare()
+    if options.before_start is not None:
+        options.before_start(roster)
     out.line(f"data dir {site.root}")
     out.line(f"site {site.site}; starting {len(site.agents)} agents{options.note}…")
     out.line(_funding(site.agents, roster))
@@ -410,7 +415,8 @@ def _run_and_reconcile(site: Site, options: RunOptions, out: Out) -> dict[str, A
         for name, st in statuses.items()
     }
     summary = reconcile(roster, _settle(site, roster, statuses))
-    summary["report"] = options.report(roster) if options.report is not None else []
+    report = options.report
+    summary["report"] = report(roster, statuses) if report is not None else []
     for agent in summary["agents"]:
         agent["met"] = met.get(agent["name"], [])
         proc = site.procs.get(agent["name"])

@@ -21,7 +21,7 @@ import functools
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,12 @@ def save_identity(
             "memlimit": mem,
             "box": bytes(box.encrypt(identity.secret())).hex(),
         }
+    write_private_json(path, document)
+
+
+def write_private_json(path: Path, document: Mapping[str, Any]) -> None:
+    """Write `document` as JSON to `path` atomically (a temporary file, fsync, rename),
+    mode 0600 from the start: a key file, a certificate with its master keyring."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

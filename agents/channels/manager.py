@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -82,6 +83,9 @@ class ChannelManager:
             self.protocol, node, chain, wallet, channels, db_limiter, self.health
         )
         self.on_paid = on_paid
+        self.admit: Callable[[str, str], tuple[str, str] | None] | None = None
+        """admit(peer_id, service): why a peer may not open a channel for a service
+        now (code, reason), or None -- the application's policy (certificates)."""
         self._channels = channels
         self._network: str | None = None  # our chain's network id, once asked
         self._compacted = 0
@@ -274,7 +278,9 @@ class ChannelManager:
             return False
         now = trio.current_time()
         with log_context(peer=peer_id, channel=frame.channel_id):
-            if isinstance(frame, ChannelOpen) and (problem := await self._refusal(peer_id)):
+            if isinstance(frame, ChannelOpen) and (
+                problem := await self._refusal(peer_id, frame.service)
+            ):
                 code, reason, strike = problem
                 effects = self.protocol.refuse(peer_id, frame.channel_id, code, reason, now, strike)
             else:
@@ -282,14 +288,18 @@ class ChannelManager:
             await self.effects.run(effects)
         return True
 
-    async def _refusal(self, peer_id: str) -> tuple[str, str, bool] | None:
+    async def _refusal(self, peer_id: str, service: str) -> tuple[str, str, bool] | None:
         """Why no offer from `peer_id` is considered now: a storage fault here (no new
-        business; not the peer's fault), or a peer of another network (its chain cannot
-        see our coins, nor ours its coins)."""
+        business; not the peer's fault), a peer of another network (its chain cannot
+        see our coins, nor ours its coins), or the application's policy (`admit`: a
+        buyer that has not proved what the service requires; no strike)."""
         if not self.health.healthy:
             return "storage", f"storage fault here: {self.health.reason()}", False
         foreign = await self._foreign(peer_id)
-        return None if foreign is None else ("network", foreign, True)
+        if foreign is not None:
+            return "network", foreign, True
+        policy = self.admit(peer_id, service) if self.admit is not None else None
+        return None if policy is None else (*policy, False)
 
     async def _foreign(self, peer_id: str) -> str | None:
         """Why a peer's network is not ours (None when it is, or nobody says)."""

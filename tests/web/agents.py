@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.chain.ledger import LocalLedger
+from mesh.identity import Identity
 from tests.discovery.agents import FEED, ROOT, WANT, RunningAgent, sessions
 
 ROOT_DIR = ROOT
@@ -56,14 +57,19 @@ def get_json(url: str) -> Any:
 
 
 @contextmanager
-def streaming(root: Path, seller_extra: str = "", buyer_extra: str = "") -> Iterator[Stream]:
+def streaming(
+    root: Path,
+    seller_extra: str = "",
+    buyer_extra: str = "",
+    seller_identity: Identity | None = None,
+) -> Iterator[Stream]:
     """Start both, wait until readings flow, stop both at the end."""
     ledger = root / "ledger.db"
     LocalLedger.create(ledger).close()
     port = free_port()
     site = f"web-{os.getpid()}-{port}"  # away from any other test's agents
     seller = RunningAgent(root, ledger, "seller", "127.0.0.1", f"tcp://127.0.0.1:{port}",
-                          FEED + seller_extra, site=site)  # fmt: skip
+                          FEED + seller_extra, site=site, identity=seller_identity)  # fmt: skip
     buyer = RunningAgent(root, ledger, "buyer", "127.0.0.1", "tcp://127.0.0.1:0",
                          WANT + buyer_extra, funds=2_000_000, site=site,
                          static_peers=[f"{seller.peer_id}@tcp://127.0.0.1:{port}"])  # fmt: skip

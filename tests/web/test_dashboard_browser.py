@@ -4,6 +4,7 @@ site page of `mesh up` shows every agent. Real `mesh run` / `mesh up` processes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mesh.certs import issue, type_id
+from mesh.identity import Identity
 from tests.web.agents import ROOT_DIR, get_json, streaming
 from tests.web.browser import chromium, need_chromium, until
 
@@ -73,6 +76,34 @@ def test_the_dashboard_shows_a_payment_stream_live_in_chromium(tmp_path: Path) -
         until(lambda: number(driver, "readings-total") > sold, 5, "readings moving")
         until(lambda: number(driver, "sat-earned") > 0, 5, "satoshis earned")
         assert "vibration" in text(driver, "services-table")
+
+
+def test_the_dashboard_shows_what_a_peer_proved_and_only_that(tmp_path: Path) -> None:
+    """The seller proves its calibration to the buyer: the buyer's page shows the
+    calibration date and not the owner; the seller's page shows what it holds."""
+    need_chromium()
+    lab, seller = Identity.generate(), Identity.generate()
+    (tmp_path / "seller").mkdir()
+    values = {"calibrated_until": "2099-01-01", "owner": "ACME Leasing"}
+    issued = issue(lab.key, seller.key.public_key(), type_id("m2mesh.calibration"), values)
+    (tmp_path / "seller" / "cert.json").write_text(json.dumps(issued.to_json()))
+    held = '\n[[certificates]]\nfile = "cert.json"\ndisclose = ["calibrated_until"]\n'
+    required = (
+        'require = "calibrated"\n\n[requirements.calibrated]\ntype = "m2mesh.calibration"\n'
+        f'certifiers = ["{lab.peer_id}"]\nreveal = ["calibrated_until"]\n'
+    )
+    with (
+        streaming(tmp_path, held, required, seller_identity=seller) as stream,
+        chromium() as driver,
+    ):
+        driver.get(stream.url(stream.buyer))
+        until(lambda: "proved" in text(driver, "certs-table"), 10, "the proof shown")
+        shown = text(driver, "certs-table")
+        assert "calibrated_until = 2099-01-01" in shown and "ACME" not in shown, shown
+        assert "seller" in shown and "calibrated" in shown
+        driver.get(stream.url(stream.seller))
+        until(lambda: "owner" in text(driver, "held-table"), 10, "the held certificate")
+        assert "calibrated_until" in text(driver, "held-table")
 
 
 PROFILES = ROOT_DIR / "profiles"

@@ -288,6 +288,36 @@
     return out;
   }
 
+  // What peers proved to us (and failed to), what refused ours, what we hold.
+  function certificates(st, names) {
+    const c = st.certificates;
+    const any = c && (c.held.length || Object.keys(c.proved).length || Object.keys(c.failed).length
+      || Object.keys(c.refused_ours).length);
+    $('certificates').classList.toggle('hidden', !any);
+    if (!any) return;
+    const who = (peer) => (names.get(peer) ? el('span', { title: peer, class: 'named', text: names.get(peer) }) : shortId(peer));
+    const rows = [];
+    for (const [peer, list] of Object.entries(c.proved)) {
+      for (const p of list) {
+        const fields = Object.entries(p.fields).map(([k, v]) => `${k} = ${v}`).join(', ');
+        rows.push([peer, p.requirement, badge('proved', 'green', p.type), fields, p.certifier]);
+      }
+    }
+    for (const [peer, list] of Object.entries(c.failed)) {
+      for (const f of list) rows.push([peer, f.requirement, badge(f.code, 'red'), f.reason, '']);
+    }
+    for (const [peer, v] of Object.entries(c.refused_ours)) {
+      rows.push([peer, '(ours)', badge(`refused: ${v.code}`, 'amber'), v.reason, '']);
+    }
+    setText('certs-note', `${plural(Object.keys(c.proved).length, 'peer')} proved · ${num(c.counts.answered)} asks answered`);
+    table('certs-table', rows, 5, ([peer, req, outcome, text, certifier]) => el('tr', {},
+      td(who(peer)), td(req), td(outcome), td(text || '—', 'wrap'), td(shortId(certifier))),
+    'nothing proved yet', [...names]);
+    table('held-table', c.held, 4, (h) => el('tr', {},
+      td(shortId(h.serial)), td(shortId(h.certifier)), td(h.fields.join(', '), 'wrap'),
+      td(h.disclose.join(', ') || '—', 'wrap')), 'holds no certificate');
+  }
+
   function bridges(st) {
     const b = st.bridges;
     $('bridges').classList.toggle('hidden', !b || typeof b !== 'object');
@@ -300,7 +330,8 @@
     const cs = st.channel_stats || {};
     const rates = live ? sample(sum(cs.payments_signed, cs.payments_accepted), sum(deliveries(st.sales), deliveries(st.purchases))) : null;
     const names = new Map((st.peers || []).map((p) => [p.peer_id, p.name]));
-    const parts = [header, (s) => overview(s, rates), peers, (s) => channels(s, names), services, wants, anchoring, records, bridges];
+    const parts = [header, (s) => overview(s, rates), peers, (s) => channels(s, names), services, wants,
+      anchoring, records, (s) => certificates(s, names), bridges];
     for (const part of parts) {
       try { part(st); } catch (err) { console.error(err); }
     }
