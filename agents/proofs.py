@@ -31,12 +31,17 @@ from mesh.certs.policy import Held, Proven, Requirement, answer_request, check_o
 from mesh.chain.base import Chain, OutputState
 from mesh.chain.errors import ChainUnavailable
 from mesh.identity import Identity
+from mesh.net.ratelimit import PeerBudgets
 from mesh.wire import Frame
 
 log = logging.getLogger("agents.proofs")
 Send = Callable[[str, Frame], Awaitable[None]]
 MAX_REMEMBERED = 1024
 """Most (peer, requirement) outcomes kept: a site of strangers cannot grow it."""
+ANSWERS_PER_SECOND = 2.0
+ANSWER_BURST = 8.0
+"""How often one peer may have its asks answered (an answer costs a few ECDH
+operations per field); beyond it an ask is refused ``busy`` at no cost."""
 
 
 class Proofs:
@@ -69,7 +74,10 @@ class Proofs:
         self._answered: OrderedDict[bytes, str] = OrderedDict()  # our offers: id -> verifier
         self._verdicts: OrderedDict[str, tuple[str, str]] = OrderedDict()  # peer -> refusal
         self._nursery: trio.Nursery | None = None
-        self.counts = dict.fromkeys(("asked", "proven", "refused", "answered", "declined"), 0)
+        self._budgets = PeerBudgets(ANSWERS_PER_SECOND, ANSWER_BURST)
+        self.counts = dict.fromkeys(
+            ("asked", "proven", "refused", "answered", "declined", "throttled"), 0
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery the provider's background asks run in."""
@@ -196,6 +204,10 @@ class Proofs:
     async def handle(self, peer_id: str, frame: Frame) -> bool:
         """A certificate frame from `peer_id`; False when it is not one."""
         if isinstance(frame, ProofRequest):
+            if not self._budgets.take(peer_id, 1.0, trio.current_time()):
+                self.counts["throttled"] += 1
+                await self._send(peer_id, ProofRefused(frame.request_id, "busy", "ask later"))
+                return True
             answer = answer_request(frame, self.held, self.identity.key, peer_id)
             if isinstance(answer, ProofRefused):
                 self.counts["declined"] += 1

@@ -138,3 +138,21 @@ async def test_a_provider_admits_a_buyer_once_it_proved(tmp_path: Path) -> None:
         }
         nursery.cancel_scope.cancel()
     chain.close()
+
+
+async def test_a_peer_asking_too_often_is_refused_busy(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    chain = LocalChain.open(world.ledger_path)
+    answers: list[Frame] = []
+
+    async def collect(peer_id: str, frame: Frame) -> None:
+        answers.append(frame)
+
+    sensor = Proofs(world.sensor, [world.held], {}, collect, chain)
+    asker = world.buyer.peer_id
+    for _ in range(20):  # at once: the burst is answered, the rest refused at no cost
+        await sensor.handle(asker, world.requirement.request(secrets.token_bytes(16)))
+    kinds = [type(a).__name__ for a in answers]
+    assert kinds.count("ProofOffer") == 8 and kinds.count("ProofRefused") == 12
+    assert sensor.snapshot()["counts"]["throttled"] == 12
+    chain.close()
