@@ -37,13 +37,14 @@ import msgpack
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 """Bumped on any incompatible change to a frame or to the session protocol
 (2: the frames of a DATA packet share one Noise transport message; 3: `ChannelRelease`;
 4: `ChannelPays`; 5: a payee acks every open channel on each new session, at seq 0 when
 nothing is paid yet, and a restarted payer pays nothing until it has that ack; 6: site
 and network in `Hello`; 7: a feed's delivered record carries a typed reading,
-`mesh.readings`, which a buyer checks before it pays)."""
+`mesh.readings`, which a buyer checks before it pays; 8: the certificate exchange's
+frames, `mesh.certs.frames`, which a version-7 peer cannot decode)."""
 
 MAX_FRAME_SIZE = 65_517
 """Largest encoded frame: the Noise limit (65 535) less its 16-byte tag and the
