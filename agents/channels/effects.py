@@ -24,7 +24,7 @@ from mesh.chain.base import Chain, OutputState, Utxo
 from mesh.chain.errors import ChainError, ChainUnavailable, TxRejected
 from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.chain.wallet import Wallet
-from mesh.channel.config import AckedCallback, PaidCallback
+from mesh.channel.config import AckedCallback, ChannelFailure, PaidCallback
 from mesh.channel.effects import (
     AbandonFunding,
     Acked,
@@ -61,6 +61,7 @@ from mesh.channel.protocol import ChannelProtocol
 from mesh.channel.state import Payee
 from mesh.channel.store import ChannelStore
 from mesh.channel.txs import Terms
+from mesh.commit import CommitFailed
 from mesh.health import StorageHealth
 from mesh.net.node import Node, SessionClosed
 from mesh.wire import Frame
@@ -68,6 +69,11 @@ from mesh.wire import Frame
 log = logging.getLogger("agents.channels")
 T = TypeVar("T")
 ChannelCallback = Callable[[bytes], None]
+
+
+class CommitStopped(ChannelFailure):
+    """The group commit stopped (the agent is stopping, or the store failed loudly):
+    nothing that had to follow a write was done."""
 
 
 class ChannelEffects:
@@ -114,7 +120,10 @@ class ChannelEffects:
         if isinstance(effect, CommitNow):
             await self.commit_now(effect.channel_id)
         elif isinstance(effect, Flush):
-            await self.commits.flush(effect.channel_id)
+            try:
+                await self.commits.flush(effect.channel_id)
+            except CommitFailed as exc:  # stopping (or a loud store fault): do no more
+                raise CommitStopped(f"channel state not stored: {exc}") from None
         elif isinstance(effect, Send):
             await self._send_many(effect.peer_id, [effect.frame])
         elif isinstance(effect, SaveRaw):
@@ -350,4 +359,4 @@ def payout_label(channel_id: bytes) -> str:
     return f"channel-payout-{channel_id.hex()}"
 
 
-__all__ = ["ChannelEffects", "payout_label"]
+__all__ = ["ChannelEffects", "CommitStopped", "payout_label"]

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from agents.channels.effects import ChannelEffects, payout_label
+from agents.channels.effects import ChannelEffects, CommitStopped, payout_label
 from agents.logs import log_context
 from mesh.chain.base import Chain
 from mesh.chain.errors import ChainError, ChainUnavailable
@@ -238,6 +238,8 @@ class ChannelManager:
                 await self.check_expiry(await self.chain.height())
             except ChainUnavailable as exc:
                 log.warning("expiry watch: the chain did not answer: %s", exc)
+            except CommitStopped:
+                return  # stopping
             await trio.sleep(self.config.watch_interval)
 
     async def check_expiry(self, height: int) -> None:
@@ -285,7 +287,10 @@ class ChannelManager:
                 effects = self.protocol.refuse(peer_id, frame.channel_id, code, reason, now, strike)
             else:
                 effects = self.protocol.receive(peer_id, frame, now, last)
-            await self.effects.run(effects)
+            try:
+                await self.effects.run(effects)
+            except CommitStopped as exc:  # stopping: what needed the write is not done
+                log.info("peer %s: %s not handled: %s", peer_id[:16], type(frame).__name__, exc)
         return True
 
     async def _refusal(self, peer_id: str, service: str) -> tuple[str, str, bool] | None:
