@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import agents.services.frames
 import mesh.certs.frames
 import mesh.channel.frames
+import mesh.workflow.frames
 from mesh.anchoring.frames import ReceiptRequest
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 from mesh.session_frames import Heartbeat, Hello, Message, ProfileSummary
@@ -28,6 +29,7 @@ LAYERS = {  # each layer owns its frames and a range of tags
     "agents.services.frames": range(30, 40),
     "mesh.anchoring.frames": range(40, 50),
     "mesh.certs.frames": range(50, 60),
+    "mesh.workflow.frames": range(60, 70),
 }
 
 
@@ -35,11 +37,12 @@ def test_every_layer_registers_its_own_frames_in_its_own_tag_range() -> None:
     assert agents.services.frames.ServiceOrder.TAG == 30  # imported: registered
     assert mesh.channel.frames.ChannelPay.TAG in LAYERS["mesh.channel.frames"]
     owners = {cls.__module__ for cls in FRAME_TYPES.values()}
-    assert owners == set(LAYERS), owners  # all five layers are in the fuzzed table below
+    assert owners == set(LAYERS), owners  # every layer is in the fuzzed table below
     for tag, cls in FRAME_TYPES.items():
         assert tag in LAYERS[cls.__module__], (tag, cls)
     assert mesh.certs.frames.ProofRequest.TAG in LAYERS["mesh.certs.frames"]
-    assert len(FRAME_TYPES) == 25
+    assert mesh.workflow.frames.Verdict.TAG in LAYERS["mesh.workflow.frames"]
+    assert len(FRAME_TYPES) == 30
 
 
 def strategy_for(hint: Any) -> st.SearchStrategy[Any]:
