@@ -44,7 +44,8 @@ PROTOCOL_VERSION = 8
 nothing is paid yet, and a restarted payer pays nothing until it has that ack; 6: site
 and network in `Hello`; 7: a feed's delivered record carries a typed reading,
 `mesh.readings`, which a buyer checks before it pays; 8: the certificate exchange's
-frames, `mesh.certs.frames`, which a version-7 peer cannot decode)."""
+frames, `mesh.certs.frames`, and the work-order escrow's, `mesh.workflow.frames`, which a
+version-7 peer cannot decode)."""
 
 MAX_FRAME_SIZE = 65_517
 """Largest encoded frame: the Noise limit (65 535) less its 16-byte tag and the
