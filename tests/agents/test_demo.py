@@ -45,7 +45,8 @@ def test_two_demos_at_once_never_meet(tmp_path: Path) -> None:
         for agent in summary["agents"]:  # its own three peers, and no one else
             assert set(agent["met"]) == ids - {agent["peer_id"]}, agent
         for channel in summary["channels"]:
-            assert channel["payer"] in ids and channel["payer_agent"] == "robot-cell"
+            assert channel["payer"] in ids
+            assert channel["payer_agent"] in ("robot-cell", "quality-lab")
 
 
 def test_a_demo_without_the_quality_lab_names_the_unmet_want_and_fails(
