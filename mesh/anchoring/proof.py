@@ -70,7 +70,7 @@ from mesh.anchoring.headers import HeaderChain
 from mesh.anchoring.payload import AnchorFormatError, AnchorPayload, anchors_in
 from mesh.anchoring.record import Record, SignedRecord, decode_record, record_hash
 from mesh.chain.errors import TxRejected
-from mesh.chain.merkle import display
+from mesh.chain.merkle import BlockHeader, display
 from mesh.chain.tx import parse_exact, txid_of
 from mesh.identity import verify_digest
 
@@ -319,27 +319,10 @@ def verify_proof(proof: Proof, headers: HeaderChain) -> Verified:
         raise ProofFailed("merkle-path", str(exc)) from None
     if reached != proof.root:
         raise ProofFailed("merkle-path", "the path does not lead to batch.root")
-    # 6. the block is one the verifier trusts
-    header = headers.at(proof.block_height)
-    if header is None:
-        raise ProofFailed(
-            "header-unknown",
-            f"{headers.source or 'the header chain'} has no block at height"
-            f" {proof.block_height} (it covers {headers.start_height}..{headers.tip_height})",
-        )
-    if header.hash_hex != proof.block_hash:
-        raise ProofFailed(
-            "header-unknown",
-            f"block {proof.block_hash} is not the block at height {proof.block_height}"
-            f" in {headers.source or 'the header chain'} ({header.hash_hex})",
-        )
-    # 7. the anchor transaction is in that block
-    root = _bump_root(proof.bump, proof.anchor_txid, proof.block_height)
-    if root != display(header.merkle_root):
-        raise ProofFailed(
-            "block-proof",
-            f"the BUMP leads to {root}, not the Merkle root of block {proof.block_height}",
-        )
+    # 6. + 7. the anchor transaction is in a block the verifier trusts
+    header = tx_in_block(
+        proof.anchor_txid, proof.bump, proof.block_height, proof.block_hash, headers
+    )
     return Verified(
         record=record,
         record_hash=proof.record_hash,
@@ -350,6 +333,33 @@ def verify_proof(proof: Proof, headers: HeaderChain) -> Verified:
         block_hash=proof.block_hash,
         block_time=header.time,
     )
+
+
+def tx_in_block(
+    txid: str, bump: bytes, height: int, block_hash: str, headers: HeaderChain
+) -> BlockHeader:
+    """That the transaction `txid` is in the block at `height` (`block_hash`, as the
+    trusted `headers` have it), by its single-transaction BUMP; the block's header.
+    `ProofFailed` ``header-unknown`` or ``block-proof`` names what does not hold."""
+    header = headers.at(height)
+    if header is None:
+        raise ProofFailed(
+            "header-unknown",
+            f"{headers.source or 'the header chain'} has no block at height"
+            f" {height} (it covers {headers.start_height}..{headers.tip_height})",
+        )
+    if header.hash_hex != block_hash:
+        raise ProofFailed(
+            "header-unknown",
+            f"block {block_hash} is not the block at height {height}"
+            f" in {headers.source or 'the header chain'} ({header.hash_hex})",
+        )
+    root = _bump_root(bump, txid, height)
+    if root != display(header.merkle_root):
+        raise ProofFailed(
+            "block-proof", f"the BUMP leads to {root}, not the Merkle root of block {height}"
+        )
+    return header
 
 
 # The records of one batch share their anchor transaction and BUMP; an auditor checking

@@ -30,8 +30,10 @@ must be mined before the refund becomes final: a machine collects a PASS at once
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 
+import msgpack
 from bsv.keys import PrivateKey
 from bsv.script.script import Script
 from bsv.transaction import Transaction
@@ -116,6 +118,14 @@ class EscrowTerms:
             bytes([33]) + k for k in (self.buyer_key, self.machine_key, self.inspector_key)
         )
         return bytes([OP_2]) + keys + bytes([OP_3, OP_CHECKMULTISIG])
+
+    def digest(self) -> bytes:
+        """SHA-256 of every term (a verdict binds it: nothing agreed can be changed
+        after the inspector signed)."""
+        fields = [self.order_id, self.buyer_key, self.machine_key, self.inspector_key,
+                  self.amount, self.fee, self.refund_height, self.buyer_payout,
+                  self.machine_payout, self.funding_txid, self.funding_vout]  # fmt: skip
+        return hashlib.sha256(msgpack.packb(fields, use_bin_type=True)).digest()
 
     def key_of(self, party: str) -> bytes:
         """A party's escrow key (``buyer``, ``machine``, ``inspector``)."""

@@ -175,6 +175,8 @@ class BuyerOrder:
             raise EscrowError("verdict", "the verdict is about another order")
         if body.escrow != f"{terms.funding_txid}.{terms.funding_vout}":
             raise EscrowError("verdict", "the verdict names another escrow")
+        if body.terms != terms.digest():
+            raise EscrowError("verdict", "the verdict binds other terms")
         return terms
 
     def _terms(self, machine_payout: bytes, funding_txid: str) -> EscrowTerms:
@@ -231,6 +233,8 @@ class MachineOrder:
         """The verdict: on PASS the release, signed by both, to broadcast at once."""
         if body.order_id != self.terms.order_id or body.machine != self.identity.public_key().hex():
             raise EscrowError("verdict", "the verdict is about another order")
+        if body.terms != self.terms.digest():
+            raise EscrowError("verdict", "the verdict binds other terms")
         way = Way.RELEASE if frame.passed else Way.RETURN
         check(self.terms, way, "inspector", frame.signature)
         self.state = step(self.state, "pass" if frame.passed else "fail")
@@ -273,7 +277,7 @@ class InspectorOrder:
         """The verdict record's body for this order."""
         escrow = f"{self.terms.funding_txid}.{self.terms.funding_vout}"
         return VerdictBody(self.terms.order_id, self.part, self.buyer, self.machine, passed,
-                           values, escrow)  # fmt: skip
+                           values, escrow, self.terms.digest())  # fmt: skip
 
     def judge(self, passed: bool, record: bytes) -> Verdict:
         """The verdict frame: the logged record and our signature on its way out. One

@@ -39,12 +39,14 @@ class VerdictBody:
     values: tuple[tuple[str, str], ...]
     escrow: str
     """The escrow's funding outpoint, ``"<txid>.<vout>"``."""
+    terms: bytes
+    """`EscrowTerms.digest` of the escrow: every agreed term, signed with the verdict."""
 
     def encode(self) -> bytes:
         """The record payload."""
         values = [[name, value] for name, value in self.values]
         body = [VERSION, self.order_id, self.part, self.buyer, self.machine, self.passed,
-                values, self.escrow]  # fmt: skip
+                values, self.escrow, self.terms]  # fmt: skip
         data: bytes = msgpack.packb(body, use_bin_type=True)
         return data
 
@@ -55,11 +57,13 @@ class VerdictBody:
             body = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except (ValueError, msgpack.UnpackException) as exc:
             raise VerdictError("verdict", f"not MessagePack: {exc}") from None
-        if not isinstance(body, list) or len(body) != 8 or body[0] != VERSION:
+        if not isinstance(body, list) or len(body) != 9 or body[0] != VERSION:
             raise VerdictError("verdict", f"not a version-{VERSION} verdict")
-        _, order_id, part, buyer, machine, passed, values, escrow = body
+        _, order_id, part, buyer, machine, passed, values, escrow, terms = body
         if not (
             isinstance(order_id, bytes)
+            and isinstance(terms, bytes)
+            and len(terms) == 32
             and all(isinstance(x, str) for x in (part, buyer, machine, escrow))
             and isinstance(passed, bool)
             and isinstance(values, list)
@@ -71,7 +75,7 @@ class VerdictBody:
         ):
             raise VerdictError("verdict", "a member of the wrong type")
         pairs = tuple((str(name), str(value)) for name, value in values)
-        verdict = cls(order_id, part, buyer, machine, passed, pairs, escrow)
+        verdict = cls(order_id, part, buyer, machine, passed, pairs, escrow, terms)
         if verdict.encode() != data:
             raise VerdictError("verdict", "not in canonical form")
         return verdict

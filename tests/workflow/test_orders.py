@@ -139,6 +139,8 @@ def test_signatures_and_verdicts_that_do_not_fit_are_refused(tmp_path: Path) -> 
         elsewhere = replace(body, escrow="ab" * 32 + ".0")
         with pytest.raises(EscrowError, match="another escrow"):
             order.buyer.judged(verdict, elsewhere)
+        with pytest.raises(EscrowError, match="other terms"):
+            order.buyer.judged(verdict, replace(body, terms=bytes(32)))
         with pytest.raises(EscrowError, match="another order"):
             order.machine.judged(verdict, replace(body, order_id=secrets.token_bytes(16)))
         # One verdict per order: asked again, the inspector gives the same one.
