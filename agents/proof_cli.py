@@ -15,6 +15,8 @@ buyer's kept records).
 ``--export-headers`` writes a ledger's header chain as a headers file
 (`mesh.anchoring.headers`) for verifiers that do not have the ledger.
 
+`verify` also checks a part passport (`mesh.workflow.passport`): it prints ``VALID
+passport of part …`` and the part's story, or ``INVALID <link>: <reason>``.
 `verify` needs nothing but the proof and a header chain it trusts: ``--ledger`` (default
 ``$M2MESH_LEDGER`` or ``$M2MESH_HOME/ledger.db``) or ``--headers``. It prints ``VALID``
 with the block height and time and exits 0, or ``INVALID <reason>: <detail>`` naming
@@ -37,13 +39,17 @@ from agents.ledger_cli import DEFAULT_LEDGER
 from mesh.anchoring.cold import ARCHIVE_DIR, ColdArchive
 from mesh.anchoring.errors import AnchoringError, ProofFailed, RecordNotFound
 from mesh.anchoring.headers import HeaderChain, write_headers
-from mesh.anchoring.proof import Proof, load_proof, verify_proof
+from mesh.anchoring.proof import Proof, parse_proof, read_document, verify_proof
 from mesh.anchoring.store import ANCHORING_SCHEMA, AnchorStore
 from mesh.chain.errors import LedgerError
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import parse_peer_id
 from mesh.readings import READINGS_PREFIX, ReadingError, decode_reading
 from mesh.store import Store
+from mesh.workflow.passport import PassportFailed, parse_passport, verify_passport
+
+MAX_PASSPORT_FILE = 16 * 1024 * 1024
+"""A part passport carries several proofs: a larger file than one proof's."""
 
 
 class ProofCliError(AnchoringError):
@@ -182,7 +188,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             )
         headers = HeaderChain.from_ledger_file(ledger)
     try:
-        verified = verify_proof(load_proof(args.proof), headers)
+        document = read_document(args.proof, MAX_PASSPORT_FILE)
+        if isinstance(document, dict) and "m2mesh_passport" in document:
+            return _verify_passport(document, headers)
+        verified = verify_proof(parse_proof(document), headers)
     except ProofFailed as exc:
         print(f"INVALID {exc.reason}: {exc.detail}")
         return 1
@@ -205,6 +214,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"  anchor    {verified.txid} output {verified.vout}")
     print(f"  block     {verified.block_height} {verified.block_hash}")
     print(f"  checked   against {headers.source}")
+    return 0
+
+
+def _verify_passport(document: Any, headers: HeaderChain) -> int:
+    """A part passport: its story, VALID (0), or INVALID naming the failed link (1)."""
+    try:
+        story = verify_passport(parse_passport(document), headers)
+    except PassportFailed as exc:
+        print(f"INVALID {exc.link}: {exc.reason}")
+        return 1
+    print(f"VALID passport of {story[0]}")
+    for line in story[1:]:
+        print(line)
+    print(f"  checked against {headers.source}")
     return 0
 
 

@@ -214,9 +214,15 @@ def parse_proof(document: Any) -> Proof:
 
 def load_proof(path: Path) -> Proof:
     """Read and parse a proof file; every problem is `ProofFailed("format")`."""
+    return parse_proof(read_document(path))
+
+
+def read_document(path: Path, limit: int = MAX_PROOF_FILE) -> Any:
+    """A JSON file (a proof, or a bundle of them) of at most `limit` bytes; every
+    problem is `ProofFailed("format")`."""
     try:
-        if path.stat().st_size > MAX_PROOF_FILE:
-            raise ProofFailed("format", f"{path} is larger than {MAX_PROOF_FILE} bytes")
+        if path.stat().st_size > limit:
+            raise ProofFailed("format", f"{path} is larger than {limit} bytes")
         text = path.read_bytes()
     except FileNotFoundError:
         raise ProofFailed("format", f"{path}: no such file") from None
@@ -234,7 +240,7 @@ def load_proof(path: Path) -> Proof:
         ) from None
     except UnicodeDecodeError:
         raise ProofFailed("format", f"{path} is not UTF-8 JSON") from None
-    return parse_proof(document)
+    return document
 
 
 # --------------------------------------------------------------------------- checking

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agents.cli import main
 from mesh.anchoring.headers import HeaderChain
 from mesh.anchoring.proof import single_tx_bump
 from mesh.chain.base import TxState
@@ -175,3 +176,20 @@ async def test_a_changed_byte_anywhere_names_the_failing_link(tmp_path: Path) ->
         assert failed.value.link and failed.value.reason, name
     # (The readable duplicates -- record.fields, the hashes -- are checked too: the
     # record's own checks compare them with the signed body.)
+
+
+async def test_mesh_verify_checks_a_passport_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    passport, _ = await a_passport(tmp_path)
+    path = tmp_path / "part.json"
+    path.write_text(json.dumps(passport.to_document()))
+    ledger = str(tmp_path / "ledger.db")
+    assert main(["verify", str(path), "--ledger", ledger]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("VALID passport of part P-123") and "PASS" in out
+    document = passport.to_document()
+    document["settlement"]["tx"] = document["funding"]["tx"]  # the wrong money out
+    path.write_text(json.dumps(document))
+    assert main(["verify", str(path), "--ledger", ledger]) == 1
+    assert capsys.readouterr().out.startswith("INVALID settlement:")
