@@ -59,14 +59,23 @@ class EscrowFunded(Frame):
 @frame(63)
 @dataclass(frozen=True, slots=True)
 class Verdict(Frame):
-    """Inspector -> machine and buyer: the signed verdict record (its `mesh.anchoring`
-    record, stream ``verdicts``) and the inspector's signature on the release (PASS)
-    or the return (FAIL)."""
+    """Inspector -> machine and buyer: the verdict record (the body of its
+    `mesh.anchoring` record, stream ``verdicts``, and the inspector's signature over
+    it) and the inspector's signature on the release (PASS) or the return (FAIL)."""
 
     order_id: bytes
     passed: bool
     record: bytes
+    record_signature: bytes
     signature: bytes
+
+
+@frame(65)
+@dataclass(frozen=True, slots=True)
+class InspectPart(Frame):
+    """Buyer -> inspector: the part of this order is made; inspect it."""
+
+    order_id: bytes
 
 
 @frame(64)
@@ -79,4 +88,11 @@ class EscrowRefused(Frame):
     reason: str
 
 
-__all__ = ["EscrowAccepted", "EscrowFunded", "EscrowOffer", "EscrowRefused", "Verdict"]
+__all__ = [
+    "EscrowAccepted",
+    "EscrowFunded",
+    "EscrowOffer",
+    "EscrowRefused",
+    "InspectPart",
+    "Verdict",
+]

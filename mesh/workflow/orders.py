@@ -279,16 +279,16 @@ class InspectorOrder:
         return VerdictBody(self.terms.order_id, self.part, self.buyer, self.machine, passed,
                            values, escrow, self.terms.digest())  # fmt: skip
 
-    def judge(self, passed: bool, record: bytes) -> Verdict:
-        """The verdict frame: the logged record and our signature on its way out. One
-        verdict per order: asked again, the same one."""
+    def judge(self, passed: bool, record: bytes, record_signature: bytes) -> Verdict:
+        """The verdict frame: the logged record (its body and our signature over it)
+        and our signature on its way out. One verdict per order: asked again, the same
+        one."""
         if self.verdict is not None:
             return self.verdict
         way = Way.RELEASE if passed else Way.RETURN
         key = escrow_private_key(self.identity, self.terms.order_id)
-        self.verdict = Verdict(
-            self.terms.order_id, passed, record, sign(self.terms, way, "inspector", key)
-        )
+        signature = sign(self.terms, way, "inspector", key)
+        self.verdict = Verdict(self.terms.order_id, passed, record, record_signature, signature)
         return self.verdict
 
 

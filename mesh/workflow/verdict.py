@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import msgpack
 
+from mesh.anchoring.errors import RecordError
+from mesh.anchoring.record import open_record
 from mesh.errors import RemoteProtocolError
 
 STREAM = "verdicts"
@@ -81,4 +83,16 @@ class VerdictBody:
         return verdict
 
 
-__all__ = ["STREAM", "VERSION", "VerdictBody", "VerdictError"]
+def open_verdict(body: bytes, signature: bytes, inspector: str) -> VerdictBody:
+    """The verdict in a record the inspector signed (`inspector`: its peer id, hex):
+    the record's signature, its agent and stream, then its body; `VerdictError` else."""
+    try:
+        signed = open_record(body, signature)
+    except RecordError as exc:
+        raise VerdictError("verdict", f"not the inspector's record: {exc}") from None
+    if signed.agent.hex() != inspector or signed.stream != STREAM:
+        raise VerdictError("verdict", f"not a record of the inspector's {STREAM} stream")
+    return VerdictBody.decode(signed.record.payload)
+
+
+__all__ = ["STREAM", "VERSION", "VerdictBody", "VerdictError", "open_verdict"]

@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 from bsv.keys import PrivateKey
 
+from mesh.anchoring.record import Record, SignedRecord, sign_record
 from mesh.chain.base import OutputState
 from mesh.chain.errors import TxRejected
 from mesh.chain.ledger import LocalLedger
 from mesh.channel.txs import p2pkh_for_key
 from mesh.errors import LocalProtocolError
+from mesh.identity import Identity
 from mesh.workflow.escrow import EscrowError
 from mesh.workflow.frames import EscrowFunded, EscrowOffer, Verdict
 from mesh.workflow.orders import BuyerOrder, InspectorOrder, MachineOrder, OrderState, step
-from mesh.workflow.verdict import VerdictBody
+from mesh.workflow.verdict import STREAM, VerdictBody, VerdictError, open_verdict
 
 AMOUNT, FEE = 5_000, 20
 
@@ -40,7 +42,7 @@ class Order:
 
     def verdict(self, passed: bool) -> tuple[Verdict, VerdictBody]:
         body = self.inspector.body(passed, (("deviation_um", "12" if passed else "41"),))
-        return self.inspector.judge(passed, body.encode()), body
+        return self.inspector.judge(passed, body.encode(), b""), body
 
 
 def funded_order(ledger: LocalLedger, refund_blocks: int = 10) -> Order:
@@ -131,7 +133,7 @@ def test_signatures_and_verdicts_that_do_not_fit_are_refused(tmp_path: Path) -> 
         order = funded_order(ledger)
         verdict, body = order.verdict(True)
         # A PASS carrying the inspector's signature on the return (or the reverse).
-        lying = Verdict(verdict.order_id, False, verdict.record, verdict.signature)
+        lying = replace(verdict, passed=False)
         with pytest.raises(EscrowError, match="signature"):
             order.buyer.judged(lying, body)
         assert order.buyer.state is OrderState.FUNDED  # unchanged
@@ -161,3 +163,28 @@ def test_an_inspector_not_named_by_the_order_takes_no_part(tmp_path: Path) -> No
         txid = order.buyer.offer.funding_txid
         with pytest.raises(EscrowError, match="not this order's inspector"):
             InspectorOrder.funded(PrivateKey(), buyer, order.announce, txid)
+
+
+def test_a_verdict_is_opened_only_from_the_inspectors_own_verdict_record(
+    tmp_path: Path,
+) -> None:
+    with LocalLedger.create(tmp_path / "ledger.db") as ledger:
+        order = funded_order(ledger)
+    inspector = Identity(order.ids["inspector"])
+    body = order.inspector.body(True, (("deviation_um", "12"),)).encode()
+
+    def signed(identity: Identity, stream: str, payload: bytes) -> SignedRecord:
+        record = Record(identity.public_key, stream, 0, 1_700_000_000_000, payload, bytes(32))
+        return sign_record(identity, record)
+
+    good = signed(inspector, STREAM, body)
+    assert open_verdict(good.body, good.signature, inspector.peer_id).passed
+    for record, who, why in (
+        (good, Identity.generate().peer_id, "not a record of the inspector"),
+        (signed(inspector, "meters", body), inspector.peer_id, "not a record of the inspector"),
+        (signed(Identity.generate(), STREAM, body), inspector.peer_id, "not a record"),
+    ):
+        with pytest.raises(VerdictError, match=why):
+            open_verdict(record.body, record.signature, who)
+    with pytest.raises(VerdictError, match="signature"):
+        open_verdict(good.body, good.signature[:-1] + b"\x00", inspector.peer_id)
