@@ -128,7 +128,7 @@ def check_uses(path_key: str, require: str, known: Mapping[str, Requirement]) ->
         raise CertsConfigError(path_key, f"no requirement {require!r} (defined: {listed})")
 
 
-def check_subject(held: tuple[Held, ...], public_key_hex: str, base: Path) -> None:
+def check_subject(held: tuple[Held, ...], public_key_hex: str) -> None:
     """Every held certificate must be issued to this agent's key (at start)."""
     for i, h in enumerate(held):
         if h.certificate.subject != public_key_hex:

@@ -153,6 +153,10 @@ class Agent:
         """Run until `request_stop()`, then shut down cleanly."""
         profile = self.profile
         identity = self.identity = load_identity(self.data_dir / profile.key_file, self._passphrase)
+        try:  # before anything starts: a certificate issued to another key is a profile error
+            check_subject(profile.certificates, identity.public_key.hex())
+        except CertsConfigError as exc:
+            raise ProfileError(profile.path, exc.key, exc.problem) from None
         store = Store(self.data_dir / "agent.db", check_same_thread=False, synchronous="NORMAL")
         # The buyer's archive writes from the Trio thread: its own connection, so it
         # never shares one with the worker threads that use `store`.
@@ -214,10 +218,6 @@ class Agent:
                     on_paid=self.provider.on_paid,
                     health=self.storage,
                 )
-                try:
-                    check_subject(profile.certificates, identity.public_key.hex(), profile.path)
-                except CertsConfigError as exc:
-                    raise ProfileError(profile.path, exc.key, exc.problem) from None
                 self.proofs = Proofs(
                     identity, profile.certificates, profile.requirements, self._send, chain
                 )

@@ -11,9 +11,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from agents.cli import main
 from mesh.certs import issue, type_id
 from mesh.chain.ledger import LocalLedger
-from mesh.identity import Identity
+from mesh.identity import Identity, save_identity
 from tests.discovery.agents import FEED, WANT, RunningAgent, sessions
 from tests.web.agents import free_port
 
@@ -148,3 +151,22 @@ def test_a_provider_sells_only_to_a_cell_its_plant_certified(tmp_path: Path) -> 
     finally:
         for agent in (stranger, cell, mill):
             agent.stop()
+
+
+def test_an_agent_holding_someone_elses_certificate_is_refused_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = tmp_path / "ledger.db"
+    LocalLedger.create(ledger).close()
+    data = tmp_path / "sensor"
+    save_identity(Identity.generate(), data / "identity.key")
+    other = Identity.generate()
+    certificate(data, Identity.generate(), other, CALIBRATION, {"calibrated_until": day(9)})
+    profile = data / "profile.toml"
+    profile.write_text(
+        '[agent]\nname = "sensor"\n' + FEED
+        + '\n[[certificates]]\nfile = "cert.json"\ndisclose = ["calibrated_until"]\n'
+    )  # fmt: skip
+    code = main(["run", str(profile), "--data-dir", str(data), "--ledger", str(ledger)])
+    err = capsys.readouterr().err
+    assert code == 1 and "certificates[0].file" in err and "not to this agent's key" in err
