@@ -217,14 +217,20 @@ class ChannelEffects:
         elif isinstance(effect, CheckFunding):
             await self.run(await self._check_funding(effect))
         elif isinstance(effect, CheckFundingUnspent):
-            terms = protocol.book.end(effect.channel_id).terms
+            held = protocol.book.ends.get(effect.channel_id)
+            if held is None:  # released meanwhile (an earlier effect's commit)
+                return
+            terms = held.terms
             output = await self.chain.output(terms.funding_txid, terms.funding_vout)
             await self.run(settlement.funding_watched(effect.channel_id, output, now))
         elif isinstance(effect, CheckCloseClaim):
             output = await self.chain.output(effect.txid, effect.vout)
             await self.run(settlement.close_claim_checked(effect, output))
         elif isinstance(effect, CheckSpender):
-            terms = protocol.book.end(effect.channel_id).terms
+            held = protocol.book.ends.get(effect.channel_id)
+            if held is None:
+                return
+            terms = held.terms
             close_txid, paid = await self._close_paid(terms)
             coins = await self._own_outputs(close_txid, terms.payer_payout) if close_txid else ()
             await self.run(settlement.spender_found(effect.channel_id, close_txid, paid, coins))
@@ -239,7 +245,10 @@ class ChannelEffects:
         """Broadcast a payer's funding (idempotent: the chain holds it after this) and
         read its output in our own chain view."""
         peer, cid, now = effect.peer_id, effect.channel_id, trio.current_time()
-        terms = self.protocol.book.end(cid).terms
+        held = self.protocol.book.ends.get(cid)
+        if held is None:  # forgotten meanwhile (its proposal expired)
+            return []
+        terms = held.terms
         try:
             await self.chain.broadcast(parse_exact(effect.raw))
             output = await self.chain.output(terms.funding_txid, terms.funding_vout)
