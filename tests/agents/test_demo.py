@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agents.demo import with_site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +32,10 @@ def test_the_site_goes_into_the_agent_table_of_a_copy() -> None:
     )
 
 
+@pytest.mark.slow
 def test_two_demos_at_once_never_meet(tmp_path: Path) -> None:
+    """(slow: two whole demos, ~30 s. CI keeps the property through
+    `tests/reliability/test_two_deployments.py`: two sites on one LAN never meet.)"""
     runs = [demo("--seconds", "50", "--json", "--data-dir", str(tmp_path / n)) for n in "ab"]
     outs = [run.communicate(timeout=120) for run in runs]
     summaries = []
