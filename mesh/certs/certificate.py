@@ -42,6 +42,7 @@ from typing import Any
 from bsv.keys import PrivateKey, PublicKey
 from bsv.wallet.key_deriver import Counterparty, CounterpartyType, KeyDeriver, Protocol
 
+from mesh.chain.tx import varint
 from mesh.errors import RemoteProtocolError
 
 SIGNATURE_PROTOCOL = Protocol(2, "certificate signature")
@@ -223,17 +224,6 @@ def type_id(name: str) -> str:
     return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
 
 
-def varint(n: int) -> bytes:
-    """Bitcoin's VarInt."""
-    if n < 0xFD:
-        return bytes([n])
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "little")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "little")
-    return b"\xff" + n.to_bytes(8, "little")
-
-
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
@@ -302,5 +292,4 @@ __all__ = [
     "Certificate",
     "CertificateError",
     "type_id",
-    "varint",
 ]

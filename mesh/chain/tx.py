@@ -41,6 +41,17 @@ def hash256(data: bytes) -> bytes:
     return hashlib.sha256(hashlib.sha256(data).digest()).digest()
 
 
+def varint(n: int) -> bytes:
+    """Bitcoin's VarInt (CompactSize) of `n`."""
+    if n < 0xFD:
+        return bytes([n])
+    if n <= 0xFFFF:
+        return b"\xfd" + n.to_bytes(2, "little")
+    if n <= 0xFFFFFFFF:
+        return b"\xfe" + n.to_bytes(4, "little")
+    return b"\xff" + n.to_bytes(8, "little")
+
+
 def txid_of(raw: bytes) -> str:
     """The txid (display hex, byte-reversed) of serialised transaction bytes."""
     return hash256(raw)[::-1].hex()

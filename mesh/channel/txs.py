@@ -35,6 +35,7 @@ from bsv.transaction import Transaction
 from bsv.transaction_input import TransactionInput
 from bsv.transaction_output import TransactionOutput
 
+from mesh.chain.tx import varint
 from mesh.errors import LocalProtocolError
 
 SIGHASH_ALL_FORKID = 0x41
@@ -49,16 +50,6 @@ _U64 = struct.Struct("<Q")
 def hash256(data: bytes) -> bytes:
     """Double SHA-256."""
     return hashlib.sha256(hashlib.sha256(data).digest()).digest()
-
-
-def _varint(n: int) -> bytes:
-    if n < 0xFD:
-        return bytes([n])
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "little")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "little")
-    return b"\xff" + n.to_bytes(8, "little")
 
 
 def _push(data: bytes) -> bytes:
@@ -218,7 +209,7 @@ class PaymentSigner:
                 hash256(outpoint),
                 hash256(_U32.pack(SEQUENCE_FINAL)),
                 outpoint,
-                _varint(len(script)),
+                varint(len(script)),
                 script,
                 _U64.pack(terms.capacity),
                 _U32.pack(SEQUENCE_FINAL),
@@ -230,8 +221,8 @@ class PaymentSigner:
         self._max_total = terms.max_total
         # The serialized outputs in one pack call each: [payee, payer] while something
         # is left for the payer, [payee] alone once everything is paid.
-        payee = _varint(len(terms.payee_payout)) + terms.payee_payout
-        payer = _varint(len(terms.payer_payout)) + terms.payer_payout
+        payee = varint(len(terms.payee_payout)) + terms.payee_payout
+        payer = varint(len(terms.payer_payout)) + terms.payer_payout
         self._both = struct.Struct(f"<Q{len(payee)}sQ{len(payer)}s")
         self._payee_only = struct.Struct(f"<Q{len(payee)}s")
         self._payee_script, self._payer_script = payee, payer

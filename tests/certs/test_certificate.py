@@ -21,7 +21,7 @@ from mesh.certs import (
     open_fields,
     type_id,
 )
-from mesh.certs.certificate import varint
+from mesh.chain.tx import varint
 
 CALIBRATION = type_id("m2mesh.calibration")
 VALUES = {"calibrated_until": "2027-06-30", "serial": "SN-0042", "owner": "ACME Metrology"}
