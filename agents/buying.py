@@ -35,6 +35,7 @@ from agents.proofs import Proofs
 from agents.services.buyer import Buyer, OrderResult
 from agents.services.orders import LogRecord, statement
 from agents.services.standing import SellerStanding
+from mesh.channel.config import ChannelRefused
 from mesh.channel.state import Role, State
 from mesh.discovery import PeerTable
 from mesh.errors import MeshError
@@ -108,6 +109,7 @@ class Purchases:
         self._standing = standing
         self._stop = stop
         self._proofs = proofs
+        self._asked: dict[str, float] = {}  # provider -> when it last asked us for proof
 
     async def want(
         self,
@@ -168,9 +170,12 @@ class Purchases:
                 log.warning("buying %s from %s failed: %s", want.service, provider[:16], exc)
                 progress.failure = f"buying from {provider[:16]} failed: {exc}"
                 # A payee that refused our funding locked our coins until the expiry:
-                # never fund it again soon. Any other failure: a short back-off.
-                fault = "funding" if isinstance(exc, FundingRefused) else "refused"
-                self._standing.judge(provider, fault, trio.current_time())
+                # never fund it again soon. One asking for a certificate first is no
+                # fault: try again in a second. Any other failure: a short back-off.
+                asking = isinstance(exc, ChannelRefused) and exc.code == "proof-required"
+                if not (asking and self._first_ask(provider)):
+                    fault = "funding" if isinstance(exc, FundingRefused) else "refused"
+                    self._standing.judge(provider, fault, trio.current_time())
                 progress.state = "looking"
                 with trio.move_on_after(1.0):
                     await stop.wait()
@@ -181,6 +186,15 @@ class Purchases:
                 progress.state = "looking"
                 await trio.sleep(1.0)
         progress.state = "done" if progress.delivered >= want.units else "stopped"
+
+    def _first_ask(self, provider: str) -> bool:
+        """Whether `provider` asks us for a certificate for the first time in a minute
+        (then no fault: it is asking; asking again and again is a refusal like any)."""
+        now = trio.current_time()
+        self._asked = {p: t for p, t in self._asked.items() if now - t < 60.0}
+        first = provider not in self._asked
+        self._asked[provider] = now
+        return first
 
     async def _record(self, result: OrderResult) -> None:
         """Judge the seller by how the order ended, log it, and sign its statement."""

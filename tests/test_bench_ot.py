@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +52,10 @@ def test_latencies_and_rate_come_from_source_and_receive_times() -> None:
 
 
 @pytest.mark.skipif(bool(missing("asyncua")), reason="needs the ot extra (asyncua)")
-def test_quick_ot_run_measures_every_leg(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "ot", "--quick", "--out", str(tmp_path), "--no-plots"],
-        capture_output=True, text=True, timeout=240, check=False, cwd=ROOT,
-    )  # fmt: skip
+def test_quick_ot_run_measures_every_leg(
+    quick_bench: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    result, tmp_path = quick_bench  # (the quick run of every scenario, ot among them)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     outcome = json.loads((tmp_path / "results.json").read_text())["scenarios"][SCENARIO]
     assert outcome["status"] == "ok", outcome["error"]

@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 from bench.cli import SCENARIOS
 
 
-def test_quick_run_of_every_scenario_produces_numbers(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+def test_quick_run_of_every_scenario_produces_numbers(
+    quick_bench: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    result, tmp_path = quick_bench
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["quick"] is True

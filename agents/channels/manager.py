@@ -35,6 +35,7 @@ from mesh.channel.config import (
     AckedCallback,
     ChannelConfig,
     ChannelFailure,
+    ChannelRefused,
     ChannelStatistics,
     FundingRefused,
     PaidCallback,
@@ -365,8 +366,11 @@ class ChannelManager:
                 except (trio.TooSlowError, ChannelFailure, PaymentRejected, ChainError) as exc:
                     self.protocol.opening.open_ended(channel_id)
                     await self.effects.run(self.protocol.opening.abandon_open(channel_id))
+                    why = f"opening a channel to {peer_id[:16]}…: {exc}"
+                    if isinstance(exc, ChannelRefused):
+                        raise ChannelRefused(why, exc.code) from None
                     kind = FundingRefused if isinstance(exc, FundingRefused) else ChannelFailure
-                    raise kind(f"opening a channel to {peer_id[:16]}…: {exc}") from None
+                    raise kind(why) from None
                 finally:
                     self.protocol.opening.open_ended(channel_id)
             log.info(

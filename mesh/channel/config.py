@@ -51,6 +51,15 @@ class ChannelFailure(MeshError):
     """A channel could not be opened, paid on or closed; the message says why."""
 
 
+class ChannelRefused(ChannelFailure):
+    """The payee refused our offer before anything was funded; `code` is its rule
+    (``proof-required``: it is asking us for a certificate, try again shortly)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class FundingRefused(ChannelFailure):
     """The payee refused a funding we had put on chain: our coins wait for the refund."""
 
@@ -136,6 +145,7 @@ __all__ = [
     "AckedCallback",
     "ChannelConfig",
     "ChannelFailure",
+    "ChannelRefused",
     "ChannelStatistics",
     "FundingRefused",
     "PaidCallback",

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from mesh.channel.book import ChannelBook
-from mesh.channel.config import ChannelConfig, ChannelFailure, FundingRefused
+from mesh.channel.config import ChannelConfig, ChannelFailure, ChannelRefused, FundingRefused
 from mesh.channel.effects import (
     AbandonFunding,
     BroadcastFunding,
@@ -140,7 +140,10 @@ class Opening:
         can reach the chain. Anything else: `ChannelFailure`."""
         proposal = self._proposals[channel_id]
         if not isinstance(reply, ChannelRefundSigned):
-            raise ChannelFailure(f"payee refused the channel: {describe(reply)}")
+            why = f"payee refused the channel: {describe(reply)}"
+            if isinstance(reply, ChannelError):
+                raise ChannelRefused(why, reply.code)
+            raise ChannelFailure(why)
         offer, keys = proposal.offer, proposal.keys
         terms = Terms(
             channel_id,

@@ -17,7 +17,7 @@ from agents.cli import main
 from mesh.certs import issue, type_id
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import Identity, save_identity
-from tests.discovery.agents import FEED, WANT, RunningAgent, sessions
+from tests.discovery.agents import FEED, WANT, RunningAgent
 from tests.web.agents import free_port
 
 CALIBRATION = type_id("m2mesh.calibration")
@@ -55,35 +55,32 @@ def test_a_buyer_buys_only_from_a_sensor_that_proves_its_calibration(tmp_path: P
     )
     held = '\n[[certificates]]\nfile = "cert.json"\ndisclose = ["calibrated_until", "accuracy"]\n'
     ports = [free_port(), free_port()]
-    # The stale sensor is cheaper: the buyer asks it first.
-    sensors = [
-        RunningAgent(
-            tmp_path,
-            ledger,
-            name,
-            "127.0.0.1",
-            f"tcp://127.0.0.1:{port}",
-            FEED.replace("price = 1", f"price = {price}") + held,
-            site=site,
-            identity=identity,
-        )
-        for name, identity, port, price in (
-            ("good", good, ports[0], 2),
-            ("stale", stale, ports[1], 1),
-        )
-    ]
+
+    def sensor(name: str, identity: Identity, port: int, price: int) -> RunningAgent:
+        feed = FEED.replace("price = 1", f"price = {price}") + held
+        return RunningAgent(tmp_path, ledger, name, "127.0.0.1", f"tcp://127.0.0.1:{port}",
+                            feed, site=site, identity=identity)  # fmt: skip
+
     want = WANT.replace("max_price = 2", "max_price = 3") + 'require = "calibrated"\n'
     rule = (
         '\n[requirements.calibrated]\ntype = "m2mesh.calibration"\n'
         f'certifiers = ["{lab.peer_id}"]\nreveal = ["calibrated_until"]\n'
         'conditions = ["calibrated_until >= today"]\n'
     )
-    statics = [f"{s.peer_id}@tcp://127.0.0.1:{p}" for s, p in zip(sensors, ports, strict=True)]
+    statics = [
+        f"{who.peer_id}@tcp://127.0.0.1:{p}" for who, p in ((good, ports[0]), (stale, ports[1]))
+    ]
+    # The stale sensor first (and cheaper): the buyer asks it and refuses it; then the
+    # good one comes.
+    stale_sensor = sensor("stale", stale, ports[1], 1)
+    sensors = [stale_sensor]
     buyer = RunningAgent(tmp_path, ledger, "lab", "127.0.0.1", "tcp://127.0.0.1:0", want + rule,
                          funds=2_000_000, site=site, static_peers=statics)  # fmt: skip
-    good_sensor, stale_sensor = sensors
     try:
-        buyer.wait(lambda s: len(sessions(s)) == 2, 30, "sessions with both sensors")
+        buyer.wait(lambda s: stale.peer_id in s["certificates"]["failed"], 30, "the stale refused")
+        assert buyer.status()["wants"][0]["delivered"] == 0  # type: ignore[index]
+        good_sensor = sensor("good", good, ports[0], 2)
+        sensors.append(good_sensor)
         buyer.wait(lambda s: s["wants"][0]["delivered"] >= 10, 40, "readings bought")
         shown = proofs(buyer)
         # Only the calibration date was revealed; owner, serial and accuracy stay hidden.
@@ -108,8 +105,8 @@ def test_a_buyer_buys_only_from_a_sensor_that_proves_its_calibration(tmp_path: P
         assert stale_sensor.log_lines("refused our certificate: expired")
     finally:
         buyer.stop()
-        for sensor in sensors:
-            sensor.stop()
+        for running in sensors:
+            running.stop()
 
 
 def test_a_provider_sells_only_to_a_cell_its_plant_certified(tmp_path: Path) -> None:
