@@ -103,6 +103,7 @@ def agent_status(agent: Shown, height: int | None = None) -> dict[str, Any]:
         "storage": asdict(agent.storage.statistics()),
         "receipts": asdict(agent.receipts.statistics()) if agent.receipts else None,
         "certificates": agent.proofs.snapshot() if agent.proofs is not None else None,
+        "work_orders": agent.workflows.status() if agent.workflows is not None else None,
         "loop": asdict(agent.lag.lag),
         "wants": [
             {

@@ -33,6 +33,15 @@ from agents.profile_bridges import (
     surfaces,
 )
 from agents.profile_certs import CertsConfigError, check_uses, held_certificates, requirements
+from agents.profile_workflows import (
+    EscrowSpec,
+    InspectionSpec,
+    WorkflowsConfigError,
+    WorkflowSpec,
+    escrow,
+    inspection,
+    workflows,
+)
 from agents.web.config import DEFAULT_LISTEN, DashboardConfig, dashboard_config
 from mesh.anchoring.retention import Keep, RetentionPolicy
 from mesh.certs.policy import Held, Requirement
@@ -198,6 +207,12 @@ class Profile:
     """Certificates issued to this agent, and what it discloses of each."""
     requirements: Mapping[str, Requirement] = field(default_factory=dict)
     """What peers must prove, by name (`agents.profile_certs`)."""
+    workflows: tuple[WorkflowSpec, ...] = ()
+    """Escrowed work orders this agent places, as a buyer (`agents.profile_workflows`)."""
+    escrow: EscrowSpec | None = None
+    """The inspectors this machine takes work orders with (None: it takes none)."""
+    inspection: InspectionSpec | None = None
+    """How this agent inspects parts (None: it is no inspector)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def service(self, service_id: str) -> ServiceSpec | None:
@@ -529,7 +544,10 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
             check_uses(f"services[{i}].require", spec.require, required)
         for i, want in enumerate(wants):
             check_uses(f"wants[{i}].require", want.require, required)
-    except CertsConfigError as exc:
+        orders = workflows(top.get("workflows", list, []))
+        machine = escrow(top.get("escrow", dict, {}) if "escrow" in raw else None)
+        inspector = inspection(top.get("inspection", dict, {}) if "inspection" in raw else None)
+    except (CertsConfigError, WorkflowsConfigError) as exc:
         raise ProfileError(path, exc.key, exc.problem) from None
     ids = [s.id for s in services]
     for i, sid in enumerate(ids):
@@ -562,6 +580,9 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         dashboard=dashboard,
         certificates=held,
         requirements=required,
+        workflows=orders,
+        escrow=machine,
+        inspection=inspector,
     )
     for section in (agent, discovery, channels, anchoring, kept, web, top):
         section.done()

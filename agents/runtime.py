@@ -22,7 +22,6 @@ nursery, which sends mDNS goodbyes and closes the sockets -- within 10 s.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,27 +44,28 @@ from agents.services.buyer import Buyer
 from agents.services.orders import Provider
 from agents.services.standing import SellerStanding
 from agents.services.vendor import Handler, HandlerError, resolve
+from agents.upkeep import keep_retention, keep_wallet_synced, sync_wallet
 from agents.web.app import agent_app
 from agents.web.config import DashboardConfig
 from agents.web.lag import LagMonitor
 from agents.web.records import RecordsView
 from agents.web.server import serve_app
+from agents.workflows import WorkContext, Workflows, WorkOrderStore
+from agents.workflows.inspector import InspectionError, resolve_measure
 from mesh.anchoring import (
     AnchorConfig,
     Anchorer,
     AnchoringError,
     BatchPolicy,
 )
-from mesh.anchoring.cold import ColdArchiveError
 from mesh.anchoring.record import SignedRecord
-from mesh.anchoring.retention import Retention
 from mesh.chain.local import LocalChain
 from mesh.chain.wallet import Wallet
 from mesh.channel.state import Role, State
 from mesh.channel.store import ChannelStore
 from mesh.discovery import Discovery, PeerTable, open_discovery, parse_static
 from mesh.errors import MeshError
-from mesh.health import STORAGE_ERRORS, StorageHealth
+from mesh.health import StorageHealth
 from mesh.identity import Identity, load_identity, parse_peer_id
 from mesh.net.node import ConnectError, Node, NodeConfig, SessionClosed, open_node
 from mesh.session import PeerInfo
@@ -124,6 +124,7 @@ class Agent:
         self.anchorer: Anchorer | None = None
         self.receipts: ReceiptExchange | None = None
         self.purchases: Purchases | None = None
+        self.workflows: Workflows | None = None
         self.wants = [WantProgress(w) for w in profile.wants]
         self.table: PeerTable | None = None
         self.discovery: Discovery | None = None
@@ -142,6 +143,12 @@ class Agent:
                 self._handlers[spec.id] = (spec, resolve(spec.handler, spec.kind))
             except HandlerError as exc:
                 raise ProfileError(profile.path, f"services[{i}].handler", str(exc)) from None
+
+        if profile.inspection is not None:
+            try:
+                resolve_measure(profile.inspection.handler)
+            except InspectionError as exc:
+                raise ProfileError(profile.path, "inspection.handler", str(exc)) from None
 
     def request_stop(self) -> None:
         """Begin a clean shutdown."""
@@ -226,7 +233,7 @@ class Agent:
                 self.manager.on_ended = self.provider.channel_ended
                 self.buyer = Buyer(self._send, self.manager.pay)
                 self.manager.on_final = self._channel_final
-                await self._sync_wallet(chain)
+                await sync_wallet(self.wallet, chain, self._db)
                 await nursery.start(self.manager.run)
                 self.anchorer = Anchorer(
                     identity,
@@ -255,8 +262,10 @@ class Agent:
                     await nursery.start(self.bridges.run, self.status, archive.last_proven)
                     self.buyer.keep_record = self._keep_and_show(archive.keep_signed)
                     self.provider.on_reading = self.bridges.sold
-                nursery.start_soon(self._keep_wallet_synced, chain)
-                nursery.start_soon(self._keep_retention, store)
+                nursery.start_soon(keep_wallet_synced, self.wallet, chain, self._db, self.storage)
+                nursery.start_soon(
+                    keep_retention, profile.retention, store, self.wallet, self._db, self.storage
+                )
                 nursery.start_soon(node.serve, self._dispatch)
                 self.table = discovery.table
                 self.discovery = discovery
@@ -280,6 +289,7 @@ class Agent:
                 )
                 for progress in self.wants:
                     nursery.start_soon(self.purchases.want, progress)
+                await self._start_workflows(nursery, store, chain, self.purchases)
                 task_status.started()
                 log.info("%s up: %s at %s", profile.name, identity.peer_id[:16], node.address)
                 await self._stop.wait()
@@ -295,6 +305,29 @@ class Agent:
             archive.close()
             store.close()
             (self.data_dir / "control.sock").unlink(missing_ok=True)
+
+    async def _start_workflows(
+        self, nursery: trio.Nursery, store: Store, chain: LocalChain, purchases: Purchases
+    ) -> None:
+        """Escrowed work orders, in whichever roles the profile plays (`agents.workflows`)."""
+        assert self.identity and self.wallet and self.node and self.buyer and self.provider
+        node, keep = self.node, self.buyer.keep_record
+        orders = await trio.to_thread.run_sync(WorkOrderStore, store, limiter=self._db)
+        context = WorkContext(self.identity, self.wallet, chain, orders, self._send, self._db,
+                              lambda peer: node.session(peer) is not None)  # fmt: skip
+        work = self.workflows = Workflows(
+            context, self.profile, buy=purchases.want, offers=purchases.best_offer,
+            keep=keep or (lambda _signed: None), log_record=self._log_record,
+        )  # fmt: skip
+        if keep is not None and self.profile.workflows:  # readings made while parts are
+
+            def keep_and_note(signed: SignedRecord) -> None:
+                keep(signed)
+                work.saw_reading(signed)
+
+            self.buyer.keep_record = keep_and_note
+        self.provider.on_statement = work.statement
+        await nursery.start(work.run, self._buying_stop)
 
     async def _serve_dashboard(self, nursery: trio.Nursery) -> None:
         """Serve the dashboard, `/metrics` and proofs (read-only) in the agent's nursery."""
@@ -355,68 +388,6 @@ class Agent:
 
     # ------------------------------------------------------------------ wiring
 
-    async def _sync_wallet(self, chain: LocalChain) -> None:
-        """Add coins the wallet does not know yet, asking the chain only about its watch
-        set (`Wallet.watch_addresses`): a pass costs the same after a year of anchors."""
-        assert self.wallet is not None
-        wallet = self.wallet
-        addresses = await trio.to_thread.run_sync(wallet.watch_addresses, limiter=self._db)
-        if not addresses:  # no receive key yet: one to be funded at
-            addresses = [await trio.to_thread.run_sync(wallet.new_address, limiter=self._db)]
-        for address in addresses:
-            coins = await chain.utxos(address)
-            if coins:
-                await trio.to_thread.run_sync(wallet.add_utxos, coins, limiter=self._db)
-
-    async def _keep_wallet_synced(self, chain: LocalChain) -> None:
-        """Sync the wallet every 5 s (its history is pruned by `_keep_retention`)."""
-        while True:
-            await trio.sleep(5.0)
-            try:
-                await self._sync_wallet(chain)
-            except STORAGE_ERRORS as exc:  # the coins are added at a later pass
-                self.storage.fault("wallet", exc)
-            else:
-                self.storage.ok("wallet")
-
-    async def _keep_retention(self, store: Store) -> None:
-        """Every ``[retention] interval``: anchored records past their days (or above
-        ``online_mb``) go to the archive, spent wallet rows past ``wallet_days`` go.
-        The first pass waits one interval, while the anchorer and the channels finish
-        what a stop left. A failure to write is a storage fault like any other."""
-        spec = self.profile.retention
-        retention = Retention(store, spec.records)
-        assert self.wallet is not None
-        wallet = self.wallet
-        while True:
-            await trio.sleep(spec.interval)
-            try:
-                moved = 0
-                while True:  # a pass moves at most PASS_BATCHES batches: catch up
-                    done = await trio.to_thread.run_sync(
-                        retention.run_once, time.time(), limiter=self._db
-                    )
-                    moved += done.records
-                    if not done.moved:
-                        break
-                before = time.time() - spec.wallet_days * 86_400
-                pruned = await trio.to_thread.run_sync(wallet.prune, before, limiter=self._db)
-            except STORAGE_ERRORS as exc:
-                self.storage.fault("retention", exc)
-                continue
-            except ColdArchiveError as exc:  # a batch that does not hold together: stays
-                log.warning("retention: %s", exc)
-                continue
-            self.storage.ok("retention")
-            if moved or pruned:
-                log.info(
-                    "retention: %d record(s) to %s, %d wallet row(s) pruned; store %.1f MB",
-                    moved,
-                    "the archive" if spec.records.archive else "nowhere (archive = false)",
-                    pruned,
-                    done.store_bytes / 1e6,
-                )
-
     def _keep_and_show(
         self, keep: Callable[[SignedRecord], object]
     ) -> Callable[[SignedRecord], None]:
@@ -444,6 +415,7 @@ class Agent:
                 or await self.buyer.handle(peer_id, frame)
                 or await self.receipts.handle(peer_id, frame)
                 or await self.proofs.handle(peer_id, frame)
+                or (self.workflows is not None and await self.workflows.handle(peer_id, frame))
             ):
                 log.info("peer %s sent %s; ignored", peer_id[:16], type(frame).__name__)
 

@@ -59,6 +59,8 @@ LogRecord = Callable[[str, bytes, str | None], Awaitable[tuple[bytes, bytes]]]
 """log_record(stream, payload, audience) -> (record body, signature): the agent's signed
 log; `audience` is the peer id the record goes to (the one that may ask for its receipt).
 It returns once the record is stored (waiting while storage fails)."""
+OnStatement = Callable[[str, ServiceOrder, bytes, bytes], Awaitable[None]]
+"""on_statement(buyer, order, record body, signature): an order's final statement."""
 STALL_FLOOR = 1.0
 """Seconds a provider waits for a payment at least, however short its tick: at 100
 readings/s three ticks are 30 ms, and a scheduler hiccup would end the order. Waiting
@@ -167,6 +169,8 @@ class Provider:
         self._unlogged = 0  # meter statements waiting to be logged
         self.state: dict[str, dict[str, Any]] = {sid: {} for sid in services}
         self.log_record: LogRecord | None = None
+        self.on_statement: OnStatement | None = None
+        """Told of each order's final meter statement once logged (work orders)."""
         """Set by the runtime: readings and meter statements go into the signed log."""
         self.sales = Tallies()
         """Orders begun and units delivered per service (status, metrics)."""
@@ -354,7 +358,7 @@ class Provider:
             reason,
         )
         await self._send(running.peer_id, ServiceDone(order.order_id, running.delivered, reason))
-        self._log_statement_soon(self._statement(running, spec, cell), running.peer_id)
+        self._log_statement_soon(self._statement(running, spec, cell), running.peer_id, order)
 
     @staticmethod
     def _statement(
@@ -373,9 +377,12 @@ class Provider:
             final=final,
         )
 
-    def _log_statement_soon(self, payload: bytes, peer_id: str) -> None:
+    def _log_statement_soon(
+        self, payload: bytes, peer_id: str, final: ServiceOrder | None = None
+    ) -> None:
         """Log a meter statement from a task of its own: it waits while storage fails,
-        and the order's end must not (bounded: past `MAX_UNLOGGED_STATEMENTS`, dropped)."""
+        and the order's end must not (bounded: past `MAX_UNLOGGED_STATEMENTS`, dropped).
+        The `final` statement of an order goes to `on_statement` too, once logged."""
         log_record = self.log_record
         if log_record is None:
             return
@@ -383,14 +390,18 @@ class Provider:
             log.warning("meter statement dropped: %d wait for storage already", self._unlogged)
             return
         self._unlogged += 1
-        self._nursery.start_soon(self._log_statement, log_record, payload, peer_id)
+        self._nursery.start_soon(self._log_statement, log_record, payload, peer_id, final)
 
-    async def _log_statement(self, log_record: LogRecord, payload: bytes, peer_id: str) -> None:
+    async def _log_statement(
+        self, log_record: LogRecord, payload: bytes, peer_id: str, final: ServiceOrder | None
+    ) -> None:
         try:
             await self._health.wait_healthy()
-            await log_record("meters", payload, peer_id)
+            body, signature = await log_record("meters", payload, peer_id)
         finally:
             self._unlogged -= 1
+        if final is not None and self.on_statement is not None:
+            await self.on_statement(peer_id, final, body, signature)
 
     async def _produce(
         self, handler: Handler, ctx: ServiceContext, order: ServiceOrder

@@ -62,6 +62,10 @@ class LocalChain:
         """The output's state in the ledger (see `LocalLedger.output`)."""
         return await self._run(self.ledger.output, txid, vout)
 
+    async def raw_tx(self, txid: str) -> bytes | None:
+        """The raw bytes of a transaction the ledger holds (None: unknown)."""
+        return await self._run(self.ledger.raw_tx, txid)
+
     async def merkle_proof(self, txid: str) -> MerklePath | None:
         """The BUMP proof of a mined transaction."""
         return await self._run(self.ledger.merkle_proof, txid)

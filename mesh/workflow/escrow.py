@@ -71,6 +71,13 @@ class Way(enum.Enum):
         """The two parties whose signatures unlock this way."""
         return self.value[1]
 
+    @property
+    def may_sign(self) -> tuple[str, ...]:
+        """Who may sign this way: its two signers, and for the release the buyer too
+        (a release pays only the machine: the buyer co-signs it with the inspector's
+        PASS when the machine does not collect), in key order."""
+        return ("buyer", *self.signers) if self is Way.RELEASE else self.signers
+
 
 class EscrowError(RemoteProtocolError):
     """An escrow's terms or a signature on it are not acceptable; `rule` names why."""
@@ -155,7 +162,7 @@ def escrow_tx(terms: EscrowTerms, way: Way, unlocking: bytes | None = None) -> T
 
 def sign(terms: EscrowTerms, way: Way, party: str, key: PrivateKey) -> bytes:
     """`party`'s signature on one way out (DER, without the sighash byte)."""
-    if party not in way.signers:
+    if party not in way.may_sign:
         raise LocalProtocolError(f"the {party} does not sign the {way.value[0]}")
     if key.public_key().serialize() != terms.key_of(party):
         raise LocalProtocolError(f"not the {party}'s escrow key")
@@ -164,7 +171,7 @@ def sign(terms: EscrowTerms, way: Way, party: str, key: PrivateKey) -> bytes:
 
 def check(terms: EscrowTerms, way: Way, party: str, signature: bytes) -> None:
     """A party's signature on one way out; `EscrowError("signature")` if it is not."""
-    if party not in way.signers:
+    if party not in way.may_sign:
         raise EscrowError("signer", f"the {party} does not sign the {way.value[0]}")
     digest = sighash_of(escrow_tx(terms, way))
     if not verify_digest(terms.key_of(party), digest, signature):
@@ -172,12 +179,15 @@ def check(terms: EscrowTerms, way: Way, party: str, signature: bytes) -> None:
 
 
 def signed(terms: EscrowTerms, way: Way, signatures: dict[str, bytes]) -> bytes:
-    """The complete transaction of one way out, from both signers' signatures."""
-    first, second = way.signers  # already in key order
-    for party in way.signers:
+    """The complete transaction of one way out, from two signatures of parties that
+    `may_sign` it."""
+    parties = [p for p in way.may_sign if p in signatures]  # in key order
+    if len(parties) != 2 or len(signatures) != 2:
+        raise EscrowError("signer", f"the {way.value[0]} needs two of {', '.join(way.may_sign)}")
+    for party in parties:
         check(terms, way, party, signatures[party])
     unlock = bytes([OP_0])
-    for party in (first, second):
+    for party in parties:
         sig = signatures[party] + bytes([SIGHASH_ALL_FORKID])
         unlock += bytes([len(sig)]) + sig
     raw: bytes = escrow_tx(terms, way, unlock).serialize()

@@ -88,6 +88,18 @@ class EscrowRefused(Frame):
     reason: str
 
 
+@frame(66)
+@dataclass(frozen=True, slots=True)
+class WorkRecord(Frame):
+    """Machine -> buyer: a signed record of the machine that belongs to this order's
+    part passport (the meter statement of the tool time the part took): the body of
+    its `mesh.anchoring` record and the machine's signature over it."""
+
+    order_id: bytes
+    record: bytes
+    record_signature: bytes
+
+
 __all__ = [
     "EscrowAccepted",
     "EscrowFunded",
@@ -95,4 +107,5 @@ __all__ = [
     "EscrowRefused",
     "InspectPart",
     "Verdict",
+    "WorkRecord",
 ]

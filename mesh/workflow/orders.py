@@ -118,6 +118,23 @@ class BuyerOrder:
     refund_signature: bytes = b""
     verdict: Verdict | None = None
 
+    @classmethod
+    def restore(
+        cls,
+        identity: PrivateKey,
+        offer: EscrowOffer,
+        machine: str,
+        state: OrderState,
+        machine_payout: bytes = b"",
+        refund_signature: bytes = b"",
+        verdict: Verdict | None = None,
+    ) -> BuyerOrder:
+        """The order as it was saved (terms from the machine's payout, once accepted)."""
+        order = cls(identity, offer, machine, state, None, refund_signature, verdict)
+        if refund_signature:
+            order.terms = order._terms(machine_payout, offer.funding_txid)
+        return order
+
     @property
     def buyer(self) -> str:
         """Our peer id."""
@@ -158,6 +175,14 @@ class BuyerOrder:
             return None
         mine = sign(terms, Way.RETURN, "buyer", escrow_private_key(self.identity, terms.order_id))
         return signed(terms, Way.RETURN, {"buyer": mine, "inspector": frame.signature})
+
+    def release(self) -> bytes:
+        """On PASS, the release signed by us and the inspector: it pays the machine, so
+        a machine that is down when the verdict comes still gets its payment."""
+        assert self.terms is not None and self.verdict is not None and self.verdict.passed
+        key = escrow_private_key(self.identity, self.terms.order_id)
+        mine = sign(self.terms, Way.RELEASE, "buyer", key)
+        return signed(self.terms, Way.RELEASE, {"buyer": mine, "inspector": self.verdict.signature})
 
     def refund(self) -> bytes:
         """The refund, signed by both (final from the refund height on)."""

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from bsv.keys import PrivateKey
 
 from agents.profile import load_profile
 from agents.runtime import Agent
+from agents.upkeep import sync_wallet
 from mesh.chain.base import Utxo
 from mesh.chain.coins import WALLET_SCHEMA
 from mesh.chain.ledger import LocalLedger
@@ -60,7 +62,7 @@ def _wallet(path: Path, clock: FakeClock) -> Wallet:
 
 
 def _agent(tmp_path: Path, wallet: Wallet) -> Agent:
-    """An agent (not running) whose `_sync_wallet` is the pass under test."""
+    """An agent (not running) whose wallet's sync (`sync_wallet`) is the pass under test."""
     save_identity(Identity.generate(), tmp_path / "identity.key")
     profile = load_profile(ROOT / "profiles" / "cnc-mill.toml", data_dir=tmp_path)
     agent = Agent(profile, tmp_path, tmp_path / "ledger.db")
@@ -71,7 +73,8 @@ def _agent(tmp_path: Path, wallet: Wallet) -> Agent:
 async def _pass(agent: Agent, chain: CountingChain) -> list[str]:
     """One sync pass; the addresses it asked the chain about."""
     chain.asked.clear()
-    await agent._sync_wallet(chain)
+    assert agent.wallet is not None
+    await sync_wallet(agent.wallet, chain, trio.CapacityLimiter(1))
     return list(chain.asked)
 
 

@@ -65,9 +65,10 @@ def test_each_way_out_passes_the_interpreter_signed_by_its_two(way: Way) -> None
 def test_no_other_pair_and_no_changed_signature_unlocks_it(way: Way) -> None:
     k = keys()
     terms = terms_for(k, secrets.token_hex(32), 0)
-    outsider = next(p for p in PARTIES if p not in way.signers)
-    with pytest.raises(Exception, match="does not sign"):
-        sign(terms, way, outsider, k[outsider])
+    outsider = next((p for p in PARTIES if p not in way.may_sign), None)
+    if outsider is not None:  # (anyone may sign a release with the inspector)
+        with pytest.raises(Exception, match="does not sign"):
+            sign(terms, way, outsider, k[outsider])
     good = {p: sign(terms, way, p, k[p]) for p in way.signers}
     # A signature made for another way out, or by another key, is refused.
     other_way = next(w for w in Way if w is not way and way.signers[0] in w.signers)

@@ -85,6 +85,21 @@ def test_a_pass_releases_the_payment_to_the_machine(tmp_path: Path) -> None:
             ledger.submit(order.buyer.refund())
 
 
+def test_on_a_pass_the_buyer_can_release_for_a_machine_that_is_down(tmp_path: Path) -> None:
+    with LocalLedger.create(tmp_path / "ledger.db") as ledger:
+        order = funded_order(ledger)
+        verdict, body = order.verdict(True)
+        assert order.buyer.judged(verdict, body) is None
+        txid = ledger.submit(order.buyer.release())  # buyer + inspector
+        assert ledger.output(txid, 0).script == order.machine.terms.machine_payout
+        assert ledger.output(txid, 0).satoshis == AMOUNT - FEE
+        # (and the machine's own release, built later, is a double spend)
+        release = order.machine.judged(verdict, body)
+        assert release is not None
+        with pytest.raises(TxRejected):
+            ledger.submit(release)
+
+
 def test_a_fail_returns_the_payment_to_the_buyer(tmp_path: Path) -> None:
     with LocalLedger.create(tmp_path / "ledger.db") as ledger:
         order = funded_order(ledger)

@@ -1,0 +1,128 @@
+"""Work orders in the agent's SQLite store: one row per (order, role) this agent plays.
+
+A row holds what its party needs to finish the order after a crash: the escrow's
+terms (the offer or the funding announcement, as frames), the signatures collected,
+the transactions built, the verdict and, for the buyer, what its part passport will
+name (the records and the mined transactions). The shell (`agents.workflows`) saves a
+row *before* it sends or broadcasts what the row makes possible -- the buyer keeps
+the machine's refund signature before its funding goes out, the machine its release
+before it broadcasts it -- so a kill -9 at any step leaves a row that says what to do
+next. ``done`` marks a row with nothing left to do (settled, and for the buyer the
+settlement's proof kept). Blocking SQLite: called from a worker thread under the
+agent's store limiter. (docs/ARCHITECTURE.md §4, §7)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from mesh.store import Schema, Store
+
+WORK_ORDER_SCHEMA = Schema(
+    "work_orders",
+    (
+        """
+        CREATE TABLE work_orders (
+            order_id BLOB NOT NULL,
+            role TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            part TEXT NOT NULL,
+            state TEXT NOT NULL,
+            done INTEGER NOT NULL DEFAULT 0,
+            data BLOB NOT NULL,
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            PRIMARY KEY (order_id, role)
+        );
+        CREATE INDEX work_orders_part ON work_orders (part);
+        CREATE INDEX work_orders_open ON work_orders (done);
+        """,
+    ),
+)
+
+ROLES = ("buyer", "machine", "inspector")
+
+
+@dataclass
+class Saved:
+    """One stored row: `data` is the role's own (msgpack: bytes, str, ints, lists)."""
+
+    order_id: bytes
+    role: str
+    workflow: str
+    part: str
+    state: str
+    data: dict[str, Any] = field(default_factory=dict)
+    done: bool = False
+    created: float = 0.0
+    updated: float = 0.0
+
+
+class WorkOrderStore:
+    """The ``work_orders`` table."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        store.register(WORK_ORDER_SCHEMA)
+
+    def save(self, saved: Saved) -> None:
+        """Write `saved` (insert or replace), durably before returning."""
+        now = time.time()
+        saved.created = saved.created or now
+        saved.updated = now
+        data = msgpack.packb(saved.data, use_bin_type=True)
+        with self._store.write() as db:
+            db.execute(
+                "INSERT INTO work_orders (order_id, role, workflow, part, state, done, data,"
+                " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (order_id, role) DO UPDATE SET state = excluded.state,"
+                " done = excluded.done, data = excluded.data, updated = excluded.updated",
+                (saved.order_id, saved.role, saved.workflow, saved.part, saved.state,
+                 int(saved.done), data, saved.created, saved.updated),
+            )  # fmt: skip
+
+    def get(self, order_id: bytes, role: str) -> Saved | None:
+        """The row of `order_id` in `role`, if any."""
+        rows = self._select("WHERE order_id = ? AND role = ?", (order_id, role))
+        return rows[0] if rows else None
+
+    def unfinished(self) -> list[Saved]:
+        """Every row with something left to do, oldest first (what a start resumes)."""
+        return self._select("WHERE done = 0 ORDER BY created", ())
+
+    def of_part(self, part: str, role: str = "buyer") -> list[Saved]:
+        """The rows of `part` in `role`, newest first."""
+        return self._select("WHERE part = ? AND role = ? ORDER BY created DESC", (part, role))
+
+    def recent(self, limit: int = 50) -> list[Saved]:
+        """The newest rows, newest first."""
+        return self._select("ORDER BY created DESC LIMIT ?", (limit,))
+
+    def _select(self, where: str, params: tuple[object, ...]) -> list[Saved]:
+        with self._store.read() as db:
+            rows = db.execute(
+                "SELECT order_id, role, workflow, part, state, done, data, created, updated"
+                f" FROM work_orders {where}",
+                params,
+            ).fetchall()
+        return [
+            Saved(
+                bytes(r[0]),
+                str(r[1]),
+                str(r[2]),
+                str(r[3]),
+                str(r[4]),
+                msgpack.unpackb(bytes(r[6]), raw=False),
+                bool(r[5]),
+                float(r[7]),
+                float(r[8]),
+            )
+            for r in rows
+        ]
+
+
+__all__ = ["ROLES", "WORK_ORDER_SCHEMA", "Saved", "WorkOrderStore"]
