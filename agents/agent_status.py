@@ -20,6 +20,7 @@ from agents.receipts import ReceiptExchange
 from agents.services.buyer import Buyer, OrderResult
 from agents.services.orders import Provider
 from agents.web.lag import LagMonitor
+from agents.workflows import Workflows
 from mesh.anchoring import Anchorer
 from mesh.discovery import Discovery, PeerTable
 from mesh.health import StorageHealth
@@ -34,6 +35,7 @@ class Shown(Protocol):
     node: Node | None
     manager: ChannelManager | None
     proofs: Proofs | None
+    workflows: Workflows | None
     provider: Provider | None
     buyer: Buyer | None
     anchorer: Anchorer | None

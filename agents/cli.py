@@ -26,6 +26,7 @@ from agents.demo import add_demo_command
 from agents.ledger_cli import add_ledger_commands
 from agents.logs import FORMATS, configure, console_line
 from agents.ot_cli import add_ot_commands
+from agents.passport_cli import add_passport_command
 from agents.proof_cli import add_proof_commands
 from agents.site import add_up_command
 from mesh.errors import MeshError
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ledger_commands(sub)
     add_agent_commands(sub)
     add_proof_commands(sub)
+    add_passport_command(sub)
     add_ot_commands(sub)
     add_cert_commands(sub)
     return parser

@@ -163,15 +163,19 @@ class BuyerWork:
 
     async def run(self, stop: trio.Event) -> None:
         """Resume what a stop left, then make every part of every workflow in turn."""
-        rows = await self.ctx.db(self.ctx.orders.unfinished)
+        rows = [r for r in await self.ctx.db(self.ctx.orders.unfinished) if r.role == ROLE]
         async with trio.open_nursery() as nursery:
-            for saved in rows:
-                if saved.role == ROLE and saved.workflow in self.specs:
-                    nursery.start_soon(self._resume, saved, stop)
             for spec in self.specs.values():
-                nursery.start_soon(self._workflow, spec, stop)
+                resumed = [r for r in rows if r.workflow == spec.id]
+                nursery.start_soon(self._workflow, spec, resumed, stop)
+            for saved in rows:  # (of a workflow no longer in the profile: finished too)
+                if saved.workflow not in self.specs:
+                    nursery.start_soon(self._resume, saved, stop)
 
-    async def _workflow(self, spec: WorkflowSpec, stop: trio.Event) -> None:
+    async def _workflow(self, spec: WorkflowSpec, resumed: list[Saved], stop: trio.Event) -> None:
+        """The parts in turn: first those a stop left unfinished, then the rest."""
+        for saved in resumed:
+            await self._resume(saved, stop)
         for part in spec.parts:
             if stop.is_set():
                 return
@@ -187,7 +191,10 @@ class BuyerWork:
                     await stop.wait()
 
     async def _resume(self, saved: Saved, stop: trio.Event) -> None:
-        spec = self.specs[saved.workflow]
+        spec = self.specs.get(saved.workflow)
+        if spec is None:  # no more in the profile: inspected as far as it was made
+            spec = _left_over(saved)
+            saved.data["job"] = "made"
         offer = decode(saved.data["offer"])
         assert isinstance(offer, EscrowOffer)
         verdict = decode(saved.data["verdict"]) if saved.data.get("verdict") else None
@@ -234,7 +241,8 @@ class BuyerWork:
             log.warning("workflow %s: %s", spec.id, self.failures[spec.id])
             return None
         order.offer = replace(offer, funding_txid=draft.txid)
-        data = {"offer": encode(order.offer), "machine": machine, "funding": draft.raw}
+        data = {"offer": encode(order.offer), "buyer": ctx.peer_id, "machine": machine,
+                "funding": draft.raw}  # fmt: skip
         saved = Saved(order_id, ROLE, spec.id, part, "offered", data)
         await ctx.save(saved)
         live = self._open(saved, order, spec)
@@ -389,6 +397,11 @@ class BuyerWork:
             if saved.state == "accepted":  # its funding did not go out yet
                 await self._fund(live)
             if saved.state == "funded" and saved.data.get("job") == "made":
+                # The funding again (a stop or a lost frame may have kept it from
+                # them; each takes it once), then the request to inspect.
+                announce = decode(saved.data["announce"])
+                for peer in (order.machine, order.offer.inspector):
+                    await ctx.send(peer, announce)
                 await ctx.send(order.offer.inspector, InspectPart(saved.order_id))
             if saved.state == "failed":
                 await ctx.broadcast(saved.data["settle"], f"return of work order {oid}")
@@ -473,6 +486,16 @@ class BuyerWork:
                 "why": s.data.get("why"),
             })  # fmt: skip
         return out
+
+
+def _left_over(saved: Saved) -> WorkflowSpec:
+    """A stand-in spec for an order of a workflow the profile no longer has: it is
+    carried to its end (its part is made no further than it was)."""
+    offer = decode(saved.data["offer"])
+    assert isinstance(offer, EscrowOffer)
+    units = int(saved.data.get("units", 0))
+    return WorkflowSpec(saved.workflow, "", units, 1, (saved.part,), offer.amount, offer.fee,
+                        offer.inspector)  # fmt: skip
 
 
 __all__ = ["BuyerWork"]

@@ -139,6 +139,7 @@ class InspectorWork:
                 failing = [str(c) for c in self.spec.pass_when if c.check(values, today)]
                 saved.data["values"] = sorted(values.items())
                 saved.data["passed"] = not failing
+                saved.state = "decided"
                 await ctx.save(saved)
             values_t = tuple((str(k), str(v)) for k, v in saved.data["values"])
             passed = bool(saved.data["passed"])

@@ -65,9 +65,12 @@ class Saved:
 class WorkOrderStore:
     """The ``work_orders`` table."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, register: bool = True) -> None:
+        """`register`: create or migrate the table (False: only read, e.g. another
+        process's store whose schema is there)."""
         self._store = store
-        store.register(WORK_ORDER_SCHEMA)
+        if register:
+            store.register(WORK_ORDER_SCHEMA)
 
     def save(self, saved: Saved) -> None:
         """Write `saved` (insert or replace), durably before returning."""

@@ -52,7 +52,8 @@ class RunningAgent:
                  identity: Identity | None = None,
                  static_peers: Sequence[str] = (),
                  data_dir: Path | None = None, site: str = "default",
-                 capacity: int = 2_000_000) -> None:  # fmt: skip
+                 capacity: int = 2_000_000,
+                 program: Sequence[str] = ("agents.cli",)) -> None:  # fmt: skip
         self.data = data_dir or root / name
         self.log_path = root / f"{name}.log" if data_dir else self.data / "agent.log"
         identity = identity or Identity.generate()
@@ -72,7 +73,7 @@ class RunningAgent:
                 chain.faucet(p2pkh_script(address), funds)
         self.ledger, self.netns = ledger, netns
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.start()
+        self.start(program)
 
     def start(self, program: Sequence[str] = ("agents.cli",)) -> None:
         """Start `mesh run` on this agent's profile and data dir (again, after a kill

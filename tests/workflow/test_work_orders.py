@@ -7,12 +7,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
+from agents.cli import main
 from mesh.chain.ledger import LocalLedger
 from tests.workflow.three import FEE, PAYMENT, PRICE, escrow_flows, parts, three_agents
 
 
 def test_a_passed_part_pays_the_machine_and_a_failed_one_returns_to_the_buyer(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good, bad = parts(1, 1)
     with three_agents(tmp_path, [good, bad]) as site:
@@ -41,6 +44,18 @@ def test_a_passed_part_pays_the_machine_and_a_failed_one_returns_to_the_buyer(
         assert judged == {good: "passed", bad: "failed"}
         with LocalLedger.open(site.ledger) as ledger:
             assert ledger.balance().balanced
+        # The good part's passport, from the buyer's data dir once the verdict and the
+        # meter statement have their receipts, verifies offline.
+        out = tmp_path / f"{good}.json"
+        deadline = time.monotonic() + 60
+        while main(["passport", good, "--data-dir", str(site.buyer.data), "--out", str(out)]):
+            assert time.monotonic() < deadline, capsys.readouterr().err
+            time.sleep(1.0)
+        assert main(["verify", str(out), "--ledger", str(site.ledger)]) == 0
+        told = capsys.readouterr().out
+        assert f"VALID passport of part {good}" in told and "PASS (deviation_um" in told
+        assert f"settled by the release: {PAYMENT - FEE} sat to the machine" in told
+        assert "1 meter statement(s) of the machine" in told
 
 
 def test_without_the_inspector_the_escrow_comes_back_at_the_refund_height(

@@ -19,6 +19,8 @@ from tests.discovery.agents import RunningAgent
 
 PAYMENT, FEE, PRICE = 3_000, 20, 2
 PASS_LIMIT = 25
+ANCHOR = "\n[anchoring]\nseconds = 1.0\n"
+"""Every agent anchors within a second: receipts, and so passports, come sooner."""
 
 
 def parts(passing: int, failing: int) -> list[str]:
@@ -47,14 +49,14 @@ handler = "builtin:spindle"
 [escrow]
 inspectors = ["{inspector}"]
 min_payment = 100
-"""
+{ANCHOR}"""
 
 
 INSPECTOR_BODY = f"""
 [inspection]
 handler = "builtin:cmm"
 pass_when = ["deviation_um <= {PASS_LIMIT}"]
-"""
+{ANCHOR}"""
 
 
 def buyer_body(inspector: str, part_ids: Sequence[str], units: int = 5, tick: float = 0.1,
@@ -72,7 +74,7 @@ payment = {PAYMENT}
 fee = {FEE}
 inspector = "{inspector}"
 refund_blocks = {refund_blocks}
-"""
+{ANCHOR}"""
 
 
 @dataclass
@@ -117,8 +119,12 @@ def three_agents(
     units: int = 5,
     refund_blocks: int = 8,
     block_seconds: float = 1.0,
+    programs: dict[str, Sequence[str]] | None = None,
 ) -> Iterator[Three]:
-    """Buyer, machine and inspector running, a block mined every `block_seconds`."""
+    """Buyer, machine and inspector running, a block mined every `block_seconds`;
+    `programs` names what runs a role instead of `mesh` (`tests.workflow.killer`)."""
+    run = {role: tuple((programs or {}).get(role, ("agents.cli",)))
+           for role in ("buyer", "machine", "inspector")}  # fmt: skip
     ledger = root / "ledger.db"
     LocalLedger.create(ledger).close()
     ids = {role: Identity.generate() for role in ("buyer", "machine", "inspector")}
@@ -128,15 +134,17 @@ def three_agents(
     try:
         common = {"site": f"wo-{root.name[-12:]}".replace("_", "-").lower()}
         inspector = RunningAgent(root, ledger, "inspector", "127.0.0.1", "tcp://127.0.0.1:0",
-                                 INSPECTOR_BODY, identity=ids["inspector"], **common)  # fmt: skip
+                                 INSPECTOR_BODY, identity=ids["inspector"], funds=10_000,
+                                 program=run["inspector"], **common)  # fmt: skip
         agents.append(inspector)
         machine = RunningAgent(root, ledger, "machine", "127.0.0.1", "tcp://127.0.0.1:0",
                                machine_body(inspector_id), identity=ids["machine"],
-                               funds=10_000, **common)  # fmt: skip
+                               funds=10_000, program=run["machine"], **common)  # fmt: skip
         agents.append(machine)
         buyer = RunningAgent(root, ledger, "buyer", "127.0.0.1", "tcp://127.0.0.1:0",
                              buyer_body(inspector_id, part_ids, units, refund_blocks=refund_blocks),
-                             identity=ids["buyer"], funds=100_000, **common)  # fmt: skip
+                             identity=ids["buyer"], funds=100_000, program=run["buyer"],
+                             **common)  # fmt: skip
         agents.append(buyer)
         yield Three(ledger, buyer, machine, inspector, ids)
     finally:

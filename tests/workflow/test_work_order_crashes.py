@@ -1,0 +1,136 @@
+"""kill -9 at every step of an escrowed work order, for each of its three parties.
+
+One site per victim role (buyer, machine, inspector) makes two parts -- one the
+inspector passes, one it fails -- while the victim kills itself (`tests.workflow.killer`)
+at one named step, is restarted from its data dir armed for the next step, and so on
+down its chain; the other two keep running, as in a factory. Then every escrow must
+end where its verdict says -- the machine's payout on PASS, the buyer's on FAIL or with
+no verdict -- in the wallet of its rightful owner, with no coin of the buyer left
+reserved and the ledger balanced. Each chain prints the steps that fired.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.chain.base import OutputState
+from mesh.chain.ledger import LocalLedger
+from mesh.chain.wallet import Wallet
+from mesh.store import Store
+from tests.discovery.agents import RunningAgent
+from tests.workflow.three import FEE, PAYMENT, Three, escrow_flows, parts, three_agents
+
+CHAINS: dict[str, list[str]] = {
+    "buyer": [
+        "save:buyer:offered:after",  # the offer saved, not yet sent: abandoned at restart
+        "save:buyer:accepted:after",  # the refund signature kept, the funding not out
+        "broadcast:1:after",  # the funding out, not yet marked funded
+        "save:buyer:funded:after",  # funded, machine and inspector not yet told
+        "save:buyer:passed:after",  # a PASS in hand, the release not yet seen
+        "save:buyer:failed:after",  # a FAIL in hand, the return not yet out
+        "broadcast:1:after",  # the return out, not yet seen settled
+    ],
+    "machine": [
+        "save:machine:accepted:after",  # the refund signed and saved, never sent
+        "save:machine:funded:after",  # the funding seen
+        "save:machine:passed:after",  # a PASS and its release saved, not broadcast
+    ],
+    "inspector": [
+        "save:inspector:funded:after",  # the escrow known
+        "save:inspector:decided:after",  # measured and decided, no record logged
+        "save:inspector:passed:before",  # the verdict record logged, not saved or sent
+        "save:inspector:failed:after",  # the FAIL saved, not sent
+    ],
+}
+QUICK = {"buyer": CHAINS["buyer"]}
+"""What CI runs (-m "not slow": the buyer's, whose coins are at stake at every step);
+the machine's and the inspector's chains run with -m slow (~50 s and ~25 s)."""
+KILLER = "tests.workflow.killer"
+
+
+def _program(point: str | None) -> tuple[str, ...]:
+    return (KILLER, point, "--") if point else ("agents.cli",)
+
+
+def _orders(agent: RunningAgent) -> list[dict[str, Any]]:
+    if agent.proc.poll() is not None:
+        return []
+    status = agent.status()
+    orders = (status or {}).get("work_orders") or {"orders": []}
+    return [o for o in orders["orders"] if o["role"] == "buyer"]
+
+
+def _run_chain(tmp_path: Path, role: str, chain: list[str]) -> tuple[Three, list[str]]:
+    """Make two parts with `role` killed down `chain`; what fired, in order."""
+    good, bad = parts(1, 1)
+    fired: list[str] = []
+    points = list(chain)
+    first = {role: _program(points[0] if points else None)}
+    with three_agents(
+        tmp_path, [good, bad], refund_blocks=30, block_seconds=1.0, programs=first
+    ) as site:
+        victim: RunningAgent = getattr(site, role)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if victim.proc.poll() is not None:  # it killed itself: up again, next step armed
+                killed = victim.log_lines(r"^KILLING ")
+                assert victim.proc.returncode == -9 and killed, victim.log_lines(".")[-20:]
+                fired.append(points.pop(0))
+                victim.log.write(b"--- restarted ---\n")
+                victim.start(_program(points[0] if points else None))
+            orders = _orders(site.buyer)
+            if len([o for o in orders if o["proven"]]) == 2:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"{role}: not settled after {fired}: {_orders(site.buyer)}")
+        print(f"\nMEASURE work-order kill -9 of the {role}: fired {fired}, not reached {points}")
+        _check(site, good, bad)
+        return site, fired
+
+
+def _check(site: Three, good: str, bad: str) -> None:
+    """Every escrow went where its verdict says, into its owner's wallet."""
+    orders = {o["part"]: o for o in _orders(site.buyer) if o["state"] != "abandoned"}
+    assert set(orders) == {good, bad}, orders
+    assert orders[good]["state"] == "released" and orders[good]["verdict"] == "PASS"
+    assert orders[bad]["state"] in ("returned", "refunded"), orders[bad]
+    flows = {f["part"]: f for f in escrow_flows(site.ledger, list(orders.values()))}
+    owners = {good: ("machine", orders[good]["machine_payout"]),
+              bad: ("buyer", orders[bad]["buyer_payout"])}  # fmt: skip
+    for agent in (site.buyer, site.machine):  # their wallets, read after they stopped
+        agent.stop()
+    for part, (owner, payout) in owners.items():
+        flow = flows[part]
+        assert flow["held"] == PAYMENT and flow["paid"] == PAYMENT - FEE, flow
+        assert flow["to"].hex() == payout, (part, owner)
+        agent: RunningAgent = getattr(site, owner)
+        with Store(agent.data / "agent.db") as store:
+            wallet = Wallet(store, site.ids[owner])
+            # The payout's key is the owner's (its wallet takes the coin at its next sync).
+            assert store.query("SELECT 1 FROM wallet_keys WHERE script = ?", (flow["to"],)), (
+                f"{part}: the {owner}'s wallet does not hold its payout key"
+            )
+            if owner == "buyer":
+                assert wallet.balance().reserved == 0  # nothing of the buyer stuck
+    with LocalLedger.open(site.ledger) as ledger:
+        assert ledger.balance().balanced
+        for order in orders.values():
+            assert ledger.output(order["funding_txid"], 0).state is OutputState.SPENT
+
+
+@pytest.mark.parametrize("role", sorted(QUICK))
+def test_a_kill_at_each_escrow_step_loses_no_satoshi(tmp_path: Path, role: str) -> None:
+    _, fired = _run_chain(tmp_path, role, QUICK[role])
+    assert fired, "no step fired"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", sorted(CHAINS))
+def test_the_whole_kill_matrix_of_the_escrow(tmp_path: Path, role: str) -> None:
+    _, fired = _run_chain(tmp_path, role, CHAINS[role])
+    assert len(fired) >= len(CHAINS[role]) - 1, fired
