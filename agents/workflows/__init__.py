@@ -87,6 +87,7 @@ class Workflows:
                 *self.inspector.status(rows),
             ],
             "waiting": dict(self.buyer.failures),
+            "parts_open": self.buyer.parts_open(),
         }
 
 

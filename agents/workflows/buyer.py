@@ -107,6 +107,9 @@ class BuyerWork:
         self._offers = offers
         self._keep = keep
         self._live: dict[bytes, _Live] = {}
+        self._nursery: trio.Nursery | None = None
+        self.settled: set[str] = set()
+        """Parts whose escrow is settled and proven (from the store, then as they go)."""
         self.failures: dict[str, str] = {}
         """workflow id -> why its last part could not be ordered (status)."""
 
@@ -164,7 +167,9 @@ class BuyerWork:
     async def run(self, stop: trio.Event) -> None:
         """Resume what a stop left, then make every part of every workflow in turn."""
         rows = [r for r in await self.ctx.db(self.ctx.orders.unfinished) if r.role == ROLE]
+        self.settled = await self.ctx.db(self.ctx.orders.settled_parts)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for spec in self.specs.values():
                 resumed = [r for r in rows if r.workflow == spec.id]
                 nursery.start_soon(self._workflow, spec, resumed, stop)
@@ -323,27 +328,37 @@ class BuyerWork:
                  order.offer.refund_height)  # fmt: skip
 
     async def _carry(self, live: _Live, stop: trio.Event) -> None:
-        """Steps 3-6 for a funded order, from wherever it stands."""
+        """Steps 3-5 for an accepted order, from wherever it stands, until its escrow
+        is settled; step 6 (the proofs, once mined) goes on beside the next part."""
         saved = live.saved
+        if saved.state == "accepted":  # the funding did not go out yet
+            await self._fund(live)
+        if saved.state == "funded" and saved.data.get("job") != "made":
+            async with trio.open_nursery() as nursery:  # never past the refund height
+                nursery.start_soon(self._until_refund, live, nursery.cancel_scope)
+                await self._job(live, stop)
+                nursery.cancel_scope.cancel()
+        while saved.state not in SETTLED and not saved.done:
+            await self._step(live)
+            if saved.state in SETTLED or saved.done:
+                break
+            # Waiting for a verdict: ask again now and then; after one, look soon.
+            with trio.move_on_after(ASK_SECONDS if saved.state == "funded" else 0.5):
+                frame = await live.frames.receive()
+                if isinstance(frame, Verdict):
+                    await self._verdict(live, frame)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._prove, live)
+
+    async def _prove(self, live: _Live) -> None:
+        """Step 6: keep the funding's and the settlement's proofs once mined."""
         try:
-            if saved.state == "accepted":  # the funding did not go out yet
-                await self._fund(live)
-            if saved.state == "funded" and saved.data.get("job") != "made":
-                async with trio.open_nursery() as nursery:  # never past the refund height
-                    nursery.start_soon(self._until_refund, live, nursery.cancel_scope)
-                    await self._job(live, stop)
-                    nursery.cancel_scope.cancel()
-            while not saved.done:
+            while not live.saved.done:
                 await self._step(live)
-                if saved.done:
-                    break
-                with trio.move_on_after(ASK_SECONDS):
-                    frame = await live.frames.receive()
-                    if isinstance(frame, Verdict):
-                        await self._verdict(live, frame)
+                if not live.saved.done:
+                    await trio.sleep(1.0)
         finally:
-            if saved.done:
-                self._live.pop(saved.order_id, None)
+            self._live.pop(live.saved.order_id, None)
 
     async def _job(self, live: _Live, stop: trio.Event) -> None:
         """Step 3: buy the part's tool time from the machine."""
@@ -462,6 +477,11 @@ class BuyerWork:
                 saved.data[name] = mined.to_document()
         saved.done = True
         await self.ctx.save(saved)
+        self.settled.add(saved.part)
+
+    def parts_open(self) -> int:
+        """Parts of the profile's workflows not yet settled and proven."""
+        return sum(part not in self.settled for s in self.specs.values() for part in s.parts)
 
     def status(self, rows: list[Saved]) -> list[dict[str, object]]:
         """The buyer's orders for `mesh status` (newest first)."""

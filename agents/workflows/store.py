@@ -101,6 +101,15 @@ class WorkOrderStore:
         """The rows of `part` in `role`, newest first."""
         return self._select("WHERE part = ? AND role = ? ORDER BY created DESC", (part, role))
 
+    def settled_parts(self) -> set[str]:
+        """The parts whose buyer's row is done and not abandoned (settled, proven)."""
+        with self._store.read() as db:
+            rows = db.execute(
+                "SELECT DISTINCT part FROM work_orders WHERE role = 'buyer' AND done = 1"
+                " AND state != 'abandoned'"
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def recent(self, limit: int = 50) -> list[Saved]:
         """The newest rows, newest first."""
         return self._select("ORDER BY created DESC LIMIT ?", (limit,))
