@@ -6,7 +6,10 @@ vibration sensor, quality lab and robot cell -- under one fresh random site
 robot cell leases spindle time, subscribes to the vibration feed and orders
 inspections, paying through channels, and the run is reconciled with the ledger to
 the satoshi. The readings the robot cell bought are provable from its own data dir
-too (`mesh proof --agent SENSOR …`), through the sensor's receipts. The quality lab
+too (`mesh proof --agent SENSOR …`), through the sensor's receipts. The robot cell
+also has four brackets milled, each paid from an escrow the quality lab's PASS
+releases (one fails, and its escrow comes back), and exports one part's passport
+(`agents.demo_workorders`). The quality lab
 buys a few readings too, but only from a sensor that proves its calibration: a
 calibration lab certifies the sensor (`agents.demo_certs`), and the sensor reveals
 its calibration date to the quality lab and nothing else.
@@ -28,6 +31,7 @@ from typing import Any
 from agents import site
 from agents.demo_certs import DemoCertificates
 from agents.demo_plant import demo_plant
+from agents.demo_workorders import DemoWorkOrders
 from agents.site import RunOptions, add_site_options, load_agents, run_site, with_site
 from agents.site_view import Roster, Statuses
 
@@ -79,6 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tempfile.TemporaryDirectory(prefix="m2mesh-demo-certs-") as workdir,
     ):
         certs = DemoCertificates(Path(workdir))
+        work = DemoWorkOrders()
         paths = [
             plant.profile(name) if plant is not None else PROFILES / f"{name}.toml"
             for name in AGENTS
@@ -88,7 +93,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         def report(roster: Roster, statuses: Statuses) -> list[str]:
             lines = plant.report(roster) if plant is not None else []
-            return lines + certs.report(roster, statuses)
+            return lines + certs.report(roster, statuses) + work.report(roster, statuses)
+
+        def before_start(roster: Roster) -> None:
+            certs.certify(roster)
+            work.setup(roster)
 
         agents = load_agents(paths)
         options = RunOptions(
@@ -102,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             label="demo",
             note=f" (without {', '.join(without)})" if without else "",
             report=report,
-            before_start=certs.certify,
+            before_start=before_start,
         )
         return run_site(agents, options)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import trio
 
 from mesh.anchoring.archive import BuyerArchive
-from mesh.anchoring.errors import ReceiptRejected
+from mesh.anchoring.errors import NotAnchored, ReceiptRejected, RecordNotFound
 from mesh.anchoring.frames import MAX_RECEIPT_REQUEST, AnchorReceipt, ReceiptRequest
 from mesh.anchoring.record import SignedRecord
 from mesh.anchoring.service import Anchorer
@@ -63,6 +63,14 @@ class Archive:
         kept = self.archive.keep(signed.body, signed.signature, producer=signed.agent)
         for finding in kept.findings:
             log.warning("reading from %s: %s", signed.agent.hex()[:16], finding)
+
+    def proven(self, producer: bytes, stream: str, seq: int) -> bool:
+        """Whether a kept record has its producer's receipt (its proof is here)."""
+        try:
+            self.archive.proof(producer, stream, seq)
+        except (NotAnchored, RecordNotFound):
+            return False
+        return True
 
     def last_proven(self, producer: bytes, stream: str) -> int | None:
         """The highest seq of `producer`'s `stream` a receipt proved here (None: none)."""

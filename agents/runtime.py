@@ -289,7 +289,7 @@ class Agent:
                 )
                 for progress in self.wants:
                     nursery.start_soon(self.purchases.want, progress)
-                await self._start_workflows(nursery, store, chain, self.purchases)
+                await self._start_workflows(nursery, store, chain, self.purchases, archive)
                 task_status.started()
                 log.info("%s up: %s at %s", profile.name, identity.peer_id[:16], node.address)
                 await self._stop.wait()
@@ -307,7 +307,12 @@ class Agent:
             (self.data_dir / "control.sock").unlink(missing_ok=True)
 
     async def _start_workflows(
-        self, nursery: trio.Nursery, store: Store, chain: LocalChain, purchases: Purchases
+        self,
+        nursery: trio.Nursery,
+        store: Store,
+        chain: LocalChain,
+        purchases: Purchases,
+        archive: Archive,
     ) -> None:
         """Escrowed work orders, in whichever roles the profile plays (`agents.workflows`)."""
         assert self.identity and self.wallet and self.node and self.buyer and self.provider
@@ -317,7 +322,8 @@ class Agent:
                               lambda peer: node.session(peer) is not None)  # fmt: skip
         work = self.workflows = Workflows(
             context, self.profile, buy=purchases.want, offers=purchases.best_offer,
-            keep=keep or (lambda _signed: None), log_record=self._log_record,
+            keep=keep or (lambda _signed: None), proven=archive.proven,
+            log_record=self._log_record,
         )  # fmt: skip
         if keep is not None and self.profile.workflows:  # readings made while parts are
 

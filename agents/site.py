@@ -50,6 +50,7 @@ from agents.site_view import (
     progress_line,
     reconcile,
 )
+from agents.site_work import parts_open
 from agents.web.site_server import SiteServer
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import p2pkh_script
@@ -456,7 +457,7 @@ def _run(
                     break
                 statuses = {name: site.status(name) for name in roster.names}
                 wants = roster.wants(statuses)
-                if wants and all(w["state"] == "done" for w in wants):
+                if wants and all(w["state"] == "done" for w in wants) and not parts_open(statuses):
                     break
                 now = time.monotonic()
                 if out.tty:

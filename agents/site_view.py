@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agents.profile import WantSpec
+from agents.site_work import print_work, unmet_work, work_orders
 from mesh.anchoring import AnchorStore
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import parse_exact
@@ -205,6 +206,7 @@ def reconcile(roster: Roster, final: Statuses) -> dict[str, Any]:
             for sides in ends.values()
         ]
         balance = ledger.balance()
+        orders = work_orders(roster.names, roster.data_dir, ledger)
     meters: list[dict[str, Any]] = []
     for c in channels:
         if c["provider"] is not None:
@@ -231,13 +233,15 @@ def reconcile(roster: Roster, final: Statuses) -> dict[str, Any]:
         for c in channels
     )
     wants = roster.wants(final)
+    missing = unmet(wants) + unmet_work(final)
     return {
         "site": roster.site,
         "data_dir": str(roster.root),
         "ledger": str(roster.ledger),
         "agents": [_agent(roster, name, channels) for name in roster.names],
         "wants": wants,
-        "unmet": unmet(wants),
+        "unmet": missing,
+        "work_orders": orders,
         "channels": channels,
         "meters": meters,
         "channels_reconcile": channels_ok,
@@ -249,7 +253,10 @@ def reconcile(roster: Roster, final: Statuses) -> dict[str, Any]:
         and all(s["unanchored"] == 0 for s in streams if s["origin"] == "own"),
         # The verdict: every want met, and what was paid is what was delivered and
         # what the ledger holds.
-        "reconciled": not unmet(wants) and channels_ok and balance.balanced,
+        "reconciled": not missing
+        and channels_ok
+        and balance.balanced
+        and all(o["ledger_ok"] for o in orders),
     }
 
 
@@ -316,6 +323,9 @@ def print_summary(summary: dict[str, Any], out: Out | None = None) -> None:
     say()
     _channels(say, channels, service)
     say()
+    if summary.get("work_orders"):
+        print_work(say, summary["work_orders"])
+        say()
     say("what each agent earned and spent through its channels (sat):")
     width = _column([a["name"] for a in summary["agents"]], 24)
     for agent in summary["agents"]:
@@ -331,7 +341,7 @@ def print_summary(summary: dict[str, Any], out: Out | None = None) -> None:
         match = "match" if summary["channels_reconcile"] else "DO NOT match"
         settled = f"the channels that opened {match} their meters on the ledger"
         say(
-            f"not reconciled: {len(summary['unmet'])} want(s) unmet"
+            f"not reconciled: {len(summary['unmet'])} unmet"
             f" ({settled if summary['channels'] else 'no channel opened'}); {balanced}"
         )
     else:

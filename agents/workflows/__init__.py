@@ -12,7 +12,7 @@ import trio
 
 from agents.profile import Profile
 from agents.services.frames import ServiceOrder
-from agents.workflows.buyer import Buy, BuyerWork, Keep, Offers
+from agents.workflows.buyer import Buy, BuyerWork, Keep, Offers, Proven
 from agents.workflows.context import LogRecord, WorkContext
 from agents.workflows.inspector import InspectionError, InspectorWork
 from agents.workflows.machine import MachineWork
@@ -32,10 +32,11 @@ class Workflows:
         buy: Buy,
         offers: Offers,
         keep: Keep,
+        proven: Proven,
         log_record: LogRecord,
     ) -> None:
         self.ctx = ctx
-        self.buyer = BuyerWork(ctx, profile.workflows, buy, offers, keep)
+        self.buyer = BuyerWork(ctx, profile.workflows, buy, offers, keep, proven)
         self.machine = MachineWork(ctx, profile.escrow)
         self.inspector = InspectorWork(ctx, profile.inspection, log_record)
         self._rows: list[Saved] = []

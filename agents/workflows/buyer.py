@@ -75,6 +75,8 @@ Buy = Callable[[WantProgress, str], Awaitable[None]]
 Offers = Callable[[WantSpec], tuple[str, int] | None]
 """(seller, price) of the cheapest usable offer of a want (`Purchases.best_offer`)."""
 Keep = Callable[[SignedRecord], None]
+Proven = Callable[[bytes, str, int], bool]
+"""proven(producer, stream, seq): whether a kept record has its producer's receipt."""
 """Keep a verified record of a peer in the buyer's archive (receipts follow)."""
 
 
@@ -100,12 +102,14 @@ class BuyerWork:
         buy: Buy,
         offers: Offers,
         keep: Keep,
+        proven: Proven,
     ) -> None:
         self.ctx = ctx
         self.specs = {s.id: s for s in specs}
         self._buy = buy
         self._offers = offers
         self._keep = keep
+        self._proven = proven
         self._live: dict[bytes, _Live] = {}
         self._nursery: trio.Nursery | None = None
         self.settled: set[str] = set()
@@ -468,13 +472,23 @@ class BuyerWork:
                  "PASSED" if frame.passed else "FAILED", values)  # fmt: skip
 
     async def _proofs(self, saved: Saved, funding: str, settlement: str) -> None:
-        """Step 6: keep the funding's and the settlement's proofs once mined."""
+        """Step 6: keep the funding's and the settlement's proofs once mined; done
+        once the verdict and the meter statement have their producers' receipts too
+        (the passport can be exported)."""
+        mined_now = False
         for name, txid in (("funding_mined", funding), ("settlement_mined", settlement)):
             if name not in saved.data:
                 mined = await self.ctx.mined(txid)
                 if mined is None:
-                    return
+                    break
                 saved.data[name] = mined.to_document()
+                mined_now = True
+        records = saved.data.get("records", [])  # the verdict, the meter statement
+        proven = all(self._proven(bytes.fromhex(a), st, sq) for a, st, sq in records)
+        if not (proven and "settlement_mined" in saved.data):
+            if mined_now:
+                await self.ctx.save(saved)  # (what is mined is kept meanwhile)
+            return
         saved.done = True
         await self.ctx.save(saved)
         self.settled.add(saved.part)

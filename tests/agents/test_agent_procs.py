@@ -14,6 +14,7 @@ from typing import Any
 import pynng
 
 from agents.demo_plant import broker_binary
+from agents.demo_workorders import PARTS
 from agents.logbudget import BURST, RATE
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import Identity, save_identity
@@ -60,6 +61,17 @@ def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
     for meter in summary["meters"]:
         assert meter["paid"] == meter["delivered_units"] * meter["price"]
     assert summary["ledger_balanced"] and summary["reconciled"]
+    # Four brackets, each paid from an escrow the quality lab's verdict settled: the
+    # one that failed came back to the robot cell. One passport exported and verified.
+    parts = {o["part"]: o for o in summary["work_orders"]}
+    assert set(parts) == set(PARTS)
+    assert {p for p, o in parts.items() if o["verdict"] == "FAIL"} == {"BRK-008"}
+    assert all(o["ledger_ok"] and o["proven"] and o["units"] == 4 for o in parts.values())
+    passport = Path(summary["data_dir"]) / "passport-BRK-006.json"
+    checked = mesh("verify", str(passport), "--ledger", summary["ledger"])
+    assert checked.returncode == 0, checked.stdout
+    assert checked.stdout.startswith("VALID passport of part BRK-006"), checked.stdout
+    assert "process reading(s) signed by" in checked.stdout
     # The sensor proved its calibration date to the quality lab, and only that: its
     # owner and serial are nowhere in the quality lab's data dir.
     assert any("vibration-sensor proved to quality-lab: calibrated_until" in line
