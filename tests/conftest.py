@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.certs.node_sdk import NodeSdk, sdk_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,3 +25,10 @@ def quick_bench(
         capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
     )  # fmt: skip
     return result, out
+
+
+@pytest.fixture(scope="session")
+def bsv_sdk(tmp_path_factory: pytest.TempPathFactory) -> NodeSdk:
+    """The TypeScript reference `@bsv/sdk`, installed once per test session (the
+    certificate interop tests and the escrow's independent script checks)."""
+    return NodeSdk(sdk_dir(tmp_path_factory.mktemp("bsv-sdk")))

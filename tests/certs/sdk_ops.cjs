@@ -26,6 +26,7 @@ const { default: ProtoWallet } = load('wallet/ProtoWallet.js')
 const { default: Certificate } = load('auth/certificates/Certificate.js')
 const { MasterCertificate } = load('auth/certificates/MasterCertificate.js')
 const { VerifiableCertificate } = load('auth/certificates/VerifiableCertificate.js')
+const { default: Transaction } = load('transaction/Transaction.js')
 
 function need (args, name) {
   if (args[name] === undefined || args[name] === null) {
@@ -71,6 +72,20 @@ function certificateJson (cert) {
 }
 
 const ops = {
+  // Run the SDK's own script interpreter over every input of `tx` (hex), each spending
+  // an output of `sources[i]` (hex). Only the spend is judged: the sources count as
+  // verified ('scripts only' accepts a transaction with a merkle path as it is).
+  verifyScripts: async (args) => {
+    const tx = Transaction.fromHex(need(args, 'tx'))
+    const sources = need(args, 'sources')
+    if (sources.length !== tx.inputs.length) throw new Error('one source per input')
+    tx.inputs.forEach((input, i) => {
+      const source = Transaction.fromHex(sources[i])
+      source.merklePath = {}
+      input.sourceTransaction = source
+    })
+    return { valid: await tx.verify('scripts only') }
+  },
   async pubkey (args) {
     return { pubkey: privateKey(need(args, 'key'), 'key').toPublicKey().toString() }
   },
