@@ -35,6 +35,9 @@ ROLE = "machine"
 REQUEST_PREFIX = "work-order:"
 """A tool-time order for a work order says so in its request: ``work-order:<id hex>``."""
 WATCH_SECONDS = 2.0
+MAX_UNFUNDED = 4
+"""Accepted orders of one buyer that may wait for their funding at once (an offer
+costs the machine a wallet key and a row until its refund height)."""
 
 
 class MachineWork:
@@ -81,6 +84,13 @@ class MachineWork:
             return
         if buyer == offer.inspector:
             await self._refuse(buyer, offer.order_id, "inspector", "the buyer inspects itself")
+            return
+        rows = await ctx.db(ctx.orders.unfinished)
+        waiting = sum(r.role == ROLE and r.state == "accepted" and r.data["buyer"] == buyer
+                      for r in rows)  # fmt: skip
+        if waiting >= MAX_UNFUNDED:  # each costs a wallet key and a row: bounded
+            await self._refuse(buyer, offer.order_id, "busy",
+                               f"{waiting} accepted orders of yours wait for funding")  # fmt: skip
             return
         try:
             payout = await ctx.payout(offer.order_id)
