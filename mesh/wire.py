@@ -10,6 +10,8 @@ single, versioned schema (`PROTOCOL_VERSION`) with one owner per frame:
     tags 20-29   payment channels: mesh/channel/frames.py
     tags 30-39   services: agents/services/frames.py (orders and deliveries)
     tags 40-49   anchoring receipts: mesh/anchoring/frames.py
+    tags 50-59   certificate proofs: mesh/certs/frames.py
+    tags 60-69   escrowed work orders: mesh/workflow/frames.py
 
 A frame type is known to `decode` once its module is imported; the agent imports
 every layer, and a process that does not know a layer refuses its frames as an
@@ -37,7 +39,7 @@ import msgpack
 
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 8
+PROTOCOL_VERSION = 9
 """Bumped on any incompatible change to a frame or to the session protocol
 (2: the frames of a DATA packet share one Noise transport message; 3: `ChannelRelease`;
 4: `ChannelPays`; 5: a payee acks every open channel on each new session, at seq 0 when
@@ -45,7 +47,8 @@ nothing is paid yet, and a restarted payer pays nothing until it has that ack; 6
 and network in `Hello`; 7: a feed's delivered record carries a typed reading,
 `mesh.readings`, which a buyer checks before it pays; 8: the certificate exchange's
 frames, `mesh.certs.frames`, and the work-order escrow's, `mesh.workflow.frames`, which a
-version-7 peer cannot decode)."""
+version-7 peer cannot decode; 9: `WorkRecord`, the machine's meter statement for a work
+order's passport)."""
 
 MAX_FRAME_SIZE = 65_517
 """Largest encoded frame: the Noise limit (65 535) less its 16-byte tag and the

@@ -42,7 +42,7 @@ def test_every_layer_registers_its_own_frames_in_its_own_tag_range() -> None:
         assert tag in LAYERS[cls.__module__], (tag, cls)
     assert mesh.certs.frames.ProofRequest.TAG in LAYERS["mesh.certs.frames"]
     assert mesh.workflow.frames.Verdict.TAG in LAYERS["mesh.workflow.frames"]
-    assert len(FRAME_TYPES) == 31
+    assert len(FRAME_TYPES) == 32
 
 
 def strategy_for(hint: Any) -> st.SearchStrategy[Any]:

@@ -23,7 +23,7 @@ TXT record (RFC 6763 §6: length-prefixed ``key=value`` strings)
 In this order, every key present, each string at most 255 bytes and the whole
 record at most 1300 bytes (RFC 6763 §6.2)::
 
-    v=8                          protocol version (decimal, mesh.wire.PROTOCOL_VERSION)
+    v=9                          protocol version (decimal, mesh.wire.PROTOCOL_VERSION)
     id=02ab…(66 hex)             peer id, lowercase hex
     addr=tcp://10.0.0.5:5555     mailbox URL (nng listener of the agent)
     name=Mill 3                  human name, UTF-8, may be empty
