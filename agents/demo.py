@@ -97,7 +97,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         def before_start(roster: Roster) -> None:
             certs.certify(roster)
-            work.setup(roster)
+            certs.accredit(roster)
+            work.setup(roster, certs.lab.peer_id)
 
         agents = load_agents(paths)
         options = RunOptions(

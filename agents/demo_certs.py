@@ -7,7 +7,9 @@ key, no agent) and gives the quality lab a want of the vibration feed that requi
 revealing only ``calibrated_until``. Once the agents have keys (and before they start)
 the lab issues the sensor's certificate -- calibrated until, accuracy, owner, serial --
 into the sensor's data dir, and the sensor's profile copy holds it, disclosing only
-the date and the accuracy. The owner and serial never leave the sensor.
+the date and the accuracy. The owner and serial never leave the sensor. The same lab
+accredits the quality lab as an inspection lab (``m2mesh.accreditation``): the robot
+cell's work orders require it, and each part passport carries that certificate.
 (docs/ARCHITECTURE.md §6)
 """
 
@@ -26,6 +28,8 @@ SENSOR = "vibration-sensor"
 LAB = "quality-lab"
 CALIBRATION = "m2mesh.calibration"
 FILE = "calibration.json"
+ACCREDITATION = "m2mesh.accreditation"
+ACCREDITATION_FILE = "accreditation.json"
 WANT = """
 # (mesh demo) readings only from a sensor that proves its calibration
 [[wants]]
@@ -86,6 +90,29 @@ class DemoCertificates:
                 f'file = "{FILE}"\ndisclose = ["calibrated_until", "accuracy"]\n'
             )
 
+    def accredit(self, roster: Roster) -> None:
+        """Issue the quality lab's accreditation as an inspection lab (the robot cell's
+        work orders require it; the part passports carry it)."""
+        if LAB not in roster.names:
+            return
+        data = roster.root / LAB
+        lab = load_identity(data / "identity.key")
+        values = {
+            "scope": "dimensional inspection",
+            "accreditation": "D-PL-20417-01-00",
+            "accredited_until": (datetime.now(UTC).date() + timedelta(days=365)).isoformat(),
+        }
+        issued = issue(self.lab.key, lab.key.public_key(), type_id(ACCREDITATION), values)
+        path = data / ACCREDITATION_FILE
+        path.write_text(json.dumps(issued.to_json(), indent=1))
+        os.chmod(path, 0o600)
+        with (data / "profile.toml").open("a") as profile:
+            profile.write(
+                "\n# (mesh demo) accredited by the demo's calibration lab\n[[certificates]]\n"
+                f'file = "{ACCREDITATION_FILE}"\n'
+                'disclose = ["scope", "accreditation", "accredited_until"]\n'
+            )
+
     def report(self, roster: Roster, statuses: Statuses) -> list[str]:
         """What the quality lab saw proved (from its last status)."""
         if LAB not in roster.names or SENSOR not in roster.names:
@@ -103,4 +130,4 @@ class DemoCertificates:
         ]
 
 
-__all__ = ["DemoCertificates"]
+__all__ = ["ACCREDITATION", "DemoCertificates"]

@@ -7,7 +7,9 @@ locked in escrow, inspected by the quality lab -- the mill an ``[escrow]`` that 
 with the quality lab, and the quality lab an ``[inspection]`` (the simulated CMM, a
 part passes within 25 µm). One of the four (``BRK-008``) measures 37 µm: it fails and
 its escrow returns to the robot cell. After the run the passport of the first good
-part is exported from the robot cell's data dir and checked as `mesh verify` does.
+part is exported from the robot cell's data dir and checked as `mesh verify` does; it
+carries the quality lab's accreditation, which the robot cell saw proved before it
+ordered (`agents.demo_certs`).
 (docs/ARCHITECTURE.md §4, §6.2)
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from agents.demo_certs import ACCREDITATION
 from agents.passport_cli import PassportError, build_passport
 from agents.site_view import Roster, Statuses
 from mesh.anchoring.headers import HeaderChain
@@ -38,8 +41,9 @@ class DemoWorkOrders:
     def __init__(self) -> None:
         self.passport: Path | None = None
 
-    def setup(self, roster: Roster) -> None:
-        """Give the three parties their tables (the site has made the keys)."""
+    def setup(self, roster: Roster, certifier: str) -> None:
+        """Give the three parties their tables (the site has made the keys); the robot
+        cell orders only from an inspector `certifier` accredited."""
         if not {BUYER, MACHINE, INSPECTOR} <= set(roster.names):
             return
         lab = roster.ids[INSPECTOR]
@@ -58,6 +62,13 @@ fee = {FEE}
 inspector = "{lab}"
 refund_blocks = 60
 readings = "vibration"
+require = "accredited"
+
+[requirements.accredited]
+type = "{ACCREDITATION}"
+certifiers = ["{certifier}"]   # the demo's calibration lab
+reveal = ["scope", "accredited_until"]
+conditions = ["accredited_until >= today", "scope == dimensional inspection"]
 """)  # fmt: skip
         _append(roster.data_dir(MACHINE) / "profile.toml", f"""
 # (mesh demo) escrowed work orders, judged by the quality lab

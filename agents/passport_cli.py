@@ -26,6 +26,7 @@ from agents.proof_cli import ProofCliError, open_records
 from agents.workflows.store import WORK_ORDER_SCHEMA, Saved, WorkOrderStore
 from mesh.anchoring.errors import NotAnchored, RecordNotFound
 from mesh.anchoring.proof import Proof
+from mesh.certs.certificate import Certificate
 from mesh.store import Store
 from mesh.wire import decode
 from mesh.workflow.frames import EscrowOffer
@@ -99,8 +100,14 @@ def build_passport(data_dir: Path, part: str) -> tuple[Passport, int]:
             funding=_mined(row.data["funding_mined"]),
             settlement=_mined(row.data["settlement_mined"]),
             records=tuple(proofs),
+            inspector_certificate=_certificate(row.data.get("inspector_certificate")),
         )
     return passport, missing
+
+
+def _certificate(text: str | None) -> Certificate | None:
+    """The inspector's certificate the buyer saw proved before it ordered, if any."""
+    return None if text is None else Certificate.from_json(json.loads(text))
 
 
 def _mined(doc: dict[str, Any]) -> MinedTx:

@@ -17,6 +17,7 @@ inspector judges. Read by `agents.profile`; the conversations are `agents.workfl
       inspector = "02ab…"           # the inspecting agent's peer id
       refund_blocks = 12            # no verdict by then: the buyer takes it back
       readings = "vibration"        # optional: the feed whose readings go in the passport
+      require = "accredited"        # optional: the inspector proves [requirements.NAME]
 
 - ``[escrow]`` (a machine): whose verdicts it works with, and the smallest payment::
 
@@ -58,6 +59,7 @@ WORKFLOW_KEYS = (
     "inspector",
     "refund_blocks",
     "readings",
+    "require",
 )
 ESCROW_KEYS = ("inspectors", "min_payment")
 INSPECTION_KEYS = ("handler", "pass_when")
@@ -91,6 +93,9 @@ class WorkflowSpec:
     kind: str = "tool-time"
     tick: float = 1.0
     readings: str = ""
+    require: str = ""
+    """A requirement (`Profile.requirements`) the inspector must prove before each
+    order; its certificate then goes in the part's passport."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,7 @@ def workflows(raw: object) -> tuple[WorkflowSpec, ...]:
                 kind=str(kind),
                 tick=_tick(table, where),
                 readings=_optional_string(table, where, "readings"),
+                require=_optional_string(table, where, "require"),
             )
         )
     return tuple(found)

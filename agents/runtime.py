@@ -59,6 +59,7 @@ from mesh.anchoring import (
     BatchPolicy,
 )
 from mesh.anchoring.record import SignedRecord
+from mesh.certs.certificate import Certificate
 from mesh.chain.local import LocalChain
 from mesh.chain.wallet import Wallet
 from mesh.channel.state import Role, State
@@ -323,6 +324,7 @@ class Agent:
         work = self.workflows = Workflows(
             context, self.profile, buy=purchases.want, offers=purchases.best_offer,
             keep=keep or (lambda _signed: None), proven=archive.proven,
+            require=self._inspector_certificate,
             log_record=self._log_record,
         )  # fmt: skip
         if keep is not None and self.profile.workflows:  # readings made while parts are
@@ -334,6 +336,10 @@ class Agent:
             self.buyer.keep_record = keep_and_note
         self.provider.on_statement = work.statement
         await nursery.start(work.run, self._buying_stop)
+
+    async def _inspector_certificate(self, peer_id: str, name: str) -> Certificate | None:
+        assert self.proofs is not None
+        return (await self.proofs.require(peer_id, name)).certificate
 
     async def _serve_dashboard(self, nursery: trio.Nursery) -> None:
         """Serve the dashboard, `/metrics` and proofs (read-only) in the agent's nursery."""

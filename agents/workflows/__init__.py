@@ -12,7 +12,7 @@ import trio
 
 from agents.profile import Profile
 from agents.services.frames import ServiceOrder
-from agents.workflows.buyer import Buy, BuyerWork, Keep, Offers, Proven
+from agents.workflows.buyer import Buy, BuyerWork, Keep, Offers, Proven, Require
 from agents.workflows.context import LogRecord, WorkContext
 from agents.workflows.inspector import InspectionError, InspectorWork
 from agents.workflows.machine import MachineWork
@@ -33,10 +33,11 @@ class Workflows:
         offers: Offers,
         keep: Keep,
         proven: Proven,
+        require: Require,
         log_record: LogRecord,
     ) -> None:
         self.ctx = ctx
-        self.buyer = BuyerWork(ctx, profile.workflows, buy, offers, keep, proven)
+        self.buyer = BuyerWork(ctx, profile.workflows, buy, offers, keep, proven, require)
         self.machine = MachineWork(ctx, profile.escrow)
         self.inspector = InspectorWork(ctx, profile.inspection, log_record)
         self._rows: list[Saved] = []

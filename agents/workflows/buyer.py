@@ -27,6 +27,7 @@ an inspection asked for again. (docs/ARCHITECTURE.md §4)
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ from agents.workflows.machine import REQUEST_PREFIX
 from agents.workflows.store import Saved
 from mesh.anchoring.errors import RecordError, RecordRejected
 from mesh.anchoring.record import SignedRecord, open_record
+from mesh.certs.certificate import Certificate, CertificateError
 from mesh.chain.base import TxState
 from mesh.chain.errors import ChainError, WalletError
 from mesh.chain.tx import parse_exact, txid_of
@@ -75,6 +77,9 @@ Buy = Callable[[WantProgress, str], Awaitable[None]]
 Offers = Callable[[WantSpec], tuple[str, int] | None]
 """(seller, price) of the cheapest usable offer of a want (`Purchases.best_offer`)."""
 Keep = Callable[[SignedRecord], None]
+Require = Callable[[str, str], Awaitable[Certificate | None]]
+"""require(peer, requirement): the certificate a peer proved it by (`Proofs.require`);
+raises `CertificateError` when it did not."""
 Proven = Callable[[bytes, str, int], bool]
 """proven(producer, stream, seq): whether a kept record has its producer's receipt."""
 """Keep a verified record of a peer in the buyer's archive (receipts follow)."""
@@ -103,6 +108,7 @@ class BuyerWork:
         offers: Offers,
         keep: Keep,
         proven: Proven,
+        require: Require,
     ) -> None:
         self.ctx = ctx
         self.specs = {s.id: s for s in specs}
@@ -110,6 +116,7 @@ class BuyerWork:
         self._offers = offers
         self._keep = keep
         self._proven = proven
+        self._require = require
         self._live: dict[bytes, _Live] = {}
         self._nursery: trio.Nursery | None = None
         self.settled: set[str] = set()
@@ -233,6 +240,14 @@ class BuyerWork:
         machine = await self._machine(spec, stop)
         if machine is None:
             return None
+        certificate = None
+        if spec.require:  # the inspector proves its accreditation before any coin moves
+            try:
+                certificate = await self._require(spec.inspector, spec.require)
+            except CertificateError as exc:
+                self.failures[spec.id] = f"part {part}: the inspector is unproven: {exc}"
+                log.warning("workflow %s: %s", spec.id, self.failures[spec.id])
+                return None
         order_id = secrets.token_bytes(16)
         payout = await ctx.payout(order_id)
         height = await ctx.chain.height()
@@ -252,6 +267,8 @@ class BuyerWork:
         order.offer = replace(offer, funding_txid=draft.txid)
         data = {"offer": encode(order.offer), "buyer": ctx.peer_id, "machine": machine,
                 "funding": draft.raw}  # fmt: skip
+        if certificate is not None:
+            data["inspector_certificate"] = json.dumps(certificate.to_json())
         saved = Saved(order_id, ROLE, spec.id, part, "offered", data)
         await ctx.save(saved)
         live = self._open(saved, order, spec)

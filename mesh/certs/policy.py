@@ -52,6 +52,9 @@ class Proven:
     serial_number: str
     values: Mapping[str, str]
     revocation_outpoint: str
+    certificate: Certificate | None = field(default=None, compare=False)
+    """The certificate itself (its fields encrypted: it reveals nothing by itself, and
+    anyone can check its certifier's signature, e.g. in a part passport)."""
 
     @property
     def revocable(self) -> bool:
@@ -104,6 +107,7 @@ def check_offer(
         cert.serial_number,
         {name: values[name] for name in requirement.reveal},
         cert.revocation_outpoint,
+        cert,
     )
 
 

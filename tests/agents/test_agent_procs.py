@@ -72,6 +72,7 @@ def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stdout
     assert checked.stdout.startswith("VALID passport of part BRK-006"), checked.stdout
     assert "process reading(s) signed by" in checked.stdout
+    assert "  inspector " in checked.stdout and " certified by " in checked.stdout  # accredited
     # The sensor proved its calibration date to the quality lab, and only that: its
     # owner and serial are nowhere in the quality lab's data dir.
     assert any("vibration-sensor proved to quality-lab: calibrated_until" in line

@@ -11,6 +11,7 @@ import pytest
 
 from agents.cli import main
 from mesh.chain.ledger import LocalLedger
+from mesh.identity import Identity
 from tests.workflow.three import FEE, PAYMENT, PRICE, escrow_flows, parts, three_agents
 
 
@@ -78,3 +79,21 @@ def test_without_the_inspector_the_escrow_comes_back_at_the_refund_height(
         assert flow["paid"] == PAYMENT - FEE and flow["to"].hex() == order["buyer_payout"]
         assert flow["locktime"] > 0
         time.sleep(0.1)
+
+
+def test_an_inspector_that_cannot_prove_its_accreditation_gets_no_order(tmp_path: Path) -> None:
+    certifier = Identity.generate().peer_id  # an accreditation body the inspector never met
+    rule = (
+        f'[requirements.accredited]\ntype = "m2mesh.accreditation"\n'
+        f'certifiers = ["{certifier}"]\nreveal = ["scope"]\n'
+    )
+    (part,) = parts(1, 0)
+    with three_agents(tmp_path, [part], buyer_extra=rule) as site:
+        site.buyer.wait(
+            lambda s: "unproven" in str((s.get("work_orders") or {}).get("waiting")),
+            30, "the inspector refused as unproven",
+        )  # fmt: skip
+        time.sleep(1.0)
+        assert site.orders() == []  # no escrow offered, nothing locked
+        status = site.buyer.status()
+        assert status is not None and status["wallet"]["reserved"] == 0

@@ -60,9 +60,9 @@ pass_when = ["deviation_um <= {PASS_LIMIT}"]
 
 
 def buyer_body(inspector: str, part_ids: Sequence[str], units: int = 5, tick: float = 0.1,
-               refund_blocks: int = 8) -> str:  # fmt: skip
+               refund_blocks: int = 8, extra: str = "") -> str:  # fmt: skip
     quoted = ", ".join(f'"{p}"' for p in part_ids)
-    return f"""
+    return f"""{extra}
 [[workflows]]
 id = "brackets"
 service = "spindle-time"
@@ -74,6 +74,7 @@ payment = {PAYMENT}
 fee = {FEE}
 inspector = "{inspector}"
 refund_blocks = {refund_blocks}
+{'require = "accredited"' if extra else ""}
 {ANCHOR}"""
 
 
@@ -120,9 +121,11 @@ def three_agents(
     refund_blocks: int = 8,
     block_seconds: float = 1.0,
     programs: dict[str, Sequence[str]] | None = None,
+    buyer_extra: str = "",
 ) -> Iterator[Three]:
     """Buyer, machine and inspector running, a block mined every `block_seconds`;
-    `programs` names what runs a role instead of `mesh` (`tests.workflow.killer`)."""
+    `programs` names what runs a role instead of `mesh` (`tests.workflow.killer`);
+    `buyer_extra` is a ``[requirements.accredited]`` the workflow then requires."""
     run = {role: tuple((programs or {}).get(role, ("agents.cli",)))
            for role in ("buyer", "machine", "inspector")}  # fmt: skip
     ledger = root / "ledger.db"
@@ -142,7 +145,8 @@ def three_agents(
                                funds=10_000, program=run["machine"], **common)  # fmt: skip
         agents.append(machine)
         buyer = RunningAgent(root, ledger, "buyer", "127.0.0.1", "tcp://127.0.0.1:0",
-                             buyer_body(inspector_id, part_ids, units, refund_blocks=refund_blocks),
+                             buyer_body(inspector_id, part_ids, units, refund_blocks=refund_blocks,
+                                        extra=buyer_extra),
                              identity=ids["buyer"], funds=100_000, program=run["buyer"],
                              **common)  # fmt: skip
         agents.append(buyer)
