@@ -280,6 +280,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  want {want['service']}: {want['state']}, "
             f"{want['delivered']}/{want['units']} units, paid {want['paid']}"
         )
+    work = status.get("work_orders") or {}
+    for order in work.get("orders", []):
+        verdict = f", {order['verdict']}" if order.get("verdict") else ""
+        print(f"  work order {order['order_id'][:8]} ({order['role']}) part {order['part']}:"
+              f" {order['state']}{verdict}, with {order['peer'][:16]}")  # fmt: skip
+    for workflow, why in work.get("waiting", {}).items():
+        print(f"  workflow {workflow} waits: {why}")
     bridges = status.get("bridges") or {}
     for service, said in bridges.get("sources", {}).items():
         print(f"  source of {service}: {said}")

@@ -77,12 +77,14 @@ Buy = Callable[[WantProgress, str], Awaitable[None]]
 Offers = Callable[[WantSpec], tuple[str, int] | None]
 """(seller, price) of the cheapest usable offer of a want (`Purchases.best_offer`)."""
 Keep = Callable[[SignedRecord], None]
+"""Keep a verified record of a peer in the buyer's archive (receipts follow)."""
 Require = Callable[[str, str], Awaitable[Certificate | None]]
 """require(peer, requirement): the certificate a peer proved it by (`Proofs.require`);
 raises `CertificateError` when it did not."""
 Proven = Callable[[bytes, str, int], bool]
 """proven(producer, stream, seq): whether a kept record has its producer's receipt."""
-"""Keep a verified record of a peer in the buyer's archive (receipts follow)."""
+INBOX = 64
+"""Frames one live order holds unread; more from its peers are dropped."""
 
 
 @dataclass
@@ -142,7 +144,10 @@ class BuyerWork:
         if isinstance(frame, WorkRecord):
             await self._work_record(live, frame)
         else:
-            live.inbox.send_nowait(frame)  # (unbounded: few frames per order)
+            try:
+                live.inbox.send_nowait(frame)
+            except trio.WouldBlock:  # a peer repeating itself: its extra frames go
+                log.info("work order for %s: frame dropped (%d unread)", live.saved.part, INBOX)
         return True
 
     def saw_reading(self, signed: SignedRecord) -> None:
@@ -228,7 +233,7 @@ class BuyerWork:
         await self._carry(live, stop)
 
     def _open(self, saved: Saved, order: BuyerOrder, spec: WorkflowSpec) -> _Live:
-        send, receive = trio.open_memory_channel[Frame](1000)
+        send, receive = trio.open_memory_channel[Frame](INBOX)
         live = self._live[saved.order_id] = _Live(saved, order, spec, send, receive)
         return live
 
@@ -303,6 +308,7 @@ class BuyerWork:
         while not stop.is_set():
             found = self._offers(want.want) if self.ctx.connected(spec.inspector) else None
             if found is not None:
+                self.failures.pop(spec.id, None)
                 return found[0]
             self.failures[spec.id] = "waiting for a machine and the inspector"
             with trio.move_on_after(0.5):
