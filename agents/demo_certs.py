@@ -80,15 +80,7 @@ class DemoCertificates:
             "owner": "SenseCo Leasing GmbH",
             "serial": "VS7-2291-0042",
         }
-        issued = issue(self.lab.key, sensor.key.public_key(), type_id(CALIBRATION), values)
-        path = data / FILE
-        path.write_text(json.dumps(issued.to_json(), indent=1))
-        os.chmod(path, 0o600)
-        with (data / "profile.toml").open("a") as profile:
-            profile.write(
-                "\n# (mesh demo) issued by the demo's calibration lab\n[[certificates]]\n"
-                f'file = "{FILE}"\ndisclose = ["calibrated_until", "accuracy"]\n'
-            )
+        self._issue(data, sensor, CALIBRATION, values, FILE, ["calibrated_until", "accuracy"])
 
     def accredit(self, roster: Roster) -> None:
         """Issue the quality lab's accreditation as an inspection lab (the robot cell's
@@ -102,15 +94,28 @@ class DemoCertificates:
             "accreditation": "D-PL-20417-01-00",
             "accredited_until": (datetime.now(UTC).date() + timedelta(days=365)).isoformat(),
         }
-        issued = issue(self.lab.key, lab.key.public_key(), type_id(ACCREDITATION), values)
-        path = data / ACCREDITATION_FILE
+        disclose = ["scope", "accreditation", "accredited_until"]
+        self._issue(data, lab, ACCREDITATION, values, ACCREDITATION_FILE, disclose)
+
+    def _issue(
+        self,
+        data: Path,
+        subject: Identity,
+        type_name: str,
+        values: dict[str, str],
+        file: str,
+        disclose: list[str],
+    ) -> None:
+        """Issue a certificate to the agent of `data` and hold it in its profile copy."""
+        issued = issue(self.lab.key, subject.key.public_key(), type_id(type_name), values)
+        path = data / file
         path.write_text(json.dumps(issued.to_json(), indent=1))
         os.chmod(path, 0o600)
+        shown = ", ".join(f'"{name}"' for name in disclose)
         with (data / "profile.toml").open("a") as profile:
             profile.write(
-                "\n# (mesh demo) accredited by the demo's calibration lab\n[[certificates]]\n"
-                f'file = "{ACCREDITATION_FILE}"\n'
-                'disclose = ["scope", "accreditation", "accredited_until"]\n'
+                "\n# (mesh demo) issued by the demo's calibration lab\n[[certificates]]\n"
+                f'file = "{file}"\ndisclose = [{shown}]\n'
             )
 
     def report(self, roster: Roster, statuses: Statuses) -> list[str]:

@@ -40,7 +40,7 @@ from agents.profile import WantSpec
 from agents.profile_workflows import WorkflowSpec
 from agents.workflows.context import WorkContext, log, reservation
 from agents.workflows.machine import REQUEST_PREFIX
-from agents.workflows.store import Saved
+from agents.workflows.store import Saved, summary
 from mesh.anchoring.errors import RecordError, RecordRejected
 from mesh.anchoring.record import SignedRecord, open_record
 from mesh.certs.certificate import Certificate, CertificateError
@@ -529,10 +529,8 @@ class BuyerWork:
             offer = decode(s.data["offer"])
             assert isinstance(offer, EscrowOffer)
             verdict = decode(s.data["verdict"]) if s.data.get("verdict") else None
-            out.append({
-                "role": ROLE, "order_id": s.order_id.hex(), "part": s.part,
-                "workflow": s.workflow, "state": s.state, "peer": s.data["machine"],
-                "amount": offer.amount, "fee": offer.fee,
+            out.append(summary(s, s.data["machine"]) | {
+                "workflow": s.workflow, "amount": offer.amount, "fee": offer.fee,
                 "verdict": None if not isinstance(verdict, Verdict)
                 else ("PASS" if verdict.passed else "FAIL"),
                 "units": s.data.get("units", 0), "paid": s.data.get("paid", 0),

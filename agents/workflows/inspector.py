@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from agents.profile_workflows import InspectionSpec
 from agents.workflows.context import LogRecord, WorkContext, log
-from agents.workflows.store import Saved
+from agents.workflows.store import Saved, summary
 from mesh.chain.tx import txid_of
 from mesh.errors import MeshError
 from mesh.wire import decode, encode
@@ -167,16 +167,9 @@ class InspectorWork:
             return None
 
     def status(self, rows: list[Saved]) -> list[dict[str, object]]:
-        """The inspector's orders for `mesh status`."""
+        """The inspector's orders for `mesh status`, with the values it measured."""
         return [
-            {
-                "role": ROLE,
-                "order_id": s.order_id.hex(),
-                "part": s.part,
-                "state": s.state,
-                "peer": s.data["buyer"],
-                "values": {str(k): str(v) for k, v in s.data.get("values", [])},
-            }
+            summary(s, s.data["buyer"]) | {"values": dict(s.data.get("values", []))}
             for s in rows
             if s.role == ROLE
         ]

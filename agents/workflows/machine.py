@@ -16,7 +16,7 @@ import trio
 from agents.profile_workflows import EscrowSpec
 from agents.services.frames import ServiceOrder
 from agents.workflows.context import WorkContext, log
-from agents.workflows.store import Saved
+from agents.workflows.store import Saved, summary
 from mesh.chain.tx import txid_of
 from mesh.errors import RemoteProtocolError
 from mesh.wire import decode, encode
@@ -220,17 +220,7 @@ class MachineWork:
 
     def status(self, rows: list[Saved]) -> list[dict[str, object]]:
         """The machine's orders for `mesh status`."""
-        return [
-            {
-                "role": ROLE,
-                "order_id": s.order_id.hex(),
-                "part": s.part,
-                "state": s.state,
-                "peer": s.data["buyer"],
-            }
-            for s in rows
-            if s.role == ROLE
-        ]
+        return [summary(s, s.data["buyer"]) for s in rows if s.role == ROLE]
 
 
 __all__ = ["REQUEST_PREFIX", "MachineWork"]

@@ -62,6 +62,12 @@ class Saved:
     updated: float = 0.0
 
 
+def summary(saved: Saved, peer: str) -> dict[str, object]:
+    """What `mesh status` shows of any role's row (`peer`: the other party it deals with)."""
+    return {"role": saved.role, "order_id": saved.order_id.hex(), "part": saved.part,
+            "state": saved.state, "peer": peer}  # fmt: skip
+
+
 class WorkOrderStore:
     """The ``work_orders`` table."""
 
@@ -137,4 +143,4 @@ class WorkOrderStore:
         ]
 
 
-__all__ = ["ROLES", "WORK_ORDER_SCHEMA", "Saved", "WorkOrderStore"]
+__all__ = ["ROLES", "WORK_ORDER_SCHEMA", "Saved", "WorkOrderStore", "summary"]
