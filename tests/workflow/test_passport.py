@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from agents.cli import main
+from agents.workflows.store import WorkOrderStore
 from mesh.anchoring.headers import HeaderChain
 from mesh.anchoring.proof import single_tx_bump
 from mesh.chain.base import TxState
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import Identity
+from mesh.store import Store
 from mesh.workflow.passport import (
     MinedTx,
     Passport,
@@ -193,3 +195,18 @@ async def test_mesh_verify_checks_a_passport_file(
     path.write_text(json.dumps(document))
     assert main(["verify", str(path), "--ledger", ledger]) == 1
     assert capsys.readouterr().out.startswith("INVALID settlement:")
+
+
+def test_mesh_passport_says_in_one_line_why_it_cannot_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["passport", "P-1", "--data-dir", str(tmp_path)]) == 1
+    assert "no agent store here" in capsys.readouterr().err
+    Store(tmp_path / "agent.db").close()  # an agent that placed no work orders
+    assert main(["passport", "P-1", "--data-dir", str(tmp_path)]) == 1
+    assert "has placed no work orders" in capsys.readouterr().err
+    with Store(tmp_path / "agent.db") as store:
+        WorkOrderStore(store)
+    assert main(["passport", "P-1", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no work order of part 'P-1'" in err and len(err.strip().splitlines()) == 1
