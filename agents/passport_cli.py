@@ -100,13 +100,14 @@ def build_passport(data_dir: Path, part: str) -> tuple[Passport, int]:
             funding=_mined(row.data["funding_mined"]),
             settlement=_mined(row.data["settlement_mined"]),
             records=tuple(proofs),
+            machine_certificate=_certificate(row.data.get("machine_certificate")),
             inspector_certificate=_certificate(row.data.get("inspector_certificate")),
         )
     return passport, missing
 
 
 def _certificate(text: str | None) -> Certificate | None:
-    """The inspector's certificate the buyer saw proved before it ordered, if any."""
+    """A certificate the buyer saw proved before it ordered, if any."""
     return None if text is None else Certificate.from_json(json.loads(text))
 
 

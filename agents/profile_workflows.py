@@ -18,6 +18,8 @@ inspector judges. Read by `agents.profile`; the conversations are `agents.workfl
       refund_blocks = 12            # no verdict by then: the buyer takes it back
       readings = "vibration"        # optional: the feed whose readings go in the passport
       require = "accredited"        # optional: the inspector proves [requirements.NAME]
+      machine_require = "genuine"   # optional: so does the machine (its certificate too
+                                    # goes in the passport)
 
 - ``[escrow]`` (a machine): whose verdicts it works with, and the smallest payment::
 
@@ -60,6 +62,7 @@ WORKFLOW_KEYS = (
     "refund_blocks",
     "readings",
     "require",
+    "machine_require",
 )
 ESCROW_KEYS = ("inspectors", "min_payment")
 INSPECTION_KEYS = ("handler", "pass_when")
@@ -96,6 +99,8 @@ class WorkflowSpec:
     require: str = ""
     """A requirement (`Profile.requirements`) the inspector must prove before each
     order; its certificate then goes in the part's passport."""
+    machine_require: str = ""
+    """The same for the machine (e.g. its vendor's certificate of model and serial)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ def workflows(raw: object) -> tuple[WorkflowSpec, ...]:
                 tick=_tick(table, where),
                 readings=_optional_string(table, where, "readings"),
                 require=_optional_string(table, where, "require"),
+                machine_require=_optional_string(table, where, "machine_require"),
             )
         )
     return tuple(found)

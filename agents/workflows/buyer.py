@@ -245,14 +245,19 @@ class BuyerWork:
         machine = await self._machine(spec, stop)
         if machine is None:
             return None
-        certificate = None
-        if spec.require:  # the inspector proves its accreditation before any coin moves
+        certificates: dict[str, str] = {}
+        for role, peer, name in (("inspector", spec.inspector, spec.require),
+                                 ("machine", machine, spec.machine_require)):  # fmt: skip
+            if not name:  # else the peer proves it before any coin moves
+                continue
             try:
-                certificate = await self._require(spec.inspector, spec.require)
+                certificate = await self._require(peer, name)
             except CertificateError as exc:
-                self.failures[spec.id] = f"part {part}: the inspector is unproven: {exc}"
+                self.failures[spec.id] = f"part {part}: the {role} is unproven: {exc}"
                 log.warning("workflow %s: %s", spec.id, self.failures[spec.id])
                 return None
+            if certificate is not None:
+                certificates[f"{role}_certificate"] = json.dumps(certificate.to_json())
         order_id = secrets.token_bytes(16)
         payout = await ctx.payout(order_id)
         height = await ctx.chain.height()
@@ -272,8 +277,7 @@ class BuyerWork:
         order.offer = replace(offer, funding_txid=draft.txid)
         data = {"offer": encode(order.offer), "buyer": ctx.peer_id, "machine": machine,
                 "funding": draft.raw}  # fmt: skip
-        if certificate is not None:
-            data["inspector_certificate"] = json.dumps(certificate.to_json())
+        data.update(certificates)
         saved = Saved(order_id, ROLE, spec.id, part, "offered", data)
         await ctx.save(saved)
         live = self._open(saved, order, spec)

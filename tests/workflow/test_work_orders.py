@@ -19,7 +19,7 @@ def test_a_passed_part_pays_the_machine_and_a_failed_one_returns_to_the_buyer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good, bad = parts(1, 1)
-    with three_agents(tmp_path, [good, bad]) as site:
+    with three_agents(tmp_path, [good, bad], certifier=Identity.generate()) as site:
         site.buyer.wait(
             lambda s: len([o for o in (s.get("work_orders") or {}).get("orders", [])
                            if o["role"] == "buyer" and o["proven"]]) == 2,
@@ -57,6 +57,9 @@ def test_a_passed_part_pays_the_machine_and_a_failed_one_returns_to_the_buyer(
         assert f"VALID passport of part {good}" in told and "PASS (deviation_um" in told
         assert f"settled by the release: {PAYMENT - FEE} sat to the machine" in told
         assert "1 meter statement(s) of the machine" in told
+        # Both proved their certificates before the buyer ordered: both in the passport.
+        assert "  machine " in told and "  inspector " in told
+        assert told.count("certified by") == 2
 
 
 def test_without_the_inspector_the_escrow_comes_back_at_the_refund_height(

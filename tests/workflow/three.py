@@ -3,6 +3,7 @@ miner thread, and the ledger-side reconciliation of every escrow they made."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.workflows.inspector import simulated_cmm
+from mesh.certs import issue, type_id
 from mesh.chain.base import OutputState
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.tx import parse_exact
@@ -75,6 +77,7 @@ fee = {FEE}
 inspector = "{inspector}"
 refund_blocks = {refund_blocks}
 {'require = "accredited"' if extra else ""}
+{'machine_require = "genuine"' if "genuine" in extra else ""}
 {ANCHOR}"""
 
 
@@ -122,26 +125,34 @@ def three_agents(
     block_seconds: float = 1.0,
     programs: dict[str, Sequence[str]] | None = None,
     buyer_extra: str = "",
+    certifier: Identity | None = None,
 ) -> Iterator[Three]:
     """Buyer, machine and inspector running, a block mined every `block_seconds`;
     `programs` names what runs a role instead of `mesh` (`tests.workflow.killer`);
-    `buyer_extra` is a ``[requirements.accredited]`` the workflow then requires."""
+    `buyer_extra` is a ``[requirements.accredited]`` the workflow then requires. With
+    a `certifier`, it certifies the machine (``genuine``) and accredits the inspector
+    (``accredited``), and the buyer's workflow requires both."""
     run = {role: tuple((programs or {}).get(role, ("agents.cli",)))
            for role in ("buyer", "machine", "inspector")}  # fmt: skip
     ledger = root / "ledger.db"
     LocalLedger.create(ledger).close()
     ids = {role: Identity.generate() for role in ("buyer", "machine", "inspector")}
     inspector_id = ids["inspector"].peer_id
+    extra = {"machine": "", "inspector": ""}
+    if certifier is not None:
+        buyer_extra = _certify(root, certifier, ids, extra)
     miner = Miner(ledger, block_seconds)
     agents: list[RunningAgent] = []
     try:
         common = {"site": f"wo-{root.name[-12:]}".replace("_", "-").lower()}
         inspector = RunningAgent(root, ledger, "inspector", "127.0.0.1", "tcp://127.0.0.1:0",
-                                 INSPECTOR_BODY, identity=ids["inspector"], funds=10_000,
+                                 INSPECTOR_BODY + extra["inspector"], identity=ids["inspector"],
+                                 funds=10_000,
                                  program=run["inspector"], **common)  # fmt: skip
         agents.append(inspector)
         machine = RunningAgent(root, ledger, "machine", "127.0.0.1", "tcp://127.0.0.1:0",
-                               machine_body(inspector_id), identity=ids["machine"],
+                               machine_body(inspector_id) + extra["machine"],
+                               identity=ids["machine"],
                                funds=10_000, program=run["machine"], **common)  # fmt: skip
         agents.append(machine)
         buyer = RunningAgent(root, ledger, "buyer", "127.0.0.1", "tcp://127.0.0.1:0",
@@ -155,6 +166,27 @@ def three_agents(
         for agent in reversed(agents):
             agent.stop()
         miner.stop()
+
+
+def _certify(
+    root: Path, certifier: Identity, ids: dict[str, Identity], extra: dict[str, str]
+) -> str:
+    """Certificates for machine and inspector (files in their data dirs, tables in
+    `extra`); the buyer's requirements of both."""
+    kinds = {
+        "machine": ("m2mesh.machine", {"model": "X5", "serial": "M-0042"}, "genuine"),
+        "inspector": ("m2mesh.accreditation", {"scope": "dimensional"}, "accredited"),
+    }
+    rules = ""
+    for role, (type_name, values, name) in kinds.items():
+        (root / role).mkdir(parents=True, exist_ok=True)
+        issued = issue(certifier.key, ids[role].key.public_key(), type_id(type_name), values)
+        (root / role / "cert.json").write_text(json.dumps(issued.to_json()))
+        fields = ", ".join(f'"{k}"' for k in values)
+        extra[role] = f'\n[[certificates]]\nfile = "cert.json"\ndisclose = [{fields}]\n'
+        rules += (f'[requirements.{name}]\ntype = "{type_name}"\n'
+                  f'certifiers = ["{certifier.peer_id}"]\nreveal = [{fields}]\n')  # fmt: skip
+    return rules
 
 
 def escrow_flows(ledger_path: Path, orders: list[dict[str, Any]]) -> list[dict[str, Any]]:
