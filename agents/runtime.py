@@ -320,7 +320,8 @@ class Agent:
         node, keep = self.node, self.buyer.keep_record
         orders = await trio.to_thread.run_sync(WorkOrderStore, store, limiter=self._db)
         context = WorkContext(self.identity, self.wallet, chain, orders, self._send, self._db,
-                              lambda peer: node.session(peer) is not None)  # fmt: skip
+                              lambda peer: node.session(peer) is not None,
+                              self.storage)  # fmt: skip
         work = self.workflows = Workflows(
             context, self.profile, buy=purchases.want, offers=purchases.best_offer,
             keep=keep or (lambda _signed: None), proven=archive.proven,

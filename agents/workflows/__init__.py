@@ -6,6 +6,7 @@ machine that makes them (`MachineWork`), the inspector that judges them
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import trio
@@ -18,6 +19,7 @@ from agents.workflows.inspector import InspectionError, InspectorWork
 from agents.workflows.machine import MachineWork
 from agents.workflows.store import Saved, WorkOrderStore
 from mesh.anchoring.record import SignedRecord
+from mesh.health import STORAGE_ERRORS
 from mesh.workflow.frames import Verdict
 
 
@@ -55,15 +57,18 @@ class Workflows:
     async def handle(self, peer_id: str, frame: object) -> bool:
         """Handle a work-order frame; False when it is none. A verdict is the buyer's
         when the order is one of its live ones, else the machine's."""
-        if isinstance(frame, Verdict):
-            return await self.buyer.handle(peer_id, frame) or await self.machine.handle(
-                peer_id, frame
+        try:
+            if isinstance(frame, Verdict):
+                return await self.buyer.handle(peer_id, frame) or await self.machine.handle(
+                    peer_id, frame
+                )
+            return (
+                await self.buyer.handle(peer_id, frame)
+                or await self.machine.handle(peer_id, frame)
+                or await self.inspector.handle(peer_id, frame)
             )
-        return (
-            await self.buyer.handle(peer_id, frame)
-            or await self.machine.handle(peer_id, frame)
-            or await self.inspector.handle(peer_id, frame)
-        )
+        except STORAGE_ERRORS:  # (counted by `save`) nothing was sent: the peer asks again
+            return True
 
     def saw_reading(self, signed: SignedRecord) -> None:
         """A kept reading (named in the passports of parts being made)."""
@@ -72,11 +77,13 @@ class Workflows:
     async def statement(self, buyer: str, order: ServiceOrder, body: bytes, sig: bytes) -> None:
         """A final meter statement the provider logged (one of a work order goes to
         its buyer)."""
-        await self.machine.statement(buyer, order, body, sig)
+        with contextlib.suppress(*STORAGE_ERRORS):  # (saved and sent later: `MachineWork`)
+            await self.machine.statement(buyer, order, body, sig)
 
     async def _keep_status(self) -> None:
         while True:
-            self._rows = await self.ctx.db(self.ctx.orders.recent, 50)
+            with contextlib.suppress(*STORAGE_ERRORS):  # (shown as it was meanwhile)
+                self._rows = await self.ctx.db(self.ctx.orders.recent, 50)
             await trio.sleep(1.0)
 
     def status(self) -> dict[str, Any]:

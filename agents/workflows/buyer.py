@@ -27,6 +27,7 @@ an inspection asked for again. (docs/ARCHITECTURE.md §4)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -48,6 +49,7 @@ from mesh.chain.base import TxState
 from mesh.chain.errors import ChainError, WalletError
 from mesh.chain.tx import parse_exact, txid_of
 from mesh.errors import RemoteProtocolError
+from mesh.health import STORAGE_ERRORS
 from mesh.wire import Frame, decode, encode
 from mesh.workflow.escrow import EscrowError
 from mesh.workflow.frames import (
@@ -181,37 +183,63 @@ class BuyerWork:
     # ------------------------------------------------------------------ run
 
     async def run(self, stop: trio.Event) -> None:
-        """Resume what a stop left, then make every part of every workflow in turn."""
-        rows = [r for r in await self.ctx.db(self.ctx.orders.unfinished) if r.role == ROLE]
+        """Make every part of every workflow in turn (each from what the store says of
+        it), and finish the orders of workflows the profile no longer has."""
         self.settled = await self.ctx.db(self.ctx.orders.settled_parts)
+        rows = [r for r in await self.ctx.db(self.ctx.orders.unfinished) if r.role == ROLE]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for spec in self.specs.values():
-                resumed = [r for r in rows if r.workflow == spec.id]
-                nursery.start_soon(self._workflow, spec, resumed, stop)
-            for saved in rows:  # (of a workflow no longer in the profile: finished too)
+                nursery.start_soon(self._workflow, spec, stop)
+            for saved in rows:
                 if saved.workflow not in self.specs:
                     nursery.start_soon(self._resume, saved, stop)
 
-    async def _workflow(self, spec: WorkflowSpec, resumed: list[Saved], stop: trio.Event) -> None:
-        """The parts in turn: first those a stop left unfinished, then the rest."""
-        for saved in resumed:
-            await self._resume(saved, stop)
+    async def _workflow(self, spec: WorkflowSpec, stop: trio.Event) -> None:
+        """The parts in turn. Each try starts from what the store holds of the part, so a
+        stop, a crash or a failed write never makes a step run on what was not saved."""
         for part in spec.parts:
-            if stop.is_set():
-                return
-            rows = await self.ctx.db(self.ctx.orders.of_part, part)
-            if any(r.state != "abandoned" for r in rows):
-                continue  # ordered before (resumed, or finished)
             while not stop.is_set():
-                live = await self._offer(spec, part, stop)
-                if live is not None:
-                    await self._carry(live, stop)
-                    break
+                try:
+                    if await self._part(spec, part, stop):
+                        break
+                except STORAGE_ERRORS:  # (counted by `save`): from the store again
+                    for order_id in [k for k, v in self._live.items() if v.saved.part == part]:
+                        del self._live[order_id]
                 with trio.move_on_after(2.0):
                     await stop.wait()
 
-    async def _resume(self, saved: Saved, stop: trio.Event) -> None:
+    async def _part(self, spec: WorkflowSpec, part: str, stop: trio.Event) -> bool:
+        """One try at a part: True once its escrow is settled (its proofs may still
+        come, beside the next part)."""
+        rows = await self.ctx.db(self.ctx.orders.of_part, part)
+        for saved in rows:
+            if saved.state in SETTLED:
+                if not saved.done and saved.order_id not in self._live:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._prove, self._restore(saved))
+                return True
+        unfinished = [r for r in rows if not r.done]
+        if unfinished:
+            return await self._resume(unfinished[0], stop)
+        live = await self._offer(spec, part, stop)
+        if live is None:
+            return False
+        await self._carry(live, stop)
+        return True
+
+    async def _resume(self, saved: Saved, stop: trio.Event) -> bool:
+        """Carry a saved order on to its settlement (True); an offer never accepted is
+        abandoned instead (False)."""
+        live = self._restore(saved)
+        if saved.state == "offered":  # never accepted: nothing was broadcast
+            await self._abandon(live, "not accepted before a restart")
+            return False
+        await self._carry(live, stop)
+        return True
+
+    def _restore(self, saved: Saved) -> _Live:
+        """A saved order, live again."""
         spec = self.specs.get(saved.workflow)
         if spec is None:  # no more in the profile: inspected as far as it was made
             spec = _left_over(saved)
@@ -224,13 +252,7 @@ class BuyerWork:
             self.ctx.identity.key, offer, saved.data["machine"], OrderState(saved.state),
             saved.data.get("payout", b""), saved.data.get("refund_sig", b""), verdict,
         )  # fmt: skip
-        live = self._open(saved, order, spec)
-        if saved.state == "offered":  # never accepted: nothing was broadcast
-            await self._abandon(live, "not accepted before a restart")
-            return
-        if saved.state == "accepted":
-            await self._fund(live)
-        await self._carry(live, stop)
+        return self._open(saved, order, spec)
 
     def _open(self, saved: Saved, order: BuyerOrder, spec: WorkflowSpec) -> _Live:
         send, receive = trio.open_memory_channel[Frame](INBOX)
@@ -385,7 +407,8 @@ class BuyerWork:
         """Step 6: keep the funding's and the settlement's proofs once mined."""
         try:
             while not live.saved.done:
-                await self._step(live)
+                with contextlib.suppress(*STORAGE_ERRORS):  # (counted by `save`): again
+                    await self._step(live)
                 if not live.saved.done:
                     await trio.sleep(1.0)
         finally:

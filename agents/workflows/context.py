@@ -17,11 +17,13 @@ from mesh.chain.errors import ChainError, TxRejected
 from mesh.chain.local import LocalChain
 from mesh.chain.tx import p2pkh_script
 from mesh.chain.wallet import Wallet
+from mesh.health import STORAGE_ERRORS, StorageHealth
 from mesh.identity import Identity
 from mesh.wire import Frame
 from mesh.workflow.passport import MinedTx
 
 log = logging.getLogger("agents.workflows")
+COMPONENT = "work orders"
 T = TypeVar("T")
 
 Send = Callable[[str, Frame], Awaitable[None]]
@@ -51,6 +53,8 @@ class WorkContext:
     limiter: trio.CapacityLimiter
     connected: Callable[[str], bool]
     """Whether we hold a session with a peer now."""
+    health: StorageHealth
+    """The agent's storage health: a failed save is a fault, the next good one ends it."""
 
     @property
     def peer_id(self) -> str:
@@ -62,8 +66,15 @@ class WorkContext:
         return await trio.to_thread.run_sync(lambda: fn(*args), limiter=self.limiter)
 
     async def save(self, saved: Saved) -> None:
-        """Write a work order's row (before what it makes possible is sent)."""
-        await self.db(self.orders.save, saved)
+        """Write a work order's row (before what it makes possible is sent). A failed
+        write raises (one of `STORAGE_ERRORS`) and is counted as the storage's fault:
+        the caller goes no further, and takes the row from the store again later."""
+        try:
+            await self.db(self.orders.save, saved)
+        except STORAGE_ERRORS as exc:
+            self.health.fault(COMPONENT, exc)
+            raise
+        self.health.ok(COMPONENT)
 
     async def payout(self, order_id: bytes) -> bytes:
         """Our payout script for this order, its key adopted by the wallet first (its

@@ -11,6 +11,8 @@ and one settled by anybody is marked so. (docs/ARCHITECTURE.md §4)
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from agents.profile_workflows import EscrowSpec
@@ -19,6 +21,7 @@ from agents.workflows.context import WorkContext, log
 from agents.workflows.store import Saved, summary
 from mesh.chain.tx import txid_of
 from mesh.errors import RemoteProtocolError
+from mesh.health import STORAGE_ERRORS
 from mesh.wire import decode, encode
 from mesh.workflow.escrow import EscrowError
 from mesh.workflow.frames import (
@@ -35,6 +38,7 @@ ROLE = "machine"
 REQUEST_PREFIX = "work-order:"
 """A tool-time order for a work order says so in its request: ``work-order:<id hex>``."""
 WATCH_SECONDS = 2.0
+Then = Callable[[], Awaitable[None]]
 MAX_UNFUNDED = 4
 """Accepted orders of one buyer that may wait for their funding at once (an offer
 costs the machine a wallet key and a row until its refund height)."""
@@ -46,6 +50,8 @@ class MachineWork:
     def __init__(self, ctx: WorkContext, spec: EscrowSpec | None) -> None:
         self.ctx = ctx
         self.spec = spec
+        self._retry: dict[bytes, tuple[Saved, Then | None]] = {}
+        """Rows whose save failed, newest version per order, with what each allows."""
 
     # ------------------------------------------------------------------ frames
 
@@ -104,10 +110,10 @@ class MachineWork:
             return
         data = {"buyer": buyer, "offer": encode(offer), "payout": payout,
                 "accepted": encode(accepted)}  # fmt: skip
-        await ctx.save(Saved(offer.order_id, ROLE, "", offer.part, "accepted", data))
         log.info("work order %s: part %s for %s accepted (%d sat in escrow)",
                  offer.order_id.hex()[:8], offer.part, buyer[:16], offer.amount)  # fmt: skip
-        await ctx.send(buyer, accepted)
+        await self._save(Saved(offer.order_id, ROLE, "", offer.part, "accepted", data),
+                         lambda: ctx.send(buyer, accepted))  # fmt: skip
 
     def _order(self, saved: Saved) -> MachineOrder:
         offer = decode(saved.data["offer"])
@@ -142,7 +148,7 @@ class MachineWork:
             await self._refuse(buyer, frame.order_id, exc.rule, str(exc))
             return
         saved.state = order.state.value
-        await self.ctx.save(saved)
+        await self._save(saved)
         log.info("work order %s: escrow funded, %d sat", frame.order_id.hex()[:8], found[1])
 
     async def _verdict(self, peer_id: str, frame: Verdict) -> None:
@@ -162,10 +168,9 @@ class MachineWork:
         saved.data["verdict"] = encode(frame)
         if release is not None:
             saved.data["release"] = release
-        await self.ctx.save(saved)  # before the release goes out
         log.info("work order %s: part %s %s", frame.order_id.hex()[:8], order.part,
                  "PASSED" if frame.passed else "FAILED")  # fmt: skip
-        await self._settle(saved, order)
+        await self._save(saved, lambda: self._settle(saved, order))  # then the release
 
     async def _settle(self, saved: Saved, order: MachineOrder) -> None:
         """Broadcast a saved release; mark the row done once the escrow is spent."""
@@ -203,8 +208,26 @@ class MachineWork:
         if saved is None or saved.data["buyer"] != buyer:
             return
         saved.data["statements"] = [*saved.data.get("statements", []), [body, sig]]
-        await self.ctx.save(saved)
-        await self.ctx.send(buyer, WorkRecord(order_id, body, sig))
+        await self._save(saved, lambda: self.ctx.send(buyer, WorkRecord(order_id, body, sig)))
+
+    async def _save(self, saved: Saved, then: Then | None = None) -> None:
+        """Save a row, then do what it allows (`then`). A write that fails (a full
+        disk) is tried again by `run` every `WATCH_SECONDS`, `then` only after it
+        worked; the caller's frame ends here (the error propagates)."""
+        try:
+            await self.ctx.save(saved)
+        except STORAGE_ERRORS:
+            self._retry[saved.order_id] = (saved, then)
+            raise
+        self._retry.pop(saved.order_id, None)
+        if then is not None:
+            await then()
+
+    async def _saved_late(self) -> None:
+        """Try again the saves that failed, in order; each one's `then` once it worked."""
+        for order_id, (saved, then) in list(self._retry.items()):
+            if self._retry.get(order_id) == (saved, then):
+                await self._save(saved, then)
 
     # ------------------------------------------------------------------ watch
 
@@ -212,10 +235,14 @@ class MachineWork:
         """Resume and watch the unfinished orders (release again, mark settled)."""
         task_status.started()
         while True:
-            rows = await self.ctx.db(self.ctx.orders.unfinished)
-            for saved in rows:
-                if saved.role == ROLE:
-                    await self._settle(saved, self._order(saved))
+            try:
+                await self._saved_late()
+                rows = await self.ctx.db(self.ctx.orders.unfinished)
+                for saved in rows:
+                    if saved.role == ROLE:
+                        await self._settle(saved, self._order(saved))
+            except STORAGE_ERRORS:  # (counted by `save`): at the next pass
+                pass
             await trio.sleep(WATCH_SECONDS)
 
     def status(self, rows: list[Saved]) -> list[dict[str, object]]:

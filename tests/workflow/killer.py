@@ -8,13 +8,18 @@ matrix of the escrow (`test_work_order_crashes`).
 ``broadcast:N:before|after``       around the N-th escrow broadcast (funding, release,
                                    return or refund) of this process
 
-The line ``KILLING <point>`` goes to stderr (the agent's log) just before the kill.
+``fail:ROLE:STATE:N``              the first N saves of a row of ROLE in STATE fail as
+                                   a full disk does (sqlite3.OperationalError)
+
+Points may be joined with commas. The line ``KILLING <point>`` (``FAILING <point>``)
+goes to stderr (the agent's log) just before the kill (the failure).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import sys
 from typing import Any
 
@@ -30,6 +35,20 @@ def _die(point: str) -> None:
 
 def arm(point: str) -> None:
     kind, *rest = point.split(":")
+    if kind == "fail":
+        role, state, times = rest
+        left = {"n": int(times)}
+        failing_save = WorkOrderStore.save
+
+        def save_or_fail(self: WorkOrderStore, saved: Saved) -> None:
+            if (saved.role, saved.state) == (role, state) and left["n"] > 0:
+                left["n"] -= 1
+                print(f"FAILING {point}", file=sys.stderr, flush=True)
+                raise sqlite3.OperationalError("database or disk is full")
+            failing_save(self, saved)
+
+        WorkOrderStore.save = save_or_fail  # type: ignore[method-assign]
+        return
     if kind == "save":
         role, state, when, *nth = rest
         real_save = WorkOrderStore.save
@@ -66,9 +85,10 @@ def arm(point: str) -> None:
 
 
 def main() -> None:
-    point, separator, *args = sys.argv[1:]
-    assert separator == "--", "usage: killer POINT -- MESH-ARGS..."
-    arm(point)
+    points, separator, *args = sys.argv[1:]
+    assert separator == "--", "usage: killer POINT[,POINT...] -- MESH-ARGS..."
+    for point in points.split(","):
+        arm(point)
     sys.exit(cli.main(args))
 
 

@@ -134,3 +134,42 @@ def test_a_kill_at_each_escrow_step_loses_no_satoshi(tmp_path: Path, role: str) 
 def test_the_whole_kill_matrix_of_the_escrow(tmp_path: Path, role: str) -> None:
     _, fired = _run_chain(tmp_path, role, CHAINS[role])
     assert len(fired) >= len(CHAINS[role]) - 1, fired
+
+
+FAILS = {
+    "buyer": "fail:buyer:accepted:2,fail:buyer:funded:2,fail:buyer:passed:1,fail:buyer:failed:1",
+    "machine": "fail:machine:accepted:1,fail:machine:funded:1,fail:machine:passed:2",
+    "inspector": "fail:inspector:funded:1,fail:inspector:decided:2,fail:inspector:passed:1",
+}
+
+
+@pytest.mark.parametrize("whole", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_failed_writes_at_each_escrow_step_stop_nothing_and_lose_nothing(
+    tmp_path: Path, whole: bool
+) -> None:
+    """Every party's saves fail (as on a full disk) at several steps: each stays up, goes
+    no further than what is saved -- a funding whose acceptance could not be saved is
+    never broadcast -- and every escrow still ends with its rightful owner. (CI: the
+    buyer's and the machine's failures; -m slow: the inspector's too.)"""
+    good, bad = parts(1, 1)
+    fails = FAILS if whole else {r: p for r, p in FAILS.items() if r != "inspector"}
+    programs = {role: (KILLER, points, "--") for role, points in fails.items()}
+    with three_agents(tmp_path, [good, bad], refund_blocks=30, programs=programs) as site:
+        site.buyer.wait(
+            lambda s: len([o for o in s["work_orders"]["orders"]
+                           if o["role"] == "buyer" and o["proven"]]) == 2,
+            120, "both parts settled and proven",
+        )  # fmt: skip
+        every = _orders(site.buyer)
+        for role in fails:
+            agent: RunningAgent = getattr(site, role)
+            assert agent.proc.poll() is None, role  # up all along
+            assert agent.log_lines("^FAILING "), role
+            assert not agent.log_lines("Traceback"), agent.log_lines(".")[-30:]
+        abandoned = [o for o in every if o["state"] == "abandoned"]
+        assert abandoned  # the offers whose acceptance could not be saved
+        with LocalLedger.open(site.ledger) as ledger:
+            for order in abandoned:  # ... were never funded
+                assert ledger.status(order["funding_txid"]).state.value == "unknown", order
+        print(f"\nMEASURE work orders under failed writes: {len(abandoned)} offer(s) abandoned")
+        _check(site, good, bad)
