@@ -67,6 +67,9 @@ WORKFLOW_KEYS = (
 ESCROW_KEYS = ("inspectors", "min_payment")
 INSPECTION_KEYS = ("handler", "pass_when")
 WORKFLOW_KINDS = ("tool-time",)
+MIN_OFFER_BLOCKS = MIN_REFUND_BLOCKS + 2
+"""The smallest ``refund_blocks``: the machine wants `MIN_REFUND_BLOCKS` from its own
+height when the offer arrives, and a block or two may be mined while it travels."""
 PART_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """A part id (matched whole): it names the work order in frames, logs and passports."""
 
@@ -165,7 +168,7 @@ def workflows(raw: object) -> tuple[WorkflowSpec, ...]:
                 payment=payment,
                 fee=fee,
                 inspector=_peer_id(table.get("inspector"), f"{where}.inspector"),
-                refund_blocks=_int(table, where, "refund_blocks", MIN_REFUND_BLOCKS, 12),
+                refund_blocks=_int(table, where, "refund_blocks", MIN_OFFER_BLOCKS, 12),
                 kind=str(kind),
                 tick=_tick(table, where),
                 readings=_optional_string(table, where, "readings"),

@@ -10,6 +10,7 @@ import pytest
 
 from agents.profile import ProfileError, load_profile
 from agents.profile_workflows import (
+    MIN_OFFER_BLOCKS,
     EscrowSpec,
     InspectionSpec,
     WorkflowsConfigError,
@@ -20,7 +21,6 @@ from agents.profile_workflows import (
 )
 from mesh.certs.conditions import parse_condition
 from mesh.identity import Identity
-from mesh.workflow.orders import MIN_REFUND_BLOCKS
 
 INSPECTOR = Identity.generate().peer_id
 OTHER = Identity.generate().peer_id
@@ -203,9 +203,9 @@ PASS_WHEN = '[inspection]\nhandler = "builtin:cmm"\npass_when = '
         (_edit(INSPECTOR, "not-hex"), "workflows[0].inspector", "not hex"),
         (_edit(f'"{INSPECTOR}"', "7"), "workflows[0].inspector", "peer id"),
         (
-            _edit("fee = 20", f"fee = 20\nrefund_blocks = {MIN_REFUND_BLOCKS - 1}"),
+            _edit("fee = 20", f"fee = 20\nrefund_blocks = {MIN_OFFER_BLOCKS - 1}"),
             "workflows[0].refund_blocks",
-            f"at least {MIN_REFUND_BLOCKS}",
+            f"at least {MIN_OFFER_BLOCKS}",
         ),
         (
             _edit("fee = 20", "fee = 20\nrefund_blocks = 12.0"),
