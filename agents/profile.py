@@ -157,6 +157,8 @@ class WantSpec:
     """Seconds without a unit before an order ends (0: 10 ticks, at least 5 s)."""
     require: str = ""
     """A requirement (`Profile.requirements`) a provider must prove before we buy."""
+    order_prefix: bytes = b""
+    """The first bytes of every order's id (a work order's tag: `mesh.workflow.orders`)."""
 
     def wait_limit(self) -> float:
         """How long an order waits for its next unit before it ends."""

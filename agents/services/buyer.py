@@ -131,7 +131,8 @@ class Buyer:
         keeps nothing per unit. A payment the channel refuses (`MeshError`: it is full,
         closing or gone) ends the order with what arrived and was paid counted.
         """
-        order_id = secrets.token_bytes(16)
+        prefix = want.order_prefix[:8]
+        order_id = prefix + secrets.token_bytes(16 - len(prefix))
         budget = min(want.budget, want.units * price)
         # What an earlier order on this channel paid ahead and never got is counted as
         # paid for this one: a seller that took a prepay and delivered nothing is not

@@ -60,7 +60,7 @@ from mesh.workflow.frames import (
     Verdict,
     WorkRecord,
 )
-from mesh.workflow.orders import BuyerOrder, OrderState
+from mesh.workflow.orders import BuyerOrder, OrderState, service_order_prefix
 from mesh.workflow.verdict import open_verdict
 
 ROLE = "buyer"
@@ -442,7 +442,8 @@ class BuyerWork:
     def _want(self, spec: WorkflowSpec, order_id: bytes, units: int = 0) -> WantProgress:
         want = WantSpec(spec.service, spec.max_price, units or spec.units,
                         (units or spec.units) * spec.max_price, 1, spec.kind, spec.tick,
-                        f"{REQUEST_PREFIX}{order_id.hex()}")  # fmt: skip
+                        f"{REQUEST_PREFIX}{order_id.hex()}",
+                        order_prefix=service_order_prefix(order_id))  # fmt: skip
         return WantProgress(want)
 
     async def _step(self, live: _Live) -> None:

@@ -24,6 +24,7 @@ change. (docs/ARCHITECTURE.md §4)
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 
 from bsv.keys import PrivateKey
@@ -76,6 +77,13 @@ def step(state: OrderState, event: str) -> OrderState:
         return TABLE[(state, event)]
     except KeyError:
         raise LocalProtocolError(f"order: no {event!r} in state {state.value}") from None
+
+
+def service_order_prefix(order_id: bytes) -> bytes:
+    """The first 8 bytes of every service order a buyer places for a work order's tool
+    time (the rest random): the machine's meter statements of those orders name the
+    work order, so a passport can bind them to it."""
+    return hashlib.sha256(b"m2mesh work order " + order_id).digest()[:8]
 
 
 def terms_of(
@@ -325,6 +333,7 @@ __all__ = [
     "InspectorOrder",
     "MachineOrder",
     "OrderState",
+    "service_order_prefix",
     "step",
     "terms_of",
 ]

@@ -26,6 +26,7 @@ The JSON document (format 1)::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from mesh.chain.rules import Prevout, check_scripts
 from mesh.chain.tx import Outpoint, parse_exact, txid_of
 from mesh.errors import RemoteProtocolError
 from mesh.workflow.escrow import EscrowError, EscrowTerms, Way, escrow_tx
-from mesh.workflow.orders import terms_of
+from mesh.workflow.orders import service_order_prefix, terms_of
 from mesh.workflow.verdict import STREAM, VerdictBody, VerdictError
 
 FORMAT = 1
@@ -191,10 +192,17 @@ def verify_passport(passport: Passport, headers: HeaderChain) -> list[str]:
     by_stream: dict[str, list[Verified]] = {}
     for v in verified:
         by_stream.setdefault(v.record.stream, []).append(v)
-    meters = [v for v in by_stream.get("meters", []) if v.record.agent.hex() == p.machine]
+    tag = service_order_prefix(p.order_id).hex()
+    meters = [
+        m
+        for v in by_stream.get("meters", [])
+        if v.record.agent.hex() == p.machine and (m := _meter(v.record.payload, p.buyer, tag))
+    ]
     if not meters:
-        raise PassportFailed("meters", "no meter statement signed by the machine")
-    story.append(f"  {len(meters)} meter statement(s) of the machine, anchored")
+        raise PassportFailed("meters", "no meter statement of the machine for this work order")
+    units, paid = sum(m[0] for m in meters), sum(m[1] for m in meters)
+    story.append(f"  {len(meters)} meter statement(s) of the machine for this order, anchored:"
+                 f" {units} unit(s) of tool time, {paid} sat paid over a channel")  # fmt: skip
     readings = [v for v in verified if v.record.stream.startswith("readings/")]
     if readings:
         agents = {v.record.agent.hex()[:16] for v in readings}
@@ -228,6 +236,24 @@ def verify_passport(passport: Passport, headers: HeaderChain) -> list[str]:
     story.append(f"  escrow settled by the {way.value[0]}: {paid} sat to {to} in block "
                  f"{p.settlement.height}")  # fmt: skip
     return story
+
+
+def _meter(payload: bytes, buyer: str, tag: str) -> tuple[int, int] | None:
+    """(units, paid) of a machine's final meter statement to `buyer` of a service
+    order whose id starts with the work order's `tag`; None for any other record."""
+    try:
+        fields = json.loads(payload)
+        if (
+            isinstance(fields, dict)
+            and fields.get("role") == "provider"
+            and fields.get("final") is True
+            and fields.get("peer") == buyer
+            and str(fields.get("order", "")).startswith(tag)
+        ):
+            return int(fields["units"]), int(fields["paid"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _way(raw: bytes, terms: EscrowTerms) -> Way:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import secrets
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from agents.cli import main
+from agents.services.orders import statement
 from agents.workflows.store import WorkOrderStore
 from mesh.anchoring.headers import HeaderChain
 from mesh.anchoring.proof import single_tx_bump
@@ -20,6 +22,7 @@ from mesh.chain.base import TxState
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import Identity
 from mesh.store import Store
+from mesh.workflow.orders import service_order_prefix
 from mesh.workflow.passport import (
     MinedTx,
     Passport,
@@ -56,7 +59,13 @@ async def a_passport(tmp_path: Path, passed: bool = True) -> tuple[Passport, Hea
                 )
                 for role in ("machine", "sensor", "inspector")
             }
-            await runs["machine"].anchorer.log("meters", b"tool-time: 8 units of spindle-time")
+            tool_time = statement("provider", service_order_prefix(order.machine.terms.order_id)
+                                  + secrets.token_bytes(8), "spindle-time", order.buyer.buyer,
+                                  secrets.token_bytes(32), 8, 2, 16)  # fmt: skip
+            await runs["machine"].anchorer.log("meters", tool_time)
+            other = statement("provider", secrets.token_bytes(16), "spindle-time",
+                              order.buyer.buyer, secrets.token_bytes(32), 5, 2, 10)  # fmt: skip
+            await runs["machine"].anchorer.log("meters", other)  # another order's
             for n in range(3):
                 await runs["sensor"].anchorer.log("readings/vibration", f"r{n}".encode())
             await runs["inspector"].anchorer.log(STREAM, body.encode())
@@ -67,6 +76,7 @@ async def a_passport(tmp_path: Path, passed: bool = True) -> tuple[Passport, Hea
                 await run.anchorer.wait_mined()
             proofs = [
                 await runs["machine"].anchorer.proof("meters", 0),
+                await runs["machine"].anchorer.proof("meters", 1),
                 *[await runs["sensor"].anchorer.proof("readings/vibration", n) for n in range(3)],
                 await runs["inspector"].anchorer.proof(STREAM, 0),
             ]
@@ -108,7 +118,7 @@ async def test_a_passport_tells_the_story_of_a_good_part_offline(tmp_path: Path)
     text = "\n".join(story)
     assert "part P-123" in story[0]
     assert "escrow 5000 sat funded by the buyer" in text
-    assert "1 meter statement(s) of the machine" in text
+    assert "1 meter statement(s) of the machine for this order, anchored: 8 unit(s)" in text
     assert "3 process reading(s)" in text
     assert "PASS (deviation_um 12)" in text
     assert "settled by the release: 4980 sat to the machine" in text
