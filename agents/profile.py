@@ -546,10 +546,7 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
             check_uses(f"services[{i}].require", spec.require, required)
         for i, want in enumerate(wants):
             check_uses(f"wants[{i}].require", want.require, required)
-        orders = workflows(top.get("workflows", list, []))
-        for i, order in enumerate(orders):
-            check_uses(f"workflows[{i}].require", order.require, required)
-            check_uses(f"workflows[{i}].machine_require", order.machine_require, required)
+        orders = workflows(top.get("workflows", list, []), required)
         machine = escrow(top.get("escrow", dict, {}) if "escrow" in raw else None)
         inspector = inspection(top.get("inspection", dict, {}) if "inspection" in raw else None)
     except (CertsConfigError, WorkflowsConfigError) as exc:

@@ -44,7 +44,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from agents.profile_certs import CertsConfigError, check_uses
 from mesh.certs.conditions import Condition, ConditionError, parse_condition
+from mesh.certs.policy import Requirement
 from mesh.identity import parse_peer_id
 from mesh.workflow.orders import MIN_REFUND_BLOCKS
 
@@ -122,9 +124,12 @@ class InspectionSpec:
     pass_when: tuple[Condition, ...]
 
 
-def workflows(raw: object) -> tuple[WorkflowSpec, ...]:
+def workflows(
+    raw: object, required: Mapping[str, Requirement] | None = None
+) -> tuple[WorkflowSpec, ...]:
     """The ``[[workflows]]`` array: one `WorkflowSpec` each; ids and part ids unique
-    across the array."""
+    across the array; a ``require`` or ``machine_require`` names one of `required`
+    (the profile's ``[requirements]``)."""
     if not isinstance(raw, list):
         raise WorkflowsConfigError("workflows", "expected an array of tables")
     found: list[WorkflowSpec] = []
@@ -176,6 +181,12 @@ def workflows(raw: object) -> tuple[WorkflowSpec, ...]:
                 machine_require=_optional_string(table, where, "machine_require"),
             )
         )
+    for i, spec in enumerate(found):
+        for key in ("require", "machine_require"):
+            try:
+                check_uses(f"workflows[{i}].{key}", getattr(spec, key), required or {})
+            except CertsConfigError as exc:
+                raise WorkflowsConfigError(exc.key, exc.problem) from None
     return tuple(found)
 
 

@@ -150,6 +150,8 @@ PASS_WHEN = '[inspection]\nhandler = "builtin:cmm"\npass_when = '
         ("workflows = [5]\n" + AGENT, "workflows[0]", "expected a table"),
         (_edit("fee = 20", "fee = 20\nfees = 1"), "workflows[0].fees", "did you mean 'fee'"),
         (_edit("fee = 20", "fee = 20\ncolour = 1"), "workflows[0].colour", "unknown key"),
+        (_edit("fee = 20", 'fee = 20\nrequire = "lab"'), "workflows[0].require", "lab"),
+        (_edit("fee = 20", 'fee = 20\nmachine_require = "x"'), "workflows[0].machine_require", "x"),
         (_edit('id = "brackets"\n', ""), "workflows[0].id", "is required"),
         (_edit('id = "brackets"', 'id = ""'), "workflows[0].id", "is required"),
         (_edit('id = "brackets"', "id = 7"), "workflows[0].id", "non-empty string"),
