@@ -25,10 +25,11 @@ from typing import Any
 import trio
 
 from agents.logs import log_context
-from mesh.certs.certificate import CertificateError
+from mesh.certs.certificate import Certificate, CertificateError
 from mesh.certs.frames import ProofOffer, ProofRefused, ProofRequest
 from mesh.certs.policy import Held, Proven, Requirement, answer_request, check_offer
-from mesh.chain.base import Chain, OutputState
+from mesh.certs.revocation import Revocation, judge, outpoint_of
+from mesh.chain.base import Chain
 from mesh.chain.errors import ChainUnavailable
 from mesh.identity import Identity
 from mesh.net.ratelimit import PeerBudgets
@@ -153,22 +154,26 @@ class Proofs:
         try:
             today = datetime.now(UTC).date()
             proven = check_offer(requirement, answer, peer_id, self.identity.key, today)
-            if proven.revocable:
-                await self._not_revoked(proven.revocation_outpoint)
+            if proven.revocable and proven.certificate is not None:
+                await self._not_revoked(proven.certificate)
         except CertificateError as exc:
             return exc
         return proven
 
-    async def _not_revoked(self, outpoint: str) -> None:
-        """Spent means revoked; an outpoint our chain does not know proves nothing."""
-        txid, vout = outpoint.split(".")
+    async def _not_revoked(self, cert: Certificate) -> None:
+        """Spent means revoked; an outpoint our chain does not know proves nothing
+        (`mesh.certs.revocation.judge`)."""
+        outpoint = outpoint_of(cert.revocation_outpoint)
         try:
-            output = await self._chain.output(txid, int(vout))
+            output = await self._chain.output(outpoint.txid, outpoint.vout)
         except ChainUnavailable as exc:
             raise CertificateError("revocation", f"the chain did not answer: {exc}") from None
-        if output.state is OutputState.SPENT:
-            raise CertificateError("revoked", f"the certifier revoked it (spent {outpoint[:16]}…)")
-        if output.state is not OutputState.UNSPENT:
+        verdict = judge(cert, output.state)
+        if verdict is Revocation.REVOKED:
+            raise CertificateError(
+                "revoked", f"the certifier revoked it (spent {outpoint.txid[:16]}…)"
+            )
+        if verdict is Revocation.UNKNOWN:
             raise CertificateError("revocation", "its revocation outpoint is not on our chain")
 
     def _remember(self, peer_id: str, name: str, outcome: Proven | CertificateError) -> Proven:

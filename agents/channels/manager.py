@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from agents.channels.effects import ChannelEffects, CommitStopped, payout_label
+from agents.channels.effects import ChannelCallback, ChannelEffects, CommitStopped, payout_label
 from agents.logs import log_context
 from mesh.chain.base import Chain
 from mesh.chain.errors import ChainError, ChainUnavailable
@@ -125,24 +125,24 @@ class ChannelManager:
         self.effects.on_acked = callback
 
     @property
-    def on_ended(self) -> Any:
+    def on_ended(self) -> ChannelCallback | None:
         """on_ended(channel_id): a channel we are paid on ended early (its funding is
         gone): deliver nothing more against it."""
         return self.effects.on_ended
 
     @on_ended.setter
-    def on_ended(self, callback: Any) -> None:
+    def on_ended(self, callback: ChannelCallback | None) -> None:
         self.effects.on_ended = callback
 
     @property
-    def on_final(self) -> Any:
+    def on_final(self) -> ChannelCallback | None:
         """on_final(channel_id): the manager let go of a channel's state (final and
         past `keep_final`, or an unfunded proposal forgotten): let go of whatever else
         is kept per channel. Once per channel, never for one still held."""
         return self.effects.on_final
 
     @on_final.setter
-    def on_final(self, callback: Any) -> None:
+    def on_final(self, callback: ChannelCallback | None) -> None:
         self.effects.on_final = callback
 
     # ---------------------------------------------------------------- queries

@@ -66,6 +66,8 @@ from mesh.workflow.verdict import open_verdict
 ROLE = "buyer"
 ACCEPT_SECONDS = 15.0
 """How long a machine has to accept an offer before the buyer abandons it."""
+OFFER_AGAIN_SECONDS = 2.0
+"""How often an offer not yet answered is sent again."""
 ASK_SECONDS = 3.0
 """How often the inspector is asked again while no verdict came."""
 RELEASE_GRACE = 6.0
@@ -303,16 +305,19 @@ class BuyerWork:
         saved = Saved(order_id, ROLE, spec.id, part, "offered", data)
         await ctx.save(saved)
         live = self._open(saved, order, spec)
-        await ctx.send(machine, order.offer)
         accepted = None
         with trio.move_on_after(ACCEPT_SECONDS):
             while accepted is None:
-                frame = await live.frames.receive()
-                if isinstance(frame, EscrowRefused):
-                    await self._abandon(live, f"refused: {frame.reason} ({frame.code})")
-                    return None
-                if isinstance(frame, EscrowAccepted):
-                    accepted = frame
+                # Sent again now and then: a machine that was still starting, or a frame
+                # lost with a session, answers the same offer the same way.
+                await ctx.send(machine, order.offer)
+                with trio.move_on_after(OFFER_AGAIN_SECONDS):
+                    frame = await live.frames.receive()
+                    if isinstance(frame, EscrowRefused):
+                        await self._abandon(live, f"refused: {frame.reason} ({frame.code})")
+                        return None
+                    if isinstance(frame, EscrowAccepted):
+                        accepted = frame
         if accepted is None:
             await self._abandon(live, "the machine did not accept in time")
             return None
