@@ -41,7 +41,7 @@ from agents.profile import WantSpec
 from agents.profile_workflows import WorkflowSpec
 from agents.workflows.context import WorkContext, log, reservation
 from agents.workflows.machine import REQUEST_PREFIX
-from agents.workflows.store import Saved, summary
+from agents.workflows.store import Saved, buyer_summary
 from mesh.anchoring.errors import RecordError, RecordRejected
 from mesh.anchoring.record import SignedRecord, open_record
 from mesh.certs.certificate import Certificate, CertificateError
@@ -189,6 +189,7 @@ class BuyerWork:
         it), and finish the orders of workflows the profile no longer has."""
         self.settled = await self.ctx.db(self.ctx.orders.settled_parts)
         rows = [r for r in await self.ctx.db(self.ctx.orders.unfinished) if r.role == ROLE]
+        await self._free_orphans({reservation(r.order_id) for r in rows})
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for spec in self.specs.values():
@@ -196,6 +197,14 @@ class BuyerWork:
             for saved in rows:
                 if saved.workflow not in self.specs:
                     nursery.start_soon(self._resume, saved, stop)
+
+    async def _free_orphans(self, kept: set[str]) -> None:
+        """Free the coins of escrow fundings built for no order left to carry on (a stop
+        between building the funding and saving the offer): nothing was broadcast."""
+        held = await self.ctx.db(self.ctx.wallet.reservations)
+        for orphan in sorted(r for r in held if r.startswith("escrow-") and r not in kept):
+            freed = await self.ctx.db(self.ctx.wallet.release, orphan)
+            log.info("work orders: %d coin(s) of an unsent escrow funding freed", freed)
 
     async def _workflow(self, spec: WorkflowSpec, stop: trio.Event) -> None:
         """The parts in turn. Each try starts from what the store holds of the part, so a
@@ -303,7 +312,12 @@ class BuyerWork:
                 "funding": draft.raw}  # fmt: skip
         data.update(certificates)
         saved = Saved(order_id, ROLE, spec.id, part, "offered", data)
-        await ctx.save(saved)
+        try:
+            await ctx.save(saved)
+        except STORAGE_ERRORS:  # no row: its coins go back (or at the next start)
+            with contextlib.suppress(*STORAGE_ERRORS):
+                await ctx.db(ctx.wallet.release, reservation(order_id))
+            raise
         live = self._open(saved, order, spec)
         accepted = None
         with trio.move_on_after(ACCEPT_SECONDS):
@@ -555,25 +569,7 @@ class BuyerWork:
 
     def status(self, rows: list[Saved]) -> list[dict[str, object]]:
         """The buyer's orders for `mesh status` (newest first)."""
-        out: list[dict[str, object]] = []
-        for s in rows:
-            if s.role != ROLE:
-                continue
-            offer = decode(s.data["offer"])
-            assert isinstance(offer, EscrowOffer)
-            verdict = decode(s.data["verdict"]) if s.data.get("verdict") else None
-            out.append(summary(s, s.data["machine"]) | {
-                "workflow": s.workflow, "amount": offer.amount, "fee": offer.fee,
-                "verdict": None if not isinstance(verdict, Verdict)
-                else ("PASS" if verdict.passed else "FAIL"),
-                "units": s.data.get("units", 0), "paid": s.data.get("paid", 0),
-                "proven": s.done and "settlement_mined" in s.data,
-                "funding_txid": offer.funding_txid, "settlement": s.data.get("settlement"),
-                "buyer_payout": offer.buyer_payout.hex(),
-                "machine_payout": bytes(s.data.get("payout", b"")).hex(),
-                "why": s.data.get("why"),
-            })  # fmt: skip
-        return out
+        return [buyer_summary(s) for s in rows if s.role == ROLE]
 
 
 def _left_over(saved: Saved) -> WorkflowSpec:

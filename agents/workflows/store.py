@@ -21,6 +21,8 @@ from typing import Any
 import msgpack
 
 from mesh.store import Schema, Store
+from mesh.wire import decode
+from mesh.workflow.frames import EscrowOffer, Verdict
 
 WORK_ORDER_SCHEMA = Schema(
     "work_orders",
@@ -66,6 +68,25 @@ def summary(saved: Saved, peer: str) -> dict[str, object]:
     """What `mesh status` shows of any role's row (`peer`: the other party it deals with)."""
     return {"role": saved.role, "order_id": saved.order_id.hex(), "part": saved.part,
             "state": saved.state, "peer": peer}  # fmt: skip
+
+
+def buyer_summary(s: Saved) -> dict[str, object]:
+    """What `mesh status` shows of a buyer's row: the escrow, the verdict, the tool
+    time, where the money went and whether the passport can be exported."""
+    offer = decode(s.data["offer"])
+    assert isinstance(offer, EscrowOffer)
+    verdict = decode(s.data["verdict"]) if s.data.get("verdict") else None
+    return summary(s, s.data["machine"]) | {
+        "workflow": s.workflow, "amount": offer.amount, "fee": offer.fee,
+        "verdict": None if not isinstance(verdict, Verdict)
+        else ("PASS" if verdict.passed else "FAIL"),
+        "units": s.data.get("units", 0), "paid": s.data.get("paid", 0),
+        "proven": s.done and "settlement_mined" in s.data,
+        "funding_txid": offer.funding_txid, "settlement": s.data.get("settlement"),
+        "buyer_payout": offer.buyer_payout.hex(),
+        "machine_payout": bytes(s.data.get("payout", b"")).hex(),
+        "why": s.data.get("why"),
+    }  # fmt: skip
 
 
 class WorkOrderStore:
@@ -143,4 +164,4 @@ class WorkOrderStore:
         ]
 
 
-__all__ = ["ROLES", "WORK_ORDER_SCHEMA", "Saved", "WorkOrderStore", "summary"]
+__all__ = ["ROLES", "WORK_ORDER_SCHEMA", "Saved", "WorkOrderStore", "buyer_summary", "summary"]

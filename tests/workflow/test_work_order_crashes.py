@@ -26,6 +26,7 @@ from tests.workflow.three import FEE, PAYMENT, Three, escrow_flows, parts, three
 
 CHAINS: dict[str, list[str]] = {
     "buyer": [
+        "save:buyer:offered:before",  # the funding built, its coins reserved, no row yet
         "save:buyer:offered:after",  # the offer saved, not yet sent: abandoned at restart
         "save:buyer:accepted:after",  # the refund signature kept, the funding not out
         "broadcast:1:after",  # the funding out, not yet marked funded
