@@ -21,9 +21,11 @@ Nothing here is kept per unit; `WantProgress` keeps totals and the last few orde
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -110,6 +112,7 @@ class Purchases:
         self._stop = stop
         self._proofs = proofs
         self._asked: dict[str, float] = {}  # provider -> when it last asked us for proof
+        self._order_locks: dict[tuple[str, str], trio.Lock] = {}
 
     async def want(
         self,
@@ -159,13 +162,16 @@ class Purchases:
                     progress.state = "asking for proof"
                     await self._proofs.require(provider, want.require)
                     progress.state = "buying"
-                channel_id, room = await self.channel_for(provider, want.service, price, budget)
-                remaining = replace(
-                    want, units=want.units - progress.delivered, budget=min(budget, room)
-                )
-                result = await self._buyer.buy(
-                    provider, remaining, price, channel_id, stop=stop, on_unit=on_unit
-                )
+                # One order at a time per seller and service where work orders buy tool
+                # time beside the wants: each order is sized to its channel's room.
+                async with self._one_order(provider, want.service):
+                    channel_id, room = await self.channel_for(provider, want.service, price, budget)
+                    remaining = replace(
+                        want, units=want.units - progress.delivered, budget=min(budget, room)
+                    )
+                    result = await self._buyer.buy(
+                        provider, remaining, price, channel_id, stop=stop, on_unit=on_unit
+                    )
             except (ChannelFailure, MeshError) as exc:
                 log.warning("buying %s from %s failed: %s", want.service, provider[:16], exc)
                 progress.failure = f"buying from {provider[:16]} failed: {exc}"
@@ -186,6 +192,14 @@ class Purchases:
                 progress.state = "looking"
                 await trio.sleep(1.0)
         progress.state = "done" if progress.delivered >= want.units else "stopped"
+
+    def _one_order(self, provider: str, service: str) -> AbstractAsyncContextManager[object]:
+        """The lock of (`provider`, `service`) when the profile has work orders (their
+        tool time and a want of the same service would share a channel's room: two
+        orders at once could overrun it); nothing to wait for otherwise."""
+        if not self.profile.workflows:
+            return contextlib.nullcontext()
+        return self._order_locks.setdefault((provider, service), trio.Lock())
 
     def _first_ask(self, provider: str) -> bool:
         """Whether `provider` asks us for a certificate for the first time in a minute
