@@ -376,6 +376,8 @@ def run_site(agents: tuple[SiteAgent, ...], options: RunOptions) -> int:
         print(json.dumps(summary, indent=1))
         for line in summary["unmet"]:
             out.line(f"UNMET: {line}")
+        for line in summary["mismatches"]:
+            out.line(f"MISMATCH: {line}")
     else:
         print_summary(summary, out)
     for line in summary["report"]:

@@ -234,6 +234,9 @@ def reconcile(roster: Roster, final: Statuses) -> dict[str, Any]:
     )
     wants = roster.wants(final)
     missing = unmet(wants) + unmet_work(final)
+    why = mismatches(channels, orders)
+    if not balance.balanced:
+        why.append("the ledger does not balance")
     return {
         "site": roster.site,
         "data_dir": str(roster.root),
@@ -245,6 +248,7 @@ def reconcile(roster: Roster, final: Statuses) -> dict[str, Any]:
         "channels": channels,
         "meters": meters,
         "channels_reconcile": channels_ok,
+        "mismatches": why,
         "ledger_balanced": balance.balanced,
         "records": streams,
         # Every agent's own records are anchored and mined; copies a buyer keeps of a
@@ -258,6 +262,27 @@ def reconcile(roster: Roster, final: Statuses) -> dict[str, Any]:
         and balance.balanced
         and all(o["ledger_ok"] for o in orders),
     }
+
+
+def mismatches(channels: list[dict[str, Any]], orders: list[dict[str, Any]]) -> list[str]:
+    """Why the channels and work orders do not reconcile, one line each (none: they do)."""
+    lines: list[str] = []
+    for c in channels:
+        name = f"channel {c['channel_id'][:16]} ({c['service']}"
+        name += f", {c['payer_agent'] or c['payer'][:16]} -> {c['provider'] or c['payee'][:16]})"
+        if c["payer_agent"] is None or c["provider"] is None:
+            lines.append(f"{name}: one end is no agent of this site")
+        elif c["state"] != "closed" or not c["close_mined"]:
+            lines.append(f"{name}: {c['state']}, close mined: {c['close_mined']}")
+        elif not c["payee_on_ledger"] == c["total"] == c["delivered_value"]:
+            lines.append(
+                f"{name}: paid {c['total']} sat, the meter says {c['delivered_value']},"
+                f" the ledger {c['payee_on_ledger']}"
+            )
+    for o in orders:
+        if not o["ledger_ok"]:
+            lines.append(f"work order of part {o['part']}: the ledger does not match its state")
+    return lines
 
 
 def _agent(roster: Roster, name: str, channels: list[dict[str, Any]]) -> dict[str, Any]:
@@ -347,6 +372,8 @@ def print_summary(summary: dict[str, Any], out: Out | None = None) -> None:
     else:
         verdict = "reconcile exactly" if summary["reconciled"] else "DO NOT reconcile"
         say(f"on-ledger balances and meters {verdict}; {balanced}")
+    for line in summary["mismatches"]:
+        say(f"MISMATCH: {line}")
     say()
     _records(say, summary["records"])
 

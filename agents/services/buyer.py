@@ -138,6 +138,10 @@ class Buyer:
         # paid for this one: a seller that took a prepay and delivered nothing is not
         # paid ahead again, however often it is ordered from.
         ahead = self._ahead.pop(channel_id, 0)
+        # Order only the units the budget pays: a seller running a tick of credit ahead
+        # would otherwise deliver one more than a nearly full channel -- or the want's
+        # last satoshis -- can pay, and be left with it unpaid.
+        want = replace(want, units=max(1, min(want.units, max(budget, ahead) // price)))
         # Paid in steps of half the prepay window (a unit at least): the seller never
         # runs dry, and a fast feed is not one signed update -- and one journal write
         # on each side -- per reading.

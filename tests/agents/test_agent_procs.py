@@ -37,8 +37,9 @@ def mesh(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 def test_demo_runs_and_reconciles_to_the_satoshi(tmp_path: Path) -> None:
     # It ends as soon as every want is done (~12 s); the bound only catches a hang.
     result = mesh("demo", "--seconds", "40", "--json", "--data-dir", str(tmp_path / "demo"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]  # MISMATCH/UNMET lines say why
     summary = json.loads(result.stdout)
+    assert summary["mismatches"] == []
     assert summary["site"].startswith("demo-") and not summary["unmet"]
     assert {(w["agent"], w["service"], w["state"]) for w in summary["wants"]} == {
         ("robot-cell", "spindle-time", "done"),
