@@ -44,8 +44,7 @@ def test_each_kind_of_mismatch_is_named() -> None:
         " paid 12 sat, the meter says 14, the ledger 12",
         "channel abababababababab (spindle-time, robot-cell -> cnc-mill):"
         " paid 12 sat, the meter says 12, the ledger 10",
-        "channel abababababababab (spindle-time, robot-cell -> cnc-mill): open,"
-        " close mined: False",
+        "channel abababababababab (spindle-time, robot-cell -> cnc-mill): open, close mined: False",
         "channel abababababababab (spindle-time, robot-cell -> 0322222222222222):"
         " one end is no agent of this site",
         "work order of part BRK-008: the ledger does not match its state",
