@@ -44,7 +44,7 @@ from bsv.transaction import Transaction
 
 from mesh.chain.base import OutputState, OutputStatus, TxState, TxStatus, Utxo
 from mesh.chain.errors import ChainError, ChainUnavailable, TxRejected
-from mesh.chain.rules import MAX_MONEY
+from mesh.chain.rules import MAX_MONEY, Policy
 from mesh.chain.spv import ChainBackedTracker
 from mesh.chain.tx import is_data_script, p2pkh_script, tx_id
 
@@ -216,6 +216,10 @@ class ArcChain:
             return bool(await self._woc.is_valid_root_for_height(merkle_root, height))
         except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
             raise ChainUnavailable(f"WhatsOnChain header {height}: {exc}") from None
+
+    async def policy(self) -> Policy:
+        """ARC's policy (``GET /v1/policy``): not read yet, so the default node policy."""
+        return Policy()
 
     async def utxos(self, address: str) -> list[Utxo]:
         """Unspent outputs of `address` from WhatsOnChain (height 0 = unconfirmed)."""

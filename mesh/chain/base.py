@@ -19,6 +19,8 @@ from typing import Protocol
 from bsv.merkle_path import MerklePath
 from bsv.transaction import Transaction
 
+from mesh.chain.rules import Policy
+
 
 class TxState(enum.Enum):
     """Where a transaction stands, as far as the backend knows."""
@@ -120,4 +122,9 @@ class Chain(Protocol):
 
     async def is_valid_root(self, merkle_root: str, height: int) -> bool:
         """True when the block at `height` has Merkle root `merkle_root` (display hex)."""
+        ...
+
+    async def policy(self) -> Policy:
+        """The network's transaction policy as this chain's miners publish it: fee rate,
+        minimum fee, size limits (a fee below it is refused at a channel's open)."""
         ...

@@ -24,6 +24,7 @@ from bsv.transaction import Transaction
 
 from mesh.chain.base import OutputStatus, TxStatus, Utxo
 from mesh.chain.ledger import BlockInfo, Clock, LocalLedger
+from mesh.chain.rules import Policy
 from mesh.chain.spv import ChainBackedTracker
 from mesh.chain.tx import p2pkh_script
 
@@ -81,6 +82,10 @@ class LocalChain:
     async def utxos(self, address: str) -> list[Utxo]:
         """Unspent P2PKH outputs paying `address`."""
         return await self._run(self.ledger.utxos, p2pkh_script(address))
+
+    async def policy(self) -> Policy:
+        """The ledger's policy (fixed when the ledger file was created)."""
+        return self.ledger.policy
 
     async def is_valid_root(self, merkle_root: str, height: int) -> bool:
         """True when the ledger's block at `height` has this Merkle root."""

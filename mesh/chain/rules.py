@@ -53,10 +53,16 @@ class Policy:
     min_fee: int = 1
     max_tx_size: int = 10_000_000
     finality: str = "bitcoin"
+    max_script_size: int = 500_000  # SV Node's default `maxscriptsizepolicy`
 
     def __post_init__(self) -> None:
-        if self.fee_rate < 0 or self.min_fee < 0 or self.max_tx_size <= 0:
-            raise ValueError("policy values must be non-negative (size positive)")
+        if (
+            self.fee_rate < 0
+            or self.min_fee < 0
+            or self.max_tx_size <= 0
+            or self.max_script_size <= 0
+        ):
+            raise ValueError("policy values must be non-negative (sizes positive)")
         if self.finality not in FINALITY_RULES:
             raise ValueError(f"finality must be one of {FINALITY_RULES}, not {self.finality!r}")
 
