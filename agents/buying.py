@@ -279,7 +279,7 @@ class Purchases:
                 if room >= price:
                     return record.terms.channel_id, room
                 await self._close(record.terms.channel_id)  # full: settle it
-        capacity = min(budget, self.profile.capacity) + self._manager.config.close_fee
+        capacity = min(budget, self.profile.capacity) + (await self._manager.fees()).close
         channel_id = await self._manager.open(
             provider, service, capacity, self.profile.lifetime_blocks
         )

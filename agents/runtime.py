@@ -172,7 +172,7 @@ class Agent:
         chain = LocalChain.open(self.ledger)
         channels: ChannelStore | None = None
         try:
-            self.wallet = Wallet(store, identity)
+            self.wallet = Wallet(store, identity, policy=await chain.policy())
             channels = ChannelStore(store)
             config = NodeConfig(heartbeat_interval=profile.heartbeat, dead_after=profile.dead_after)
             summary = ProfileSummary(profile.name, profile.offers())

@@ -203,6 +203,7 @@ class ChannelEffects:
             frame = effect.frame
             try:
                 height = await self.chain.height()
+                policy = await self.chain.policy()
             except ChainUnavailable as exc:
                 rejection = protocol.refuse(
                     effect.peer_id, frame.channel_id, "chain-unavailable", str(exc), now, False
@@ -213,7 +214,9 @@ class ChannelEffects:
                 self.store.seen, frame.channel_id, frame.funding_txid, frame.funding_vout
             )
             now = trio.current_time()
-            await self.run(protocol.offer_checked(effect.peer_id, frame, height, seen, now))
+            await self.run(
+                protocol.offer_checked(effect.peer_id, frame, height, seen, now, policy=policy)
+            )
         elif isinstance(effect, CheckFunding):
             await self.run(await self._check_funding(effect))
         elif isinstance(effect, CheckFundingUnspent):

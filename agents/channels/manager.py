@@ -42,6 +42,7 @@ from mesh.channel.config import (
     is_txid,
 )
 from mesh.channel.effects import CommitNow
+from mesh.channel.fees import ChannelFees, offered_fees
 from mesh.channel.frames import ChannelOpen
 from mesh.channel.protocol import CHANNEL_FRAMES, ChannelProtocol
 from mesh.channel.settle import channel_summary
@@ -325,6 +326,14 @@ class ChannelManager:
 
     # ---------------------------------------------------------------- payer
 
+    async def fees(self) -> ChannelFees:
+        """The close and refund fees a channel opened now offers (the network's policy,
+        with headroom: `mesh.channel.fees`); `ChannelFailure` when above our limit."""
+        try:
+            return offered_fees(self.config, await self.chain.policy())
+        except ValueError as exc:
+            raise ChannelFailure(str(exc)) from None
+
     async def open(self, peer_id: str, service: str, capacity: int, lifetime_blocks: int) -> bytes:
         """Open a funded channel to `peer_id`; returns its id once the payee says open."""
         if not self.health.healthy:
@@ -335,9 +344,14 @@ class ChannelManager:
         channel_id = secrets.token_bytes(32)
         with log_context(peer=peer_id, channel=channel_id.hex(), service=service):
             expiry = await self.chain.height() + lifetime_blocks
+            fees = await self.fees()
+            if fees.close >= capacity:
+                raise ChannelFailure(
+                    f"a capacity of {capacity} sat does not cover the close fee of {fees.close}"
+                )
             payout = await self.effects.write(lambda: p2pkh_script(self.wallet.new_address()))
             script, keys = self.protocol.opening.funding_script(
-                peer_id, channel_id, capacity, expiry, payout
+                peer_id, channel_id, capacity, fees, expiry, payout
             )
             try:
                 draft = await self.effects.thread(
@@ -347,7 +361,7 @@ class ChannelManager:
                 self.health.fault("channel-records", exc)
                 raise ChannelFailure(f"storage fault: {describe(exc)}") from None
             offer = self.protocol.opening.propose(
-                peer_id, channel_id, service, capacity, expiry, payout, draft.txid, keys
+                peer_id, channel_id, service, capacity, fees, expiry, payout, draft.txid, keys
             )
             with self.effects.replies(channel_id) as replies:
                 try:

@@ -101,8 +101,9 @@ class MachineWork:
         try:
             payout = await ctx.payout(offer.order_id)
             height = await ctx.chain.height()
+            policy = await ctx.chain.policy()
             _, accepted = MachineOrder.accept(
-                ctx.identity.key, buyer, offer, payout, height, self.spec.inspectors
+                ctx.identity.key, buyer, offer, payout, height, self.spec.inspectors, policy
             )
         except (EscrowError, ValueError) as exc:
             rule = exc.rule if isinstance(exc, EscrowError) else "offer"

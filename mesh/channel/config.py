@@ -71,6 +71,11 @@ class ChannelConfig:
     window: int = 64
     close_fee: int = 10
     refund_fee: int = 10
+    """The least close and refund fees a payer offers; above them, what the network's
+    policy asks times `fee_headroom` (`mesh.channel.fees`)."""
+    fee_headroom: int = 2
+    """How far the network's fee policy may rise during a channel's life before its
+    presigned close and refund fall below it."""
     min_close_fee: int = 1
     max_fee: int = 10_000
     min_lifetime_blocks: int = 6

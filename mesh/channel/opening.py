@@ -27,6 +27,7 @@ from mesh.channel.effects import (
     SaveRaw,
     Send,
 )
+from mesh.channel.fees import ChannelFees
 from mesh.channel.frames import (
     ChannelAck,
     ChannelError,
@@ -95,12 +96,17 @@ class Opening:
         return [Flush(payer.terms.channel_id)]
 
     def funding_script(
-        self, peer_id: str, channel_id: bytes, capacity: int, expiry: int, payer_payout: bytes
+        self,
+        peer_id: str,
+        channel_id: bytes,
+        capacity: int,
+        fees: ChannelFees,
+        expiry: int,
+        payer_payout: bytes,
     ) -> tuple[bytes, ChannelKeys]:
-        """The 2-of-2 a new channel's funding must pay, and the keys it binds (the terms
-        are bound into the keys: `mesh.channel.keys`)."""
-        c = self.config
-        binding = binding_of(capacity, c.close_fee, c.refund_fee, expiry, payer_payout)
+        """The 2-of-2 a new channel's funding must pay, and the keys it binds (the terms,
+        `fees` included, are bound into the keys: `mesh.channel.keys`)."""
+        binding = binding_of(capacity, fees.close, fees.refund, expiry, payer_payout)
         keys = derive_channel_keys(
             self.identity, parse_peer_id(peer_id), channel_id, Role.PAYER, binding
         )
@@ -112,6 +118,7 @@ class Opening:
         channel_id: bytes,
         service: str,
         capacity: int,
+        fees: ChannelFees,
         expiry: int,
         payer_payout: bytes,
         funding_txid: str,
@@ -119,13 +126,12 @@ class Opening:
     ) -> list[Effect]:
         """Offer a channel whose funding (`funding_txid`, output 0) is built, not sent;
         the payee's replies come back as `Reply` effects."""
-        c = self.config
         offer = ChannelOpen(
             channel_id,
             service,
             capacity,
-            c.close_fee,
-            c.refund_fee,
+            fees.close,
+            fees.refund,
             expiry,
             funding_txid,
             0,

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from mesh.chain.base import OutputStatus
 from mesh.chain.errors import ChainError, TxRejected
+from mesh.chain.rules import Policy
 from mesh.chain.tx import parse_exact, txid_of
 from mesh.channel.admission import Admission
 from mesh.channel.book import UNFUNDED, ChannelBook
@@ -50,6 +51,7 @@ from mesh.channel.effects import (
     SendAfterCommit,
     Wake,
 )
+from mesh.channel.fees import fee_problem
 from mesh.channel.frames import (
     ChannelAck,
     ChannelClose,
@@ -176,12 +178,23 @@ class ChannelProtocol:
         return [CheckOffer(peer_id, frame)]
 
     def offer_checked(
-        self, peer_id: str, frame: ChannelOpen, height: int, seen: str | None, now: float
+        self,
+        peer_id: str,
+        frame: ChannelOpen,
+        height: int,
+        seen: str | None,
+        now: float,
+        *,
+        policy: Policy,
     ) -> list[Effect]:
-        """Answer to `CheckOffer`: the chain's `height`, and why the store saw this
-        channel id or outpoint before (None: never). A settled channel is never
-        opened, nor its row overwritten, again."""
+        """Answer to `CheckOffer`: the chain's `height` and fee `policy`, and why the
+        store saw this channel id or outpoint before (None: never). A settled channel
+        is never opened, nor its row overwritten, again; fees below the policy are
+        refused (no strike: the payer's view of the policy may be older than ours)."""
         cid = frame.channel_id
+        fees = fee_problem(frame.close_fee, frame.refund_fee, policy)
+        if fees is not None:
+            return self.book.reject(peer_id, cid, *fees, now, strike=False)
         problem = expiry_problem(self.config, frame, height)
         if problem is None:
             held = self.book.in_use(cid, frame.funding_txid, frame.funding_vout)

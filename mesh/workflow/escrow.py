@@ -57,6 +57,10 @@ from mesh.identity import verify_digest
 
 OP_3 = 0x53
 MAX_LOCKTIME_HEIGHT = 500_000_000
+SPEND_TX_MAX_SIZE = 4 + 1 + (32 + 4 + 1 + (1 + 2 * (1 + 72 + 1)) + 4) + 1 + (8 + 1 + 25) + 4
+"""Bytes of a release, return or refund at its largest: the 2-of-3 input with two
+72-byte DER signatures, one P2PKH output. Its fee must meet the network's policy for
+this size (`MachineOrder.accept`): the three are signed before they are needed."""
 
 
 class Way(enum.Enum):

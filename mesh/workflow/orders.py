@@ -29,8 +29,17 @@ from dataclasses import dataclass
 
 from bsv.keys import PrivateKey
 
+from mesh.chain.rules import Policy
 from mesh.errors import LocalProtocolError
-from mesh.workflow.escrow import EscrowError, EscrowTerms, Way, check, sign, signed
+from mesh.workflow.escrow import (
+    SPEND_TX_MAX_SIZE,
+    EscrowError,
+    EscrowTerms,
+    Way,
+    check,
+    sign,
+    signed,
+)
 from mesh.workflow.frames import EscrowAccepted, EscrowFunded, EscrowOffer, Verdict
 from mesh.workflow.keys import escrow_private_key, escrow_public_key
 from mesh.workflow.verdict import VerdictBody
@@ -239,11 +248,19 @@ class MachineOrder:
         machine_payout: bytes,
         height: int,
         trusted_inspectors: frozenset[str],
+        policy: Policy,
     ) -> tuple[MachineOrder, EscrowAccepted]:
-        """Take an offer (checked against the chain's `height` and the inspectors this
-        machine accepts) and sign its refund."""
+        """Take an offer (checked against the chain's `height` and fee `policy`, and the
+        inspectors this machine accepts) and sign its refund."""
         if offer.inspector not in trusted_inspectors:
             raise EscrowError("inspector", "not an inspector this machine works with")
+        need = policy.required_fee(SPEND_TX_MAX_SIZE)
+        if offer.fee < need:
+            raise EscrowError(
+                "fee",
+                f"the escrow fee of {offer.fee} sat is below the network's policy: {need} sat"
+                f" for {SPEND_TX_MAX_SIZE} bytes at {policy.fee_rate} sat/kB",
+            )
         if offer.refund_height < height + MIN_REFUND_BLOCKS:
             raise EscrowError("refund", f"the refund is due too soon (height {height})")
         machine = str(identity.public_key().hex())

@@ -16,6 +16,7 @@ from bsv.transaction import Transaction, TransactionInput, TransactionOutput
 
 from mesh.chain.base import OutputState, OutputStatus
 from mesh.chain.errors import TxRejected
+from mesh.chain.rules import Policy
 from mesh.chain.tx import parse_exact
 from mesh.channel.config import ChannelConfig
 from mesh.channel.effects import (
@@ -37,6 +38,7 @@ from mesh.channel.effects import (
     Send,
     SendAfterCommit,
 )
+from mesh.channel.fees import offered_fees
 from mesh.channel.protocol import ChannelProtocol
 from mesh.channel.state import Record
 from mesh.channel.txs import p2pkh_for_key
@@ -50,8 +52,9 @@ class FakeChain:
     """Outputs by outpoint; a broadcast spends its inputs (a second spend is refused
     as ``double-spend``) and creates its outputs."""
 
-    def __init__(self, height: int = 100) -> None:
+    def __init__(self, height: int = 100, policy: Policy | None = None) -> None:
         self.height = height
+        self.policy = policy or Policy()
         self.outputs: dict[tuple[str, int], OutputStatus] = {}
 
     def broadcast(self, raw: bytes) -> str:
@@ -135,7 +138,14 @@ class Side:
         elif isinstance(effect, CheckOffer):
             seen = self.seen.get(effect.frame.channel_id)
             self.run(
-                p.offer_checked(effect.peer_id, effect.frame, self.chain.height, seen, self.now)
+                p.offer_checked(
+                    effect.peer_id,
+                    effect.frame,
+                    self.chain.height,
+                    seen,
+                    self.now,
+                    policy=self.chain.policy,
+                )
             )
         elif isinstance(effect, CheckFunding):
             terms = p.book.end(effect.channel_id).terms
@@ -220,10 +230,11 @@ def open_channel(payer: Side, payee: Side, capacity: int = 100_000, lifetime: in
     p = payer.protocol.opening
     expiry = payer.chain.height + lifetime
     payout = p2pkh_for_key(Identity.generate().public_key)
-    script, keys = p.funding_script(payee.peer_id, cid, capacity, expiry, payout)
+    fees = offered_fees(p.config, payer.chain.policy)
+    script, keys = p.funding_script(payee.peer_id, cid, capacity, fees, expiry, payout)
     raw = funding_tx(script, capacity)
     txid = parse_exact(raw).txid()
-    payer.run(p.propose(payee.peer_id, cid, "svc", capacity, expiry, payout, txid, keys))
+    payer.run(p.propose(payee.peer_id, cid, "svc", capacity, fees, expiry, payout, txid, keys))
     deliver(payer, payee)
     deliver(payee, payer)
     [refund_signed] = payer.replies

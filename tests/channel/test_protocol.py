@@ -35,6 +35,7 @@ from mesh.channel.effects import (
     SendAfterCommit,
     Wake,
 )
+from mesh.channel.fees import ChannelFees
 from mesh.channel.frames import (
     ChannelAck,
     ChannelClosed,
@@ -48,6 +49,8 @@ from mesh.channel.state import Payer, State
 from mesh.channel.txs import p2pkh_for_key
 from mesh.identity import Identity
 from tests.channel.sansio import FakeChain, Side, deliver, open_channel, settle_link, side
+
+FEES = ChannelFees(10, 10)
 
 
 def pair(config: ChannelConfig | None = None) -> tuple[Side, Side, FakeChain]:
@@ -139,8 +142,10 @@ def test_a_channel_id_seen_before_is_never_opened_again() -> None:
         payee.seen[cid] = "channel settled before"
         again = payer.protocol.opening
         payout = p2pkh_for_key(Identity.generate().public_key)
-        _, keys = again.funding_script(payee.peer_id, cid, 5_000, 150, payout)
-        payer.run(again.propose(payee.peer_id, cid, "svc", 5_000, 150, payout, "ab" * 32, keys))
+        _, keys = again.funding_script(payee.peer_id, cid, 5_000, FEES, 150, payout)
+        payer.run(
+            again.propose(payee.peer_id, cid, "svc", 5_000, FEES, 150, payout, "ab" * 32, keys)
+        )
         deliver(payer, payee)
         deliver(payee, payer)
         again.refund_answered(cid, payer.replies[-1], b"")
@@ -175,8 +180,8 @@ def test_a_chain_without_an_answer_is_no_refusal_and_no_strike() -> None:
     cid = secrets.token_bytes(32)
     opening = payer.protocol.opening
     payout = p2pkh_for_key(Identity.generate().public_key)
-    _, keys = opening.funding_script(payee.peer_id, cid, 5_000, 150, payout)
-    payer.run(opening.propose(payee.peer_id, cid, "svc", 5_000, 150, payout, "ab" * 32, keys))
+    _, keys = opening.funding_script(payee.peer_id, cid, 5_000, FEES, 150, payout)
+    payer.run(opening.propose(payee.peer_id, cid, "svc", 5_000, FEES, 150, payout, "ab" * 32, keys))
     deliver(payer, payee)  # the payee signed the refund and waits for the funding
     assert payee.protocol.book.end(cid).state is State.REFUND_SIGNED
     effects = payee.protocol.funding_checked(payer.peer_id, cid, None, 0, unavailable="down")

@@ -16,6 +16,7 @@ from mesh.anchoring.record import Record, SignedRecord, sign_record
 from mesh.chain.base import OutputState
 from mesh.chain.errors import TxRejected
 from mesh.chain.ledger import LocalLedger
+from mesh.chain.rules import Policy
 from mesh.channel.txs import p2pkh_for_key
 from mesh.errors import LocalProtocolError
 from mesh.identity import Identity
@@ -57,7 +58,7 @@ def funded_order(ledger: LocalLedger, refund_blocks: int = 10) -> Order:
     buyer.offer = replace(offer, funding_txid=funding.txid)
     machine, accepted = MachineOrder.accept(
         ids["machine"], peer["buyer"], buyer.offer, payout(), ledger.height(),
-        frozenset({peer["inspector"]}),
+        frozenset({peer["inspector"]}), ledger.policy,
     )  # fmt: skip
     terms = buyer.accepted(accepted)
     assert buyer.state is OrderState.ACCEPTED and terms.script == machine.terms.script
@@ -132,12 +133,19 @@ def test_a_machine_refuses_an_offer_it_cannot_be_paid_from(tmp_path: Path) -> No
         machine = order.ids["machine"]
         buyer = str(order.ids["buyer"].public_key().hex())
         trusted = frozenset({offer.inspector})
+        policy, height = ledger.policy, ledger.height()
         with pytest.raises(EscrowError, match="inspector"):
-            MachineOrder.accept(machine, buyer, offer, payout(), ledger.height(), frozenset())
+            MachineOrder.accept(machine, buyer, offer, payout(), height, frozenset(), policy)
         with pytest.raises(EscrowError, match="too soon"):
-            MachineOrder.accept(machine, buyer, offer, payout(), offer.refund_height, trusted)
+            MachineOrder.accept(
+                machine, buyer, offer, payout(), offer.refund_height, trusted, policy
+            )
+        # A fee the network's policy would not mine the release, return or refund at.
+        dear = Policy(fee_rate=1_000)  # 234 sat for the largest spend
+        with pytest.raises(EscrowError, match=f"escrow fee of {FEE} sat is below .* 234 sat"):
+            MachineOrder.accept(machine, buyer, offer, payout(), height, trusted, dear)
         # The buyer says it funded, but the output the machine reads pays another script.
-        taken = MachineOrder.accept(machine, buyer, offer, payout(), ledger.height(), trusted)[0]
+        taken = MachineOrder.accept(machine, buyer, offer, payout(), height, trusted, policy)[0]
         with pytest.raises(EscrowError, match="funding"):
             taken.funded(order.announce, payout(), AMOUNT)
         assert taken.state is OrderState.ACCEPTED
