@@ -2,8 +2,9 @@
 
     mesh proof --data-dir DIR --stream S --seq N [--agent ID] [--out FILE]
     mesh proof --data-dir DIR --list
-    mesh proof --export-headers FILE [--ledger FILE]
-    mesh verify PROOF [--ledger FILE | --headers FILE]
+    mesh proof --export-headers FILE [--ledger FILE | --network NET --header-service URL]
+    mesh verify PROOF [--ledger FILE | --headers FILE | --header-service URL ...]
+                      [--network local|main|test]
 
 `proof` reads the agent store ``DIR/agent.db`` (a running agent may keep writing to
 it) and the archive files in ``DIR/archive/`` that retention moved old anchored
@@ -13,32 +14,50 @@ their anchored seq ranges (``anchored``: in the store, ``archived``: in archive 
 ``--agent`` picks whose record when the same stream of several agents is held (a
 buyer's kept records).
 ``--export-headers`` writes a ledger's header chain as a headers file
-(`mesh.anchoring.headers`) for verifiers that do not have the ledger.
+(`mesh.anchoring.headers`) for verifiers that do not have the ledger; with ``--network
+main|test`` it writes a header service's chain instead, once it passed the rules below.
 
 `verify` also checks a part passport (`mesh.workflow.passport`): it prints ``VALID
 passport of part …`` and the part's story, or ``INVALID <link>: <reason>``.
 `verify` needs nothing but the proof and a header chain it trusts: ``--ledger`` (default
-``$M2MESH_LEDGER`` or ``$M2MESH_HOME/ledger.db``) or ``--headers``. It prints ``VALID``
-with the block height and time and exits 0, or ``INVALID <reason>: <detail>`` naming
-the first link that failed (`mesh.anchoring.errors.REASONS`) and exits 1. An unusable
-header source is an error (exit 1). Nothing here prints a traceback for a bad file.
-(docs/ARCHITECTURE.md §7)
+``$M2MESH_LEDGER`` or ``$M2MESH_HOME/ledger.db``) or ``--headers`` for the local network;
+for ``--network main|test``, ``--headers`` (a file of that network) or
+``--header-service URL`` (default ``$M2MESH_HEADER_SERVICE``; several may be given, the
+valid chain with the most work wins), and then the headers must connect to a checkpoint
+shipped with the package and pass BSV's consensus rules above it
+(`mesh.anchoring.header_rules`), else verify refuses them with the reason. It prints
+``VALID`` with the block height and time and exits 0, or ``INVALID <reason>: <detail>``
+naming the first link that failed (`mesh.anchoring.errors.REASONS`) and exits 1. An
+unusable or untrusted header source is an error (exit 1). Nothing here prints a
+traceback for a bad file or a lying service. (docs/ARCHITECTURE.md §5, §7)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agents.ledger_cli import DEFAULT_LEDGER
+from mesh.anchoring.checkpoints import NETWORK_PARAMS
 from mesh.anchoring.cold import ARCHIVE_DIR, ColdArchive
-from mesh.anchoring.errors import AnchoringError, ProofFailed, RecordNotFound
-from mesh.anchoring.headers import HeaderChain, write_headers
+from mesh.anchoring.errors import AnchoringError, HeadersError, ProofFailed, RecordNotFound
+from mesh.anchoring.header_service import ENV_TOKEN, ENV_URL, HeaderService, fetch_chain
+from mesh.anchoring.headers import (
+    LOCAL,
+    NETWORK_NAMES,
+    HeaderChain,
+    best_chain,
+    save_chain,
+    write_headers,
+)
 from mesh.anchoring.proof import Proof, parse_proof, read_document, verify_proof
 from mesh.anchoring.store import ANCHORING_SCHEMA, AnchorStore
 from mesh.chain.errors import LedgerError
@@ -135,7 +154,14 @@ def open_records(data_dir: Path | None, stack: ExitStack) -> Records:
 
 def cmd_proof(args: argparse.Namespace) -> int:
     """Export one proof, list streams, or export a ledger's headers."""
+    if args.export_headers is not None and args.network not in (None, LOCAL):
+        chain = trusted_headers(args)
+        save_chain(chain, args.export_headers)
+        print(f"wrote {args.export_headers}: {chain.describe_trust()}", file=sys.stderr)
+        return 0
     if args.export_headers is not None:
+        if args.header_service:
+            raise ProofCliError("--header-service needs --network main or --network test")
         ledger_path = args.ledger or DEFAULT_LEDGER
         try:
             with LocalLedger.open(ledger_path) as ledger:
@@ -176,17 +202,68 @@ def cmd_proof(args: argparse.Namespace) -> int:
     return 0
 
 
+def trusted_headers(
+    args: argparse.Namespace, env: Mapping[str, str] = os.environ, now: float | None = None
+) -> HeaderChain:
+    """The header chain `verify` trusts, from ``--ledger``/``--headers``/``--header-service``
+    and ``--network``; a `HeadersError` or `ProofCliError` says why there is none."""
+    now = time.time() if now is None else now
+    network = args.network
+    if network in NETWORK_PARAMS and args.ledger is not None:
+        raise ProofCliError(
+            f"--ledger holds a local chain, not {network}: give --headers FILE or"
+            " --header-service URL"
+        )
+    services = list(args.header_service or [])
+    if not services and network in NETWORK_PARAMS and args.headers is None:
+        services = env.get(ENV_URL, "").replace(",", " ").split()
+        if not services:
+            files = "--headers FILE or " if args.command == "verify" else ""
+            raise ProofCliError(
+                f"--network {network} needs {files}--header-service URL (or ${ENV_URL})"
+            )
+    if services:
+        if network not in NETWORK_PARAMS:
+            raise ProofCliError("--header-service needs --network main or --network test")
+        return _from_services(services, network, now, env.get(ENV_TOKEN) or None)
+    if args.headers is not None:
+        return HeaderChain.load(args.headers, network=network, now=now)
+    ledger = args.ledger or DEFAULT_LEDGER
+    if not ledger.exists():
+        raise ProofCliError(
+            f"no ledger at {ledger}: give --ledger FILE or --headers FILE to verify against"
+        )
+    return HeaderChain.from_ledger_file(ledger)
+
+
+def _from_services(urls: list[str], network: str, now: float, token: str | None) -> HeaderChain:
+    """Each service's chain, checked; the valid one with the most work. A refusal is
+    told on stderr when another service's chain is used, else it is the error."""
+    chains: list[HeaderChain] = []
+    refused: list[str] = []
+    for url in urls:
+        service = HeaderService(url, token=token)
+        try:
+            chains.append(fetch_chain(service, NETWORK_PARAMS[network], now, progress=_progress))
+        except HeadersError as exc:
+            refused.append(str(exc))
+    if not chains:
+        raise HeadersError("; ".join(refused))
+    for reason in refused:
+        print(f"refused {reason}", file=sys.stderr)
+    return best_chain(chains)
+
+
+def _progress(height: int, tip: int) -> None:
+    """Where a long fetch is, on a terminal only (a mainnet chain is ~185 pages)."""
+    if sys.stderr.isatty():
+        end = "\n" if height >= tip else ""
+        print(f"\rfetched headers up to {height} of {tip}", end=end, file=sys.stderr)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a proof file offline; VALID (0) or INVALID naming the failed link (1)."""
-    if args.headers is not None:
-        headers = HeaderChain.load(args.headers)
-    else:
-        ledger = args.ledger or DEFAULT_LEDGER
-        if not ledger.exists():
-            raise ProofCliError(
-                f"no ledger at {ledger}: give --ledger FILE or --headers FILE to verify against"
-            )
-        headers = HeaderChain.from_ledger_file(ledger)
+    headers = trusted_headers(args)
     try:
         document = read_document(args.proof, MAX_PASSPORT_FILE)
         if isinstance(document, dict) and "m2mesh_passport" in document:
@@ -214,6 +291,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"  anchor    {verified.txid} output {verified.vout}")
     print(f"  block     {verified.block_height} {verified.block_hash}")
     print(f"  checked   against {headers.source}")
+    if headers.trust is not None:
+        depth = headers.tip_height - verified.block_height + 1
+        print(f"  trust     {headers.describe_trust()}")
+        print(f"  depth     {depth} confirmation{'s' * (depth != 1)} (tip {headers.tip_height})")
     return 0
 
 
@@ -228,6 +309,8 @@ def _verify_passport(document: Any, headers: HeaderChain) -> int:
     for line in story[1:]:
         print(line)
     print(f"  checked against {headers.source}")
+    if headers.trust is not None:
+        print(f"  trust   {headers.describe_trust()}")
     return 0
 
 
@@ -258,20 +341,54 @@ def add_proof_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     proof.add_argument(
         "--ledger", type=Path, help=f"ledger for --export-headers (default {DEFAULT_LEDGER})"
     )
-    proof.set_defaults(func=cmd_proof)
+    proof.add_argument(
+        "--network",
+        choices=NETWORK_NAMES,
+        help="with --export-headers: main or test writes the chain of --header-service URL"
+        f" (default ${ENV_URL}) once it passed the consensus rules",
+    )
+    proof.add_argument(
+        "--header-service",
+        action="append",
+        metavar="URL",
+        help="a Block Headers Service for --export-headers --network main|test",
+    )
+    proof.set_defaults(func=cmd_proof, headers=None)
 
     verify = subparsers.add_parser(
         "verify",
-        help="check a proof offline against a ledger or a headers file",
+        help="check a proof offline against a ledger, a headers file or a header service",
         description="Check a proof offline, against nothing but a header chain you trust: "
         "the record's signature, its place in the anchored batch, the anchor transaction, "
         "its BUMP and the block. Prints VALID with the block's height and time (exit 0), "
-        "or INVALID <reason>: <detail> naming the first link that failed (exit 1).",
+        "or INVALID <reason>: <detail> naming the first link that failed (exit 1). "
+        "The local network (a ledger, or --headers of a ledger's export) trusts headers "
+        "that link and meet their own bits: trust the file as you trust its sender. "
+        f"For --network main or test the headers (--headers FILE, or --header-service URL, "
+        f"default ${ENV_URL}, bearer token from ${ENV_TOKEN}) must connect to a checkpoint "
+        "shipped with m2mesh and every header above it must pass BSV's consensus rules "
+        "(difficulty adjustment, proof of work, median time past, at most 2 h in the "
+        "future); a re-mined or backdated chain is refused with the reason (exit 1). "
+        "Several --header-service URLs may be given: the valid chain with the most work wins.",
     )
-    verify.add_argument("proof", type=Path, help="the proof file (JSON)")
+    verify.add_argument("proof", type=Path, help="the proof or passport file (JSON)")
     source = verify.add_mutually_exclusive_group()
     source.add_argument(
         "--ledger", type=Path, help=f"trust this ledger's headers (default {DEFAULT_LEDGER})"
     )
-    source.add_argument("--headers", type=Path, help="trust this headers file")
+    source.add_argument(
+        "--headers", type=Path, help="trust this headers file, by --network's rules"
+    )
+    source.add_argument(
+        "--header-service",
+        action="append",
+        metavar="URL",
+        help="fetch main/test headers from this Block Headers Service (repeatable)",
+    )
+    verify.add_argument(
+        "--network",
+        choices=NETWORK_NAMES,
+        help="whose rules the headers must pass: local (default; a headers file may name"
+        " its network), main or test (checkpoints and consensus rules)",
+    )
     verify.set_defaults(func=cmd_verify)

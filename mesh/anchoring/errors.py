@@ -70,3 +70,30 @@ class ReceiptRejected(RemoteProtocolError):
 
 class RecordRejected(RemoteProtocolError):
     """A record a peer delivered is malformed, unsigned, or not the peer's."""
+
+
+#: Why a header chain of a real network is refused (`HeaderRejected.rule`).
+HEADER_RULES: dict[str, str] = {
+    "link": "a header's prev_hash is not the hash of the header before it",
+    "checkpoint": "the chain does not hold a shipped checkpoint with its exact hash, or"
+    " lacks the headers below it that judging the headers above it needs",
+    "pow": "the bits are not a valid target within the network's limit, or the hash does"
+    " not meet it",
+    "bits": "the bits are not what the difficulty adjustment requires",
+    "time-too-old": "the time is not after the median time of the 11 headers before it",
+    "time-too-new": "the time is more than two hours after the verifier's clock",
+    "version": "the version is below what the network requires at that height",
+}
+
+
+class HeaderRejected(HeadersError):
+    """A header chain breaks a consensus rule or misses the checkpoints.
+
+    `rule` is a key of `HEADER_RULES`; `height` the first header that fails, if one does.
+    """
+
+    def __init__(self, rule: str, detail: str, height: int | None = None) -> None:
+        super().__init__(detail)
+        self.rule = rule
+        self.detail = detail
+        self.height = height
