@@ -33,7 +33,7 @@ import trio
 from mesh.chain.errors import LedgerError
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.local import LocalChain
-from mesh.chain.rules import FINALITY_RULES, Policy
+from mesh.chain.rules import FINALITY_RULES, NONFINAL_RULES, Policy
 from mesh.chain.tx import address_to_pkh, p2pkh_script
 from mesh.store import StoreError
 
@@ -107,16 +107,19 @@ def _script_for(address: str) -> bytes:
     return p2pkh_script(address)
 
 
+_DONE = {"reject": "rejected", "hold": "held until final"}
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """Create a ledger file with its genesis block."""
     args.db.parent.mkdir(parents=True, exist_ok=True)
     wait_until_unlocked(args.db, "ledger")
-    policy = Policy(fee_rate=args.fee_rate, finality=args.finality)
+    policy = Policy(fee_rate=args.fee_rate, finality=args.finality, nonfinal=args.nonfinal)
     with LocalLedger.create(args.db, policy=policy) as ledger:
         genesis = ledger.headers()[0].hash_hex
         print(
             f"initialised {args.db}: genesis {genesis}, fee rate {args.fee_rate} sat/kB,"
-            f" {args.finality} finality"
+            f" {args.finality} finality, non-final transactions {_DONE[args.nonfinal]}"
         )
     return 0
 
@@ -178,6 +181,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 print(f"{len(rows)} outputs, {sum(u.satoshis for u in utxos)} sat")
             return 0
         summary = ledger.summary()
+        policy, held = ledger.policy, len(ledger.held())
     if args.json:
         print(json.dumps(asdict(summary), indent=1))
         return 0
@@ -185,7 +189,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"ledger    {summary.path} (id {summary.ledger_id})")
     print(f"height    {summary.height}  tip {summary.tip}")
     print(f"mempool   {summary.mempool} of {summary.transactions} transactions")
-    print(f"fee rate  {summary.fee_rate} sat/kB")
+    print(f"policy    {summary.fee_rate} sat/kB, {policy.finality} finality,"
+          f" non-final {_DONE[policy.nonfinal]} ({held} held now)")  # fmt: skip
     print(f"supply    minted {b.minted}, fees {b.fees}, burned {b.burned} sat")
     print(f"unspent   {b.unspent} sat in {b.unspent_outputs} outputs (balanced: {b.balanced})")
     return 0
@@ -270,6 +275,14 @@ def add_ledger_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         default="bitcoin",
         help="when a height-locked tx is final: 'bitcoin' (lock < next height, SV Node) or "
         "'teranode' (one block earlier, the strictest real node); default bitcoin",
+    )
+    init.add_argument(
+        "--nonfinal",
+        choices=NONFINAL_RULES,
+        default="reject",
+        help="a valid transaction that is not final yet: 'reject' it (Teranode) or 'hold'"
+        " it aside until a block makes it final, unless a final one spends its inputs"
+        " first (SV Node's non-final mempool); default reject",
     )
     init.set_defaults(func=cmd_init)
 

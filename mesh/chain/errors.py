@@ -17,7 +17,8 @@ RULES: dict[str, str] = {
     "parse": "the bytes are not exactly one serialised transaction",
     "empty": "no inputs or no outputs",
     "oversize": "larger than the policy's maximum transaction size",
-    "output-value": "an output amount is out of range, or zero on a spendable output",
+    "output-value": "an output amount is out of range",
+    "dust": "a 0-sat output that is not OP_FALSE OP_RETURN (bare OP_RETURN is spendable)",
     "duplicate-input": "the same outpoint is spent twice in one transaction",
     "missing-input": "an input spends an output that does not exist",
     "spent-input": "an input spends an output already spent in a mined block",
@@ -26,6 +27,7 @@ RULES: dict[str, str] = {
     "fee": "the fee is below the policy rate (or the 1-satoshi minimum)",
     "non-final": "nLockTime is in the future and some input's nSequence is not final",
     "script": "an unlocking script fails against the output it spends",
+    "script-size": "an unlocking script, or the locking script it spends, is over the policy size",
     # SPV only
     "proof": "a Merkle proof does not lead to a known block header",
     "unproven-input": "an input's parent has neither a proof nor parents of its own",
@@ -35,6 +37,7 @@ RULES: dict[str, str] = {
     "format": "ARC wants the transaction in extended format",
     "missing-or-spent-input": "ARC: inputs non-existent or spent",
     "frozen": "ARC: an input is frozen by policy or consensus",
+    "malformed": "ARC: malformed (under 61 bytes, too many sigops, non-push-only unlocking)",
     "spv": "ARC: the BEEF's proofs did not validate",
     "rejected": "ARC: rejected without a more specific reason",
 }
@@ -72,6 +75,10 @@ class SpvFailed(ChainError):
 
 class ChainUnavailable(ChainError):
     """The chain backend could not be reached or answered nonsense; worth retrying."""
+
+
+class ChainAuthError(ChainError):
+    """The chain backend refused our credentials (HTTP 401/403); retrying will not help."""
 
 
 class LedgerError(ChainError):

@@ -23,6 +23,11 @@ Decisions:
   children). Headers link, carry real Merkle roots and meet regtest proof of work.
 - ``synchronous=NORMAL``: a killed process loses nothing; a power cut may lose the last
   commits, like a node's mempool. Resubmitting a known transaction succeeds.
+- A valid transaction that is not final yet is rejected (``non-final``, Teranode's way)
+  unless ``Policy.nonfinal == "hold"`` (SV Node's non-final mempool): then it is kept
+  aside -- not in the mempool, its inputs unspent, its outputs nowhere -- and after
+  each mined block every held transaction final for the next block enters the mempool.
+  A final transaction spending the same output first evicts it.
 
 It must never: accept a transaction without running every rule, mine a transaction
 twice, or hold the write lock across anything but SQLite and script checks.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -51,8 +57,13 @@ from mesh.chain.ledger_db import (
     LEDGER_SCHEMA,
     Balance,
     BlockInfo,
+    accept,
     block_info,
+    drop_held,
+    held_txs,
+    hold,
     insert_block,
+    is_held,
     median_time_past,
     null_input,
     read_balance,
@@ -169,7 +180,9 @@ class LocalLedger:
         """Accept a serialised transaction into the mempool; return its txid.
 
         Raises `TxRejected` naming the broken rule. Submitting a transaction the ledger
-        already holds returns its txid without change.
+        already has (or holds) returns its txid without change. Under
+        ``Policy.nonfinal == "hold"`` a valid non-final transaction is held, not
+        rejected: its status stays UNKNOWN until it enters the mempool (`held`).
         """
         tx = parse_exact(raw)
         txid = txid_of(raw)
@@ -178,16 +191,26 @@ class LocalLedger:
             with self._store.write() as db:
                 if db.execute("SELECT 1 FROM txs WHERE txid = ?", (txid,)).fetchone():
                     return txid
+                if is_held(db, txid):
+                    return txid
                 prevouts = spent_outputs(db, tx)
-                fee = rules.check_transaction(tx, len(raw), prevouts, tip(db), self.policy)
-                record(db, txid, raw, tx, "tx", fee, self._clock())
-                db.executemany(
-                    "UPDATE outputs SET spent_by = ? WHERE txid = ? AND vout = ?",
-                    [(txid, o.txid, o.vout) for o in prevouts],
-                )
+                now, next_block = self._clock(), tip(db)
+                if self.policy.nonfinal == "hold" and not rules.is_final(
+                    tx, next_block, self.policy
+                ):
+                    rules.check_valid_but_finality(tx, len(raw), prevouts, self.policy)
+                    hold(db, txid, raw, tx, now)
+                    return txid
+                fee = rules.check_transaction(tx, len(raw), prevouts, next_block, self.policy)
+                accept(db, txid, raw, tx, fee, now)
         except TxRejected as exc:
             raise TxRejected(exc.rule, exc.detail, txid) from None
         return txid
+
+    def held(self) -> list[str]:
+        """The txids of held non-final transactions, first held first (``nonfinal="hold"``)."""
+        with self._store.read() as db:
+            return [txid for txid, _ in held_txs(db)]
 
     def faucet(self, script: bytes, satoshis: int) -> Outpoint:
         """Mint `satoshis` new test coins to `script`; return the new output.
@@ -215,7 +238,8 @@ class LocalLedger:
         """Mine `count` blocks; the first takes the whole mempool. Returns them.
 
         Block time is `now` (default: the injected clock), raised if needed to one
-        second past the median time past so block times stay valid.
+        second past the median time past so block times stay valid. After each block,
+        held transactions final for the next one join the mempool (``nonfinal="hold"``).
         """
         if count < 1:
             raise LedgerError(f"mine at least one block, not {count}")
@@ -236,9 +260,30 @@ class LocalLedger:
                         db, self.ledger_id, tip.height + 1, internal(tip.hash), time_, mempool
                     )
                 )
+                self._admit_held(db)
         for block, levels in mined:  # only after commit: a rolled-back block never existed
             self._remember(block.height, levels)
         return [block for block, _ in mined]
+
+    def _admit_held(self, db: sqlite3.Connection) -> None:
+        """Move every held transaction final for the next block into the mempool.
+
+        It is checked again in full against the new tip; one that no longer passes
+        (an input spent meanwhile) is dropped, one still non-final stays held.
+        """
+        now = self._clock()
+        for txid, raw in held_txs(db):
+            tx = parse_exact(raw)
+            tip_now = tip(db)
+            if not rules.is_final(tx, tip_now, self.policy):
+                continue
+            drop_held(db, txid)
+            try:
+                prevouts = spent_outputs(db, tx)
+                fee = rules.check_transaction(tx, len(raw), prevouts, tip_now, self.policy)
+            except TxRejected:
+                continue
+            accept(db, txid, raw, tx, fee, now)
 
     def genesis_hash(self) -> str:
         """This ledger's genesis block hash (display hex): its network id, its own --

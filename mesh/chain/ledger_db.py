@@ -3,10 +3,17 @@
 `mesh.chain.ledger.LocalLedger` decides *when* to run these; this module owns *what*
 runs: the ``ledger`` schema, recording an accepted transaction and its spendable
 outputs, looking up and classifying the outputs a transaction spends (missing, spent
-in a block, or spent by an earlier unmined transaction), building and inserting a
-block (coinbase, Merkle tree, header with regtest proof of work), the median time past
-and the supply accounting. Every function takes the connection of a transaction the
+in a block, or spent by an earlier unmined transaction), keeping valid non-final
+transactions aside (``Policy.nonfinal = "hold"``), building and inserting a block
+(coinbase, Merkle tree, header with regtest proof of work), the median time past and
+the supply accounting. Every function takes the connection of a transaction the
 caller already holds; none opens, commits or sleeps. (docs/ARCHITECTURE.md §5)
+
+Only ``OP_FALSE OP_RETURN`` outputs are data (`is_data_script`): they are not recorded
+and their value counts as burned. A bare ``OP_RETURN`` output is recorded like any
+other, spendable output. (A ledger written before that rule may hold bare-OP_RETURN
+outputs counted as burned and not recorded; its accounting stays balanced, and those
+outputs stay unspendable there.)
 """
 
 from __future__ import annotations
@@ -75,6 +82,22 @@ LEDGER_SCHEMA = Schema(
             PRIMARY KEY (txid, vout)
         ) WITHOUT ROWID;
         CREATE INDEX outputs_unspent_by_script ON outputs (script) WHERE spent_by IS NULL;
+        """,
+        # 2: valid non-final transactions kept aside, and the outputs each would spend
+        """
+        CREATE TABLE held (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            txid TEXT NOT NULL UNIQUE,
+            raw BLOB NOT NULL,
+            held_at REAL NOT NULL
+        );
+        CREATE TABLE held_spends (
+            txid TEXT NOT NULL,
+            vout INTEGER NOT NULL,
+            held_by TEXT NOT NULL REFERENCES held (txid),
+            PRIMARY KEY (txid, vout)
+        ) WITHOUT ROWID;
+        CREATE INDEX held_spends_by ON held_spends (held_by);
         """,
     ),
 )
@@ -168,6 +191,70 @@ def record(
         "INSERT INTO outputs (txid, vout, satoshis, script) VALUES (?, ?, ?, ?)",
         [(txid, i, value, script) for i, value, script in outputs if not is_data_script(script)],
     )
+
+
+def accept(
+    db: sqlite3.Connection, txid: str, raw: bytes, tx: Transaction, fee: int, now: float
+) -> None:
+    """Record a transaction that passed every rule into the mempool and spend its inputs.
+
+    A held transaction that spends any of the same outputs can never be valid now; it
+    is dropped (SV Node: a final transaction evicts a conflicting non-final one).
+    """
+    spent = rules.outpoints(tx)
+    record(db, txid, raw, tx, "tx", fee, now)
+    db.executemany(
+        "UPDATE outputs SET spent_by = ? WHERE txid = ? AND vout = ?",
+        [(txid, o.txid, o.vout) for o in spent],
+    )
+    losers = {
+        str(r[0])
+        for o in spent
+        for r in db.execute(
+            "SELECT held_by FROM held_spends WHERE txid = ? AND vout = ?", (o.txid, o.vout)
+        ).fetchall()
+    }
+    for loser in losers:
+        drop_held(db, loser)
+
+
+def is_held(db: sqlite3.Connection, txid: str) -> bool:
+    """Whether `txid` is a held (valid, non-final) transaction."""
+    return db.execute("SELECT 1 FROM held WHERE txid = ?", (txid,)).fetchone() is not None
+
+
+def hold(db: sqlite3.Connection, txid: str, raw: bytes, tx: Transaction, now: float) -> None:
+    """Keep a valid non-final transaction aside; its inputs stay unspent in the UTXO set.
+
+    Two held transactions may not spend the same output: the first seen is kept and
+    the later one rejected (``double-spend``). SV Node would let the later one replace
+    it under its non-final replacement rules; this ledger does not model replacement.
+    """
+    for o in rules.outpoints(tx):
+        row = db.execute(
+            "SELECT held_by FROM held_spends WHERE txid = ? AND vout = ?", (o.txid, o.vout)
+        ).fetchone()
+        if row is not None:
+            raise TxRejected(
+                "double-spend", f"{o} is already spent by held non-final {row[0]} (first seen)"
+            )
+    db.execute("INSERT INTO held (txid, raw, held_at) VALUES (?, ?, ?)", (txid, raw, now))
+    db.executemany(
+        "INSERT INTO held_spends (txid, vout, held_by) VALUES (?, ?, ?)",
+        [(o.txid, o.vout, txid) for o in rules.outpoints(tx)],
+    )
+
+
+def held_txs(db: sqlite3.Connection) -> list[tuple[str, bytes]]:
+    """Every held transaction (txid, raw), first held first."""
+    rows = db.execute("SELECT txid, raw FROM held ORDER BY seq").fetchall()
+    return [(str(r[0]), bytes(r[1])) for r in rows]
+
+
+def drop_held(db: sqlite3.Connection, txid: str) -> None:
+    """Forget a held transaction and the outputs it would spend."""
+    db.execute("DELETE FROM held_spends WHERE held_by = ?", (txid,))
+    db.execute("DELETE FROM held WHERE txid = ?", (txid,))
 
 
 def null_input(script_sig: bytes) -> TransactionInput:

@@ -93,8 +93,14 @@ def is_null_outpoint(txid: str, vout: int) -> bool:
 
 
 def is_data_script(script: bytes) -> bool:
-    """True for provably unspendable data outputs (``OP_FALSE OP_RETURN …`` or ``OP_RETURN …``)."""
-    return script[:1] == bytes([OP_RETURN]) or script[:2] == bytes([OP_FALSE, OP_RETURN])
+    """True for provably unspendable data outputs: ``OP_FALSE OP_RETURN …`` only.
+
+    Post-Genesis a bare ``OP_RETURN …`` is *not* one: OP_RETURN ends execution
+    successfully with what is on the stack, so an unlocking script of ``OP_1`` spends it.
+    SV Node judges unspendability by exactly this prefix (its ``IsUnspendable`` after
+    Genesis), so it alone may carry 0 sat; anything else with 0 sat is dust.
+    """
+    return script[:2] == bytes([OP_FALSE, OP_RETURN])
 
 
 def address_to_pkh(address: str) -> bytes:

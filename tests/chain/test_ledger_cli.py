@@ -147,3 +147,16 @@ def test_init_can_judge_finality_as_teranode_does(tmp_path: Path) -> None:
     assert "teranode finality" in ok(mesh("init", "--db", str(db), "--finality", "teranode"))
     with LocalLedger.open(db) as ledger:
         assert ledger.policy.finality == "teranode"
+
+
+def test_init_can_hold_non_final_transactions_as_sv_node_does(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    said = ok(mesh("init", "--db", str(db), "--nonfinal", "hold", "--fee-rate", "50"))
+    assert "non-final transactions held until final" in said
+    with LocalLedger.open(db) as ledger:
+        assert (ledger.policy.nonfinal, ledger.policy.fee_rate) == ("hold", 50)
+    shown = ok(mesh("show", "--db", str(db)))
+    assert "policy    50 sat/kB, bitcoin finality, non-final held until final (0 held now)" in shown
+    bad = mesh("init", "--db", str(tmp_path / "x.db"), "--nonfinal", "keep")
+    assert bad.returncode == 2 and "invalid choice: 'keep'" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -77,7 +77,7 @@ def test_rule_oversize(tmp_path: Path) -> None:
 def test_rule_output_value(ledger: LocalLedger) -> None:
     coin = mint(ledger, 10_000)
     zero = spend([coin], [(p2pkh(coin.key), 9_000), (p2pkh(coin.key), 0)])
-    assert "0-sat" in rejected(ledger, zero.serialize(), "output-value").detail
+    assert "0 sat" in rejected(ledger, zero.serialize(), "dust").detail  # more: test_node_policy
     huge = spend([coin], [(p2pkh(coin.key), 21_000_000 * 100_000_000 + 1)])
     rejected(ledger, huge.serialize(), "output-value")
     # a 0-sat data output is fine
