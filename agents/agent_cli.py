@@ -31,6 +31,7 @@ from agents.buy_command import (
     request_field,
     summary_line,
 )
+from agents.chain_choice import CHAINS, default_chain, is_local
 from agents.commands import at_expiry, channel_prefix
 from agents.control import ControlError, NotRunning, request
 from agents.ledger_cli import wait_until_unlocked
@@ -64,12 +65,17 @@ def _check_data_dir(data_dir: Path) -> None:
 
 def _run_agent(args: argparse.Namespace, profile: Profile, data_dir: Path) -> None:
     """`mesh run` once the data dir is ours: check the ledger and options, run."""
+    try:
+        chain = args.chain or default_chain()
+    except ValueError as exc:
+        raise AgentCliError(f"$M2MESH_CHAIN: {exc}") from None
     ledger = args.ledger or default_ledger(data_dir)
-    if not ledger.exists():
-        raise AgentCliError(
-            f"no ledger at {ledger}: create one with `mesh ledger init --db {ledger}`"
-        )
-    wait_until_unlocked(ledger, "ledger")
+    if is_local(chain):
+        if not ledger.exists():
+            raise AgentCliError(
+                f"no ledger at {ledger}: create one with `mesh ledger init --db {ledger}`"
+            )
+        wait_until_unlocked(ledger, "ledger")
     wait_until_unlocked(data_dir / "agent.db", "agent's store")
     passphrase = None
     if profile.passphrase_env:
@@ -84,7 +90,9 @@ def _run_agent(args: argparse.Namespace, profile: Profile, data_dir: Path) -> No
         problem = exposure_problem(dashboard)
         if problem:
             raise AgentCliError(f"--dashboard: {problem}")
-    agent = Agent(profile, data_dir, ledger, passphrase=passphrase, dashboard=dashboard)
+    agent = Agent(
+        profile, data_dir, ledger, passphrase=passphrase, dashboard=dashboard, chain=chain
+    )
     try:
         trio.run(_run_until_signal, agent, getattr(args, "log_format", "plain"))
     except* pynng.NNGException as failed:
@@ -451,6 +459,14 @@ def add_agent_commands(sub: Any) -> None:
         "--ledger",
         type=Path,
         help="LocalLedger file (default: $M2MESH_LEDGER or DATA_DIR/ledger.db)",
+    )
+    run.add_argument(
+        "--chain",
+        choices=CHAINS,
+        help="where the money is: `local` (the LocalLedger file, the default) or the BSV"
+        " network through ARC, `arc:test` or `arc:main` (ARC and WhatsOnChain from"
+        " $M2MESH_ARC_URL, $M2MESH_ARC_API_KEY, $M2MESH_WOC_URL, $M2MESH_WOC_API_KEY;"
+        " default $M2MESH_CHAIN or local; see docs/TESTNET.md)",
     )
     run.add_argument(
         "--dashboard",

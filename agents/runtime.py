@@ -32,6 +32,7 @@ from agents.agent_status import agent_status
 from agents.bridges import Bridges
 from agents.buy_command import buy
 from agents.buying import RECENT_ORDERS, Purchases, WantProgress
+from agents.chain_choice import DEFAULT_CHAIN, open_chain
 from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
 from agents.commands import close_channel
 from agents.control import serve_control
@@ -60,7 +61,7 @@ from mesh.anchoring import (
 )
 from mesh.anchoring.record import SignedRecord
 from mesh.certs.certificate import Certificate
-from mesh.chain.local import LocalChain
+from mesh.chain.base import AgentChain
 from mesh.chain.wallet import Wallet
 from mesh.channel.state import Role, State
 from mesh.channel.store import ChannelStore
@@ -104,14 +105,18 @@ class Agent:
         *,
         passphrase: bytes | None = None,
         dashboard: DashboardConfig | None = None,
+        chain: str = DEFAULT_CHAIN,
     ) -> None:
-        """Prepare (nothing runs until `run`); `dashboard` overrides the profile's."""
+        """Prepare (nothing runs until `run`); `dashboard` overrides the profile's;
+        `chain` is ``local`` (the ledger file `ledger`) or ``arc:test``/``arc:main``
+        (`agents.chain_choice`)."""
         self.profile = profile
         self.dashboard = dashboard if dashboard is not None else profile.dashboard
         self.dashboard_url: str | None = None
         self.lag = LagMonitor()
         self.data_dir = data_dir
         self.ledger = ledger
+        self.chain_choice = chain
         self._passphrase = passphrase
         self._stop = trio.Event()
         self._buying_stop = trio.Event()
@@ -169,7 +174,7 @@ class Agent:
         # The buyer's archive writes from the Trio thread: its own connection, so it
         # never shares one with the worker threads that use `store`.
         archive = Archive(Store(self.data_dir / "agent.db", synchronous="NORMAL"))
-        chain = LocalChain.open(self.ledger)
+        chain = open_chain(self.chain_choice, self.ledger)
         channels: ChannelStore | None = None
         try:
             self.wallet = Wallet(store, identity, policy=await chain.policy())
@@ -311,7 +316,7 @@ class Agent:
         self,
         nursery: trio.Nursery,
         store: Store,
-        chain: LocalChain,
+        chain: AgentChain,
         purchases: Purchases,
         archive: Archive,
     ) -> None:

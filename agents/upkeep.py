@@ -12,7 +12,7 @@ import trio
 from agents.profile import RetentionSpec
 from mesh.anchoring.cold import ColdArchiveError
 from mesh.anchoring.retention import Retention
-from mesh.chain.local import LocalChain
+from mesh.chain.base import AgentChain
 from mesh.chain.wallet import Wallet
 from mesh.health import STORAGE_ERRORS, StorageHealth
 from mesh.store import Store
@@ -21,7 +21,7 @@ log = logging.getLogger("agents.runtime")
 WALLET_SYNC_SECONDS = 5.0
 
 
-async def sync_wallet(wallet: Wallet, chain: LocalChain, limiter: trio.CapacityLimiter) -> None:
+async def sync_wallet(wallet: Wallet, chain: AgentChain, limiter: trio.CapacityLimiter) -> None:
     """Add coins the wallet does not know yet, asking the chain only about its watch
     set (`Wallet.watch_addresses`): a pass costs the same after a year of anchors."""
     addresses = await trio.to_thread.run_sync(wallet.watch_addresses, limiter=limiter)
@@ -34,7 +34,7 @@ async def sync_wallet(wallet: Wallet, chain: LocalChain, limiter: trio.CapacityL
 
 
 async def keep_wallet_synced(
-    wallet: Wallet, chain: LocalChain, limiter: trio.CapacityLimiter, health: StorageHealth
+    wallet: Wallet, chain: AgentChain, limiter: trio.CapacityLimiter, health: StorageHealth
 ) -> None:
     """Sync the wallet every `WALLET_SYNC_SECONDS` (its history is pruned by
     `keep_retention`)."""

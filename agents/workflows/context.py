@@ -12,9 +12,8 @@ import trio
 
 from agents.workflows.store import Saved, WorkOrderStore
 from mesh.anchoring.proof import single_tx_bump
-from mesh.chain.base import OutputState, TxState
+from mesh.chain.base import AgentChain, OutputState, TxState
 from mesh.chain.errors import ChainError, TxRejected
-from mesh.chain.local import LocalChain
 from mesh.chain.tx import p2pkh_script
 from mesh.chain.wallet import Wallet
 from mesh.health import STORAGE_ERRORS, StorageHealth
@@ -47,7 +46,7 @@ class WorkContext:
 
     identity: Identity
     wallet: Wallet
-    chain: LocalChain
+    chain: AgentChain
     orders: WorkOrderStore
     send: Send
     limiter: trio.CapacityLimiter

@@ -128,3 +128,21 @@ class Chain(Protocol):
         """The network's transaction policy as this chain's miners publish it: fee rate,
         minimum fee, size limits (a fee below it is refused at a channel's open)."""
         ...
+
+
+class AgentChain(Chain, Protocol):
+    """What an agent runs on: a `Chain` that also hands out a transaction's bytes and
+    takes raw bytes (escrows, passports), and is closed when the agent stops.
+    `LocalChain` (a ledger file) and `ArcChain` (the network) are both one."""
+
+    async def raw_tx(self, txid: str) -> bytes | None:
+        """The serialised transaction `txid`, None when this view does not hold it."""
+        ...
+
+    async def broadcast_raw(self, raw: bytes) -> str:
+        """`broadcast` for a serialised transaction."""
+        ...
+
+    def close(self) -> None:
+        """Release what the view holds (a file, connections)."""
+        ...
