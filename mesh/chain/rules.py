@@ -33,6 +33,7 @@ Decisions:
   OP_RETURN (execution ends with what is on the stack).
 
 Nothing here does I/O or reads the clock: heights and times come in as arguments.
+(docs/ARCHITECTURE.md §5)
 """
 
 from __future__ import annotations
