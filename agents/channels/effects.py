@@ -21,7 +21,7 @@ import trio
 
 from agents.channels.commits import ChannelCommits
 from mesh.chain.base import Chain, OutputState, Utxo
-from mesh.chain.errors import ChainError, ChainUnavailable, TxRejected
+from mesh.chain.errors import ChainAuthError, ChainError, ChainUnavailable, TxRejected
 from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.chain.wallet import Wallet
 from mesh.channel.config import AckedCallback, ChannelFailure, PaidCallback
@@ -204,7 +204,7 @@ class ChannelEffects:
             try:
                 height = await self.chain.height()
                 policy = await self.chain.policy()
-            except ChainUnavailable as exc:
+            except (ChainUnavailable, ChainAuthError) as exc:
                 rejection = protocol.refuse(
                     effect.peer_id, frame.channel_id, "chain-unavailable", str(exc), now, False
                 )
@@ -255,7 +255,8 @@ class ChannelEffects:
         try:
             await self.chain.broadcast(parse_exact(effect.raw))
             output = await self.chain.output(terms.funding_txid, terms.funding_vout)
-        except ChainUnavailable as exc:  # no verdict on the funding: not a refusal
+        except (ChainUnavailable, ChainAuthError) as exc:  # no verdict: not a refusal
+            # (our credentials refused are our fault, not the payer's funding's)
             return self.protocol.funding_checked(peer, cid, None, now, unavailable=str(exc))
         except ChainError as exc:
             return self.protocol.funding_checked(peer, cid, None, now, refused=str(exc))

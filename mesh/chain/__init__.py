@@ -18,6 +18,7 @@ from mesh.chain.base import Chain, OutputState, OutputStatus, TxState, TxStatus,
 from mesh.chain.coins import Coin, Draft
 from mesh.chain.errors import (
     RULES,
+    ChainAuthError,
     ChainError,
     ChainUnavailable,
     InsufficientFunds,
@@ -40,6 +41,7 @@ __all__ = [
     "Balance",
     "BlockInfo",
     "Chain",
+    "ChainAuthError",
     "ChainBackedTracker",
     "ChainError",
     "ChainUnavailable",

@@ -16,11 +16,13 @@ import trio
 
 from agents.channels import ChannelConfig, ChannelFailure
 from mesh.chain.base import OutputState, OutputStatus
-from mesh.chain.errors import TxRejected
+from mesh.chain.errors import ChainAuthError, TxRejected
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.rules import Policy
 from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.channel import Payer, State, Terms
+from mesh.channel.admission import AdmissionLimits
+from mesh.channel.config import FundingRefused
 from mesh.channel.frames import ChannelAck, ChannelClosed, ChannelError, ChannelPay, ChannelPays
 from mesh.channel.journal import RECORD_SIZE
 from mesh.channel.store import ChannelStore, journal_path
@@ -576,6 +578,38 @@ async def test_a_funding_spent_while_open_ends_the_channel_at_once(
         await trio.sleep(0.3)
         assert seller.manager.statistics().acks_sent == before
         assert seller.manager.record(cid).total == 5
+
+
+class BadCredentials:
+    """The real chain, except that reading an output is refused as ARC and WhatsOnChain
+    refuse a wrong API key (HTTP 401: `ChainAuthError`)."""
+
+    def __init__(self, chain: Any) -> None:
+        self._chain = chain
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+    async def output(self, txid: str, vout: int) -> OutputStatus:
+        raise ChainAuthError("ARC 401: check M2MESH_ARC_API_KEY")
+
+
+async def test_a_payee_whose_chain_refuses_its_credentials_refuses_no_funding(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    """A payee's wrong API key is its own fault: no payer's funding is called refused
+    (that would lock the payer's coins until the refund) and nobody is struck."""
+    strict = ChannelConfig(admission=AdmissionLimits(max_strikes=1))
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path, config=ChannelConfig(open_timeout=3)) as buyer,
+        agentlet(tmp_path / "seller", ledger_path, config=strict) as seller,
+    ):
+        seller.manager.chain = BadCredentials(seller.manager.chain)
+        for _ in range(2):
+            with pytest.raises(ChannelFailure) as failed:
+                await funded_channel(buyer, seller, ledger_path)
+            assert not isinstance(failed.value, FundingRefused), failed.value
+        assert seller.manager.statistics().peers_set_aside == 0
 
 
 @pytest.fixture
