@@ -33,7 +33,7 @@ from bsv.http_client import HttpClient, HttpResponse, SyncHttpClient
 from mesh.chain.base import OutputState, OutputStatus, Utxo
 from mesh.chain.errors import ChainUnavailable, TxRejected
 from mesh.chain.rules import MAX_MONEY
-from mesh.chain.tx import is_data_script, p2pkh_script, txid_of
+from mesh.chain.tx import is_data_script, network_address, p2pkh_script, txid_of
 
 _TXID = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
@@ -67,6 +67,7 @@ class Woc:
     ) -> None:
         self._http = http
         self._timeout = timeout
+        self._network = network
         self.tracker = WhatsOnChainTracker(
             network=network, api_key=api_key, http_client=TrioHttpClient(http)
         )
@@ -96,7 +97,7 @@ class Woc:
     async def utxos(self, address: str) -> list[Utxo]:
         """Unspent outputs of `address` (height 0 = unconfirmed)."""
         script = p2pkh_script(address)
-        data = await self.json(f"/address/{address}/unspent")
+        data = await self.json(f"/address/{network_address(address, self._network)}/unspent")
         if not isinstance(data, list):
             raise ChainUnavailable("WhatsOnChain unspent list is not a list")
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from bsv.script.script import Script
 from bsv.script.type import P2PKH
 from bsv.transaction import Transaction
+from bsv.utils import to_base58_check
 from bsv.utils.address import decode_address
 
 from mesh.chain.errors import TxRejected
@@ -101,6 +102,14 @@ def is_data_script(script: bytes) -> bool:
     Genesis), so it alone may carry 0 sat; anything else with 0 sat is dust.
     """
     return script[:2] == bytes([OP_FALSE, OP_RETURN])
+
+
+def network_address(address: str, network: str) -> str:
+    """`address` (a P2PKH address of any network) as ``main`` or ``test`` writes it: the
+    same key hash under that network's version byte (WhatsOnChain looks testnet coins up
+    by testnet addresses; the wallet's are written the mainnet way)."""
+    version = {"main": 0x00, "test": 0x6F}[network]
+    return str(to_base58_check(list(address_to_pkh(address)), [version]))
 
 
 def address_to_pkh(address: str) -> bytes:

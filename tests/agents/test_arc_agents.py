@@ -90,6 +90,9 @@ def test_two_agents_buy_and_close_through_arc(
             assert record.close_txid, record
             assert sim.ledger.status(record.close_txid).state is TxState.MINED
             assert record.terms.close_fee >= 2 * sim.ledger.policy.required_fee(268)
+        # Coins are looked up by testnet addresses (the wallet writes mainnet ones).
+        lookups = [r for r in sim.woc_requests if r.startswith("/address/")]
+        assert lookups and all(r[len("/address/")] in "mn" for r in lookups), lookups[:3]
         posts = sim.posts
         assert len(posts) >= 2 * len(channels)  # fundings and closes, anchors too
         assert all(p.extended and is_extended(p.raw) for p in posts), posts[:1]

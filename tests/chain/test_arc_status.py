@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from bsv.constants import Network
 from bsv.keys import PrivateKey
 from bsv.transaction import Transaction
 
@@ -44,7 +45,7 @@ from mesh.chain.arc_status import (
 from mesh.chain.errors import RULES, ChainError, ChainUnavailable, TxRejected
 from mesh.chain.ledger import LocalLedger
 from mesh.chain.rules import Policy, Prevout
-from mesh.chain.tx import tx_id
+from mesh.chain.tx import network_address, tx_id
 from tests.chain.helpers import mint, p2pkh, pay, spend
 
 TXID = "ab" * 32
@@ -325,3 +326,12 @@ def test_prevouts_come_from_links_inputs_or_fetched_parents(ledger: LocalLedger)
     bare.inputs[0].source_transaction = wrong
     with pytest.raises(ChainError):
         known_prevouts(bare)
+
+
+def test_an_address_is_written_for_the_network_asked() -> None:
+    key = PrivateKey(1)
+    main, test = key.address(), key.address(network=Network.TESTNET)
+    assert network_address(main, "test") == test == network_address(test, "test")
+    assert network_address(test, "main") == main
+    with pytest.raises(KeyError):
+        network_address(main, "regtest")
