@@ -176,6 +176,7 @@ async def _run_until_signal(agent: Agent, log_format: str = "plain") -> None:
 
 def cmd_address(args: argparse.Namespace) -> int:
     """Print a receive address of the agent's wallet (to fund it)."""
+    from mesh.chain.tx import network_address
     from mesh.chain.wallet import Wallet
     from mesh.identity import load_identity
     from mesh.store import Store
@@ -184,7 +185,8 @@ def cmd_address(args: argparse.Namespace) -> int:
     identity = load_identity(key)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     with Store(args.data_dir / "agent.db") as store:
-        print(Wallet(store, identity).new_address())
+        address = Wallet(store, identity).new_address()
+    print(network_address(address, args.network) if args.network else address)
     return 0
 
 
@@ -487,6 +489,12 @@ def add_agent_commands(sub: Any) -> None:
     )
     address.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
     address.add_argument("--key", type=Path, help="identity key (default DATA_DIR/identity.key)")
+    address.add_argument(
+        "--network",
+        choices=("main", "test"),
+        help="write it as that network's address (testnet: m…/n…, to fund an agent that"
+        " runs with --chain arc:test); default: the form the local ledger takes",
+    )
     address.set_defaults(func=cmd_address)
 
     status = sub.add_parser(

@@ -10,6 +10,8 @@ everything `docs/TESTNET.md` does but the real network.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -18,12 +20,11 @@ import pytest
 from mesh.chain.arc_ef import is_extended
 from mesh.chain.base import TxState
 from mesh.chain.tx import p2pkh_script
-from mesh.chain.wallet import Wallet
 from mesh.channel.state import Role
 from mesh.channel.store import ChannelStore
-from mesh.identity import Identity
+from mesh.identity import Identity, save_identity
 from mesh.store import Store
-from tests.chain.arc_sim import serve
+from tests.chain.arc_sim import ArcSim, serve
 from tests.discovery.agents import FEED, RunningAgent
 
 WANT = """
@@ -38,13 +39,21 @@ prepay = 2
 """
 
 
-def _fund(sim: object, data: Path, identity: Identity, satoshis: int) -> None:
-    """Pay `satoshis` to a new address of the agent at `data`, as a faucet would."""
-    with Store(data / "agent.db") as store:
-        address = Wallet(store, identity).new_address()
-    with sim.lock:  # type: ignore[attr-defined]
-        sim.ledger.faucet(p2pkh_script(address), satoshis)  # type: ignore[attr-defined]
-        sim.mine()  # type: ignore[attr-defined]
+def _fund(sim: ArcSim, data: Path, identity: Identity, satoshis: int) -> None:
+    """Pay `satoshis` to the testnet address `mesh address --network test` gives, as a
+    testnet faucet would."""
+    key = data.parent / f"{data.name}.key"
+    save_identity(identity, key)
+    said = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "address", "--data-dir", str(data),
+         "--key", str(key), "--network", "test"],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    address = said.stdout.strip()
+    assert address[0] in "mn", address  # testnet's form
+    with sim.lock:
+        sim.ledger.faucet(p2pkh_script(address), satoshis)
+        sim.mine()
 
 
 def test_two_agents_buy_and_close_through_arc(
@@ -64,12 +73,13 @@ def test_two_agents_buy_and_close_through_arc(
         thread.start()
         unused = tmp_path / "no-ledger.db"  # --chain arc:test reads no ledger file
         buyer_id = Identity.generate()
-        (tmp_path / "buyer").mkdir()
-        _fund(sim, tmp_path / "buyer", buyer_id, 100_000)
+        (tmp_path / "funded").mkdir()
+        _fund(sim, tmp_path / "funded", buyer_id, 100_000)
         seller = RunningAgent(tmp_path, unused, "seller", "127.0.0.1", "tcp://127.0.0.1:0", FEED)
         buyer = RunningAgent(
-            tmp_path, unused, "buyer", "127.0.0.1", "tcp://127.0.0.1:0", WANT, identity=buyer_id
-        )
+            tmp_path, unused, "buyer", "127.0.0.1", "tcp://127.0.0.1:0", WANT,
+            identity=buyer_id, data_dir=tmp_path / "funded",
+        )  # fmt: skip
         try:
             buyer.wait(lambda s: s["wants"][0]["state"] == "done", 90, "the want done")
         finally:
