@@ -62,6 +62,7 @@ from mesh.anchoring import (
 from mesh.anchoring.record import SignedRecord
 from mesh.certs.certificate import Certificate
 from mesh.chain.base import AgentChain
+from mesh.chain.errors import ChainError
 from mesh.chain.wallet import Wallet
 from mesh.channel.state import Role, State
 from mesh.channel.store import ChannelStore
@@ -239,7 +240,10 @@ class Agent:
                 self.manager.on_ended = self.provider.channel_ended
                 self.buyer = Buyer(self._send, self.manager.pay)
                 self.manager.on_final = self._channel_final
-                await sync_wallet(self.wallet, chain, self._db)
+                try:  # coins are found now or at a later pass of `keep_wallet_synced`
+                    await sync_wallet(self.wallet, chain, self._db)
+                except ChainError as exc:
+                    log.warning("wallet sync: %s", exc)
                 await nursery.start(self.manager.run)
                 self.anchorer = Anchorer(
                     identity,

@@ -13,6 +13,7 @@ from agents.profile import RetentionSpec
 from mesh.anchoring.cold import ColdArchiveError
 from mesh.anchoring.retention import Retention
 from mesh.chain.base import AgentChain
+from mesh.chain.errors import ChainError
 from mesh.chain.wallet import Wallet
 from mesh.health import STORAGE_ERRORS, StorageHealth
 from mesh.store import Store
@@ -24,6 +25,7 @@ WALLET_SYNC_SECONDS = 5.0
 async def sync_wallet(wallet: Wallet, chain: AgentChain, limiter: trio.CapacityLimiter) -> None:
     """Add coins the wallet does not know yet, asking the chain only about its watch
     set (`Wallet.watch_addresses`): a pass costs the same after a year of anchors."""
+    wallet.policy = await chain.policy()  # funds at the network's rate of the moment
     addresses = await trio.to_thread.run_sync(wallet.watch_addresses, limiter=limiter)
     if not addresses:  # no receive key yet: one to be funded at
         addresses = [await trio.to_thread.run_sync(wallet.new_address, limiter=limiter)]
@@ -44,6 +46,8 @@ async def keep_wallet_synced(
             await sync_wallet(wallet, chain, limiter)
         except STORAGE_ERRORS as exc:  # the coins are added at a later pass
             health.fault("wallet", exc)
+        except ChainError as exc:  # the network is away (or refuses our key): next pass
+            log.warning("wallet sync: %s", exc)
         else:
             health.ok("wallet")
 

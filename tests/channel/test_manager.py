@@ -612,6 +612,42 @@ async def test_a_payee_whose_chain_refuses_its_credentials_refuses_no_funding(
         assert seller.manager.statistics().peers_set_aside == 0
 
 
+class RisingPolicy:
+    """The real chain, with a fee policy the test raises (what ARC's `/v1/policy` does
+    when the miners' fee changes)."""
+
+    def __init__(self, chain: Any) -> None:
+        self._chain = chain
+        self.now = Policy()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+    async def policy(self) -> Policy:
+        return self.now
+
+
+async def test_each_open_takes_the_fee_policy_of_its_moment(
+    tmp_path: Path, ledger_path: Path
+) -> None:
+    async with (
+        agentlet(tmp_path / "buyer", ledger_path) as buyer,
+        agentlet(tmp_path / "seller", ledger_path) as seller,
+    ):
+        ours, theirs = RisingPolicy(buyer.manager.chain), RisingPolicy(seller.manager.chain)
+        buyer.manager.chain, seller.manager.chain = ours, theirs
+        first = await funded_channel(buyer, seller, ledger_path)
+        assert seller.manager.record(first).terms.close_fee == 10  # the floor
+        ours.now = theirs.now = Policy(fee_rate=500)  # the network's fee rose
+        second = await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 20)
+        terms = seller.manager.record(second).terms
+        assert (terms.close_fee, terms.refund_fee) == (268, 234)  # 2x the policy's fee
+        # A payer that has not seen the rise is refused before anything is signed.
+        ours.now = Policy()
+        with pytest.raises(ChannelFailure, match="below the network's policy"):
+            await buyer.manager.open(seller.node.peer_id, "x", CAPACITY, 20)
+
+
 @pytest.fixture
 def teranode_ledger(tmp_path: Path) -> Path:
     """A ledger that judges finality as Teranode does (a refund with nLockTime E is
