@@ -178,7 +178,7 @@ class Agent:
         chain = open_chain(self.chain_choice, self.ledger)
         channels: ChannelStore | None = None
         try:
-            self.wallet = Wallet(store, identity, policy=await chain.policy())
+            self.wallet = Wallet(store, identity)  # the chain's policy: at each sync
             channels = ChannelStore(store)
             config = NodeConfig(heartbeat_interval=profile.heartbeat, dead_after=profile.dead_after)
             summary = ProfileSummary(profile.name, profile.offers())
