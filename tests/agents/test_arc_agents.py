@@ -25,18 +25,7 @@ from mesh.channel.store import ChannelStore
 from mesh.identity import Identity, save_identity
 from mesh.store import Store
 from tests.chain.arc_sim import ArcSim, serve
-from tests.discovery.agents import FEED, RunningAgent
-
-WANT = """
-[[wants]]
-service = "vibration"
-kind = "data-feed"
-tick = 0.05
-max_price = 2
-units = 40
-budget = 1000
-prepay = 2
-"""
+from tests.discovery.agents import FEED, WANT_40, RunningAgent
 
 
 def _fund(sim: ArcSim, data: Path, identity: Identity, satoshis: int) -> None:
@@ -77,7 +66,7 @@ def test_two_agents_buy_and_close_through_arc(
         _fund(sim, tmp_path / "funded", buyer_id, 100_000)
         seller = RunningAgent(tmp_path, unused, "seller", "127.0.0.1", "tcp://127.0.0.1:0", FEED)
         buyer = RunningAgent(
-            tmp_path, unused, "buyer", "127.0.0.1", "tcp://127.0.0.1:0", WANT,
+            tmp_path, unused, "buyer", "127.0.0.1", "tcp://127.0.0.1:0", WANT_40,
             identity=buyer_id, data_dir=tmp_path / "funded",
         )  # fmt: skip
         try:

@@ -21,19 +21,9 @@ from mesh.channel.fees import CLOSE_TX_MAX_SIZE, REFUND_TX_MAX_SIZE
 from mesh.channel.state import Role
 from mesh.channel.store import ChannelStore
 from mesh.store import Store
-from tests.discovery.agents import FEED, RunningAgent
+from tests.discovery.agents import FEED, WANT_40, RunningAgent
 
 RATE = 500  # sat/kB: 134 sat for a close at its largest
-WANT = """
-[[wants]]
-service = "vibration"
-kind = "data-feed"
-tick = 0.05
-max_price = 2
-units = 40
-budget = 1000
-prepay = 2
-"""
 
 
 def test_channels_open_and_close_at_the_networks_fee_rate(tmp_path: Path) -> None:
@@ -42,7 +32,7 @@ def test_channels_open_and_close_at_the_networks_fee_rate(tmp_path: Path) -> Non
     LocalLedger.create(ledger, policy=policy).close()
     seller = RunningAgent(tmp_path, ledger, "seller", "127.0.0.1", "tcp://127.0.0.1:0", FEED)
     buyer = RunningAgent(
-        tmp_path, ledger, "buyer", "127.0.0.1", "tcp://127.0.0.1:0", WANT, funds=100_000
+        tmp_path, ledger, "buyer", "127.0.0.1", "tcp://127.0.0.1:0", WANT_40, funds=100_000
     )
     try:
         buyer.wait(lambda s: s["wants"][0]["state"] == "done", 60, "the want done")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -135,3 +138,21 @@ def flip(hex_text: str, index: int, mask: int) -> str:
     raw = bytearray(bytes.fromhex(hex_text))
     raw[index] ^= mask
     return raw.hex()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mesh(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`mesh ARGS` as a process from the repository root; never a traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "agents.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    return result

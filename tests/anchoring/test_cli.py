@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,24 +14,8 @@ from mesh.anchoring.kept import KeptRecords
 from mesh.anchoring.store import AnchorStore
 from mesh.store import Store
 from tests.anchoring.conftest import Anchored
-from tests.anchoring.helpers import BUYER, PRODUCER, flip, open_store
+from tests.anchoring.helpers import BUYER, PRODUCER, flip, mesh, open_store
 from tests.anchoring.test_cold import cold_batches, copy_data_dir, evict
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def mesh(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "agents.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-    assert "Traceback" not in result.stderr + result.stdout, result.stderr
-    return result
 
 
 def test_list_shows_streams_with_anchored_ranges(anchored: Anchored) -> None:

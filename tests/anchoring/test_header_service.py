@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,8 +51,7 @@ from tests.anchoring.header_chains import (
     root_for,
     toy_chain,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.anchoring.helpers import mesh
 
 
 @dataclass
@@ -274,20 +270,6 @@ def test_headers_are_read_from_the_services_json_shape() -> None:
 
 
 # --------------------------------------------------------------------------- mesh verify
-
-
-def mesh(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "agents.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-    assert "Traceback" not in result.stderr + result.stdout, result.stderr
-    return result
 
 
 def lying_testnet_service() -> Served:

@@ -42,6 +42,9 @@ budget = 1000000
 prepay = 2
 """
 
+WANT_40 = WANT.replace("units = 1000000\nbudget = 1000000", "units = 40\nbudget = 1000")
+"""40 readings and done (the buyer of a test that settles and checks the ledger)."""
+
 
 class RunningAgent:
     """One `mesh run` process and its data dir (``root/name``, or `data_dir`: then its
