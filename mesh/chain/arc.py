@@ -101,6 +101,7 @@ GENESIS = {
 
 _TXID = re.compile(r"[0-9a-f]{64}")
 POLICY_TTL = 300.0  # seconds a `/v1/policy` answer is reused
+HEIGHT_TTL = 10.0  # seconds a `/chain/info` height is reused (blocks: ~600 s apart)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class ArcChain:
         clock: Callable[[], float] = time.time,
         draw: Callable[[], float] = random.random,
         policy_ttl: float = POLICY_TTL,
+        height_ttl: float = HEIGHT_TTL,
     ) -> None:
         self.settings = settings
         self._http = http or SyncHttpClient(default_timeout=math.ceil(settings.timeout))
@@ -166,6 +168,8 @@ class ArcChain:
         self._clock = clock
         self._draw = draw
         self._policy_ttl = policy_ttl
+        self._height_ttl = height_ttl
+        self._height: tuple[float, int] | None = None
         self._policy: tuple[float, Policy] | None = None
 
     def tracker(self) -> ChainBackedTracker:
@@ -363,8 +367,16 @@ class ArcChain:
         return GENESIS[self.settings.network]
 
     async def height(self) -> int:
-        """The best height, from WhatsOnChain ``/chain/info``."""
-        return await self._woc.height()
+        """The best height, from WhatsOnChain ``/chain/info``, reused for `height_ttl`
+        seconds: an agent asks at every channel watch (each second), a block comes
+        every ten minutes, and WhatsOnChain limits requests. (Finality is checked
+        against a fresh height: `_check_final`.)"""
+        now = trio.current_time()
+        if self._height is not None and now - self._height[0] < self._height_ttl:
+            return self._height[1]
+        height = await self._woc.height()
+        self._height = (now, height)
+        return height
 
     async def is_valid_root(self, merkle_root: str, height: int) -> bool:
         """Ask WhatsOnChain for the Merkle root at `height`."""

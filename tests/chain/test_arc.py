@@ -229,6 +229,20 @@ async def test_policy_is_read_mapped_and_cached(tmp_path: Path) -> None:
             await fresh.policy()
 
 
+async def test_the_height_is_reused_for_a_few_seconds(tmp_path: Path) -> None:
+    """An agent asks for the height at every channel watch (each second): WhatsOnChain
+    is asked at most once per `height_ttl`."""
+    with serve(tmp_path / "arc.db") as sim:
+        settings = ArcSettings(arc_url=sim.url, network="test", woc_url=f"{sim.url}/woc")
+        arc = ArcChain(settings, schedule=FAST, height_ttl=60)
+        first = await arc.height()
+        sim.mine()
+        assert [await arc.height() for _ in range(5)] == [first] * 5
+        assert sim.woc_requests.count("/chain/info") == 1
+        fresh = ArcChain(settings, schedule=FAST, height_ttl=0)
+        assert await fresh.height() == first + 1
+
+
 async def test_output_through_woc_tx_and_spent_lookups(tmp_path: Path) -> None:
     with serve(tmp_path / "arc.db") as sim:
         arc = _arc(sim.url)
