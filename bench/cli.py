@@ -44,6 +44,7 @@ SCENARIOS: dict[str, str] = {
     "anchoring": "bench.anchoring_scenario",
     "ot": "bench.ot",
     "dashboard": "bench.dashboard",
+    "site": "bench.site",
 }
 """Scenario name -> module, in the order a run takes them (cheap ones first)."""
 

@@ -6,6 +6,10 @@ The buyer's wallet finds its coins through WhatsOnChain, the funding, the anchor
 the close go to ARC in Extended Format, the fee rate comes from ARC's ``/v1/policy``
 (50 sat/kB here, where ARC rounds up in floating point), and the close is mined. This is
 everything `docs/TESTNET.md` does but the real network.
+
+Before: no `--chain`; and on any chain whose policy asked more than 1 sat/kB the wallet
+funded at 1 sat/kB (refused: not one channel opened) and every close and refund was
+signed at a fixed 10 sat. Now the fees follow the policy (`mesh.channel.fees`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import pytest
 
 from mesh.chain.arc_ef import is_extended
 from mesh.chain.base import TxState
-from mesh.chain.tx import p2pkh_script
+from mesh.chain.tx import p2pkh_script, parse_exact
+from mesh.channel.fees import CLOSE_TX_MAX_SIZE, REFUND_TX_MAX_SIZE
 from mesh.channel.state import Role
 from mesh.channel.store import ChannelStore
 from mesh.identity import Identity, save_identity
@@ -88,7 +93,13 @@ def test_two_agents_buy_and_close_through_arc(
         for record in channels:
             assert record.close_txid, record
             assert sim.ledger.status(record.close_txid).state is TxState.MINED
-            assert record.terms.close_fee >= 2 * sim.ledger.policy.required_fee(268)
+            terms = record.terms  # fees from ARC's policy, with headroom
+            assert terms.close_fee >= 2 * sim.ledger.policy.required_fee(CLOSE_TX_MAX_SIZE)
+            assert terms.refund_fee >= 2 * sim.ledger.policy.required_fee(REFUND_TX_MAX_SIZE)
+            raw = sim.ledger.raw_tx(record.close_txid)
+            assert raw is not None
+            paid = sum(int(o.satoshis) for o in parse_exact(raw).outputs)
+            assert terms.capacity - paid == terms.close_fee  # the fee the terms fixed
         # Coins are looked up by testnet addresses (the wallet writes mainnet ones).
         lookups = [r for r in sim.woc_requests if r.startswith("/address/")]
         assert lookups and all(r[len("/address/")] in "mn" for r in lookups), lookups[:3]
