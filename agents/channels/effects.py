@@ -4,9 +4,10 @@
 in order: records through the group commit (`agents.channels.commits`), frames over
 the node's sessions, transactions to the chain, coins to the wallet, wake-ups to the
 tasks that wait on a channel. An effect that asks a question (`Check…`, `Broadcast…`)
-is answered by calling the protocol method it names with what the chain or the store
-said; the effects that answer returns run next. Nothing here decides anything about
-a channel. (docs/ARCHITECTURE.md §2, §7)
+is answered by calling the protocol method it names with what the chain, the store or
+the application said (`Standing`: our storage's health and both networks; `admit`: the
+application's policy); the effects that answer returns run next. Nothing here decides
+anything about a channel. (docs/ARCHITECTURE.md §2, §7)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mesh.chain.base import Chain, OutputState, Utxo
 from mesh.chain.errors import ChainAuthError, ChainError, ChainUnavailable, TxRejected
 from mesh.chain.tx import p2pkh_script, parse_exact
 from mesh.chain.wallet import Wallet
-from mesh.channel.config import AckedCallback, ChannelFailure, PaidCallback
+from mesh.channel.config import AckedCallback, ChannelFailure, PaidCallback, Standing
 from mesh.channel.effects import (
     AbandonFunding,
     Acked,
@@ -33,10 +34,12 @@ from mesh.channel.effects import (
     BroadcastClose,
     BroadcastFunding,
     BroadcastRefund,
+    CheckAdmit,
     CheckCloseClaim,
     CheckFunding,
     CheckFundingUnspent,
     CheckOffer,
+    CheckPeer,
     CheckSpender,
     CheckStored,
     CommitNow,
@@ -45,6 +48,7 @@ from mesh.channel.effects import (
     Flush,
     ForgetUnfunded,
     HangUp,
+    OpenEnded,
     Paid,
     Persist,
     Reack,
@@ -69,6 +73,9 @@ from mesh.wire import Frame
 log = logging.getLogger("agents.channels")
 T = TypeVar("T")
 ChannelCallback = Callable[[bytes], None]
+AdmitPolicy = Callable[[str, str], tuple[str, str] | None]
+"""admit(peer_id, service): why a peer may not open a channel for a service now
+(code, reason), or None."""
 
 
 class CommitStopped(ChannelFailure):
@@ -99,6 +106,12 @@ class ChannelEffects:
         self.on_acked: AckedCallback | None = None
         self.on_ended: ChannelCallback | None = None
         self.on_final: ChannelCallback | None = None
+        self.want_session: Callable[[str], None] | None = None
+        """want_session(peer_id): frames wait for a peer without a session (sessions on
+        demand: the application dials it; `peer_connected` then sends them again)."""
+        self.admit: AdmitPolicy | None = None
+        """The application's policy on who may open a channel (certificates)."""
+        self._network: str | None = None  # our chain's network id, once asked
         self._db = db
         self._waiters: dict[bytes, trio.Event] = {}
         self._replies: dict[bytes, trio.MemorySendChannel[Frame]] = {}
@@ -181,6 +194,8 @@ class ChannelEffects:
             self.store.forget_written(effect.channel_id)
             if self.on_final is not None:
                 self.on_final(effect.channel_id)
+        elif isinstance(effect, OpenEnded):
+            pass  # read by the open that asked for it (`ChannelManager.open`)
         else:
             return False
         return True
@@ -197,18 +212,27 @@ class ChannelEffects:
     # ---------------------------------------------------------------- the chain
 
     async def _answer(self, effect: Effect) -> None:
-        """A question for the chain or the store; its answer goes to the protocol."""
+        """A question for the chain, the store or the application; its answer goes to
+        the protocol."""
         protocol, settlement, now = self.protocol, self.protocol.settlement, trio.current_time()
-        if isinstance(effect, CheckOffer):
+        if isinstance(effect, CheckPeer):
+            standing = await self.standing(effect.peer_id)
+            now = trio.current_time()
+            await self.run(protocol.peer_checked(effect.peer_id, effect.frame, standing, now))
+        elif isinstance(effect, CheckAdmit):
+            frame = effect.frame
+            verdict = None if self.admit is None else self.admit(effect.peer_id, frame.service)
+            await self.run(protocol.admitted(effect.peer_id, frame, verdict, now))
+        elif isinstance(effect, CheckOffer):
             frame = effect.frame
             try:
                 height = await self.chain.height()
                 policy = await self.chain.policy()
             except (ChainUnavailable, ChainAuthError) as exc:
-                rejection = protocol.refuse(
-                    effect.peer_id, frame.channel_id, "chain-unavailable", str(exc), now, False
+                unanswered = protocol.chain_unavailable(
+                    effect.peer_id, frame.channel_id, str(exc), now
                 )
-                await self.run(rejection)
+                await self.run(unanswered)
                 return
             seen = await self.thread(
                 self.store.seen, frame.channel_id, frame.funding_txid, frame.funding_vout
@@ -319,6 +343,16 @@ class ChannelEffects:
         if payee.terms.payee_payout == p2pkh_script(self.wallet.payout_address(label)):
             await self.write(self.wallet.adopt, label)
 
+    async def standing(self, peer_id: str) -> Standing:
+        """What we know of our storage and of the networks, for the protocol to judge
+        an open with `peer_id` (our network is asked only of a peer that names one)."""
+        fault = self.health.reason() or ""  # ("": healthy)
+        session = self.node.session(peer_id)
+        theirs = "" if session is None else session.peer.network
+        if theirs and self._network is None:  # the chain's genesis never changes: ask once
+            self._network = await self.chain.network_id()
+        return Standing(fault, theirs, self._network or "")
+
     # ---------------------------------------------------------------- peers, waiters
 
     async def _send_many(self, peer_id: str, frames: list[Frame]) -> None:
@@ -326,6 +360,8 @@ class ChannelEffects:
         without a session gets it again from `peer_connected` when one is back."""
         session = self.node.session(peer_id)
         if session is None:
+            if self.want_session is not None:
+                self.want_session(peer_id)
             return
         with contextlib.suppress(SessionClosed):
             await session.send_many(fold_payments(frames))

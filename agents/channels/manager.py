@@ -6,7 +6,9 @@ gives it frames, `now` and chain facts, and executes the effects it returns, in 
 sessions, broadcasts and lookups on the chain, wallet bookings, wake-ups of the tasks
 waiting on a channel. It also runs the channel tasks (the committer, the expiry watch,
 the proposal timer, compaction) and the payer's conversations that wait for a peer:
-`open`, `pay` (room in the window), `close`, `wait_acked`.
+`open` (the protocol's `Opening` says which answer comes next and what its deadline
+and every failure mean; this task waits), `pay` (room in the window), `close`,
+`wait_acked`.
 
 Durability (docs/ARCHITECTURE.md §7): the protocol says persist before it says send;
 the payer's payments leave and the payee's acks are made only after the commit that
@@ -20,12 +22,17 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from agents.channels.effects import ChannelCallback, ChannelEffects, CommitStopped, payout_label
+from agents.channels.effects import (
+    AdmitPolicy,
+    ChannelCallback,
+    ChannelEffects,
+    CommitStopped,
+    payout_label,
+)
 from agents.logs import log_context
 from mesh.chain.base import Chain
 from mesh.chain.errors import ChainError, ChainUnavailable
@@ -35,15 +42,12 @@ from mesh.channel.config import (
     AckedCallback,
     ChannelConfig,
     ChannelFailure,
-    ChannelRefused,
     ChannelStatistics,
-    FundingRefused,
     PaidCallback,
     is_txid,
 )
-from mesh.channel.effects import CommitNow
+from mesh.channel.effects import CommitNow, Effect, OpenEnded
 from mesh.channel.fees import ChannelFees, offered_fees
-from mesh.channel.frames import ChannelOpen
 from mesh.channel.protocol import CHANNEL_FRAMES, ChannelProtocol
 from mesh.channel.settle import channel_summary
 from mesh.channel.state import FINAL_STATES, PaymentRejected, Record, State
@@ -85,11 +89,7 @@ class ChannelManager:
             self.protocol, node, chain, wallet, channels, db_limiter, self.health
         )
         self.on_paid = on_paid
-        self.admit: Callable[[str, str], tuple[str, str] | None] | None = None
-        """admit(peer_id, service): why a peer may not open a channel for a service
-        now (code, reason), or None -- the application's policy (certificates)."""
         self._channels = channels
-        self._network: str | None = None  # our chain's network id, once asked
         self._compacted = 0
 
     @property
@@ -115,6 +115,16 @@ class ChannelManager:
     @on_paid.setter
     def on_paid(self, callback: PaidCallback | None) -> None:
         self.effects.on_paid = callback
+
+    @property
+    def admit(self) -> AdmitPolicy | None:
+        """admit(peer_id, service): why a peer may not open a channel for a service
+        now (code, reason), or None -- the application's policy (certificates)."""
+        return self.effects.admit
+
+    @admit.setter
+    def admit(self, policy: AdmitPolicy | None) -> None:
+        self.effects.admit = policy
 
     @property
     def on_acked(self) -> AckedCallback | None:
@@ -282,43 +292,12 @@ class ChannelManager:
             return False
         now = trio.current_time()
         with log_context(peer=peer_id, channel=frame.channel_id):
-            if isinstance(frame, ChannelOpen) and (
-                problem := await self._refusal(peer_id, frame.service)
-            ):
-                code, reason, strike = problem
-                effects = self.protocol.refuse(peer_id, frame.channel_id, code, reason, now, strike)
-            else:
-                effects = self.protocol.receive(peer_id, frame, now, last)
+            effects = self.protocol.receive(peer_id, frame, now, last)
             try:
                 await self.effects.run(effects)
             except CommitStopped as exc:  # stopping: what needed the write is not done
                 log.info("peer %s: %s not handled: %s", peer_id[:16], type(frame).__name__, exc)
         return True
-
-    async def _refusal(self, peer_id: str, service: str) -> tuple[str, str, bool] | None:
-        """Why no offer from `peer_id` is considered now: a storage fault here (no new
-        business; not the peer's fault), a peer of another network (its chain cannot
-        see our coins, nor ours its coins), or the application's policy (`admit`: a
-        buyer that has not proved what the service requires; no strike)."""
-        if not self.health.healthy:
-            return "storage", f"storage fault here: {self.health.reason()}", False
-        foreign = await self._foreign(peer_id)
-        if foreign is not None:
-            return "network", foreign, True
-        policy = self.admit(peer_id, service) if self.admit is not None else None
-        return None if policy is None else (*policy, False)
-
-    async def _foreign(self, peer_id: str) -> str | None:
-        """Why a peer's network is not ours (None when it is, or nobody says)."""
-        session = self.node.session(peer_id)
-        if session is None or not session.peer.network:
-            return None
-        if self._network is None:  # the chain's genesis never changes: ask once
-            self._network = await self.chain.network_id()
-        ours = self._network
-        if session.peer.network == ours:
-            return None
-        return f"peer is on network {session.peer.network[:16]}…, we on {ours[:16]}…"
 
     async def peer_connected(self, peer_id: str) -> None:
         """A (new) session with `peer_id`: resend what may have been lost."""
@@ -336,21 +315,19 @@ class ChannelManager:
 
     async def open(self, peer_id: str, service: str, capacity: int, lifetime_blocks: int) -> bytes:
         """Open a funded channel to `peer_id`; returns its id once the payee says open."""
-        if not self.health.healthy:
-            raise ChannelFailure(f"storage fault: {self.health.reason()}")
-        foreign = await self._foreign(peer_id)
-        if foreign is not None:
-            raise ChannelFailure(f"not opening a channel to {peer_id[:16]}…: {foreign}")
+        opening = self.protocol.opening
+        refusal = opening.refusal(peer_id, await self.effects.standing(peer_id))
+        if refusal is not None:
+            raise refusal
         channel_id = secrets.token_bytes(32)
         with log_context(peer=peer_id, channel=channel_id.hex(), service=service):
             expiry = await self.chain.height() + lifetime_blocks
             fees = await self.fees()
-            if fees.close >= capacity:
-                raise ChannelFailure(
-                    f"a capacity of {capacity} sat does not cover the close fee of {fees.close}"
-                )
+            unaffordable = opening.unaffordable(capacity, fees)
+            if unaffordable is not None:
+                raise unaffordable
             payout = await self.effects.write(lambda: p2pkh_script(self.wallet.new_address()))
-            script, keys = self.protocol.opening.funding_script(
+            script, keys = opening.funding_script(
                 peer_id, channel_id, capacity, fees, expiry, payout
             )
             try:
@@ -360,33 +337,29 @@ class ChannelManager:
             except STORAGE_ERRORS as exc:
                 self.health.fault("channel-records", exc)
                 raise ChannelFailure(f"storage fault: {describe(exc)}") from None
-            offer = self.protocol.opening.propose(
-                peer_id, channel_id, service, capacity, fees, expiry, payout, draft.txid, keys
+            offer = opening.propose(
+                peer_id,
+                channel_id,
+                service,
+                capacity,
+                fees,
+                expiry,
+                payout,
+                draft.txid,
+                keys,
+                funding_raw=draft.raw,
+                now=trio.current_time(),
             )
             with self.effects.replies(channel_id) as replies:
                 try:
-                    await self.effects.run(offer)
-                    with trio.fail_after(self.config.open_timeout):
-                        reply = await replies.receive()
-                        funded = self.protocol.opening.refund_answered(channel_id, reply, draft.raw)
-                        await self.effects.run(funded)
-                        answer = await replies.receive()
-                        await self.effects.run(
-                            self.protocol.opening.open_answered(channel_id, answer)
-                        )
-                        failure = self.protocol.opening.open_failure(channel_id, answer)
-                        if failure is not None:
-                            raise failure
-                except (trio.TooSlowError, ChannelFailure, PaymentRejected, ChainError) as exc:
-                    self.protocol.opening.open_ended(channel_id)
-                    await self.effects.run(self.protocol.opening.abandon_open(channel_id))
-                    why = f"opening a channel to {peer_id[:16]}…: {exc}"
-                    if isinstance(exc, ChannelRefused):
-                        raise ChannelRefused(why, exc.code) from None
-                    kind = FundingRefused if isinstance(exc, FundingRefused) else ChannelFailure
-                    raise kind(why) from None
+                    ending = await self._converse(channel_id, offer, replies)
+                    await self.effects.run(ending)
                 finally:
-                    self.protocol.opening.open_ended(channel_id)
+                    opening.open_ended(channel_id)  # (a caller that gave up: cancelled)
+            ended = ending[-1]
+            assert isinstance(ended, OpenEnded)
+            if ended.failure is not None:
+                raise ended.failure
             log.info(
                 "channel %s to %s open: %d sat until height %d",
                 channel_id.hex()[:16],
@@ -395,6 +368,27 @@ class ChannelManager:
                 expiry,
             )
             return channel_id
+
+    async def _converse(
+        self,
+        channel_id: bytes,
+        effects: list[Effect],
+        replies: trio.MemoryReceiveChannel[Frame],
+    ) -> list[Effect]:
+        """Do an open's effects and hand it the payee's replies until it ends; returns
+        the effects that end it (`OpenEnded` last), not yet done. At the open's deadline
+        whatever is in progress is cancelled and the protocol says what follows; so it
+        does when our own I/O fails (a broadcast refused, a write stopped)."""
+        opening = self.protocol.opening
+        try:
+            with trio.move_on_at(opening.deadline(channel_id)):
+                while not (effects and isinstance(effects[-1], OpenEnded)):
+                    await self.effects.run(effects)
+                    effects = opening.answered(channel_id, await replies.receive())
+                return effects
+            return opening.timed_out(channel_id, trio.current_time())
+        except (ChannelFailure, PaymentRejected, ChainError) as exc:
+            return opening.failed(channel_id, str(exc))
 
     async def pay(self, channel_id: bytes, amount: int) -> Record:
         """Sign and send a payment of `amount` more; waits while the window is full.
@@ -408,8 +402,8 @@ class ChannelManager:
         while not self.protocol.may_pay(channel_id):
             await self.effects.wait(channel_id)  # the committer sends the rest
             waited = True
-        commits = self.effects.commits
-        record, effects = self.protocol.pay(channel_id, amount, commits.waiting())
+        staged = self.effects.commits.waiting()
+        record, effects = self.protocol.pay(channel_id, amount, staged)
         inline = False
         for effect in effects:
             if isinstance(effect, CommitNow):

@@ -104,6 +104,26 @@ class ChannelConfig:
     """Seconds between two compactions (a pass reads the payment journal, ≤ 1 MiB)."""
 
 
+@dataclass(frozen=True)
+class Standing:
+    """Facts the shell knows when a channel is to be opened (either role), for the
+    protocol to judge (`ChannelProtocol.peer_checked`, `Opening.refusal`)."""
+
+    storage_fault: str = ""
+    """Why our storage is failing ("": it is healthy)."""
+    peer_network: str = ""
+    """The network the peer's session declared ("": none, or no session)."""
+    network: str = ""
+    """Ours: the chain's genesis block hash (looked up only if the peer declared one)."""
+
+    def foreign(self) -> str | None:
+        """Why the peer's network is not ours (None when it is, or nobody says)."""
+        theirs, ours = self.peer_network, self.network
+        if not theirs or theirs == ours:
+            return None
+        return f"peer is on network {theirs[:16]}…, we on {ours[:16]}…"
+
+
 def offer_problem(config: ChannelConfig, frame: ChannelOpen) -> tuple[str, str] | None:
     """Why a payee refuses the terms of `frame` under `config` (code, reason), checked
     before anything costs a lookup: terms no transaction can carry first, then the
@@ -154,6 +174,7 @@ __all__ = [
     "ChannelStatistics",
     "FundingRefused",
     "PaidCallback",
+    "Standing",
     "expiry_problem",
     "is_txid",
     "offer_problem",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mesh.chain.base import Utxo
+from mesh.channel.config import ChannelFailure
 from mesh.channel.frames import ChannelClosed, ChannelOpen
 from mesh.wire import Frame
 
@@ -163,6 +164,25 @@ class BroadcastRefund:
 
 
 @dataclass(frozen=True)
+class CheckPeer:
+    """A peer offers a channel: say what is known of our storage and of both networks
+    (`mesh.channel.config.Standing`); answer `ChannelProtocol.peer_checked`."""
+
+    peer_id: str
+    frame: ChannelOpen
+
+
+@dataclass(frozen=True)
+class CheckAdmit:
+    """Ask the application's policy whether the peer may open a channel for the
+    offer's service (a verdict, or None: no objection); answer
+    `ChannelProtocol.admitted`."""
+
+    peer_id: str
+    frame: ChannelOpen
+
+
+@dataclass(frozen=True)
 class CheckOffer:
     """Look up the chain's height and whether the store saw this channel id or funding
     outpoint before; answer `ChannelProtocol.offer_checked`."""
@@ -225,6 +245,16 @@ class CheckStored:
 
 
 @dataclass(frozen=True)
+class OpenEnded:
+    """The payer's open of this channel is over (always the last effect of its list):
+    opened when `failure` is None, else `failure` is what the caller of the open is
+    told (`ChannelRefused`, `FundingRefused` or `ChannelFailure`)."""
+
+    channel_id: bytes
+    failure: ChannelFailure | None = None
+
+
+@dataclass(frozen=True)
 class Wake:
     """Wake whoever waits on this channel (a payment for window room, a close, an ack)."""
 
@@ -282,12 +312,15 @@ Effect = (
     | BroadcastFunding
     | BroadcastClose
     | BroadcastRefund
+    | CheckPeer
+    | CheckAdmit
     | CheckOffer
     | CheckFunding
     | CheckFundingUnspent
     | CheckCloseClaim
     | CheckSpender
     | CheckStored
+    | OpenEnded
     | Wake
     | Paid
     | Acked
@@ -304,10 +337,12 @@ __all__ = [
     "BroadcastClose",
     "BroadcastFunding",
     "BroadcastRefund",
+    "CheckAdmit",
     "CheckCloseClaim",
     "CheckFunding",
     "CheckFundingUnspent",
     "CheckOffer",
+    "CheckPeer",
     "CheckSpender",
     "CheckStored",
     "CommitNow",
@@ -316,6 +351,7 @@ __all__ = [
     "Flush",
     "ForgetUnfunded",
     "HangUp",
+    "OpenEnded",
     "Paid",
     "Persist",
     "Reack",

@@ -1,28 +1,43 @@
 """A payer's open of a channel, as a conversation without I/O.
 
-The payer reserves coins and builds its funding (the shell does: it is the wallet's),
-offers the channel (`propose`), takes the payee's refund signature
-(`refund_answered`: the channel is recorded, with the signed funding, before the
-funding can reach the chain), announces the broadcast funding (`funding_broadcast`)
-and waits for the payee's ack (`open_answered`). A payee that refuses a funding we put
-on chain (`FUNDING_REFUSALS`) leaves the channel ``refused``: never offered again, its
-coins back with the refund at the expiry. The replies route to the waiting open
-while it lasts (`reply_to`). Part of `mesh.channel.protocol`; returns effects
-(`mesh.channel.effects`). (docs/ARCHITECTURE.md §4)
+Before anything is reserved, `refusal` says whether an open may start at all (our
+storage failing, a peer of another network) and `unaffordable` whether the capacity
+covers the close fee. The payer reserves coins and builds its funding (the shell does:
+it is the wallet's), then offers the channel (`propose`, which sets the open's
+deadline). The payee's replies come back through `answered`, which knows which one is
+expected next: its refund signature (checked, the channel is recorded with the signed
+funding before the funding can reach the chain, `BroadcastFunding`), then its answer
+to our funding (`funding_broadcast` announced it): an ack opens the channel. The open
+ends with an `OpenEnded` effect (opened, or the failure the caller is told), after
+the effects that free what a failed open held (`abandon_open`); so it does at its
+deadline (`timed_out`) and when the shell's own I/O failed (`failed`). A payee that
+refuses a funding we put on chain (`FUNDING_REFUSALS`) leaves the channel
+``refused``: never offered again, its coins back with the refund at the expiry. The
+replies route to the waiting open while it lasts (`reply_to`). Part of
+`mesh.channel.protocol`; returns effects (`mesh.channel.effects`).
+(docs/ARCHITECTURE.md §4)
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from mesh.channel.book import ChannelBook
-from mesh.channel.config import ChannelConfig, ChannelFailure, ChannelRefused, FundingRefused
+from mesh.channel.config import (
+    ChannelConfig,
+    ChannelFailure,
+    ChannelRefused,
+    FundingRefused,
+    Standing,
+)
 from mesh.channel.effects import (
     AbandonFunding,
     BroadcastFunding,
     Effect,
     Flush,
+    OpenEnded,
     ReleaseCoins,
     SaveRaw,
     Send,
@@ -37,7 +52,7 @@ from mesh.channel.frames import (
 )
 from mesh.channel.keys import ChannelKeys, derive_channel_keys
 from mesh.channel.keys import terms_binding as binding_of
-from mesh.channel.state import Payer, Record, Role, State
+from mesh.channel.state import Payer, PaymentRejected, Record, Role, State
 from mesh.channel.txs import Terms, multisig_script
 from mesh.identity import Identity, parse_peer_id
 from mesh.wire import Frame
@@ -53,12 +68,17 @@ REFUSAL_CHARS = 240
 
 @dataclass(frozen=True)
 class Proposal:
-    """A payer's open in progress: the offer sent and the keys it binds."""
+    """A payer's open in progress: the offer sent, the keys it binds, the funding built
+    for it, when the open gives up, and which answer of the payee comes next."""
 
     peer_id: str
     service: str
     offer: ChannelOpen
     keys: ChannelKeys
+    funding_raw: bytes
+    deadline: float
+    funded: bool = False
+    """The payee signed the refund: its answer to our funding is next."""
 
 
 class Opening:
@@ -95,6 +115,26 @@ class Opening:
         )
         return [Flush(payer.terms.channel_id)]
 
+    def refusal(self, peer_id: str, standing: Standing) -> ChannelFailure | None:
+        """Why no open to `peer_id` starts now (None: it may): our storage is failing,
+        or the peer is on another network (its chain cannot see our coins)."""
+        if standing.storage_fault:
+            return ChannelFailure(f"storage fault: {standing.storage_fault}")
+        foreign = standing.foreign()
+        if foreign is not None:
+            return ChannelFailure(f"not opening a channel to {peer_id[:16]}…: {foreign}")
+        return None
+
+    @staticmethod
+    def unaffordable(capacity: int, fees: ChannelFees) -> ChannelFailure | None:
+        """Why a channel of `capacity` cannot be opened at `fees` (None: it can): the
+        close fee must leave something to pay with."""
+        if fees.close >= capacity:
+            return ChannelFailure(
+                f"a capacity of {capacity} sat does not cover the close fee of {fees.close}"
+            )
+        return None
+
     def funding_script(
         self,
         peer_id: str,
@@ -123,9 +163,13 @@ class Opening:
         payer_payout: bytes,
         funding_txid: str,
         keys: ChannelKeys,
+        *,
+        funding_raw: bytes,
+        now: float,
     ) -> list[Effect]:
-        """Offer a channel whose funding (`funding_txid`, output 0) is built, not sent;
-        the payee's replies come back as `Reply` effects."""
+        """Offer a channel whose funding (`funding_raw`, paying output 0 of
+        `funding_txid`) is built, not sent; the payee's replies come back as `Reply`
+        effects, for `answered`. The open gives up `open_timeout` seconds from `now`."""
         offer = ChannelOpen(
             channel_id,
             service,
@@ -137,20 +181,64 @@ class Opening:
             0,
             payer_payout,
         )
-        self._proposals[channel_id] = Proposal(peer_id, service, offer, keys)
+        deadline = now + self.config.open_timeout
+        self._proposals[channel_id] = Proposal(peer_id, service, offer, keys, funding_raw, deadline)
         return [Send(peer_id, offer)]
 
-    def refund_answered(self, channel_id: bytes, reply: Frame, funding_raw: bytes) -> list[Effect]:
+    # ---------------------------------------------------------------- the timer
+
+    def deadline(self, channel_id: bytes) -> float:
+        """When the open of `channel_id` gives up (`timed_out`); inf when none waits.
+        (Each open's timer is waited on by the task that opened, so what that task is
+        doing at the deadline -- a write, a broadcast -- is cancelled with it.)"""
+        proposal = self._proposals.get(channel_id)
+        return math.inf if proposal is None else proposal.deadline
+
+    def next_deadline(self) -> float:
+        """The earliest deadline of the opens waiting (inf: none)."""
+        return min((p.deadline for p in self._proposals.values()), default=math.inf)
+
+    def timed_out(self, channel_id: bytes, now: float) -> list[Effect]:
+        """The open's deadline passed with no (complete) answer: it fails, and frees
+        what it holds (nothing before its deadline, or once it is over)."""
+        proposal = self._proposals.get(channel_id)
+        if proposal is None or now < proposal.deadline:
+            return []
+        waited = self.config.open_timeout
+        which = "answer to our funding" if proposal.funded else "refund signature"
+        return self._end(channel_id, f"the payee sent no {which} within {waited:g} s")
+
+    # ---------------------------------------------------------------- the answers
+
+    def answered(self, channel_id: bytes, reply: Frame) -> list[Effect]:
+        """A reply of the payee to the waiting open (`Reply`), taken as the answer the
+        open expects next: first its refund signature, then its answer to our funding.
+        Nothing when no open of `channel_id` waits."""
+        proposal = self._proposals.get(channel_id)
+        if proposal is None:
+            return []
+        if not proposal.funded:
+            return self._refund_answered(proposal, reply)
+        return self._open_answered(channel_id, reply)
+
+    def failed(self, channel_id: bytes, reason: str) -> list[Effect]:
+        """The shell could not do what the open asked (the chain refused the funding,
+        a write stopped): the open fails and frees what it holds."""
+        if channel_id not in self._proposals:
+            return []
+        return self._end(channel_id, reason)
+
+    def _refund_answered(self, proposal: Proposal, reply: Frame) -> list[Effect]:
         """The payee's first answer to our offer. Its refund signature, checked, makes
         the channel ours to fund: recorded, with the signed funding, before the funding
-        can reach the chain. Anything else: `ChannelFailure`."""
-        proposal = self._proposals[channel_id]
+        can reach the chain. Anything else ends the open."""
+        offer, keys = proposal.offer, proposal.keys
+        channel_id = offer.channel_id
         if not isinstance(reply, ChannelRefundSigned):
             why = f"payee refused the channel: {describe(reply)}"
             if isinstance(reply, ChannelError):
-                raise ChannelRefused(why, reply.code)
-            raise ChannelFailure(why)
-        offer, keys = proposal.offer, proposal.keys
+                return self._end(channel_id, why, ChannelRefused, reply.code)
+            return self._end(channel_id, why)
         terms = Terms(
             channel_id,
             keys.payer_key,
@@ -165,13 +253,17 @@ class Opening:
             reply.payee_payout,
         )
         payer = Payer(Record(Role.PAYER, State.PROPOSED, terms, proposal.peer_id), keys.own)
-        payer.accept_refund_signature(reply.signature)
+        try:
+            payer.accept_refund_signature(reply.signature)
+        except PaymentRejected as exc:
+            return self._end(channel_id, str(exc))
         self._book.hold(payer, proposal.service)
-        self._book.funding[channel_id] = funding_raw
+        self._book.funding[channel_id] = proposal.funding_raw
+        self._proposals[channel_id] = replace(proposal, funded=True)
         return [
             Flush(channel_id),
-            SaveRaw(channel_id, funding=funding_raw),
-            BroadcastFunding(channel_id, funding_raw),
+            SaveRaw(channel_id, funding=proposal.funding_raw),
+            BroadcastFunding(channel_id, proposal.funding_raw),
         ]
 
     def funding_broadcast(self, channel_id: bytes) -> list[Effect]:
@@ -182,30 +274,42 @@ class Opening:
         peer = payer.record().peer_id
         return [Flush(channel_id), Send(peer, ChannelFunded(channel_id, raw))]
 
-    def open_answered(self, channel_id: bytes, reply: Frame) -> list[Effect]:
-        """The payee's answer to our funding: an ack opens the channel. A refusal that
-        no resend can change records it ``refused``; then, after executing the
-        effects, the caller raises `open_failure(channel_id, reply)`."""
+    def _open_answered(self, channel_id: bytes, reply: Frame) -> list[Effect]:
+        """The payee's answer to our funding: an ack opens the channel; a refusal that
+        no resend can change records it ``refused``; anything else ends the open too
+        (a funding the payee did not take now is offered again on the next session)."""
         payer = self._book.end(channel_id)
         assert isinstance(payer, Payer)
+        effects: list[Effect] = []
         if isinstance(reply, ChannelError):
-            return self.funding_refused(payer, reply) or []
-        if isinstance(reply, ChannelAck) and reply.seq == 0:
+            effects += self.funding_refused(payer, reply) or []
+        elif isinstance(reply, ChannelAck) and reply.seq == 0:
             payer.event("opened")
-            return [Flush(channel_id)]
-        return []
-
-    def open_failure(self, channel_id: bytes, reply: Frame) -> ChannelFailure | None:
-        """Why an open whose funding `reply` answered failed (None: it is open)."""
-        payer = self._book.end(channel_id)
+            effects.append(Flush(channel_id))
+        if payer.state is State.OPEN:
+            self._proposals.pop(channel_id)
+            return [*effects, OpenEnded(channel_id)]
         if payer.state is State.REFUSED:
-            return FundingRefused(f"payee refused the funding: {describe(reply)}")
-        if payer.state is not State.OPEN:
-            return ChannelFailure(f"payee did not open the channel: {describe(reply)}")
-        return None
+            why = f"payee refused the funding: {describe(reply)}"
+            return [*effects, *self._end(channel_id, why, FundingRefused)]
+        why = f"payee did not open the channel: {describe(reply)}"
+        return [*effects, *self._end(channel_id, why)]
+
+    def _end(
+        self,
+        channel_id: bytes,
+        reason: str,
+        kind: type[ChannelFailure] = ChannelFailure,
+        code: str = "",
+    ) -> list[Effect]:
+        """The open failed for `reason`: free what it holds, then tell its caller."""
+        proposal = self._proposals.pop(channel_id)
+        why = f"opening a channel to {proposal.peer_id[:16]}…: {reason}"
+        failure = ChannelRefused(why, code) if kind is ChannelRefused else kind(why)
+        return [*self.abandon_open(channel_id), OpenEnded(channel_id, failure)]
 
     def open_ended(self, channel_id: bytes) -> None:
-        """The open conversation is over (opened or not): replies route as usual."""
+        """The open conversation is over (its caller gave up): replies route as usual."""
         self._proposals.pop(channel_id, None)
 
     def abandon_open(self, channel_id: bytes) -> list[Effect]:

@@ -6,9 +6,13 @@ after a reconnect, violation counting, and (through `Settlement`,
 `mesh.channel.settle`) the close, release and refund rules. Frames, `now` and chain
 facts come in; effects (`mesh.channel.effects`) go out, in the order the shell
 (`agents.channels`) must execute them: a state is persisted (`Flush`, `Persist`,
-`CommitNow`) before anything that depends on it is sent or broadcast. Its one timer is
-`next_deadline()` / `handle_timer(now)` (unfunded proposals expiring); the chain's
-height comes in through `Settlement.watch`.
+`CommitNow`) before anything that depends on it is sent or broadcast. Its timer is
+`next_deadline()` / `handle_timer(now)` (unfunded proposals expiring); a payer's open
+has its own deadline (`Opening.deadline` / `timed_out`); the chain's height comes in
+through `Settlement.watch`. What only the shell can know -- our storage failing, the
+networks, the application's admission policy, a chain that did not answer -- comes in
+as facts (`peer_checked`, `admitted`, `chain_unavailable`); what follows from them is
+decided here.
 
 The rules themselves live in the transition tables of `mesh.channel.state`; the
 admission bounds in `mesh.channel.admission`; what is held, and for how long, in
@@ -30,14 +34,17 @@ from mesh.channel.book import UNFUNDED, ChannelBook
 from mesh.channel.config import (
     ChannelConfig,
     ChannelFailure,
+    Standing,
     expiry_problem,
     offer_problem,
 )
 from mesh.channel.effects import (
     Acked,
     BroadcastFunding,
+    CheckAdmit,
     CheckFunding,
     CheckOffer,
+    CheckPeer,
     CommitNow,
     Effect,
     Flush,
@@ -115,7 +122,9 @@ class ChannelProtocol:
     # ---------------------------------------------------------------- timers
 
     def next_deadline(self) -> float:
-        """When `handle_timer` has work next (an unfunded proposal's lifetime ends)."""
+        """When `handle_timer` has work next (an unfunded proposal's lifetime ends).
+        A payer's open has a deadline of its own (`Opening.deadline`): the task that
+        opened waits for it, so the write or broadcast under way then is cancelled."""
         return self.admission.next_deadline()
 
     def handle_timer(self, now: float) -> list[Effect]:
@@ -140,7 +149,7 @@ class ChannelProtocol:
         if isinstance(frame, ChannelAck):
             return self._on_ack(peer_id, frame)
         if isinstance(frame, ChannelOpen):
-            return self._on_open(peer_id, frame, now)
+            return [CheckPeer(peer_id, frame)]  # what the shell knows first: `peer_checked`
         if isinstance(frame, ChannelFunded):
             return self._on_funded(peer_id, frame, now)
         if isinstance(frame, ChannelClose | ChannelRelease):
@@ -160,18 +169,42 @@ class ChannelProtocol:
                 return self.opening.funding_refused(payer, frame) or []
         return []
 
-    def refuse(
-        self, peer_id: str, channel_id: bytes, code: str, reason: str, now: float, strike: bool
+    def chain_unavailable(
+        self, peer_id: str, channel_id: bytes, reason: str, now: float
     ) -> list[Effect]:
-        """Refuse a peer's frame for a reason the shell knows (a storage fault here, a
-        peer of another network)."""
-        return self.book.reject(peer_id, channel_id, code, reason, now, strike)
+        """The chain did not answer a lookup a peer's frame needed (`CheckOffer`,
+        `CheckFunding`): no verdict, so no refusal of the frame's merits and no strike
+        (``chain-unavailable``: the peer may offer it again)."""
+        return self.book.reject(peer_id, channel_id, "chain-unavailable", reason, now, False)
 
     # ---------------------------------------------------------------- payee
 
-    def _on_open(self, peer_id: str, frame: ChannelOpen, now: float) -> list[Effect]:
-        """Terms no transaction can carry first (each named), then the bounds; what
-        costs a lookup (the height, the store) only for an offer that passed them."""
+    def peer_checked(
+        self, peer_id: str, frame: ChannelOpen, standing: Standing, now: float
+    ) -> list[Effect]:
+        """Answer to `CheckPeer`. No offer is considered while our storage fails (no
+        new business; not the peer's fault: no strike), nor from a peer of another
+        network (its chain cannot see our coins, nor ours its coins: a strike); else
+        the application's policy is asked (`admitted`)."""
+        cid = frame.channel_id
+        if standing.storage_fault:
+            reason = f"storage fault here: {standing.storage_fault}"
+            return self.book.reject(peer_id, cid, "storage", reason, now, strike=False)
+        foreign = standing.foreign()
+        if foreign is not None:
+            return self.book.reject(peer_id, cid, "network", foreign, now, strike=True)
+        return [CheckAdmit(peer_id, frame)]
+
+    def admitted(
+        self, peer_id: str, frame: ChannelOpen, refusal: tuple[str, str] | None, now: float
+    ) -> list[Effect]:
+        """Answer to `CheckAdmit`: the application's refusal (code, reason; None: no
+        objection) is passed on without a strike (a buyer that has not yet proved what
+        the service requires). Then terms no transaction can carry (each named), then
+        the bounds; what costs a lookup (the height, the store) only for an offer that
+        passed them."""
+        if refusal is not None:
+            return self.book.reject(peer_id, frame.channel_id, *refusal, now, strike=False)
         problem = offer_problem(self.config, frame) or self.admission.check(peer_id, now)
         if problem is not None:
             return self.book.reject(peer_id, frame.channel_id, *problem, now, strike=True)
@@ -273,9 +306,7 @@ class ChannelProtocol:
         if not isinstance(payee, Payee) or payee.state is not State.REFUND_SIGNED:
             return []  # answered meanwhile
         if unavailable:
-            return self.book.reject(
-                peer_id, channel_id, "chain-unavailable", unavailable, now, strike=False
-            )
+            return self.chain_unavailable(peer_id, channel_id, unavailable, now)
         if refused or output is None:
             return self.book.reject(peer_id, channel_id, "funding", refused, now, True)
         problem = funding_problem(output, payee.terms)
@@ -385,18 +416,20 @@ class ChannelProtocol:
             payer.record(), self.config.window
         )
 
-    def pay(self, channel_id: bytes, amount: int, queued: int) -> tuple[Record, list[Effect]]:
+    def pay(self, channel_id: bytes, amount: int, staged: int) -> tuple[Record, list[Effect]]:
         """Sign a payment of `amount` more (`may_pay` said yes). It goes out after the
         commit that makes it durable: from the task at hand (`CommitNow`) when it is
-        alone or completes a batch (`queued`: payments already waiting), else with the
-        committer's next batch."""
+        alone in flight or completes a batch of `pay_batch`, else with the committer's
+        next batch. `staged` is a fact the shell states, as the node states `last`: how
+        many frames its group commit holds for the next commit (the protocol keeps no
+        count of its shell's queue)."""
         payer = self.book.end(channel_id)
         assert isinstance(payer, Payer)
         record = payer.pay(amount)
         self.book.counts["payments_signed"] += 1
         self.book.counts["sat_paid"] += amount
         send = SendAfterCommit(record.peer_id, latest_payment(record))
-        if record.seq - record.acked_seq == 1 or queued + 1 >= self.pay_batch:
+        if record.seq - record.acked_seq == 1 or staged + 1 >= self.pay_batch:
             return record, [send, CommitNow(channel_id)]
         return record, [send, Persist(channel_id)]
 

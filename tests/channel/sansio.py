@@ -8,6 +8,7 @@ is logged in order, so a test asserts on what the protocol asked for and when.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -15,23 +16,26 @@ from bsv.script import Script
 from bsv.transaction import Transaction, TransactionInput, TransactionOutput
 
 from mesh.chain.base import OutputState, OutputStatus
-from mesh.chain.errors import TxRejected
+from mesh.chain.errors import ChainError, ChainUnavailable, TxRejected
 from mesh.chain.rules import Policy
 from mesh.chain.tx import parse_exact
-from mesh.channel.config import ChannelConfig
+from mesh.channel.config import ChannelConfig, Standing
 from mesh.channel.effects import (
     BroadcastClose,
     BroadcastFunding,
     BroadcastRefund,
+    CheckAdmit,
     CheckCloseClaim,
     CheckFunding,
     CheckFundingUnspent,
     CheckOffer,
+    CheckPeer,
     CheckSpender,
     CheckStored,
     CommitNow,
     Effect,
     Flush,
+    OpenEnded,
     Persist,
     Reack,
     Reply,
@@ -110,6 +114,13 @@ class Side:
     replies: list[Frame] = field(default_factory=list)
     seen: dict[bytes, str] = field(default_factory=dict)
     commits: int = 0
+    standing: Standing = field(default_factory=Standing)
+    """What the shell would know of its storage and the networks (`CheckPeer`)."""
+    admit: Callable[[str, str], tuple[str, str] | None] | None = None
+    """The application's policy (`CheckAdmit`); None: no objection."""
+    chain_down: str = ""
+    """Why the chain does not answer a `CheckOffer` ("": it answers)."""
+    ended: list[OpenEnded] = field(default_factory=list)
 
     @property
     def peer_id(self) -> str:
@@ -135,6 +146,17 @@ class Side:
             self.pending.append(effect.frame)
         elif isinstance(effect, Reply):
             self.replies.append(effect.frame)
+        elif isinstance(effect, OpenEnded):
+            self.ended.append(effect)
+        elif isinstance(effect, CheckPeer):
+            self.run(p.peer_checked(effect.peer_id, effect.frame, self.standing, self.now))
+        elif isinstance(effect, CheckAdmit):
+            frame = effect.frame
+            verdict = None if self.admit is None else self.admit(effect.peer_id, frame.service)
+            self.run(p.admitted(effect.peer_id, frame, verdict, self.now))
+        elif isinstance(effect, CheckOffer) and self.chain_down:
+            cid = effect.frame.channel_id
+            self.run(p.chain_unavailable(effect.peer_id, cid, self.chain_down, self.now))
         elif isinstance(effect, CheckOffer):
             seen = self.seen.get(effect.frame.channel_id)
             self.run(
@@ -148,10 +170,17 @@ class Side:
                 )
             )
         elif isinstance(effect, CheckFunding):
-            terms = p.book.end(effect.channel_id).terms
-            self.chain.broadcast(effect.raw)
-            out = self.chain.output(terms.funding_txid, terms.funding_vout)
-            self.run(p.funding_checked(effect.peer_id, effect.channel_id, out, self.now))
+            peer, cid = effect.peer_id, effect.channel_id
+            terms = p.book.end(cid).terms
+            try:
+                self.chain.broadcast(effect.raw)
+            except ChainUnavailable as exc:  # (as `ChannelEffects._check_funding`)
+                self.run(p.funding_checked(peer, cid, None, self.now, unavailable=str(exc)))
+            except ChainError as exc:
+                self.run(p.funding_checked(peer, cid, None, self.now, refused=str(exc)))
+            else:
+                out = self.chain.output(terms.funding_txid, terms.funding_vout)
+                self.run(p.funding_checked(peer, cid, out, self.now))
         elif isinstance(effect, BroadcastFunding):
             self.chain.broadcast(effect.raw)
             self.run(p.opening.funding_broadcast(effect.channel_id))
@@ -224,8 +253,9 @@ def settle_link(a: Side, b: Side) -> None:
         pass
 
 
-def open_channel(payer: Side, payee: Side, capacity: int = 100_000, lifetime: int = 20) -> bytes:
-    """A payer's open, step by step as `ChannelManager.open` takes it."""
+def propose(payer: Side, payee: Side, capacity: int = 100_000, lifetime: int = 20) -> bytes:
+    """A payer's offer of a new channel, its funding built (`ChannelManager.open`'s
+    first steps); returns its id."""
     cid = secrets.token_bytes(32)
     p = payer.protocol.opening
     expiry = payer.chain.height + lifetime
@@ -234,18 +264,41 @@ def open_channel(payer: Side, payee: Side, capacity: int = 100_000, lifetime: in
     script, keys = p.funding_script(payee.peer_id, cid, capacity, fees, expiry, payout)
     raw = funding_tx(script, capacity)
     txid = parse_exact(raw).txid()
-    payer.run(p.propose(payee.peer_id, cid, "svc", capacity, fees, expiry, payout, txid, keys))
-    deliver(payer, payee)
-    deliver(payee, payer)
-    [refund_signed] = payer.replies
-    payer.run(p.refund_answered(cid, refund_signed, raw))
-    deliver(payer, payee)
-    deliver(payee, payer)
-    answer = payer.replies[-1]
-    payer.run(p.open_answered(cid, answer))
-    failure = p.open_failure(cid, answer)
-    p.open_ended(cid)
-    payer.replies.clear()
-    if failure is not None:
-        raise failure
+    offer = p.propose(
+        payee.peer_id,
+        cid,
+        "svc",
+        capacity,
+        fees,
+        expiry,
+        payout,
+        txid,
+        keys,
+        funding_raw=raw,
+        now=payer.now,
+    )
+    payer.run(offer)
+    return cid
+
+
+def converse(payer: Side, payee: Side, cid: bytes) -> OpenEnded:
+    """Carry an open's conversation (its payee's replies to `Opening.answered`, as
+    `ChannelManager.open` does) until the protocol ends it."""
+    before = len(payer.ended)
+    while not [e for e in payer.ended[before:] if e.channel_id == cid]:
+        deliver(payer, payee)
+        deliver(payee, payer)
+        replies, payer.replies = payer.replies, []
+        assert replies, "the payee did not answer"
+        for reply in replies:
+            payer.run(payer.protocol.opening.answered(cid, reply))
+    return payer.ended[-1]
+
+
+def open_channel(payer: Side, payee: Side, capacity: int = 100_000, lifetime: int = 20) -> bytes:
+    """A payer's open, step by step as `ChannelManager.open` takes it."""
+    cid = propose(payer, payee, capacity, lifetime)
+    ended = converse(payer, payee, cid)
+    if ended.failure is not None:
+        raise ended.failure
     return cid

@@ -77,7 +77,7 @@ def test_the_close_and_refund_at_the_offered_fees_meet_the_policy() -> None:
     cid = open_channel(payer, payee)
     terms = payee.protocol.book.end(cid).terms
     assert (terms.close_fee, terms.refund_fee) == (268, 234)
-    payer.run(payer.protocol.pay(cid, 700, queued=0)[1])
+    payer.run(payer.protocol.pay(cid, 700, staged=0)[1])
     settle_link(payer, payee)
     payer.run(payer.protocol.close(cid))
     settle_link(payer, payee)

@@ -14,7 +14,7 @@ import pytest
 
 from mesh.chain.base import OutputState, OutputStatus
 from mesh.channel.admission import AdmissionLimits
-from mesh.channel.config import ChannelConfig, ChannelFailure, FundingRefused
+from mesh.channel.config import ChannelConfig, ChannelRefused, FundingRefused
 from mesh.channel.effects import (
     AddCoins,
     AdoptPayout,
@@ -48,7 +48,16 @@ from mesh.channel.pays import latest_payment
 from mesh.channel.state import Payer, State
 from mesh.channel.txs import p2pkh_for_key
 from mesh.identity import Identity
-from tests.channel.sansio import FakeChain, Side, deliver, open_channel, settle_link, side
+from tests.channel.sansio import (
+    FakeChain,
+    Side,
+    converse,
+    deliver,
+    open_channel,
+    propose,
+    settle_link,
+    side,
+)
 
 FEES = ChannelFees(10, 10)
 
@@ -136,19 +145,18 @@ def test_a_lookup_is_asked_only_for_an_offer_that_passed_the_cheap_checks() -> N
 def test_a_channel_id_seen_before_is_never_opened_again() -> None:
     payer, payee, _ = pair()
     cid = open_channel(payer, payee)
-    with pytest.raises(ChannelFailure, match="duplicate"):
-        # the same id offered again (say, after the payee released it): the store says so
-        payee.protocol.book.ends.pop(cid)
-        payee.seen[cid] = "channel settled before"
-        again = payer.protocol.opening
-        payout = p2pkh_for_key(Identity.generate().public_key)
-        _, keys = again.funding_script(payee.peer_id, cid, 5_000, FEES, 150, payout)
-        payer.run(
-            again.propose(payee.peer_id, cid, "svc", 5_000, FEES, 150, payout, "ab" * 32, keys)
-        )
-        deliver(payer, payee)
-        deliver(payee, payer)
-        again.refund_answered(cid, payer.replies[-1], b"")
+    # the same id offered again (say, after the payee released it): the store says so
+    payee.protocol.book.ends.pop(cid)
+    payee.seen[cid] = "channel settled before"
+    again = payer.protocol.opening
+    payout = p2pkh_for_key(Identity.generate().public_key)
+    _, keys = again.funding_script(payee.peer_id, cid, 5_000, FEES, 150, payout)
+    offer = again.propose(
+        payee.peer_id, cid, "svc", 5_000, FEES, 150, payout, "ab" * 32, keys, funding_raw=b"", now=0
+    )
+    payer.run(offer)
+    ended = converse(payer, payee, cid)
+    assert isinstance(ended.failure, ChannelRefused) and ended.failure.code == "duplicate-channel"
 
 
 def test_a_funding_already_spent_fails_the_channel_and_is_refused() -> None:
@@ -177,11 +185,7 @@ def test_a_funding_already_spent_fails_the_channel_and_is_refused() -> None:
 
 def test_a_chain_without_an_answer_is_no_refusal_and_no_strike() -> None:
     payer, payee, _ = pair(ChannelConfig(admission=AdmissionLimits(max_strikes=1)))
-    cid = secrets.token_bytes(32)
-    opening = payer.protocol.opening
-    payout = p2pkh_for_key(Identity.generate().public_key)
-    _, keys = opening.funding_script(payee.peer_id, cid, 5_000, FEES, 150, payout)
-    payer.run(opening.propose(payee.peer_id, cid, "svc", 5_000, FEES, 150, payout, "ab" * 32, keys))
+    cid = propose(payer, payee)
     deliver(payer, payee)  # the payee signed the refund and waits for the funding
     assert payee.protocol.book.end(cid).state is State.REFUND_SIGNED
     effects = payee.protocol.funding_checked(payer.peer_id, cid, None, 0, unavailable="down")
@@ -197,7 +201,7 @@ def test_a_chain_without_an_answer_is_no_refusal_and_no_strike() -> None:
 def test_payments_leave_after_their_commit_and_acks_after_the_payees() -> None:
     payer, payee, _ = pair()
     cid = open_channel(payer, payee)
-    record, effects = payer.protocol.pay(cid, 100, queued=0)
+    record, effects = payer.protocol.pay(cid, 100, staged=0)
     assert effects == [SendAfterCommit(payee.peer_id, latest_payment(record)), CommitNow(cid)]
     payer.run(effects)
     assert payer.stored[cid].seq == 1  # written ...
@@ -228,14 +232,14 @@ def test_a_payer_with_a_full_window_may_not_pay_and_batches_go_inline() -> None:
     payer, payee, _ = pair(ChannelConfig(window=4))
     cid = open_channel(payer, payee)
     assert payer.protocol.pay_batch == 2
-    _, first = payer.protocol.pay(cid, 1, queued=0)
+    _, first = payer.protocol.pay(cid, 1, staged=0)
     assert CommitNow(cid) in first  # a lone payment
     payer.run(first)
-    _, second = payer.protocol.pay(cid, 1, queued=0)
+    _, second = payer.protocol.pay(cid, 1, staged=0)
     assert Persist(cid) in second  # one in flight: waits for the batch
-    _, third = payer.protocol.pay(cid, 1, queued=1)
+    _, third = payer.protocol.pay(cid, 1, staged=1)
     assert CommitNow(cid) in third  # completes a batch of two
-    payer.protocol.pay(cid, 1, queued=0)
+    payer.protocol.pay(cid, 1, staged=0)
     assert not payer.protocol.may_pay(cid)  # four unacked: the window is full
     settle_link(payer, payee)
     assert payer.protocol.may_pay(cid)
@@ -271,7 +275,7 @@ def test_a_peer_that_keeps_breaking_rules_is_hung_up_on() -> None:
 def test_after_a_restart_a_payer_waits_for_the_payees_word() -> None:
     payer, payee, _ = pair()
     cid = open_channel(payer, payee)
-    payer.run(payer.protocol.pay(cid, 50, queued=0)[1])
+    payer.run(payer.protocol.pay(cid, 50, staged=0)[1])
     settle_link(payer, payee)
     # The payer restarts from a store that lost its last write (seq 1 is gone).
     stored = payer.protocol.book.end(cid).record()
@@ -295,7 +299,7 @@ def test_after_a_restart_a_payer_waits_for_the_payees_word() -> None:
 def test_a_close_is_recorded_before_its_broadcast_and_pays_the_payee() -> None:
     payer, payee, chain = pair()
     cid = open_channel(payer, payee)
-    payer.run(payer.protocol.pay(cid, 700, queued=0)[1])
+    payer.run(payer.protocol.pay(cid, 700, staged=0)[1])
     settle_link(payer, payee)
     payer.run(payer.protocol.close(cid))
     settle_link(payer, payee)
@@ -316,7 +320,7 @@ def test_a_close_is_recorded_before_its_broadcast_and_pays_the_payee() -> None:
 def test_a_close_the_chain_does_not_show_is_not_believed() -> None:
     payer, payee, _ = pair()
     cid = open_channel(payer, payee)
-    payer.run(payer.protocol.pay(cid, 700, queued=0)[1])
+    payer.run(payer.protocol.pay(cid, 700, staged=0)[1])
     settle_link(payer, payee)
     payer.receive(payee, ChannelClosed(cid, "ee" * 32, 700))
     assert payer.protocol.book.end(cid).state is State.OPEN
@@ -337,7 +341,7 @@ def test_the_watch_closes_near_expiry_and_refunds_past_it() -> None:
     payer, payee, chain = pair()
     config = payee.protocol.config
     paid = open_channel(payer, payee, lifetime=20)
-    payer.run(payer.protocol.pay(paid, 300, queued=0)[1])
+    payer.run(payer.protocol.pay(paid, 300, staged=0)[1])
     settle_link(payer, payee)
     expiry = payee.protocol.book.end(paid).terms.expiry_height
     payee.run(payee.protocol.settlement.watch(expiry - config.close_margin_blocks - 1, 0))
