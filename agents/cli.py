@@ -28,7 +28,7 @@ from agents.logs import FORMATS, configure, console_line
 from agents.ot_cli import add_ot_commands
 from agents.passport_cli import add_passport_command
 from agents.proof_cli import add_proof_commands
-from agents.site import add_up_command
+from agents.site_cli import add_up_command
 from mesh.errors import MeshError
 from mesh.identity import Identity, load_identity, save_identity
 

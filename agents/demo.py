@@ -32,7 +32,8 @@ from agents import site
 from agents.demo_certs import DemoCertificates
 from agents.demo_plant import demo_plant
 from agents.demo_workorders import DemoWorkOrders
-from agents.site import RunOptions, add_site_options, load_agents, run_site, with_site
+from agents.site import RunOptions, load_agents, run_site, with_site
+from agents.site_cli import add_site_options
 from agents.site_view import Roster, Statuses
 
 __all__ = ["AGENTS", "PROFILES", "add_demo_command", "cmd_demo", "new_site", "with_site"]

@@ -59,7 +59,8 @@ from mesh.anchoring.headers import (
     write_headers,
 )
 from mesh.anchoring.proof import Proof, parse_proof, read_document, verify_proof
-from mesh.anchoring.store import ANCHORING_SCHEMA, AnchorStore
+from mesh.anchoring.schema import ANCHORING_SCHEMA
+from mesh.anchoring.store import AnchorStore
 from mesh.chain.errors import LedgerError
 from mesh.chain.ledger import LocalLedger
 from mesh.identity import parse_peer_id

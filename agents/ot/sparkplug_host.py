@@ -28,17 +28,16 @@ from typing import Any
 
 from agents.ot.sparkplug import (
     BD_SEQ,
-    ENG_UNIT,
     Outgoing,
     SparkplugPayloadError,
     Topic,
     Verb,
     check_id,
     decode_payload,
-    metric_properties,
     reading_of,
     rebirth_request,
 )
+from agents.ot.sparkplug_metrics import ENG_UNIT, metric_properties
 from mesh.readings import Quality, Reading
 
 

@@ -44,8 +44,9 @@ from mesh.anchoring.payload import ANCHOR_TAG, AnchorPayload, find_anchor, parse
 from mesh.anchoring.proof import Proof, Verified, load_proof, parse_proof, verify_proof
 from mesh.anchoring.receipt import AnchorReceipt, ReceiptPath
 from mesh.anchoring.record import Record, SignedRecord, decode_record, open_record, sign_record
+from mesh.anchoring.schema import ANCHORING_SCHEMA
 from mesh.anchoring.service import AnchorConfig, Anchorer, AnchorStatistics
-from mesh.anchoring.store import ANCHORING_SCHEMA, AnchorStore, BatchInfo, StreamSummary
+from mesh.anchoring.store import AnchorStore, BatchInfo, StreamSummary
 
 __all__ = [
     "ANCHORING_SCHEMA",

@@ -131,6 +131,10 @@ class BuyerArchive:
         """The record hashes held among `seqs` (what a receipt request would name)."""
         return self.kept.held_hashes(producer, stream, seqs)
 
+    def producers_waiting(self) -> set[bytes]:
+        """The producers of which some kept record still waits for a receipt."""
+        return self.kept.producers_waiting()
+
     def unproven(self, producer: bytes, per_stream: int) -> dict[str, list[int]]:
         """A producer's kept records still waiting for a receipt: stream -> the lowest
         `per_stream` seqs (what to ask the producer for)."""

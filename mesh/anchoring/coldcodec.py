@@ -18,11 +18,12 @@ A block stores its records column by column and drops what it can rebuild: agent
 stream and record version (the batch's), seq (implied in an own batch, which holds
 every record; deltas in a kept one), ``prev`` where it is the hash of the record just
 before it in the block, the record hash, and the DER framing of signatures (64 bytes
-r || s each, all in one string; a block whose signatures are not all strict DER keeps
-them as they are). Timestamps are deltas. Bodies are canonical (`mesh.anchoring.record`),
-so the fields rebuild the exact bytes that were signed; `encode_file` decodes every
-block it encodes, to be sure. An own record's Merkle path is rebuilt from the batch's
-leaves; a kept record's is kept as the store held it.
+r || s each, all in one string, `mesh.anchoring.compactsig`; a block whose signatures
+are not all strict DER keeps them as they are). Timestamps are deltas. Bodies are
+canonical (`mesh.anchoring.record`), so the fields rebuild the exact bytes that were
+signed; `encode_file` decodes every block it encodes, to be sure. An own record's
+Merkle path is rebuilt from the batch's leaves; a kept record's is kept as the store
+held it.
 
 **The index** (b"M2MCIDX\\n", same preamble, then zlib(MessagePack)) lists each data
 file with, per (agent, stream, origin), how many records it holds and the seq spans
@@ -49,6 +50,7 @@ from typing import Any
 import msgpack
 
 from mesh.anchoring.batch import batch_levels, batch_path, batch_root, path_depth, root_from_path
+from mesh.anchoring.compactsig import compact_signature, der_signature
 from mesh.anchoring.errors import AnchoringError, RecordError
 from mesh.anchoring.payload import AnchorFormatError, find_anchor
 from mesh.anchoring.proof import Proof, make_proof
@@ -316,36 +318,12 @@ def _encode_block(batch: ColdBatch, signed: Sequence[SignedRecord]) -> bytes:
         for i, r in enumerate(records)
     ]
     paths = None if batch.origin == "own" else [item.path for item in batch.records]
-    compact = [_compact_signature(s.signature) for s in signed]
+    compact = [compact_signature(s.signature) for s in signed]
     signatures = (
         [s.signature for s in signed] if None in compact else b"".join(filter(None, compact))
     )
     columns = [seqs, timestamps, [r.payload for r in records], prevs, signatures, paths]
     return _pack([[getattr(batch, name) for name in _BATCH_FIELDS], columns])
-
-
-def _compact_signature(der: bytes) -> bytes | None:
-    """r || s (32 bytes each) of a strict-DER signature; None when `der` is not exactly
-    what `_der_signature` rebuilds from them (such a block keeps the DER bytes)."""
-    try:
-        r_end = 4 + der[3]
-        r, s = der[4:r_end], der[r_end + 2 :]
-        compact = int.from_bytes(r, "big").to_bytes(32, "big")
-        compact += int.from_bytes(s, "big").to_bytes(32, "big")
-    except (IndexError, OverflowError):
-        return None
-    return compact if _der_signature(compact) == der else None
-
-
-def _der_signature(compact: bytes) -> bytes:
-    """The strict-DER signature of r || s."""
-    parts = b""
-    for half in (compact[:32], compact[32:]):
-        value = half.lstrip(b"\x00") or b"\x00"
-        if value[0] & 0x80:
-            value = b"\x00" + value
-        parts += bytes([0x02, len(value)]) + value
-    return bytes([0x30, len(parts)]) + parts
 
 
 def _decode_batch(data: bytes) -> tuple[ColdBatch, list[SignedRecord]]:
@@ -359,7 +337,7 @@ def _decode_batch(data: bytes) -> tuple[ColdBatch, list[SignedRecord]]:
     if type(signatures) is bytes:  # r || s each: rebuild the DER the store held
         if len(signatures) != 64 * count:
             raise Damaged("a block's signatures do not match its records")
-        signatures = [_der_signature(signatures[i : i + 64]) for i in range(0, len(signatures), 64)]
+        signatures = [der_signature(signatures[i : i + 64]) for i in range(0, len(signatures), 64)]
     own = origin == "own"
     if origin not in _ORIGINS or (seqs is None) != own or (paths is None) != own:
         raise Damaged("a block's origin, seqs and paths disagree")

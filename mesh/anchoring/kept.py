@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from mesh.anchoring.receipt import AnchorReceipt, CheckedReceipt
 from mesh.anchoring.record import SignedRecord
 from mesh.anchoring.recordlog import STREAM_ID, RecordLog
-from mesh.anchoring.store import ANCHORING_SCHEMA
+from mesh.anchoring.schema import ANCHORING_SCHEMA
 from mesh.store import Store
 
 
@@ -79,6 +79,16 @@ class KeptRecords:
                 (agent, stream, min(wanted), max(wanted)),
             ).fetchall()
         return {**{int(s): bytes(h) for s, h in rows if int(s) in wanted}, **waiting}
+
+    def producers_waiting(self) -> set[bytes]:
+        """The producers of which some kept record still waits for a receipt."""
+        with self._store.read() as db:
+            rows = db.execute(
+                "SELECT DISTINCT s.agent FROM anchor_streams s WHERE EXISTS ("
+                " SELECT 1 FROM anchor_records r INDEXED BY anchor_records_unbatched"
+                " WHERE r.sid = s.id AND r.origin = 'kept' AND r.batch IS NULL)"
+            ).fetchall()
+        return {bytes(r[0]) for r in rows} | self.log.waiting_agents()
 
     def unproven(self, producer: bytes, per_stream: int) -> dict[str, list[int]]:
         """A producer's kept records still waiting for a receipt: stream -> the lowest

@@ -411,6 +411,10 @@ class RecordLog:
         for seq in seqs:
             self._held.pop((agent, stream, seq), None)
 
+    def waiting_agents(self) -> set[bytes]:
+        """The agents with records appended and not indexed yet."""
+        return {r.agent for r in self._pending}
+
     def waiting_seqs(self, agent: bytes) -> dict[str, list[int]]:
         """stream -> seqs of `agent`'s records appended and not indexed yet, ascending."""
         out: dict[str, list[int]] = {}

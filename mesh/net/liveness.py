@@ -11,7 +11,11 @@ Rules:
 - a `Close` ends the session (frames after it in the same packet are not delivered);
 - a fatal `Error` ends the session, then reaches the application, so the application
   never sees it while the session still looks alive;
-- every other frame is the application's.
+- every other frame is the application's;
+- a handshake we answered is given up at its deadline, or as soon as the connection
+  its reply needs is lost (`handshake_expired`);
+- the node's timer runs at the earliest deadline ahead (a session's `Liveness.deadline`,
+  a handshake's), at most every `least` and at least every `most` seconds (`next_pass`).
 
 (docs/ARCHITECTURE.md §2)
 """
@@ -98,4 +102,33 @@ class Liveness:
         return min(last_received + self.dead_after, last_sent + self.heartbeat_interval)
 
 
-__all__ = ["Action", "Deliver", "End", "Liveness", "Send", "on_frames"]
+def handshake_expired(now: float, deadline: float, lost: bool) -> bool:
+    """Whether a handshake we answered (HS2 sent, HS3 awaited) is given up at `now`:
+    its `deadline` passed, or its reply's connection is `lost` (nothing gets through)."""
+    return now >= deadline or lost
+
+
+def next_pass(now: float, deadlines: Iterable[float], most: float, least: float) -> float:
+    """When a node's timer should run next, after a pass at `now`: at the earliest of
+    `deadlines` still ahead, but no sooner than `least` and no later than `most` seconds
+    from now.
+
+    `most` bounds what no deadline announces (a lost connection) and a deadline the pass
+    could not act on (a heartbeat a full send queue refused: not ahead of `now`, it waits
+    for `most` rather than spin); `least` bounds how often the staggered deadlines of
+    many sessions wake the node (each pass looks at every session).
+    """
+    earliest = min((d for d in deadlines if d > now), default=now + most)
+    return min(max(earliest, now + least), now + most)
+
+
+__all__ = [
+    "Action",
+    "Deliver",
+    "End",
+    "Liveness",
+    "Send",
+    "handshake_expired",
+    "next_pass",
+    "on_frames",
+]

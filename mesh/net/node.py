@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import select
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from contextlib import asynccontextmanager
 
 import pynng
@@ -44,7 +44,7 @@ import trio
 from mesh.errors import LocalProtocolError, RemoteProtocolError
 from mesh.identity import Identity
 from mesh.net.inbox import Handler
-from mesh.net.liveness import Deliver, End, Liveness, Send, on_frames
+from mesh.net.liveness import Deliver, End, Liveness, Send, handshake_expired, next_pass, on_frames
 from mesh.net.peer import (
     ConnectError,
     NodeConfig,
@@ -77,6 +77,9 @@ from mesh.wire import Frame
 log = logging.getLogger("mesh.transport")
 
 LOST_POLL = 0.05  # seconds between looks at a connecting handshake's outbox
+TIMER_PASSES = 8
+"""At most this many timer passes per tick (a tick: a quarter of the heartbeat interval
+or handshake timeout, whichever is shorter); at least one."""
 MAILBOX_QUEUE = 1
 """Packets nng queues in the mailbox ahead of the reader. Past it, each connection
 waits its turn with one packet, so a quiet peer's packet waits behind at most this
@@ -145,11 +148,6 @@ class Node:
     def incoming(self) -> AsyncIterator[tuple[str, Frame]]:
         """Application frames from every peer, in arrival order per peer."""
         return self.tables.incoming()
-
-    def queued_frames(self) -> int:
-        """How many received frames wait behind the one being handled (an observation:
-        a handler learns the end of a burst from its `last` argument)."""
-        return self.tables.queued_frames()
 
     async def receive(self) -> tuple[str, Frame]:
         """The next application frame and the peer id that sent it."""
@@ -415,16 +413,28 @@ class Node:
     # ------------------------------------------------------------------ timers
 
     async def run_timers(self) -> None:
-        """Expire stalled handshakes, send heartbeats, close silent or cut-off sessions."""
+        """Expire stalled handshakes, send heartbeats, close silent or cut-off sessions:
+        at the earliest deadline, and at least every tick (`next_pass`)."""
         tick = min(self.config.heartbeat_interval, self.config.handshake_timeout) / 4
+        wake = trio.current_time() + tick
         while True:
-            await trio.sleep(tick)
-            self.handle_timer(trio.current_time())
+            await trio.sleep_until(wake)
+            now = trio.current_time()
+            self.handle_timer(now)
+            wake = next_pass(now, self._deadlines(), most=tick, least=tick / TIMER_PASSES)
+
+    def _deadlines(self) -> Iterator[float]:
+        """When each handshake we answered expires, and each session next needs a
+        heartbeat or is silent too long."""
+        for _, deadline, _, _ in self.tables.responding.values():
+            yield deadline
+        for peer in self.tables.live.values():
+            yield self._liveness.deadline(peer.last_received, peer.last_sent)
 
     def handle_timer(self, now: float) -> None:
         """One pass of the timer work at time `now` (also called by tests)."""
         for index, (_, deadline, outbox, _) in list(self.tables.responding.items()):
-            if now >= deadline or outbox.lost:  # lost: the reply cannot get through
+            if handshake_expired(now, deadline, outbox.lost):  # the rules: mesh.net.liveness
                 del self.tables.responding[index]
                 self.tables.counters.handshakes_timed_out += 1
                 self.tables.release(outbox)

@@ -185,11 +185,6 @@ class NodeTables:
         """
         return self.inbox.incoming()
 
-    def queued_frames(self) -> int:
-        """How many received frames wait behind the one being handled (an
-        observation; `Node.serve` tells its handler the end of a burst)."""
-        return self.inbox.queued()
-
     async def receive(self) -> tuple[str, Frame]:
         """The next application frame and the peer id that sent it."""
         return await self.inbox.receive()

@@ -21,8 +21,9 @@ from mesh.anchoring.errors import NotAnchored
 from mesh.anchoring.hashchain import StreamWriter
 from mesh.anchoring.kept import KeptRecords
 from mesh.anchoring.recordlog import read_record
+from mesh.anchoring.schema import ANCHORING_SCHEMA
 from mesh.anchoring.service import AnchorConfig
-from mesh.anchoring.store import ANCHORING_SCHEMA, AnchorStore
+from mesh.anchoring.store import AnchorStore
 from mesh.identity import Identity
 from mesh.store import Schema, Store
 from tests.anchoring.helpers import BUYER, PRODUCER, create_ledger, open_store, running_anchorer

@@ -23,7 +23,8 @@ import pytest
 import trio
 
 from agents.ot import sparkplug_b_pb2 as pb
-from agents.ot.sparkplug import metric_properties, rebirth_request
+from agents.ot.sparkplug import rebirth_request
+from agents.ot.sparkplug_metrics import metric_properties
 from mesh.chain.ledger import LocalLedger
 from tests.discovery.agents import RunningAgent, sessions
 from tests.ot.mosquitto import Mosquitto, Recorder

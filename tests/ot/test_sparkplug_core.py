@@ -13,7 +13,6 @@ import pytest
 from agents.ot import sparkplug_b_pb2 as pb
 from agents.ot.sparkplug import (
     REBIRTH,
-    DataType,
     EdgeNode,
     NodeState,
     Outgoing,
@@ -23,13 +22,11 @@ from agents.ot.sparkplug import (
     Verb,
     death_payload,
     decode_payload,
-    pack_bools,
-    quality_of,
     rebirth_request,
-    unpack_bools,
 )
 from agents.ot.sparkplug_bridge import SparkplugPublisherConfig, SparkplugSourceConfig
 from agents.ot.sparkplug_host import DeviceWatch
+from agents.ot.sparkplug_metrics import DataType, pack_bools, quality_of, unpack_bools
 from mesh.readings import Kind, Quality, Reading
 
 NOW = 1_700_000_000_000

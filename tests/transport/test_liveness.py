@@ -3,7 +3,15 @@ frames in, actions out."""
 
 from __future__ import annotations
 
-from mesh.net.liveness import Deliver, End, Liveness, Send, on_frames
+from mesh.net.liveness import (
+    Deliver,
+    End,
+    Liveness,
+    Send,
+    handshake_expired,
+    next_pass,
+    on_frames,
+)
 from mesh.session_frames import Close, Error, Heartbeat, Message
 
 
@@ -38,3 +46,20 @@ def test_heartbeats_silence_and_lost_connections_by_the_clock() -> None:
     assert isinstance(lost, End) and "lost" in lost.reason
     assert live.deadline(last_received=3.0, last_sent=2.0) == 7.0
     assert live.deadline(last_received=0.0, last_sent=14.0) == 15.0
+
+
+def test_a_handshake_we_answered_expires_at_its_deadline_or_when_its_reply_is_lost() -> None:
+    assert not handshake_expired(now=4.9, deadline=5.0, lost=False)
+    assert handshake_expired(now=5.0, deadline=5.0, lost=False)
+    assert handshake_expired(now=1.0, deadline=5.0, lost=True)
+
+
+def test_the_timer_runs_at_the_earliest_deadline_ahead_within_its_bounds() -> None:
+    def wake(*deadlines: float) -> float:
+        return next_pass(10.0, deadlines, most=1.25, least=0.25)
+
+    assert wake() == 11.25  # nothing due: a tick from now (what no deadline announces)
+    assert wake(15.0, 10.5, 12.0) == 10.5  # the earliest deadline ahead
+    assert wake(10.1) == 10.25  # not sooner than `least`
+    assert wake(9.0, 10.0) == 11.25  # due already and not acted on: no spinning
+    assert wake(10.0, 10.75) == 10.75
