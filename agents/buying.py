@@ -32,6 +32,7 @@ import trio
 
 from agents.channels import ChannelFailure, ChannelManager, FundingRefused
 from agents.logs import log_context
+from agents.partners import parse_offer
 from agents.profile import Profile, WantSpec
 from agents.proofs import Proofs
 from agents.services.buyer import Buyer, OrderResult
@@ -48,16 +49,6 @@ log = logging.getLogger("agents.runtime")
 RECENT_ORDERS = 16
 """Finished orders a want remembers (for status); older ones live on only in its
 totals and in the signed meter statements."""
-
-
-def parse_offer(summary: str, service: str) -> int | None:
-    """The price of `service` in an mDNS ``svc`` summary (``id=price/unit,...``)."""
-    for item in summary.split(","):
-        sid, _, rest = item.partition("=")
-        if sid.strip() == service:
-            price = rest.split("/", 1)[0].strip()
-            return int(price) if price.isdigit() else None
-    return None
 
 
 @dataclass
@@ -113,6 +104,11 @@ class Purchases:
         self._proofs = proofs
         self._asked: dict[str, float] = {}  # provider -> when it last asked us for proof
         self._order_locks: dict[tuple[str, str], trio.Lock] = {}
+        self._running: dict[int, tuple[WantSpec, str | None]] = {}
+
+    def running(self) -> list[tuple[WantSpec, str | None]]:
+        """The wants being bought now, each with the one peer it is restricted to."""
+        return list(self._running.values())
 
     async def want(
         self,
@@ -126,13 +122,18 @@ class Purchases:
         by the agent's stop, or by `stop` if given (a `mesh buy` whose time is up). Each
         unit that arrived and verified goes to `on_unit` (its payload), if given; nothing
         is kept here."""
-        if stop is None:
-            await self._want(progress, peer, self._stop, on_unit)
-            return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_relay, self._stop, stop)  # the agent's stop ends it too
-            await self._want(progress, peer, stop, on_unit)
-            nursery.cancel_scope.cancel()
+        key = id(progress)
+        self._running[key] = (progress.want, peer)
+        try:
+            if stop is None:
+                await self._want(progress, peer, self._stop, on_unit)
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_relay, self._stop, stop)  # the agent's stop ends it too
+                await self._want(progress, peer, stop, on_unit)
+                nursery.cancel_scope.cancel()
+        finally:
+            del self._running[key]
 
     async def _want(
         self,
@@ -292,4 +293,4 @@ async def _relay(source: trio.Event, target: trio.Event) -> None:
     target.set()
 
 
-__all__ = ["RECENT_ORDERS", "Purchases", "WantProgress", "parse_offer"]
+__all__ = ["RECENT_ORDERS", "Purchases", "WantProgress"]

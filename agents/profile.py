@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import ifaddr
 
+from agents.partners import IDLE_CLOSE
 from agents.profile_bridges import (
     SOURCES,
     SURFACES,
@@ -190,6 +191,7 @@ class Profile:
     interfaces: tuple[str, ...]
     static_peers: tuple[str, ...]
     discovery_ttl: int
+    idle_close: float
     capacity: int
     lifetime_blocks: int
     window: int
@@ -568,6 +570,7 @@ def load_profile(path: Path, *, data_dir: Path | None = None) -> Profile:
         interfaces=_interfaces(path, discovery.strings("interfaces", ("127.0.0.1",))),
         static_peers=discovery.strings("static_peers"),
         discovery_ttl=discovery.get("ttl", int, 120, check=_positive),
+        idle_close=discovery.get("idle_close", float, IDLE_CLOSE, check=_positive),
         capacity=channels.get("capacity", int, 100_000, check=_positive),
         lifetime_blocks=channels.get("lifetime_blocks", int, 144, check=_positive),
         window=channels.get("window", int, 64, check=_positive),

@@ -3,8 +3,9 @@
 Both halves run in every agent (any agent may sell a feed and buy one):
 
 - As a *buyer*, every `interval` seconds and whenever a session comes up, it asks each
-  producer it has a session with for receipts of the kept readings still without a
-  proof (`ReceiptRequest`: one stream, the lowest `MAX_RECEIPT_REQUEST` seqs). Each
+  producer it has a session with (and every `ABSENT_EVERY` seconds each producer it
+  holds readings of without one, dialling it) for receipts of the kept readings still
+  without a proof (`ReceiptRequest`: one stream, the lowest `MAX_RECEIPT_REQUEST` seqs). Each
   `AnchorReceipt` that comes back is checked against the records held
   (`BuyerArchive.accept_receipt`) and stored; from then on `mesh proof --agent …`
   exports those readings' proofs from the buyer's own data dir.
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[str, Frame], Awaitable[None]]
 """send(peer_id, frame): best effort over the peer's session."""
+ABSENT_EVERY = 30.0
+"""Seconds between asks of producers we hold kept readings of but no session with (a
+buyer back after a restart, a session closed while idle): each ask dials one."""
+ABSENT_FIRST = 3.0
+"""Seconds after start of the first such ask (discovery has listed the site by then)."""
 RECEIPT_SEQS_PER_SECOND = 4 * MAX_RECEIPT_REQUEST
 """What one peer may ask about per second: an honest buyer asks about at most
 `MAX_RECEIPT_REQUEST` seqs per stream every `interval` (every 0.25 s in `collect`)."""
@@ -109,17 +115,21 @@ class ReceiptExchange:
         peers: Callable[[], Iterable[str]],
         *,
         interval: float = 2.0,
+        absent_every: float = ABSENT_EVERY,
         seqs_per_second: float = RECEIPT_SEQS_PER_SECOND,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         """`peers()` names the peers with a session now; `archive` must be usable from
         the Trio thread (its own store connection). Each peer may ask about
-        `seqs_per_second` seqs a second, twice that at once (`clock` tells the time)."""
+        `seqs_per_second` seqs a second, twice that at once (`clock` tells the time).
+        Producers we wait on without a session are asked every `absent_every` seconds
+        (`send` dials them: sessions on demand)."""
         self.archive = archive
         self.anchorer = anchorer
         self._send = send
         self._peers = peers
         self.interval = interval
+        self.absent_every = absent_every
         self._budgets = PeerBudgets(seqs_per_second, 2 * seqs_per_second)
         self._clock = clock
         self._counts = dict.fromkeys(ReceiptStatistics.__dataclass_fields__, 0)
@@ -141,15 +151,26 @@ class ReceiptExchange:
     # ------------------------------------------------------------------ buyer
 
     async def run(self) -> None:
-        """Ask every producer with a session, every `interval` seconds (run in a nursery)."""
+        """Ask every producer with a session every `interval` seconds, and those we wait
+        on without one every `absent_every` (run in a nursery)."""
+        # The first ask of absent producers once discovery had a few seconds to list them.
+        absent_asked = self._clock() - self.absent_every + ABSENT_FIRST
         while True:
-            await self.ask_all()
+            now = self._clock()
+            absent = now - absent_asked >= self.absent_every
+            if absent:
+                absent_asked = now
+            await self.ask_all(absent=absent)
             await trio.sleep(self.interval)
 
-    async def ask_all(self) -> int:
-        """Ask every peer with a session for the receipts we miss from it; returns how
-        many readings were asked about (as `unproven`)."""
-        return sum([await self.ask(peer_id) for peer_id in list(self._peers())])
+    async def ask_all(self, *, absent: bool = False) -> int:
+        """Ask every peer with a session (and, if `absent`, every producer we wait on
+        without one) for the receipts we miss from it; returns how many readings were
+        asked about (as `unproven`)."""
+        peers = set(self._peers())
+        if absent:
+            peers |= {key.hex() for key in self.archive.producers_waiting()}
+        return sum([await self.ask(peer_id) for peer_id in sorted(peers)])
 
     async def ask(self, peer_id: str) -> int:
         """Ask `peer_id` for receipts of every kept reading of it without a proof;
@@ -163,7 +184,7 @@ class ReceiptExchange:
     async def collect(self, timeout: float, poll: float = 0.25) -> int:
         """Keep asking until nothing held waits for a receipt, or `timeout` passes, or
         nothing new arrives for about 3 s; returns how many still wait."""
-        waiting = await self.ask_all()
+        waiting = await self.ask_all(absent=True)
         quiet = 0
         with trio.move_on_after(timeout):
             while waiting and quiet < 3 * max(1, round(1.0 / poll)):

@@ -3,8 +3,9 @@
 `Agent.run` opens the agent's store, wallet and chain, its node (mailbox), its
 discovery, the channel manager and the services of its profile, then:
 
-* connects to every discovered peer (the one with the lower peer id dials, so a
-  pair makes one session) and to every static peer, pinning the announced id;
+* keeps the table of every discovered peer but holds sessions only with its trading
+  partners (`agents.sessions`): the cheapest providers of what it buys, static peers
+  (pinning the announced id), and any peer a frame is for; idle ones it dialled close;
 * dispatches frames: channel frames to the manager, orders to the provider,
   deliveries to the buyer, receipt requests and receipts to the receipt exchange;
 * buys what the profile wants from the cheapest provider within its price limit;
@@ -37,7 +38,8 @@ from agents.channels import ChannelConfig, ChannelFailure, ChannelManager
 from agents.commands import close_channel
 from agents.control import serve_control
 from agents.logs import log_context
-from agents.profile import Profile, ProfileError
+from agents.partners import SessionPlan, Wanted
+from agents.profile import Profile, ProfileError, WantSpec
 from agents.profile_certs import CertsConfigError, check_subject
 from agents.proofs import Proofs
 from agents.receipts import Archive, ReceiptExchange
@@ -45,6 +47,7 @@ from agents.services.buyer import Buyer
 from agents.services.orders import Provider
 from agents.services.standing import SellerStanding
 from agents.services.vendor import Handler, HandlerError, resolve
+from agents.sessions import SessionKeeper
 from agents.upkeep import keep_retention, keep_wallet_synced, sync_wallet
 from agents.web.app import agent_app
 from agents.web.config import DashboardConfig
@@ -70,7 +73,8 @@ from mesh.discovery import Discovery, PeerTable, open_discovery, parse_static
 from mesh.errors import MeshError
 from mesh.health import StorageHealth
 from mesh.identity import Identity, load_identity, parse_peer_id
-from mesh.net.node import ConnectError, Node, NodeConfig, SessionClosed, open_node
+from mesh.net.node import Node, NodeConfig, SessionClosed, open_node
+from mesh.net.peer import PeerSession
 from mesh.session import PeerInfo
 from mesh.session_frames import ProfileSummary
 from mesh.store import Store
@@ -131,6 +135,7 @@ class Agent:
         self.anchorer: Anchorer | None = None
         self.receipts: ReceiptExchange | None = None
         self.purchases: Purchases | None = None
+        self.sessions: SessionKeeper | None = None
         self.workflows: Workflows | None = None
         self.wants = [WantProgress(w) for w in profile.wants]
         self.table: PeerTable | None = None
@@ -212,7 +217,7 @@ class Agent:
                 self.provider = Provider(
                     identity,
                     self._handlers,
-                    self._send,
+                    self._reply,
                     self._check_channel,
                     nursery,
                     health=self.storage,
@@ -279,8 +284,20 @@ class Agent:
                 nursery.start_soon(node.serve, self._dispatch)
                 self.table = discovery.table
                 self.discovery = discovery
+                for entry in profile.static_peers:
+                    discovery.table.add_static(*parse_static(entry))  # checked by the profile
+                table = discovery.table
+                self.sessions = SessionKeeper(
+                    node,
+                    table,
+                    SessionPlan(idle_close=profile.idle_close),
+                    self._wanted,
+                    lambda peer_id: self._standing.usable(peer_id, trio.current_time()),
+                    lambda mailbox, info: _confirm(table, mailbox, info),
+                )
+                self.manager.effects.want_session = self.sessions.request
                 nursery.start_soon(self._watch_sessions, sessions, discovery.table)
-                nursery.start_soon(self._connector, node, discovery.table)
+                await nursery.start(self.sessions.run)
                 await nursery.start(serve_control, self.data_dir / "control.sock", self.control)
                 nursery.start_soon(self.lag.run)
                 if self.dashboard.enabled:
@@ -325,14 +342,20 @@ class Agent:
         archive: Archive,
     ) -> None:
         """Escrowed work orders, in whichever roles the profile plays (`agents.workflows`)."""
-        assert self.identity and self.wallet and self.node and self.buyer and self.provider
-        node, keep = self.node, self.buyer.keep_record
+        assert self.identity and self.wallet and self.buyer and self.provider
+        keep = self.buyer.keep_record
         orders = await trio.to_thread.run_sync(WorkOrderStore, store, limiter=self._db)
+        assert self.sessions is not None
+        sessions = self.sessions
         context = WorkContext(self.identity, self.wallet, chain, orders, self._send, self._db,
-                              lambda peer: node.session(peer) is not None,
-                              self.storage)  # fmt: skip
+                              sessions.reachable, self.storage)  # fmt: skip
+
+        def offers(want: WantSpec) -> tuple[str, int] | None:  # its providers dialled
+            sessions.look(Wanted(want.service, want.max_price))
+            return purchases.best_offer(want)
+
         work = self.workflows = Workflows(
-            context, self.profile, buy=purchases.want, offers=purchases.best_offer,
+            context, self.profile, buy=purchases.want, offers=offers,
             keep=keep or (lambda _signed: None), proven=archive.proven,
             require=self._inspector_certificate,
             log_record=self._log_record,
@@ -428,8 +451,16 @@ class Agent:
         if self.buyer is not None:
             self.buyer.channel_final(channel_id)
 
+    def _wanted(self) -> list[Wanted]:
+        """What this agent is buying now (its trading partners follow from it)."""
+        if self.purchases is None:
+            return []
+        return [Wanted(w.service, w.max_price, peer) for w, peer in self.purchases.running()]
+
     async def _dispatch(self, peer_id: str, frame: Frame, last: bool) -> None:
         assert self.manager and self.provider and self.buyer and self.receipts and self.proofs
+        assert self.sessions is not None
+        self.sessions.touch(peer_id)
         with log_context(peer=peer_id):  # the frame handlers add its channel and service
             if not (
                 await self.manager.handle(peer_id, frame, last)
@@ -457,6 +488,8 @@ class Agent:
                 await self.receipts.ask(peer_id)
             else:
                 log.info("peer %s lost (%s): meters frozen", peer_id[:16], event.reason)
+                if self.sessions is not None:
+                    self.sessions.session_ended(peer_id)
                 self.provider.peer_lost(peer_id)
                 self.buyer.peer_lost(peer_id)  # its orders end; the want orders again
                 known = table.get(peer_id)
@@ -464,51 +497,23 @@ class Agent:
                 if known and known.instance is None and not known.static and not replaced:
                     table.remove(peer_id)  # only a session vouched for it
 
-    async def _connector(self, node: Node, table: PeerTable) -> None:
-        """Keep a session with every peer we should talk to.
-
-        Of a discovered pair the lower peer id dials (one session per pair); a static
-        peer is always dialled by the side that configured it, expecting the id it is
-        pinned to in the profile (``ID@tcp://…``), else the one it proved the first
-        time. Dials run concurrently: an unreachable peer costs its own handshake
-        timeout, never the others'.
-        """
-        for entry in self.profile.static_peers:
-            table.add_static(*parse_static(entry))  # checked when the profile was read
-        dialling: set[str] = set()
-
-        async def dial(mailbox: str, expect: str | None) -> None:
-            try:
-                await self._dial(node, table, mailbox, expect)
-            finally:
-                dialling.discard(mailbox)
-
-        async with trio.open_nursery() as nursery:
-            while True:
-                targets: list[tuple[str, str | None]] = [
-                    (peer.mailbox, peer.peer_id)
-                    for peer in table.snapshot().values()
-                    if node.session(peer.peer_id) is None
-                    and (peer.static or node.peer_id < peer.peer_id)
-                ]
-                targets += table.pending_static()
-                for mailbox, expect in targets:
-                    if mailbox not in dialling:
-                        dialling.add(mailbox)
-                        nursery.start_soon(dial, mailbox, expect)
-                await trio.sleep(0.5)
-
-    async def _dial(self, node: Node, table: PeerTable, mailbox: str, expect: str | None) -> None:
-        try:
-            session = await node.connect(mailbox, expect_peer=expect, attempts=1)
-        except ConnectError as exc:
-            log.info("could not reach %s: %s", mailbox, exc)
-            return
-        _confirm(table, mailbox, session.peer)
-
     async def _send(self, peer_id: str, frame: Frame) -> None:
-        assert self.node is not None
-        session = self.node.session(peer_id)
+        """Send over the peer's session, dialling one first if there is none (sessions
+        on demand: a work order's party, a certificate to prove, a receipt to ask for)."""
+        assert self.sessions is not None
+        self.sessions.touch(peer_id)
+        session = await self.sessions.ensure(peer_id)
+        await self._over(session, peer_id, frame)
+
+    async def _reply(self, peer_id: str, frame: Frame) -> None:
+        """Send over the peer's session if there is one (a seller never dials a buyer
+        to deliver: the buyer holds the session while it buys)."""
+        assert self.node is not None and self.sessions is not None
+        self.sessions.touch(peer_id)
+        await self._over(self.node.session(peer_id), peer_id, frame)
+
+    @staticmethod
+    async def _over(session: PeerSession | None, peer_id: str, frame: Frame) -> None:
         if session is None:
             return
         try:
@@ -525,9 +530,12 @@ class Agent:
         return signed.body, signed.signature
 
     def _admit(self, peer_id: str, service: str) -> tuple[str, str] | None:
-        """Whether `peer_id` may open a channel paying for `service`: a service that
-        requires proof admits only a buyer that gave it (`agents.proofs`)."""
+        """Whether `peer_id` may open a channel paying for `service`: only a buyer the
+        service's ``buyers`` lists (before any coin moves), and for a service that
+        requires proof only a buyer that gave it (`agents.proofs`)."""
         spec = self.profile.service(service)
+        if spec is not None and not spec.may_buy(peer_id):
+            return "not-allowed", f"{peer_id[:16]}… may not buy {service}"
         if spec is None or not spec.require or self.proofs is None:
             return None
         return self.proofs.admit(peer_id, spec.require)

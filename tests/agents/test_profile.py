@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.buying import parse_offer
+from agents.partners import parse_offer
 from agents.profile import ProfileError, load_profile
 from agents.runtime import Agent
 from agents.web.config import DashboardConfig

@@ -196,3 +196,30 @@ async def test_a_receipt_that_does_not_hold_changes_nothing(
         await buyer.handle(PRODUCER.peer_id, receipt)
         assert buyer.statistics().records_proven == 3
         assert buyer.unproven() == 0
+
+
+async def test_a_producer_without_a_session_is_asked_only_on_the_absent_round(
+    tmp_path: Path, buyer_archive: BuyerArchive
+) -> None:
+    """Sessions on demand: a buyer back after a restart (or whose session closed while
+    idle) holds readings of a producer it has no session with. Its regular rounds ask
+    only the peers with a session; the absent round (every `absent_every`) asks that
+    producer too -- the send dials it -- and the receipts come back."""
+    ledger = create_ledger(tmp_path / "ledger.db")
+    config = AnchorConfig(batch=BatchPolicy(max_records=8, max_age=1e9))
+    async with running_anchorer(tmp_path / "producer", ledger, config=config) as run:
+        mine = await run.anchorer.log_many(STREAM, [b"rms=%d" % i for i in range(8)],
+                                           audience=BUYER.public_key)  # fmt: skip
+        for record in mine:
+            assert buyer_archive.keep(record.body, record.signature, producer=P).stored
+        assert buyer_archive.producers_waiting() == {P}
+        await run.anchorer.anchor_now()
+        await run.chain.mine()
+        await run.anchorer.wait_mined()
+        link = Link()
+        _, buyer = exchanges(link, run, buyer_archive)
+        buyer._peers = lambda: []  # no session with anyone
+        assert await buyer.ask_all() == 0 and link.sent == []
+        assert await buyer.ask_all(absent=True) == 8
+        assert buyer.statistics().records_proven == 8
+        assert buyer_archive.producers_waiting() == set()

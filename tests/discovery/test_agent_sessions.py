@@ -12,7 +12,7 @@ from mesh.chain.ledger import LocalLedger
 from mesh.discovery.records import SERVICE_TYPE, announce, instance_name
 from mesh.identity import Identity
 from mesh.net.node import open_node
-from tests.discovery.agents import FEED, RunningAgent, peers, sessions
+from tests.discovery.agents import FEED, WANT, RunningAgent, peers, sessions
 
 
 @pytest.fixture
@@ -25,8 +25,9 @@ def ledger(tmp_path: Path) -> Path:
 def test_two_agents_on_loopback_discover_and_hold_a_session_within_2_s(
     tmp_path: Path, ledger: Path
 ) -> None:
+    # Sessions on demand: b wants what a sells, so b dials a as soon as it sees it.
     a = RunningAgent(tmp_path, ledger, "a", "127.0.0.1", "tcp://127.0.0.1:0", FEED)
-    b = RunningAgent(tmp_path, ledger, "b", "127.0.0.1", "tcp://127.0.0.1:0", "")
+    b = RunningAgent(tmp_path, ledger, "b", "127.0.0.1", "tcp://127.0.0.1:0", WANT)
     try:
         up = max(a.wait(bool, 30, "control socket"), b.wait(bool, 30, "control socket"))
         met_a = a.wait(lambda s: b.peer_id in sessions(s), 10, "session with b")

@@ -145,9 +145,10 @@ def test_agents_across_namespaces_hold_sessions_and_survive_a_cut_host(
 ) -> None:
     """One `mesh run` agent per host: host 1 sells a reading feed, hosts 2 and 3 buy it.
 
-    All three discover each other and hold authenticated sessions; frames (readings,
-    payments, heartbeats) flow. Then host 3's cable is cut: hosts 1 and 2 keep
-    exchanging readings while host 3's sessions die and it leaves both tables.
+    All three discover each other; each buyer holds an authenticated session with its
+    seller only (sessions on demand: the buyers do not trade with each other); frames
+    (readings, payments, heartbeats) flow. Then host 3's cable is cut: hosts 1 and 2
+    keep exchanging readings while host 3's session dies and it leaves both tables.
     """
     ledger = tmp_path / "ledger.db"
     LocalLedger.create(ledger).close()
@@ -161,13 +162,17 @@ def test_agents_across_namespaces_hold_sessions_and_survive_a_cut_host(
                                       funds=0 if i == 1 else 5_000_000))  # fmt: skip
         ids = {h.peer_id for h in hosts}
         for host in hosts:
-            host.wait(lambda s, me=host: sessions(s) == ids - {me.peer_id}, 30, "full mesh")
+            host.wait(lambda s, me=host: peers(s) == ids - {me.peer_id}, 30, "full table")
+        seller = hosts[0].peer_id
+        hosts[0].wait(lambda s: sessions(s) == ids - {seller}, 30, "sessions with both buyers")
+        for buyer in hosts[1:]:
+            buyer.wait(lambda s: sessions(s) == {seller}, 30, "a session with the seller")
         for buyer in hosts[1:]:
             buyer.wait(lambda s: delivered(s) >= 10, 20, "readings flowing")
         lan.set_link(3, up=False)
         cut = time.monotonic()
+        hosts[0].wait(lambda s: hosts[2].peer_id not in sessions(s), 10, "host 3's session ends")
         for host in hosts[:2]:
-            host.wait(lambda s: hosts[2].peer_id not in sessions(s), 10, "host 3's session ends")
             host.wait(lambda s: hosts[2].peer_id not in peers(s), 10, "host 3 leaves the table")
         before = hosts[1].status()
         assert before is not None
