@@ -48,7 +48,10 @@ def add_cert_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "that verifier alone, and the verifier checks the certifier's signature, whom it "
         "trusts, whether the certificate was revoked (a spent output on the ledger) and "
         "what it requires of the fields. The format is BRC-52, as the BSV TypeScript SDK "
-        "has it.",
+        "has it. Revocation (issue --revocable, revoke, verify --ledger) works on a local "
+        "ledger file only: agents on the BSV network (--chain arc:…) look the revocation "
+        "outpoint up on their own chain and refuse one they cannot find; there, issue "
+        "without --revocable and bound the certificate in time (e.g. calibrated_until).",
     )
     actions = cert.add_subparsers(dest="cert_command", required=True, metavar="ACTION")
 
@@ -66,7 +69,8 @@ def add_cert_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "certificate can never be withdrawn; with it, the wallet of the certifier's agent "
         f"(--data-dir, no agent running on it) pays {REVOCATION_SATOSHIS} sat to a key "
         "derived for this certificate alone, and `mesh cert revoke` spends it later: spent "
-        "means revoked.",
+        "means revoked. Revocation outputs live on a local ledger file only (refused when "
+        "M2MESH_CHAIN names the BSV network): there, issue without --revocable.",
     )
     key_options(issue_, "the certifier's identity key file", True)
     issue_.add_argument(
@@ -94,7 +98,8 @@ def add_cert_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     issue_.add_argument(
         "--revocable",
         action="store_true",
-        help="fund a revocation output from the certifier agent's wallet",
+        help="fund a revocation output from the certifier agent's wallet (local ledger "
+        "file only: agents on --chain arc:… would refuse the certificate, revocation)",
     )
     issue_.add_argument(
         "--data-dir",
@@ -167,7 +172,9 @@ def add_cert_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         help="a certifier you trust (repeat); any other is INVALID",
     )
     verify.add_argument(
-        "--ledger", type=Path, help="check the revocation outpoint on this ledger file"
+        "--ledger",
+        type=Path,
+        help="check the revocation outpoint on this ledger file (a local ledger only)",
     )
     verify.add_argument(
         "--require",
@@ -187,7 +194,8 @@ def add_cert_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "for it, the fee from the ledger's fee rate, the rest back to a new address of the "
         "certifier agent's wallet -- and broadcast it. From then on `mesh cert verify "
         "--ledger` says INVALID revoked. Refuses a certificate that is not revocable, a key "
-        "that is not its certifier's, and one already revoked.",
+        "that is not its certifier's, and one already revoked. On a local ledger file "
+        "only (refused when M2MESH_CHAIN names the BSV network).",
     )
     revoke.add_argument("file", type=Path, help="certificate file (JSON)")
     key_options(revoke, "the certifier's identity key file", True)

@@ -13,8 +13,10 @@ the codes of `mesh.certs.CertificateError`).
 Revocation (`mesh.certs.revocation`): ``--revocable`` funds one small output from the
 certifier's agent wallet (``DIR/agent.db``, while no agent runs on it) to a key derived
 for that certificate and never adopted into the wallet; `revoke` spends it. Spent means
-revoked. This module reads and writes files and drives the ledger and the wallet; the
-certificate logic is in `mesh.certs`. Errors are one line (`agents.cli`).
+revoked. Both, and ``verify --ledger``, work on a local ledger file only (`LOCAL_ONLY`:
+refused when ``$M2MESH_CHAIN`` names the BSV network). This module reads and writes
+files and drives the ledger and the wallet; the certificate logic is in `mesh.certs`.
+Errors are one line (`agents.cli`).
 (docs/ARCHITECTURE.md §3, §5)
 """
 
@@ -37,6 +39,7 @@ from typing import Any
 
 from bsv.keys import PublicKey
 
+from agents.chain_choice import default_chain, is_local
 from agents.ledger_cli import DEFAULT_LEDGER, wait_until_unlocked
 from mesh.certs import (
     NO_REVOCATION,
@@ -76,6 +79,25 @@ KNOWN_TYPES = ("m2mesh.calibration", "m2mesh.vendor")
 
 class CertCliError(MeshError):
     """A usage problem with `mesh cert`, said in one line."""
+
+
+LOCAL_ONLY = (
+    "revocation outputs are issued and spent on a local ledger file only (not yet on the "
+    "BSV network, where agents on --chain arc:… look the outpoint up and refuse one they "
+    "cannot find); there, issue without --revocable and bound the certificate in time "
+    "(e.g. calibrated_until, required >= today)"
+)
+"""Why `--revocable`, `revoke` and `verify --ledger` are for a local ledger (one line)."""
+
+
+def _local_ledger_only(what: str) -> None:
+    """Refuse `what` when ``$M2MESH_CHAIN`` says the agents run on the BSV network."""
+    try:
+        choice = default_chain()
+    except ValueError:
+        return  # (`mesh run` says what is wrong with it)
+    if not is_local(choice):
+        raise CertCliError(f"{what} with M2MESH_CHAIN={choice}: {LOCAL_ONLY}")
 
 
 # ---------------------------------------------------------------- inputs
@@ -291,6 +313,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
     values = parse_fields(args.field)
     if not args.revocable and (args.data_dir or args.ledger or args.mine):
         raise CertCliError("--data-dir, --ledger and --mine go with --revocable")
+    if args.revocable:
+        _local_ledger_only("--revocable")
     if args.revocable and args.data_dir is None:
         raise CertCliError("--revocable needs --data-dir DIR: the certifier agent's wallet pays")
     _refuse_overwrite(args.out, args.force)
@@ -433,7 +457,7 @@ def _revocation_line(cert: Certificate, ledger_path: Path | None) -> str:
     if state is Revocation.UNKNOWN:
         raise CertCliError(
             f"revocation outpoint {cert.revocation_outpoint} not on this chain ({ledger_path}):"
-            " check it against the ledger the certifier uses"
+            f" check it against the ledger the certifier uses ({LOCAL_ONLY})"
         )
     return f"not revoked: {cert.revocation_outpoint} is unspent on {ledger_path}"
 
@@ -493,6 +517,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     """Spend a certificate's revocation output: from then on it is revoked."""
+    _local_ledger_only("mesh cert revoke")
     certifier = _identity(args.key, args.passphrase_env)
     cert = read_cert_file(args.file).certificate
     cert.verify()
@@ -514,7 +539,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
             )
         if state is Revocation.UNKNOWN or output.satoshis is None or output.script is None:
             raise CertCliError(
-                f"revocation outpoint {cert.revocation_outpoint} not on this chain ({ledger_path})"
+                f"revocation outpoint {cert.revocation_outpoint} not on this chain"
+                f" ({ledger_path}; {LOCAL_ONLY})"
             )
         with _wallet(args.data_dir, certifier, ledger) as wallet:
             pay_to = p2pkh_script(wallet.new_address())

@@ -22,11 +22,14 @@ The format, exactly as BRC-52 (revised 2026-04-24) and the TypeScript reference
   counterparty *anyone*; a verifier derives the matching public key with counterparty =
   certifier (its own key being *anyone*'s, the scalar 1).
 
-Field names are lowercase ASCII letters and underscores, ``calibrated_until``: the
-reference sorts names with JavaScript's `localeCompare`, which agrees with the bytewise
-sort of the spec's other implementations only there (it puts ``a`` before ``B`` and
-``_`` before digits). Anything malformed a peer sends is a
-`CertificateError` naming the part. (docs/ARCHITECTURE.md §3)
+Field names are 1-50 printable ASCII characters without spaces (``calibrated_until``,
+``firstName``), and fields are sorted by name bytewise, as the spec's other
+implementations do. The reference sorts with JavaScript's `localeCompare`, which
+disagrees for some sets of names (it puts ``a`` before ``B`` and ``_`` before digits):
+a certificate whose names the two orders would put differently -- or two names that
+differ only in case -- is refused (``format``), so every certificate accepted here has
+the same bytes, and the same signature, in both (`names_sort_alike`). Anything
+malformed a peer sends is a `CertificateError` naming the part. (docs/ARCHITECTURE.md §3)
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,11 +55,17 @@ NO_REVOCATION = "0" * 64 + ".0"
 ANYONE = PrivateKey(1)
 """BRC-42's *anyone*: the key whose scalar is 1 (a verifier with no key of its own)."""
 MAX_FIELDS = 32
-MAX_NAME = 64
+MAX_NAME = 50
 MAX_VALUE = 4096
-"""Bounds on what a peer's certificate may hold: field count, name length and the
-length of one encrypted value's base64 (a value of ~3 kB)."""
-_NAME = re.compile(r"^[a-z][a-z_]{0,63}$")
+"""Bounds on what a peer's certificate may hold: field count, name length (the SDKs'
+``CertificateFieldNameUnder50Bytes``) and the length of one encrypted value's base64
+(a value of ~3 kB)."""
+_NAME = re.compile(r"^[!-~]{1,50}$")
+LOCALE_ORDER = "_-,;:!?.'\"()[]{}@*/\\&#%`^+<=>|~$0123456789abcdefghijklmnopqrstuvwxyz"
+"""Printable ASCII in the order JavaScript's `localeCompare` (ICU, punctuation not
+ignored) puts it at the primary level, where a letter and its capital are equal (checked
+against node 20)."""
+_LOCALE_RANK = {c: i for i, c in enumerate(LOCALE_ORDER)}
 _OUTPOINT = re.compile(r"^[0-9a-f]{64}\.(0|[1-9][0-9]{0,9})$")
 
 
@@ -96,11 +106,17 @@ class Certificate:
             raise CertificateError("format", f"more than {MAX_FIELDS} fields")
         for name, value in self.fields.items():
             if not isinstance(name, str) or not _NAME.match(name):
-                why = f"field name {name!r} is not 1-64 lowercase letters and underscores"
+                why = f"field name {name!r} is not 1-{MAX_NAME} printable ASCII, no spaces"
                 raise CertificateError("format", why)
             if not isinstance(value, str) or len(value) > MAX_VALUE:
                 raise CertificateError("format", f"field {name} is not a value of <= {MAX_VALUE}")
             _base64(value, f"field {name}")
+        if not names_sort_alike(self.fields):
+            raise CertificateError(
+                "format",
+                "field names the reference SDK would sort otherwise (letters whose case "
+                "decides, or _ and digits at one place): rename a field",
+            )
         if self.signature:
             try:
                 bytes.fromhex(self.signature)
@@ -224,6 +240,16 @@ def type_id(name: str) -> str:
     return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
 
 
+def names_sort_alike(names: Iterable[str]) -> bool:
+    """Whether bytewise order (the spec's) and the reference's `localeCompare` put
+    `names` (printable ASCII) in the same order, none two equal but for case."""
+    ordered = sorted(names)
+    if any(c not in _LOCALE_RANK for name in ordered for c in name.lower()):
+        return False
+    ranks = [tuple(_LOCALE_RANK[c] for c in name.lower()) for name in ordered]
+    return all(a < b for a, b in itertools.pairwise(ranks))
+
+
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
@@ -286,10 +312,12 @@ class _Reader:
 
 __all__ = [
     "ANYONE",
+    "LOCALE_ORDER",
     "MAX_FIELDS",
     "NO_REVOCATION",
     "SIGNATURE_PROTOCOL",
     "Certificate",
     "CertificateError",
+    "names_sort_alike",
     "type_id",
 ]

@@ -44,16 +44,10 @@ def issue(
 ) -> Issued:
     """Certify `values` of `subject` as certificate type `type_` (base64 of 32 bytes)."""
     serial = serial_number or base64.b64encode(secrets.token_bytes(32)).decode()
+    parts = (type_, serial, subject.hex(), certifier.public_key().hex(), revocation_outpoint)
+    Certificate(*parts, dict.fromkeys(values, ""))  # names and the rest, before sealing
     fields, keyring = seal_fields(certifier, subject, values)
-    unsigned = Certificate(
-        type_,
-        serial,
-        subject.hex(),
-        certifier.public_key().hex(),
-        revocation_outpoint,
-        fields,
-    )
-    return Issued(unsigned.signed(certifier), keyring)
+    return Issued(Certificate(*parts, fields).signed(certifier), keyring)
 
 
 __all__ = ["Issued", "issue"]

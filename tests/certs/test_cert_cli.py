@@ -54,7 +54,7 @@ class Site:
         return str(self.keys[who])
 
 
-def mesh(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+def mesh(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
     """Run `mesh ARGS` in this process: (exit code, stdout, stderr)."""
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -105,7 +105,7 @@ def issue_cert(
     site: Site,
     out: Path,
     values: dict[str, str] = CALIBRATION,
-    *extra: str,
+    *extra: str | Path,
 ) -> tuple[str, str]:
     """`mesh cert issue` by the lab for the sensor: (serial printed, stderr)."""
     fields = [a for name, value in values.items() for a in ("--field", f"{name}={value}")]
@@ -437,3 +437,52 @@ def test_judge_and_a_spend_of_an_output_not_locked_to_the_key() -> None:
         )
     with pytest.raises(RevocationError, match="not enough for the fee"):
         revocation_spend(key, outpoint, Prevout(1, ours.locking_script), pay_to, Policy())
+
+
+def test_a_vendor_certifies_serial_and_firmware_and_the_machine_reveals_one(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert = site.root / "vendor.json"
+    values = {"model": "VX-200", "serial": "SN-7781", "firmware": "4.2.1", "buildDate": "2026-01"}
+    fields = [a for name, value in values.items() for a in ("--field", f"{name}={value}")]
+    ok(mesh(capsys, "cert", "issue", "--key", site.key("lab"), "--subject", site.ids["sensor"],
+            "--type", "m2mesh.vendor", *fields, "--out", cert))  # fmt: skip
+    shown = ok(mesh(capsys, "cert", "show", cert))
+    assert "m2mesh.vendor" in shown and "buildDate, firmware, model, serial" in shown
+    assert "SN-7781" not in shown
+    as_subject = json.loads(
+        ok(mesh(capsys, "cert", "show", cert, "--key", site.key("sensor"), "--json"))
+    )
+    assert as_subject["values"] == values
+    revealed = reveal(capsys, site, cert, "firmware")
+    out = ok(mesh(capsys, "cert", "verify", revealed, "--key", site.key("buyer"),
+                  "--certifier", site.ids["lab"], "--require", "firmware == 4.2.1"))  # fmt: skip
+    assert out.startswith("VALID m2mesh.vendor certificate of " + site.ids["sensor"])
+    assert "firmware = 4.2.1" in out and "firmware == 4.2.1: holds" in out
+    assert "SN-7781" not in out and "VX-200" not in out  # the serial and model stay hidden
+    out = invalid(mesh(capsys, "cert", "verify", revealed, "--key", site.key("buyer"),
+                       "--require", "firmware == 5.0.0"), "condition")  # fmt: skip
+    assert "firmware is '4.2.1'" in out  # (a version is text: == and != only)
+    invalid(mesh(capsys, "cert", "verify", revealed, "--key", site.key("buyer"),
+                 "--require", "serial == SN-7781"), "condition")  # fmt: skip
+
+
+def test_revocation_is_refused_when_the_agents_run_on_the_bsv_network(
+    site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    revocable = site.root / "revocable.json"
+    base = ("--data-dir", site.lab_dir, "--ledger", site.ledger)
+    issue_cert(capsys, site, revocable, CALIBRATION, "--revocable", *base)
+    monkeypatch.setenv("M2MESH_CHAIN", "arc:test")
+    out = site.root / "on-arc.json"
+    issue = ("cert", "issue", "--key", site.key("lab"), "--subject", site.ids["sensor"],
+             "--type", "m2mesh.calibration", "--field", "a=1", "--out", out)  # fmt: skip
+    one_line_error(mesh(capsys, *issue, "--revocable", *base), "local ledger file only")
+    assert not out.exists()
+    revoke = ("cert", "revoke", revocable, "--key", site.key("lab"), *base)
+    one_line_error(mesh(capsys, *revoke), "without --revocable")
+    monkeypatch.delenv("M2MESH_CHAIN")
+    other = site.root / "other-ledger.db"
+    ok(mesh(capsys, "ledger", "init", "--db", other))
+    one_line_error(mesh(capsys, "cert", "verify", revocable, "--ledger", other),
+                   "local ledger file only")  # fmt: skip

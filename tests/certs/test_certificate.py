@@ -149,8 +149,8 @@ def test_every_changed_byte_of_a_certificate_is_caught(keys: dict[str, PrivateKe
         ("type", "AAAA", "type must be base64 of 32 bytes"),
         ("subject", "02" + "00" * 32, "subject is not a compressed public key"),
         ("revocationOutpoint", "ab" * 32, "revocationOutpoint"),
-        ("fields", {"bad name": "AAAA"}, "lowercase letters"),
-        ("fields", {"Owner": "AAAA"}, "lowercase letters"),
+        ("fields", {"bad name": "AAAA"}, "printable ASCII, no spaces"),
+        ("fields", {"Owner": "AAAA", "owner": "AAAA"}, "would sort otherwise"),
         ("fields", {"x": "not base64!"}, "not base64"),
         ("signature", "zz", "hex"),
     ],
@@ -170,3 +170,31 @@ def test_an_unrevocable_certificate_and_a_type_name() -> None:
     assert cert.revocation_outpoint == NO_REVOCATION
     assert len(base64.b64decode(cert.serial_number)) == 32
     cert.verify()
+
+
+def test_field_names_are_any_printable_ascii_the_reference_sorts_alike() -> None:
+    key = PrivateKey()
+    values = {"firstName": "Ada", "lastName": "Lovelace", "serial-no.": "7", "x": "y"}
+    issued = issue(key, PrivateKey().public_key(), CALIBRATION, values)
+    cert = issued.certificate
+    cert.verify()
+    assert list(cert.fields) == ["firstName", "lastName", "serial-no.", "x"]
+    assert Certificate.from_binary(cert.to_binary()) == cert
+    assert Certificate.from_json(json.loads(json.dumps(cert.to_json()))) == cert
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("first name",),  # a space
+        ("n" * 51,),  # longer than the SDKs allow
+        ("café",),  # not ASCII
+        ("",),
+        ("serial", "Serial"),  # equal but for case: the orders disagree
+        ("Zeta", "alpha"),  # bytewise Z < a; localeCompare alpha < Zeta
+        ("a_b", "a1"),  # bytewise 1 < _; localeCompare _ < 1
+    ],
+)
+def test_field_names_refused(names: tuple[str, ...]) -> None:
+    with pytest.raises(CertificateError, match="format"):
+        issue(PrivateKey(), PrivateKey().public_key(), CALIBRATION, dict.fromkeys(names, "v"))

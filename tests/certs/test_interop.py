@@ -1,7 +1,7 @@
 """m2mesh's BRC-52 against the TypeScript reference `@bsv/sdk`, both ways: what one
 issues the other verifies and opens, byte for byte the same binary form, and a keyring
 made by either for a verifier opens in the other (node runs the SDK, installed into a
-temporary directory by `tests/certs/conftest.py`)."""
+temporary directory by the ``bsv_sdk`` fixture in `tests/conftest.py`)."""
 
 from __future__ import annotations
 
@@ -126,3 +126,45 @@ def test_a_keyring_the_sdk_makes_opens_in_m2mesh_and_only_for_its_verifier(
     assert seen == {"calibrated_until": "2027-06-30", "accuracy": "0.5 %"}
     with pytest.raises(CertificateError, match="keyring"):
         open_fields(OTHER, subject, cert, ring, master=False)
+
+
+CAMEL = {"firstName": "Ada", "lastName": "Lovelace", "serialNumber": "SN-7", "model_x": "A1"}
+"""Field names as @bsv/sdk users write them (camelCase, an underscore, a capital)."""
+
+
+def test_camel_case_field_names_verify_both_ways(bsv_sdk: NodeSdk) -> None:
+    issued = issue(CERTIFIER, SUBJECT.public_key(), TYPE, CAMEL, revocation_outpoint=OUTPOINT)
+    cert = issued.certificate.to_json()
+    assert bsv_sdk.call("verify", certificate=cert) == {"valid": True}
+    theirs = bsv_sdk.call("binary", certificate=cert, includeSignature=True)["hex"]
+    assert theirs == issued.certificate.to_binary().hex()
+    reply = bsv_sdk.call(
+        "issue",
+        certifierKey=hexkey(CERTIFIER),
+        subject=pub(SUBJECT),
+        type=TYPE,
+        fields=CAMEL,
+        revocationOutpoint=OUTPOINT,
+    )
+    back = Certificate.from_json(reply["certificate"])
+    back.verify()
+    master = reply["masterKeyring"]
+    assert open_fields(SUBJECT, CERTIFIER.public_key(), back, master, master=True) == CAMEL
+
+
+def test_names_the_sdk_would_sort_otherwise_are_refused(bsv_sdk: NodeSdk) -> None:
+    # The SDK issues it (sorting with localeCompare: "a_b" before "a1"); m2mesh sorts
+    # bytewise ("a1" first), so it refuses it rather than verify other bytes.
+    reply = bsv_sdk.call(
+        "issue",
+        certifierKey=hexkey(CERTIFIER),
+        subject=pub(SUBJECT),
+        type=TYPE,
+        fields={"a_b": "x", "a1": "y"},
+        revocationOutpoint=OUTPOINT,
+    )
+    binary = bsv_sdk.call("binary", certificate=reply["certificate"], includeSignature=True)
+    with pytest.raises(CertificateError, match="format"):
+        Certificate.from_json(reply["certificate"])
+    with pytest.raises(CertificateError, match="format"):
+        Certificate.from_binary(bytes.fromhex(binary["hex"]))
