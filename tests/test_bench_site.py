@@ -18,12 +18,14 @@ from bench.site import (
     Settings,
     SiteRun,
     bench,
+    measure,
     rows,
 )
 from bench.site_agent import MdnsCounters
 
 RUN = SiteRun(
-    peers=32, table_s=1.5, paid_s=2.0, up_s=1.0, listed=32, sessions=32, rss_mb=100.0,
+    peers=32, table_s=1.5, paid_s=2.0, up_s=1.0, listed=32, sessions=1, sessions_peak=1,
+    rss_mb=100.0,
     cpu_pct=1.0, mdns_in_bps=500.0, mdns_out_bps=0.0, mdns_in_pps=1.0, mdns_out_pps=0.0,
     window_s=120.0, ttl=120, crowd_register_s=0.5, crowd_nodes_s=0.1, netns=True,
     wall_s=60.0, timeout=90.0,
@@ -43,12 +45,13 @@ def test_counters_tell_our_echo_from_what_others_sent() -> None:
 
 
 def test_rows_hold_ratios_to_the_same_run_baseline_and_the_targets() -> None:
-    big = replace(RUN, peers=1000, table_s=math.inf, rss_mb=150.0, sessions=999, cpu_pct=3.0)
+    big = replace(RUN, peers=1000, table_s=math.inf, rss_mb=150.0, sessions_peak=999, cpu_pct=3.0)
     table = {row.metric: row for row in rows([RUN, big], RUN)}
     rss = table["RSS, 1000 peers"]
     assert rss.ratio == pytest.approx(1.5) and rss.verdict == "short"
     assert table["RSS, 32 peers"].verdict == "pass"
-    assert table["sessions held, 1000 peers"].verdict == "short"
+    assert table["sessions held (most at once), 1000 peers"].verdict == "short"
+    assert table["sessions held (most at once), 32 peers"].verdict == "pass"
     assert table["idle CPU, 1000 peers"].verdict == "short"
     missing = table["table complete from start, 1000 peers (did not happen)"]
     assert missing.value == RUN.timeout and missing.verdict == "short"
@@ -70,20 +73,34 @@ def test_the_quick_run_measures_one_site_end_to_end(
     print(f"\nMEASURE {values}")
     assert 0 < values["table complete from start, 32 peers"] < QUICK.timeout, values
     assert 0 < values["first paid unit from start, 32 peers"] < QUICK.timeout, values
-    assert 0 < values["sessions held, 32 peers"] <= 32, values  # today: every peer
+    assert values["sessions held (most at once), 32 peers"] == 1, values  # the seller
     assert 20 < values["RSS, 32 peers"] < 2000, values
     assert 0 <= values["idle CPU, 32 peers"] < 200, values
     assert values["mDNS in+out, 32 peers"] > 0, values
 
 
+def test_an_agent_among_200_peers_holds_a_session_with_its_seller_only_and_buys(
+    tmp_path: Path,
+) -> None:
+    """A real buyer among 199 announced peers with listening nodes (a quarter of them
+    offering its feed above its price) and one real seller: it lists them all, buys
+    from the seller, and never holds a session with anyone else -- its only trading
+    partner. (Before sessions on demand it dialled every peer with a higher id.)"""
+    run = measure(200, Settings(settle=1.0, window=2.0, ttl=None, timeout=40.0), tmp_path)
+    print(f"\nMEASURE {run}")
+    assert run.listed == 200, run
+    assert math.isfinite(run.paid_s), run
+    assert run.sessions_peak == 1, run
+
+
 @pytest.mark.slow
 def test_the_full_sizes() -> None:
-    """The suite's sizes (32 .. 1 000 peers, ~13 min): every size completes its run
-    and is reported beside the 32-peer baseline (today's agent meets few targets: the
-    test asserts that the figures are there, never a speed)."""
+    """The suite's sizes (32 .. 1 000 peers, ~8 min): every size completes its run
+    and is reported beside the 32-peer baseline (the test asserts that the figures are
+    there, never a speed: `python -m bench site` judges the targets)."""
     runs = bench(SIZES, Settings())
     assert [r.peers for r in runs] == list(SIZES) and runs[0].peers == BASELINE
     for row in rows(runs, runs[0]):
         assert math.isfinite(row.value) and row.value >= 0, row
     for run in runs:
-        assert run.listed > 0.9 * run.peers and run.sessions > 0 and run.rss_mb > 0, run
+        assert run.listed > 0.9 * run.peers and run.sessions_peak > 0 and run.rss_mb > 0, run

@@ -137,9 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--network", default="", help="network id (genesis block hash) to announce and accept"
     )
     parser.add_argument(
-        "--ttl", type=int, default=DEFAULT_TTL, help=f"record TTL in seconds ({DEFAULT_TTL})"
+        "--ttl",
+        type=int,
+        default=DEFAULT_TTL,
+        help=f"least record TTL in seconds; large sites raise it ({DEFAULT_TTL})",
     )
-    parser.add_argument("--rebrowse", type=float, help="seconds between PTR re-queries")
+    parser.add_argument(
+        "--rebrowse",
+        type=float,
+        metavar="SECONDS",
+        help="also send a known-answer PTR query this often (default: never)",
+    )
     parser.add_argument(
         "--static",
         action="append",

@@ -84,8 +84,9 @@ class Bridge:
 class TxtListener(RecordUpdateListener):
     """Sees every record zeroconf receives; forwards live TXT records of our type.
 
-    This is the liveness signal: refresh answers update zeroconf's cache without
-    any browser event, so the table would otherwise never hear of them.
+    This is the liveness signal: owners' periodic announcements (and answers to
+    rescue queries) update zeroconf's cache without any browser event, so the table
+    would otherwise never hear of them.
     """
 
     def __init__(self, bridge: Bridge) -> None:

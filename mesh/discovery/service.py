@@ -18,20 +18,33 @@ Decisions (see docs/ARCHITECTURE.md §8 for the measurements behind them):
 * Browsing uses QM questions (late joiners see peers in ~0.1 s), and resolves use
   QM too: QU answers are unicast to port 5353, which on a host running several
   agents (SO_REUSEPORT) reaches an arbitrary one of them.
-* Every record is advertised with the same TTL (`ttl`, default 120 s, the RFC 6762
-  host-record TTL) and liveness is the table's job (see table.py): peers are
-  re-queried at 80-95 % of their TTL and dropped when silent for a whole TTL.
-  Tests use a TTL of a few seconds to show expiry quickly.
-* Every `rebrowse` seconds (default: max(ttl, 5 s)) a PTR query carrying the
-  known peers as known answers is sent, so a peer that expired during a network
-  partition is found again when the link returns (zeroconf's own browser would
-  not ask again for ~14 min).
+* Owners keep their records alive, listeners do not query to keep them
+  (announcer.py): every agent multicasts its PTR/SRV/TXT/A records, unasked, every
+  0.4 TTL (+-10 %), and every record carries the same TTL -- the configured `ttl`
+  (default 120 s, the RFC 6762 host-record TTL), raised with the size of the site
+  (pacing.py) so that all announcements together cost a listener ~1 kB/s. Liveness
+  is the table's job (table.py): a peer not heard for 0.9 TTL gets one rescue
+  query, and is dropped when silent for a whole TTL. Tests use a TTL of a few
+  seconds to show expiry quickly.
+* No periodic browse: a peer that expired during a network partition is heard
+  again from its next announcement, within 0.4 TTL of the link's return.
+  `rebrowse` (off by default) adds a PTR query every `rebrowse` seconds carrying
+  the known peers as known answers, for tests that want faster healing.
+* Start burst: every discovered name is queued for a resolve (up to the table's
+  `max_peers`), `RESOLVE_THREADS` at a time; a resolve first fills the
+  `ServiceInfo` from zeroconf's cache (the SRV/TXT/A of an announcement or answer
+  arrive together) and asks the network only for what is missing. The mDNS
+  sockets get a 4 MiB receive buffer where the kernel allows, so a thousand
+  answers to our first browse are not lost.
+* A TXT record is verified once per distinct (instance, TXT data): unchanged
+  refreshes only move the peer's last-seen time (table.py), and verdicts --
+  accepted or rejected -- are memoised (`MEMO_SIZE`).
 * Closing (context exit, cancellation, SIGINT/SIGTERM in a runner that cancels)
   unregisters in a shielded thread, so goodbyes go out and peers drop us at once.
 
 Unauthenticated mDNS means anyone on the link can send goodbyes for, or replay,
-an agent's records. The worst this does is hide a peer until the next rebrowse or
-keep a dead one listed for a TTL; it never makes a peer id trusted.
+an agent's records. The worst this does is hide a peer until its next announcement
+or keep a dead one listed for a TTL; it never makes a peer id trusted.
 """
 
 from __future__ import annotations
@@ -54,11 +67,7 @@ from zeroconf import (
     Zeroconf,
 )
 
-# zeroconf re-exports these "for backwards compat" outside __all__, so mypy --strict
-# needs the defining modules. Needed to send raw refresh and known-answer queries.
-from zeroconf._dns import DNSPointer, DNSQuestion
-from zeroconf._protocol.outgoing import DNSOutgoing
-
+from mesh.discovery.announcer import Announcer
 from mesh.discovery.bridge import Bridge, Heard, TxtListener, ZcEvent
 from mesh.discovery.records import (
     SERVICE_TYPE,
@@ -71,37 +80,32 @@ from mesh.discovery.records import (
     verify_announcement,
 )
 from mesh.discovery.table import PeerTable, Refresh
+from mesh.discovery.zcio import (
+    enlarge_receive_buffers,
+    resolve,
+    send_known_answer_browse,
+    send_txt_queries,
+)
 from mesh.errors import MeshError
 from mesh.identity import Identity
 from mesh.session import DEFAULT_SITE
 
 DEFAULT_TTL = 120
-"""Seconds: TTL of every advertised record, and so how long a silent peer lingers."""
+"""Seconds: the least TTL advertised (more on a large site), so how long a silent
+peer lingers at least."""
 
 LOOPBACK_INTERFACES = ("127.0.0.1",)
 """The interface list for agents that only talk to agents on the same host."""
 
-RESOLVE_TIMEOUT_MS = 2000
-"""How long a resolve waits for SRV/TXT/A answers when they are not cached."""
-
-EVENT_BUFFER = 1024
-"""Zeroconf callbacks queued for the Trio side before new ones are dropped."""
+EVENT_BUFFER = 4096
+"""Zeroconf callbacks queued for the Trio side before new ones are dropped (a start
+among a thousand peers brings two for each: its answer's TXT and its browser event)."""
 
 RESOLVE_THREADS = 8
 """Resolves running at once (each holds a worker thread while it waits)."""
 
 MEMO_SIZE = 1024
-"""Entries kept in each small memo: rejected (instance, TXT) pairs, heard TTLs."""
-
-MAX_PENDING_RESOLVES = 256
-"""Resolves queued or running at once; beyond it a browse event is dropped (counted
-in `resolve_failures`) -- a flood of bogus names must not grow memory without bound.
-A dropped live peer is picked up again by its next TXT refresh or rebrowse."""
-
-_TYPE_PTR = 12
-_TYPE_TXT = 16
-_CLASS_IN = 1
-_FLAGS_QUERY = 0x0000
+"""Verdicts (accepted or rejected) kept per distinct (instance, TXT data)."""
 
 
 class DiscoveryError(MeshError):
@@ -127,11 +131,22 @@ class DiscoveryStatistics:
     ignored_foreign: int
     """Valid announcements of another site or network (another deployment), ignored."""
     resolve_failures: int
-    """Resolves that got no answer in time, or were not started (backlog full)."""
+    """Resolves that got no answer in time, or were not queued (more names pending
+    than the table holds peers: a flood)."""
+    resolved_from_cache: int
+    """Resolves answered from zeroconf's cache without asking the network."""
     refresh_queries: int
-    """TXT questions sent for peers near the end of their TTL."""
+    """Rescue TXT questions sent for peers not heard for 0.9 of their TTL."""
     browse_queries: int
-    """Periodic PTR questions (with known answers) sent."""
+    """Periodic PTR questions (with known answers) sent; 0 unless `rebrowse` is set."""
+    announcements_sent: int
+    """Periodic unsolicited announcements of our own records."""
+    ttl_advertised: int
+    """The TTL our records carry now (the configured one, or more on a large site)."""
+    ttl_changes: int
+    """Re-registrations with another TTL as the site grew or shrank."""
+    announcement_bytes: int
+    """Bytes of one announcement of ours (0 before registration)."""
     goodbyes: int
     """Peers removed because their records were withdrawn."""
     expired: int
@@ -152,10 +167,12 @@ class DiscoveryStatistics:
 
 @dataclass
 class _Pending:
-    """A resolve in progress for one instance name."""
+    """A resolve queued or in progress for one instance name."""
 
+    started: bool = False
+    """A worker took it (news from now on needs another resolve)."""
     again: bool = False
-    """Something new was heard meanwhile: resolve once more when done."""
+    """Something new was heard while resolving: resolve once more when done."""
     withdrawn: bool = False
     """A goodbye arrived meanwhile: drop this result."""
 
@@ -190,7 +207,8 @@ class Discovery:
     Run it as a service (``await nursery.start(discovery.run)``) or through
     `open_discovery`. `interfaces` is required: the IPv4 addresses to multicast
     on (`LOOPBACK_INTERFACES` on one host). The advertised A records are those
-    addresses; `mailbox` is the signed URL peers dial.
+    addresses; `mailbox` is the signed URL peers dial. `ttl` is the least TTL
+    advertised; `rebrowse` (seconds, default off) adds periodic known-answer browses.
     """
 
     def __init__(
@@ -209,10 +227,12 @@ class Discovery:
     ) -> None:
         if not 1 <= ttl <= 4500:
             raise ValueError("ttl must be between 1 and 4500 seconds")
+        if rebrowse is not None and not rebrowse > 0:
+            raise ValueError("rebrowse must be a positive number of seconds (or None: off)")
         self._identity = identity
         self._interfaces = _check_interfaces(interfaces)
         self._ttl = ttl
-        self._rebrowse = max(float(ttl), 5.0) if rebrowse is None else rebrowse
+        self._rebrowse = rebrowse
         self.announcement: Announcement = announce(
             identity, mailbox=mailbox, name=name, services=services, site=site, network=network
         )
@@ -222,15 +242,16 @@ class Discovery:
         self.browsing_since: float | None = None
         """Trio time at which zeroconf was up and browsing (None before)."""
         self._zc: Zeroconf | None = None
-        self._info: ServiceInfo | None = None
+        self._announcer: Announcer | None = None
         self._bridge: Bridge | None = None
         self._resolving: dict[str, _Pending] = {}
-        self._heard_ttl: OrderedDict[str, float] = OrderedDict()
-        self._rejected: OrderedDict[tuple[str, bytes], RejectReason] = OrderedDict()
-        self._limiter = trio.CapacityLimiter(RESOLVE_THREADS)
+        self._resolve_queue: trio.MemorySendChannel[str] | None = None
+        self._verdicts: OrderedDict[tuple[str, bytes], Announcement | RejectReason]
+        self._verdicts = OrderedDict()
         self._counts = {reason: 0 for reason in RejectReason}
         self._accepted = 0
         self._resolve_failures = 0
+        self._from_cache = 0
         self._refresh_queries = 0
         self._browse_queries = 0
 
@@ -252,6 +273,7 @@ class Discovery:
     def statistics(self) -> DiscoveryStatistics:
         """A frozen snapshot of the counters (see `DiscoveryStatistics`)."""
         table = self.table.statistics()
+        announcer = self._announcer
         return DiscoveryStatistics(
             peers=table.peers,
             accepted=self._accepted,
@@ -261,8 +283,13 @@ class Discovery:
             rejected_signature=self._counts[RejectReason.SIGNATURE],
             ignored_foreign=self._counts[RejectReason.FOREIGN],
             resolve_failures=self._resolve_failures,
+            resolved_from_cache=self._from_cache,
             refresh_queries=self._refresh_queries,
             browse_queries=self._browse_queries,
+            announcements_sent=announcer.sent if announcer else 0,
+            ttl_advertised=announcer.ttl if announcer else self._ttl,
+            ttl_changes=announcer.ttl_changes if announcer else 0,
+            announcement_bytes=announcer.record_bytes if announcer else 0,
             goodbyes=table.goodbyes,
             expired=table.expired,
             events_dropped=(self._bridge.dropped if self._bridge else 0) + table.events_dropped,
@@ -280,26 +307,34 @@ class Discovery:
             raise RuntimeError("this Discovery is already running")
         send, receive = trio.open_memory_channel[ZcEvent](EVENT_BUFFER)
         bridge = self._bridge = Bridge(trio.lowlevel.current_trio_token(), send)
-        info = self._service_info(self.announcement)
+        queue, queued = trio.open_memory_channel[str](math.inf)  # bounded by `_resolving`
         zc: Zeroconf | None = None
         browser: ServiceBrowser | None = None
         try:
             started, browser = await trio.to_thread.run_sync(self._start_zeroconf, bridge)
             zc = self._zc = started
+            self._resolve_queue = queue
             self.browsing_since = trio.current_time()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, receive, nursery)
+                nursery.start_soon(self._pump, receive)
+                for _ in range(RESOLVE_THREADS):
+                    nursery.start_soon(self._resolve_worker, queued.clone())
                 await nursery.start(self.table.run_timers, self._send_refresh_queries)
-                await trio.to_thread.run_sync(self._register, started, info)
-                self._info = info
-                nursery.start_soon(self._rebrowse_loop)
+                announcer = Announcer(started, self.table, self._service_info, self._ttl)
+                await announcer.register()
+                self._announcer = announcer
+                nursery.start_soon(announcer.run)
+                if self._rebrowse is not None:
+                    nursery.start_soon(self._rebrowse_loop, self._rebrowse)
                 task_status.started()
         finally:
             bridge.closed = True
-            self._zc = self._info = None
+            self._zc = self._resolve_queue = None
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._close_zeroconf, zc, browser)
             send.close()
+            queue.close()
+            queued.close()
 
     async def update(
         self, *, mailbox: str | None = None, name: str | None = None, services: str | None = None
@@ -311,24 +346,24 @@ class Discovery:
             mailbox=current.mailbox if mailbox is None else mailbox,
             name=current.name if name is None else name,
             services=current.services if services is None else services,
+            site=current.site,
+            network=current.network,
         )
-        zc = self._zc
-        if zc is not None and self._info is not None:
-            info = self._service_info(self.announcement)
-            await trio.to_thread.run_sync(zc.update_service, info)
-            self._info = info
+        if self._zc is not None and self._announcer is not None:
+            await self._announcer.republish()
 
     # ------------------------------------------------------------------ threads
 
-    def _service_info(self, announcement: Announcement) -> ServiceInfo:
+    def _service_info(self, ttl: int) -> ServiceInfo:
+        announcement = self.announcement
         return ServiceInfo(
             SERVICE_TYPE,
             announcement.instance,
             port=_mailbox_port(announcement.mailbox),
             properties=announcement.to_txt(),
             server=host_name(announcement.peer_id),
-            host_ttl=self._ttl,
-            other_ttl=self._ttl,
+            host_ttl=ttl,
+            other_ttl=ttl,
             parsed_addresses=list(self._interfaces),
         )
 
@@ -348,14 +383,14 @@ class Discovery:
                 handlers=[bridge.on_service_state_change],
                 question_type=DNSQuestionType.QM,
             )
+            # Only now (it waits for zeroconf to run): a browser made after that found
+            # the peers of a late joiner ~1 s late in half the runs (measured, cause not
+            # pinned down). Its first query goes out 20-120 ms after the start.
+            enlarge_receive_buffers(zc)
         except BaseException:
             zc.close()
             raise
         return zc, browser
-
-    @staticmethod
-    def _register(zc: Zeroconf, info: ServiceInfo) -> None:
-        zc.register_service(info, cooperating_responders=True)
 
     @staticmethod
     def _close_zeroconf(zc: Zeroconf | None, browser: ServiceBrowser | None) -> None:
@@ -367,9 +402,7 @@ class Discovery:
 
     # ------------------------------------------------------------------ Trio side
 
-    async def _pump(
-        self, receive: trio.MemoryReceiveChannel[ZcEvent], nursery: trio.Nursery
-    ) -> None:
+    async def _pump(self, receive: trio.MemoryReceiveChannel[ZcEvent]) -> None:
         own = self.instance
         async with receive:
             async for event in receive:
@@ -377,30 +410,26 @@ class Discovery:
                 if key == own:
                     continue
                 if isinstance(event, Heard):
-                    self._on_heard(key, event, nursery)
+                    self._on_heard(key, event)
                 elif event.change is ServiceStateChange.Removed:
                     pending = self._resolving.get(key)
                     if pending is not None:
                         pending.withdrawn, pending.again = True, False
                     self.table.goodbye(key, now=trio.current_time())
                 else:
-                    self._start_resolve(key, nursery)
+                    self._start_resolve(key)
 
-    def _on_heard(self, key: str, event: Heard, nursery: trio.Nursery) -> None:
-        self._heard_ttl[key] = event.ttl
-        self._heard_ttl.move_to_end(key)
-        while len(self._heard_ttl) > MEMO_SIZE:
-            self._heard_ttl.popitem(last=False)
+    def _on_heard(self, key: str, event: Heard) -> None:
         now = trio.current_time()
         state = self.table.refresh(key, event.txt, ttl=event.ttl, now=now)
         if state is Refresh.REFRESHED:
-            return
+            return  # the TXT we verified before: no signature check
         announcement = self._verify(key, event.txt)
         if announcement is None:
             return
         known = self.table.by_instance(key)
         if known is None:
-            self._start_resolve(key, nursery)
+            self._start_resolve(key)
             return
         self._accepted += 1
         self.table.observe(
@@ -413,53 +442,70 @@ class Discovery:
         )
 
     def _verify(self, key: str, txt: bytes) -> Announcement | None:
-        """Verify, counting each distinct rejected (instance, TXT) once."""
+        """Verify once per distinct (instance, TXT); count each rejected pair once."""
         memo = (key, txt)
-        if memo in self._rejected:
-            return None
-        try:
-            announcement = verify_announcement(txt, key)
-            ours = self.announcement
-            if (announcement.site, announcement.network) != (ours.site, ours.network):
-                raise AnnouncementRejected(RejectReason.FOREIGN, "txt.site", "another deployment")
-        except AnnouncementRejected as exc:
-            self._rejected[memo] = exc.why
-            while len(self._rejected) > MEMO_SIZE:
-                self._rejected.popitem(last=False)
-            self._counts[exc.why] += 1
-            return None
-        return announcement
+        verdict = self._verdicts.get(memo)
+        if verdict is None:
+            try:
+                verdict = verify_announcement(txt, key)
+                ours = self.announcement
+                if (verdict.site, verdict.network) != (ours.site, ours.network):
+                    raise AnnouncementRejected(
+                        RejectReason.FOREIGN, "txt.site", "another deployment"
+                    )
+            except AnnouncementRejected as exc:
+                verdict = exc.why
+                self._counts[exc.why] += 1
+            self._verdicts[memo] = verdict
+            while len(self._verdicts) > MEMO_SIZE:
+                self._verdicts.popitem(last=False)
+        else:
+            self._verdicts.move_to_end(memo)
+        return None if isinstance(verdict, RejectReason) else verdict
 
-    def _start_resolve(self, key: str, nursery: trio.Nursery) -> None:
+    def _start_resolve(self, key: str) -> None:
+        """Queue a resolve of `key` (at most one queued or running per name)."""
         pending = self._resolving.get(key)
         if pending is not None:
-            pending.again = True  # news while resolving: resolve once more afterwards
+            if pending.started:
+                pending.again = True  # news while resolving: resolve once more afterwards
+            else:
+                pending.withdrawn = False  # back before its queued resolve started
             return
-        if len(self._resolving) >= MAX_PENDING_RESOLVES:
-            self._resolve_failures += 1
+        queue = self._resolve_queue
+        if queue is None:
             return
-        pending = self._resolving[key] = _Pending()
-        nursery.start_soon(self._resolve, key, pending)
+        if len(self._resolving) >= self.table.max_peers:
+            self._resolve_failures += 1  # more names pending than peers fit: a flood
+            return
+        self._resolving[key] = _Pending()
+        queue.send_nowait(key)
 
-    async def _resolve(self, key: str, pending: _Pending) -> None:
-        try:
-            pending.again = True
-            while pending.again:
-                pending.again = pending.withdrawn = False
-                await self._resolve_once(key, pending)
-        finally:
-            del self._resolving[key]
+    async def _resolve_worker(self, queued: trio.MemoryReceiveChannel[str]) -> None:
+        async with queued:
+            async for key in queued:
+                pending = self._resolving[key]
+                try:
+                    again = not pending.withdrawn  # a goodbye came while it was queued
+                    pending.started = True
+                    while again:
+                        pending.again = pending.withdrawn = False
+                        await self._resolve_once(key, pending)
+                        again = pending.again
+                finally:
+                    del self._resolving[key]
 
     async def _resolve_once(self, key: str, pending: _Pending) -> None:
         zc = self._zc
         if zc is None:
             return
-        info = await trio.to_thread.run_sync(self._get_info, zc, key, limiter=self._limiter)
+        info, ttl, cached = await trio.to_thread.run_sync(resolve, zc, key)
         if pending.withdrawn:
             return  # a goodbye arrived while we were resolving
         if info is None:
             self._resolve_failures += 1
             return
+        self._from_cache += cached
         txt = info.text or b""
         announcement = self._verify(key, txt)
         if announcement is None:
@@ -470,44 +516,26 @@ class Discovery:
             txt=txt,
             addresses=usable_addresses(info.parsed_addresses()),
             port=info.port,
-            ttl=self._heard_ttl.get(key, float(self._ttl)),
+            ttl=float(self._ttl) if ttl is None else ttl,
             now=trio.current_time(),
         )
 
-    @staticmethod
-    def _get_info(zc: Zeroconf, key: str) -> ServiceInfo | None:
-        if zc.done:
-            return None
-        return zc.get_service_info(
-            SERVICE_TYPE, key, RESOLVE_TIMEOUT_MS, question_type=DNSQuestionType.QM
-        )
-
     def _send_refresh_queries(self, instances: tuple[str, ...]) -> None:
-        """Ask (QM) for the TXT records of peers near the end of their TTL."""
+        """Rescue queries: ask (QM) for the TXT records of peers not heard for 0.9 TTL."""
         zc = self._zc
         if zc is None or zc.done:
             return
-        out = DNSOutgoing(_FLAGS_QUERY, multicast=True)
-        for instance in instances:
-            out.add_question(DNSQuestion(instance, _TYPE_TXT, _CLASS_IN))
-        zc.send(out)
+        send_txt_queries(zc, instances)
         self._refresh_queries += len(instances)
 
-    async def _rebrowse_loop(self) -> None:
-        """Periodic PTR query with our live peers as known answers (partition healing)."""
+    async def _rebrowse_loop(self, period: float) -> None:
+        """Periodic PTR query with our live peers as known answers (opt-in healing)."""
         while True:
-            await trio.sleep(self._rebrowse)
+            await trio.sleep(period)
             zc = self._zc
             if zc is None or zc.done:
                 return
-            out = DNSOutgoing(_FLAGS_QUERY, multicast=True)
-            out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
-            for peer in self.table:
-                if peer.instance is not None and peer.ttl is not None:
-                    ttl = math.ceil(peer.ttl)
-                    pointer = DNSPointer(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN, ttl, peer.instance)
-                    out.add_answer_at_time(pointer, 0)
-            zc.send(out)
+            send_known_answer_browse(zc, self.table)
             self._browse_queries += 1
 
 

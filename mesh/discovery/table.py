@@ -14,11 +14,13 @@ Liveness (why the table, not zeroconf, expires peers)
 -----------------------------------------------------
 zeroconf raises every received PTR TTL to at least 1125 s, and a browser only
 reports a service gone when its PTR expires. A machine that loses power or its
-link would linger for ~19 min (75 min with default TTLs). So the table follows
-RFC 6762 §5.2 itself: an mDNS peer advertised with TTL ``t`` and last heard at
-``s`` is re-queried (QM question for its TXT record) at ``s + 0.80/0.85/0.90/0.95 t``
-and removed at ``s + t`` unless an answer refreshes it. Any multicast answer
-refreshes every listener, so N agents do not cost N² queries.
+link would linger for ~19 min (75 min with default TTLs). So the table expires
+mDNS peers itself: a peer advertised with TTL ``t`` and last heard at ``s`` is
+removed at ``s + t`` unless heard again. Listeners do not query to keep a peer:
+its owner re-announces its records every 0.4 t (announcer.py), and each of those
+multicast answers refreshes every listener at once. Only a peer not heard for
+``0.90 t`` (`REFRESH_POINTS`: two announcements lost) gets one rescue query (QM
+question for its TXT record), whose answer again reaches every listener.
 
 Removal rules: a goodbye or expiry removes an mDNS peer; a *static* peer (its
 mailbox was configured with `add_static`) only loses its mDNS facts, because the
@@ -42,8 +44,9 @@ import trio
 from mesh.discovery.records import Announcement
 from mesh.identity import parse_peer_id
 
-REFRESH_POINTS = (0.80, 0.85, 0.90, 0.95)
-"""Fractions of the TTL at which a silent peer is re-queried (RFC 6762 §5.2)."""
+REFRESH_POINTS = (0.90,)
+"""Fractions of the TTL at which a silent peer is re-queried: one rescue query, late,
+since its owner's announcements at 0.4 and 0.8 TTL normally refresh it first."""
 
 MAX_PEERS = 4096
 """Most peers the table holds; announcements of new peers beyond it are dropped."""
@@ -55,7 +58,7 @@ class Removal(enum.Enum):
     GOODBYE = "goodbye"
     """Its records were withdrawn (TTL 0) -- the agent shut down cleanly."""
     EXPIRED = "expired"
-    """Nothing heard from it for a whole TTL, refresh queries included."""
+    """Nothing heard from it for a whole TTL, rescue query included."""
     REMOVED = "removed"
     """The runtime removed it (`PeerTable.remove`)."""
 
@@ -136,7 +139,7 @@ class TimerActions:
     """What `handle_timer` asks the shell to do."""
 
     queries: tuple[str, ...]
-    """Instance names whose TXT record should be queried (QM) now."""
+    """Instance names whose TXT record should be queried (QM) now (rescue queries)."""
     removed: tuple[PeerRemoved, ...]
     """Peers that expired."""
 
@@ -196,6 +199,11 @@ class PeerTable:
 
     def __iter__(self) -> Iterator[Peer]:
         return iter([entry.peer for entry in self._entries.values()])
+
+    @property
+    def max_peers(self) -> int:
+        """Most peers the table holds."""
+        return self._max_peers
 
     def get(self, peer_id: str) -> Peer | None:
         """The peer with this id, or None."""
@@ -345,7 +353,7 @@ class PeerTable:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Drive `handle_timer` on the Trio clock forever; `send_queries` sends refresh queries."""
+        """Drive `handle_timer` on the Trio clock forever; `send_queries` sends rescue queries."""
         task_status.started()
         while True:
             actions = self.handle_timer(trio.current_time())

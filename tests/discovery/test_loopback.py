@@ -32,6 +32,7 @@ from mesh.discovery import (
     host_name,
     instance_name,
     open_discovery,
+    service,
     verify_announcement,
 )
 from mesh.identity import Identity
@@ -380,6 +381,68 @@ async def test_in_process_agents_update_and_leave() -> None:
         print(f"\nMEASURE in-process exit (goodbyes + close): {took}, peer already gone")
         assert b.statistics().goodbyes >= 1
         assert b.statistics().rejected == 0
+
+
+def _sniff(seconds: float) -> list[dns.message.Message]:
+    """Every mDNS message multicast on 127.0.0.1 for `seconds` (a second listener on
+    port 5353 gets its own copy of each; it never sends)."""
+    messages: list[dns.message.Message] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        membership = socket.inet_aton("224.0.0.251") + socket.inet_aton(LO)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        sock.bind(("224.0.0.251", 5353))
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data, _ = sock.recvfrom(9000)
+            except TimeoutError:
+                break
+            messages.append(dns.message.from_wire(data, continue_on_error=True))
+    return messages
+
+
+async def test_owner_announcements_keep_a_listener_without_queries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ttl=3: A multicasts its records every ~1.2 s, unasked; B keeps A listed for three
+    TTLs without asking anything about A, and checks A's signature once."""
+    verified: list[str] = []
+    verify = service.verify_announcement
+
+    def counting(txt: bytes, name: str) -> Announcement:
+        verified.append(name.lower())
+        return verify(txt, name)
+
+    monkeypatch.setattr(service, "verify_announcement", counting)
+    ttl = 3
+    a_id, b_id = Identity.generate(), Identity.generate()
+    async with (
+        open_discovery(b_id, interfaces=[LO], mailbox=f"tcp://{LO}:{next(_ports)}", ttl=ttl) as b,
+        open_discovery(a_id, interfaces=[LO], mailbox=f"tcp://{LO}:{next(_ports)}", ttl=ttl) as a,
+    ):
+        await b.table.wait_for_peer(lambda p: p.peer_id == a_id.peer_id, timeout=2)
+        await trio.sleep(1)  # zeroconf's startup queries and answers die down
+        before = b.statistics()
+        wire = await trio.to_thread.run_sync(_sniff, 3.0 * ttl)
+        after, announcer = b.statistics(), a.statistics()
+        peer = b.table.get(a_id.peer_id)
+        assert peer is not None and trio.current_time() - peer.last_seen < 0.5 * ttl
+    about_a = [m for m in wire if a.instance in {str(q.name).lower() for q in m.question}]
+    heard_a = [m for m in wire if not m.question and _records([m], a.instance, dns.rdatatype.TXT)]
+    print(
+        f"\nMEASURE owner refresh, ttl={ttl}: {len(heard_a)} announcements of A in "
+        f"{3 * ttl} s, {len(about_a)} queries about A, {announcer.announcement_bytes} B each; "
+        f"listener {after}"
+    )
+    assert (after.refresh_queries, after.browse_queries) == (before.refresh_queries, 0) == (0, 0)
+    assert about_a == []  # nobody asked: the announcements alone kept A listed
+    assert len(heard_a) >= 6 and announcer.announcements_sent >= 6
+    assert after.expired == 0 and after.ttl_advertised == announcer.ttl_advertised == ttl
+    assert 200 < announcer.announcement_bytes < 1500
+    assert verified.count(a.instance) == 1  # one signature check, however often heard
 
 
 def test_interfaces_are_explicit_ipv4_addresses() -> None:
