@@ -46,6 +46,9 @@ from mesh.net.node import Node
 
 log = logging.getLogger("agents.runtime")
 
+LOOK_FAST_SECONDS = 5.0
+"""A want that found no usable offer looks again every 0.1 s for this long, then every
+0.5 s (a want nobody sells costs little however big the table)."""
 RECENT_ORDERS = 16
 """Finished orders a want remembers (for status); older ones live on only in its
 totals and in the signed meter statements."""
@@ -143,12 +146,15 @@ class Purchases:
         on_unit: Callable[[bytes], None] | None,
     ) -> None:
         want = progress.want
+        looking_since = trio.current_time()
         while not stop.is_set() and progress.delivered < want.units:
             offer = self.best_offer(want, peer)
-            if offer is None:
-                with trio.move_on_after(0.5):
+            if offer is None:  # look often at first (its providers are being dialled)
+                fresh = trio.current_time() - looking_since < LOOK_FAST_SECONDS
+                with trio.move_on_after(0.1 if fresh else 0.5):
                     await stop.wait()
                 continue
+            looking_since = trio.current_time()
             provider, price = offer
             budget = want.budget - progress.paid
             if budget < price:  # not one more unit: the want ends here, and says so

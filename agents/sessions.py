@@ -27,6 +27,8 @@ log = logging.getLogger("agents.runtime")
 
 TICK = 0.5
 """Seconds between two looks at the table and the sessions."""
+GATHER = 0.05
+"""Seconds a look waits after being woken, so that news arriving together is one look."""
 ENSURE_SECONDS = 5.0
 """How long `ensure` waits for a session to a peer that has none."""
 
@@ -58,15 +60,23 @@ class SessionKeeper:
         self.closed_idle = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Dial and hang up as the plan says, until cancelled."""
+        """Dial and hang up as the plan says, until cancelled: every `TICK`, and soon
+        after the table changes (a provider just heard is dialled at once)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._watch_table)
             task_status.started()
             while True:
                 self.step()
                 with trio.move_on_after(TICK):
                     await self._wake.wait()
                 self._wake = trio.Event()
+                await trio.sleep(GATHER)  # a burst of news (a start's answers) is one look
+
+    async def _watch_table(self) -> None:
+        async with self._table.subscribe() as events:
+            async for _ in events:
+                self._wake.set()
 
     def step(self) -> None:
         """One look: start the dials and hang-ups the plan asks for now."""
@@ -160,4 +170,4 @@ class SessionKeeper:
             done.set()
 
 
-__all__ = ["ENSURE_SECONDS", "TICK", "SessionKeeper"]
+__all__ = ["ENSURE_SECONDS", "GATHER", "TICK", "SessionKeeper"]

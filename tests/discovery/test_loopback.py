@@ -407,7 +407,7 @@ def _sniff(seconds: float) -> list[dns.message.Message]:
 async def test_owner_announcements_keep_a_listener_without_queries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """ttl=3: A multicasts its records every ~1.2 s, unasked; B keeps A listed for three
+    """ttl=2: A multicasts its records every ~0.8 s, unasked; B keeps A listed for three
     TTLs without asking anything about A, and checks A's signature once."""
     verified: list[str] = []
     verify = service.verify_announcement
@@ -417,7 +417,7 @@ async def test_owner_announcements_keep_a_listener_without_queries(
         return verify(txt, name)
 
     monkeypatch.setattr(service, "verify_announcement", counting)
-    ttl = 3
+    ttl = 2
     a_id, b_id = Identity.generate(), Identity.generate()
     async with (
         open_discovery(b_id, interfaces=[LO], mailbox=f"tcp://{LO}:{next(_ports)}", ttl=ttl) as b,
@@ -439,7 +439,7 @@ async def test_owner_announcements_keep_a_listener_without_queries(
     )
     assert (after.refresh_queries, after.browse_queries) == (before.refresh_queries, 0) == (0, 0)
     assert about_a == []  # nobody asked: the announcements alone kept A listed
-    assert len(heard_a) >= 6 and announcer.announcements_sent >= 6
+    assert len(heard_a) >= 5 and announcer.announcements_sent >= 5
     assert after.expired == 0 and after.ttl_advertised == announcer.ttl_advertised == ttl
     assert 200 < announcer.announcement_bytes < 1500
     assert verified.count(a.instance) == 1  # one signature check, however often heard
