@@ -1,6 +1,6 @@
 """Site scenario: what one agent pays as the site around it grows.
 
-    python -m bench site [--quick]       (in the suite: 32, 128, 512, 1 000 peers, ~13 min)
+    python -m bench site [--quick]       (in the suite: 32, 128, 512, 1 000 peers, ~6 min)
     python -m bench.site [--sizes 32,1000] [--settle 20] [--window 60] [--ttl 120]
                          [--timeout 60] [--no-netns] [--out runs.json]
 
