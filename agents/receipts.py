@@ -182,17 +182,19 @@ class ReceiptExchange:
         return sum(len(seqs) for seqs in wanted.values())
 
     async def collect(self, timeout: float, poll: float = 0.25) -> int:
-        """Keep asking until nothing held waits for a receipt, or `timeout` passes, or
-        nothing new arrives for about 3 s; returns how many still wait."""
-        waiting = await self.ask_all(absent=True)
-        quiet = 0
+        """Keep asking the producers with a session until nothing held waits for a
+        receipt, or `timeout` passes, or nothing new arrives for about 3 s; returns how
+        many still wait (at shutdown: absent producers are not dialled then)."""
+        waiting: int | None = None
         with trio.move_on_after(timeout):
+            waiting = await self.ask_all()
+            quiet = 0
             while waiting and quiet < 3 * max(1, round(1.0 / poll)):
                 await trio.sleep(poll)
                 now = await self.ask_all()  # one query both counts and asks
                 quiet = quiet + 1 if now == waiting else 0
                 waiting = now
-        return waiting
+        return self.unproven() if waiting is None else waiting
 
     # ------------------------------------------------------------------ frames
 

@@ -123,7 +123,8 @@ class SessionKeeper:
 
     async def ensure(self, peer_id: str, timeout: float = ENSURE_SECONDS) -> PeerSession | None:
         """The session with `peer_id`, dialled now if there is none and the table knows
-        where the peer is (None if it cannot be had within `timeout`)."""
+        where the peer is (None if it cannot be had within `timeout`, or a dial of it
+        failed a moment ago: it is in its back-off)."""
         session = self._node.session(peer_id)
         if session is not None:
             return session
@@ -131,15 +132,11 @@ class SessionKeeper:
         peer = self._table.get(peer_id)
         if peer is None:
             return None
+        if not self.plan.may_dial(peer_id, trio.current_time()):
+            return None  # it could not be reached a moment ago: no wait now
         with trio.move_on_after(timeout):
-            while session is None:
-                if self.plan.may_dial(peer_id, trio.current_time()):
-                    done = self._start_dial(peer.mailbox, peer_id)
-                    await done.wait()
-                else:
-                    await trio.sleep(TICK)
-                session = self._node.session(peer_id)
-        return session
+            await self._start_dial(peer.mailbox, peer_id).wait()
+        return self._node.session(peer_id)
 
     def _start_dial(self, mailbox: str, expect: str | None) -> trio.Event:
         done = self._dialling.get(mailbox)

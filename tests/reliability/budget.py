@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, settings
 
-CI_EXAMPLES = 1_000
+CI_EXAMPLES = 500
 """Fuzz inputs per target in CI (unmarked)."""
 SLOW_EXAMPLES = 100_000
 """Fuzz inputs per target under ``-m slow``."""
