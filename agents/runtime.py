@@ -507,9 +507,9 @@ class Agent:
 
     async def _reply(self, peer_id: str, frame: Frame) -> None:
         """Send over the peer's session if there is one (a seller never dials a buyer
-        to deliver: the buyer holds the session while it buys)."""
-        assert self.node is not None and self.sessions is not None
-        self.sessions.touch(peer_id)
+        to deliver: the buyer holds the session while it buys; what it sends back marks
+        the session active)."""
+        assert self.node is not None
         await self._over(self.node.session(peer_id), peer_id, frame)
 
     @staticmethod

@@ -57,7 +57,6 @@ class SessionKeeper:
         self._dialling: dict[str, trio.Event] = {}  # mailbox -> set when its dial ends
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
-        self.closed_idle = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Dial and hang up as the plan says, until cancelled: every `TICK`, and soon
@@ -89,10 +88,8 @@ class SessionKeeper:
             self._start_dial(mailbox, peer_id)
         for mailbox, expect in self._table.pending_static():
             self._start_dial(mailbox, expect)
-        for peer_id in plan.close:
+        for peer_id in plan.close:  # its end reaches `session_ended` as any session's
             if self._node.hang_up(peer_id, "idle"):
-                self.closed_idle += 1
-                self.plan.session_ended(peer_id)
                 log.info("peer %s: idle session closed", peer_id[:16])
 
     def touch(self, peer_id: str) -> None:
